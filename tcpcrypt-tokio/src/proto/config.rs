@@ -1,0 +1,106 @@
+//! What a host offers and accepts in a handshake.
+
+use super::aead::AeadAlgorithm;
+use super::crypto::{self, CryptoBackend};
+use super::error::Error;
+use super::tep::Tep;
+
+/// The longest resumption nonce (RFC 8548 3.5).
+pub const MAX_RESUMPTION_NONCE_LEN: usize = 8;
+
+/// Session caching controls (RFC 8548 3.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumptionSettings {
+    /// Offer (client) or honour (server) resumption. `false` is the RFC's
+    /// "resumption requests will be ignored": a fresh key exchange always.
+    pub resume: bool,
+    /// Keep `ss[i+1]` of new sessions for a later resumption. `false` is the
+    /// RFC's "no session secrets will be cached".
+    pub cache: bool,
+    /// Length of the resumption nonce, 0 to 8. The default is 8 because
+    /// this implementation cannot rule out reuse of a secret after a VM
+    /// snapshot is restored.
+    pub nonce_len: usize,
+}
+
+impl Default for ResumptionSettings {
+    fn default() -> Self {
+        ResumptionSettings {
+            resume: true,
+            cache: true,
+            nonce_len: MAX_RESUMPTION_NONCE_LEN,
+        }
+    }
+}
+
+/// The protocol configuration of one host.
+#[derive(Clone, Debug)]
+pub struct HandshakeConfig {
+    /// The crypto backend.
+    pub backend: &'static dyn CryptoBackend,
+    /// TEPs offered (as A) and accepted (as B), in increasing order of
+    /// preference, as in a B option (RFC 8547 4.5).
+    pub teps: Vec<Tep>,
+    /// AEADs: as A, the list sent in Init1 (in this order); as B, the
+    /// preference for choosing from A's list, in increasing order.
+    pub aeads: Vec<AeadAlgorithm>,
+    /// The local `a` bit: this application is application-aware.
+    pub application_aware: bool,
+    /// Mandatory application-aware mode (RFC 8547 4.2): ENO fails unless
+    /// the peer sets `a`.
+    pub require_application_aware: bool,
+    /// As A, send Init1 for the preferred TEP together with the hello,
+    /// saving a round trip when B picks that TEP.
+    pub pipeline_init1: bool,
+    /// Resumption controls.
+    pub resumption: ResumptionSettings,
+}
+
+impl Default for HandshakeConfig {
+    fn default() -> Self {
+        HandshakeConfig {
+            backend: crypto::default_backend(),
+            teps: Tep::ALL.to_vec(),
+            aeads: AeadAlgorithm::ALL.to_vec(),
+            application_aware: false,
+            require_application_aware: false,
+            pipeline_init1: true,
+            resumption: ResumptionSettings::default(),
+        }
+    }
+}
+
+impl HandshakeConfig {
+    /// Checks the invariants the handshake relies on.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.teps.is_empty() {
+            return Err(Error::InvalidConfig("no TEP configured"));
+        }
+        if self.aeads.is_empty() || self.aeads.len() > 255 {
+            return Err(Error::InvalidConfig("configure 1 to 255 AEADs"));
+        }
+        if self.resumption.nonce_len > MAX_RESUMPTION_NONCE_LEN {
+            return Err(Error::InvalidConfig("resumption nonce longer than 8 bytes"));
+        }
+        let mut seen = Vec::new();
+        for t in &self.teps {
+            if seen.contains(t) {
+                return Err(Error::InvalidConfig("TEP listed twice"));
+            }
+            seen.push(*t);
+        }
+        Ok(())
+    }
+
+    /// The global suboption this host sends.
+    pub(crate) fn global(&self, role_b: bool) -> u8 {
+        let mut g = 0;
+        if role_b {
+            g |= super::eno::GLOBAL_B;
+        }
+        if self.application_aware {
+            g |= super::eno::GLOBAL_A;
+        }
+        g
+    }
+}
