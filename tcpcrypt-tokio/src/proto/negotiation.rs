@@ -74,7 +74,8 @@ impl ResumptionData {
         })
     }
 
-    fn suboption(&self, tep: Tep) -> TepSuboption {
+    /// The resumption suboption carrying this data for `tep` (`v = 1`).
+    pub fn suboption(&self, tep: Tep) -> TepSuboption {
         let mut data = self.half.to_vec();
         data.extend_from_slice(&self.nonce);
         TepSuboption::with_data(tep.id(), data)
