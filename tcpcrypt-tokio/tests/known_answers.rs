@@ -20,7 +20,7 @@ use tcpcrypt_tokio::proto::{
     AeadAlgorithm, ClientHandshake, ClientOutcome, Error, HandshakeConfig, RandomSource,
     ResumptionCache, ResumptionSettings, ServerHandshake, ServerOutcome, Session, Tep,
 };
-use vectors::{field, hex_field, int_field};
+use vectors::{hex_field, int_field};
 
 fn load() -> Vec<Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../interop/kat/vectors.json");

@@ -147,6 +147,8 @@ pub struct FrameSealer {
     offset: u64,
     frames_under_key: u64,
     bytes_under_key: u64,
+    /// Frames under one key before an automatic rekey.
+    rekey_after_frames: u64,
     /// Generation increments not yet announced by a rekey = 1 frame.
     rekeys_due: u64,
     /// The highest generation seen from the peer.
@@ -184,6 +186,7 @@ impl FrameSealer {
             offset,
             frames_under_key: 0,
             bytes_under_key: 0,
+            rekey_after_frames: REKEY_AFTER_FRAMES,
             rekeys_due: 0,
             peer_generation: 0,
             empty_rekey_outstanding: false,
@@ -275,7 +278,8 @@ impl FrameSealer {
     }
 
     fn key_exhausted(&self) -> bool {
-        self.frames_under_key >= REKEY_AFTER_FRAMES || self.bytes_under_key >= REKEY_AFTER_BYTES
+        self.frames_under_key >= self.rekey_after_frames
+            || self.bytes_under_key >= REKEY_AFTER_BYTES
     }
 
     /// The local generation.
@@ -459,5 +463,68 @@ impl FrameOpener {
     /// Whether the FINp frame has arrived.
     pub fn fin_received(&self) -> bool {
         self.fin_received
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::crypto;
+    use crate::proto::schedule::SessionSecret;
+
+    fn keyed(offset: u64) -> (FrameSealer, FrameOpener) {
+        let backend = crypto::default_backend();
+        let mk0 = SessionSecret::from_bytes([7; 32]).master_key(backend, &[]);
+        let aead = AeadAlgorithm::Aes128Gcm;
+        (
+            FrameSealer::new(backend, mk0.clone(), KeyDirection::AToB, aead, offset),
+            FrameOpener::new(backend, mk0, KeyDirection::AToB, aead, offset),
+        )
+    }
+
+    #[test]
+    fn nonce_is_offset_xor_randomizer() {
+        let nr = [0xffu8; NONCE_LEN];
+        let n = frame_nonce(&nr, 0x0102_0304_0506_0708);
+        assert_eq!(n[..4], [0xff; 4]);
+        assert_eq!(n[4..], [0xfe, 0xfd, 0xfc, 0xfb, 0xfa, 0xf9, 0xf8, 0xf7]);
+    }
+
+    #[test]
+    fn sealer_rekeys_by_itself_before_the_key_limit() {
+        let (mut sealer, mut opener) = keyed(0);
+        sealer.rekey_after_frames = 3;
+        let mut wire = Vec::new();
+        for _ in 0..7 {
+            sealer.seal(b"x", false, &mut wire).unwrap();
+        }
+        // Frames 0-2 under generation 0, 3-5 under 1, 6 under 2.
+        assert_eq!(sealer.generation(), 2);
+        let mut pos = 0;
+        let mut rekeyed = Vec::new();
+        while pos < wire.len() {
+            let f = opener.open_in_place(&mut wire[pos..]).unwrap().unwrap();
+            rekeyed.push(f.rekeyed);
+            pos += f.frame_len;
+        }
+        assert_eq!(rekeyed, [false, false, false, true, false, false, true]);
+    }
+
+    #[test]
+    fn offsets_wrap_modulo_2_64() {
+        let (mut sealer, mut opener) = keyed(u64::MAX - 5);
+        let mut wire = Vec::new();
+        sealer.seal(b"across the wrap", false, &mut wire).unwrap();
+        sealer.seal(b"after", false, &mut wire).unwrap();
+        let first = opener.open_in_place(&mut wire).unwrap().unwrap();
+        assert_eq!(
+            opener.offset(),
+            (u64::MAX - 5).wrapping_add(first.frame_len as u64)
+        );
+        let f = opener
+            .open_in_place(&mut wire[first.frame_len..])
+            .unwrap()
+            .unwrap();
+        assert!(!f.fin);
     }
 }
