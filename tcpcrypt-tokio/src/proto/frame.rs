@@ -68,8 +68,34 @@ pub struct FrameFields {
     pub urgent: Option<u16>,
 }
 
-/// Appends one sealed frame to `out` and returns its length. The data is
-/// copied once and encrypted in place.
+/// Where a frame's application data starts, for callers that write data
+/// in place before [`FrameSealer::seal_in_place`]: after control, clen and
+/// flags.
+pub const DATA_OFFSET: usize = HEADER_LEN + 1;
+
+/// Fills in the header of the frame that starts at `buf[start]` (whose
+/// plaintext, flags first, runs to the end of `buf`), encrypts the
+/// plaintext in place and appends the tag. Returns the frame's length.
+fn seal_prepared(
+    key: &dyn AeadKey,
+    nr: &[u8; NONCE_LEN],
+    offset: u64,
+    control: u8,
+    buf: &mut Vec<u8>,
+    start: usize,
+) -> usize {
+    let clen = buf.len() - start - HEADER_LEN + TAG_LEN;
+    debug_assert!(clen <= MAX_CLEN);
+    buf[start] = control;
+    buf[start + 1..start + HEADER_LEN].copy_from_slice(&(clen as u16).to_be_bytes());
+    let (header, plaintext) = buf[start..].split_at_mut(HEADER_LEN);
+    let tag = key.seal_in_place(&frame_nonce(nr, offset), header, plaintext);
+    buf.extend_from_slice(&tag);
+    HEADER_LEN + clen
+}
+
+/// Appends one sealed frame with raw header fields to `out` and returns its
+/// length. The data is copied once and encrypted in place.
 pub fn seal_frame(
     key: &dyn AeadKey,
     nr: &[u8; NONCE_LEN],
@@ -82,24 +108,18 @@ pub fn seal_frame(
         return Err(Error::InvalidState("urgent field must match URGp"));
     }
     let urgent_len = if fields.urgent.is_some() { 2 } else { 0 };
-    let plain_len = 1 + urgent_len + data.len();
-    let clen = plain_len + TAG_LEN;
-    if clen > MAX_CLEN {
+    if 1 + urgent_len + data.len() + TAG_LEN > MAX_CLEN {
         return Err(Error::FrameTooLarge(data.len()));
     }
     let start = out.len();
-    out.reserve(HEADER_LEN + clen);
-    out.push(fields.control);
-    out.extend_from_slice(&(clen as u16).to_be_bytes());
+    out.reserve(DATA_OFFSET + urgent_len + data.len() + TAG_LEN);
+    out.extend_from_slice(&[0; HEADER_LEN]);
     out.push(fields.flags);
     if let Some(u) = fields.urgent {
         out.extend_from_slice(&u.to_be_bytes());
     }
     out.extend_from_slice(data);
-    let (header, plaintext) = out[start..].split_at_mut(HEADER_LEN);
-    let tag = key.seal_in_place(&frame_nonce(nr, offset), header, plaintext);
-    out.extend_from_slice(&tag);
-    Ok(HEADER_LEN + clen)
+    Ok(seal_prepared(key, nr, offset, fields.control, out, start))
 }
 
 /// The current key of one direction at one generation.
@@ -197,12 +217,29 @@ impl FrameSealer {
     /// Seals `data` (at most [`MAX_DATA`] bytes) as one frame appended to
     /// `out`, with FINp when `fin`. Returns the frame's length.
     pub fn seal(&mut self, data: &[u8], fin: bool, out: &mut Vec<u8>) -> Result<usize, Error> {
-        if self.fin_sent {
-            return Err(Error::SendAfterFin);
-        }
-        if data.len() > MAX_DATA {
-            return Err(Error::FrameTooLarge(data.len()));
-        }
+        self.check_send(data.len())?;
+        let start = out.len();
+        out.reserve(DATA_OFFSET + data.len() + TAG_LEN);
+        out.extend_from_slice(&[0; DATA_OFFSET]);
+        out.extend_from_slice(data);
+        self.seal_in_place(out, start, fin)
+    }
+
+    /// Seals, without copying, a frame whose data the caller has already
+    /// written into `buf` after [`DATA_OFFSET`] reserved bytes at `start`
+    /// (`buf[start + DATA_OFFSET..]` is the data). Returns the frame's
+    /// length; the tag is appended. On error `buf` is left as it was.
+    pub fn seal_in_place(
+        &mut self,
+        buf: &mut Vec<u8>,
+        start: usize,
+        fin: bool,
+    ) -> Result<usize, Error> {
+        let data_len = buf
+            .len()
+            .checked_sub(start + DATA_OFFSET)
+            .ok_or(Error::InvalidState("no room reserved for the frame header"))?;
+        self.check_send(data_len)?;
         if self.rekeys_due == 0 && self.key_exhausted() && !self.empty_rekey_outstanding {
             self.rekeys_due = 1;
         }
@@ -215,27 +252,34 @@ impl FrameSealer {
             self.frames_under_key = 0;
             self.bytes_under_key = 0;
         }
-        let fields = FrameFields {
-            control: if rekey { CONTROL_REKEY } else { 0 },
-            flags: if fin { FLAG_FIN } else { 0 },
-            urgent: None,
-        };
-        let len = seal_frame(
+        buf[start + HEADER_LEN] = if fin { FLAG_FIN } else { 0 };
+        let control = if rekey { CONTROL_REKEY } else { 0 };
+        let len = seal_prepared(
             &*self.current.key,
             &self.current.nr,
             self.offset,
-            fields,
-            data,
-            out,
-        )?;
+            control,
+            buf,
+            start,
+        );
         self.offset = self.offset.wrapping_add(len as u64);
         self.frames_under_key += 1;
         self.bytes_under_key += len as u64;
         self.fin_sent = fin;
-        if rekey && data.is_empty() && self.generation > self.peer_generation {
+        if rekey && data_len == 0 && self.generation > self.peer_generation {
             self.empty_rekey_outstanding = true;
         }
         Ok(len)
+    }
+
+    fn check_send(&self, data_len: usize) -> Result<(), Error> {
+        if self.fin_sent {
+            return Err(Error::SendAfterFin);
+        }
+        if data_len > MAX_DATA {
+            return Err(Error::FrameTooLarge(data_len));
+        }
+        Ok(())
     }
 
     /// Starts a rekey: the next frame is sealed under the next generation
@@ -508,6 +552,25 @@ mod tests {
             pos += f.frame_len;
         }
         assert_eq!(rekeyed, [false, false, false, true, false, false, true]);
+    }
+
+    #[test]
+    fn seal_in_place_matches_seal() {
+        let (mut a, _) = keyed(10);
+        let (mut b, _) = keyed(10);
+        let mut copied = Vec::new();
+        a.seal(b"in place", true, &mut copied).unwrap();
+        let mut in_place = b"prefix".to_vec();
+        let start = in_place.len();
+        in_place.extend_from_slice(&[0; DATA_OFFSET]);
+        in_place.extend_from_slice(b"in place");
+        let len = b.seal_in_place(&mut in_place, start, true).unwrap();
+        assert_eq!(&in_place[start..], &copied[..]);
+        assert_eq!(len, copied.len());
+        // No room for the header: an error, and the buffer is untouched.
+        let mut short = vec![0u8; 2];
+        assert!(b.seal_in_place(&mut short, 0, false).is_err());
+        assert_eq!(short, [0, 0]);
     }
 
     #[test]
