@@ -89,7 +89,10 @@ fn frames(c: &mut Criterion) {
                         let mut o = opener(backend, aead);
                         let start = Instant::now();
                         for i in 0..n {
-                            let f = o.open_in_place(&mut work[i * frame_len..(i + 1) * frame_len]).unwrap().unwrap();
+                            let f = o
+                                .open_in_place(&mut work[i * frame_len..(i + 1) * frame_len])
+                                .unwrap()
+                                .unwrap();
                             black_box(f);
                         }
                         total += start.elapsed();

@@ -770,3 +770,32 @@ fn resumption_offer_with_a_pipelined_init1_from_another_implementation() {
     assert!(b.info.resumed);
     assert_eq!(b.opener.offset(), init1.len() as u64);
 }
+
+#[test]
+fn mandatory_application_aware_mode_sets_the_a_bit_itself() {
+    let aa = Arc::new(HandshakeConfig {
+        require_application_aware: true,
+        ..HandshakeConfig::default()
+    });
+    let (a, b) = encrypted(drive(client(&aa, None), server(&aa, None)));
+    assert!(a.info.peer_application_aware() && b.info.peer_application_aware());
+    // A vacuous answer still means plain on this connection, even in that mode.
+    assert!(matches!(client_verdict(&[0x45, 0x03, 0x01], &aa), ClientOutcome::Declined(DisableReason::PeerDeclined)));
+}
+
+#[test]
+fn a_refused_pipelined_init1_still_shows_a_tcpcrypt_peer() {
+    let a_cfg = config(&[Tep::EcdheCurve25519], &[AeadAlgorithm::ChaCha20Poly1305]);
+    let b_cfg = config(&[Tep::EcdheCurve25519], &[AeadAlgorithm::Aes128Gcm]);
+    let mut c = client(&a_cfg, None);
+    let mut s = server(&b_cfg, None);
+    let mut wire = Vec::new();
+    c.write_to(&mut wire);
+    assert_eq!(s.read(&wire), Err(Error::NoAcceptableAead));
+    let mut back = Vec::new();
+    s.write_to(&mut back);
+    assert!(back.starts_with(&marker(HelloKind::B)), "B's hello goes out before Init1 is judged");
+    c.read(&back).unwrap();
+    assert!(c.outcome().is_none());
+    assert_eq!(c.peer_eof(), Err(Error::HandshakeEof), "an abort, not a legacy server");
+}

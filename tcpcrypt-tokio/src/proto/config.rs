@@ -98,7 +98,9 @@ impl HandshakeConfig {
         if role_b {
             g |= super::eno::GLOBAL_B;
         }
-        if self.application_aware {
+        // Mandatory application-aware mode is for applications that are
+        // application-aware themselves (RFC 8547 4.2, 8.4).
+        if self.application_aware || self.require_application_aware {
             g |= super::eno::GLOBAL_A;
         }
         g

@@ -19,6 +19,7 @@ use super::aead::{AeadAlgorithm, NONCE_LEN, TAG_LEN};
 use super::crypto::{AeadKey, CryptoBackend};
 use super::error::Error;
 use super::schedule::{KeyDirection, MasterKey};
+use zeroize::Zeroizing;
 
 /// control and clen.
 pub const HEADER_LEN: usize = 3;
@@ -126,7 +127,7 @@ pub fn seal_frame(
 struct GenerationKey {
     master: MasterKey,
     key: Box<dyn AeadKey>,
-    nr: [u8; NONCE_LEN],
+    nr: Zeroizing<[u8; NONCE_LEN]>,
 }
 
 impl GenerationKey {
@@ -139,7 +140,7 @@ impl GenerationKey {
         let traffic = master.traffic_key(backend, direction, aead);
         GenerationKey {
             key: traffic.aead_key(backend),
-            nr: traffic.nonce_randomizer(),
+            nr: Zeroizing::new(traffic.nonce_randomizer()),
             master,
         }
     }
@@ -240,7 +241,13 @@ impl FrameSealer {
             .checked_sub(start + DATA_OFFSET)
             .ok_or(Error::InvalidState("no room reserved for the frame header"))?;
         self.check_send(data_len)?;
-        if self.rekeys_due == 0 && self.key_exhausted() && !self.empty_rekey_outstanding {
+        // An exhausted key is replaced even while an empty rekey is
+        // unanswered, as long as this frame carries data (only a second
+        // empty rekey is forbidden).
+        if self.rekeys_due == 0
+            && self.key_exhausted()
+            && (data_len > 0 || !self.empty_rekey_outstanding)
+        {
             self.rekeys_due = 1;
         }
         let rekey = self.rekeys_due > 0;
@@ -552,6 +559,25 @@ mod tests {
             pos += f.frame_len;
         }
         assert_eq!(rekeyed, [false, false, false, true, false, false, true]);
+    }
+
+    #[test]
+    fn exhausted_key_is_replaced_even_with_an_empty_rekey_unanswered() {
+        let (mut sealer, mut opener) = keyed(0);
+        sealer.rekey_after_frames = 2;
+        let mut wire = Vec::new();
+        sealer.initiate_rekey().unwrap();
+        sealer.seal(b"", false, &mut wire).unwrap();
+        assert_eq!(sealer.initiate_rekey(), Err(Error::RekeyOutstanding));
+        sealer.seal(b"a", false, &mut wire).unwrap();
+        // The key has sealed two frames: the next data frame rekeys anyway.
+        sealer.seal(b"b", false, &mut wire).unwrap();
+        assert_eq!(sealer.generation(), 2);
+        let mut pos = 0;
+        while pos < wire.len() {
+            pos += opener.open_in_place(&mut wire[pos..]).unwrap().unwrap().frame_len;
+        }
+        assert_eq!(opener.generation(), 2);
     }
 
     #[test]

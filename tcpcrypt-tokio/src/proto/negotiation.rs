@@ -177,10 +177,8 @@ pub fn server_choose(
             let (Some(tep), Some(data)) = (usable(s), ResumptionData::from_suboption(s)) else {
                 continue;
             };
-            if let Some(secret) = cache.take(&data.half) {
-                if secret.tep == tep {
-                    return Ok(ServerChoice::Resume(secret, data));
-                }
+            if let Some(secret) = cache.take_for(&data.half, tep) {
+                return Ok(ServerChoice::Resume(secret, data));
             }
         }
     }
@@ -227,10 +225,15 @@ pub fn client_interpret(
     offer: &ClientOffer,
     b_option: &EnoOption,
 ) -> Result<ClientResult, DisableReason> {
-    check_global(config, b_option, true)?;
+    if !b_option.b() {
+        return Err(DisableReason::RoleClash);
+    }
+    // A vacuous answer means plain TCP on this connection, whatever the
+    // rest of its global suboption says.
     if b_option.is_vacuous() {
         return Err(DisableReason::PeerDeclined);
     }
+    check_global(config, b_option, true)?;
     let mut mismatch = false;
     for s in b_option.teps().iter().rev() {
         let Some(tep) = Tep::from_id(s.id()) else {

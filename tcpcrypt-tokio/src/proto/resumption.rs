@@ -8,7 +8,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::aead::AeadAlgorithm;
 use super::crypto::CryptoBackend;
@@ -79,16 +80,22 @@ pub fn session_nonce(own_original_role: Role, own: &[u8], peer: &[u8]) -> Vec<u8
     }
 }
 
+/// A source of the current time for cache expiry, injected so that the
+/// core reads no clock itself: any monotonic time since a fixed origin.
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
 /// The accepting side's cache, keyed by the identifier half a peer sends.
-/// Bounded: the oldest entry goes first when full.
+/// Bounded: the oldest entry goes first when full. With a clock, entries
+/// also expire.
 pub struct ResumptionCache {
     capacity: usize,
+    expiry: Option<(Duration, Clock)>,
     inner: Mutex<CacheInner>,
 }
 
 #[derive(Default)]
 struct CacheInner {
-    entries: HashMap<ResumeHalf, ResumptionSecret>,
+    entries: HashMap<ResumeHalf, (ResumptionSecret, Duration)>,
     order: VecDeque<ResumeHalf>,
 }
 
@@ -106,8 +113,24 @@ impl ResumptionCache {
     pub fn new(capacity: usize) -> Self {
         ResumptionCache {
             capacity,
+            expiry: None,
             inner: Mutex::new(CacheInner::default()),
         }
+    }
+
+    /// A cache whose entries expire `max_age` after insertion, as told by
+    /// `clock`.
+    pub fn with_expiry(capacity: usize, max_age: Duration, clock: Clock) -> Self {
+        ResumptionCache {
+            expiry: Some((max_age, clock)),
+            ..ResumptionCache::new(capacity)
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.expiry
+            .as_ref()
+            .map_or(Duration::ZERO, |(_, clock)| clock())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
@@ -117,14 +140,29 @@ impl ResumptionCache {
     }
 
     /// Stores a secret under the half its peer will send, and returns that
-    /// half (the key to [`remove`](Self::remove) it).
-    pub fn insert(&self, backend: &dyn CryptoBackend, secret: ResumptionSecret) -> ResumeHalf {
+    /// half (the key to [`remove`](Self::remove) it), or `None` if the cache
+    /// holds nothing (capacity 0).
+    pub fn insert(
+        &self,
+        backend: &dyn CryptoBackend,
+        secret: ResumptionSecret,
+    ) -> Option<ResumeHalf> {
         let key = secret.peer_half(backend);
         if self.capacity == 0 {
-            return key;
+            return None;
         }
+        let now = self.now();
         let mut inner = self.lock();
-        if inner.entries.insert(key, secret).is_none() {
+        if inner.entries.len() >= self.capacity {
+            if let Some((max_age, _)) = &self.expiry {
+                inner
+                    .entries
+                    .retain(|_, (_, at)| now.saturating_sub(*at) <= *max_age);
+                let CacheInner { entries, order } = &mut *inner;
+                order.retain(|k| entries.contains_key(k));
+            }
+        }
+        if inner.entries.insert(key, (secret, now)).is_none() {
             inner.order.push_back(key);
         }
         while inner.entries.len() > self.capacity {
@@ -135,15 +173,32 @@ impl ResumptionCache {
                 None => break,
             }
         }
-        key
+        Some(key)
+    }
+
+    /// Removes and returns the secret a peer named for `tep`. A request
+    /// naming a cached secret under another TEP leaves it in place, so that
+    /// a forged request cannot destroy it.
+    pub fn take_for(&self, half: &ResumeHalf, tep: Tep) -> Option<ResumptionSecret> {
+        {
+            let inner = self.lock();
+            if inner.entries.get(half).is_none_or(|(s, _)| s.tep != tep) {
+                return None;
+            }
+        }
+        self.take(half)
     }
 
     /// Removes and returns the secret a peer named, if any: single use.
     pub fn take(&self, half: &ResumeHalf) -> Option<ResumptionSecret> {
+        let now = self.now();
         let mut inner = self.lock();
-        let found = inner.entries.remove(half)?;
+        let (found, inserted) = inner.entries.remove(half)?;
         inner.order.retain(|k| k != half);
-        Some(found)
+        match &self.expiry {
+            Some((max_age, _)) if now.saturating_sub(inserted) > *max_age => None,
+            _ => Some(found),
+        }
     }
 
     /// Flushes the entry stored under `half` (RFC 8548 3.5's per-connection
@@ -167,5 +222,57 @@ impl ResumptionCache {
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::proto::crypto;
+
+    fn secret(byte: u8) -> ResumptionSecret {
+        ResumptionSecret {
+            tep: Tep::EcdheCurve25519,
+            aead: AeadAlgorithm::Aes128Gcm,
+            original_role: Role::B,
+            index: 1,
+            secret: SessionSecret::from_bytes([byte; 32]),
+        }
+    }
+
+    #[test]
+    fn bounded_single_use_and_expiring() {
+        let backend = crypto::default_backend();
+        let cache = ResumptionCache::new(2);
+        let k1 = cache.insert(backend, secret(1)).unwrap();
+        let k2 = cache.insert(backend, secret(2)).unwrap();
+        let k3 = cache.insert(backend, secret(3)).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert!(cache.take(&k1).is_none(), "oldest evicted");
+        assert!(cache.take(&k2).is_some());
+        assert!(cache.take(&k2).is_none(), "single use");
+        assert!(cache.remove(&k3));
+        assert!(cache.is_empty());
+
+        let now = Arc::new(AtomicU64::new(0));
+        let clock_now = now.clone();
+        let clock: Clock = Arc::new(move || Duration::from_secs(clock_now.load(Ordering::Relaxed)));
+        let cache = ResumptionCache::with_expiry(4, Duration::from_secs(60), clock);
+        let fresh = cache.insert(backend, secret(4)).unwrap();
+        let stale = cache.insert(backend, secret(5)).unwrap();
+        now.store(30, Ordering::Relaxed);
+        assert!(cache.take(&fresh).is_some());
+        now.store(61, Ordering::Relaxed);
+        assert!(cache.take(&stale).is_none(), "expired");
+
+        // Capacity 0 stores nothing and says so.
+        assert!(ResumptionCache::new(0).insert(backend, secret(6)).is_none());
+        // The right half under the wrong TEP leaves the secret in place.
+        let cache = ResumptionCache::new(2);
+        let k = cache.insert(backend, secret(7)).unwrap();
+        assert!(cache.take_for(&k, Tep::EcdheP256).is_none());
+        assert!(cache.take_for(&k, Tep::EcdheCurve25519).is_some());
     }
 }

@@ -17,8 +17,8 @@ use crate::proto::tep::Tep;
 pub(super) struct RustCrypto;
 
 fn x25519_scalar(private: &[u8]) -> Result<x25519_dalek::StaticSecret, CryptoError> {
-    let bytes: [u8; 32] = private.try_into().map_err(|_| CryptoError)?;
-    Ok(x25519_dalek::StaticSecret::from(bytes))
+    let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(private.try_into().map_err(|_| CryptoError)?);
+    Ok(x25519_dalek::StaticSecret::from(*bytes))
 }
 
 fn p256_scalar(private: &[u8]) -> Result<p256::SecretKey, CryptoError> {

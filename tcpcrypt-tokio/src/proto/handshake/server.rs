@@ -46,11 +46,9 @@ enum AfterSkip {
 
 enum State {
     AwaitHello,
-    /// Waiting for the Init1 for `tep`; `hello_sent` is false while our
-    /// hello is held back to go out with Init2 (pipelined case).
+    /// Waiting for the Init1 for `tep`; our hello is sent.
     AwaitInit1 {
         tep: Tep,
-        hello_sent: bool,
     },
     SkipInit1(AfterSkip),
     Done,
@@ -223,10 +221,7 @@ impl ServerHandshake {
                         AfterSkip::Declined(r) => self.finish(ServerOutcome::Declined(r)),
                         AfterSkip::Resumed { secret, sn } => self.finish_resumed(secret, &sn),
                         AfterSkip::AwaitInit1(tep) => {
-                            self.state = State::AwaitInit1 {
-                                tep,
-                                hello_sent: true,
-                            };
+                            self.state = State::AwaitInit1 { tep };
                         }
                     }
                 }
@@ -295,11 +290,10 @@ impl ServerHandshake {
                 AfterSkip::Resumed { secret, sn }
             }
             Ok(ServerChoice::Fresh(tep)) if pipelined && self.pipelined == Some(tep) => {
-                // Hold our hello back: it goes out with Init2.
-                self.state = State::AwaitInit1 {
-                    tep,
-                    hello_sent: false,
-                };
+                // Our hello goes out now, before Init1 is judged: if Init1
+                // is bad, A sees a tcpcrypt peer abort, not a legacy server.
+                self.send_hello(Some((tep, None)))?;
+                self.state = State::AwaitInit1 { tep };
                 return Ok(());
             }
             Ok(ServerChoice::Fresh(tep)) => {
@@ -313,12 +307,7 @@ impl ServerHandshake {
             match after {
                 AfterSkip::Declined(r) => self.finish(ServerOutcome::Declined(r)),
                 AfterSkip::Resumed { secret, sn } => self.finish_resumed(secret, &sn),
-                AfterSkip::AwaitInit1(tep) => {
-                    self.state = State::AwaitInit1 {
-                        tep,
-                        hello_sent: true,
-                    }
-                }
+                AfterSkip::AwaitInit1(tep) => self.state = State::AwaitInit1 { tep },
             }
         }
         Ok(())
@@ -391,14 +380,13 @@ impl ServerHandshake {
     /// The accepting side keeps `ss[i+1]` in its own cache.
     fn cache_next(&self, mut session: Session) -> Session {
         if let (Some(cache), Some(next)) = (&self.cache, session.resumption.take()) {
-            session.info.cached_resumption = Some(cache.insert(self.config.backend, next));
+            session.info.cached_resumption = cache.insert(self.config.backend, next);
         }
         session
     }
 
     fn on_init1(&mut self, bytes: Vec<u8>) -> Result<(), Error> {
-        let State::AwaitInit1 { tep, hello_sent } = std::mem::replace(&mut self.state, State::Done)
-        else {
+        let State::AwaitInit1 { tep } = std::mem::replace(&mut self.state, State::Done) else {
             unreachable!("on_init1 is called in AwaitInit1");
         };
         let init1 = Init1::decode(tep, &bytes)?;
@@ -424,9 +412,6 @@ impl ServerHandshake {
             pub_field: key.pub_field().to_vec(),
         }
         .encode();
-        if !hello_sent {
-            self.send_hello(Some((tep, None)))?;
-        }
         self.output.extend_from_slice(&init2);
         let negotiated = self.negotiated(tep, aead, false);
         let ss0 = SessionSecret::from_key_exchange(

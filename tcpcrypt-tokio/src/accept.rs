@@ -1,0 +1,189 @@
+//! The accepting side: `TcpcryptAcceptor` over any transport, and
+//! `TcpcryptListener`, which runs handshakes concurrently so that a slow
+//! client never holds up the others.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, FallbackReason};
+use crate::negotiate::{self, ServerEnd};
+use crate::stream::{TcpcryptStream, abort_tcp};
+use crate::{Config, Policy};
+
+/// Runs the accepting side's handshake over a transport the caller owns.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tcpcrypt_tokio::{Config, TcpcryptAcceptor};
+///
+/// # async fn run(tcp: tokio::net::TcpStream) -> std::io::Result<()> {
+/// let acceptor = TcpcryptAcceptor::new(Arc::new(Config::default()));
+/// let stream = acceptor.accept(tcp).await?;
+/// println!("encrypted: {}", stream.is_encrypted());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TcpcryptAcceptor {
+    config: Arc<Config>,
+}
+
+impl TcpcryptAcceptor {
+    /// An acceptor with this configuration.
+    pub fn new(config: Arc<Config>) -> Self {
+        TcpcryptAcceptor { config }
+    }
+
+    /// Negotiates on `io`. A plain client gets a plain stream (unless the
+    /// policy is mandatory) that delivers every byte it sent.
+    pub async fn accept<IO>(&self, mut io: IO) -> io::Result<TcpcryptStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = &self.config;
+        if config.policy == Policy::Off {
+            return Ok(TcpcryptStream::plain(
+                io,
+                FallbackReason::PolicyOff,
+                Vec::new(),
+            ));
+        }
+        match negotiate::server(&mut io, config).await? {
+            ServerEnd::Encrypted(session, leftover) => {
+                Ok(TcpcryptStream::encrypted(io, *session, leftover))
+            }
+            ServerEnd::Plain(reason, _) if config.policy == Policy::Mandatory => {
+                Err(Error::EncryptionRequired(reason).into())
+            }
+            ServerEnd::Plain(reason, bytes) => Ok(TcpcryptStream::plain(io, reason, bytes)),
+        }
+    }
+}
+
+/// A TCP listener whose accepted streams are encrypted when the client
+/// speaks tcpcrypt and plain otherwise (unless the policy is mandatory).
+///
+/// Handshakes run in their own tasks, at most
+/// [`max_pending_handshakes`](crate::ConfigBuilder::max_pending_handshakes)
+/// at once, each bounded by the handshake timeout: a client that never
+/// finishes its hello is dropped without delaying anyone.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tokio::io::AsyncWriteExt;
+/// use tcpcrypt_tokio::{Config, TcpcryptListener};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let mut listener = TcpcryptListener::bind("127.0.0.1:8080", Arc::new(Config::default())).await?;
+/// loop {
+///     let (mut stream, peer) = listener.accept().await?;
+///     tokio::spawn(async move {
+///         let _ = stream.write_all(b"hello\n").await;
+///         let _ = stream.shutdown().await;
+///     });
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct TcpcryptListener {
+    local_addr: SocketAddr,
+    ready: mpsc::Receiver<io::Result<(TcpcryptStream<TcpStream>, SocketAddr)>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TcpcryptListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TcpcryptListener {
+    /// Binds to `addr` and starts accepting.
+    pub async fn bind(addr: impl ToSocketAddrs, config: Arc<Config>) -> io::Result<Self> {
+        Self::from_listener(TcpListener::bind(addr).await?, config)
+    }
+
+    /// Serves an existing listener.
+    pub fn from_listener(listener: TcpListener, config: Arc<Config>) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        let task = tokio::spawn(accept_loop(listener, config, tx));
+        Ok(TcpcryptListener {
+            local_addr,
+            ready,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The next negotiated connection. Connections whose handshake failed
+    /// are dropped and logged, not returned; an error here is an error of
+    /// the listening socket.
+    pub async fn accept(&mut self) -> io::Result<(TcpcryptStream<TcpStream>, SocketAddr)> {
+        match self.ready.recv().await {
+            Some(r) => r,
+            None => Err(io::Error::other("the listener stopped")),
+        }
+    }
+}
+
+type Ready = mpsc::Sender<io::Result<(TcpcryptStream<TcpStream>, SocketAddr)>>;
+
+async fn accept_loop(listener: TcpListener, config: Arc<Config>, tx: Ready) {
+    let acceptor = TcpcryptAcceptor::new(config.clone());
+    let slots = Arc::new(Semaphore::new(config.max_pending_handshakes));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) if is_transient(&e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = acceptor.accept(tcp).await;
+            drop(permit);
+            match result {
+                Ok(mut stream) => {
+                    stream.abort = Some(abort_tcp);
+                    stream.peer = Some(peer);
+                    let _ = tx.send(Ok((stream, peer))).await;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "handshake failed; connection dropped")
+                }
+            }
+        });
+    }
+}
+
+/// Errors of one incoming connection (it vanished before `accept`, or the
+/// process is out of descriptors for a moment) that must not stop the
+/// listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || e.raw_os_error() == Some(24)
+        || e.raw_os_error() == Some(23)
+}

@@ -1,0 +1,181 @@
+//! The connecting side: `TcpcryptStream::connect` (with transparent
+//! fallback by reconnecting) and `TcpcryptConnector` over any transport.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, ToSocketAddrs, lookup_host};
+
+use crate::error::{Error, FallbackReason};
+use crate::negotiate::{self, ClientEnd};
+use crate::stream::{TcpcryptStream, abort_tcp};
+use crate::{Config, Policy};
+
+/// Runs the connecting side's handshake over a transport the caller owns.
+/// No reconnect is possible there, so a spoiled connection is reported as
+/// [`Connected::Reconnect`].
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tcpcrypt_tokio::{Config, Connected, TcpcryptConnector};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let connector = TcpcryptConnector::new(Arc::new(Config::default()));
+/// let tcp = tokio::net::TcpStream::connect("127.0.0.1:8080").await?;
+/// match connector.connect(tcp).await? {
+///     Connected::Stream(stream) => println!("encrypted: {}", stream.is_encrypted()),
+///     Connected::Reconnect(reason) => println!("connect again in plain TCP: {reason}"),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TcpcryptConnector {
+    config: Arc<Config>,
+}
+
+/// The outcome of [`TcpcryptConnector::connect`].
+#[derive(Debug)]
+pub enum Connected<IO> {
+    /// A usable stream: encrypted, or plain on this same transport (the
+    /// policy allowed it and the peer declined in band).
+    Stream(TcpcryptStream<IO>),
+    /// The server does not speak tcpcrypt, or ENO had to be disabled after
+    /// its answer: this transport is spoiled (the server has read our hello
+    /// as data, or may be encrypting). Connect again without tcpcrypt.
+    Reconnect(FallbackReason),
+}
+
+impl TcpcryptConnector {
+    /// A connector with this configuration.
+    pub fn new(config: Arc<Config>) -> Self {
+        TcpcryptConnector { config }
+    }
+
+    /// Negotiates on `io`. `peer` names the destination for the resumption
+    /// and verdict caches (`None`: no caching).
+    pub async fn connect_with_peer<IO>(
+        &self,
+        mut io: IO,
+        peer: Option<SocketAddr>,
+    ) -> io::Result<Connected<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = &self.config;
+        if config.policy == Policy::Off {
+            return Ok(Connected::Stream(TcpcryptStream::plain(
+                io,
+                FallbackReason::PolicyOff,
+                Vec::new(),
+            )));
+        }
+        let ticket = peer.and_then(|p| config.client_cache.take_ticket(p));
+        let end = negotiate::client(&mut io, config, ticket).await?;
+        match end {
+            ClientEnd::Encrypted(mut session, leftover) => {
+                if let Some(p) = peer {
+                    config.client_cache.mark_encrypted(p);
+                    if let Some(ticket) = session.resumption.take() {
+                        config.client_cache.store_ticket(p, ticket);
+                    }
+                }
+                tracing::debug!(peer = ?peer, session_id = %session.info.session_id, resumed = session.info.resumed, "tcpcrypt session established");
+                Ok(Connected::Stream(TcpcryptStream::encrypted(
+                    io, *session, leftover,
+                )))
+            }
+            ClientEnd::PlainHere(reason, leftover) => {
+                self.check_fallback(peer, &reason)?;
+                Ok(Connected::Stream(TcpcryptStream::plain(
+                    io, reason, leftover,
+                )))
+            }
+            ClientEnd::Reconnect(reason) => {
+                self.check_fallback(peer, &reason)?;
+                if let Some(p) = peer {
+                    config.client_cache.mark_legacy(p);
+                }
+                Ok(Connected::Reconnect(reason))
+            }
+        }
+    }
+
+    /// Negotiates on `io` without caching.
+    pub async fn connect<IO>(&self, io: IO) -> io::Result<Connected<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.connect_with_peer(io, None).await
+    }
+
+    /// Applies the policy to a fallback: refuses it under `Mandatory`,
+    /// reports (and optionally refuses) a possible downgrade.
+    fn check_fallback(&self, peer: Option<SocketAddr>, reason: &FallbackReason) -> io::Result<()> {
+        let config = &self.config;
+        if config.policy == Policy::Mandatory {
+            return Err(Error::EncryptionRequired(reason.clone()).into());
+        }
+        if let Some(p) = peer.filter(|p| config.client_cache.was_encrypted(*p)) {
+            tracing::warn!(peer = %p, %reason, "destination negotiated tcpcrypt before and now falls back to plain TCP: possible downgrade attack");
+            if config.refuse_downgrade {
+                return Err(Error::Downgrade {
+                    peer: p,
+                    reason: reason.clone(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn tcp_connect(addrs: &[SocketAddr]) -> io::Result<(TcpStream, SocketAddr)> {
+    let mut last = None;
+    for &addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "no addresses to connect to")
+    }))
+}
+
+impl TcpcryptStream<TcpStream> {
+    /// Resolves `addr`, connects (IPv4 or IPv6), and negotiates tcpcrypt.
+    ///
+    /// Under [`Policy::Opportunistic`], a server that does not speak
+    /// tcpcrypt costs one extra connection the first time: the stream is
+    /// connected again in plain TCP, transparently, and the verdict is
+    /// remembered so that later connections go plain at once. Under
+    /// [`Policy::Mandatory`] that is an error instead, and no application
+    /// byte has been sent.
+    pub async fn connect(addr: impl ToSocketAddrs, config: &Arc<Config>) -> io::Result<Self> {
+        let addrs: Vec<SocketAddr> = lookup_host(addr).await?.collect();
+        let (tcp, peer) = tcp_connect(&addrs).await?;
+        let plain = |tcp: TcpStream, reason| {
+            let mut s = TcpcryptStream::plain(tcp, reason, Vec::new());
+            s.peer = Some(peer);
+            s
+        };
+        if config.policy == Policy::Opportunistic && config.client_cache.is_legacy(peer) {
+            return Ok(plain(tcp, FallbackReason::KnownLegacy));
+        }
+        let connector = TcpcryptConnector::new(config.clone());
+        match connector.connect_with_peer(tcp, Some(peer)).await? {
+            Connected::Stream(mut s) => {
+                s.abort = Some(abort_tcp);
+                s.peer = Some(peer);
+                Ok(s)
+            }
+            Connected::Reconnect(reason) => {
+                tracing::debug!(%peer, %reason, "falling back to plain TCP");
+                let tcp = TcpStream::connect(peer).await?;
+                Ok(plain(tcp, reason))
+            }
+        }
+    }
+}

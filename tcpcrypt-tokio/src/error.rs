@@ -1,0 +1,116 @@
+//! Errors of the tokio layer, carried inside `std::io::Error` so that the
+//! stream fits `AsyncRead`/`AsyncWrite`. Recover the details with
+//! [`Error::from_io`].
+//!
+//! A clean end of stream is `Ok(0)` from a read. Everything else is an
+//! error: truncation (a TCP FIN without a FINp frame) has kind
+//! `UnexpectedEof`, tampering `InvalidData`.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use crate::proto::{self, DisableReason};
+
+/// Why a connection is plain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FallbackReason {
+    /// The policy is [`Policy::Off`](crate::Policy::Off).
+    PolicyOff,
+    /// The destination was found legacy recently; no hello was sent.
+    KnownLegacy,
+    /// The server answered with something that is not a tcpcrypt hello.
+    ServerSentOtherBytes,
+    /// The server closed or reset the connection instead of answering.
+    ServerClosed,
+    /// The server said nothing before the deadline.
+    ServerSilent,
+    /// The peer speaks tcpcrypt and negotiation failed in band.
+    Declined(DisableReason),
+    /// The client found that ENO must be disabled after the server's hello
+    /// (the connection was replaced by a plain one).
+    Disabled(DisableReason),
+    /// The client sent no hello: a plain client.
+    PlainClient,
+    /// The client sent nothing before the wait ended.
+    ClientSilent,
+}
+
+impl fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FallbackReason::PolicyOff => f.write_str("encryption is off by policy"),
+            FallbackReason::KnownLegacy => f.write_str("the server is known not to speak tcpcrypt"),
+            FallbackReason::ServerSentOtherBytes => {
+                f.write_str("the server does not speak tcpcrypt")
+            }
+            FallbackReason::ServerClosed => {
+                f.write_str("the server closed the connection instead of answering")
+            }
+            FallbackReason::ServerSilent => {
+                f.write_str("the server did not answer the tcpcrypt hello")
+            }
+            FallbackReason::Declined(r) => write!(f, "negotiation declined: {r}"),
+            FallbackReason::Disabled(r) => write!(f, "negotiation disabled: {r}"),
+            FallbackReason::PlainClient => f.write_str("the client does not speak tcpcrypt"),
+            FallbackReason::ClientSilent => f.write_str("the client sent nothing"),
+        }
+    }
+}
+
+/// An error of the tokio layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A protocol error (bad input from the peer, tampering, truncation).
+    #[error("tcpcrypt: {0}")]
+    Protocol(#[from] proto::Error),
+    /// Encryption is mandatory and the peer cannot do it.
+    #[error("tcpcrypt is mandatory and {0}")]
+    EncryptionRequired(FallbackReason),
+    /// A destination that negotiated tcpcrypt before fell back to plain TCP
+    /// and the configuration refuses that.
+    #[error("{peer} spoke tcpcrypt before and now {reason}: refusing a possible downgrade")]
+    Downgrade {
+        /// The destination.
+        peer: SocketAddr,
+        /// What happened this time.
+        reason: FallbackReason,
+    },
+    /// The handshake did not finish in time.
+    #[error("tcpcrypt handshake timed out")]
+    HandshakeTimeout,
+}
+
+impl Error {
+    /// The tcpcrypt error inside an I/O error, if there is one.
+    pub fn from_io(e: &io::Error) -> Option<&Error> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
+    }
+
+    fn kind(&self) -> io::ErrorKind {
+        match self {
+            Error::Protocol(proto::Error::Truncated | proto::Error::HandshakeEof) => {
+                io::ErrorKind::UnexpectedEof
+            }
+            Error::Protocol(_) => io::ErrorKind::InvalidData,
+            Error::EncryptionRequired(_) | Error::Downgrade { .. } => {
+                io::ErrorKind::ConnectionRefused
+            }
+            Error::HandshakeTimeout => io::ErrorKind::TimedOut,
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        io::Error::new(e.kind(), e)
+    }
+}
+
+impl From<proto::Error> for io::Error {
+    fn from(e: proto::Error) -> io::Error {
+        Error::Protocol(e).into()
+    }
+}

@@ -1,0 +1,185 @@
+//! Drives the core's handshake state machines over an async byte stream,
+//! with the deadlines of the [`Config`](crate::Config).
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout_at};
+
+use crate::Config;
+use crate::error::{Error, FallbackReason};
+use crate::proto::{
+    ClientHandshake, ClientOutcome, LegacyEvidence, OsRandom, ResumptionSecret, ServerHandshake,
+    ServerOutcome, Session,
+};
+
+/// Enough for any handshake message, and for the first frames that may
+/// arrive with it (kept as leftover for the data phase).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How the client's negotiation ended.
+pub(crate) enum ClientEnd {
+    /// Encrypted; bytes received after the handshake.
+    Encrypted(Box<Session>, Vec<u8>),
+    /// Plain on this same connection; bytes received after the server's
+    /// hello are application data.
+    PlainHere(FallbackReason, Vec<u8>),
+    /// The connection is spoiled (the server saw our hello as data or may
+    /// be encrypting): a plain connection must replace it.
+    Reconnect(FallbackReason),
+}
+
+/// How the server's negotiation ended.
+pub(crate) enum ServerEnd {
+    Encrypted(Box<Session>, Vec<u8>),
+    /// Plain; every byte the client sent, to hand to the application.
+    Plain(FallbackReason, Vec<u8>),
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        io.flush().await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Runs the connecting side's handshake on `io`.
+pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    config: &Config,
+    ticket: Option<ResumptionSecret>,
+) -> io::Result<ClientEnd> {
+    let deadline = Instant::now() + config.handshake_timeout;
+    let first_deadline = deadline.min(Instant::now() + config.server_hello_timeout);
+    let mut hs = ClientHandshake::new(config.handshake.clone(), ticket, Box::new(OsRandom))?;
+    let mut out = Vec::new();
+    hs.write_to(&mut out);
+    if let Err(e) = send(io, &mut out).await {
+        // A server that resets at once is legacy, not an error.
+        return if is_reset(&e) {
+            Ok(ClientEnd::Reconnect(FallbackReason::ServerClosed))
+        } else {
+            Err(e)
+        };
+    }
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut heard = false;
+    loop {
+        let limit = if heard { deadline } else { first_deadline };
+        let n = match timeout_at(limit, io.read(&mut buf)).await {
+            Err(_) if !heard => {
+                hs.peer_silent()?;
+                0
+            }
+            Err(_) => return Err(Error::HandshakeTimeout.into()),
+            Ok(Ok(0)) => {
+                hs.peer_eof()?;
+                0
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if is_reset(&e) && !heard => {
+                hs.peer_eof()?;
+                0
+            }
+            Ok(Err(e)) => return Err(e),
+        };
+        heard |= n > 0;
+        let used = hs.read(&buf[..n])?;
+        hs.write_to(&mut out);
+        send(io, &mut out).await?;
+        if let Some(outcome) = hs.outcome() {
+            let rest = buf[used..n].to_vec();
+            return Ok(match outcome {
+                ClientOutcome::Encrypted(s) => ClientEnd::Encrypted(s, rest),
+                ClientOutcome::Declined(r) => {
+                    ClientEnd::PlainHere(FallbackReason::Declined(r), rest)
+                }
+                ClientOutcome::Disabled(r) => ClientEnd::Reconnect(FallbackReason::Disabled(r)),
+                ClientOutcome::Legacy(LegacyEvidence::Bytes(_)) => {
+                    ClientEnd::Reconnect(FallbackReason::ServerSentOtherBytes)
+                }
+                ClientOutcome::Legacy(LegacyEvidence::Eof) => {
+                    ClientEnd::Reconnect(FallbackReason::ServerClosed)
+                }
+                ClientOutcome::Legacy(LegacyEvidence::Silence) => {
+                    ClientEnd::Reconnect(FallbackReason::ServerSilent)
+                }
+            });
+        }
+    }
+}
+
+/// Runs the accepting side's handshake on `io`.
+pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    config: &Config,
+) -> io::Result<ServerEnd> {
+    let deadline = Instant::now() + config.handshake_timeout;
+    let first_deadline = deadline.min(Instant::now() + config.client_hello_wait);
+    let mut hs = ServerHandshake::new(
+        config.handshake.clone(),
+        Some(config.server_cache.clone()),
+        Box::new(OsRandom),
+    )?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut heard = false;
+    loop {
+        let limit = if heard { deadline } else { first_deadline };
+        let (n, silent) = match timeout_at(limit, io.read(&mut buf)).await {
+            Err(_) if !hs.hello_received() && !heard => {
+                hs.peer_silent()?;
+                (0, true)
+            }
+            Err(_) if !hs.hello_received() => {
+                // A partial marker, then silence: not ours after all.
+                hs.peer_silent()
+                    .map_err(|_| io::Error::from(Error::HandshakeTimeout))?;
+                (0, false)
+            }
+            Err(_) => return Err(Error::HandshakeTimeout.into()),
+            Ok(Ok(0)) => {
+                hs.peer_eof()?;
+                (0, false)
+            }
+            Ok(Ok(n)) => (n, false),
+            Ok(Err(e)) => return Err(e),
+        };
+        heard |= n > 0;
+        let used = hs.read(&buf[..n]);
+        // Our hello goes out even when A's Init1 is then refused, so that A
+        // sees a tcpcrypt peer abort rather than a legacy server.
+        hs.write_to(&mut out);
+        send(io, &mut out).await?;
+        let used = used?;
+        if let Some(outcome) = hs.outcome() {
+            let rest = &buf[used..n];
+            return Ok(match outcome {
+                ServerOutcome::Encrypted(s) => ServerEnd::Encrypted(s, rest.to_vec()),
+                ServerOutcome::Declined(r) => {
+                    ServerEnd::Plain(FallbackReason::Declined(r), rest.to_vec())
+                }
+                ServerOutcome::PlainClient { mut prefix } => {
+                    prefix.extend_from_slice(rest);
+                    let reason = if silent {
+                        FallbackReason::ClientSilent
+                    } else {
+                        FallbackReason::PlainClient
+                    };
+                    ServerEnd::Plain(reason, prefix)
+                }
+            });
+        }
+    }
+}

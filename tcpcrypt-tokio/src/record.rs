@@ -1,0 +1,262 @@
+//! Moving frames between the core's sealer/opener and an async byte
+//! stream: the receive and send halves of an encrypted connection. Each
+//! half owns its buffer and key state, so the two directions never share a
+//! lock.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::proto::frame::{DATA_OFFSET, MAX_DATA, MAX_FRAME_LEN};
+use crate::proto::{Error as ProtoError, FrameOpener, FrameSealer};
+
+/// Receive buffer size: one whole frame of the largest size and room for
+/// the next header, so a bulk reader needs one `read` per frame.
+const RECV_BUF_LEN: usize = MAX_FRAME_LEN + 4096;
+/// Bytes kept at the front of an empty send buffer so that the data of the
+/// first frame starts 16-byte aligned (copies into misaligned destinations
+/// can be several times slower).
+const SEND_HEADROOM: usize = 16 - DATA_OFFSET;
+/// Sealed bytes the sender keeps before it stops accepting more.
+const SEND_HIGH_WATER: usize = 2 * MAX_FRAME_LEN;
+
+/// The receiving direction.
+pub(crate) struct RecvState {
+    opener: FrameOpener,
+    buf: Vec<u8>,
+    /// Unprocessed bytes: `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Decrypted application data waiting for the reader.
+    data: std::ops::Range<usize>,
+    fin: bool,
+}
+
+/// What the receiver learned besides data.
+pub(crate) enum RecvEvent {
+    /// The peer moved to this generation: answer with rekey frames.
+    PeerRekeyed(u64),
+}
+
+impl RecvState {
+    /// `leftover` holds bytes that arrived with the end of the handshake.
+    pub(crate) fn new(opener: FrameOpener, leftover: Vec<u8>) -> Self {
+        let end = leftover.len();
+        RecvState {
+            opener,
+            buf: leftover,
+            start: 0,
+            end,
+            data: 0..0,
+            fin: false,
+        }
+    }
+
+    pub(crate) fn opener(&self) -> &FrameOpener {
+        &self.opener
+    }
+
+    /// Reads application data into `out`. `on_event` hears of peer rekeys.
+    /// A protocol error is returned as an I/O error and repeats forever.
+    pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+        on_event: &mut dyn FnMut(RecvEvent),
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.data.is_empty() {
+                let n = self.data.len().min(out.remaining());
+                out.put_slice(&self.buf[self.data.start..self.data.start + n]);
+                self.data.start += n;
+                return Poll::Ready(Ok(()));
+            }
+            if self.fin {
+                return Poll::Ready(Ok(()));
+            }
+            if self.start < self.end {
+                match self
+                    .opener
+                    .open_in_place(&mut self.buf[self.start..self.end])
+                {
+                    Ok(Some(f)) => {
+                        self.data = self.start + f.data.start..self.start + f.data.end;
+                        self.start += f.frame_len;
+                        self.fin = f.fin;
+                        if f.rekeyed {
+                            on_event(RecvEvent::PeerRekeyed(self.opener.generation()));
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e.into())),
+                }
+            }
+            // Need more bytes: move the partial frame to the front.
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() < RECV_BUF_LEN {
+                self.buf.resize(RECV_BUF_LEN, 0);
+            }
+            let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    if self.end == 0 {
+                        // Idle: give the buffer back rather than hold 68 KiB.
+                        self.buf = Vec::new();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        let result = if self.end > 0 {
+                            Err(ProtoError::Truncated)
+                        } else {
+                            self.opener.end_of_stream()
+                        };
+                        return Poll::Ready(result.map_err(io::Error::from));
+                    }
+                    self.end += n;
+                }
+            }
+        }
+    }
+}
+
+/// The sending direction.
+pub(crate) struct SendState {
+    sealer: FrameSealer,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    pos: usize,
+    /// The peer's generation as last seen by the receiver.
+    peer_generation: u64,
+}
+
+impl SendState {
+    pub(crate) fn new(sealer: FrameSealer) -> Self {
+        SendState {
+            sealer,
+            buf: Vec::new(),
+            pos: 0,
+            peer_generation: 0,
+        }
+    }
+
+    pub(crate) fn sealer(&self) -> &FrameSealer {
+        &self.sealer
+    }
+
+    /// Records the peer's generation; the owed rekey frames go out with the
+    /// next write or flush.
+    pub(crate) fn peer_rekeyed(&mut self, generation: u64) {
+        if generation > self.peer_generation {
+            self.peer_generation = generation;
+            self.sealer.observe_peer_generation(generation);
+        }
+    }
+
+    /// Starts a rekey; the rekey frame goes out with the next write or flush
+    /// (empty if need be).
+    pub(crate) fn rekey(&mut self) -> io::Result<()> {
+        self.sealer.initiate_rekey().map_err(io::Error::from)
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn seal(&mut self, data: &[u8], fin: bool) -> io::Result<()> {
+        if self.pending() == 0 {
+            self.buf.clear();
+            self.pos = SEND_HEADROOM;
+            self.buf.resize(SEND_HEADROOM, 0);
+        }
+        self.sealer.seal(data, fin, &mut self.buf)?;
+        Ok(())
+    }
+
+    /// Seals empty frames for every owed rekey but `keep` (a data frame
+    /// about to be sealed carries the last one).
+    fn seal_owed_rekeys(&mut self, keep: u64) -> io::Result<()> {
+        while self.sealer.rekey_frames_due() > keep {
+            self.seal(&[], false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes sealed bytes until none are left or the I/O would block.
+    fn poll_drain<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pending() > 0 {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.buf[self.pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pos += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    pub(crate) fn poll_write<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.pending() >= SEND_HIGH_WATER {
+            ready!(self.poll_drain(io, cx))?;
+        }
+        self.seal_owed_rekeys(1)?;
+        let n = data.len().min(MAX_DATA);
+        self.seal(&data[..n], false)?;
+        // Push what we can now; the rest goes with the next call.
+        if let Poll::Ready(Err(e)) = self.poll_drain(io, cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    pub(crate) fn poll_flush<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.seal_owed_rekeys(0)?;
+        ready!(self.poll_drain(io, cx))?;
+        ready!(Pin::new(&mut *io).poll_flush(cx))?;
+        // Flushed and idle: hold no large buffer.
+        self.buf = Vec::new();
+        self.pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends the FINp frame, then shuts the transport's write side (TCP
+    /// FIN): a half-close.
+    pub(crate) fn poll_shutdown<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.sealer.fin_sent() {
+            self.seal_owed_rekeys(1)?;
+            self.seal(&[], true)?;
+        }
+        ready!(self.poll_drain(io, cx))?;
+        ready!(Pin::new(&mut *io).poll_shutdown(cx))?;
+        self.buf = Vec::new();
+        self.pos = 0;
+        Poll::Ready(Ok(()))
+    }
+}

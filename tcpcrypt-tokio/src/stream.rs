@@ -1,0 +1,276 @@
+//! `TcpcryptStream`: an encrypted (or, by policy, plain) byte stream with
+//! `AsyncRead + AsyncWrite`, used like `tokio_rustls`'s `TlsStream`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::error::FallbackReason;
+use crate::proto::{Session, SessionId, SessionInfo};
+use crate::record::{RecvEvent, RecvState, SendState};
+
+/// What to do with the transport when a protocol error aborts the
+/// connection (RFC 8548 3.3: ABORT, i.e. RST). Set for TCP sockets.
+pub(crate) type AbortFn<IO> = fn(&IO);
+
+/// A byte stream that is encrypted with tcpcrypt, or plain when the policy
+/// allowed a fallback. Reads return end of stream only after the peer's
+/// authenticated FINp frame; a TCP end of stream without it is an error
+/// (kind `UnexpectedEof`), and a frame that fails authentication is an
+/// error (kind `InvalidData`) that aborts the connection.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tcpcrypt_tokio::{Config, TcpcryptStream};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let config = Arc::new(Config::default());
+/// let mut stream = TcpcryptStream::connect("127.0.0.1:8080", &config).await?;
+/// match stream.session() {
+///     Some(s) => println!("encrypted, session ID {}", s.session_id),
+///     None => println!("plain: {}", stream.fallback_reason().unwrap()),
+/// }
+/// stream.write_all(b"hello").await?;
+/// stream.shutdown().await?; // FINp, then TCP FIN; reading still works
+/// let mut reply = Vec::new();
+/// stream.read_to_end(&mut reply).await?;
+/// # Ok(()) }
+/// ```
+pub struct TcpcryptStream<IO = TcpStream> {
+    pub(crate) io: IO,
+    pub(crate) mode: Mode,
+    pub(crate) abort: Option<AbortFn<IO>>,
+    pub(crate) peer: Option<SocketAddr>,
+}
+
+pub(crate) enum Mode {
+    Plain {
+        prefix: Vec<u8>,
+        pos: usize,
+        reason: FallbackReason,
+    },
+    Encrypted(Box<Encrypted>),
+}
+
+pub(crate) struct Encrypted {
+    pub(crate) info: Arc<SessionInfo>,
+    pub(crate) recv: RecvState,
+    pub(crate) send: SendState,
+}
+
+impl<IO> std::fmt::Debug for TcpcryptStream<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("TcpcryptStream");
+        match &self.mode {
+            Mode::Plain { reason, .. } => d.field("plain", reason),
+            Mode::Encrypted(e) => d.field("session_id", &e.info.session_id),
+        };
+        d.finish_non_exhaustive()
+    }
+}
+
+impl<IO> TcpcryptStream<IO> {
+    pub(crate) fn encrypted(io: IO, session: Session, leftover: Vec<u8>) -> Self {
+        TcpcryptStream {
+            io,
+            mode: Mode::Encrypted(Box::new(Encrypted {
+                info: Arc::new(session.info),
+                recv: RecvState::new(session.opener, leftover),
+                send: SendState::new(session.sealer),
+            })),
+            abort: None,
+            peer: None,
+        }
+    }
+
+    pub(crate) fn plain(io: IO, reason: FallbackReason, prefix: Vec<u8>) -> Self {
+        TcpcryptStream {
+            io,
+            mode: Mode::Plain {
+                prefix,
+                pos: 0,
+                reason,
+            },
+            abort: None,
+            peer: None,
+        }
+    }
+
+    /// Whether the stream is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self.mode, Mode::Encrypted(_))
+    }
+
+    /// The session: roles, TEP, AEAD, session ID, transcript, the peer's
+    /// application-aware bit. `None` for a plain stream: there is no
+    /// session ID then, never an empty one (RFC 8547 5.1).
+    pub fn session(&self) -> Option<&SessionInfo> {
+        match &self.mode {
+            Mode::Encrypted(e) => Some(&e.info),
+            Mode::Plain { .. } => None,
+        }
+    }
+
+    /// The session ID, when encrypted.
+    pub fn session_id(&self) -> Option<SessionId> {
+        self.session().map(|s| s.session_id)
+    }
+
+    /// Why the stream is plain, when it is.
+    pub fn fallback_reason(&self) -> Option<&FallbackReason> {
+        match &self.mode {
+            Mode::Plain { reason, .. } => Some(reason),
+            Mode::Encrypted(_) => None,
+        }
+    }
+
+    /// The address of the peer this stream was connected to or accepted
+    /// from, when it came from a TCP socket.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// The underlying transport.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// The underlying transport, mutably. Reading or writing it directly
+    /// breaks the framing.
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+
+    /// Starts a rekey (RFC 8548 3.8): the next frame, or an empty one sent
+    /// by the next flush, is sealed under new keys and the old ones are
+    /// erased. The peer must answer at once with a rekey of its own, so
+    /// `rekey()` followed by `flush()` is also an authenticated liveness
+    /// probe (RFC 8548 3.9). Fails while a previous rekey is unanswered.
+    pub fn rekey(&mut self) -> io::Result<()> {
+        match &mut self.mode {
+            Mode::Encrypted(e) => e.send.rekey(),
+            Mode::Plain { .. } => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the stream is not encrypted",
+            )),
+        }
+    }
+
+    /// This side's key generation and the peer's (as last seen).
+    pub fn generations(&self) -> Option<(u64, u64)> {
+        match &self.mode {
+            Mode::Encrypted(e) => {
+                Some((e.send.sealer().generation(), e.recv.opener().generation()))
+            }
+            Mode::Plain { .. } => None,
+        }
+    }
+
+    fn fail(&self) {
+        if let Some(abort) = self.abort {
+            abort(&self.io);
+        }
+    }
+}
+
+impl TcpcryptStream<TcpStream> {
+    /// Splits into owned read and write halves that share no lock.
+    ///
+    /// A rekey frame from the peer obliges this side to answer with one of
+    /// its own (RFC 8548 3.8); after a split the answer goes out with the
+    /// write half's next write or flush.
+    pub fn into_split(self) -> (crate::split::ReadHalf, crate::split::WriteHalf) {
+        crate::split::split(self)
+    }
+}
+
+/// Sets `SO_LINGER` to zero so that closing the socket sends RST: the
+/// RFC 793 ABORT that RFC 8548 asks for on a protocol error.
+pub(crate) fn abort_tcp(stream: &TcpStream) {
+    // A zero linger time never blocks on close; it only turns the close
+    // into a reset, which is the point here.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match &mut this.mode {
+            Mode::Plain { prefix, pos, .. } => {
+                if *pos < prefix.len() {
+                    let n = (prefix.len() - *pos).min(buf.remaining());
+                    buf.put_slice(&prefix[*pos..*pos + n]);
+                    *pos += n;
+                    if *pos == prefix.len() {
+                        *prefix = Vec::new();
+                        *pos = 0;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Pin::new(&mut this.io).poll_read(cx, buf)
+            }
+            Mode::Encrypted(e) => {
+                let Encrypted { recv, send, .. } = &mut **e;
+                let mut rekeyed = false;
+                let result = recv.poll_read(&mut this.io, cx, buf, &mut |ev| match ev {
+                    RecvEvent::PeerRekeyed(g) => {
+                        send.peer_rekeyed(g);
+                        rekeyed = true;
+                    }
+                });
+                if rekeyed {
+                    // Answer at once (RFC 8548 3.8); if the socket is full
+                    // the answer stays queued for the next write or flush.
+                    let _ = send.poll_flush(&mut this.io, cx);
+                }
+                if let Poll::Ready(Err(e)) = &result {
+                    if crate::Error::from_io(e).is_some() {
+                        this.fail();
+                    }
+                }
+                result
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match &mut this.mode {
+            Mode::Plain { .. } => Pin::new(&mut this.io).poll_write(cx, data),
+            Mode::Encrypted(e) => e.send.poll_write(&mut this.io, cx, data),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match &mut this.mode {
+            Mode::Plain { .. } => Pin::new(&mut this.io).poll_flush(cx),
+            Mode::Encrypted(e) => e.send.poll_flush(&mut this.io, cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match &mut this.mode {
+            Mode::Plain { .. } => Pin::new(&mut this.io).poll_shutdown(cx),
+            Mode::Encrypted(e) => e.send.poll_shutdown(&mut this.io, cx),
+        }
+    }
+}
