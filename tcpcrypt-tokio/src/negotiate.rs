@@ -138,16 +138,12 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let limit = if heard { deadline } else { first_deadline };
         let (n, silent) = match timeout_at(limit, io.read(&mut buf)).await {
-            Err(_) if !hs.hello_received() && !heard => {
+            Err(_) if !heard => {
                 hs.peer_silent()?;
                 (0, true)
             }
-            Err(_) if !hs.hello_received() => {
-                // A partial marker, then silence: not ours after all.
-                hs.peer_silent()
-                    .map_err(|_| io::Error::from(Error::HandshakeTimeout))?;
-                (0, false)
-            }
+            // Bytes that began a hello and then stopped: a slow or stalled
+            // handshake (slowloris), dropped at the deadline.
             Err(_) => return Err(Error::HandshakeTimeout.into()),
             Ok(Ok(0)) => {
                 hs.peer_eof()?;

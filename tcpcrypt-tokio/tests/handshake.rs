@@ -780,7 +780,10 @@ fn mandatory_application_aware_mode_sets_the_a_bit_itself() {
     let (a, b) = encrypted(drive(client(&aa, None), server(&aa, None)));
     assert!(a.info.peer_application_aware() && b.info.peer_application_aware());
     // A vacuous answer still means plain on this connection, even in that mode.
-    assert!(matches!(client_verdict(&[0x45, 0x03, 0x01], &aa), ClientOutcome::Declined(DisableReason::PeerDeclined)));
+    assert!(matches!(
+        client_verdict(&[0x45, 0x03, 0x01], &aa),
+        ClientOutcome::Declined(DisableReason::PeerDeclined)
+    ));
 }
 
 #[test]
@@ -794,8 +797,15 @@ fn a_refused_pipelined_init1_still_shows_a_tcpcrypt_peer() {
     assert_eq!(s.read(&wire), Err(Error::NoAcceptableAead));
     let mut back = Vec::new();
     s.write_to(&mut back);
-    assert!(back.starts_with(&marker(HelloKind::B)), "B's hello goes out before Init1 is judged");
+    assert!(
+        back.starts_with(&marker(HelloKind::B)),
+        "B's hello goes out before Init1 is judged"
+    );
     c.read(&back).unwrap();
     assert!(c.outcome().is_none());
-    assert_eq!(c.peer_eof(), Err(Error::HandshakeEof), "an abort, not a legacy server");
+    assert_eq!(
+        c.peer_eof(),
+        Err(Error::HandshakeEof),
+        "an abort, not a legacy server"
+    );
 }

@@ -575,7 +575,11 @@ mod tests {
         assert_eq!(sealer.generation(), 2);
         let mut pos = 0;
         while pos < wire.len() {
-            pos += opener.open_in_place(&mut wire[pos..]).unwrap().unwrap().frame_len;
+            pos += opener
+                .open_in_place(&mut wire[pos..])
+                .unwrap()
+                .unwrap()
+                .frame_len;
         }
         assert_eq!(opener.generation(), 2);
     }

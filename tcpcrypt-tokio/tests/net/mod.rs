@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 
 pub const LIMIT: Duration = Duration::from_secs(20);
 
-pub fn config(f: impl FnOnce(tcpcrypt_tokio::ConfigBuilder) -> tcpcrypt_tokio::ConfigBuilder) -> Arc<Config> {
+pub fn config(
+    f: impl FnOnce(tcpcrypt_tokio::ConfigBuilder) -> tcpcrypt_tokio::ConfigBuilder,
+) -> Arc<Config> {
     Arc::new(f(Config::builder()).build().unwrap())
 }
 
@@ -43,7 +45,9 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// A tcpcrypt echo server: echoes each connection until its EOF, then
 /// half-closes. Returns its address and a counter of connections served.
-pub async fn tcpcrypt_echo(config: Arc<Config>) -> (SocketAddr, Arc<Mutex<Vec<bool>>>, JoinHandle<()>) {
+pub async fn tcpcrypt_echo(
+    config: Arc<Config>,
+) -> (SocketAddr, Arc<Mutex<Vec<bool>>>, JoinHandle<()>) {
     let mut listener = TcpcryptListener::bind("127.0.0.1:0", config).await.unwrap();
     let addr = listener.local_addr();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -105,7 +109,10 @@ pub async fn plain_server(kind: Plain) -> (SocketAddr, Arc<AtomicUsize>, JoinHan
                     }
                     Plain::Silent => {
                         let mut buf = [0u8; 1024];
-                        let _ = tokio::time::timeout(LIMIT, async { while s.read(&mut buf).await.unwrap_or(0) > 0 {} }).await;
+                        let _ = tokio::time::timeout(LIMIT, async {
+                            while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+                        })
+                        .await;
                     }
                     Plain::Echo | Plain::Banner => {
                         if let Plain::Banner = kind {
@@ -145,7 +152,8 @@ pub enum Relay {
     FlipClientBit(usize),
     /// Flips one bit at this offset of the server-to-client stream.
     FlipServerBit(usize),
-    /// Drops the last `n` bytes of the client-to-server stream, then closes.
+    /// Drops the last `n` bytes the client sent just before closing (bytes
+    /// followed by a pause are passed on), then closes.
     DropClientTail(usize),
 }
 
@@ -165,7 +173,9 @@ pub async fn relay(target: SocketAddr, mode: Relay) -> (SocketAddr, Arc<Mutex<Re
     let rec2 = rec.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(target).await else { return };
+            let Ok(server) = TcpStream::connect(target).await else {
+                return;
+            };
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let (cr, cw) = client.into_split();
@@ -193,18 +203,32 @@ async fn pump(
     };
     let mut held = Vec::new();
     loop {
-        let n = match tokio::time::timeout(LIMIT, from.read(&mut buf)).await {
+        // Held bytes are released by a pause: a coalescing relay holds them
+        // only while more keep coming, like Nagle's algorithm, and a
+        // tail-dropping relay drops only what the peer sent just before
+        // closing.
+        let holds = matches!(mode, Relay::Coalesce(_))
+            || (to_server && matches!(mode, Relay::DropClientTail(_)));
+        let wait = if held.is_empty() || !holds {
+            LIMIT
+        } else {
+            Duration::from_millis(20)
+        };
+        let n = match tokio::time::timeout(wait, from.read(&mut buf)).await {
             Ok(Ok(n)) => n,
+            Err(_) if wait < LIMIT => {
+                if to.write_all(&held).await.is_err() {
+                    return;
+                }
+                held.clear();
+                continue;
+            }
             _ => 0,
         };
         if n == 0 {
-            if let Relay::DropClientTail(k) = mode {
-                if to_server {
-                    let keep = held.len().saturating_sub(k);
-                    let _ = to.write_all(&held[..keep]).await;
-                }
-            }
-            if !held.is_empty() && !matches!(mode, Relay::DropClientTail(_)) {
+            // DropClientTail: the held tail is dropped, not delivered.
+            let drop_tail = to_server && matches!(mode, Relay::DropClientTail(_));
+            if !held.is_empty() && !drop_tail {
                 let _ = to.write_all(&held).await;
             }
             let _ = to.shutdown().await;
@@ -212,13 +236,21 @@ async fn pump(
         }
         let chunk = &mut buf[..n];
         match mode {
-            Relay::FlipClientBit(at) if to_server && (total..total + n).contains(&at) => chunk[at - total] ^= 0x10,
-            Relay::FlipServerBit(at) if !to_server && (total..total + n).contains(&at) => chunk[at - total] ^= 0x10,
+            Relay::FlipClientBit(at) if to_server && (total..total + n).contains(&at) => {
+                chunk[at - total] ^= 0x10
+            }
+            Relay::FlipServerBit(at) if !to_server && (total..total + n).contains(&at) => {
+                chunk[at - total] ^= 0x10
+            }
             _ => {}
         }
         {
             let mut r = rec.lock().unwrap();
-            if to_server { r.to_server.extend_from_slice(chunk) } else { r.to_client.extend_from_slice(chunk) }
+            if to_server {
+                r.to_server.extend_from_slice(chunk)
+            } else {
+                r.to_client.extend_from_slice(chunk)
+            }
         }
         total += n;
         let ok = match mode {
@@ -255,9 +287,13 @@ async fn pump(
                     true
                 }
             }
-            Relay::DropClientTail(_) if to_server => {
+            Relay::DropClientTail(k) if to_server => {
+                // Pass everything but the last k bytes seen so far.
                 held.extend_from_slice(chunk);
-                true
+                let pass = held.len().saturating_sub(k);
+                let ok = to.write_all(&held[..pass]).await.is_ok();
+                held.drain(..pass);
+                ok
             }
             _ => to.write_all(chunk).await.is_ok(),
         };
@@ -269,7 +305,10 @@ async fn pump(
 
 /// Sends `data` over an established stream and reads the echo back,
 /// writing and reading concurrently.
-pub async fn echo_roundtrip(stream: TcpcryptStream<TcpStream>, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+pub async fn echo_roundtrip(
+    stream: TcpcryptStream<TcpStream>,
+    data: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
     let (mut r, mut w) = stream.into_split();
     let writer = tokio::spawn(async move {
         for chunk in data.chunks(10_000) {
