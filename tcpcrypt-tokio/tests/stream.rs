@@ -392,14 +392,16 @@ async fn mandatory_never_sends_application_bytes_in_the_clear() {
     let secret = b"the password is swordfish".repeat(40);
     let got = echo_roundtrip(s, secret.clone()).await.unwrap();
     assert_eq!(got, secret);
-    let r = rec.lock().unwrap();
-    for wire in [&r.to_server, &r.to_client] {
+    let wires = {
+        let r = rec.lock().unwrap();
+        [r.to_server.clone(), r.to_client.clone()]
+    };
+    for wire in wires {
         assert!(
             !wire.windows(8).any(|w| w == b"swordfis"),
             "plaintext on the wire"
         );
     }
-    drop(r);
     // A mandatory server refuses plain clients: they get nothing.
     let mut listener = TcpcryptListener::bind(
         "127.0.0.1:0",
