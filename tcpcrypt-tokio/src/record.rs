@@ -12,15 +12,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::proto::frame::{DATA_OFFSET, MAX_DATA, MAX_FRAME_LEN};
 use crate::proto::{Error as ProtoError, FrameOpener, FrameSealer};
 
-/// Receive buffer size: one whole frame of the largest size and room for
-/// the next header, so a bulk reader needs one `read` per frame.
-const RECV_BUF_LEN: usize = MAX_FRAME_LEN + 4096;
+/// Receive buffer size: several frames of the largest size, so that a bulk
+/// reader makes few `read` calls. Released whenever the connection goes
+/// idle.
+const RECV_BUF_LEN: usize = 4 * MAX_FRAME_LEN;
 /// Bytes kept at the front of an empty send buffer so that the data of the
 /// first frame starts 16-byte aligned (copies into misaligned destinations
 /// can be several times slower).
 const SEND_HEADROOM: usize = 16 - DATA_OFFSET;
 /// Sealed bytes the sender keeps before it stops accepting more.
-const SEND_HIGH_WATER: usize = 2 * MAX_FRAME_LEN;
+const SEND_HIGH_WATER: usize = 4 * MAX_FRAME_LEN;
+/// Application bytes sealed per `poll_write` before trying to write: a few
+/// frames, so that one system call carries them all.
+const SEND_BATCH: usize = 4 * MAX_DATA;
+
+/// Frame sizes for `len` bytes: as few frames as the limit allows, of
+/// nearly equal size, so that a 64 KiB write is not a full frame and a
+/// runt.
+fn frame_data_len(len: usize) -> usize {
+    let frames = len.div_ceil(MAX_DATA).max(1);
+    len.div_ceil(frames)
+}
 
 /// The receiving direction.
 pub(crate) struct RecvState {
@@ -219,8 +231,11 @@ impl SendState {
             ready!(self.poll_drain(io, cx))?;
         }
         self.seal_owed_rekeys(1)?;
-        let n = data.len().min(MAX_DATA);
-        self.seal(&data[..n], false)?;
+        let n = data.len().min(SEND_BATCH);
+        let frame = frame_data_len(n);
+        for chunk in data[..n].chunks(frame) {
+            self.seal(chunk, false)?;
+        }
         // Push what we can now; the rest goes with the next call.
         if let Poll::Ready(Err(e)) = self.poll_drain(io, cx) {
             return Poll::Ready(Err(e));
