@@ -105,6 +105,11 @@ impl ClientCache {
         inner.tickets.insert(addr, (ticket, Instant::now()));
     }
 
+    /// Drops the resumption secret cached for `addr`.
+    pub fn forget_ticket(&self, addr: SocketAddr) {
+        self.lock().tickets.remove(&addr);
+    }
+
     /// Whether a resumption secret is cached for `addr`.
     pub fn has_ticket(&self, addr: SocketAddr) -> bool {
         self.lock().tickets.contains_key(&addr)

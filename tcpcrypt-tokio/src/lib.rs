@@ -12,6 +12,37 @@
 //!   plain TCP, [`TcpcryptListener`], and [`TcpcryptConnector`] /
 //!   [`TcpcryptAcceptor`] for transports the caller owns.
 //!
+//! ```
+//! use std::sync::Arc;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let config = Arc::new(Config::default());
+//! let mut listener = TcpcryptListener::bind("127.0.0.1:0", config.clone()).await?;
+//! let addr = listener.local_addr();
+//! let server = tokio::spawn(async move {
+//!     let (mut stream, _peer) = listener.accept().await?;
+//!     let mut request = Vec::new();
+//!     stream.read_to_end(&mut request).await?; // ends at the client's FINp
+//!     stream.write_all(&request).await?;
+//!     stream.shutdown().await?;
+//!     Ok::<_, std::io::Error>(stream.session_id())
+//! });
+//!
+//! let mut client = TcpcryptStream::connect(addr, &config).await?;
+//! client.write_all(b"hello").await?;
+//! client.shutdown().await?; // half-close: FINp frame, then TCP FIN
+//! let mut echo = Vec::new();
+//! client.read_to_end(&mut echo).await?;
+//! assert_eq!(echo, b"hello");
+//! // Both ends hold the same session ID: bind authentication to it.
+//! assert_eq!(client.session_id(), server.await.unwrap()?);
+//! println!("session ID {}", client.session_id().unwrap());
+//! # Ok(()) }
+//! ```
+//!
 //! The normative description of the wire format, and every decision taken
 //! where the RFCs are silent, is `docs/PROTOCOL.md` in the repository.
 #![forbid(unsafe_code)]

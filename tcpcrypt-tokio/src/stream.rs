@@ -162,6 +162,27 @@ impl<IO> TcpcryptStream<IO> {
         }
     }
 
+    /// Flushes the resumption state this connection used or created
+    /// (RFC 8548 3.5): on the connecting side the secret cached for this
+    /// destination, on the accepting side the secret cached for this
+    /// peer's next connection. `config` is the one the stream was made with.
+    pub fn forget_session(&self, config: &crate::Config) {
+        if let Some(info) = self.session() {
+            match info.role {
+                crate::Role::A => {
+                    if let Some(peer) = self.peer {
+                        config.client_cache.forget_ticket(peer);
+                    }
+                }
+                crate::Role::B => {
+                    if let Some(half) = info.cached_resumption {
+                        config.server_cache.remove(&half);
+                    }
+                }
+            }
+        }
+    }
+
     /// This side's key generation and the peer's (as last seen).
     pub fn generations(&self) -> Option<(u64, u64)> {
         match &self.mode {

@@ -777,3 +777,42 @@ async fn downgrade_is_reported_and_can_be_refused() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn ipv6_loopback() {
+    let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+        // No IPv6 on this host: nothing to test.
+        return;
+    };
+    let cfg = default_config();
+    let mut l = TcpcryptListener::from_listener(listener, cfg.clone()).unwrap();
+    let addr = l.local_addr();
+    let c = tokio::spawn(async move { TcpcryptStream::connect(addr, &cfg).await.unwrap() });
+    let (s, peer) = l.accept().await.unwrap();
+    assert!(peer.is_ipv6());
+    let c = c.await.unwrap();
+    assert!(c.is_encrypted());
+    assert_eq!(c.session_id(), s.session_id());
+}
+
+#[tokio::test]
+async fn forgetting_a_session_flushes_both_caches() {
+    let server_cfg = default_config();
+    let mut l = TcpcryptListener::bind("127.0.0.1:0", server_cfg.clone())
+        .await
+        .unwrap();
+    let addr = l.local_addr();
+    let client_cfg = default_config();
+    let c = tokio::spawn({
+        let cfg = client_cfg.clone();
+        async move { TcpcryptStream::connect(addr, &cfg).await.unwrap() }
+    });
+    let (s, _) = l.accept().await.unwrap();
+    let c = c.await.unwrap();
+    assert!(client_cfg.client_cache().has_ticket(addr));
+    assert_eq!(server_cfg.resumption_cache().len(), 1);
+    c.forget_session(&client_cfg);
+    s.forget_session(&server_cfg);
+    assert!(!client_cfg.client_cache().has_ticket(addr));
+    assert!(server_cfg.resumption_cache().is_empty());
+}
