@@ -34,6 +34,34 @@ fn frame_data_len(len: usize) -> usize {
     len.div_ceil(frames)
 }
 
+/// Bytes of a plain stream read before the application asked for them
+/// (what the handshake saw before deciding the peer is plain): delivered
+/// first, then freed.
+pub(crate) struct Prefix {
+    bytes: Vec<u8>,
+    pos: usize,
+}
+
+impl Prefix {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        Prefix { bytes, pos: 0 }
+    }
+
+    /// Copies pending bytes into `out`; `false` once there are none.
+    pub(crate) fn fill(&mut self, out: &mut ReadBuf<'_>) -> bool {
+        if self.pos == self.bytes.len() {
+            return false;
+        }
+        let n = (self.bytes.len() - self.pos).min(out.remaining());
+        out.put_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        if self.pos == self.bytes.len() {
+            *self = Prefix::new(Vec::new());
+        }
+        true
+    }
+}
+
 /// The receiving direction.
 pub(crate) struct RecvState {
     opener: FrameOpener,

@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::error::FallbackReason;
 use crate::proto::SessionInfo;
-use crate::record::{RecvEvent, RecvState, SendState};
+use crate::record::{Prefix, RecvEvent, RecvState, SendState};
 use crate::stream::{Mode, TcpcryptStream};
 
 /// The read half of a split [`TcpcryptStream`].
@@ -27,7 +27,7 @@ pub struct ReadHalf {
 }
 
 enum ReadInner {
-    Plain { prefix: Vec<u8>, pos: usize },
+    Plain(Prefix),
     Encrypted(Box<RecvState>),
 }
 
@@ -56,14 +56,10 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
     let (r, w) = stream.io.into_split();
     let peer_generation = Arc::new(AtomicU64::new(0));
     match stream.mode {
-        Mode::Plain {
-            prefix,
-            pos,
-            reason,
-        } => (
+        Mode::Plain { prefix, reason } => (
             ReadHalf {
                 io: r,
-                inner: ReadInner::Plain { prefix, pos },
+                inner: ReadInner::Plain(prefix),
                 info: None,
                 peer_generation: peer_generation.clone(),
             },
@@ -141,11 +137,8 @@ impl AsyncRead for ReadHalf {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match &mut this.inner {
-            ReadInner::Plain { prefix, pos } => {
-                if *pos < prefix.len() {
-                    let n = (prefix.len() - *pos).min(buf.remaining());
-                    buf.put_slice(&prefix[*pos..*pos + n]);
-                    *pos += n;
+            ReadInner::Plain(prefix) => {
+                if prefix.fill(buf) {
                     return Poll::Ready(Ok(()));
                 }
                 Pin::new(&mut this.io).poll_read(cx, buf)

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::error::FallbackReason;
 use crate::proto::{Session, SessionId, SessionInfo};
-use crate::record::{RecvEvent, RecvState, SendState};
+use crate::record::{Prefix, RecvEvent, RecvState, SendState};
 
 /// What to do with the transport when a protocol error aborts the
 /// connection (RFC 8548 3.3: ABORT, i.e. RST). Set for TCP sockets.
@@ -51,8 +51,7 @@ pub struct TcpcryptStream<IO = TcpStream> {
 
 pub(crate) enum Mode {
     Plain {
-        prefix: Vec<u8>,
-        pos: usize,
+        prefix: Prefix,
         reason: FallbackReason,
     },
     Encrypted(Box<Encrypted>),
@@ -93,8 +92,7 @@ impl<IO> TcpcryptStream<IO> {
         TcpcryptStream {
             io,
             mode: Mode::Plain {
-                prefix,
-                pos: 0,
+                prefix: Prefix::new(prefix),
                 reason,
             },
             abort: None,
@@ -228,15 +226,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match &mut this.mode {
-            Mode::Plain { prefix, pos, .. } => {
-                if *pos < prefix.len() {
-                    let n = (prefix.len() - *pos).min(buf.remaining());
-                    buf.put_slice(&prefix[*pos..*pos + n]);
-                    *pos += n;
-                    if *pos == prefix.len() {
-                        *prefix = Vec::new();
-                        *pos = 0;
-                    }
+            Mode::Plain { prefix, .. } => {
+                if prefix.fill(buf) {
                     return Poll::Ready(Ok(()));
                 }
                 Pin::new(&mut this.io).poll_read(cx, buf)
