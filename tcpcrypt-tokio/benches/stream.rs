@@ -43,8 +43,35 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 const CHUNK: usize = 64 * 1024;
-const HANDSHAKES: usize = 400;
-const IDLE_PAIRS: usize = 200;
+/// Sizes of a run: `cargo bench` passes `--bench`; `cargo test --benches`
+/// does not, and gets a quick smoke run that checks every path works.
+struct Sizes {
+    bulk_mib: u64,
+    rounds: usize,
+    handshakes: usize,
+    idle_pairs: usize,
+}
+
+fn sizes() -> Sizes {
+    if std::env::args().any(|a| a == "--bench") {
+        Sizes {
+            bulk_mib: std::env::var("BULK_MIB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024),
+            rounds: 3,
+            handshakes: 400,
+            idle_pairs: 200,
+        }
+    } else {
+        Sizes {
+            bulk_mib: 4,
+            rounds: 1,
+            handshakes: 5,
+            idle_pairs: 5,
+        }
+    }
+}
 
 struct Tls {
     acceptor: TlsAcceptor,
@@ -165,8 +192,7 @@ async fn bulk(kind: &str, bytes: u64, tls: &Tls) -> f64 {
 }
 
 /// Handshakes per second, one connection at a time, each closed cleanly.
-async fn handshakes(kind: &str, tls: &Tls) -> f64 {
-    let n = HANDSHAKES;
+async fn handshakes(kind: &str, tls: &Tls, n: usize) -> f64 {
     match kind {
         "tcp" => {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -246,14 +272,14 @@ async fn handshakes(kind: &str, tls: &Tls) -> f64 {
 
 /// Heap bytes per idle, established connection pair (both ends), after a
 /// small exchange so that every buffer has been used once.
-async fn idle_bytes(kind: &str, tls: &Tls) -> f64 {
+async fn idle_bytes(kind: &str, tls: &Tls, pairs: usize) -> f64 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let config = Arc::new(Config::default());
     let tcpcrypt = tcpcrypt_tokio::TcpcryptAcceptor::new(config.clone());
     let before = LIVE.load(Ordering::SeqCst);
     let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
-    for _ in 0..IDLE_PAIRS {
+    for _ in 0..pairs {
         let accept = listener.accept();
         let connect = TcpStream::connect(addr);
         let (a, c) = tokio::join!(accept, connect);
@@ -299,7 +325,7 @@ async fn idle_bytes(kind: &str, tls: &Tls) -> f64 {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let after = LIVE.load(Ordering::SeqCst);
     drop(keep);
-    (after - before) as f64 / IDLE_PAIRS as f64
+    (after - before) as f64 / pairs as f64
 }
 
 async fn idle_read(kind: &str, pair: &mut Box<dyn std::any::Any + Send>) {
@@ -347,26 +373,29 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mib: u64 = std::env::var("BULK_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+        let sizes = sizes();
+        let mib = sizes.bulk_mib;
         let tls = tls();
         println!("tcpcrypt vs plain TCP vs TLS 1.3 (tokio-rustls, AES-128-GCM, X25519), loopback, one run");
         // Interleave the contenders over three rounds and keep each best.
         let mut best = [0f64; 3];
-        for _ in 0..3 {
+        for _ in 0..sizes.rounds {
             for (i, k) in ["tcp", "tls", "tcpcrypt"].iter().enumerate() {
                 best[i] = best[i].max(bulk(k, mib << 20, &tls).await);
             }
         }
         let gb = |x: f64| x / 1e9;
         line(&format!("bulk {mib} MiB"), "GB/s", gb(best[2]), gb(best[0]), gb(best[1]), "(targets >= 0.95x plain, >= 1.10x TLS)");
-        let tcp = handshakes("tcp", &tls).await;
-        let tls_full = handshakes("tls", &tls).await;
-        let tls_resumed = handshakes("tls-resumed", &tls).await;
-        let full = handshakes("tcpcrypt", &tls).await;
-        let resumed = handshakes("tcpcrypt-resumed", &tls).await;
+        let n = sizes.handshakes;
+        let tcp = handshakes("tcp", &tls, n).await;
+        let tls_full = handshakes("tls", &tls, n).await;
+        let tls_resumed = handshakes("tls-resumed", &tls, n).await;
+        let full = handshakes("tcpcrypt", &tls, n).await;
+        let resumed = handshakes("tcpcrypt-resumed", &tls, n).await;
         line("full handshakes", "/s", full, tcp, tls_full, "(target >= 2.5x TLS)");
         line("resumed handshakes", "/s", resumed, tcp, tls_resumed, "(target >= 0.8x plain connect+accept; TLS column: resumed TLS)");
-        let idle = [idle_bytes("tcp", &tls).await, idle_bytes("tls", &tls).await, idle_bytes("tcpcrypt", &tls).await];
+        let p = sizes.idle_pairs;
+        let idle = [idle_bytes("tcp", &tls, p).await, idle_bytes("tls", &tls, p).await, idle_bytes("tcpcrypt", &tls, p).await];
         println!(
             "idle pair heap bytes   tcpcrypt {:>8.0}        plain {:>8.0}       tls {:>8.0}   (target <= 9216)",
             idle[2], idle[0], idle[1]
