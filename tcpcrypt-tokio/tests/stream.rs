@@ -480,7 +480,11 @@ async fn half_close_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_connections() {
     let cfg = default_config();
-    let (addr, seen, _task) = tcpcrypt_echo(cfg.clone()).await;
+    // Every client here speaks tcpcrypt; on a loaded machine (a debug build
+    // doing a thousand key exchanges at once) a hello can take longer than
+    // the default wait for server-speaks-first plain clients.
+    let server_cfg = config(|b| b.client_hello_wait(Duration::from_secs(10)));
+    let (addr, seen, _task) = tcpcrypt_echo(server_cfg).await;
     let mut tasks = Vec::new();
     for i in 0..1000u64 {
         let cfg = cfg.clone();
