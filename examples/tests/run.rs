@@ -1,0 +1,142 @@
+//! Runs every example program as a user would and checks what it prints.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tcpcrypt_tokio::{Config, TcpcryptStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running example server; killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(bin: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starts");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("prints its address");
+        let addr = first
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_string();
+        Server { child, addr, lines }
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a line")
+    }
+}
+
+fn run(bin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin).args(args).output().expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn session_id_in(text: &str) -> String {
+    let at = text.find("session ID ").expect("a session ID") + "session ID ".len();
+    text[at..at + 66].to_string()
+}
+
+#[test]
+fn echo_server_and_client() {
+    let server = Server::start(env!("CARGO_BIN_EXE_echo-server"), &["127.0.0.1:0"]);
+    let (ok, out) = run(
+        env!("CARGO_BIN_EXE_echo-client"),
+        &[&server.addr, "hello tcpcrypt"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("echo: hello tcpcrypt"), "{out}");
+    let client_id = session_id_in(&out);
+    let server_line = server.next_line();
+    assert_eq!(
+        session_id_in(&server_line),
+        client_id,
+        "both ends print the same session ID"
+    );
+}
+
+#[tokio::test]
+async fn http_session_id_reports_the_clients_session() {
+    let server = Server::start(env!("CARGO_BIN_EXE_http-session-id"), &["127.0.0.1:0"]);
+    let mut stream = TcpcryptStream::connect(&server.addr, &Arc::new(Config::default()))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("encrypted: yes"));
+    let id = stream.session_id().unwrap().to_string();
+    assert!(
+        response.contains(&format!("session-id: {id}")),
+        "{response}"
+    );
+    // A plain client is told so.
+    let mut plain = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    plain.read_to_string(&mut response).await.unwrap();
+    assert!(response.contains("encrypted: no"), "{response}");
+}
+
+#[test]
+fn pake_login_right_and_wrong_password() {
+    let server = Server::start(
+        env!("CARGO_BIN_EXE_pake-login"),
+        &["server", "127.0.0.1:0", "s3cret"],
+    );
+    let (ok, out) = run(
+        env!("CARGO_BIN_EXE_pake-login"),
+        &["client", &server.addr, "s3cret"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("login ok"));
+    assert!(server.next_line().contains("login ok"));
+    let (ok, out) = run(
+        env!("CARGO_BIN_EXE_pake-login"),
+        &["client", &server.addr, "guess"],
+    );
+    assert!(!ok, "a wrong password must fail: {out}");
+    assert!(out.contains("login rejected"), "{out}");
+    assert!(server.next_line().contains("login rejected"));
+}
+
+#[test]
+fn mitm_demo_detects_the_attacker() {
+    let (ok, out) = run(env!("CARGO_BIN_EXE_mitm-demo"), &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ATTACK DETECTED"), "{out}");
+    assert!(out.contains("login succeeded"), "{out}");
+}
