@@ -115,6 +115,10 @@ impl RecvState {
                 return Poll::Ready(Ok(()));
             }
             if self.fin {
+                // Nothing may follow the FINp frame (docs/PROTOCOL.md 5).
+                if self.start < self.end {
+                    return Poll::Ready(Err(ProtoError::DataAfterFin.into()));
+                }
                 return Poll::Ready(Ok(()));
             }
             if self.start < self.end {

@@ -820,3 +820,53 @@ async fn forgetting_a_session_flushes_both_caches() {
     assert!(!client_cfg.client_cache().has_ticket(addr));
     assert!(server_cfg.resumption_cache().is_empty());
 }
+
+#[tokio::test]
+async fn bytes_after_the_finp_frame_are_an_error() {
+    use tcpcrypt_tokio::proto::{ClientHandshake, ClientOutcome, HandshakeConfig, OsRandom};
+    let (mut raw, server_io) = tokio::io::duplex(64 * 1024);
+    let acceptor = TcpcryptAcceptor::new(default_config());
+    let server = tokio::spawn(async move {
+        let mut s = acceptor.accept(server_io).await.unwrap();
+        let mut got = Vec::new();
+        let r = s.read_to_end(&mut got).await;
+        (got, r)
+    });
+    // A hand-driven client that sends a frame after its FINp frame.
+    let mut hs = ClientHandshake::new(
+        Arc::new(HandshakeConfig::default()),
+        None,
+        Box::new(OsRandom),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    hs.write_to(&mut out);
+    raw.write_all(&out).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let session = loop {
+        let n = raw.read(&mut buf).await.unwrap();
+        hs.read(&buf[..n]).unwrap();
+        let mut more = Vec::new();
+        hs.write_to(&mut more);
+        raw.write_all(&more).await.unwrap();
+        if let Some(ClientOutcome::Encrypted(s)) = hs.outcome() {
+            break s;
+        }
+    };
+    let mut session = *session;
+    let mut wire = Vec::new();
+    session.sealer.seal(b"last words", true, &mut wire).unwrap();
+    wire.extend_from_slice(&[0u8; 20]);
+    raw.write_all(&wire).await.unwrap();
+    raw.shutdown().await.unwrap();
+    let (got, result) = timeout(LIMIT, server).await.unwrap().unwrap();
+    assert_eq!(got, b"last words");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            Error::from_io(&err),
+            Some(Error::Protocol(tcpcrypt_tokio::proto::Error::DataAfterFin))
+        ),
+        "{err:?}"
+    );
+}
