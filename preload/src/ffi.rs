@@ -1,0 +1,529 @@
+//! The libc functions this library replaces, and everything `unsafe` it
+//! needs: symbol lookup, raw socket addresses, errno. Every hook falls back
+//! to the real function when the socket is not ours to handle, when it is
+//! called from the relay's own threads (a thread-local bypass flag), and
+//! when anything panics (`catch_unwind`): the host program is never
+//! aborted by this library.
+
+use std::cell::Cell;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::FromRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use libc::{
+    AF_INET, AF_INET6, c_int, c_void, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage,
+    socklen_t,
+};
+
+use crate::registry::{self, Entry, SessionState};
+use crate::relay::{self, Job};
+
+thread_local! {
+    static BYPASS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one whose socket calls must never be
+/// intercepted (the relay's runtime threads).
+pub(crate) fn bypass_hooks_on_this_thread() {
+    BYPASS.with(|b| b.set(true));
+}
+
+/// Set while a hook runs, so that the hook's own socket calls go straight
+/// to libc.
+struct Guard;
+
+impl Guard {
+    fn enter() -> Option<Guard> {
+        BYPASS.with(|b| {
+            if b.get() {
+                None
+            } else {
+                b.set(true);
+                Some(Guard)
+            }
+        })
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        BYPASS.with(|b| b.set(false));
+    }
+}
+
+type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int;
+type Accept4Fn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
+type NameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
+
+struct Real {
+    connect: ConnectFn,
+    accept4: Accept4Fn,
+    getpeername: NameFn,
+    getsockname: NameFn,
+    close: CloseFn,
+}
+
+unsafe extern "C" fn sys_connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> c_int {
+    unsafe { libc::syscall(libc::SYS_connect, fd, a, l) as c_int }
+}
+unsafe extern "C" fn sys_accept4(
+    fd: c_int,
+    a: *mut sockaddr,
+    l: *mut socklen_t,
+    f: c_int,
+) -> c_int {
+    unsafe { libc::syscall(libc::SYS_accept4, fd, a, l, f) as c_int }
+}
+unsafe extern "C" fn sys_getpeername(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> c_int {
+    unsafe { libc::syscall(libc::SYS_getpeername, fd, a, l) as c_int }
+}
+unsafe extern "C" fn sys_getsockname(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> c_int {
+    unsafe { libc::syscall(libc::SYS_getsockname, fd, a, l) as c_int }
+}
+unsafe extern "C" fn sys_close(fd: c_int) -> c_int {
+    unsafe { libc::syscall(libc::SYS_close, fd) as c_int }
+}
+
+/// The next definition of `name` after this library, or `fallback`.
+unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    if p.is_null() {
+        fallback
+    } else {
+        // SAFETY: F is the function pointer type of the libc symbol `name`.
+        unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+    }
+}
+
+fn real() -> &'static Real {
+    static REAL: OnceLock<Real> = OnceLock::new();
+    REAL.get_or_init(|| unsafe {
+        Real {
+            connect: next(c"connect", sys_connect as ConnectFn),
+            accept4: next(c"accept4", sys_accept4 as Accept4Fn),
+            getpeername: next(c"getpeername", sys_getpeername as NameFn),
+            getsockname: next(c"getsockname", sys_getsockname as NameFn),
+            close: next(c"close", sys_close as CloseFn),
+        }
+    })
+}
+
+fn set_errno(e: c_int) {
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn errno() -> c_int {
+    unsafe { *libc::__errno_location() }
+}
+
+/// Reads a socket address the caller passed.
+unsafe fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    if addr.is_null() {
+        return None;
+    }
+    let family = c_int::from(unsafe { (*addr).sa_family });
+    match family {
+        AF_INET if len as usize >= size_of::<sockaddr_in>() => {
+            let a = unsafe { &*(addr as *const sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        AF_INET6 if len as usize >= size_of::<sockaddr_in6>() => {
+            let a = unsafe { &*(addr as *const sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// `addr` in the form a socket of `family` uses (IPv4 addresses on IPv6
+/// sockets are v4-mapped).
+fn encode_addr(addr: SocketAddr, family: c_int) -> (sockaddr_storage, socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut st: sockaddr_storage = unsafe { zeroed() };
+    let v6 = |ip: Ipv6Addr, port: u16, st: &mut sockaddr_storage| {
+        // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+        let a = unsafe { &mut *(st as *mut sockaddr_storage as *mut sockaddr_in6) };
+        a.sin6_family = AF_INET6 as libc::sa_family_t;
+        a.sin6_port = port.to_be();
+        a.sin6_addr.s6_addr = ip.octets();
+        size_of::<sockaddr_in6>() as socklen_t
+    };
+    let len = match (addr, family) {
+        (SocketAddr::V4(a), AF_INET6) => v6(a.ip().to_ipv6_mapped(), a.port(), &mut st),
+        (SocketAddr::V6(a), _) => v6(*a.ip(), a.port(), &mut st),
+        (SocketAddr::V4(a), _) => {
+            // SAFETY: as above, for sockaddr_in.
+            let s = unsafe { &mut *(&mut st as *mut sockaddr_storage as *mut sockaddr_in) };
+            s.sin_family = AF_INET as libc::sa_family_t;
+            s.sin_port = a.port().to_be();
+            s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            size_of::<sockaddr_in>() as socklen_t
+        }
+    };
+    (st, len)
+}
+
+/// Writes `addr` to a caller's buffer with `getpeername`'s truncation rule.
+unsafe fn write_addr(addr: SocketAddr, family: c_int, out: *mut sockaddr, len: *mut socklen_t) {
+    if out.is_null() || len.is_null() {
+        return;
+    }
+    let (st, n) = encode_addr(addr, family);
+    let room = unsafe { *len }.min(n) as usize;
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            &st as *const sockaddr_storage as *const u8,
+            out as *mut u8,
+            room,
+        );
+        *len = n;
+    }
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut l = size_of::<c_int>() as socklen_t;
+    let r =
+        unsafe { libc::getsockopt(fd, level, name, &mut v as *mut c_int as *mut c_void, &mut l) };
+    (r == 0).then_some(v)
+}
+
+/// The family of a TCP socket, or `None` for anything else.
+fn tcp_family(fd: c_int) -> Option<c_int> {
+    let ty = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let proto = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+    (ty == libc::SOCK_STREAM
+        && (family == AF_INET || family == AF_INET6)
+        && proto == libc::IPPROTO_TCP)
+        .then_some(family)
+}
+
+fn local_addr(fd: c_int) -> Option<SocketAddr> {
+    let mut st: sockaddr_storage = unsafe { zeroed() };
+    let mut l = size_of::<sockaddr_storage>() as socklen_t;
+    let r = unsafe {
+        (real().getsockname)(
+            fd,
+            &mut st as *mut sockaddr_storage as *mut sockaddr,
+            &mut l,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    unsafe { read_addr(&st as *const sockaddr_storage as *const sockaddr, l) }
+}
+
+/// Binds `fd` to an ephemeral loopback port and connects it to the relay,
+/// waiting (at most 5 s) if the socket is non-blocking. Returns the
+/// loopback address the relay will see.
+fn attach_to_relay(
+    fd: c_int,
+    family: c_int,
+    relay: &relay::Relay,
+    job: Job,
+    state: Arc<Mutex<SessionState>>,
+) -> Result<(), c_int> {
+    let bind_to = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    let (st, l) = encode_addr(bind_to, family);
+    if unsafe { libc::bind(fd, &st as *const sockaddr_storage as *const sockaddr, l) } != 0 {
+        return Err(errno());
+    }
+    let app_end = canonical(local_addr(fd).ok_or(libc::EADDRNOTAVAIL)?);
+    relay.expect(app_end, job, state);
+    let (st, l) = encode_addr(relay.listen_addr(), family);
+    let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
+    if r != 0 {
+        let e = errno();
+        if e != libc::EINPROGRESS {
+            relay.cancel(app_end);
+            return Err(e);
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ready = unsafe { libc::poll(&mut p, 1, 5000) };
+        let so_error = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(libc::EIO);
+        if ready != 1 || so_error != 0 {
+            relay.cancel(app_end);
+            return Err(if so_error != 0 {
+                so_error
+            } else {
+                libc::ETIMEDOUT
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `connect` on a TCP socket the shim handles: the real connection first
+/// (its error is the application's), then the application's socket joins
+/// the relay. `None`: not ours, call the real `connect`.
+fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
+    let family = tcp_family(fd)?;
+    let dest = canonical(dest);
+    if crate::env::settings().excluded(dest) || dest.ip().is_unspecified() || dest.port() == 0 {
+        return None;
+    }
+    // A socket the application bound itself keeps its own source address.
+    if local_addr(fd).is_some_and(|a| a.port() != 0) {
+        return None;
+    }
+    let relay = relay::get().ok()?;
+    if dest == relay.listen_addr() {
+        return None;
+    }
+    let tcp = match relay.dial(dest) {
+        Ok(t) => t,
+        Err(e) => {
+            set_errno(e.raw_os_error().unwrap_or(libc::ECONNREFUSED));
+            return Some(-1);
+        }
+    };
+    let local = tcp.local_addr().ok()?;
+    let state = Arc::new(Mutex::new(SessionState::Negotiating));
+    match attach_to_relay(
+        fd,
+        family,
+        relay,
+        Job::Outbound { tcp, dest },
+        state.clone(),
+    ) {
+        Ok(()) => {
+            registry::insert(
+                fd,
+                Entry {
+                    local,
+                    peer: dest,
+                    state,
+                },
+            );
+            Some(0)
+        }
+        Err(e) => {
+            set_errno(e);
+            Some(-1)
+        }
+    }
+}
+
+/// `accept4` on a listening TCP socket the shim handles: the real
+/// connection goes to the relay and the application gets the other end of
+/// a fresh loopback connection instead. `Err(c)`: not ours, hand `c` out.
+fn intercept_accept(c: c_int, peer: SocketAddr, flags: c_int) -> Result<c_int, c_int> {
+    let Some(family) = tcp_family(c) else {
+        return Err(c);
+    };
+    let Some(local) = local_addr(c) else {
+        return Err(c);
+    };
+    if crate::env::settings().excluded(canonical(local)) {
+        return Err(c);
+    }
+    let Ok(relay) = relay::get() else {
+        return Err(c);
+    };
+    let app = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if app < 0 {
+        return Err(c);
+    }
+    // SAFETY: `c` is a connected socket we own from here on.
+    let tcp = unsafe { std::net::TcpStream::from_raw_fd(c) };
+    let state = Arc::new(Mutex::new(SessionState::Negotiating));
+    let job = Job::Inbound {
+        tcp,
+        peer: canonical(peer),
+    };
+    if attach_to_relay(app, family, relay, job, state.clone()).is_err() {
+        unsafe { (real().close)(app) };
+        // The real connection went with the job; the caller sees an
+        // aborted connection, as if the client had reset it.
+        return Ok(-1);
+    }
+    if flags & libc::SOCK_NONBLOCK != 0 {
+        unsafe {
+            let fl = libc::fcntl(app, libc::F_GETFL);
+            libc::fcntl(app, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+    if flags & libc::SOCK_CLOEXEC == 0 {
+        unsafe { libc::fcntl(app, libc::F_SETFD, 0) };
+    }
+    registry::insert(
+        app,
+        Entry {
+            local: canonical(local),
+            peer: canonical(peer),
+            state,
+        },
+    );
+    Ok(app)
+}
+
+/// # Safety
+/// As libc's `connect`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(_guard) = Guard::enter() else {
+        return unsafe { (real().connect)(fd, addr, len) };
+    };
+    let Some(dest) = (unsafe { read_addr(addr, len) }) else {
+        return unsafe { (real().connect)(fd, addr, len) };
+    };
+    match catch_unwind(AssertUnwindSafe(|| intercept_connect(fd, dest))) {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => unsafe { (real().connect)(fd, addr, len) },
+    }
+}
+
+/// # Safety
+/// As libc's `accept4`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let Some(_guard) = Guard::enter() else {
+        return unsafe { (real().accept4)(fd, addr, len, flags) };
+    };
+    let mut st: sockaddr_storage = unsafe { zeroed() };
+    let mut l = size_of::<sockaddr_storage>() as socklen_t;
+    let c = unsafe {
+        (real().accept4)(
+            fd,
+            &mut st as *mut sockaddr_storage as *mut sockaddr,
+            &mut l,
+            flags,
+        )
+    };
+    if c < 0 {
+        return c;
+    }
+    let family = c_int::from(st.ss_family);
+    let peer = unsafe { read_addr(&st as *const sockaddr_storage as *const sockaddr, l) };
+    let fd_out = match peer {
+        Some(p) => match catch_unwind(AssertUnwindSafe(|| intercept_accept(c, p, flags))) {
+            Ok(Ok(app)) => app,
+            Ok(Err(c)) => c,
+            Err(_) => c,
+        },
+        None => c,
+    };
+    if fd_out >= 0 {
+        if let Some(p) = peer {
+            unsafe { write_addr(p, family, addr, len) };
+        }
+    } else {
+        set_errno(libc::ECONNABORTED);
+    }
+    fd_out
+}
+
+/// # Safety
+/// As libc's `accept`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+/// # Safety
+/// As libc's `getpeername`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let entry = if BYPASS.with(|b| b.get()) {
+        None
+    } else {
+        registry::get(fd)
+    };
+    match (entry, tcp_family(fd)) {
+        (Some(e), Some(family)) => {
+            unsafe { write_addr(e.peer, family, addr, len) };
+            0
+        }
+        _ => unsafe { (real().getpeername)(fd, addr, len) },
+    }
+}
+
+/// # Safety
+/// As libc's `getsockname`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let entry = if BYPASS.with(|b| b.get()) {
+        None
+    } else {
+        registry::get(fd)
+    };
+    match (entry, tcp_family(fd)) {
+        (Some(e), Some(family)) => {
+            unsafe { write_addr(e.local, family, addr, len) };
+            0
+        }
+        _ => unsafe { (real().getsockname)(fd, addr, len) },
+    }
+}
+
+/// # Safety
+/// As libc's `close`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if !BYPASS.with(|b| b.get()) {
+        registry::remove(fd);
+    }
+    unsafe { (real().close)(fd) }
+}
+
+/// The session ID of a relayed socket: writes up to `len` bytes to `buf`
+/// and returns the ID's length (33), or -1 with errno `ENOTCONN` while the
+/// handshake runs and `EINVAL` when the socket is not encrypted.
+///
+/// # Safety
+/// `buf` must be valid for `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tcpcrypt_session_id(fd: c_int, buf: *mut u8, len: usize) -> c_int {
+    let state = catch_unwind(|| registry::get(fd).map(|e| registry::state_of(&e)))
+        .ok()
+        .flatten();
+    match state {
+        Some(SessionState::Encrypted(info)) => {
+            let id = info.session_id.as_bytes();
+            if !buf.is_null() {
+                unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), buf, id.len().min(len)) };
+            }
+            id.len() as c_int
+        }
+        Some(SessionState::Negotiating) => {
+            set_errno(libc::ENOTCONN);
+            -1
+        }
+        _ => {
+            set_errno(libc::EINVAL);
+            -1
+        }
+    }
+}

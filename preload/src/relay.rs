@@ -1,0 +1,244 @@
+//! The relay: a tokio runtime inside the process that holds the real
+//! connections and copies bytes between them and the application's
+//! loopback sockets. Safe code only; the hooks in `ffi` call into it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tcpcrypt_tokio::{
+    Config, Connected, Policy, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+use crate::env;
+use crate::registry::{self, SessionState};
+
+/// What the relay does with the loopback connection that arrives from a
+/// given application socket.
+pub(crate) enum Job {
+    /// The application connected to `dest`; `tcp` is the real connection.
+    Outbound { tcp: TcpStream, dest: SocketAddr },
+    /// The application accepted `peer`; `tcp` is the real connection.
+    Inbound {
+        tcp: std::net::TcpStream,
+        peer: SocketAddr,
+    },
+}
+
+type Pending = Arc<Mutex<HashMap<SocketAddr, (Job, Arc<Mutex<SessionState>>)>>>;
+
+/// The per-process relay.
+pub(crate) struct Relay {
+    rt: Runtime,
+    pid: u32,
+    listen: SocketAddr,
+    pending: Pending,
+}
+
+impl Relay {
+    fn start() -> io::Result<Relay> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tcpcrypt-relay")
+            .on_thread_start(crate::ffi::bypass_hooks_on_this_thread)
+            .enable_all()
+            .build()?;
+        let listener = rt.block_on(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?;
+        let listen = listener.local_addr()?;
+        let pending: Pending = Arc::default();
+        let settings = env::settings();
+        let client = Arc::new(
+            Config::builder()
+                .policy(settings.policy)
+                .build()
+                .map_err(io::Error::other)?,
+        );
+        let server = Arc::new(
+            Config::builder()
+                .policy(settings.policy)
+                .build()
+                .map_err(io::Error::other)?,
+        );
+        rt.spawn(accept_loop(listener, pending.clone(), client, server));
+        Ok(Relay {
+            rt,
+            pid: std::process::id(),
+            listen,
+            pending,
+        })
+    }
+
+    /// The loopback address application sockets connect to.
+    pub(crate) fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Makes the real TCP connection to `dest` on the relay's runtime and
+    /// waits for it: its error is the one the application must see.
+    pub(crate) fn dial(&self, dest: SocketAddr) -> io::Result<TcpStream> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.rt.spawn(async move {
+            let _ = tx.send(TcpStream::connect(dest).await);
+        });
+        rx.recv().map_err(|_| io::Error::other("relay stopped"))?
+    }
+
+    /// Announces the loopback connection that will arrive from `app_end`.
+    pub(crate) fn expect(&self, app_end: SocketAddr, job: Job, state: Arc<Mutex<SessionState>>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(app_end, (job, state));
+    }
+
+    /// Forgets an announcement that will not be used.
+    pub(crate) fn cancel(&self, app_end: SocketAddr) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&app_end);
+    }
+}
+
+/// The relay of this process. After `fork` the child gets its own: the
+/// parent's runtime threads do not exist there.
+pub(crate) fn get() -> io::Result<&'static Relay> {
+    static CURRENT: Mutex<Option<&'static Relay>> = Mutex::new(None);
+    let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+    match *current {
+        Some(r) if r.pid == std::process::id() => Ok(r),
+        _ => {
+            // The parent's relay (if any) is left alone: its threads are
+            // gone in this process and dropping it could block.
+            let relay: &'static Relay = Box::leak(Box::new(Relay::start()?));
+            *current = Some(relay);
+            Ok(relay)
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    pending: Pending,
+    client: Arc<Config>,
+    server: Arc<Config>,
+) {
+    loop {
+        let Ok((app, from)) = listener.accept().await else {
+            continue;
+        };
+        let job = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&from);
+        let Some((job, state)) = job else {
+            // Not one of ours: nobody else knows this port.
+            continue;
+        };
+        let (client, server) = (client.clone(), server.clone());
+        tokio::spawn(async move {
+            let result = match job {
+                Job::Outbound { tcp, dest } => outbound(app, tcp, dest, &client, &state).await,
+                Job::Inbound { tcp, peer } => inbound(app, tcp, peer, &server, &state).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "relay ended with an error");
+            }
+            registry::set_state(&state, SessionState::Closed);
+        });
+    }
+}
+
+fn note(state: &Arc<Mutex<SessionState>>, s: &TcpcryptStream<TcpStream>) {
+    let new = match s.session() {
+        Some(info) => SessionState::Encrypted(Box::new(info.clone())),
+        None => SessionState::Plain,
+    };
+    registry::set_state(state, new);
+}
+
+/// Resets the application's connection: the application sees an error,
+/// never a clean end, and nothing more is sent anywhere.
+fn abort(app: TcpStream) {
+    #[allow(deprecated)]
+    let _ = app.set_linger(Some(std::time::Duration::ZERO));
+    drop(app);
+}
+
+async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
+    mut app: TcpStream,
+    mut real: S,
+) -> io::Result<()> {
+    match tokio::io::copy_bidirectional(&mut app, &mut real).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            abort(app);
+            Err(e)
+        }
+    }
+}
+
+async fn outbound(
+    app: TcpStream,
+    tcp: TcpStream,
+    dest: SocketAddr,
+    config: &Arc<Config>,
+    state: &Arc<Mutex<SessionState>>,
+) -> io::Result<()> {
+    if config.policy() == Policy::Opportunistic && config.client_cache().is_legacy(dest) {
+        registry::set_state(state, SessionState::Plain);
+        return splice(app, tcp).await;
+    }
+    match TcpcryptConnector::new(config.clone())
+        .connect_with_peer(tcp, Some(dest))
+        .await
+    {
+        Ok(Connected::Stream(s)) => {
+            note(state, &s);
+            splice(app, s).await
+        }
+        Ok(Connected::Reconnect(reason)) => {
+            tracing::debug!(%dest, %reason, "falling back to plain TCP");
+            match TcpStream::connect(dest).await {
+                Ok(plain) => {
+                    registry::set_state(state, SessionState::Plain);
+                    splice(app, plain).await
+                }
+                Err(e) => {
+                    abort(app);
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => {
+            abort(app);
+            Err(e)
+        }
+    }
+}
+
+async fn inbound(
+    app: TcpStream,
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    config: &Arc<Config>,
+    state: &Arc<Mutex<SessionState>>,
+) -> io::Result<()> {
+    tcp.set_nonblocking(true)?;
+    let tcp = TcpStream::from_std(tcp)?;
+    match TcpcryptAcceptor::new(config.clone()).accept(tcp).await {
+        Ok(s) => {
+            note(state, &s);
+            splice(app, s).await
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "inbound handshake failed");
+            abort(app);
+            Err(e)
+        }
+    }
+}
