@@ -19,8 +19,8 @@ pub(crate) enum Exclude {
 impl Exclude {
     fn parse(s: &str) -> Option<Exclude> {
         let s = s.trim();
-        if let Some(port) = s.strip_prefix(':') {
-            return port.parse().ok().map(Exclude::Port);
+        if let Some(port) = s.strip_prefix(':').and_then(|p| p.parse().ok()) {
+            return Some(Exclude::Port(port));
         }
         let (ip, prefix) = match s.split_once('/') {
             Some((ip, p)) => (ip, p.parse().ok()?),

@@ -1,0 +1,282 @@
+//! Real programs under the shim: curl and Python, against tcpcrypt servers
+//! built with the library, against plain servers, and shimmed on both ends.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tcpcrypt_tokio::{Config, SessionId, TcpcryptListener};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// libtcpcrypt.so, beside this test's executable. `cargo test` builds the
+/// library only as an rlib for the tests, so the shared object is built
+/// here, once, with the same cargo and profile.
+fn shim() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let so = dir.join("libtcpcrypt.so");
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "tcpcrypt-preload", "--lib"]);
+        if dir.file_name().is_some_and(|d| d == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo");
+        assert!(status.success(), "building libtcpcrypt.so failed");
+    });
+    assert!(so.exists(), "{} not built", so.display());
+    so
+}
+
+fn curl(shimmed: bool, url: &str) -> (i32, Vec<u8>) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", url]);
+    if shimmed {
+        cmd.env("LD_PRELOAD", shim());
+    }
+    let out = cmd.output().expect("curl");
+    (out.status.code().unwrap_or(-1), out.stdout)
+}
+
+/// An HTTP server on the tcpcrypt library that answers `body` and reports
+/// each connection's session ID (None for plain clients).
+fn tcpcrypt_http(body: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<Option<SessionId>>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(Config::default()))
+                .await
+                .unwrap();
+            tx.send(l.local_addr()).unwrap();
+            while let Ok((mut s, _)) = l.accept().await {
+                seen2.lock().unwrap().push(s.session_id());
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let header = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(header.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+    });
+    (rx.recv().unwrap(), seen)
+}
+
+/// A relay that records the bytes going to the client.
+fn recording_relay(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let rec = Arc::new(Mutex::new(Vec::new()));
+    let rec2 = rec.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let Ok(mut s) = TcpStream::connect(target) else {
+                return;
+            };
+            let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(std::net::Shutdown::Write);
+            });
+            let rec = rec2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if c.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, rec)
+}
+
+struct Py(Child, u16);
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `python3 -m http.server` serving `dir`, shimmed or not.
+fn python_server(dir: &std::path::Path, shimmed: bool) -> Py {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        &port.to_string(),
+    ])
+    .current_dir(dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    if shimmed {
+        cmd.env("LD_PRELOAD", shim());
+    }
+    let child = cmd.spawn().unwrap();
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Py(child, port)
+}
+
+fn body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[test]
+fn shimmed_curl_to_a_tcpcrypt_server_is_encrypted_and_the_wire_is_ciphertext() {
+    let page = [&b"secret page "[..], &body(200_000)].concat();
+    let (server, seen) = tcpcrypt_http(page.clone());
+    let (relay, wire) = recording_relay(server);
+    let (code, got) = curl(true, &format!("http://{relay}/"));
+    assert_eq!(code, 0);
+    assert!(got == page, "body intact");
+    assert!(
+        seen.lock().unwrap()[0].is_some(),
+        "the server saw an encrypted session"
+    );
+    let wire = wire.lock().unwrap();
+    assert!(wire.starts_with(b"\xE5ENO\x01B\r\n"), "the server's hello");
+    assert!(
+        !wire.windows(12).any(|w| w == b"secret page "),
+        "plaintext on the wire"
+    );
+}
+
+#[test]
+fn fallback_and_plain_clients_get_identical_bodies() {
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-shim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = body(300_000);
+    std::fs::write(dir.join("page.bin"), &page).unwrap();
+    // Shimmed curl, plain Python: fallback.
+    let plain = python_server(&dir, false);
+    let (code, got) = curl(true, &format!("http://127.0.0.1:{}/page.bin", plain.1));
+    assert_eq!(code, 0);
+    assert!(got == page);
+    // Plain curl, shimmed Python; and both shimmed.
+    let shimmed = python_server(&dir, true);
+    for both in [false, true] {
+        let (code, got) = curl(both, &format!("http://127.0.0.1:{}/page.bin", shimmed.1));
+        assert_eq!(code, 0, "shimmed client: {both}");
+        assert!(got == page, "shimmed client: {both}");
+    }
+    drop((plain, shimmed));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn connect_errors_are_the_real_ones() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{closed}/");
+    let (plain_code, _) = curl(false, &url);
+    let (shim_code, _) = curl(true, &url);
+    assert_eq!(plain_code, 7);
+    assert_eq!(shim_code, plain_code, "same exit code as without the shim");
+}
+
+#[test]
+fn python_blocking_sockets_and_the_session_id_through_ctypes() {
+    let (server, seen) = tcpcrypt_http(b"hello".to_vec());
+    let script = format!(
+        r#"
+import ctypes, socket, urllib.request
+lib = ctypes.CDLL("{so}")
+s = socket.create_connection(("127.0.0.1", {port}))
+buf = ctypes.create_string_buffer(64)
+n = -1
+for _ in range(200):
+    n = lib.tcpcrypt_session_id(s.fileno(), buf, 64)
+    if n > 0:
+        break
+    import time; time.sleep(0.01)
+print(buf.raw[:n].hex())
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print(data.split(b"\r\n\r\n", 1)[1].decode())
+print(s.getpeername()[1])
+print(urllib.request.urlopen("http://127.0.0.1:{port}/").read().decode())
+"#,
+        so = shim().display(),
+        port = server.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("LD_PRELOAD", shim())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = BufReader::new(stdout.as_bytes())
+        .lines()
+        .map(|l| l.unwrap().leak() as &str)
+        .collect();
+    let server_id = seen.lock().unwrap()[0].expect("encrypted").to_string();
+    assert_eq!(
+        lines[0], server_id,
+        "the C call returns the server's session ID"
+    );
+    assert_eq!(lines[1], "hello");
+    assert_eq!(
+        lines[2],
+        server.port().to_string(),
+        "getpeername gives the real peer"
+    );
+    assert_eq!(lines[3], "hello", "urllib works under the shim");
+}
