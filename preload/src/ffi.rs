@@ -57,6 +57,7 @@ type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_in
 type Accept4Fn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
 type NameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
 type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
+type GetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *mut c_void, *mut socklen_t) -> c_int;
 
 struct Real {
     connect: ConnectFn,
@@ -64,6 +65,7 @@ struct Real {
     getpeername: NameFn,
     getsockname: NameFn,
     close: CloseFn,
+    getsockopt: GetsockoptFn,
 }
 
 unsafe extern "C" fn sys_connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> c_int {
@@ -86,6 +88,15 @@ unsafe extern "C" fn sys_getsockname(fd: c_int, a: *mut sockaddr, l: *mut sockle
 unsafe extern "C" fn sys_close(fd: c_int) -> c_int {
     unsafe { libc::syscall(libc::SYS_close, fd) as c_int }
 }
+unsafe extern "C" fn sys_getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    v: *mut c_void,
+    l: *mut socklen_t,
+) -> c_int {
+    unsafe { libc::syscall(libc::SYS_getsockopt, fd, level, name, v, l) as c_int }
+}
 
 /// The next definition of `name` after this library, or `fallback`.
 unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
@@ -107,6 +118,7 @@ fn real() -> &'static Real {
             getpeername: next(c"getpeername", sys_getpeername as NameFn),
             getsockname: next(c"getsockname", sys_getsockname as NameFn),
             close: next(c"close", sys_close as CloseFn),
+            getsockopt: next(c"getsockopt", sys_getsockopt as GetsockoptFn),
         }
     })
 }
@@ -498,32 +510,107 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     unsafe { (real().close)(fd) }
 }
 
-/// The session ID of a relayed socket: writes up to `len` bytes to `buf`
-/// and returns the ID's length (33), or -1 with errno `ENOTCONN` while the
-/// handshake runs and `EINVAL` when the socket is not encrypted.
-///
+/// The read-only options of `tcpcrypt.h` (values of this library's own).
+mod opt {
+    pub const SESSID: i32 = 0x5443_0001;
+    pub const NEGTEP: i32 = 0x5443_0002;
+    pub const ROLE: i32 = 0x5443_0003;
+    pub const SELF_NAME: i32 = 0x5443_0004;
+    pub const PEER_NAME: i32 = 0x5443_0005;
+    pub const TRANSCRIPT: i32 = 0x5443_0006;
+    pub const PEER_GOPT: i32 = 0x5443_0007;
+    pub const CRYPT_CONF: i32 = 0x5443_0008;
+    pub const ALL: [i32; 8] = [
+        SESSID, NEGTEP, ROLE, SELF_NAME, PEER_NAME, TRANSCRIPT, PEER_GOPT, CRYPT_CONF,
+    ];
+}
+
+/// The value of a `tcpcrypt.h` option for `fd`, or the errno to report.
+fn option_value(fd: c_int, name: c_int) -> Result<Vec<u8>, c_int> {
+    let entry = registry::get(fd).ok_or(libc::EINVAL)?;
+    let info = match registry::state_of(&entry) {
+        SessionState::Encrypted(info) => info,
+        SessionState::Negotiating => return Err(libc::ENOTCONN),
+        _ => return Err(libc::EINVAL),
+    };
+    let int = |v: i32| v.to_ne_bytes().to_vec();
+    Ok(match name {
+        opt::SESSID => info.session_id.as_bytes().to_vec(),
+        opt::NEGTEP => int(i32::from(info.tep_byte)),
+        opt::ROLE => int(i32::from(info.role.as_u8())),
+        opt::SELF_NAME => info.self_name(),
+        opt::PEER_NAME => info.peer_name(),
+        opt::TRANSCRIPT => info.transcript.clone(),
+        opt::PEER_GOPT => int(i32::from(info.peer_global)),
+        opt::CRYPT_CONF => int(i32::from(info.aead.id())),
+        _ => return Err(libc::ENOPROTOOPT),
+    })
+}
+
 /// # Safety
-/// `buf` must be valid for `len` bytes.
+/// As libc's `getsockopt`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn tcpcrypt_session_id(fd: c_int, buf: *mut u8, len: usize) -> c_int {
-    let state = catch_unwind(|| registry::get(fd).map(|e| registry::state_of(&e)))
-        .ok()
-        .flatten();
-    match state {
-        Some(SessionState::Encrypted(info)) => {
-            let id = info.session_id.as_bytes();
-            if !buf.is_null() {
-                unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), buf, id.len().min(len)) };
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    let ours = level == libc::IPPROTO_TCP && opt::ALL.contains(&name) && !BYPASS.with(|b| b.get());
+    if !ours {
+        return unsafe { (real().getsockopt)(fd, level, name, val, len) };
+    }
+    match catch_unwind(|| option_value(fd, name)) {
+        Ok(Ok(v)) if !val.is_null() && !len.is_null() && unsafe { *len } as usize >= v.len() => {
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), val as *mut u8, v.len());
+                *len = v.len() as socklen_t;
             }
-            id.len() as c_int
+            0
         }
-        Some(SessionState::Negotiating) => {
-            set_errno(libc::ENOTCONN);
+        Ok(Err(e)) => {
+            set_errno(e);
             -1
         }
         _ => {
             set_errno(libc::EINVAL);
             -1
         }
+    }
+}
+
+/// See `tcpcrypt.h`.
+///
+/// # Safety
+/// `buf` must be valid for `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tcpcrypt_session_id(fd: c_int, buf: *mut u8, len: usize) -> c_int {
+    match catch_unwind(|| option_value(fd, opt::SESSID)) {
+        Ok(Ok(id)) if !buf.is_null() && len >= id.len() => {
+            unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), buf, id.len()) };
+            id.len() as c_int
+        }
+        Ok(Err(e)) => {
+            set_errno(e);
+            -1
+        }
+        _ => {
+            set_errno(libc::EINVAL);
+            -1
+        }
+    }
+}
+
+/// See `tcpcrypt.h`.
+#[unsafe(no_mangle)]
+pub extern "C" fn tcpcrypt_is_encrypted(fd: c_int) -> c_int {
+    match catch_unwind(|| registry::get(fd).map(|e| registry::state_of(&e))) {
+        Ok(Some(SessionState::Encrypted(_))) => 1,
+        Ok(Some(SessionState::Negotiating)) => {
+            set_errno(libc::ENOTCONN);
+            -1
+        }
+        _ => 0,
     }
 }

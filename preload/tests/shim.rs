@@ -280,3 +280,119 @@ print(urllib.request.urlopen("http://127.0.0.1:{port}/").read().decode())
     );
     assert_eq!(lines[3], "hello", "urllib works under the shim");
 }
+
+/// Runs a Python script under the shim; returns its stdout lines.
+fn python_shimmed(script: &str) -> Vec<String> {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("LD_PRELOAD", shim())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn getsockopt_answers_the_tcpinc_options() {
+    let (server, seen) = tcpcrypt_http(b"x".to_vec());
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_port = plain.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in plain.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"HTTP/1.0 400 no\r\n\r\n");
+        }
+    });
+    let lines = python_shimmed(&format!(
+        r#"
+import socket, struct, time
+TCP_ENO_SESSID, TCP_ENO_NEGTEP, TCP_ENO_ROLE, TCP_ENO_SELF_NAME, TCP_CRYPT_CONF = 0x54430001, 0x54430002, 0x54430003, 0x54430004, 0x54430008
+s = socket.create_connection(("127.0.0.1", {port}))
+for _ in range(200):
+    try:
+        sid = s.getsockopt(socket.IPPROTO_TCP, TCP_ENO_SESSID, 64)
+        break
+    except OSError as e:
+        assert e.errno == 107, e  # ENOTCONN while negotiating
+        time.sleep(0.01)
+print(sid.hex())
+print(s.getsockopt(socket.IPPROTO_TCP, TCP_ENO_NEGTEP))
+print(s.getsockopt(socket.IPPROTO_TCP, TCP_ENO_ROLE))
+print(s.getsockopt(socket.IPPROTO_TCP, TCP_ENO_SELF_NAME, 64).hex())
+print(s.getsockopt(socket.IPPROTO_TCP, TCP_CRYPT_CONF))
+p = socket.create_connection(("127.0.0.1", {plain_port}))
+p.sendall(b"GET / HTTP/1.0\r\n\r\n")
+p.recv(100)
+try:
+    p.getsockopt(socket.IPPROTO_TCP, TCP_ENO_SESSID, 64)
+    print("no error")
+except OSError as e:
+    print("errno", e.errno)
+"#,
+        port = server.port()
+    ));
+    let id = seen.lock().unwrap()[0].expect("encrypted").to_string();
+    assert_eq!(lines[0], id);
+    assert_eq!(lines[1], "35", "TEP 0x23 as B sent it");
+    assert_eq!(lines[2], "0", "role A");
+    assert_eq!(
+        lines[3],
+        format!("00{id}"),
+        "self name: role byte, then the session ID"
+    );
+    assert_eq!(lines[4], "1", "AES-128-GCM");
+    assert_eq!(
+        lines[5], "errno 22",
+        "a plain connection has no session ID: EINVAL"
+    );
+}
+
+#[test]
+fn fork_and_many_threads() {
+    let (server, seen) = tcpcrypt_http(b"ok".to_vec());
+    let lines = python_shimmed(&format!(
+        r#"
+import os, socket, threading, urllib.request
+url = "http://127.0.0.1:{port}/"
+def get():
+    return urllib.request.urlopen(url, timeout=30).read()
+# A connection opened before fork keeps working in the parent.
+s = socket.create_connection(("127.0.0.1", {port}))
+pid = os.fork()
+if pid == 0:
+    # The child gets its own relay on first use.
+    os._exit(0 if get() == b"ok" else 1)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    c = s.recv(4096)
+    if not c:
+        break
+    data += c
+print("parent", data.endswith(b"ok"))
+# Many threads connecting at once.
+results = []
+def worker():
+    results.append(get())
+threads = [threading.Thread(target=worker) for _ in range(200)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("threads", sum(1 for r in results if r == b"ok"))
+"#,
+        port = server.port()
+    ));
+    assert_eq!(lines, ["child 0", "parent True", "threads 200"]);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 202);
+    assert!(
+        seen.iter().all(|s| s.is_some()),
+        "every connection encrypted"
+    );
+}
