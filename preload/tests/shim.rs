@@ -396,3 +396,209 @@ print("threads", sum(1 for r in results if r == b"ok"))
         "every connection encrypted"
     );
 }
+
+/// nginx under the shim (epoll, edge-triggered; `accept4` non-blocking;
+/// `sendfile`; a master process that forks its worker), serving 100 MB to
+/// shimmed and plain curl.
+#[test]
+fn nginx_serves_a_large_file_to_shimmed_and_plain_curl() {
+    let Ok(nginx) = which("nginx") else {
+        panic!("nginx is not installed (scripts/test installs it)");
+    };
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-nginx-{}", std::process::id()));
+    let www = dir.join("www");
+    std::fs::create_dir_all(www.join("tmp")).unwrap();
+    let file = body(100 << 20);
+    std::fs::write(www.join("big.bin"), &file).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{ access_log off; sendfile on; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}
+"
+    );
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new(nginx)
+        .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+        .env("LD_PRELOAD", shim())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Nginx(child);
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let (relay, wire) = recording_relay(format!("127.0.0.1:{port}").parse().unwrap());
+    for (shimmed, target) in [
+        (true, relay.to_string()),
+        (false, format!("127.0.0.1:{port}")),
+    ] {
+        let out = dir.join("out.bin");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "120", "-o"])
+            .arg(&out)
+            .arg(format!("http://{target}/big.bin"));
+        if shimmed {
+            cmd.env("LD_PRELOAD", shim());
+        }
+        assert!(cmd.status().unwrap().success(), "curl (shimmed: {shimmed})");
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got.len() == file.len() && got == file,
+            "100 MB intact (shimmed: {shimmed})"
+        );
+    }
+    let wire = wire.lock().unwrap();
+    assert!(
+        wire.starts_with(b"\xE5ENO\x01B\r\n"),
+        "nginx answered in tcpcrypt"
+    );
+    assert!(
+        !wire.windows(8).any(|w| w == b"HTTP/1.1"),
+        "no plaintext HTTP on the wire"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stops nginx the way its master expects (SIGTERM), so that the master
+/// takes its worker down with it.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
+        let p = PathBuf::from(dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(())
+}
+
+#[test]
+fn banner_servers_with_both_kinds_of_clients() {
+    // A server that speaks first, plain and shimmed, and clients of both kinds.
+    let server_script = r#"
+import socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(16)
+print(l.getsockname()[1], flush=True)
+while True:
+    c, _ = l.accept()
+    c.sendall(b"220 banner\r\n")
+    line = c.recv(100)
+    c.sendall(b"got " + line)
+    c.close()
+"#;
+    let client_script = |port: &str| {
+        format!(
+            r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+f = s.makefile("rb")
+print(f.readline().decode().strip())
+s.sendall(b"HELO\r\n")
+print(f.readline().decode().strip())
+"#
+        )
+    };
+    for server_shimmed in [false, true] {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", server_script]).stdout(Stdio::piped());
+        if server_shimmed {
+            cmd.env("LD_PRELOAD", shim());
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let port = first.trim().to_string();
+        let _guard = Py(child, 0);
+        for client_shimmed in [false, true] {
+            let mut c = Command::new("python3");
+            c.args(["-c", &client_script(&port)]);
+            if client_shimmed {
+                c.env("LD_PRELOAD", shim());
+            }
+            let out = c.output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "server shimmed {server_shimmed}, client shimmed {client_shimmed}: {text}"
+            );
+            assert_eq!(
+                text, "220 banner\ngot HELO\n",
+                "server shimmed {server_shimmed}, client shimmed {client_shimmed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mandatory_policy_fails_closed() {
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = plain.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    std::thread::spawn(move || {
+        for c in plain.incoming().flatten() {
+            let mut c = c;
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            got2.lock().unwrap().extend_from_slice(&buf[..n]);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nplain");
+        }
+    });
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-H",
+            "X-Secret: swordfish",
+            &format!("http://{addr}/"),
+        ])
+        .env("LD_PRELOAD", shim())
+        .env("TCPCRYPT_POLICY", "mandatory")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "mandatory must not talk to a plain server"
+    );
+    assert!(out.stdout.is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    let wire = got.lock().unwrap();
+    assert!(
+        wire.starts_with(b"\xE5ENO\x01"),
+        "only the hello reached the server"
+    );
+    assert!(
+        !wire.windows(9).any(|w| w == b"swordfish"),
+        "no application byte in the clear"
+    );
+}
