@@ -15,5 +15,6 @@ mod env;
 mod ffi;
 mod registry;
 mod relay;
+pub mod status;
 
 pub use registry::SessionState;

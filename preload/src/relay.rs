@@ -16,6 +16,7 @@ use tokio::runtime::Runtime;
 
 use crate::env;
 use crate::registry::{self, SessionState};
+use crate::status;
 
 /// What the relay does with the loopback connection that arrives from a
 /// given application socket.
@@ -153,12 +154,24 @@ async fn accept_loop(
     }
 }
 
-fn note(state: &Arc<Mutex<SessionState>>, s: &TcpcryptStream<TcpStream>) {
-    let new = match s.session() {
+/// Records the outcome of the negotiation: for the hooks (session ID
+/// queries) and in the status directory, until the connection ends.
+fn note(
+    state: &Arc<Mutex<SessionState>>,
+    new: SessionState,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> status::Record {
+    let record = status::Record::write(local, peer, &new);
+    registry::set_state(state, new);
+    record
+}
+
+fn outcome(s: &TcpcryptStream<TcpStream>) -> SessionState {
+    match s.session() {
         Some(info) => SessionState::Encrypted(Box::new(info.clone())),
         None => SessionState::Plain,
-    };
-    registry::set_state(state, new);
+    }
 }
 
 /// Resets the application's connection: the application sees an error,
@@ -189,8 +202,9 @@ async fn outbound(
     config: &Arc<Config>,
     state: &Arc<Mutex<SessionState>>,
 ) -> io::Result<()> {
+    let local = tcp.local_addr()?;
     if config.policy() == Policy::Opportunistic && config.client_cache().is_legacy(dest) {
-        registry::set_state(state, SessionState::Plain);
+        let _record = note(state, SessionState::Plain, local, dest);
         return splice(app, tcp).await;
     }
     match TcpcryptConnector::new(config.clone())
@@ -198,14 +212,14 @@ async fn outbound(
         .await
     {
         Ok(Connected::Stream(s)) => {
-            note(state, &s);
+            let _record = note(state, outcome(&s), local, dest);
             splice(app, s).await
         }
         Ok(Connected::Reconnect(reason)) => {
             tracing::debug!(%dest, %reason, "falling back to plain TCP");
             match TcpStream::connect(dest).await {
                 Ok(plain) => {
-                    registry::set_state(state, SessionState::Plain);
+                    let _record = note(state, SessionState::Plain, plain.local_addr()?, dest);
                     splice(app, plain).await
                 }
                 Err(e) => {
@@ -229,10 +243,11 @@ async fn inbound(
     state: &Arc<Mutex<SessionState>>,
 ) -> io::Result<()> {
     tcp.set_nonblocking(true)?;
+    let local = tcp.local_addr()?;
     let tcp = TcpStream::from_std(tcp)?;
     match TcpcryptAcceptor::new(config.clone()).accept(tcp).await {
         Ok(s) => {
-            note(state, &s);
+            let _record = note(state, outcome(&s), local, peer);
             splice(app, s).await
         }
         Err(e) => {

@@ -602,3 +602,101 @@ fn mandatory_policy_fails_closed() {
         "no application byte in the clear"
     );
 }
+
+#[test]
+fn status_directory_lists_live_connections() {
+    let (server, seen) = tcpcrypt_http(b"x".to_vec());
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-status-{}", std::process::id()));
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                r#"
+import os, socket, sys, time
+d = sys.argv[1]
+s = socket.create_connection(("127.0.0.1", {port}))
+for _ in range(200):
+    files = [f for f in os.listdir(d) if f.endswith(".json")] if os.path.isdir(d) else []
+    if files: break
+    time.sleep(0.01)
+print(open(os.path.join(d, files[0])).read().strip())
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+while s.recv(4096): pass
+s.close()
+for _ in range(200):
+    if not [f for f in os.listdir(d) if f.endswith(".json")]: break
+    time.sleep(0.01)
+print(len([f for f in os.listdir(d) if f.endswith(".json")]))
+"#,
+                port = server.port()
+            ),
+            dir.to_str().unwrap(),
+        ])
+        .env("LD_PRELOAD", shim())
+        .env("TCPCRYPT_STATUS_DIR", &dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let id = seen.lock().unwrap()[0].unwrap().to_string();
+    assert!(
+        lines[0].contains(&format!("\"session_id\":\"{id}\"")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("\"program\":\"python3\"") && lines[0].contains("\"role\":\"A\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!("\"peer\":\"127.0.0.1:{}\"", server.port())),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1], "0",
+        "the entry is removed when the connection closes"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exec_children_inherit_and_connections_leak_nothing() {
+    let (server, seen) = tcpcrypt_http(b"ok".to_vec());
+    let lines = python_shimmed(&format!(
+        r#"
+import os, socket, subprocess
+# An exec'd child inherits the preload through the environment.
+print(subprocess.run(["curl", "-sS", "http://127.0.0.1:{port}/"], capture_output=True).stdout.decode())
+def fds(): return len(os.listdir("/proc/self/fd"))
+def threads(): return len(os.listdir("/proc/self/task"))
+def once():
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    while s.recv(4096): pass
+    s.close()
+once()
+import time; time.sleep(0.2)
+before = (fds(), threads())
+for _ in range(300): once()
+time.sleep(0.5)
+after = (fds(), threads())
+print(before == after, before, after)
+"#,
+        port = server.port()
+    ));
+    assert_eq!(lines[0], "ok");
+    assert!(
+        lines[1].starts_with("True"),
+        "descriptors and threads after 300 connections: {}",
+        lines[1]
+    );
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().all(|s| s.is_some()) && seen.len() == 302);
+}
