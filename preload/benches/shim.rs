@@ -1,0 +1,149 @@
+//! The shim against the library it is built on and against no encryption,
+//! in one run: a large download with curl (shimmed, from a tcpcrypt
+//! server) against the library's own client (from the same server) and
+//! unpreloaded curl (from a plain server of the same code); and the latency
+//! of small requests from one Python process, shimmed and not.
+//!
+//! `cargo bench -p tcpcrypt-preload --bench shim` (`SHIM_MIB` sets the
+//! download size, default 512).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tcpcrypt_tokio::{Config, Policy, TcpcryptListener, TcpcryptStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn shim() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-p", "tcpcrypt-preload", "--lib"])
+        .args(if dir.ends_with("release") { &["--release"][..] } else { &[][..] })
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir.join("libtcpcrypt.so")
+}
+
+/// An HTTP server answering every request with `len` bytes.
+async fn server(policy: Policy, len: usize) -> std::net::SocketAddr {
+    let config = Arc::new(Config::builder().policy(policy).build().unwrap());
+    let mut l = TcpcryptListener::bind("127.0.0.1:0", config).await.unwrap();
+    let addr = l.local_addr();
+    tokio::spawn(async move {
+        let body = Arc::new(vec![0x42u8; len]);
+        while let Ok((mut s, _)) = l.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(h.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn curl(shim: Option<&PathBuf>, url: &str) -> f64 {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "/dev/null", url]);
+    if let Some(so) = shim {
+        cmd.env("LD_PRELOAD", so);
+    }
+    let start = Instant::now();
+    assert!(cmd.status().unwrap().success());
+    start.elapsed().as_secs_f64()
+}
+
+fn python_latency(shim: Option<&PathBuf>, port: u16, n: usize) -> f64 {
+    let script = format!(
+        r#"
+import socket, time
+def once():
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    while s.recv(65536): pass
+    s.close()
+once()
+t = time.perf_counter()
+for _ in range({n}): once()
+print((time.perf_counter() - t) / {n})
+"#
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    if let Some(so) = shim {
+        cmd.env("LD_PRELOAD", so);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let mib: usize = if bench { std::env::var("SHIM_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(512) } else { 4 };
+    let so = shim();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (encrypted, plain, small_enc, small_plain) = rt.block_on(async {
+        (
+            server(Policy::Opportunistic, mib << 20).await,
+            server(Policy::Off, mib << 20).await,
+            server(Policy::Opportunistic, 100).await,
+            server(Policy::Off, 100).await,
+        )
+    });
+    let bytes = (mib << 20) as f64;
+    let rounds = if bench { 3 } else { 1 };
+    let (mut shimmed, mut library, mut unencrypted) = (0f64, 0f64, 0f64);
+    for _ in 0..rounds {
+        shimmed = shimmed.max(bytes / curl(Some(&so), &format!("http://{encrypted}/")));
+        library = library.max(rt.block_on(async {
+            let start = Instant::now();
+            let mut s = TcpcryptStream::connect(encrypted, &Arc::new(Config::default())).await.unwrap();
+            assert!(s.is_encrypted());
+            s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut n = 0;
+            loop {
+                let k = s.read(&mut buf).await.unwrap();
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            assert!(n as f64 >= bytes);
+            bytes / start.elapsed().as_secs_f64()
+        }));
+        unencrypted = unencrypted.max(bytes / curl(None, &format!("http://{plain}/")));
+    }
+    let n = if bench { 300 } else { 5 };
+    let lat_shim = python_latency(Some(&so), small_enc.port(), n);
+    let lat_plain = python_latency(None, small_plain.port(), n);
+    println!("shim vs library vs no encryption, {mib} MiB download over loopback, best of {rounds}");
+    println!(
+        "  shimmed curl {:>6.2} GB/s   library client {:>6.2} GB/s   plain curl {:>6.2} GB/s   shim/library {:.2}x (target >= 0.75x)   shim/plain {:.2}x",
+        shimmed / 1e9,
+        library / 1e9,
+        unencrypted / 1e9,
+        shimmed / library,
+        shimmed / unencrypted
+    );
+    println!(
+        "  small request, connect to close: shimmed {:.0} us   unshimmed (plain server) {:.0} us   added {:.0} us",
+        lat_shim * 1e6,
+        lat_plain * 1e6,
+        (lat_shim - lat_plain) * 1e6
+    );
+}
