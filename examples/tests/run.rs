@@ -140,3 +140,55 @@ fn mitm_demo_detects_the_attacker() {
     assert!(out.contains("ATTACK DETECTED"), "{out}");
     assert!(out.contains("login succeeded"), "{out}");
 }
+
+/// libtcpcrypt.so, built with the same cargo and profile as this test.
+fn shim() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-p", "tcpcrypt-preload", "--lib"]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().unwrap().success(), "building libtcpcrypt.so");
+    dir.join("libtcpcrypt.so")
+}
+
+#[test]
+fn python_reads_the_session_id_through_the_shim() {
+    let server = Server::start(env!("CARGO_BIN_EXE_http-session-id"), &["127.0.0.1:0"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/sessid.py");
+    let out = Command::new("python3")
+        .args([script, &server.addr])
+        .env("LD_PRELOAD", shim())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let mine = lines[0].strip_prefix("client session ID: ").unwrap();
+    let theirs = lines[1].strip_prefix("server session ID: ").unwrap();
+    assert_eq!(mine.len(), 66);
+    assert_eq!(mine, theirs);
+    assert_eq!(lines[2], "match");
+}
+
+#[test]
+fn http_session_id_with_shimmed_curl() {
+    let server = Server::start(env!("CARGO_BIN_EXE_http-session-id"), &["127.0.0.1:0"]);
+    let out = Command::new("curl")
+        .args(["-sS", &format!("http://{}/", server.addr)])
+        .env("LD_PRELOAD", shim())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("encrypted: yes") && text.contains("session-id: "),
+        "{text}"
+    );
+}

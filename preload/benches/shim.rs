@@ -20,7 +20,11 @@ fn shim() -> PathBuf {
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "-p", "tcpcrypt-preload", "--lib"])
-        .args(if dir.ends_with("release") { &["--release"][..] } else { &[][..] })
+        .args(if dir.ends_with("release") {
+            &["--release"][..]
+        } else {
+            &[][..]
+        })
         .status()
         .unwrap();
     assert!(status.success());
@@ -45,7 +49,10 @@ async fn server(policy: Policy, len: usize) -> std::net::SocketAddr {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let h = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = s.write_all(h.as_bytes()).await;
                 let _ = s.write_all(&body).await;
                 let _ = s.shutdown().await;
@@ -87,15 +94,30 @@ print((time.perf_counter() - t) / {n})
         cmd.env("LD_PRELOAD", so);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let mib: usize = if bench { std::env::var("SHIM_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(512) } else { 4 };
+    let mib: usize = if bench {
+        std::env::var("SHIM_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512)
+    } else {
+        4
+    };
     let so = shim();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (encrypted, plain, small_enc, small_plain) = rt.block_on(async {
         (
             server(Policy::Opportunistic, mib << 20).await,
@@ -111,7 +133,9 @@ fn main() {
         shimmed = shimmed.max(bytes / curl(Some(&so), &format!("http://{encrypted}/")));
         library = library.max(rt.block_on(async {
             let start = Instant::now();
-            let mut s = TcpcryptStream::connect(encrypted, &Arc::new(Config::default())).await.unwrap();
+            let mut s = TcpcryptStream::connect(encrypted, &Arc::new(Config::default()))
+                .await
+                .unwrap();
             assert!(s.is_encrypted());
             s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
             let mut buf = vec![0u8; 1 << 16];
@@ -131,7 +155,9 @@ fn main() {
     let n = if bench { 300 } else { 5 };
     let lat_shim = python_latency(Some(&so), small_enc.port(), n);
     let lat_plain = python_latency(None, small_plain.port(), n);
-    println!("shim vs library vs no encryption, {mib} MiB download over loopback, best of {rounds}");
+    println!(
+        "shim vs library vs no encryption, {mib} MiB download over loopback, best of {rounds}"
+    );
     println!(
         "  shimmed curl {:>6.2} GB/s   library client {:>6.2} GB/s   plain curl {:>6.2} GB/s   shim/library {:.2}x (target >= 0.75x)   shim/plain {:.2}x",
         shimmed / 1e9,
