@@ -1,0 +1,214 @@
+//! The `tcpcrypt` command run as a user would, against real processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use tcpcrypt_tokio::{Config, TcpcryptListener};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpcrypt");
+
+/// libtcpcrypt.so must sit beside the binary, as a workspace build puts it.
+fn build_shim() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let release = BIN.contains("/release/");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-p", "tcpcrypt-preload", "--lib"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success());
+    });
+}
+
+fn tcpcrypt(args: &[&str]) -> std::process::Output {
+    build_shim();
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let out = tcpcrypt(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id_of = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {label} in {text}"))
+    };
+    let (server, client) = (id_of("server session ID: "), id_of("client session ID: "));
+    assert_eq!(server.len(), 66);
+    assert_eq!(server, client);
+    assert!(
+        text.contains("0000  e5 45 4e 4f 01"),
+        "hex dump of the hello: {text}"
+    );
+    assert!(text.contains("fell back to plain TCP"));
+    assert!(text.trim_end().ends_with("demo: OK"));
+}
+
+#[test]
+fn demo_fails_without_the_shim() {
+    let out = Command::new(BIN)
+        .arg("demo")
+        .env("TCPCRYPT_LIB", "/nonexistent/libtcpcrypt.so")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn run_passes_the_exit_status_and_the_environment() {
+    let out = tcpcrypt(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$LD_PRELOAD|$TCPCRYPT_POLICY|$TCPCRYPT_EXCLUDE\"; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let parts: Vec<&str> = line.trim().split('|').collect();
+    assert!(
+        parts[0].starts_with('/') && parts[0].ends_with("libtcpcrypt.so"),
+        "absolute path: {line}"
+    );
+    assert_eq!(parts[1], "opportunistic");
+    assert_eq!(parts[2], "");
+    // Appends to an existing LD_PRELOAD; options reach the environment.
+    build_shim();
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--mandatory",
+            "--exclude",
+            ":22",
+            "--exclude",
+            "10.0.0.0/8",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$LD_PRELOAD|$TCPCRYPT_POLICY|$TCPCRYPT_EXCLUDE\"",
+        ])
+        .env("LD_PRELOAD", "libfirst.so")
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let parts: Vec<&str> = line.trim().split('|').collect();
+    assert!(parts[0].starts_with("libfirst.so /"), "{line}");
+    assert_eq!(parts[1], "mandatory");
+    assert_eq!(parts[2], ":22,10.0.0.0/8");
+    // A missing command.
+    assert_eq!(
+        tcpcrypt(&["run", "--", "no-such-command-here"])
+            .status
+            .code(),
+        Some(127)
+    );
+}
+
+#[test]
+fn run_warns_about_programs_it_cannot_reach() {
+    let Some(stat) = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        return;
+    };
+    let out = tcpcrypt(&["run", "--", stat, "--version"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("statically linked"), "{err}");
+}
+
+// Multi-threaded: the test blocks on child processes while the server's
+// tasks must keep running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", Arc::new(Config::default()))
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let status_dir =
+        std::env::temp_dir().join(format!("tcpcrypt-cli-status-{}", std::process::id()));
+    let server = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().await.unwrap();
+            ids.push(s.session_id());
+            let mut buf = vec![0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            let _ = s.shutdown().await;
+        }
+        ids
+    });
+    build_shim();
+    let out = tokio::process::Command::new(BIN)
+        .args(["run", "--", "curl", "-sS", &format!("http://{addr}/")])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"ok");
+    // A client holding a connection open, to be listed.
+    let script = format!(
+        "import socket,sys,time\ns=socket.create_connection(('127.0.0.1',{}))\nprint('up',flush=True)\nsys.stdin.readline()\ns.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\ns.recv(100)\n",
+        addr.port()
+    );
+    let mut holder = std::process::Command::new(BIN)
+        .args(["run", "--", "python3", "-c", &script])
+        .env("TCPCRYPT_STATUS_DIR", &status_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut listed = String::new();
+    for _ in 0..200 {
+        let out = Command::new(BIN)
+            .args(["status", "--json"])
+            .env("TCPCRYPT_STATUS_DIR", &status_dir)
+            .output()
+            .unwrap();
+        listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if listed.contains("session_id\":\"") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let table = Command::new(BIN)
+        .arg("status")
+        .env("TCPCRYPT_STATUS_DIR", &status_dir)
+        .output()
+        .unwrap();
+    use std::io::Write;
+    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(holder.wait().unwrap().success());
+    let ids = server.await.unwrap();
+    assert!(
+        ids.iter().all(|i| i.is_some()),
+        "both connections encrypted"
+    );
+    let id = ids[1].unwrap().to_string();
+    assert!(
+        listed.starts_with('[') && listed.contains(&format!("\"session_id\":\"{id}\"")),
+        "{listed}"
+    );
+    assert!(listed.contains("\"program\":\"python3\""), "{listed}");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(&id) && table.contains("PID"), "{table}");
+    let _ = std::fs::remove_dir_all(&status_dir);
+}
