@@ -3,9 +3,19 @@
 //! * `TCPCRYPT_POLICY`: `opportunistic` (default), `mandatory`, `off`.
 //! * `TCPCRYPT_EXCLUDE`: comma-separated destinations and listening ports
 //!   left alone: `ADDR`, `ADDR/PREFIX` (CIDR), `:PORT`.
+//! * `TCPCRYPT_HANDSHAKE_TIMEOUT_MS`, `TCPCRYPT_SERVER_HELLO_TIMEOUT_MS`,
+//!   `TCPCRYPT_CLIENT_HELLO_WAIT_MS`: the library's deadlines (whole
+//!   handshake; a client's wait for a server's hello before deciding it is
+//!   legacy; a server's wait for a silent client's hello).
+//! * `TCPCRYPT_LOG`: log filter (`error`, `warn`, `info`, `debug`, `trace`,
+//!   or a tracing filter such as `tcpcrypt_tokio=debug`); default `warn`.
+//! * `TCPCRYPT_LOG_FILE`: where logs go; `stderr` for the program's stderr.
+//!   Without it the shim logs nothing: the program's own output stays as it
+//!   was.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use tcpcrypt_tokio::Policy;
 
@@ -65,6 +75,18 @@ fn same_prefix(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 pub(crate) struct Settings {
     pub policy: Policy,
     pub exclude: Vec<Exclude>,
+    pub handshake_timeout: Option<Duration>,
+    pub server_hello_timeout: Option<Duration>,
+    pub client_hello_wait: Option<Duration>,
+}
+
+fn millis(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
 }
 
 impl Settings {
@@ -77,7 +99,28 @@ impl Settings {
         let exclude = std::env::var("TCPCRYPT_EXCLUDE")
             .map(|v| v.split(',').filter_map(Exclude::parse).collect())
             .unwrap_or_default();
-        Settings { policy, exclude }
+        Settings {
+            policy,
+            exclude,
+            handshake_timeout: millis("TCPCRYPT_HANDSHAKE_TIMEOUT_MS"),
+            server_hello_timeout: millis("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS"),
+            client_hello_wait: millis("TCPCRYPT_CLIENT_HELLO_WAIT_MS"),
+        }
+    }
+
+    /// The library configuration these settings describe.
+    pub fn config(&self) -> Result<tcpcrypt_tokio::Config, tcpcrypt_tokio::proto::Error> {
+        let mut b = tcpcrypt_tokio::Config::builder().policy(self.policy);
+        if let Some(d) = self.handshake_timeout {
+            b = b.handshake_timeout(d);
+        }
+        if let Some(d) = self.server_hello_timeout {
+            b = b.server_hello_timeout(d);
+        }
+        if let Some(d) = self.client_hello_wait {
+            b = b.client_hello_wait(d);
+        }
+        b.build()
     }
 
     /// Whether a connection to or on `addr` is left alone.
@@ -89,6 +132,36 @@ impl Settings {
 pub(crate) fn settings() -> &'static Settings {
     static SETTINGS: OnceLock<Settings> = OnceLock::new();
     SETTINGS.get_or_init(Settings::from_env)
+}
+
+/// Starts logging as the environment asks, once per process. A host
+/// program with its own global subscriber keeps it.
+pub(crate) fn init_logging() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let Ok(dest) = std::env::var("TCPCRYPT_LOG_FILE") else {
+            return;
+        };
+        let filter = tracing_subscriber::EnvFilter::try_new(
+            std::env::var("TCPCRYPT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false);
+        let _ = if dest == "stderr" {
+            builder.with_writer(std::io::stderr).try_init()
+        } else {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&dest)
+            {
+                Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
+                Err(_) => return,
+            }
+        };
+    });
 }
 
 #[cfg(test)]
@@ -105,6 +178,9 @@ mod tests {
         let s = Settings {
             policy: Policy::Opportunistic,
             exclude: rules,
+            handshake_timeout: None,
+            server_hello_timeout: None,
+            client_hello_wait: None,
         };
         assert!(s.excluded("10.1.2.3:80".parse().unwrap()));
         assert!(s.excluded("[::ffff:10.1.2.3]:80".parse().unwrap()));

@@ -45,6 +45,7 @@ pub(crate) struct Relay {
 
 impl Relay {
     fn start() -> io::Result<Relay> {
+        env::init_logging();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tcpcrypt-relay")
@@ -55,18 +56,8 @@ impl Relay {
         let listen = listener.local_addr()?;
         let pending: Pending = Arc::default();
         let settings = env::settings();
-        let client = Arc::new(
-            Config::builder()
-                .policy(settings.policy)
-                .build()
-                .map_err(io::Error::other)?,
-        );
-        let server = Arc::new(
-            Config::builder()
-                .policy(settings.policy)
-                .build()
-                .map_err(io::Error::other)?,
-        );
+        let client = Arc::new(settings.config().map_err(io::Error::other)?);
+        let server = Arc::new(settings.config().map_err(io::Error::other)?);
         rt.spawn(accept_loop(listener, pending.clone(), client, server));
         Ok(Relay {
             rt,

@@ -700,3 +700,116 @@ print(before == after, before, after)
     let seen = seen.lock().unwrap();
     assert!(seen.iter().all(|s| s.is_some()) && seen.len() == 302);
 }
+
+#[test]
+fn half_close_socket_options_and_logging() {
+    // The server reads to the end (which needs the client's FINp) and only
+    // then answers.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(Config::default()))
+                .await
+                .unwrap();
+            tx.send(l.local_addr()).unwrap();
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).await.unwrap();
+            s.write_all(format!("got {} bytes", all.len()).as_bytes())
+                .await
+                .unwrap();
+            s.shutdown().await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let log = std::env::temp_dir().join(format!("tcpcrypt-log-{}", std::process::id()));
+    let script = format!(
+        r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+s.sendall(b"x" * 100000)
+s.shutdown(socket.SHUT_WR)
+data = b""
+while True:
+    c = s.recv(4096)
+    if not c: break
+    data += c
+print(data.decode())
+"#,
+        port = addr.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("LD_PRELOAD", shim())
+        .env("TCPCRYPT_LOG", "debug")
+        .env("TCPCRYPT_LOG_FILE", &log)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text, "1\ngot 100000 bytes\n",
+        "half-close reached the server as FINp; options did not fail"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "logs stay out of the program's stderr"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("tcpcrypt session established"),
+        "debug log in the file: {logged}"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn timeouts_come_from_the_environment() {
+    // A plain server that ignores anything but "PING" (so a tcpcrypt hello
+    // gets no answer at all) and then answers "PONG".
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 4];
+                if c.read_exact(&mut buf).is_ok() && &buf == b"PING" {
+                    let _ = c.write_all(b"PONG");
+                }
+                let mut sink = [0u8; 1024];
+                while c.read(&mut sink).unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    let script = format!(
+        "import socket,time\nt=time.time()\ns=socket.create_connection(('127.0.0.1',{port}))\ns.sendall(b'PING')\nprint(s.recv(4).decode(), round(time.time()-t, 2))\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("LD_PRELOAD", shim())
+        .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "150")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let (word, secs) = text.trim().split_once(' ').unwrap();
+    assert_eq!(word, "PONG", "fell back to plain after the silence");
+    let secs: f64 = secs.parse().unwrap();
+    assert!(
+        secs < 1.5,
+        "a 150 ms wait, not the 2 s default: took {secs} s"
+    );
+}
