@@ -177,8 +177,13 @@ async fn steps(lib: &Path, status_dir: &Path) -> i32 {
     );
 
     // 1. A tcpcrypt server.
-    let Ok(mut listener) = TcpcryptListener::bind("127.0.0.1:0", Arc::new(Config::default())).await
-    else {
+    // The demo's only client is curl through the shim, which sends its hello
+    // at once: a long wait costs nothing and survives a loaded machine.
+    let config = Config::builder()
+        .client_hello_wait(Duration::from_secs(5))
+        .build()
+        .expect("valid configuration");
+    let Ok(mut listener) = TcpcryptListener::bind("127.0.0.1:0", Arc::new(config)).await else {
         return fail("cannot bind a loopback port");
     };
     let server_addr = listener.local_addr();

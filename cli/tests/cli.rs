@@ -9,6 +9,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpcrypt");
 
+/// Its clients speak tcpcrypt or speak first: a long wait for the hello
+/// keeps a loaded machine from mistaking a slow client for a plain one.
+fn patient() -> Config {
+    Config::builder()
+        .client_hello_wait(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// libtcpcrypt.so must sit beside the binary, as a workspace build puts it.
 fn build_shim() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -132,7 +141,7 @@ fn run_warns_about_programs_it_cannot_reach() {
 // tasks must keep running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", Arc::new(Config::default()))
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient()))
         .await
         .unwrap();
     let addr = listener.local_addr();

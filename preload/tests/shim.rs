@@ -43,6 +43,16 @@ fn curl(shimmed: bool, url: &str) -> (i32, Vec<u8>) {
     (out.status.code().unwrap_or(-1), out.stdout)
 }
 
+/// A server configuration for tests whose clients either speak tcpcrypt or
+/// speak first: a long wait for the hello keeps a loaded machine from
+/// mistaking a slow tcpcrypt client for a plain one.
+fn patient_server() -> Config {
+    Config::builder()
+        .client_hello_wait(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// An HTTP server on the tcpcrypt library that answers `body` and reports
 /// each connection's session ID (None for plain clients).
 fn tcpcrypt_http(body: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<Option<SessionId>>>>) {
@@ -55,7 +65,7 @@ fn tcpcrypt_http(body: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<Option<SessionId>>
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(Config::default()))
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient_server()))
                 .await
                 .unwrap();
             tx.send(l.local_addr()).unwrap();
@@ -283,9 +293,13 @@ print(urllib.request.urlopen("http://127.0.0.1:{port}/").read().decode())
 
 /// Runs a Python script under the shim; returns its stdout lines.
 fn python_shimmed(script: &str) -> Vec<String> {
+    // Every server these scripts reach answers at once or speaks tcpcrypt:
+    // a long wait for its hello keeps a loaded machine from taking a slow
+    // tcpcrypt server for a legacy one.
     let out = Command::new("python3")
         .args(["-c", script])
         .env("LD_PRELOAD", shim())
+        .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "30000")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
