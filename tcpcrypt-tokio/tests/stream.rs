@@ -509,16 +509,16 @@ async fn a_thousand_concurrent_connections() {
 
 #[tokio::test]
 async fn slowloris_is_dropped_and_others_are_served() {
-    let cfg = config(|b| b.handshake_timeout(Duration::from_millis(400)));
+    let cfg = config(|b| b.handshake_timeout(Duration::from_millis(1500)));
     let (addr, _, _task) = tcpcrypt_echo(cfg.clone()).await;
     let slow = tokio::spawn(async move {
         let mut c = TcpStream::connect(addr).await.unwrap();
-        // One marker byte every 100 ms: never a whole hello in time.
+        // One marker byte every 400 ms: never a whole hello in time.
         for b in marker(HelloKind::A) {
             if c.write_all(&[b]).await.is_err() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
         }
         let mut buf = [0u8; 16];
         timeout(LIMIT, c.read(&mut buf)).await.unwrap()
