@@ -464,40 +464,38 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
     unsafe { accept4(fd, addr, len, 0) }
 }
 
+/// Answers `getpeername`/`getsockname` for a relayed socket with the real
+/// connection's address (`pick` chooses which); `None` for any other
+/// socket. Only relayed sockets pay for the family lookup.
+unsafe fn relayed_name(
+    fd: c_int,
+    pick: fn(&Entry) -> SocketAddr,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> Option<c_int> {
+    if BYPASS.with(|b| b.get()) {
+        return None;
+    }
+    let entry = registry::get(fd)?;
+    let family = tcp_family(fd)?;
+    unsafe { write_addr(pick(&entry), family, addr, len) };
+    Some(0)
+}
+
 /// # Safety
 /// As libc's `getpeername`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    let entry = if BYPASS.with(|b| b.get()) {
-        None
-    } else {
-        registry::get(fd)
-    };
-    match (entry, tcp_family(fd)) {
-        (Some(e), Some(family)) => {
-            unsafe { write_addr(e.peer, family, addr, len) };
-            0
-        }
-        _ => unsafe { (real().getpeername)(fd, addr, len) },
-    }
+    unsafe { relayed_name(fd, |e| e.peer, addr, len) }
+        .unwrap_or_else(|| unsafe { (real().getpeername)(fd, addr, len) })
 }
 
 /// # Safety
 /// As libc's `getsockname`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    let entry = if BYPASS.with(|b| b.get()) {
-        None
-    } else {
-        registry::get(fd)
-    };
-    match (entry, tcp_family(fd)) {
-        (Some(e), Some(family)) => {
-            unsafe { write_addr(e.local, family, addr, len) };
-            0
-        }
-        _ => unsafe { (real().getsockname)(fd, addr, len) },
-    }
+    unsafe { relayed_name(fd, |e| e.local, addr, len) }
+        .unwrap_or_else(|| unsafe { (real().getsockname)(fd, addr, len) })
 }
 
 /// # Safety
@@ -547,6 +545,26 @@ fn option_value(fd: c_int, name: c_int) -> Result<Vec<u8>, c_int> {
     })
 }
 
+/// Copies option `name` of `fd` into `out` (room for `room` bytes) and
+/// returns its length, or -1 with errno set (EINVAL also when it does not
+/// fit).
+unsafe fn copy_option(fd: c_int, name: c_int, out: *mut u8, room: usize) -> c_int {
+    match catch_unwind(|| option_value(fd, name)) {
+        Ok(Ok(v)) if !out.is_null() && room >= v.len() => {
+            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len()) };
+            v.len() as c_int
+        }
+        Ok(Err(e)) => {
+            set_errno(e);
+            -1
+        }
+        _ => {
+            set_errno(libc::EINVAL);
+            -1
+        }
+    }
+}
+
 /// # Safety
 /// As libc's `getsockopt`.
 #[unsafe(no_mangle)]
@@ -561,23 +579,16 @@ pub unsafe extern "C" fn getsockopt(
     if !ours {
         return unsafe { (real().getsockopt)(fd, level, name, val, len) };
     }
-    match catch_unwind(|| option_value(fd, name)) {
-        Ok(Ok(v)) if !val.is_null() && !len.is_null() && unsafe { *len } as usize >= v.len() => {
-            unsafe {
-                std::ptr::copy_nonoverlapping(v.as_ptr(), val as *mut u8, v.len());
-                *len = v.len() as socklen_t;
-            }
-            0
-        }
-        Ok(Err(e)) => {
-            set_errno(e);
-            -1
-        }
-        _ => {
-            set_errno(libc::EINVAL);
-            -1
-        }
+    if len.is_null() {
+        set_errno(libc::EFAULT);
+        return -1;
     }
+    let n = unsafe { copy_option(fd, name, val as *mut u8, *len as usize) };
+    if n < 0 {
+        return -1;
+    }
+    unsafe { *len = n as socklen_t };
+    0
 }
 
 /// See `tcpcrypt.h`.
@@ -586,20 +597,7 @@ pub unsafe extern "C" fn getsockopt(
 /// `buf` must be valid for `len` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tcpcrypt_session_id(fd: c_int, buf: *mut u8, len: usize) -> c_int {
-    match catch_unwind(|| option_value(fd, opt::SESSID)) {
-        Ok(Ok(id)) if !buf.is_null() && len >= id.len() => {
-            unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), buf, id.len()) };
-            id.len() as c_int
-        }
-        Ok(Err(e)) => {
-            set_errno(e);
-            -1
-        }
-        _ => {
-            set_errno(libc::EINVAL);
-            -1
-        }
-    }
+    unsafe { copy_option(fd, opt::SESSID, buf, len) }
 }
 
 /// See `tcpcrypt.h`.
