@@ -1,11 +1,21 @@
 //! `tcpcrypt`: run unmodified programs with tcpcrypt, show it working end
-//! to end, and list live encrypted connections.
+//! to end, talk and proxy over it, probe and benchmark it, and list live
+//! encrypted connections.
 //!
 //! Exit codes: `run` exits with the program's status (128 + signal when it
-//! was killed); other commands exit 0 on success, 1 when what they check
-//! failed, 2 on a usage or setup error.
+//! was killed, 127 when it is not found, 126 when it cannot be started);
+//! other commands exit 0 on success, 1 when the connection, the check or
+//! the demo failed (`check`: only when the destination cannot be reached),
+//! 2 on a usage or setup error.
 
+mod bench;
+mod check;
 mod demo;
+mod http_header;
+mod netcat;
+mod options;
+mod proxy;
+mod report;
 mod run;
 mod shim;
 mod status;
@@ -29,7 +39,7 @@ enum Command {
     /// Run a program with its TCP connections encrypted when the peer
     /// speaks tcpcrypt (libtcpcrypt.so preloaded).
     #[command(
-        after_help = "Examples:\n  tcpcrypt run -- curl http://example.net/\n  tcpcrypt run --mandatory -- python3 client.py\n  tcpcrypt run --exclude 10.0.0.0/8 --exclude :22 -- ./server"
+        after_help = "Examples:\n  tcpcrypt run -- curl http://example.net/\n  tcpcrypt run --mandatory -- python3 client.py\n  tcpcrypt run --exclude 10.0.0.0/8 --exclude :22 -- ./server\n  tcpcrypt run --shell"
     )]
     Run(run::Args),
     /// Show tcpcrypt end to end on this machine: curl through the shim to a
@@ -37,6 +47,35 @@ enum Command {
     /// the fallback to a plain server.
     #[command(after_help = "Example:\n  tcpcrypt demo")]
     Demo,
+    /// Connect to HOST:PORT: standard input to the peer, the peer to
+    /// standard output (like netcat), the negotiation on standard error.
+    #[command(
+        after_help = "Examples:\n  tcpcrypt connect example.net:7777\n  echo hello | tcpcrypt connect --json 127.0.0.1:7777\n  tcpcrypt connect --mandatory [::1]:7777 < file"
+    )]
+    Connect(netcat::ConnectArgs),
+    /// Accept a connection on [ADDR:]PORT: standard input to the peer, the
+    /// peer to standard output, the negotiation on standard error.
+    #[command(
+        after_help = "Examples:\n  tcpcrypt listen 7777\n  tcpcrypt listen --keep-open 127.0.0.1:7777 > received\n  tcpcrypt listen --mandatory --json [::]:7777"
+    )]
+    Listen(netcat::ListenArgs),
+    /// Put tcpcrypt in front of a plain server (server mode), or let plain
+    /// local clients reach tcpcrypt servers (client mode).
+    #[command(
+        after_help = "Examples:\n  tcpcrypt proxy --mode server --listen 0.0.0.0:80 --to 127.0.0.1:8080 --http-header\n  tcpcrypt proxy --mode server --listen [::]:443 --to 127.0.0.1:8443 --proxy-protocol\n  tcpcrypt proxy --mode client --listen 127.0.0.1:8080 --to example.net:80 --mandatory"
+    )]
+    Proxy(proxy::Args),
+    /// Probe HOST:PORT: does it speak tcpcrypt, with what, how fast.
+    #[command(
+        after_help = "Examples:\n  tcpcrypt check example.net:80\n  tcpcrypt check --json 127.0.0.1:7777 | jq .session_id"
+    )]
+    Check(check::Args),
+    /// Measure tcpcrypt against plain TCP: bulk transfer and connection
+    /// setup, in the same run.
+    #[command(
+        after_help = "Examples:\n  tcpcrypt bench\n  tcpcrypt bench --bytes 1G --connections 2000 --json\n  tcpcrypt bench --serve 0.0.0.0:7778     (on the server)\n  tcpcrypt bench --to server:7778         (on the client)"
+    )]
+    Bench(bench::Args),
     /// List the live connections of programs run with the shim.
     #[command(after_help = "Examples:\n  tcpcrypt status\n  tcpcrypt status --json")]
     Status(status::Args),
@@ -60,6 +99,22 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Demo => demo::demo(),
         Command::Status(args) => status::status(args),
+        Command::Connect(args) => block_on(netcat::connect(args)),
+        Command::Listen(args) => block_on(netcat::listen(args)),
+        Command::Proxy(args) => block_on(proxy::proxy(args)),
+        Command::Check(args) => block_on(check::check(args)),
+        Command::Bench(args) => block_on(bench::bench(args)),
     };
     std::process::exit(code);
+}
+
+/// Runs an asynchronous command to its exit status.
+fn block_on(command: impl std::future::Future<Output = i32>) -> i32 {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(command),
+        Err(e) => {
+            eprintln!("tcpcrypt: cannot start the async runtime: {e}");
+            2
+        }
+    }
 }

@@ -17,8 +17,16 @@ pub struct Args {
     /// or :PORT. Repeatable.
     #[arg(long, value_name = "RULE")]
     exclude: Vec<String>,
+    /// Start your shell ($SHELL, or /bin/sh) with everything run from it
+    /// preloaded; TCPCRYPT_SHELL=1 is set inside, for a prompt to show it.
+    #[arg(long, conflicts_with = "command")]
+    shell: bool,
     /// The program and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        required_unless_present = "shell",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     command: Vec<String>,
 }
 
@@ -77,7 +85,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
     (0..phnum as usize).any(|i| u32_at(phoff as usize + i * phentsize as usize) == Some(3))
 }
 
-pub fn run(args: Args) -> i32 {
+pub fn run(mut args: Args) -> i32 {
     let lib = match crate::shim::find() {
         Ok(l) => l,
         Err(e) => {
@@ -85,6 +93,16 @@ pub fn run(args: Args) -> i32 {
             return 2;
         }
     };
+    if args.shell {
+        let shell = std::env::var("SHELL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "/bin/sh".into());
+        eprintln!(
+            "tcpcrypt: starting {shell} with libtcpcrypt.so preloaded; programs run from it are encrypted when their peers speak tcpcrypt (exit the shell to leave)"
+        );
+        args.command = vec![shell];
+    }
     let program = &args.command[0];
     match resolve(program) {
         None => {
@@ -114,6 +132,9 @@ pub fn run(args: Args) -> i32 {
     cmd.args(&args.command[1..])
         .env("LD_PRELOAD", preload)
         .env("TCPCRYPT_POLICY", policy);
+    if args.shell {
+        cmd.env("TCPCRYPT_SHELL", "1");
+    }
     if !args.exclude.is_empty() {
         cmd.env("TCPCRYPT_EXCLUDE", args.exclude.join(","));
     }

@@ -221,3 +221,30 @@ async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
     assert!(table.contains(&id) && table.contains("PID"), "{table}");
     let _ = std::fs::remove_dir_all(&status_dir);
 }
+
+#[test]
+fn run_shell_starts_the_users_shell_preloaded() {
+    build_shim();
+    let mut child = Command::new(BIN)
+        .args(["run", "--shell"])
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo \"$LD_PRELOAD|$TCPCRYPT_SHELL|$TCPCRYPT_POLICY\"; exit 4\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "the shell's status");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let parts: Vec<&str> = line.trim().split('|').collect();
+    assert!(parts[0].ends_with("libtcpcrypt.so"), "{line}");
+    assert_eq!(parts[1..], ["1", "opportunistic"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("starting /bin/sh"));
+}

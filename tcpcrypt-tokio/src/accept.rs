@@ -63,6 +63,30 @@ impl TcpcryptAcceptor {
             ServerEnd::Plain(reason, bytes) => Ok(TcpcryptStream::plain(io, reason, bytes)),
         }
     }
+
+    /// Negotiates on an accepted TCP connection. Unlike [`accept`](Self::accept)
+    /// over a generic transport, the stream knows its peer's address and
+    /// answers tampering with a TCP reset.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use tcpcrypt_tokio::{Config, TcpcryptAcceptor};
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let acceptor = TcpcryptAcceptor::new(Arc::new(Config::default()));
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:7777").await?;
+    /// let (tcp, _) = listener.accept().await?;
+    /// let stream = acceptor.accept_tcp(tcp).await?;
+    /// println!("{:?} encrypted: {}", stream.peer_addr(), stream.is_encrypted());
+    /// # Ok(()) }
+    /// ```
+    pub async fn accept_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
+        let peer = tcp.peer_addr().ok();
+        let mut stream = self.accept(tcp).await?;
+        stream.abort = Some(abort_tcp);
+        stream.peer = peer;
+        Ok(stream)
+    }
 }
 
 /// A TCP listener whose accepted streams are encrypted when the client
@@ -159,12 +183,10 @@ async fn accept_loop(listener: TcpListener, config: Arc<Config>, tx: Ready) {
         let acceptor = acceptor.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let result = acceptor.accept(tcp).await;
+            let result = acceptor.accept_tcp(tcp).await;
             drop(permit);
             match result {
-                Ok(mut stream) => {
-                    stream.abort = Some(abort_tcp);
-                    stream.peer = Some(peer);
+                Ok(stream) => {
                     let _ = tx.send(Ok((stream, peer))).await;
                 }
                 Err(e) => {

@@ -212,10 +212,7 @@ impl TcpcryptStream<TcpStream> {
 /// Sets `SO_LINGER` to zero so that closing the socket sends RST: the
 /// RFC 793 ABORT that RFC 8548 asks for on a protocol error.
 pub(crate) fn abort_tcp(stream: &TcpStream) {
-    // A zero linger time never blocks on close; it only turns the close
-    // into a reset, which is the point here.
-    #[allow(deprecated)]
-    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+    let _ = stream.set_zero_linger();
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {

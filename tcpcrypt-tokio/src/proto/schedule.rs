@@ -195,6 +195,19 @@ impl TrafficKey {
 pub struct SessionId([u8; SESSION_ID_LEN]);
 
 impl SessionId {
+    /// A session ID received from elsewhere (a PROXY protocol TLV, the
+    /// other end of an application protocol), to compare with a stream's.
+    ///
+    /// ```
+    /// use tcpcrypt_tokio::SessionId;
+    /// let id = SessionId::from_bytes([0x23; 33]);
+    /// assert_eq!(id.tep_byte(), 0x23);
+    /// assert_eq!(id.to_string().len(), 66);
+    /// ```
+    pub fn from_bytes(bytes: [u8; SESSION_ID_LEN]) -> Self {
+        SessionId(bytes)
+    }
+
     /// The 33 bytes.
     pub fn as_bytes(&self) -> &[u8; SESSION_ID_LEN] {
         &self.0

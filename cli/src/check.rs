@@ -1,0 +1,140 @@
+//! `tcpcrypt check`: probes a destination and reports whether it speaks
+//! tcpcrypt, without sending any application data.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tcpcrypt_tokio::{Config, Connected, TcpcryptConnector};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::report::Report;
+
+/// Arguments of `tcpcrypt check`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The destination, HOST:PORT.
+    destination: String,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Give up connecting after this long.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    connect_timeout: Duration,
+    /// How long a silent server may take to answer the hello before it is
+    /// taken for a plain server.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2s")]
+    server_hello_timeout: Duration,
+}
+
+/// The finding, as `--json` prints it.
+#[derive(Serialize)]
+struct Finding {
+    /// What was asked for.
+    destination: String,
+    /// Whether a TCP connection was made.
+    reachable: bool,
+    /// The TCP connect time.
+    connect_ms: Option<f64>,
+    #[serde(flatten)]
+    report: Option<Report>,
+    /// Why the probe could not run (the destination was not reachable).
+    error: Option<String>,
+}
+
+/// Negotiates on a fresh connection and closes it: the report.
+async fn negotiate(tcp: TcpStream, peer: std::net::SocketAddr, args: &Args) -> Report {
+    let config = Config::builder()
+        .server_hello_timeout(args.server_hello_timeout)
+        .resumption(false)
+        .build()
+        .expect("valid configuration");
+    let connector = TcpcryptConnector::new(std::sync::Arc::new(config));
+    let started = Instant::now();
+    // No peer given: a probe leaves no verdict and no ticket behind.
+    let outcome = connector.connect(tcp).await;
+    let took = started.elapsed();
+    match outcome {
+        Ok(Connected::Stream(mut s)) => {
+            let report = Report::new(peer, s.session(), s.fallback_reason(), took);
+            // A clean close (FINp) so that the server sees no error.
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
+            report
+        }
+        Ok(Connected::Reconnect(reason)) => Report::new(peer, None, Some(&reason), took),
+        Err(e) => {
+            let mut report = Report::new(peer, None, None, took);
+            report.reason = Some(format!("negotiation failed: {e}"));
+            report
+        }
+    }
+}
+
+/// `tcpcrypt check`: exit 0 when the probe ran, whatever it found; 1 when
+/// the destination could not be reached.
+pub async fn check(args: Args) -> i32 {
+    let started = Instant::now();
+    let connected =
+        tokio::time::timeout(args.connect_timeout, TcpStream::connect(&args.destination))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection timed out",
+                ))
+            })
+            .and_then(|tcp| Ok((tcp.peer_addr()?, tcp)));
+    let connect_time = started.elapsed();
+    let finding = match connected {
+        Ok((peer, tcp)) => Finding {
+            destination: args.destination.clone(),
+            reachable: true,
+            connect_ms: Some((connect_time.as_secs_f64() * 1e6).round() / 1e3),
+            report: Some(negotiate(tcp, peer, &args).await),
+            error: None,
+        },
+        Err(e) => Finding {
+            destination: args.destination.clone(),
+            reachable: false,
+            connect_ms: None,
+            report: None,
+            error: Some(e.to_string()),
+        },
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&finding).expect("serializable");
+        if finding.report.is_none() {
+            // Keep the documented keys present for scripts.
+            let obj = value.as_object_mut().expect("an object");
+            obj.insert("encrypted".into(), false.into());
+            for key in ["tep", "aead", "session_id", "handshake_ms"] {
+                obj.insert(key.into(), serde_json::Value::Null);
+            }
+            obj.insert("reason".into(), finding.error.clone().into());
+        }
+        println!("{value}");
+    } else {
+        match &finding.report {
+            Some(r) if r.encrypted => println!(
+                "{} speaks tcpcrypt: {}, {} (handshake {:.1} ms)\nsession ID {}",
+                args.destination,
+                r.tep.as_deref().unwrap_or("?"),
+                r.aead.as_deref().unwrap_or("?"),
+                r.handshake_ms,
+                r.session_id.as_deref().unwrap_or("?"),
+            ),
+            Some(r) => println!(
+                "{}: not encrypted ({})",
+                args.destination,
+                r.reason.as_deref().unwrap_or("unknown")
+            ),
+            None => eprintln!(
+                "tcpcrypt: {}: {}",
+                args.destination,
+                finding.error.as_deref().unwrap_or("unreachable")
+            ),
+        }
+    }
+    if finding.reachable { 0 } else { 1 }
+}

@@ -1,0 +1,219 @@
+//! `tcpcrypt connect` and `tcpcrypt listen`: netcat over tcpcrypt. Standard
+//! input goes to the peer and the peer to standard output; the end of
+//! standard input becomes a half-close (a FINp frame, then FIN), and the
+//! command ends when both directions are done. The negotiation result goes
+//! to standard error.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tcpcrypt_tokio::{Config, Connected, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::options::Negotiation;
+use crate::report::Report;
+
+/// Arguments of `tcpcrypt connect`.
+#[derive(clap::Args)]
+pub struct ConnectArgs {
+    /// The destination, HOST:PORT (a name, an IPv4 address or [IPv6]).
+    destination: String,
+    #[command(flatten)]
+    negotiation: Negotiation,
+    /// Print the negotiation report as one JSON object on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `tcpcrypt listen`.
+#[derive(clap::Args)]
+pub struct ListenArgs {
+    /// Where to listen: PORT (all IPv4 addresses), ADDR:PORT or [ADDR6]:PORT.
+    /// Port 0 picks a free port, printed on stderr.
+    address: String,
+    /// Serve connections one after another instead of exiting after the
+    /// first.
+    #[arg(short, long)]
+    keep_open: bool,
+    #[command(flatten)]
+    negotiation: Negotiation,
+    /// Print the listening address and each negotiation report as JSON
+    /// objects on stderr, one per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Standard input as a stream of chunks shared by successive connections:
+/// what one connection did not send goes to the next.
+struct Input {
+    chunks: mpsc::Receiver<Vec<u8>>,
+    ended: bool,
+}
+
+impl Input {
+    fn stdin() -> Self {
+        let (tx, chunks) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            loop {
+                let mut buf = vec![0u8; 64 * 1024];
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(buf).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Input {
+            chunks,
+            ended: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        if self.ended {
+            return None;
+        }
+        let chunk = self.chunks.recv().await;
+        self.ended = chunk.is_none();
+        chunk
+    }
+}
+
+/// Carries both directions until both are done.
+async fn pump(stream: TcpcryptStream<TcpStream>, input: &mut Input) -> io::Result<()> {
+    let (mut from_peer, mut to_peer) = stream.into_split();
+    let send = async {
+        while let Some(chunk) = input.next().await {
+            to_peer.write_all(&chunk).await?;
+        }
+        to_peer.shutdown().await
+    };
+    let receive = async {
+        let mut stdout = tokio::io::stdout();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from_peer.read(&mut buf).await?;
+            if n == 0 {
+                return stdout.flush().await;
+            }
+            stdout.write_all(&buf[..n]).await?;
+            stdout.flush().await?;
+        }
+    };
+    tokio::try_join!(send, receive).map(|_| ())
+}
+
+/// Connects and negotiates, reporting how long negotiation took. A server
+/// that does not speak tcpcrypt is connected to again in plain TCP (or
+/// refused under `--mandatory`).
+pub async fn connect_reported(
+    destination: &str,
+    config: &std::sync::Arc<Config>,
+) -> io::Result<(TcpcryptStream<TcpStream>, Report)> {
+    let tcp = TcpStream::connect(destination).await?;
+    let peer = tcp.peer_addr()?;
+    let started = Instant::now();
+    let connector = TcpcryptConnector::new(config.clone());
+    let (stream, reason) = match connector.connect_with_peer(tcp, Some(peer)).await? {
+        Connected::Stream(s) => (s, None),
+        Connected::Reconnect(reason) => {
+            tracing::info!(%peer, %reason, "connecting again in plain TCP");
+            (TcpcryptStream::connect(peer, config).await?, Some(reason))
+        }
+    };
+    // After a reconnect, the first attempt's finding is the reason.
+    let fallback = reason.as_ref().or(stream.fallback_reason());
+    let report = Report::new(peer, stream.session(), fallback, started.elapsed());
+    Ok((stream, report))
+}
+
+/// Exit status and message for a failed connection.
+fn failed(what: &str, e: &io::Error) -> i32 {
+    eprintln!("tcpcrypt: {what}: {e}");
+    1
+}
+
+/// `tcpcrypt connect`.
+pub async fn connect(args: ConnectArgs) -> i32 {
+    let config = args.negotiation.config();
+    let (stream, report) = match connect_reported(&args.destination, &config).await {
+        Ok(c) => c,
+        Err(e) => return failed(&args.destination, &e),
+    };
+    report.print_stderr(args.json);
+    let mut input = Input::stdin();
+    match pump(stream, &mut input).await {
+        Ok(()) => 0,
+        Err(e) => failed(&args.destination, &e),
+    }
+}
+
+/// Parses PORT, ADDR:PORT or [ADDR6]:PORT.
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("{text}: expected PORT, ADDR:PORT or [ADDR6]:PORT"))
+}
+
+/// `tcpcrypt listen`.
+pub async fn listen(args: ListenArgs) -> i32 {
+    let addr = match listen_address(&args.address) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tcpcrypt: {e}");
+            return 2;
+        }
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return failed(&format!("listening on {addr}"), &e),
+    };
+    let local = listener.local_addr().expect("bound");
+    if args.json {
+        eprintln!("{}", serde_json::json!({ "listening": local.to_string() }));
+    } else {
+        eprintln!("tcpcrypt: listening on {local}");
+    }
+    let acceptor = TcpcryptAcceptor::new(args.negotiation.config());
+    let mut input = Input::stdin();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => return failed("accept", &e),
+        };
+        let started = Instant::now();
+        let stream = match acceptor.accept_tcp(tcp).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Not served: a refused plain client or a failed handshake
+                // does not end the listener.
+                eprintln!("tcpcrypt: {peer}: {e}");
+                continue;
+            }
+        };
+        Report::new(
+            peer,
+            stream.session(),
+            stream.fallback_reason(),
+            started.elapsed(),
+        )
+        .print_stderr(args.json);
+        let code = match pump(stream, &mut input).await {
+            Ok(()) => 0,
+            Err(e) => failed(&peer.to_string(), &e),
+        };
+        if !args.keep_open {
+            return code;
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Negotiation options shared by `connect`, `listen`, `proxy`, `check` and
+//! `bench`, turned into one library [`Config`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tcpcrypt_tokio::{Config, Policy};
+
+/// How to negotiate.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Negotiation {
+    /// Refuse plain TCP: fail when the peer does not speak tcpcrypt.
+    #[arg(long)]
+    pub mandatory: bool,
+    /// Give up a handshake after this long (e.g. 10s, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// Connecting side: how long a silent server may take to answer the
+    /// hello before it is taken for a plain server.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub server_hello_timeout: Duration,
+    /// Accepting side: how long to wait for a client's hello before taking
+    /// a silent client for a plain one that waits for the server to speak.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "300ms")]
+    pub client_hello_wait: Duration,
+}
+
+impl Negotiation {
+    /// The library configuration these options describe.
+    pub fn config(&self) -> Arc<Config> {
+        self.builder()
+            .build()
+            .map(Arc::new)
+            .expect("the options only set valid values")
+    }
+
+    /// A builder preset with these options, for commands that add more.
+    pub fn builder(&self) -> tcpcrypt_tokio::ConfigBuilder {
+        Config::builder()
+            .policy(if self.mandatory {
+                Policy::Mandatory
+            } else {
+                Policy::Opportunistic
+            })
+            .handshake_timeout(self.handshake_timeout)
+            .server_hello_timeout(self.server_hello_timeout)
+            .client_hello_wait(self.client_hello_wait)
+    }
+}

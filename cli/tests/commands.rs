@@ -1,0 +1,672 @@
+//! `connect`, `listen`, `check`, `proxy` and `bench` run as a user would,
+//! against real processes and servers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpcrypt");
+
+/// A child process killed when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tcpcrypt ARGS` with piped standard streams.
+fn start(args: &[&str]) -> Running {
+    Running(
+        Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Reads stderr lines until one parses as a JSON object; returns it and
+/// the reader for later lines.
+fn next_json(lines: &mut impl BufRead) -> Value {
+    for _ in 0..50 {
+        let mut line = String::new();
+        if lines.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Ok(v @ Value::Object(_)) = serde_json::from_str(&line) {
+            return v;
+        }
+    }
+    panic!("no JSON line on stderr");
+}
+
+/// Starts `tcpcrypt listen --json ARGS 127.0.0.1:0`: the process, its
+/// stderr lines, and the address it listens on.
+fn listen(args: &[&str]) -> (Running, BufReader<std::process::ChildStderr>, SocketAddr) {
+    let mut all = vec!["listen", "--json"];
+    all.extend_from_slice(args);
+    all.push("127.0.0.1:0");
+    let mut child = start(&all);
+    let mut err = BufReader::new(child.0.stderr.take().unwrap());
+    let addr = next_json(&mut err)["listening"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, err, addr)
+}
+
+/// Waits up to 20 s for the process to exit; its status code.
+fn wait(child: &mut Running) -> Option<i32> {
+    for _ in 0..2000 {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the process did not exit");
+}
+
+/// A plain server thread that answers `reply` as soon as a client sends
+/// anything, as a web server does to a request it cannot parse.
+fn answering_server(reply: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(8) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 1024];
+            if s.read(&mut buf).unwrap_or(0) > 0 {
+                let _ = s.write_all(reply);
+            }
+        }
+    });
+    addr
+}
+
+/// A plain server thread: answers each connection with `reply` once the
+/// client has half-closed, and hands back what each client sent.
+fn plain_server(reply: &'static [u8]) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(8) {
+            let Ok(mut s) = s else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = s.write_all(reply);
+            let _ = tx.send(got);
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn connect_and_listen_carry_both_directions_encrypted() {
+    let (mut server, mut server_err, addr) = listen(&[]);
+    let mut client = start(&["connect", "--json", &addr.to_string()]);
+    let mut client_err = BufReader::new(client.0.stderr.take().unwrap());
+    // A megabyte each way, then the end of input: a half-close each way.
+    let up: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let down: Vec<u8> = (0..1 << 20).map(|i| (i % 241) as u8).collect();
+    let (up2, down2) = (up.clone(), down.clone());
+    let mut client_in = client.0.stdin.take().unwrap();
+    let mut server_in = server.0.stdin.take().unwrap();
+    let writers = [
+        std::thread::spawn(move || client_in.write_all(&up2).unwrap()),
+        std::thread::spawn(move || server_in.write_all(&down2).unwrap()),
+    ];
+    let mut client_out = client.0.stdout.take().unwrap();
+    let mut server_out = server.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        server_out.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut got_down = Vec::new();
+    client_out.read_to_end(&mut got_down).unwrap();
+    let got_up = reader.join().unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(wait(&mut client), Some(0));
+    assert_eq!(wait(&mut server), Some(0));
+    assert!(got_up == up, "server received the client's input intact");
+    assert!(
+        got_down == down,
+        "client received the server's input intact"
+    );
+    let (c, s) = (next_json(&mut client_err), next_json(&mut server_err));
+    assert_eq!(c["encrypted"], true);
+    assert_eq!(s["encrypted"], true);
+    assert_eq!(
+        (c["role"].as_str(), s["role"].as_str()),
+        (Some("A"), Some("B"))
+    );
+    let id = c["session_id"].as_str().unwrap();
+    assert_eq!(id.len(), 66);
+    assert_eq!(c["session_id"], s["session_id"]);
+    assert!(c["reason"].is_null());
+}
+
+#[test]
+fn connect_falls_back_to_a_plain_server_and_mandatory_refuses_it() {
+    let (addr, received) = plain_server(b"plain reply");
+    let mut client = start(&["connect", &addr.to_string()]);
+    client
+        .0
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"plain hello")
+        .unwrap();
+    let mut out = String::new();
+    client
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    client
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(wait(&mut client), Some(0));
+    assert_eq!(out, "plain reply");
+    assert!(err.contains("plain TCP"), "{err}");
+    // The first connection carried the hello, the second the data.
+    let first = received.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(first.starts_with(b"\xE5ENO\x01"));
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(20)).unwrap(),
+        b"plain hello"
+    );
+
+    let mut client = start(&["connect", "--mandatory", &addr.to_string()]);
+    client.0.stdin.take().unwrap().write_all(b"secret").unwrap();
+    assert_eq!(wait(&mut client), Some(1));
+    let mut err = String::new();
+    client
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("mandatory"), "{err}");
+    let sent = received.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        !sent.windows(6).any(|w| w == b"secret"),
+        "no application byte in the clear"
+    );
+}
+
+#[test]
+fn listen_serves_plain_clients_and_keep_open_serves_one_after_another() {
+    let (mut server, mut err, addr) = listen(&["--keep-open"]);
+    drop(server.0.stdin.take()); // nothing to send: half-close at once
+    let mut out = BufReader::new(server.0.stdout.take().unwrap());
+    for text in [&b"first\n"[..], b"second\n"] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(text).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        let report = next_json(&mut err);
+        assert_eq!(report["encrypted"], false);
+        assert_eq!(report["reason"], "the client does not speak tcpcrypt");
+        let mut line = Vec::new();
+        out.read_until(b'\n', &mut line).unwrap();
+        assert_eq!(line, text);
+    }
+    assert!(server.0.try_wait().unwrap().is_none(), "still listening");
+}
+
+#[test]
+fn listen_mandatory_turns_plain_clients_away_and_serves_the_next_tcpcrypt_one() {
+    let (mut server, mut err, addr) = listen(&["--mandatory"]);
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = plain.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no byte for a plain client");
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("mandatory"), "{line}");
+    assert!(server.0.try_wait().unwrap().is_none(), "still waiting");
+    drop(server.0.stdin.take());
+    let mut client = start(&["connect", &addr.to_string()]);
+    client.0.stdin.take().unwrap().write_all(b"hi").unwrap();
+    assert_eq!(wait(&mut client), Some(0));
+    assert_eq!(next_json(&mut err)["encrypted"], true);
+    assert_eq!(wait(&mut server), Some(0));
+    let mut out = String::new();
+    server
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out, "hi");
+}
+
+fn check(target: &str) -> (Option<i32>, Value) {
+    let out = Command::new(BIN)
+        .args(["check", "--json", target])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code(), v)
+}
+
+/// Its clients speak tcpcrypt or speak first: a long wait for the hello
+/// keeps a loaded machine from mistaking a slow client for a plain one.
+fn patient() -> Arc<Config> {
+    Arc::new(
+        Config::builder()
+            .client_hello_wait(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_tcpcrypt_plain_and_unreachable_destinations() {
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", patient())
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let id = s.session_id().map(|i| i.to_string());
+        // The probe closes cleanly: a FINp, not a truncation.
+        let mut rest = Vec::new();
+        let clean = s.read_to_end(&mut rest).await.is_ok();
+        (id, clean)
+    });
+    let target = addr.to_string();
+    let (code, v) = tokio::task::spawn_blocking(move || check(&target))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let (id, clean) = server.await.unwrap();
+    assert_eq!(v["encrypted"], true);
+    assert_eq!(v["session_id"].as_str(), id.as_deref());
+    assert_eq!(v["tep"], "TCPCRYPT_ECDHE_Curve25519");
+    assert_eq!(v["aead"], "AEAD_AES_128_GCM");
+    assert!(v["handshake_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["reason"].is_null());
+    assert!(clean, "the probe ended with a FINp");
+
+    let plain = answering_server(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+    let (code, v) = tokio::task::spawn_blocking(move || check(&plain.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "the probe ran");
+    assert_eq!(v["encrypted"], false);
+    assert!(v["session_id"].is_null());
+    assert_eq!(v["reason"], "the server does not speak tcpcrypt");
+
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, v) = tokio::task::spawn_blocking(move || check(&closed.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "nothing to probe");
+    assert_eq!(v["reachable"], false);
+    assert_eq!(v["encrypted"], false);
+    assert!(v["reason"].as_str().unwrap().contains("refused"), "{v}");
+}
+
+/// Reads a PROXY protocol v2 header: source address and the session ID TLV.
+fn read_proxy_v2(s: &mut TcpStream) -> (SocketAddr, Option<Vec<u8>>) {
+    let mut fixed = [0u8; 16];
+    s.read_exact(&mut fixed).unwrap();
+    assert_eq!(&fixed[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(fixed[12], 0x21, "version 2, PROXY");
+    assert_eq!(fixed[13], 0x11, "TCP over IPv4");
+    let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).unwrap();
+    let ip = std::net::Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
+    let port = u16::from_be_bytes([rest[8], rest[9]]);
+    let mut tlvs = &rest[12..];
+    let mut id = None;
+    while tlvs.len() >= 3 {
+        let (t, l) = (tlvs[0], u16::from_be_bytes([tlvs[1], tlvs[2]]) as usize);
+        if t == 0xE0 {
+            id = Some(tlvs[3..3 + l].to_vec());
+        }
+        tlvs = &tlvs[3 + l..];
+    }
+    (SocketAddr::from((ip, port)), id)
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts a proxy and waits until it accepts connections.
+fn proxy(args: &[&str], listen: SocketAddr) -> Running {
+    let mut all = vec!["proxy", "--listen"];
+    let listen_text = listen.to_string();
+    all.push(&listen_text);
+    all.extend_from_slice(args);
+    let mut child = start(&all);
+    let mut err = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    // Keep draining stderr so the proxy never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_server_mode_hands_the_session_id_to_the_backend_in_proxy_v2() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let seen = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        for s in backend.incoming().take(2) {
+            let mut s = s.unwrap();
+            let (source, id) = read_proxy_v2(&mut s);
+            let mut line = [0u8; 5];
+            s.read_exact(&mut line).unwrap();
+            s.write_all(b"pong!").unwrap();
+            out.push((source, id, line));
+        }
+        out
+    });
+    let listen = free_port();
+    let _proxy = proxy(
+        &[
+            "--mode",
+            "server",
+            "--to",
+            &backend_addr.to_string(),
+            "--proxy-protocol",
+            "--client-hello-wait",
+            "10s",
+        ],
+        listen,
+    );
+    // A tcpcrypt client.
+    let mut client = TcpcryptStream::connect(listen, &patient()).await.unwrap();
+    let client_local = client.get_ref().local_addr().unwrap();
+    client.write_all(b"ping!").await.unwrap();
+    let mut pong = [0u8; 5];
+    client.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"pong!");
+    let client_id = client.session_id().expect("encrypted");
+    drop(client);
+    // A plain client, speaking first.
+    let plain_local = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.write_all(b"plain").unwrap();
+        let mut pong = [0u8; 5];
+        s.read_exact(&mut pong).unwrap();
+        s.local_addr().unwrap()
+    })
+    .await
+    .unwrap();
+    let seen = seen.join().unwrap();
+    assert_eq!(seen[0].0, client_local, "the client's real address");
+    assert_eq!(seen[0].1.as_deref(), Some(&client_id.as_bytes()[..]));
+    assert_eq!(&seen[0].2, b"ping!");
+    assert_eq!(seen[1].0, plain_local);
+    assert_eq!(seen[1].1, None, "no session ID for a plain client");
+    assert_eq!(&seen[1].2, b"plain");
+}
+
+/// A Python HTTP/1.1 backend that answers every request with the values it
+/// received for the header, and the size of the body.
+const ECHO_HEADER_BACKEND: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        text = "%s|%d\n" % (",".join(self.headers.get_all("Tcpcrypt-Session-Id") or []), len(body))
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    do_GET = answer
+    do_POST = answer
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_server_mode_sets_the_http_header_on_every_request_and_strips_forgeries() {
+    let mut backend = Running(
+        Command::new("python3")
+            .args(["-c", ECHO_HEADER_BACKEND])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut port = String::new();
+    BufReader::new(backend.0.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let backend_addr = format!("127.0.0.1:{}", port.trim());
+    let listen = free_port();
+    let _proxy = proxy(
+        &[
+            "--mode",
+            "server",
+            "--to",
+            &backend_addr,
+            "--http-header",
+            "--client-hello-wait",
+            "10s",
+        ],
+        listen,
+    );
+    // Three requests on one encrypted connection, each with a forged
+    // header, one with a body.
+    let mut client = TcpcryptStream::connect(listen, &patient()).await.unwrap();
+    let id = client.session_id().expect("encrypted").to_string();
+    let requests = "GET /a HTTP/1.1\r\nHost: x\r\nTcpcrypt-Session-Id: forged\r\n\r\n\
+        POST /b HTTP/1.1\r\nHost: x\r\ntcpcrypt-session-id: forged\r\nContent-Length: 5\r\n\r\nhello\
+        GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    client.write_all(requests.as_bytes()).await.unwrap();
+    let mut answers = String::new();
+    client.read_to_string(&mut answers).await.unwrap();
+    let bodies: Vec<&str> = answers
+        .split("\r\n\r\n")
+        .skip(1)
+        .map(|b| b.split('\n').next().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        [format!("{id}|0"), format!("{id}|5"), format!("{id}|0")],
+        "{answers}"
+    );
+    // A plain client's forgery is removed and nothing is added.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nTcpcrypt-Session-Id: forged\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.ends_with("\r\n\r\n|0\n"), "{answer}");
+    // Ambiguous framing is refused rather than passed on.
+    let mut client = TcpcryptStream::connect(listen, &patient()).await.unwrap();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}
+
+/// A proxy in client mode to `to`, refusing plain TCP: where it listens.
+fn mandatory_client_proxy(to: SocketAddr) -> (SocketAddr, Running) {
+    let listen = free_port();
+    let to = to.to_string();
+    let args = ["--mode", "client", "--to", &to, "--mandatory"];
+    (listen, proxy(&args, listen))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_client_mode_carries_plain_clients_to_a_tcpcrypt_server() {
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", patient())
+        .await
+        .unwrap();
+    let server_addr = listener.local_addr();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(&got).await.unwrap();
+        s.shutdown().await.unwrap();
+        (s.session_id(), got)
+    });
+    let (listen, _proxy) = mandatory_client_proxy(server_addr);
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.write_all(b"through the proxy").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut echoed = Vec::new();
+        s.read_to_end(&mut echoed).unwrap();
+        echoed
+    })
+    .await
+    .unwrap();
+    let (id, got) = server.await.unwrap();
+    assert!(id.is_some(), "the server saw an encrypted connection");
+    assert_eq!(got, b"through the proxy");
+    assert_eq!(echoed, b"through the proxy");
+
+    // Under --mandatory, a plain destination is refused with a reset.
+    let (plain, received) = plain_server(b"plain");
+    let (listen, _proxy) = mandatory_client_proxy(plain);
+    let result = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        let _ = s.write_all(b"secret");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+    })
+    .await
+    .unwrap();
+    assert!(result.is_err(), "reset, not an empty answer: {result:?}");
+    let sent = received.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(!sent.windows(6).any(|w| w == b"secret"));
+}
+
+#[test]
+fn bench_measures_tcpcrypt_against_plain_tcp_in_one_run() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--bytes",
+            "4M",
+            "--connections",
+            "20",
+            "--rounds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(
+        tests,
+        [
+            "download",
+            "upload",
+            "connections (full handshake)",
+            "connections (resumed)"
+        ]
+    );
+    for r in rows {
+        let (plain, tcpcrypt, ratio) = (
+            r["plain"].as_f64().unwrap(),
+            r["tcpcrypt"].as_f64().unwrap(),
+            r["ratio"].as_f64().unwrap(),
+        );
+        assert!(plain > 0.0 && tcpcrypt > 0.0, "{r}");
+        assert!((ratio - tcpcrypt / plain).abs() < 0.02, "{r}");
+    }
+    // The table form.
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--bytes",
+            "1M",
+            "--connections",
+            "5",
+            "--rounds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("plain TCP") && table.contains("ratio"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 6, "{table}");
+
+    // Against a server that does not speak tcpcrypt: an error, not a
+    // measurement of plain TCP.
+    let (plain, _) = plain_server(b"");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--to",
+            &plain.to_string(),
+            "--bytes",
+            "1M",
+            "--rounds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
