@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -18,7 +18,7 @@ use libc::{
 };
 
 use crate::registry::{self, Entry, SessionState};
-use crate::relay::{self, Job};
+use crate::relay::{self, Job, PendingConnect};
 
 thread_local! {
     static BYPASS: Cell<bool> = const { Cell::new(false) };
@@ -296,6 +296,9 @@ fn attach_to_relay(
 /// (its error is the application's), then the application's socket joins
 /// the relay. `None`: not ours, call the real `connect`.
 fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
+    if let Some(entry) = registry::get(fd) {
+        return Some(connect_again(&entry));
+    }
     let family = tcp_family(fd)?;
     let dest = canonical(dest);
     if crate::env::settings().excluded(dest) || dest.ip().is_unspecified() || dest.port() == 0 {
@@ -308,6 +311,9 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     let relay = relay::get().ok()?;
     if dest == relay.listen_addr() {
         return None;
+    }
+    if is_nonblocking(fd) {
+        return Some(connect_in_background(fd, family, dest, relay));
     }
     let tcp = match relay.dial(dest) {
         Ok(t) => t,
@@ -332,6 +338,7 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
                     local,
                     peer: dest,
                     state,
+                    cancel: None,
                 },
             );
             Some(0)
@@ -339,6 +346,173 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
         Err(e) => {
             set_errno(e);
             Some(-1)
+        }
+    }
+}
+
+fn is_nonblocking(fd: c_int) -> bool {
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
+}
+
+/// `connect` again on a socket the shim already connected (or is
+/// connecting): what the kernel would answer.
+fn connect_again(entry: &Entry) -> c_int {
+    let e = match registry::state_of(entry) {
+        SessionState::Connecting => libc::EALREADY,
+        SessionState::ConnectFailed(e) => {
+            registry::set_state(&entry.state, SessionState::ConnectFailedReported);
+            e
+        }
+        SessionState::ConnectFailedReported => libc::ECONNABORTED,
+        _ => libc::EISCONN,
+    };
+    set_errno(e);
+    -1
+}
+
+/// Zero bytes to fill a send queue with.
+static FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Sets `TCP_NOTSENT_LOWAT` (0: the system default).
+fn set_notsent_lowat(fd: c_int, bytes: c_int) -> bool {
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &bytes as *const c_int as *const c_void,
+            size_of::<c_int>() as socklen_t,
+        )
+    };
+    r == 0
+}
+
+/// Makes the application's socket writable again once the relay has
+/// discarded the filler (see `connect_in_background`).
+pub(crate) fn restore_notsent_lowat(socket: &OwnedFd) {
+    set_notsent_lowat(socket.as_raw_fd(), 0);
+}
+
+/// Writes filler to a non-blocking socket until it would block; returns
+/// how many bytes went in.
+fn fill_until_blocked(fd: c_int) -> Result<usize, c_int> {
+    let mut total = 0;
+    // Bounded: the queue of a loopback connection holds a few MiB at most.
+    for _ in 0..1024 {
+        let n = unsafe {
+            libc::send(
+                fd,
+                FILLER.as_ptr() as *const c_void,
+                FILLER.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = errno();
+            return match e {
+                libc::EAGAIN => Ok(total),
+                libc::EINTR => continue,
+                _ => Err(e),
+            };
+        }
+        total += n as usize;
+    }
+    Err(libc::ENOBUFS)
+}
+
+/// A non-blocking `connect`: answers `EINPROGRESS` at once, as the kernel
+/// does, while the real TCP handshake goes on in the relay.
+///
+/// Until the real connection is up, the application's socket must poll
+/// neither writable nor failed. So it is connected to the relay, which does
+/// not read it yet, and filled with filler bytes until its send queue
+/// blocks, with `TCP_NOTSENT_LOWAT` at one byte: a socket with unsent bytes
+/// then polls not writable. When the real handshake succeeds, the relay
+/// discards exactly the filler and restores the option; the socket turns
+/// writable at that moment and `SO_ERROR` is 0. When it fails, the relay
+/// resets the loopback connection and `SO_ERROR` (answered here) is the
+/// real errno.
+fn connect_in_background(
+    fd: c_int,
+    family: c_int,
+    dest: SocketAddr,
+    relay: &relay::Relay,
+) -> c_int {
+    let fail = |e: c_int| {
+        set_errno(e);
+        -1
+    };
+    let dest_family = if dest.is_ipv4() { AF_INET } else { AF_INET6 };
+    let sock = unsafe {
+        libc::socket(
+            dest_family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if sock < 0 {
+        return -1;
+    }
+    // SAFETY: `sock` is a socket this function just made and owns.
+    let sock = unsafe { std::net::TcpStream::from_raw_fd(sock) };
+    let (st, l) = encode_addr(dest, dest_family);
+    let r = unsafe {
+        (real().connect)(
+            sock.as_raw_fd(),
+            &st as *const sockaddr_storage as *const sockaddr,
+            l,
+        )
+    };
+    if r != 0 && errno() != libc::EINPROGRESS {
+        return -1; // refused or unreachable at once: errno is the answer
+    }
+    let Some(local) = local_addr(sock.as_raw_fd()) else {
+        return fail(libc::EADDRNOTAVAIL);
+    };
+    // The relay's own reference to the application's socket, for
+    // restoring the option: the application may close its descriptor and
+    // reuse the number meanwhile.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return -1;
+    }
+    // SAFETY: `dup` is a descriptor this function just made and owns.
+    let app_socket = unsafe { OwnedFd::from_raw_fd(dup) };
+    let (filled, filler) = tokio::sync::oneshot::channel();
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    let state = Arc::new(Mutex::new(SessionState::Connecting));
+    let job = Job::Connecting(PendingConnect {
+        real: sock,
+        dest,
+        filler,
+        app_socket,
+        cancel: cancel.clone(),
+    });
+    if let Err(e) = attach_to_relay(fd, family, relay, job, state.clone()) {
+        return fail(e);
+    }
+    registry::insert(
+        fd,
+        Entry {
+            local,
+            peer: dest,
+            state,
+            cancel: Some(cancel),
+        },
+    );
+    if !set_notsent_lowat(fd, 1) {
+        registry::remove(fd);
+        return fail(errno());
+    }
+    match fill_until_blocked(fd) {
+        Ok(n) => {
+            let _ = filled.send(n);
+            fail(libc::EINPROGRESS)
+        }
+        Err(e) => {
+            registry::remove(fd);
+            fail(e)
         }
     }
 }
@@ -391,6 +565,7 @@ fn intercept_accept(c: c_int, peer: SocketAddr, flags: c_int) -> Result<c_int, c
             local: canonical(local),
             peer: canonical(peer),
             state,
+            cancel: None,
         },
     );
     Ok(app)
@@ -482,10 +657,26 @@ unsafe fn relayed_name(
     Some(0)
 }
 
+/// Whether a relayed socket's real connection is not (or never was) up.
+fn not_connected(fd: c_int) -> bool {
+    registry::get(fd).is_some_and(|e| {
+        matches!(
+            registry::state_of(&e),
+            SessionState::Connecting
+                | SessionState::ConnectFailed(_)
+                | SessionState::ConnectFailedReported
+        )
+    })
+}
+
 /// # Safety
 /// As libc's `getpeername`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if !BYPASS.with(|b| b.get()) && catch_unwind(|| not_connected(fd)).unwrap_or(false) {
+        set_errno(libc::ENOTCONN);
+        return -1;
+    }
     unsafe { relayed_name(fd, |e| e.peer, addr, len) }
         .unwrap_or_else(|| unsafe { (real().getpeername)(fd, addr, len) })
 }
@@ -528,7 +719,7 @@ fn option_value(fd: c_int, name: c_int) -> Result<Vec<u8>, c_int> {
     let entry = registry::get(fd).ok_or(libc::EINVAL)?;
     let info = match registry::state_of(&entry) {
         SessionState::Encrypted(info) => info,
-        SessionState::Negotiating => return Err(libc::ENOTCONN),
+        SessionState::Negotiating | SessionState::Connecting => return Err(libc::ENOTCONN),
         _ => return Err(libc::EINVAL),
     };
     let int = |v: i32| v.to_ne_bytes().to_vec();
@@ -565,6 +756,28 @@ unsafe fn copy_option(fd: c_int, name: c_int, out: *mut u8, room: usize) -> c_in
     }
 }
 
+/// The real errno of a failed non-blocking connect, once, as `SO_ERROR`
+/// reports it (the kernel's own error, a reset from the relay, is cleared).
+fn take_connect_error(fd: c_int) -> Option<c_int> {
+    let entry = registry::get(fd)?;
+    let SessionState::ConnectFailed(e) = registry::state_of(&entry) else {
+        return None;
+    };
+    registry::set_state(&entry.state, SessionState::ConnectFailedReported);
+    let mut kernel: c_int = 0;
+    let mut l = size_of::<c_int>() as socklen_t;
+    unsafe {
+        (real().getsockopt)(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut kernel as *mut c_int as *mut c_void,
+            &mut l,
+        )
+    };
+    Some(e)
+}
+
 /// # Safety
 /// As libc's `getsockopt`.
 #[unsafe(no_mangle)]
@@ -575,6 +788,17 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && !BYPASS.with(|b| b.get()) {
+        if let Ok(Some(e)) = catch_unwind(|| take_connect_error(fd)) {
+            if !val.is_null() && !len.is_null() && unsafe { *len } as usize >= size_of::<c_int>() {
+                unsafe {
+                    *(val as *mut c_int) = e;
+                    *len = size_of::<c_int>() as socklen_t;
+                }
+                return 0;
+            }
+        }
+    }
     let ours = level == libc::IPPROTO_TCP && opt::ALL.contains(&name) && !BYPASS.with(|b| b.get());
     if !ours {
         return unsafe { (real().getsockopt)(fd, level, name, val, len) };
@@ -605,7 +829,7 @@ pub unsafe extern "C" fn tcpcrypt_session_id(fd: c_int, buf: *mut u8, len: usize
 pub extern "C" fn tcpcrypt_is_encrypted(fd: c_int) -> c_int {
     match catch_unwind(|| registry::get(fd).map(|e| registry::state_of(&e))) {
         Ok(Some(SessionState::Encrypted(_))) => 1,
-        Ok(Some(SessionState::Negotiating)) => {
+        Ok(Some(SessionState::Negotiating | SessionState::Connecting)) => {
             set_errno(libc::ENOTCONN);
             -1
         }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tcpcrypt_tokio::{
     Config, Connected, Policy, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
@@ -28,6 +28,22 @@ pub(crate) enum Job {
         tcp: std::net::TcpStream,
         peer: SocketAddr,
     },
+    /// A non-blocking connect: the real connection is still being made.
+    Connecting(PendingConnect),
+}
+
+/// A non-blocking connect handed to the relay (see
+/// `ffi::connect_in_background`).
+pub(crate) struct PendingConnect {
+    /// The real socket, connecting.
+    pub real: std::net::TcpStream,
+    pub dest: SocketAddr,
+    /// How many filler bytes the application's socket sent first.
+    pub filler: tokio::sync::oneshot::Receiver<usize>,
+    /// The application's socket, to make it writable again.
+    pub app_socket: std::os::fd::OwnedFd,
+    /// Signalled when the application closes its socket.
+    pub cancel: Arc<tokio::sync::Notify>,
 }
 
 /// Buffer of each direction of a relayed connection.
@@ -139,11 +155,12 @@ async fn accept_loop(
             let result = match job {
                 Job::Outbound { tcp, dest } => outbound(app, tcp, dest, &client, &state).await,
                 Job::Inbound { tcp, peer } => inbound(app, tcp, peer, &server, &state).await,
+                Job::Connecting(pending) => connecting(app, pending, &client, &state).await,
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "relay ended with an error");
             }
-            registry::set_state(&state, SessionState::Closed);
+            registry::mark_closed(&state);
         });
     }
 }
@@ -228,6 +245,57 @@ async fn outbound(
             Err(e)
         }
     }
+}
+
+/// Finishes a non-blocking connect: waits for the real TCP handshake (or
+/// the application giving up), then either reports its error or discards
+/// the filler, which makes the application's socket writable, and goes on
+/// as any outbound connection.
+async fn connecting(
+    mut app: TcpStream,
+    pending: PendingConnect,
+    config: &Arc<Config>,
+    state: &Arc<Mutex<SessionState>>,
+) -> io::Result<()> {
+    let PendingConnect {
+        real,
+        dest,
+        filler,
+        app_socket,
+        cancel,
+    } = pending;
+    let real = TcpStream::from_std(real)?;
+    let connected = tokio::select! {
+        r = established(&real) => r,
+        _ = cancel.notified() => return Ok(()), // the application closed it
+    };
+    if let Err(e) = connected {
+        let errno = e.raw_os_error().unwrap_or(libc::ECONNREFUSED);
+        registry::set_state(state, SessionState::ConnectFailed(errno));
+        abort(app);
+        return Err(e);
+    }
+    registry::set_state(state, SessionState::Negotiating);
+    let filler = filler
+        .await
+        .map_err(|_| io::Error::other("the connect hook did not finish"))?;
+    let discarded =
+        tokio::io::copy(&mut (&mut app).take(filler as u64), &mut tokio::io::sink()).await?;
+    if discarded != filler as u64 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    crate::ffi::restore_notsent_lowat(&app_socket);
+    drop(app_socket);
+    outbound(app, real, dest, config, state).await
+}
+
+/// Waits for a connecting socket's TCP handshake: its error, if any.
+async fn established(s: &TcpStream) -> io::Result<()> {
+    s.writable().await?;
+    if let Some(e) = s.take_error()? {
+        return Err(e);
+    }
+    s.peer_addr().map(drop)
 }
 
 async fn inbound(

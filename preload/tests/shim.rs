@@ -827,3 +827,156 @@ fn timeouts_come_from_the_environment() {
         "a 150 ms wait, not the 2 s default: took {secs} s"
     );
 }
+
+/// A loopback listener that answers no SYN: its backlog is full and never
+/// accepted from. Connections to it hang in the TCP handshake, as to an
+/// unreachable host. Dropping it releases everything.
+struct Blackhole {
+    listener: socket2::Socket,
+    _held: Vec<socket2::Socket>,
+}
+
+impl Blackhole {
+    fn new() -> Blackhole {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held: Vec<Socket> = (0..4)
+            .map(|_| {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                s.set_nonblocking(true).unwrap();
+                let _ = s.connect(&addr);
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        Blackhole {
+            listener,
+            _held: held,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .unwrap()
+            .port()
+    }
+}
+
+#[test]
+fn nonblocking_connect_is_asynchronous_with_the_real_outcome_in_so_error() {
+    let (server, seen) = tcpcrypt_http(b"hello".to_vec());
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hole = Blackhole::new();
+    let lines = python_shimmed(&format!(
+        r#"
+import ctypes, errno, select, socket, time
+lib = ctypes.CDLL(None)
+def start(port):
+    s = socket.socket(); s.setblocking(False)
+    t = time.monotonic()
+    r = s.connect_ex(("127.0.0.1", port))
+    return s, errno.errorcode.get(r, r), time.monotonic() - t
+def so_error(s):
+    e = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    return errno.errorcode.get(e, e)
+# A tcpcrypt server: EINPROGRESS, then writable, SO_ERROR 0, encrypted.
+s, r, _ = start({port})
+print(r)
+select.select([], [s], [], 10)
+print(so_error(s), s.getpeername()[1] == {port})
+again = s.connect_ex(("127.0.0.1", {port}))
+print(errno.errorcode.get(again, again))
+s.setblocking(True)
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+body = b""
+while not body.endswith(b"hello"): body += s.recv(4096)
+buf = ctypes.create_string_buffer(33)
+print(lib.tcpcrypt_session_id(s.fileno(), buf, 33), buf.raw.hex())
+s.close()
+# A closed port: EINPROGRESS (or the refusal at once), then ECONNREFUSED.
+s, r, _ = start({closed})
+if r == "EINPROGRESS":
+    select.select([], [s], [], 10)
+    r = so_error(s)
+print(r)
+# A destination that never answers: connect returns at once and the socket
+# is neither writable nor failed while the handshake is pending.
+s, r, took = start({hole})
+print(r, took < 0.5)
+_, w, x = select.select([], [s], [s], 0.5)
+print(w == [] and x == [])
+try:
+    s.getpeername(); print("connected?")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+print(errno.errorcode.get(s.connect_ex(("127.0.0.1", {hole})), "?"))
+s.close()
+"#,
+        port = server.port(),
+        hole = hole.port(),
+    ));
+    assert_eq!(lines[0], "EINPROGRESS");
+    assert_eq!(lines[1], "0 True", "connected, with the real peer");
+    assert_eq!(lines[2], "EISCONN");
+    let id = seen.lock().unwrap()[0].expect("encrypted").to_string();
+    assert_eq!(lines[3], format!("33 {id}"), "the session ID of the socket");
+    assert_eq!(lines[4], "ECONNREFUSED", "the real error");
+    assert_eq!(lines[5], "EINPROGRESS True", "no wait in connect");
+    assert_eq!(lines[6], "True", "pending: not writable, no error");
+    assert_eq!(lines[7], "ENOTCONN");
+    assert_eq!(lines[8], "EALREADY");
+}
+
+#[test]
+fn curl_connect_timeout_and_asyncio_work_under_the_shim() {
+    // curl's own deadline holds for a destination that never answers: the
+    // shim does not hold the thread in connect.
+    let hole = Blackhole::new();
+    let url = format!("http://127.0.0.1:{}/", hole.port());
+    let started = std::time::Instant::now();
+    let out = Command::new("curl")
+        .args(["-sS", "--connect-timeout", "1", &url])
+        .env("LD_PRELOAD", shim())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(28), "curl's timeout exit code");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // asyncio: non-blocking connect on an event loop, many at once.
+    let (server, seen) = tcpcrypt_http(b"hello".to_vec());
+    let lines = python_shimmed(&format!(
+        r#"
+import asyncio
+async def get():
+    r, w = await asyncio.open_connection("127.0.0.1", {port})
+    w.write(b"GET / HTTP/1.0\r\n\r\n")
+    data = await r.read()
+    w.close()
+    return data.endswith(b"hello")
+async def main():
+    results = await asyncio.gather(*[get() for _ in range(20)])
+    print(all(results), len(results))
+asyncio.run(main())
+"#,
+        port = server.port()
+    ));
+    assert_eq!(lines[0], "True 20");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|s| s.is_some()), "all encrypted");
+}

@@ -26,6 +26,36 @@ const SEND_HIGH_WATER: usize = 4 * MAX_FRAME_LEN;
 /// frames, so that one system call carries them all.
 const SEND_BATCH: usize = 4 * MAX_DATA;
 
+/// Receive buffers kept per thread for reuse.
+const SPARE_BUFFERS: usize = 4;
+
+thread_local! {
+    /// Receive buffers of connections that found their socket empty, for
+    /// the next reader on this thread: a bulk reader, which finds its
+    /// socket empty all the time, gets a buffer back without allocating
+    /// and zeroing it again, and an idle connection holds none.
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A receive buffer of `RECV_BUF_LEN` bytes, reused when there is one.
+fn take_buffer() -> Vec<u8> {
+    SPARE
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; RECV_BUF_LEN])
+}
+
+/// Keeps a receive buffer for reuse, up to `SPARE_BUFFERS` per thread.
+fn give_back(buf: Vec<u8>) {
+    if buf.len() == RECV_BUF_LEN {
+        SPARE.with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
+    }
+}
+
 /// Frame sizes for `len` bytes: as few frames as the limit allows, of
 /// nearly equal size, so that a 64 KiB write is not a full frame and a
 /// runt.
@@ -98,8 +128,11 @@ impl RecvState {
         &self.opener
     }
 
-    /// Reads application data into `out`. `on_event` hears of peer rekeys.
-    /// A protocol error is returned as an I/O error and repeats forever.
+    /// Reads application data into `out`: every complete frame already
+    /// received, as far as `out` has room (so that a relay writes large
+    /// chunks), and otherwise what one read brings. `on_event` hears of
+    /// peer rekeys. A protocol error is returned as an I/O error, after
+    /// the data that came before it, and repeats forever.
     pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
         &mut self,
         io: &mut IO,
@@ -107,16 +140,20 @@ impl RecvState {
         out: &mut ReadBuf<'_>,
         on_event: &mut dyn FnMut(RecvEvent),
     ) -> Poll<io::Result<()>> {
+        let mut delivered = false;
         loop {
             if !self.data.is_empty() {
                 let n = self.data.len().min(out.remaining());
                 out.put_slice(&self.buf[self.data.start..self.data.start + n]);
                 self.data.start += n;
-                return Poll::Ready(Ok(()));
+                delivered = true;
+                if out.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
             }
             if self.fin {
                 // Nothing may follow the FINp frame (docs/PROTOCOL.md 5).
-                if self.start < self.end {
+                if self.start < self.end && !delivered {
                     return Poll::Ready(Err(ProtoError::DataAfterFin.into()));
                 }
                 return Poll::Ready(Ok(()));
@@ -136,8 +173,13 @@ impl RecvState {
                         continue;
                     }
                     Ok(None) => {}
+                    // The error is sticky: the next call reports it.
+                    Err(_) if delivered => return Poll::Ready(Ok(())),
                     Err(e) => return Poll::Ready(Err(e.into())),
                 }
+            }
+            if delivered {
+                return Poll::Ready(Ok(()));
             }
             // Need more bytes: move the partial frame to the front.
             if self.start > 0 {
@@ -145,15 +187,17 @@ impl RecvState {
                 self.end -= self.start;
                 self.start = 0;
             }
-            if self.buf.len() < RECV_BUF_LEN {
+            if self.buf.is_empty() {
+                self.buf = take_buffer();
+            } else if self.buf.len() < RECV_BUF_LEN {
                 self.buf.resize(RECV_BUF_LEN, 0);
             }
             let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
             match Pin::new(&mut *io).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     if self.end == 0 {
-                        // Idle: give the buffer back rather than hold 68 KiB.
-                        self.buf = Vec::new();
+                        // Nothing pending: hold no buffer while waiting.
+                        give_back(std::mem::take(&mut self.buf));
                     }
                     return Poll::Pending;
                 }
