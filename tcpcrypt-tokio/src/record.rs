@@ -351,3 +351,92 @@ impl SendState {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::AeadAlgorithm;
+    use crate::proto::crypto;
+    use crate::proto::schedule::{KeyDirection, SessionSecret};
+    use tokio::io::AsyncWriteExt;
+
+    fn keyed() -> (FrameSealer, FrameOpener) {
+        let backend = crypto::default_backend();
+        let mk0 = SessionSecret::from_bytes([9; 32]).master_key(backend, &[]);
+        let aead = AeadAlgorithm::ChaCha20Poly1305;
+        (
+            FrameSealer::new(backend, mk0.clone(), KeyDirection::BToA, aead, 0),
+            FrameOpener::new(backend, mk0, KeyDirection::BToA, aead, 0),
+        )
+    }
+
+    /// One `poll_read` into a buffer of `room` bytes.
+    async fn read_once<IO: AsyncRead + Unpin>(
+        recv: &mut RecvState,
+        io: &mut IO,
+        room: usize,
+    ) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; room];
+        let mut buf = ReadBuf::new(&mut out);
+        std::future::poll_fn(|cx| recv.poll_read(io, cx, &mut buf, &mut |_| {})).await?;
+        let n = buf.filled().len();
+        out.truncate(n);
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn one_read_delivers_every_complete_frame_that_fits() {
+        let (mut sealer, opener) = keyed();
+        let mut wire = Vec::new();
+        for (i, len) in [1000usize, 2000, 3000].into_iter().enumerate() {
+            sealer.seal(&vec![i as u8; len], false, &mut wire).unwrap();
+        }
+        let (mut near, mut far) = tokio::io::duplex(1 << 20);
+        far.write_all(&wire).await.unwrap();
+        let mut recv = RecvState::new(opener, Vec::new());
+        // Room for the first two frames and part of the third.
+        let got = read_once(&mut recv, &mut near, 4000).await.unwrap();
+        assert_eq!(got.len(), 4000);
+        assert!(got[..1000].iter().all(|&b| b == 0));
+        assert!(got[1000..3000].iter().all(|&b| b == 1));
+        assert!(got[3000..].iter().all(|&b| b == 2));
+        // The rest of the third frame, without waiting for more bytes.
+        let got = read_once(&mut recv, &mut near, 1 << 16).await.unwrap();
+        assert_eq!(got, vec![2; 2000]);
+    }
+
+    #[tokio::test]
+    async fn data_before_a_tampered_frame_arrives_then_the_error() {
+        let (mut sealer, opener) = keyed();
+        let mut wire = Vec::new();
+        sealer.seal(b"authentic", false, &mut wire).unwrap();
+        let first = wire.len();
+        sealer.seal(b"tampered", false, &mut wire).unwrap();
+        wire[first + 5] ^= 1;
+        let (mut near, mut far) = tokio::io::duplex(1 << 20);
+        far.write_all(&wire).await.unwrap();
+        let mut recv = RecvState::new(opener, Vec::new());
+        let got = read_once(&mut recv, &mut near, 1 << 16).await.unwrap();
+        assert_eq!(got, b"authentic");
+        let err = read_once(&mut recv, &mut near, 1 << 16).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // And again: the error is sticky.
+        let err = read_once(&mut recv, &mut near, 1 << 16).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn data_then_fin_then_end_and_nothing_may_follow_the_fin() {
+        let (mut sealer, opener) = keyed();
+        let mut wire = Vec::new();
+        sealer.seal(b"last words", true, &mut wire).unwrap();
+        wire.extend_from_slice(b"junk after FINp");
+        let (mut near, mut far) = tokio::io::duplex(1 << 20);
+        far.write_all(&wire).await.unwrap();
+        let mut recv = RecvState::new(opener, Vec::new());
+        let got = read_once(&mut recv, &mut near, 1 << 16).await.unwrap();
+        assert_eq!(got, b"last words");
+        let err = read_once(&mut recv, &mut near, 1 << 16).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}
