@@ -62,6 +62,26 @@ async fn server(policy: Policy, len: usize) -> std::net::SocketAddr {
     addr
 }
 
+/// A server that answers each request with two bytes and keeps the
+/// connection open until the client closes it.
+async fn holding_server(policy: Policy) -> std::net::SocketAddr {
+    let config = Arc::new(Config::builder().policy(policy).build().unwrap());
+    let mut l = TcpcryptListener::bind("127.0.0.1:0", config).await.unwrap();
+    let addr = l.local_addr();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    let _ = s.write_all(b"ok").await;
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    addr
+}
+
 fn curl(shim: Option<&PathBuf>, url: &str) -> f64 {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-o", "/dev/null", url]);
@@ -102,6 +122,42 @@ print((time.perf_counter() - t) / {n})
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+/// Resident memory added per idle connection in one Python process that
+/// holds `n` connections open (after one round trip each), shimmed or not.
+fn memory_per_connection(shim: Option<&PathBuf>, port: u16, n: usize) -> f64 {
+    let script = format!(
+        r#"
+import socket, time
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"): return int(line.split()[1]) * 1024
+def conn():
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    s.recv(65536)
+    return s
+held = [conn() for _ in range(8)]  # the runtime and first buffers
+time.sleep(0.2)
+before = rss()
+held += [conn() for _ in range({n})]
+time.sleep(0.5)
+print((rss() - before) / {n})
+"#
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    if let Some(so) = shim {
+        cmd.env("LD_PRELOAD", so);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let mib: usize = if bench {
@@ -118,12 +174,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (encrypted, plain, small_enc, small_plain) = rt.block_on(async {
+    let (encrypted, plain, small_enc, small_plain, hold_enc, hold_plain) = rt.block_on(async {
         (
             server(Policy::Opportunistic, mib << 20).await,
             server(Policy::Off, mib << 20).await,
             server(Policy::Opportunistic, 100).await,
             server(Policy::Off, 100).await,
+            holding_server(Policy::Opportunistic).await,
+            holding_server(Policy::Off).await,
         )
     });
     let bytes = (mib << 20) as f64;
@@ -155,6 +213,9 @@ fn main() {
     let n = if bench { 300 } else { 5 };
     let lat_shim = python_latency(Some(&so), small_enc.port(), n);
     let lat_plain = python_latency(None, small_plain.port(), n);
+    let held = if bench { 500 } else { 20 };
+    let mem_shim = memory_per_connection(Some(&so), hold_enc.port(), held);
+    let mem_plain = memory_per_connection(None, hold_plain.port(), held);
     println!(
         "shim vs library vs no encryption, {mib} MiB download over loopback, best of {rounds}"
     );
@@ -171,5 +232,11 @@ fn main() {
         lat_shim * 1e6,
         lat_plain * 1e6,
         (lat_shim - lat_plain) * 1e6
+    );
+    println!(
+        "  idle connection held open, resident memory of the process: shimmed {:.0} bytes   unshimmed {:.0} bytes   added {:.0} bytes (plus kernel buffers of one loopback socket pair)",
+        mem_shim,
+        mem_plain,
+        mem_shim - mem_plain
     );
 }

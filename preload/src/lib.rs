@@ -13,6 +13,7 @@
 
 mod env;
 mod ffi;
+mod pump;
 mod registry;
 mod relay;
 pub mod status;

@@ -46,8 +46,9 @@ pub(crate) struct PendingConnect {
     pub cancel: Arc<tokio::sync::Notify>,
 }
 
-/// Buffer of each direction of a relayed connection.
-const COPY_BUF: usize = 128 * 1024;
+/// Send buffer of the relay's end of the loopback connection (the kernel
+/// doubles it), above the kernel's default autotuning limit of 4 MiB.
+const APP_SEND_BUFFER: usize = 4 << 20;
 
 type Pending = Arc<Mutex<HashMap<SocketAddr, (Job, Arc<Mutex<SessionState>>)>>>;
 
@@ -142,6 +143,10 @@ async fn accept_loop(
         let Ok((app, from)) = listener.accept().await else {
             continue;
         };
+        // A deep send queue towards the application lets the relay hand
+        // over more per wakeup; its memory is only used while the
+        // application is behind.
+        let _ = socket2::SockRef::from(&app).set_send_buffer_size(APP_SEND_BUFFER);
         let job = pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -193,12 +198,17 @@ fn abort(app: TcpStream) {
     drop(app);
 }
 
-async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
-    mut app: TcpStream,
-    mut real: S,
-) -> io::Result<()> {
-    // Large buffers: the default 8 KiB costs a system call per 8 KiB.
-    match tokio::io::copy_bidirectional_with_sizes(&mut app, &mut real, COPY_BUF, COPY_BUF).await {
+/// Carries both directions between the application and the real
+/// connection until both have ended; an error resets the application's
+/// connection.
+async fn splice<S: AsyncRead + AsyncWrite + Unpin>(mut app: TcpStream, real: S) -> io::Result<()> {
+    let (real_read, real_write) = tokio::io::split(real);
+    let (app_read, app_write) = app.split();
+    let result = tokio::try_join!(
+        crate::pump::pump(app_read, real_write),
+        crate::pump::pump(real_read, app_write)
+    );
+    match result {
         Ok(_) => Ok(()),
         Err(e) => {
             abort(app);

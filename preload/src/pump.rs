@@ -1,0 +1,119 @@
+//! Copying one direction of a relayed connection, holding a buffer only
+//! while bytes flow: an idle connection costs no buffer memory, and a busy
+//! one reuses buffers kept per thread instead of allocating them.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Bytes moved per read and write.
+const BUF_LEN: usize = 128 * 1024;
+/// Buffers kept per thread for reuse.
+const SPARE: usize = 8;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A copy buffer taken from the pool when a read needs one and given back
+/// when the read has to wait.
+struct Buffer(Option<Vec<u8>>);
+
+impl Buffer {
+    fn get(&mut self) -> &mut Vec<u8> {
+        self.0.get_or_insert_with(|| {
+            POOL.with(|p| p.borrow_mut().pop())
+                .unwrap_or_else(|| vec![0; BUF_LEN])
+        })
+    }
+
+    fn release(&mut self) {
+        if let Some(buf) = self.0.take() {
+            POOL.with(|p| {
+                let mut pool = p.borrow_mut();
+                if pool.len() < SPARE {
+                    pool.push(buf);
+                }
+            });
+        }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Copies `from` to `to` until `from` ends, then shuts `to` down (a
+/// half-close). Returns the bytes copied.
+pub(crate) async fn pump<R, W>(mut from: R, mut to: W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = Buffer(None);
+    let mut total = 0u64;
+    loop {
+        let n = poll_fn(|cx| {
+            let mut read = ReadBuf::new(buf.get());
+            match Pin::new(&mut from).poll_read(cx, &mut read) {
+                Poll::Pending => {
+                    buf.release();
+                    Poll::Pending
+                }
+                Poll::Ready(r) => Poll::Ready(r.map(|()| read.filled().len())),
+            }
+        })
+        .await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(total);
+        }
+        to.write_all(&buf.get()[..n]).await?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn copies_everything_then_half_closes() {
+        let (mut a, b) = tokio::io::duplex(4096);
+        let (c, mut d) = tokio::io::duplex(4096);
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            a.write_all(&data).await.unwrap();
+            a.shutdown().await.unwrap();
+        });
+        let copier = tokio::spawn(pump(b, c));
+        let mut got = Vec::new();
+        d.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(copier.await.unwrap().unwrap(), expected.len() as u64);
+        assert!(got == expected);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_pump_holds_no_buffer() {
+        POOL.with(|p| p.borrow_mut().clear());
+        let (mut a, b) = tokio::io::duplex(4096);
+        let (c, _d) = tokio::io::duplex(1 << 20);
+        a.write_all(b"some bytes").await.unwrap();
+        let copier = tokio::spawn(pump(b, c));
+        // The current-thread runtime runs the pump until it waits for more.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(POOL.with(|p| p.borrow().len()), 1, "the buffer went back");
+        drop(a);
+        assert_eq!(copier.await.unwrap().unwrap(), 10);
+    }
+}
