@@ -312,16 +312,20 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     if dest == relay.listen_addr() {
         return None;
     }
-    if is_nonblocking(fd) {
-        return Some(connect_in_background(fd, family, dest, relay));
-    }
-    let tcp = match relay.dial(dest) {
+    let tcp = match start_real_connect(dest) {
         Ok(t) => t,
         Err(e) => {
-            set_errno(e.raw_os_error().unwrap_or(libc::ECONNREFUSED));
+            set_errno(e);
             return Some(-1);
         }
     };
+    if is_nonblocking(fd) {
+        return Some(connect_in_background(fd, family, tcp, dest, relay));
+    }
+    if let Err(e) = wait_connected(&tcp, sockopt_timeval(fd, libc::SO_SNDTIMEO)) {
+        set_errno(e);
+        return Some(-1);
+    }
     let local = tcp.local_addr().ok()?;
     let state = Arc::new(Mutex::new(SessionState::Negotiating));
     match attach_to_relay(
@@ -347,6 +351,73 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             set_errno(e);
             Some(-1)
         }
+    }
+}
+
+/// Starts the real connection to `dest` on a socket of the shim's own,
+/// non-blocking: the socket with its handshake under way, or the errno the
+/// kernel reported at once.
+fn start_real_connect(dest: SocketAddr) -> Result<std::net::TcpStream, c_int> {
+    let family = if dest.is_ipv4() { AF_INET } else { AF_INET6 };
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: `fd` is a socket this function just made and owns.
+    let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let (st, l) = encode_addr(dest, family);
+    let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
+    if r != 0 && errno() != libc::EINPROGRESS {
+        return Err(errno());
+    }
+    Ok(sock)
+}
+
+/// A socket option holding a `timeval`, in milliseconds (`None`: none set).
+fn sockopt_timeval(fd: c_int, name: c_int) -> Option<c_int> {
+    let mut tv: libc::timeval = unsafe { zeroed() };
+    let mut l = size_of::<libc::timeval>() as socklen_t;
+    let r = unsafe {
+        (real().getsockopt)(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            &mut tv as *mut libc::timeval as *mut c_void,
+            &mut l,
+        )
+    };
+    let ms = tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    (r == 0 && ms > 0).then(|| ms.min(i64::from(c_int::MAX)) as c_int)
+}
+
+/// Waits in the calling thread, as a blocking `connect` does, for the
+/// real handshake: `Ok` once connected, or its errno. `timeout_ms` is the
+/// application socket's `SO_SNDTIMEO`, which bounds a blocking connect.
+fn wait_connected(sock: &std::net::TcpStream, timeout_ms: Option<c_int>) -> Result<(), c_int> {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    loop {
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms.unwrap_or(-1)) };
+        match r {
+            1 => break,
+            0 => return Err(libc::EINPROGRESS), // what a timed-out connect reports
+            _ if errno() == libc::EINTR => continue,
+            _ => return Err(errno()),
+        }
+    }
+    match sockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR) {
+        Some(0) => Ok(()),
+        Some(e) => Err(e),
+        None => Err(errno()),
     }
 }
 
@@ -436,6 +507,7 @@ fn fill_until_blocked(fd: c_int) -> Result<usize, c_int> {
 fn connect_in_background(
     fd: c_int,
     family: c_int,
+    sock: std::net::TcpStream,
     dest: SocketAddr,
     relay: &relay::Relay,
 ) -> c_int {
@@ -443,30 +515,6 @@ fn connect_in_background(
         set_errno(e);
         -1
     };
-    let dest_family = if dest.is_ipv4() { AF_INET } else { AF_INET6 };
-    let sock = unsafe {
-        libc::socket(
-            dest_family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if sock < 0 {
-        return -1;
-    }
-    // SAFETY: `sock` is a socket this function just made and owns.
-    let sock = unsafe { std::net::TcpStream::from_raw_fd(sock) };
-    let (st, l) = encode_addr(dest, dest_family);
-    let r = unsafe {
-        (real().connect)(
-            sock.as_raw_fd(),
-            &st as *const sockaddr_storage as *const sockaddr,
-            l,
-        )
-    };
-    if r != 0 && errno() != libc::EINPROGRESS {
-        return -1; // refused or unreachable at once: errno is the answer
-    }
     let Some(local) = local_addr(sock.as_raw_fd()) else {
         return fail(libc::EADDRNOTAVAIL);
     };

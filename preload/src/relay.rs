@@ -22,7 +22,10 @@ use crate::status;
 /// given application socket.
 pub(crate) enum Job {
     /// The application connected to `dest`; `tcp` is the real connection.
-    Outbound { tcp: TcpStream, dest: SocketAddr },
+    Outbound {
+        tcp: std::net::TcpStream,
+        dest: SocketAddr,
+    },
     /// The application accepted `peer`; `tcp` is the real connection.
     Inbound {
         tcp: std::net::TcpStream,
@@ -54,7 +57,8 @@ type Pending = Arc<Mutex<HashMap<SocketAddr, (Job, Arc<Mutex<SessionState>>)>>>;
 
 /// The per-process relay.
 pub(crate) struct Relay {
-    rt: Runtime,
+    /// Kept, never read: its threads run the relay.
+    _runtime: Runtime,
     pid: u32,
     listen: SocketAddr,
     pending: Pending,
@@ -77,7 +81,7 @@ impl Relay {
         let server = Arc::new(settings.config().map_err(io::Error::other)?);
         rt.spawn(accept_loop(listener, pending.clone(), client, server));
         Ok(Relay {
-            rt,
+            _runtime: rt,
             pid: std::process::id(),
             listen,
             pending,
@@ -87,16 +91,6 @@ impl Relay {
     /// The loopback address application sockets connect to.
     pub(crate) fn listen_addr(&self) -> SocketAddr {
         self.listen
-    }
-
-    /// Makes the real TCP connection to `dest` on the relay's runtime and
-    /// waits for it: its error is the one the application must see.
-    pub(crate) fn dial(&self, dest: SocketAddr) -> io::Result<TcpStream> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.rt.spawn(async move {
-            let _ = tx.send(TcpStream::connect(dest).await);
-        });
-        rx.recv().map_err(|_| io::Error::other("relay stopped"))?
     }
 
     /// Announces the loopback connection that will arrive from `app_end`.
@@ -158,7 +152,10 @@ async fn accept_loop(
         let (client, server) = (client.clone(), server.clone());
         tokio::spawn(async move {
             let result = match job {
-                Job::Outbound { tcp, dest } => outbound(app, tcp, dest, &client, &state).await,
+                Job::Outbound { tcp, dest } => match TcpStream::from_std(tcp) {
+                    Ok(tcp) => outbound(app, tcp, dest, &client, &state).await,
+                    Err(e) => Err(e),
+                },
                 Job::Inbound { tcp, peer } => inbound(app, tcp, peer, &server, &state).await,
                 Job::Connecting(pending) => connecting(app, pending, &client, &state).await,
             };

@@ -923,6 +923,15 @@ except OSError as e:
     print(errno.errorcode[e.errno])
 print(errno.errorcode.get(s.connect_ex(("127.0.0.1", {hole})), "?"))
 s.close()
+# A blocking connect ends at the socket's SO_SNDTIMEO, as in the kernel.
+import struct
+b = socket.socket()
+b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 300000))
+t = time.monotonic()
+try:
+    b.connect(("127.0.0.1", {hole})); print("connected?")
+except OSError as e:
+    print(errno.errorcode[e.errno], time.monotonic() - t < 5)
 "#,
         port = server.port(),
         hole = hole.port(),
@@ -937,6 +946,7 @@ s.close()
     assert_eq!(lines[6], "True", "pending: not writable, no error");
     assert_eq!(lines[7], "ENOTCONN");
     assert_eq!(lines[8], "EALREADY");
+    assert_eq!(lines[9], "EINPROGRESS True", "SO_SNDTIMEO bounds connect");
 }
 
 #[test]
