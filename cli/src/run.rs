@@ -17,6 +17,10 @@ pub struct Args {
     /// or :PORT. Repeatable.
     #[arg(long, value_name = "RULE")]
     exclude: Vec<String>,
+    /// Handle only these destinations or listening ports (same syntax;
+    /// --exclude still applies). Repeatable.
+    #[arg(long, value_name = "RULE")]
+    include: Vec<String>,
     /// Start your shell ($SHELL, or /bin/sh) with everything run from it
     /// preloaded; TCPCRYPT_SHELL=1 is set inside, for a prompt to show it.
     #[arg(long, conflicts_with = "command")]
@@ -137,6 +141,9 @@ pub fn run(mut args: Args) -> i32 {
     }
     if !args.exclude.is_empty() {
         cmd.env("TCPCRYPT_EXCLUDE", args.exclude.join(","));
+    }
+    if !args.include.is_empty() {
+        cmd.env("TCPCRYPT_INCLUDE", args.include.join(","));
     }
     match cmd.status() {
         Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),

@@ -102,10 +102,12 @@ fn run_passes_the_exit_status_and_the_environment() {
             ":22",
             "--exclude",
             "10.0.0.0/8",
+            "--include",
+            "192.168.0.0/16",
             "--",
             "sh",
             "-c",
-            "echo \"$LD_PRELOAD|$TCPCRYPT_POLICY|$TCPCRYPT_EXCLUDE\"",
+            "echo \"$LD_PRELOAD|$TCPCRYPT_POLICY|$TCPCRYPT_EXCLUDE|$TCPCRYPT_INCLUDE\"",
         ])
         .env("LD_PRELOAD", "libfirst.so")
         .output()
@@ -115,6 +117,7 @@ fn run_passes_the_exit_status_and_the_environment() {
     assert!(parts[0].starts_with("libfirst.so /"), "{line}");
     assert_eq!(parts[1], "mandatory");
     assert_eq!(parts[2], ":22,10.0.0.0/8");
+    assert_eq!(parts[3], "192.168.0.0/16");
     // A missing command.
     assert_eq!(
         tcpcrypt(&["run", "--", "no-such-command-here"])

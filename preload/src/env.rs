@@ -3,6 +3,10 @@
 //! * `TCPCRYPT_POLICY`: `opportunistic` (default), `mandatory`, `off`.
 //! * `TCPCRYPT_EXCLUDE`: comma-separated destinations and listening ports
 //!   left alone: `ADDR`, `ADDR/PREFIX` (CIDR), `:PORT`.
+//! * `TCPCRYPT_INCLUDE`: the same syntax; when set, only the destinations
+//!   and listening ports it matches are handled (and `TCPCRYPT_EXCLUDE`
+//!   still removes some of them). Rules that do not parse are ignored and
+//!   logged.
 //! * `TCPCRYPT_HANDSHAKE_TIMEOUT_MS`, `TCPCRYPT_SERVER_HELLO_TIMEOUT_MS`,
 //!   `TCPCRYPT_CLIENT_HELLO_WAIT_MS`: the library's deadlines (whole
 //!   handshake; a client's wait for a server's hello before deciding it is
@@ -19,32 +23,33 @@ use std::time::Duration;
 
 use tcpcrypt_tokio::Policy;
 
-/// One exclusion rule.
+/// One rule of `TCPCRYPT_INCLUDE` or `TCPCRYPT_EXCLUDE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Exclude {
+pub(crate) enum Rule {
     Net(IpAddr, u8),
     Port(u16),
 }
 
-impl Exclude {
-    fn parse(s: &str) -> Option<Exclude> {
+impl Rule {
+    fn parse(s: &str) -> Option<Rule> {
         let s = s.trim();
-        if let Some(port) = s.strip_prefix(':').and_then(|p| p.parse().ok()) {
-            return Some(Exclude::Port(port));
+        // ":22" is a port; "::1" an IPv6 address.
+        if let Some(port) = s.strip_prefix(':').filter(|p| !p.contains(':')) {
+            return port.parse().ok().map(Rule::Port);
         }
         let (ip, prefix) = match s.split_once('/') {
             Some((ip, p)) => (ip, p.parse().ok()?),
-            None => (s, 128),
+            None => (s, if s.contains(':') { 128 } else { 32 }),
         };
         let ip: IpAddr = ip.parse().ok()?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
-        Some(Exclude::Net(ip, prefix.min(max)))
+        (prefix <= max).then_some(Rule::Net(ip, prefix.min(max)))
     }
 
     fn matches(&self, addr: SocketAddr) -> bool {
         match *self {
-            Exclude::Port(p) => addr.port() == p,
-            Exclude::Net(net, prefix) => same_prefix(net, canonical(addr.ip()), prefix),
+            Rule::Port(p) => addr.port() == p,
+            Rule::Net(net, prefix) => same_prefix(net, canonical(addr.ip()), prefix),
         }
     }
 }
@@ -74,7 +79,10 @@ fn same_prefix(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub policy: Policy,
-    pub exclude: Vec<Exclude>,
+    pub include: Vec<Rule>,
+    pub exclude: Vec<Rule>,
+    /// Rules that did not parse, for the log.
+    pub rejected: Vec<String>,
     pub handshake_timeout: Option<Duration>,
     pub server_hello_timeout: Option<Duration>,
     pub client_hello_wait: Option<Duration>,
@@ -96,12 +104,24 @@ impl Settings {
             Ok("off") => Policy::Off,
             _ => Policy::Opportunistic,
         };
-        let exclude = std::env::var("TCPCRYPT_EXCLUDE")
-            .map(|v| v.split(',').filter_map(Exclude::parse).collect())
-            .unwrap_or_default();
+        let mut rejected = Vec::new();
+        let mut rules = |name: &str| {
+            let mut rules = Vec::new();
+            for text in std::env::var(name).unwrap_or_default().split(',') {
+                match Rule::parse(text) {
+                    Some(r) => rules.push(r),
+                    None if text.trim().is_empty() => {}
+                    None => rejected.push(format!("{name}: {text}")),
+                }
+            }
+            rules
+        };
+        let (include, exclude) = (rules("TCPCRYPT_INCLUDE"), rules("TCPCRYPT_EXCLUDE"));
         Settings {
             policy,
+            include,
             exclude,
+            rejected,
             handshake_timeout: millis("TCPCRYPT_HANDSHAKE_TIMEOUT_MS"),
             server_hello_timeout: millis("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS"),
             client_hello_wait: millis("TCPCRYPT_CLIENT_HELLO_WAIT_MS"),
@@ -125,7 +145,9 @@ impl Settings {
 
     /// Whether a connection to or on `addr` is left alone.
     pub fn excluded(&self, addr: SocketAddr) -> bool {
-        self.policy == Policy::Off || self.exclude.iter().any(|e| e.matches(addr))
+        self.policy == Policy::Off
+            || (!self.include.is_empty() && !self.include.iter().any(|r| r.matches(addr)))
+            || self.exclude.iter().any(|r| r.matches(addr))
     }
 }
 
@@ -168,25 +190,65 @@ pub(crate) fn init_logging() {
 mod tests {
     use super::*;
 
-    #[test]
-    fn exclusions() {
-        let rules: Vec<Exclude> = ["10.0.0.0/8", ":22", "::1", "bogus"]
-            .iter()
-            .filter_map(|s| Exclude::parse(s))
-            .collect();
-        assert_eq!(rules.len(), 3);
-        let s = Settings {
+    fn settings(include: &[&str], exclude: &[&str]) -> Settings {
+        let parse = |rules: &[&str]| rules.iter().filter_map(|s| Rule::parse(s)).collect();
+        Settings {
             policy: Policy::Opportunistic,
-            exclude: rules,
+            include: parse(include),
+            exclude: parse(exclude),
+            rejected: Vec::new(),
             handshake_timeout: None,
             server_hello_timeout: None,
             client_hello_wait: None,
-        };
+        }
+    }
+
+    #[test]
+    fn rules_parse_addresses_networks_and_ports() {
+        assert_eq!(Rule::parse(" :22 "), Some(Rule::Port(22)));
+        assert_eq!(
+            Rule::parse("10.0.0.0/8"),
+            Some(Rule::Net("10.0.0.0".parse().unwrap(), 8))
+        );
+        assert_eq!(
+            Rule::parse("192.0.2.7"),
+            Some(Rule::Net("192.0.2.7".parse().unwrap(), 32))
+        );
+        assert_eq!(
+            Rule::parse("2001:db8::/32"),
+            Some(Rule::Net("2001:db8::".parse().unwrap(), 32))
+        );
+        for bad in [
+            "bogus",
+            ":http",
+            ":99999",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/x",
+        ] {
+            assert_eq!(Rule::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn exclusions() {
+        let s = settings(&[], &["10.0.0.0/8", ":22", "::1", "bogus"]);
+        assert_eq!(s.exclude.len(), 3);
         assert!(s.excluded("10.1.2.3:80".parse().unwrap()));
         assert!(s.excluded("[::ffff:10.1.2.3]:80".parse().unwrap()));
         assert!(s.excluded("192.168.1.1:22".parse().unwrap()));
         assert!(s.excluded("[::1]:80".parse().unwrap()));
         assert!(!s.excluded("127.0.0.1:80".parse().unwrap()));
         assert!(!s.excluded("11.0.0.1:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn inclusions_narrow_and_exclusions_still_apply() {
+        let s = settings(&["192.168.0.0/16", ":8443"], &["192.168.1.1"]);
+        assert!(!s.excluded("192.168.7.7:80".parse().unwrap()));
+        assert!(!s.excluded("10.0.0.1:8443".parse().unwrap()));
+        assert!(s.excluded("10.0.0.1:80".parse().unwrap()), "not included");
+        assert!(s.excluded("192.168.1.1:80".parse().unwrap()), "excluded");
+        assert!(!settings(&[], &[]).excluded("10.0.0.1:80".parse().unwrap()));
     }
 }

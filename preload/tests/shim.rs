@@ -990,3 +990,34 @@ asyncio.run(main())
     assert_eq!(seen.len(), 20);
     assert!(seen.iter().all(|s| s.is_some()), "all encrypted");
 }
+
+#[test]
+fn include_and_exclude_rules_choose_the_connections_handled() {
+    let (server, seen) = tcpcrypt_http(b"page".to_vec());
+    let port = server.port();
+    let url = format!("http://127.0.0.1:{port}/");
+    // (TCPCRYPT_INCLUDE, TCPCRYPT_EXCLUDE, encrypted?)
+    let cases = [
+        ("", "", true),
+        ("", &format!(":{port}") as &str, false),
+        ("127.0.0.0/8", "", true),
+        ("10.0.0.0/8,:1", "", false),
+        ("127.0.0.1", "127.0.0.1/32", false),
+        ("bogus,127.0.0.1", "", true), // a bad rule is ignored, not fatal
+    ];
+    for (i, (include, exclude, encrypted)) in cases.iter().enumerate() {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", &url])
+            .env("LD_PRELOAD", shim())
+            .env("TCPCRYPT_INCLUDE", include)
+            .env("TCPCRYPT_EXCLUDE", exclude)
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"page", "case {i}");
+        assert_eq!(
+            seen.lock().unwrap()[i].is_some(),
+            *encrypted,
+            "case {i}: include {include:?}, exclude {exclude:?}"
+        );
+    }
+}
