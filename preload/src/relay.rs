@@ -144,6 +144,7 @@ async fn accept_loop(
         // over more per wakeup; its memory is only used while the
         // application is behind.
         let _ = socket2::SockRef::from(&app).set_send_buffer_size(APP_SEND_BUFFER);
+        no_delay(&app);
         let job = pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -156,7 +157,10 @@ async fn accept_loop(
         tokio::spawn(async move {
             let result = match job {
                 Job::Outbound { tcp, dest } => match TcpStream::from_std(tcp) {
-                    Ok(tcp) => outbound(app, tcp, dest, &client, &state).await,
+                    Ok(tcp) => {
+                        no_delay(&tcp);
+                        outbound(app, tcp, dest, &client, &state).await
+                    }
                     Err(e) => Err(e),
                 },
                 Job::Inbound { tcp, peer } => inbound(app, tcp, peer, &server, &state).await,
@@ -196,6 +200,14 @@ fn abort(app: TcpStream) {
     #[allow(deprecated)]
     let _ = app.set_linger(Some(std::time::Duration::ZERO));
     drop(app);
+}
+
+/// Turns Nagle's algorithm off on a relay socket. The relay forwards what
+/// the application wrote as soon as it has it; Nagle on the relay's own
+/// sockets would only add a delayed-ACK wait (40 ms) to exchanges of small
+/// writes. The application's own socket keeps whatever setting it chose.
+fn no_delay(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
 }
 
 /// Carries both directions between the application and the real
@@ -241,6 +253,7 @@ async fn outbound(
             tracing::debug!(%dest, %reason, "falling back to plain TCP");
             match TcpStream::connect(dest).await {
                 Ok(plain) => {
+                    no_delay(&plain);
                     let _record = note(state, SessionState::Plain, plain.local_addr()?, dest);
                     splice(app, plain).await
                 }
@@ -275,6 +288,7 @@ async fn connecting(
         cancel,
     } = pending;
     let real = TcpStream::from_std(real)?;
+    no_delay(&real);
     let connected = tokio::select! {
         r = established(&real) => r,
         _ = cancel.notified() => return Ok(()), // the application closed it
@@ -318,6 +332,7 @@ async fn inbound(
     tcp.set_nonblocking(true)?;
     let local = tcp.local_addr()?;
     let tcp = TcpStream::from_std(tcp)?;
+    no_delay(&tcp);
     match TcpcryptAcceptor::new(config.clone()).accept(tcp).await {
         Ok(s) => {
             let _record = note(state, outcome(&s), local, peer);

@@ -1021,3 +1021,62 @@ fn include_and_exclude_rules_choose_the_connections_handled() {
         );
     }
 }
+
+#[test]
+fn small_writes_are_not_held_back_by_the_relay() {
+    // Two small writes, then an answer: with Nagle's algorithm on the
+    // relay's sockets the second write waits for a delayed ACK (40 ms)
+    // every time. Both ends shimmed, both set TCP_NODELAY as interactive
+    // programs do.
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            r#"
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
+print(l.getsockname()[1], flush=True)
+c, _ = l.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+buf = b""
+while True:
+    d = c.recv(100)
+    if not d: break
+    buf += d
+    while len(buf) >= 2:
+        buf = buf[2:]; c.sendall(b"ok")
+"#,
+        ])
+        .env("LD_PRELOAD", shim())
+        .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let _server = Py(child, port.trim().parse().unwrap());
+    let lines = python_shimmed(&format!(
+        r#"
+import socket, time, ctypes
+s = socket.create_connection(("127.0.0.1", {port}))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def exchange():
+    s.sendall(b"a"); time.sleep(0.001); s.sendall(b"b")
+    r = b""
+    while len(r) < 2: r += s.recv(10)
+exchange()
+t = time.monotonic()
+for _ in range(20): exchange()
+print((time.monotonic() - t) / 20 * 1000)
+print(ctypes.CDLL(None).tcpcrypt_is_encrypted(s.fileno()))
+"#,
+        port = port.trim()
+    ));
+    let per_exchange_ms: f64 = lines[0].parse().unwrap();
+    assert_eq!(lines[1], "1", "encrypted end to end");
+    assert!(
+        per_exchange_ms < 20.0,
+        "{per_exchange_ms} ms per exchange: delayed-ACK stalls"
+    );
+}
