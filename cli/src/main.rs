@@ -53,7 +53,7 @@ enum Command {
         after_help = "Examples:\n  tcpcrypt connect example.net:7777\n  echo hello | tcpcrypt connect --json 127.0.0.1:7777\n  tcpcrypt connect --mandatory [::1]:7777 < file"
     )]
     Connect(netcat::ConnectArgs),
-    /// Accept a connection on [ADDR:]PORT: standard input to the peer, the
+    /// Accept a connection on PORT or ADDR:PORT: standard input to the peer, the
     /// peer to standard output, the negotiation on standard error.
     #[command(
         after_help = "Examples:\n  tcpcrypt listen 7777\n  tcpcrypt listen --keep-open 127.0.0.1:7777 > received\n  tcpcrypt listen --mandatory --json [::]:7777"

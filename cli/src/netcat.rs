@@ -19,7 +19,8 @@ use crate::report::Report;
 /// Arguments of `tcpcrypt connect`.
 #[derive(clap::Args)]
 pub struct ConnectArgs {
-    /// The destination, HOST:PORT (a name, an IPv4 address or [IPv6]).
+    /// The destination, HOST:PORT (a name, an IPv4 address, or an IPv6
+    /// address in brackets).
     destination: String,
     #[command(flatten)]
     negotiation: Negotiation,
@@ -31,7 +32,8 @@ pub struct ConnectArgs {
 /// Arguments of `tcpcrypt listen`.
 #[derive(clap::Args)]
 pub struct ListenArgs {
-    /// Where to listen: PORT (all IPv4 addresses), ADDR:PORT or [ADDR6]:PORT.
+    /// Where to listen: PORT (all IPv4 addresses) or ADDR:PORT (an IPv6
+    /// address in brackets).
     /// Port 0 picks a free port, printed on stderr.
     address: String,
     /// Serve connections one after another instead of exiting after the
@@ -156,7 +158,7 @@ pub async fn connect(args: ConnectArgs) -> i32 {
     }
 }
 
-/// Parses PORT, ADDR:PORT or [ADDR6]:PORT.
+/// Parses PORT or ADDR:PORT (IPv6 in brackets).
 fn listen_address(text: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
