@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -17,8 +17,9 @@ use libc::{
     socklen_t,
 };
 
+use crate::options::{self, MIRRORED, Setting};
 use crate::registry::{self, Entry, SessionState};
-use crate::relay::{self, Job, PendingConnect};
+use crate::relay::{self, Job, PendingConnect, Shared};
 
 thread_local! {
     static BYPASS: Cell<bool> = const { Cell::new(false) };
@@ -58,6 +59,7 @@ type Accept4Fn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_in
 type NameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
 type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
 type GetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *mut c_void, *mut socklen_t) -> c_int;
+type SetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int;
 
 struct Real {
     connect: ConnectFn,
@@ -66,6 +68,7 @@ struct Real {
     getsockname: NameFn,
     close: CloseFn,
     getsockopt: GetsockoptFn,
+    setsockopt: SetsockoptFn,
 }
 
 unsafe extern "C" fn sys_connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> c_int {
@@ -87,6 +90,15 @@ unsafe extern "C" fn sys_getsockname(fd: c_int, a: *mut sockaddr, l: *mut sockle
 }
 unsafe extern "C" fn sys_close(fd: c_int) -> c_int {
     unsafe { libc::syscall(libc::SYS_close, fd) as c_int }
+}
+unsafe extern "C" fn sys_setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    v: *const c_void,
+    l: socklen_t,
+) -> c_int {
+    unsafe { libc::syscall(libc::SYS_setsockopt, fd, level, name, v, l) as c_int }
 }
 unsafe extern "C" fn sys_getsockopt(
     fd: c_int,
@@ -119,6 +131,7 @@ fn real() -> &'static Real {
             getsockname: next(c"getsockname", sys_getsockname as NameFn),
             close: next(c"close", sys_close as CloseFn),
             getsockopt: next(c"getsockopt", sys_getsockopt as GetsockoptFn),
+            setsockopt: next(c"setsockopt", sys_setsockopt as SetsockoptFn),
         }
     })
 }
@@ -256,7 +269,7 @@ fn attach_to_relay(
     family: c_int,
     relay: &relay::Relay,
     job: Job,
-    state: Arc<Mutex<SessionState>>,
+    shared: Shared,
 ) -> Result<(), c_int> {
     let bind_to = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     let (st, l) = encode_addr(bind_to, family);
@@ -264,7 +277,7 @@ fn attach_to_relay(
         return Err(errno());
     }
     let app_end = canonical(local_addr(fd).ok_or(libc::EADDRNOTAVAIL)?);
-    relay.expect(app_end, job, state);
+    relay.expect(app_end, job, shared);
     let (st, l) = encode_addr(relay.listen_addr(), family);
     let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
     if r != 0 {
@@ -312,15 +325,17 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     if dest == relay.listen_addr() {
         return None;
     }
-    let tcp = match start_real_connect(dest) {
+    let settings = read_options(fd);
+    let tcp = match start_real_connect(dest, &settings) {
         Ok(t) => t,
         Err(e) => {
             set_errno(e);
             return Some(-1);
         }
     };
+    let mirror = options::new(settings);
     if is_nonblocking(fd) {
-        return Some(connect_in_background(fd, family, tcp, dest, relay));
+        return Some(connect_in_background(fd, family, tcp, dest, relay, mirror));
     }
     if let Err(e) = wait_connected(&tcp, sockopt_timeval(fd, libc::SO_SNDTIMEO)) {
         set_errno(e);
@@ -328,13 +343,11 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     }
     let local = tcp.local_addr().ok()?;
     let state = Arc::new(Mutex::new(SessionState::Negotiating));
-    match attach_to_relay(
-        fd,
-        family,
-        relay,
-        Job::Outbound { tcp, dest },
-        state.clone(),
-    ) {
+    let shared = Shared {
+        state: state.clone(),
+        mirror: mirror.clone(),
+    };
+    match attach_to_relay(fd, family, relay, Job::Outbound { tcp, dest }, shared) {
         Ok(()) => {
             registry::insert(
                 fd,
@@ -343,6 +356,7 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
                     peer: dest,
                     state,
                     cancel: None,
+                    mirror,
                 },
             );
             Some(0)
@@ -357,7 +371,10 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
 /// Starts the real connection to `dest` on a socket of the shim's own,
 /// non-blocking: the socket with its handshake under way, or the errno the
 /// kernel reported at once.
-fn start_real_connect(dest: SocketAddr) -> Result<std::net::TcpStream, c_int> {
+fn start_real_connect(
+    dest: SocketAddr,
+    settings: &[Setting],
+) -> Result<std::net::TcpStream, c_int> {
     let family = if dest.is_ipv4() { AF_INET } else { AF_INET6 };
     let fd = unsafe {
         libc::socket(
@@ -371,6 +388,10 @@ fn start_real_connect(dest: SocketAddr) -> Result<std::net::TcpStream, c_int> {
     }
     // SAFETY: `fd` is a socket this function just made and owns.
     let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // Before the SYN: its TOS, keepalive from the start.
+    for s in settings {
+        apply_option(std::os::fd::AsFd::as_fd(&sock), s);
+    }
     let (st, l) = encode_addr(dest, family);
     let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
     if r != 0 && errno() != libc::EINPROGRESS {
@@ -510,6 +531,7 @@ fn connect_in_background(
     sock: std::net::TcpStream,
     dest: SocketAddr,
     relay: &relay::Relay,
+    mirror: options::SharedMirror,
 ) -> c_int {
     let fail = |e: c_int| {
         set_errno(e);
@@ -537,7 +559,11 @@ fn connect_in_background(
         app_socket,
         cancel: cancel.clone(),
     });
-    if let Err(e) = attach_to_relay(fd, family, relay, job, state.clone()) {
+    let shared = Shared {
+        state: state.clone(),
+        mirror: mirror.clone(),
+    };
+    if let Err(e) = attach_to_relay(fd, family, relay, job, shared) {
         return fail(e);
     }
     registry::insert(
@@ -547,6 +573,7 @@ fn connect_in_background(
             peer: dest,
             state,
             cancel: Some(cancel),
+            mirror,
         },
     );
     if !set_notsent_lowat(fd, 1) {
@@ -592,7 +619,14 @@ fn intercept_accept(c: c_int, peer: SocketAddr, flags: c_int) -> Result<c_int, c
         tcp,
         peer: canonical(peer),
     };
-    if attach_to_relay(app, family, relay, job, state.clone()).is_err() {
+    // The accepted real socket has the listener's options already; the
+    // mirror carries those the application sets on its socket later.
+    let mirror = options::new(Vec::new());
+    let shared = Shared {
+        state: state.clone(),
+        mirror: mirror.clone(),
+    };
+    if attach_to_relay(app, family, relay, job, shared).is_err() {
         unsafe { (real().close)(app) };
         // The real connection went with the job; the caller sees an
         // aborted connection, as if the client had reset it.
@@ -614,6 +648,7 @@ fn intercept_accept(c: c_int, peer: SocketAddr, flags: c_int) -> Result<c_int, c
             peer: canonical(peer),
             state,
             cancel: None,
+            mirror,
         },
     );
     Ok(app)
@@ -824,6 +859,77 @@ fn take_connect_error(fd: c_int) -> Option<c_int> {
         )
     };
     Some(e)
+}
+
+/// Applies an application's socket option to a real socket, as the
+/// real socket's family names it (TOS and traffic class are the same byte).
+pub(crate) fn apply_option(fd: BorrowedFd<'_>, setting: &Setting) {
+    let (mut level, mut name, value) = (setting.0, setting.1, &setting.2);
+    let family = sockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN);
+    match (level, name, family) {
+        (libc::IPPROTO_IP, libc::IP_TOS, Some(AF_INET6)) => {
+            (level, name) = (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+        }
+        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, Some(AF_INET)) => {
+            (level, name) = (libc::IPPROTO_IP, libc::IP_TOS)
+        }
+        _ => {}
+    }
+    // An option the real socket refuses is left as it is: the
+    // application's own call succeeded, on its socket.
+    unsafe {
+        (real().setsockopt)(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr() as *const c_void,
+            value.len() as socklen_t,
+        )
+    };
+}
+
+/// The application socket's current values of the mirrored options.
+fn read_options(fd: c_int) -> Vec<Setting> {
+    let mut settings = Vec::new();
+    for (level, name) in MIRRORED {
+        let mut buf = [0u8; 64];
+        let mut len = buf.len() as socklen_t;
+        let r = unsafe {
+            (real().getsockopt)(fd, level, name, buf.as_mut_ptr() as *mut c_void, &mut len)
+        };
+        if r == 0 {
+            settings.push((level, name, buf[..len as usize].to_vec()));
+        }
+    }
+    settings
+}
+
+/// # Safety
+/// As libc's `setsockopt`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    let r = unsafe { (real().setsockopt)(fd, level, name, val, len) };
+    if r != 0 || val.is_null() || !MIRRORED.contains(&(level, name)) {
+        return r;
+    }
+    let Some(_guard) = Guard::enter() else {
+        return r;
+    };
+    // SAFETY: the caller passes `len` readable bytes at `val`, and the
+    // kernel has just read them.
+    let value = unsafe { std::slice::from_raw_parts(val as *const u8, len as usize) }.to_vec();
+    let _ = catch_unwind(|| {
+        if let Some(entry) = registry::get(fd) {
+            options::set(&entry.mirror, (level, name, value));
+        }
+    });
+    r
 }
 
 /// # Safety

@@ -13,6 +13,7 @@
 
 mod env;
 mod ffi;
+mod options;
 mod pump;
 mod registry;
 mod relay;

@@ -36,6 +36,8 @@ pub(crate) struct Entry {
     /// Wakes the relay of a connect still under way when the application
     /// closes its socket.
     pub cancel: Option<Arc<tokio::sync::Notify>>,
+    /// Socket options to copy to the real connection.
+    pub mirror: crate::options::SharedMirror,
 }
 
 fn table() -> &'static Mutex<HashMap<i32, Entry>> {

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
 use crate::env;
+use crate::options::{self, SharedMirror};
 use crate::registry::{self, SessionState};
 use crate::status;
 
@@ -53,7 +54,16 @@ pub(crate) struct PendingConnect {
 /// doubles it), above the kernel's default autotuning limit of 4 MiB.
 const APP_SEND_BUFFER: usize = 4 << 20;
 
-type Pending = Arc<Mutex<HashMap<SocketAddr, (Job, Arc<Mutex<SessionState>>)>>>;
+/// What the hooks and the relay share about one connection.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// The negotiation's outcome, for the hooks' session queries.
+    pub state: Arc<Mutex<SessionState>>,
+    /// The application's socket options for the real connection.
+    pub mirror: SharedMirror,
+}
+
+type Pending = Arc<Mutex<HashMap<SocketAddr, (Job, Shared)>>>;
 
 /// The per-process relay.
 pub(crate) struct Relay {
@@ -97,11 +107,11 @@ impl Relay {
     }
 
     /// Announces the loopback connection that will arrive from `app_end`.
-    pub(crate) fn expect(&self, app_end: SocketAddr, job: Job, state: Arc<Mutex<SessionState>>) {
+    pub(crate) fn expect(&self, app_end: SocketAddr, job: Job, shared: Shared) {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(app_end, (job, state));
+            .insert(app_end, (job, shared));
     }
 
     /// Forgets an announcement that will not be used.
@@ -149,7 +159,7 @@ async fn accept_loop(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&from);
-        let Some((job, state)) = job else {
+        let Some((job, shared)) = job else {
             // Not one of ours: nobody else knows this port.
             continue;
         };
@@ -159,17 +169,18 @@ async fn accept_loop(
                 Job::Outbound { tcp, dest } => match TcpStream::from_std(tcp) {
                     Ok(tcp) => {
                         no_delay(&tcp);
-                        outbound(app, tcp, dest, &client, &state).await
+                        outbound(app, tcp, dest, &client, &shared).await
                     }
                     Err(e) => Err(e),
                 },
-                Job::Inbound { tcp, peer } => inbound(app, tcp, peer, &server, &state).await,
-                Job::Connecting(pending) => connecting(app, pending, &client, &state).await,
+                Job::Inbound { tcp, peer } => inbound(app, tcp, peer, &server, &shared).await,
+                Job::Connecting(pending) => connecting(app, pending, &client, &shared).await,
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "relay ended with an error");
             }
-            registry::mark_closed(&state);
+            options::detach(&shared.mirror);
+            registry::mark_closed(&shared.state);
         });
     }
 }
@@ -234,8 +245,10 @@ async fn outbound(
     tcp: TcpStream,
     dest: SocketAddr,
     config: &Arc<Config>,
-    state: &Arc<Mutex<SessionState>>,
+    shared: &Shared,
 ) -> io::Result<()> {
+    let state = &shared.state;
+    options::attach(&shared.mirror, &tcp);
     let local = tcp.local_addr()?;
     if config.policy() == Policy::Opportunistic && config.client_cache().is_legacy(dest) {
         let _record = note(state, SessionState::Plain, local, dest);
@@ -254,6 +267,7 @@ async fn outbound(
             match TcpStream::connect(dest).await {
                 Ok(plain) => {
                     no_delay(&plain);
+                    options::attach(&shared.mirror, &plain);
                     let _record = note(state, SessionState::Plain, plain.local_addr()?, dest);
                     splice(app, plain).await
                 }
@@ -278,8 +292,9 @@ async fn connecting(
     mut app: TcpStream,
     pending: PendingConnect,
     config: &Arc<Config>,
-    state: &Arc<Mutex<SessionState>>,
+    shared: &Shared,
 ) -> io::Result<()> {
+    let state = &shared.state;
     let PendingConnect {
         real,
         dest,
@@ -310,7 +325,7 @@ async fn connecting(
     }
     crate::ffi::restore_notsent_lowat(&app_socket);
     drop(app_socket);
-    outbound(app, real, dest, config, state).await
+    outbound(app, real, dest, config, shared).await
 }
 
 /// Waits for a connecting socket's TCP handshake: its error, if any.
@@ -327,12 +342,14 @@ async fn inbound(
     tcp: std::net::TcpStream,
     peer: SocketAddr,
     config: &Arc<Config>,
-    state: &Arc<Mutex<SessionState>>,
+    shared: &Shared,
 ) -> io::Result<()> {
+    let state = &shared.state;
     tcp.set_nonblocking(true)?;
     let local = tcp.local_addr()?;
     let tcp = TcpStream::from_std(tcp)?;
     no_delay(&tcp);
+    options::attach(&shared.mirror, &tcp);
     match TcpcryptAcceptor::new(config.clone()).accept(tcp).await {
         Ok(s) => {
             let _record = note(state, outcome(&s), local, peer);

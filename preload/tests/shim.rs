@@ -1080,3 +1080,32 @@ print(ctypes.CDLL(None).tcpcrypt_is_encrypted(s.fileno()))
         "{per_exchange_ms} ms per exchange: delayed-ACK stalls"
     );
 }
+
+#[test]
+fn socket_options_reach_the_real_connection() {
+    let (server, _seen) = tcpcrypt_http(b"page".to_vec());
+    let lines = python_shimmed(&format!(
+        r#"
+import socket, subprocess, time
+s = socket.socket()
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x20)        # before connect
+s.connect(("127.0.0.1", {port}))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)     # after connect
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+print(s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0)
+# The real connection is the one whose peer is the server's port.
+line = ""
+for _ in range(100):
+    line = subprocess.run(["ss", "-tnoOH", "--tos", "state", "established",
+                           "dst", "127.0.0.1:{port}"], capture_output=True, text=True).stdout
+    if "keepalive" in line: break
+    time.sleep(0.02)
+print(line.strip())
+"#,
+        port = server.port()
+    ));
+    assert_eq!(lines[0], "True", "the application reads what it set");
+    let real = &lines[1];
+    assert!(real.contains("timer:(keepalive,1min"), "keepalive: {real}");
+    assert!(real.contains("tos:0x20"), "TOS: {real}");
+}
