@@ -1109,3 +1109,47 @@ print(line.strip())
     assert!(real.contains("timer:(keepalive,1min"), "keepalive: {real}");
     assert!(real.contains("tos:0x20"), "TOS: {real}");
 }
+
+#[test]
+fn two_hundred_parallel_curl_transfers() {
+    // One curl, 200 transfers at once on its event loop: 200 non-blocking
+    // connects under way together, each body checked.
+    let page = body(50_000);
+    let (server, seen) = tcpcrypt_http(page.clone());
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-parallel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args: Vec<String> = [
+        "-sS",
+        "--max-time",
+        "60",
+        "--parallel",
+        "--parallel-max",
+        "200",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for i in 0..200 {
+        args.push("-o".into());
+        args.push(dir.join(format!("{i}.bin")).display().to_string());
+        args.push(format!("http://127.0.0.1:{}/{i}", server.port()));
+    }
+    let out = Command::new("curl")
+        .args(&args)
+        .env("LD_PRELOAD", shim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..200 {
+        let got = std::fs::read(dir.join(format!("{i}.bin"))).unwrap();
+        assert!(got == page, "transfer {i} intact");
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 200);
+    assert!(seen.iter().all(|s| s.is_some()), "all encrypted");
+    let _ = std::fs::remove_dir_all(&dir);
+}
