@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -234,6 +234,17 @@ fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     (r == 0).then_some(v)
 }
 
+/// A socket's identity: its inode number.
+fn socket_id(fd: c_int) -> Option<u64> {
+    let mut st: libc::stat = unsafe { zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+}
+
+/// The registry's entry for `fd`, if it still names the same socket.
+fn lookup(fd: c_int) -> Option<Entry> {
+    registry::get(fd, || socket_id(fd))
+}
+
 /// The family of a TCP socket, or `None` for anything else.
 fn tcp_family(fd: c_int) -> Option<c_int> {
     let ty = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
@@ -291,7 +302,12 @@ fn attach_to_relay(
             events: libc::POLLOUT,
             revents: 0,
         };
-        let ready = unsafe { libc::poll(&mut p, 1, 5000) };
+        let ready = loop {
+            let r = unsafe { libc::poll(&mut p, 1, 5000) };
+            if r >= 0 || errno() != libc::EINTR {
+                break r;
+            }
+        };
         let so_error = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(libc::EIO);
         if ready != 1 || so_error != 0 {
             relay.cancel(app_end);
@@ -309,7 +325,7 @@ fn attach_to_relay(
 /// (its error is the application's), then the application's socket joins
 /// the relay. `None`: not ours, call the real `connect`.
 fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
-    if let Some(entry) = registry::get(fd) {
+    if let Some(entry) = lookup(fd) {
         return Some(connect_again(&entry));
     }
     let family = tcp_family(fd)?;
@@ -335,11 +351,29 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     };
     let mirror = options::new(settings);
     if is_nonblocking(fd) {
-        return Some(connect_in_background(fd, family, tcp, dest, relay, mirror));
+        return Some(connect_in_background(
+            fd,
+            family,
+            tcp,
+            dest,
+            relay,
+            mirror,
+            libc::EINPROGRESS,
+        ));
     }
-    if let Err(e) = wait_connected(&tcp, sockopt_timeval(fd, libc::SO_SNDTIMEO)) {
-        set_errno(e);
-        return Some(-1);
+    match wait_connected(&tcp, sockopt_timeval(fd, libc::SO_SNDTIMEO)) {
+        Ok(()) => {}
+        // Interrupted or timed out: as in the kernel, the connect goes on
+        // and the application learns its outcome as a non-blocking one.
+        Err(e @ (libc::EINTR | libc::EINPROGRESS)) => {
+            return Some(connect_in_background(
+                fd, family, tcp, dest, relay, mirror, e,
+            ));
+        }
+        Err(e) => {
+            set_errno(e);
+            return Some(-1);
+        }
     }
     let local = tcp.local_addr().ok()?;
     let state = Arc::new(Mutex::new(SessionState::Negotiating));
@@ -352,6 +386,7 @@ fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             registry::insert(
                 fd,
                 Entry {
+                    id: socket_id(fd).unwrap_or(0),
                     local,
                     peer: dest,
                     state,
@@ -390,7 +425,7 @@ fn start_real_connect(
     let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
     // Before the SYN: its TOS, keepalive from the start.
     for s in settings {
-        apply_option(std::os::fd::AsFd::as_fd(&sock), s);
+        apply_option(sock.as_raw_fd(), s);
     }
     let (st, l) = encode_addr(dest, family);
     let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
@@ -419,7 +454,9 @@ fn sockopt_timeval(fd: c_int, name: c_int) -> Option<c_int> {
 
 /// Waits in the calling thread, as a blocking `connect` does, for the
 /// real handshake: `Ok` once connected, or its errno. `timeout_ms` is the
-/// application socket's `SO_SNDTIMEO`, which bounds a blocking connect.
+/// application socket's `SO_SNDTIMEO`, which bounds a blocking connect
+/// (`EINPROGRESS` then, as from the kernel). A signal ends the wait with
+/// `EINTR` unless the kernel would have restarted the connect.
 fn wait_connected(sock: &std::net::TcpStream, timeout_ms: Option<c_int>) -> Result<(), c_int> {
     let mut p = libc::pollfd {
         fd: sock.as_raw_fd(),
@@ -430,8 +467,14 @@ fn wait_connected(sock: &std::net::TcpStream, timeout_ms: Option<c_int>) -> Resu
         let r = unsafe { libc::poll(&mut p, 1, timeout_ms.unwrap_or(-1)) };
         match r {
             1 => break,
-            0 => return Err(libc::EINPROGRESS), // what a timed-out connect reports
-            _ if errno() == libc::EINTR => continue,
+            0 => return Err(libc::EINPROGRESS),
+            _ if errno() == libc::EINTR => {
+                // signal(7): connect is restarted after a handler with
+                // SA_RESTART, unless the socket has a send timeout.
+                if timeout_ms.is_some() || !handlers_restart() {
+                    return Err(libc::EINTR);
+                }
+            }
             _ => return Err(errno()),
         }
     }
@@ -440,6 +483,21 @@ fn wait_connected(sock: &std::net::TcpStream, timeout_ms: Option<c_int>) -> Resu
         Some(e) => Err(e),
         None => Err(errno()),
     }
+}
+
+/// Whether every signal handler the process installed has `SA_RESTART`:
+/// which signal interrupted the wait is unknown, so any handler without it
+/// could have been the one.
+fn handlers_restart() -> bool {
+    (1..=libc::SIGRTMAX()).all(|sig| {
+        let mut old: libc::sigaction = unsafe { zeroed() };
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            return true;
+        }
+        old.sa_sigaction == libc::SIG_DFL
+            || old.sa_sigaction == libc::SIG_IGN
+            || old.sa_flags & libc::SA_RESTART != 0
+    })
 }
 
 fn is_nonblocking(fd: c_int) -> bool {
@@ -466,10 +524,11 @@ fn connect_again(entry: &Entry) -> c_int {
 /// Zero bytes to fill a send queue with.
 static FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
 
-/// Sets `TCP_NOTSENT_LOWAT` (0: the system default).
+/// Sets `TCP_NOTSENT_LOWAT` (0: the system default). Through the real
+/// call: the `setsockopt` hook is for the application's own options.
 fn set_notsent_lowat(fd: c_int, bytes: c_int) -> bool {
     let r = unsafe {
-        libc::setsockopt(
+        (real().setsockopt)(
             fd,
             libc::IPPROTO_TCP,
             libc::TCP_NOTSENT_LOWAT,
@@ -481,17 +540,29 @@ fn set_notsent_lowat(fd: c_int, bytes: c_int) -> bool {
 }
 
 /// Makes the application's socket writable again once the relay has
-/// discarded the filler (see `connect_in_background`).
-pub(crate) fn restore_notsent_lowat(socket: &OwnedFd) {
-    set_notsent_lowat(socket.as_raw_fd(), 0);
+/// discarded the filler (see `connect_in_background`): the application's
+/// own value comes back.
+pub(crate) fn restore_notsent_lowat(socket: &OwnedFd, value: c_int) {
+    set_notsent_lowat(socket.as_raw_fd(), value);
 }
 
-/// Writes filler to a non-blocking socket until it would block; returns
-/// how many bytes went in.
-fn fill_until_blocked(fd: c_int) -> Result<usize, c_int> {
+/// Bytes written to a socket and not sent yet.
+fn unsent_bytes(fd: c_int) -> c_int {
+    let mut n: c_int = 0;
+    if unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD, &mut n) } != 0 {
+        return 0;
+    }
+    n
+}
+
+/// Writes filler to the application's socket until some of it stays
+/// unsent (the relay's window is closed); returns how many bytes went in.
+/// A full send buffer alone is not enough: with a small `SO_SNDBUF` the
+/// buffer drains as ACKs come, and the socket would turn writable.
+fn fill_until_held(fd: c_int) -> Result<usize, c_int> {
     let mut total = 0;
-    // Bounded: the queue of a loopback connection holds a few MiB at most.
-    for _ in 0..1024 {
+    // Bounded: a loopback connection's queues hold a few MiB at most.
+    for _ in 0..4096 {
         let n = unsafe {
             libc::send(
                 fd,
@@ -500,15 +571,24 @@ fn fill_until_blocked(fd: c_int) -> Result<usize, c_int> {
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
-        if n < 0 {
-            let e = errno();
-            return match e {
-                libc::EAGAIN => Ok(total),
-                libc::EINTR => continue,
-                _ => Err(e),
-            };
+        if n >= 0 {
+            total += n as usize;
+            continue;
         }
-        total += n as usize;
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN if unsent_bytes(fd) > 0 => return Ok(total),
+            libc::EAGAIN => {
+                // Wait for ACKs to make room, then write more.
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                unsafe { libc::poll(&mut p, 1, 20) };
+            }
+            e => return Err(e),
+        }
     }
     Err(libc::ENOBUFS)
 }
@@ -532,6 +612,7 @@ fn connect_in_background(
     dest: SocketAddr,
     relay: &relay::Relay,
     mirror: options::SharedMirror,
+    report: c_int,
 ) -> c_int {
     let fail = |e: c_int| {
         set_errno(e);
@@ -552,11 +633,13 @@ fn connect_in_background(
     let (filled, filler) = tokio::sync::oneshot::channel();
     let cancel = Arc::new(tokio::sync::Notify::new());
     let state = Arc::new(Mutex::new(SessionState::Connecting));
+    let lowat = sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT).unwrap_or(0);
     let job = Job::Connecting(PendingConnect {
         real: sock,
         dest,
         filler,
         app_socket,
+        app_lowat: lowat,
         cancel: cancel.clone(),
     });
     let shared = Shared {
@@ -569,6 +652,7 @@ fn connect_in_background(
     registry::insert(
         fd,
         Entry {
+            id: socket_id(fd).unwrap_or(0),
             local,
             peer: dest,
             state,
@@ -580,10 +664,10 @@ fn connect_in_background(
         registry::remove(fd);
         return fail(errno());
     }
-    match fill_until_blocked(fd) {
+    match fill_until_held(fd) {
         Ok(n) => {
             let _ = filled.send(n);
-            fail(libc::EINPROGRESS)
+            fail(report)
         }
         Err(e) => {
             registry::remove(fd);
@@ -595,7 +679,12 @@ fn connect_in_background(
 /// `accept4` on a listening TCP socket the shim handles: the real
 /// connection goes to the relay and the application gets the other end of
 /// a fresh loopback connection instead. `Err(c)`: not ours, hand `c` out.
-fn intercept_accept(c: c_int, peer: SocketAddr, flags: c_int) -> Result<c_int, c_int> {
+fn intercept_accept(
+    listener: c_int,
+    c: c_int,
+    peer: SocketAddr,
+    flags: c_int,
+) -> Result<c_int, c_int> {
     let Some(family) = tcp_family(c) else {
         return Err(c);
     };
@@ -611,6 +700,15 @@ fn intercept_accept(c: c_int, peer: SocketAddr, flags: c_int) -> Result<c_int, c
     let app = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if app < 0 {
         return Err(c);
+    }
+    // An accepted socket inherits the listening socket's options; the
+    // one the application gets instead does too.
+    for setting in read_options(listener).into_iter().chain(read_option(
+        listener,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+    )) {
+        apply_option(app, &setting);
     }
     // SAFETY: `c` is a connected socket we own from here on.
     let tcp = unsafe { std::net::TcpStream::from_raw_fd(c) };
@@ -644,6 +742,7 @@ fn intercept_accept(c: c_int, peer: SocketAddr, flags: c_int) -> Result<c_int, c
     registry::insert(
         app,
         Entry {
+            id: socket_id(app).unwrap_or(0),
             local: canonical(local),
             peer: canonical(peer),
             state,
@@ -698,7 +797,7 @@ pub unsafe extern "C" fn accept4(
     let family = c_int::from(st.ss_family);
     let peer = unsafe { read_addr(&st as *const sockaddr_storage as *const sockaddr, l) };
     let fd_out = match peer {
-        Some(p) => match catch_unwind(AssertUnwindSafe(|| intercept_accept(c, p, flags))) {
+        Some(p) => match catch_unwind(AssertUnwindSafe(|| intercept_accept(fd, c, p, flags))) {
             Ok(Ok(app)) => app,
             Ok(Err(c)) => c,
             Err(_) => c,
@@ -734,7 +833,7 @@ unsafe fn relayed_name(
     if BYPASS.with(|b| b.get()) {
         return None;
     }
-    let entry = registry::get(fd)?;
+    let entry = lookup(fd)?;
     let family = tcp_family(fd)?;
     unsafe { write_addr(pick(&entry), family, addr, len) };
     Some(0)
@@ -742,7 +841,7 @@ unsafe fn relayed_name(
 
 /// Whether a relayed socket's real connection is not (or never was) up.
 fn not_connected(fd: c_int) -> bool {
-    registry::get(fd).is_some_and(|e| {
+    lookup(fd).is_some_and(|e| {
         matches!(
             registry::state_of(&e),
             SessionState::Connecting
@@ -768,8 +867,15 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
 /// As libc's `getsockname`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    unsafe { relayed_name(fd, |e| e.local, addr, len) }
-        .unwrap_or_else(|| unsafe { (real().getsockname)(fd, addr, len) })
+    unsafe {
+        relayed_name(
+            fd,
+            |e| options::local(&e.mirror).unwrap_or(e.local),
+            addr,
+            len,
+        )
+    }
+    .unwrap_or_else(|| unsafe { (real().getsockname)(fd, addr, len) })
 }
 
 /// # Safety
@@ -799,7 +905,7 @@ mod opt {
 
 /// The value of a `tcpcrypt.h` option for `fd`, or the errno to report.
 fn option_value(fd: c_int, name: c_int) -> Result<Vec<u8>, c_int> {
-    let entry = registry::get(fd).ok_or(libc::EINVAL)?;
+    let entry = lookup(fd).ok_or(libc::EINVAL)?;
     let info = match registry::state_of(&entry) {
         SessionState::Encrypted(info) => info,
         SessionState::Negotiating | SessionState::Connecting => return Err(libc::ENOTCONN),
@@ -842,7 +948,7 @@ unsafe fn copy_option(fd: c_int, name: c_int, out: *mut u8, room: usize) -> c_in
 /// The real errno of a failed non-blocking connect, once, as `SO_ERROR`
 /// reports it (the kernel's own error, a reset from the relay, is cleared).
 fn take_connect_error(fd: c_int) -> Option<c_int> {
-    let entry = registry::get(fd)?;
+    let entry = lookup(fd)?;
     let SessionState::ConnectFailed(e) = registry::state_of(&entry) else {
         return None;
     };
@@ -861,25 +967,15 @@ fn take_connect_error(fd: c_int) -> Option<c_int> {
     Some(e)
 }
 
-/// Applies an application's socket option to a real socket, as the
-/// real socket's family names it (TOS and traffic class are the same byte).
-pub(crate) fn apply_option(fd: BorrowedFd<'_>, setting: &Setting) {
-    let (mut level, mut name, value) = (setting.0, setting.1, &setting.2);
-    let family = sockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN);
-    match (level, name, family) {
-        (libc::IPPROTO_IP, libc::IP_TOS, Some(AF_INET6)) => {
-            (level, name) = (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
-        }
-        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, Some(AF_INET)) => {
-            (level, name) = (libc::IPPROTO_IP, libc::IP_TOS)
-        }
-        _ => {}
-    }
-    // An option the real socket refuses is left as it is: the
-    // application's own call succeeded, on its socket.
+/// Applies an application's socket option to a real socket. An option
+/// the real socket refuses (an IPv6 option on an IPv4 socket, as the
+/// kernel itself ignores on a v4-mapped connection) is left as it is: the
+/// application's own call succeeded, on its socket.
+pub(crate) fn apply_option(fd: c_int, setting: &Setting) {
+    let (level, name, value) = (setting.0, setting.1, &setting.2);
     unsafe {
         (real().setsockopt)(
-            fd.as_raw_fd(),
+            fd,
             level,
             name,
             value.as_ptr() as *const c_void,
@@ -888,20 +984,21 @@ pub(crate) fn apply_option(fd: BorrowedFd<'_>, setting: &Setting) {
     };
 }
 
-/// The application socket's current values of the mirrored options.
+/// A socket's current value of one option.
+fn read_option(fd: c_int, level: c_int, name: c_int) -> Option<Setting> {
+    let mut buf = [0u8; 16];
+    let mut len = options::value_len(level, name) as socklen_t;
+    let r =
+        unsafe { (real().getsockopt)(fd, level, name, buf.as_mut_ptr() as *mut c_void, &mut len) };
+    (r == 0).then(|| (level, name, buf[..len as usize].to_vec()))
+}
+
+/// A socket's current values of the mirrored options.
 fn read_options(fd: c_int) -> Vec<Setting> {
-    let mut settings = Vec::new();
-    for (level, name) in MIRRORED {
-        let mut buf = [0u8; 64];
-        let mut len = buf.len() as socklen_t;
-        let r = unsafe {
-            (real().getsockopt)(fd, level, name, buf.as_mut_ptr() as *mut c_void, &mut len)
-        };
-        if r == 0 {
-            settings.push((level, name, buf[..len as usize].to_vec()));
-        }
-    }
-    settings
+    MIRRORED
+        .into_iter()
+        .filter_map(|(level, name)| read_option(fd, level, name))
+        .collect()
 }
 
 /// # Safety
@@ -921,11 +1018,12 @@ pub unsafe extern "C" fn setsockopt(
     let Some(_guard) = Guard::enter() else {
         return r;
     };
-    // SAFETY: the caller passes `len` readable bytes at `val`, and the
-    // kernel has just read them.
-    let value = unsafe { std::slice::from_raw_parts(val as *const u8, len as usize) }.to_vec();
+    // SAFETY: the kernel has just read this many bytes at `val` (it reads
+    // an `int` option's first four bytes whatever `len` says).
+    let n = (len as usize).min(options::value_len(level, name));
+    let value = unsafe { std::slice::from_raw_parts(val as *const u8, n) }.to_vec();
     let _ = catch_unwind(|| {
-        if let Some(entry) = registry::get(fd) {
+        if let Some(entry) = lookup(fd) {
             options::set(&entry.mirror, (level, name, value));
         }
     });
@@ -942,15 +1040,14 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && !BYPASS.with(|b| b.get()) {
+    let room = !val.is_null() && !len.is_null() && unsafe { *len } as usize >= size_of::<c_int>();
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && room && !BYPASS.with(|b| b.get()) {
         if let Ok(Some(e)) = catch_unwind(|| take_connect_error(fd)) {
-            if !val.is_null() && !len.is_null() && unsafe { *len } as usize >= size_of::<c_int>() {
-                unsafe {
-                    *(val as *mut c_int) = e;
-                    *len = size_of::<c_int>() as socklen_t;
-                }
-                return 0;
+            unsafe {
+                *(val as *mut c_int) = e;
+                *len = size_of::<c_int>() as socklen_t;
             }
+            return 0;
         }
     }
     let ours = level == libc::IPPROTO_TCP && opt::ALL.contains(&name) && !BYPASS.with(|b| b.get());
@@ -981,7 +1078,7 @@ pub unsafe extern "C" fn tcpcrypt_session_id(fd: c_int, buf: *mut u8, len: usize
 /// See `tcpcrypt.h`.
 #[unsafe(no_mangle)]
 pub extern "C" fn tcpcrypt_is_encrypted(fd: c_int) -> c_int {
-    match catch_unwind(|| registry::get(fd).map(|e| registry::state_of(&e))) {
+    match catch_unwind(|| lookup(fd).map(|e| registry::state_of(&e))) {
         Ok(Some(SessionState::Encrypted(_))) => 1,
         Ok(Some(SessionState::Negotiating | SessionState::Connecting)) => {
             set_errno(libc::ENOTCONN);

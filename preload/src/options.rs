@@ -5,15 +5,17 @@
 //! copied to the real socket when it is made, and again whenever the
 //! application changes one later (the `setsockopt` hook).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use libc::c_int;
+use tokio::net::TcpStream;
 
-/// The options copied, as (level, name).
+/// The options copied, as (level, name), in the order they are applied:
+/// the priority last, because setting the TOS resets it.
 pub(crate) const MIRRORED: [(c_int, c_int); 9] = [
     (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-    (libc::SOL_SOCKET, libc::SO_PRIORITY),
     (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
     (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
     (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
@@ -21,18 +23,30 @@ pub(crate) const MIRRORED: [(c_int, c_int); 9] = [
     (libc::IPPROTO_TCP, libc::TCP_CONGESTION),
     (libc::IPPROTO_IP, libc::IP_TOS),
     (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
 ];
+
+/// The most bytes of an option value kept: an `int`, or a congestion
+/// control name (`TCP_CA_NAME_MAX`).
+pub(crate) fn value_len(level: c_int, name: c_int) -> usize {
+    if (level, name) == (libc::IPPROTO_TCP, libc::TCP_CONGESTION) {
+        16
+    } else {
+        std::mem::size_of::<c_int>()
+    }
+}
 
 /// One option's value, as the application passed it.
 pub(crate) type Setting = (c_int, c_int, Vec<u8>);
 
 /// The options of one relayed connection, and the real socket they go to
-/// while the relay holds it.
+/// while the relay carries bytes on it.
 #[derive(Default, Debug)]
 pub(crate) struct Mirror {
-    /// The relay's duplicate of the real socket: a descriptor of its own,
-    /// so that a number reused elsewhere is never touched.
-    real: Option<OwnedFd>,
+    /// The real socket's descriptor, only while the relay holds it open.
+    real: Option<RawFd>,
+    /// The real socket's local address (it changes after a fallback).
+    local: Option<SocketAddr>,
     settings: Vec<Setting>,
 }
 
@@ -48,33 +62,48 @@ fn lock(m: &SharedMirror) -> std::sync::MutexGuard<'_, Mirror> {
 pub(crate) fn new(settings: Vec<Setting>) -> SharedMirror {
     Arc::new(Mutex::new(Mirror {
         real: None,
+        local: None,
         settings,
     }))
 }
 
 /// Records an option the application set, and applies it to the real
-/// socket if there is one.
+/// socket if the relay holds one.
 pub(crate) fn set(m: &SharedMirror, setting: Setting) {
     let mut m = lock(m);
-    if let Some(fd) = &m.real {
-        crate::ffi::apply_option(fd.as_fd(), &setting);
+    if let Some(fd) = m.real {
+        // `real` is cleared, under this lock, before the relay closes the
+        // socket: the number cannot name another one here.
+        crate::ffi::apply_option(fd, &setting);
     }
     m.settings
         .retain(|(level, name, _)| (*level, *name) != (setting.0, setting.1));
     m.settings.push(setting);
 }
 
-/// The relay's real socket for this connection (a new one after a
-/// fallback): every recorded option is applied to it.
-pub(crate) fn attach(m: &SharedMirror, real: &impl AsFd) {
-    let mut m = lock(m);
-    for s in &m.settings {
-        crate::ffi::apply_option(real.as_fd(), s);
-    }
-    m.real = real.as_fd().try_clone_to_owned().ok();
+/// The real connection's local address, once the relay carries bytes.
+pub(crate) fn local(m: &SharedMirror) -> Option<SocketAddr> {
+    lock(m).local
 }
 
-/// The relay is done with the real socket.
-pub(crate) fn detach(m: &SharedMirror) {
-    lock(m).real = None;
+/// Applies every recorded option to the real socket the relay is about to
+/// carry bytes on, and keeps it for later ones until the guard drops.
+pub(crate) fn attach<'a>(m: &'a SharedMirror, real: &TcpStream) -> Attached<'a> {
+    let mut guard = lock(m);
+    let fd = real.as_raw_fd();
+    for s in &guard.settings {
+        crate::ffi::apply_option(fd, s);
+    }
+    guard.real = Some(fd);
+    guard.local = real.local_addr().ok();
+    Attached(m)
+}
+
+/// While alive, options the application sets reach the real socket.
+pub(crate) struct Attached<'a>(&'a SharedMirror);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        lock(self.0).real = None;
+    }
 }

@@ -30,6 +30,10 @@ pub enum SessionState {
 /// One relayed socket.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
+    /// The socket's identity (its inode): a descriptor number closed
+    /// behind the hooks' back (`fclose`, `dup2` over it, `close_range`)
+    /// and reused for another socket does not match.
+    pub id: u64,
     pub local: SocketAddr,
     pub peer: SocketAddr,
     pub state: Arc<Mutex<SessionState>>,
@@ -45,21 +49,42 @@ fn table() -> &'static Mutex<HashMap<i32, Entry>> {
     TABLE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-fn lock() -> std::sync::MutexGuard<'static, HashMap<i32, Entry>> {
-    table().lock().unwrap_or_else(|p| p.into_inner())
+/// The table, if it can be had without blocking for long. A hook can run
+/// in a signal handler that interrupted the lock's holder, or in a child
+/// forked while another thread held it: it then goes without the table
+/// rather than wait forever.
+fn lock() -> Option<std::sync::MutexGuard<'static, HashMap<i32, Entry>>> {
+    for _ in 0..1000 {
+        match table().try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+        }
+    }
+    None
 }
 
 pub(crate) fn insert(fd: i32, entry: Entry) {
-    lock().insert(fd, entry);
+    if let Some(mut table) = lock() {
+        table.insert(fd, entry);
+    }
 }
 
-pub(crate) fn get(fd: i32) -> Option<Entry> {
-    lock().get(&fd).cloned()
+/// The entry of descriptor `fd` if it still names the socket with
+/// identity `id`; a stale entry is dropped.
+pub(crate) fn get(fd: i32, id: impl FnOnce() -> Option<u64>) -> Option<Entry> {
+    let entry = lock()?.get(&fd).cloned()?;
+    if id() == Some(entry.id) {
+        Some(entry)
+    } else {
+        remove(fd);
+        None
+    }
 }
 
 /// Forgets a closed descriptor, and stops a connect still under way on it.
 pub(crate) fn remove(fd: i32) {
-    let entry = lock().remove(&fd);
+    let entry = lock().and_then(|mut t| t.remove(&fd));
     if let Some(cancel) = entry.and_then(|e| e.cancel) {
         cancel.notify_one();
     }

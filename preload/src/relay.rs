@@ -46,6 +46,8 @@ pub(crate) struct PendingConnect {
     pub filler: tokio::sync::oneshot::Receiver<usize>,
     /// The application's socket, to make it writable again.
     pub app_socket: std::os::fd::OwnedFd,
+    /// The application's own `TCP_NOTSENT_LOWAT`, to put back.
+    pub app_lowat: libc::c_int,
     /// Signalled when the application closes its socket.
     pub cancel: Arc<tokio::sync::Notify>,
 }
@@ -147,8 +149,14 @@ async fn accept_loop(
     server: Arc<Config>,
 ) {
     loop {
-        let Ok((app, from)) = listener.accept().await else {
-            continue;
+        let (app, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::debug!(error = %e, "relay accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
         };
         // A deep send queue towards the application lets the relay hand
         // over more per wakeup; its memory is only used while the
@@ -179,7 +187,6 @@ async fn accept_loop(
             if let Err(e) = result {
                 tracing::debug!(error = %e, "relay ended with an error");
             }
-            options::detach(&shared.mirror);
             registry::mark_closed(&shared.state);
         });
     }
@@ -205,12 +212,28 @@ fn outcome(s: &TcpcryptStream<TcpStream>) -> SessionState {
     }
 }
 
-/// Resets the application's connection: the application sees an error,
-/// never a clean end, and nothing more is sent anywhere.
-fn abort(app: TcpStream) {
-    #[allow(deprecated)]
-    let _ = app.set_linger(Some(std::time::Duration::ZERO));
-    drop(app);
+/// Resets a connection: the other end sees an error, never a clean end,
+/// and nothing more is sent.
+fn abort(s: TcpStream) {
+    let _ = s.set_zero_linger();
+    drop(s);
+}
+
+/// The real connection under a relayed stream, encrypted or plain.
+trait RealSocket: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl RealSocket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl RealSocket for TcpcryptStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
 }
 
 /// Turns Nagle's algorithm off on a relay socket. The relay forwards what
@@ -222,18 +245,28 @@ fn no_delay(s: &TcpStream) {
 }
 
 /// Carries both directions between the application and the real
-/// connection until both have ended; an error resets the application's
-/// connection.
-async fn splice<S: AsyncRead + AsyncWrite + Unpin>(mut app: TcpStream, real: S) -> io::Result<()> {
-    let (real_read, real_write) = tokio::io::split(real);
-    let (app_read, app_write) = app.split();
-    let result = tokio::try_join!(
-        crate::pump::pump(app_read, real_write),
-        crate::pump::pump(real_read, app_write)
-    );
+/// connection until both have ended. An error on either side resets both:
+/// a plain peer must not take a truncated stream for a complete one.
+///
+/// Meanwhile the application's socket options reach the real socket
+/// (`options`); the attachment ends before the socket closes, so that a
+/// descriptor number reused afterwards is never touched.
+async fn splice<S: RealSocket>(mut app: TcpStream, real: S, shared: &Shared) -> io::Result<()> {
+    let (result, real) = {
+        let _attached = options::attach(&shared.mirror, real.tcp());
+        let (mut real_read, mut real_write) = tokio::io::split(real);
+        let (app_read, app_write) = app.split();
+        let result = tokio::try_join!(
+            crate::pump::pump(app_read, &mut real_write),
+            crate::pump::pump(&mut real_read, app_write)
+        );
+        (result, real_read.unsplit(real_write))
+    };
     match result {
         Ok(_) => Ok(()),
         Err(e) => {
+            let _ = real.tcp().set_zero_linger();
+            drop(real);
             abort(app);
             Err(e)
         }
@@ -248,11 +281,10 @@ async fn outbound(
     shared: &Shared,
 ) -> io::Result<()> {
     let state = &shared.state;
-    options::attach(&shared.mirror, &tcp);
     let local = tcp.local_addr()?;
     if config.policy() == Policy::Opportunistic && config.client_cache().is_legacy(dest) {
         let _record = note(state, SessionState::Plain, local, dest);
-        return splice(app, tcp).await;
+        return splice(app, tcp, shared).await;
     }
     match TcpcryptConnector::new(config.clone())
         .connect_with_peer(tcp, Some(dest))
@@ -260,16 +292,15 @@ async fn outbound(
     {
         Ok(Connected::Stream(s)) => {
             let _record = note(state, outcome(&s), local, dest);
-            splice(app, s).await
+            splice(app, s, shared).await
         }
         Ok(Connected::Reconnect(reason)) => {
             tracing::debug!(%dest, %reason, "falling back to plain TCP");
             match TcpStream::connect(dest).await {
                 Ok(plain) => {
                     no_delay(&plain);
-                    options::attach(&shared.mirror, &plain);
                     let _record = note(state, SessionState::Plain, plain.local_addr()?, dest);
-                    splice(app, plain).await
+                    splice(app, plain, shared).await
                 }
                 Err(e) => {
                     abort(app);
@@ -300,6 +331,7 @@ async fn connecting(
         dest,
         filler,
         app_socket,
+        app_lowat,
         cancel,
     } = pending;
     let real = TcpStream::from_std(real)?;
@@ -311,6 +343,9 @@ async fn connecting(
     if let Err(e) = connected {
         let errno = e.raw_os_error().unwrap_or(libc::ECONNREFUSED);
         registry::set_state(state, SessionState::ConnectFailed(errno));
+        // The hook may still be filling the socket: reset it only after,
+        // so that `connect` itself returns EINPROGRESS.
+        let _ = filler.await;
         abort(app);
         return Err(e);
     }
@@ -323,7 +358,7 @@ async fn connecting(
     if discarded != filler as u64 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    crate::ffi::restore_notsent_lowat(&app_socket);
+    crate::ffi::restore_notsent_lowat(&app_socket, app_lowat);
     drop(app_socket);
     outbound(app, real, dest, config, shared).await
 }
@@ -349,11 +384,10 @@ async fn inbound(
     let local = tcp.local_addr()?;
     let tcp = TcpStream::from_std(tcp)?;
     no_delay(&tcp);
-    options::attach(&shared.mirror, &tcp);
     match TcpcryptAcceptor::new(config.clone()).accept(tcp).await {
         Ok(s) => {
             let _record = note(state, outcome(&s), local, peer);
-            splice(app, s).await
+            splice(app, s, shared).await
         }
         Err(e) => {
             tracing::debug!(%peer, error = %e, "inbound handshake failed");

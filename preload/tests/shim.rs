@@ -1153,3 +1153,110 @@ fn two_hundred_parallel_curl_transfers() {
     assert!(seen.iter().all(|s| s.is_some()), "all encrypted");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn connect_edge_cases_behave_as_in_the_kernel() {
+    let (server, _seen) = tcpcrypt_http(b"page".to_vec());
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hole = Blackhole::new();
+    let lines = python_shimmed(&format!(
+        r#"
+import errno, os, select, signal, socket, struct, time
+# A refusal that arrives at once still reads as EINPROGRESS, then
+# ECONNREFUSED from SO_ERROR, every time.
+outcomes = set()
+for _ in range(50):
+    s = socket.socket(); s.setblocking(False)
+    r = s.connect_ex(("127.0.0.1", {closed}))
+    if r == errno.EINPROGRESS:
+        select.select([], [s], [], 10)
+        r = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    outcomes.add(errno.errorcode.get(r, r))
+    s.close()
+print(sorted(outcomes))
+# The application's own TCP_NOTSENT_LOWAT survives a non-blocking connect.
+s = socket.socket(); s.setblocking(False)
+s.setsockopt(socket.IPPROTO_TCP, 25, 16384)
+s.connect_ex(("127.0.0.1", {port}))
+select.select([], [s], [], 10)
+print(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), s.getsockopt(socket.IPPROTO_TCP, 25))
+s.close()
+# A small send buffer does not let a pending socket turn writable.
+s = socket.socket(); s.setblocking(False)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+s.connect_ex(("127.0.0.1", {hole}))
+_, w, _ = select.select([], [s], [], 0.5)
+print("pending", w == [])
+s.close()
+# A signal whose handler raises ends a blocking connect at once.
+def alarm(*_): raise TimeoutError("alarm")
+signal.signal(signal.SIGALRM, alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.3)
+t = time.monotonic()
+try:
+    socket.create_connection(("127.0.0.1", {hole})); print("connected?")
+except TimeoutError as e:
+    print(e, time.monotonic() - t < 5)
+# A descriptor number reused behind the hooks' back (dup2 over it) is a
+# new socket: no stale address, and connect works on it.
+s = socket.create_connection(("127.0.0.1", {port}))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+os.dup2(u.fileno(), s.fileno())
+try:
+    s.getpeername(); print("stale")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"#,
+        port = server.port(),
+        hole = hole.port(),
+    ));
+    assert_eq!(lines[0], "['ECONNREFUSED']");
+    assert_eq!(lines[1], "0 16384");
+    assert_eq!(lines[2], "pending True");
+    assert_eq!(lines[3], "alarm True");
+    assert_eq!(lines[4], "ENOTCONN");
+}
+
+#[test]
+fn a_reset_crosses_the_relay_as_a_reset() {
+    // A shimmed server resets a plain client's connection mid-response:
+    // the client must see the reset, not a clean end after a truncated body.
+    let server = Command::new("python3")
+        .args([
+            "-c",
+            r#"
+import socket, struct
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
+print(l.getsockname()[1], flush=True)
+c, _ = l.accept()
+c.recv(100)
+c.sendall(b"partial")
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()
+"#,
+        ])
+        .env("LD_PRELOAD", shim())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = server;
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let _server = Py(child, port.trim().parse().unwrap());
+    let mut s = TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().unwrap())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let result = s.read_to_end(&mut got);
+    assert_eq!(
+        result.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "read {got:?}"
+    );
+}
