@@ -870,14 +870,19 @@ impl Blackhole {
     }
 }
 
-#[test]
-fn nonblocking_connect_is_asynchronous_with_the_real_outcome_in_so_error() {
-    let (server, seen) = tcpcrypt_http(b"hello".to_vec());
-    let closed = TcpListener::bind("127.0.0.1:0")
+/// A loopback port nobody listens on.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+#[test]
+fn nonblocking_connect_is_asynchronous_with_the_real_outcome_in_so_error() {
+    let (server, seen) = tcpcrypt_http(b"hello".to_vec());
+    let closed = closed_port();
     let hole = Blackhole::new();
     let lines = python_shimmed(&format!(
         r#"
@@ -1157,11 +1162,7 @@ fn two_hundred_parallel_curl_transfers() {
 #[test]
 fn connect_edge_cases_behave_as_in_the_kernel() {
     let (server, _seen) = tcpcrypt_http(b"page".to_vec());
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = closed_port();
     let hole = Blackhole::new();
     let lines = python_shimmed(&format!(
         r#"
