@@ -353,13 +353,16 @@ async fn connecting(
     let filler = filler
         .await
         .map_err(|_| io::Error::other("the connect hook did not finish"))?;
+    // The hook is done with the socket. Its own option value comes back
+    // first, so that the application never sees it changed once the
+    // socket is writable; what it writes from then on follows the filler.
+    crate::ffi::restore_notsent_lowat(&app_socket, app_lowat);
+    drop(app_socket);
     let discarded =
         tokio::io::copy(&mut (&mut app).take(filler as u64), &mut tokio::io::sink()).await?;
     if discarded != filler as u64 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    crate::ffi::restore_notsent_lowat(&app_socket, app_lowat);
-    drop(app_socket);
     outbound(app, real, dest, config, shared).await
 }
 
