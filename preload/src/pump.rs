@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// Bytes moved per read and write.
 const BUF_LEN: usize = 128 * 1024;
 /// Buffers kept per thread for reuse.
-const SPARE: usize = 8;
+const SPARE: usize = 2;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };

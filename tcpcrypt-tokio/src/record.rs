@@ -27,7 +27,7 @@ const SEND_HIGH_WATER: usize = 4 * MAX_FRAME_LEN;
 const SEND_BATCH: usize = 4 * MAX_DATA;
 
 /// Receive buffers kept per thread for reuse.
-const SPARE_BUFFERS: usize = 4;
+const SPARE_BUFFERS: usize = 2;
 
 thread_local! {
     /// Receive buffers of connections that found their socket empty, for
