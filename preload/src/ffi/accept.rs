@@ -1,0 +1,81 @@
+//! `accept` on a listening socket the shim handles: the application gets
+//! the end of a loopback connection to the relay instead of the real one.
+
+use super::*;
+
+/// `accept4` on a listening TCP socket the shim handles: the real
+/// connection goes to the relay and the application gets the other end of
+/// a fresh loopback connection instead. `Err(c)`: not ours, hand `c` out.
+pub(super) fn intercept_accept(
+    listener: c_int,
+    c: c_int,
+    peer: SocketAddr,
+    flags: c_int,
+) -> Result<c_int, c_int> {
+    let Some(family) = tcp_family(c) else {
+        return Err(c);
+    };
+    let Some(local) = local_addr(c) else {
+        return Err(c);
+    };
+    if crate::env::settings().excluded(canonical(local)) {
+        return Err(c);
+    }
+    let Ok(relay) = relay::get() else {
+        return Err(c);
+    };
+    let app = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if app < 0 {
+        return Err(c);
+    }
+    // An accepted socket inherits the listening socket's options; the
+    // one the application gets instead does too.
+    for setting in read_options(listener).into_iter().chain(read_option(
+        listener,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+    )) {
+        apply_option(app, &setting);
+    }
+    // SAFETY: `c` is a connected socket we own from here on.
+    let tcp = unsafe { std::net::TcpStream::from_raw_fd(c) };
+    let state = Arc::new(Mutex::new(SessionState::Negotiating));
+    let job = Job::Inbound {
+        tcp,
+        peer: canonical(peer),
+    };
+    // The accepted real socket has the listener's options already; the
+    // mirror carries those the application sets on its socket later.
+    let mirror = options::new(Vec::new());
+    let shared = Shared {
+        state: state.clone(),
+        mirror: mirror.clone(),
+    };
+    if attach_to_relay(app, family, relay, job, shared).is_err() {
+        unsafe { (real().close)(app) };
+        // The real connection went with the job; the caller sees an
+        // aborted connection, as if the client had reset it.
+        return Ok(-1);
+    }
+    if flags & libc::SOCK_NONBLOCK != 0 {
+        unsafe {
+            let fl = libc::fcntl(app, libc::F_GETFL);
+            libc::fcntl(app, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+    if flags & libc::SOCK_CLOEXEC == 0 {
+        unsafe { libc::fcntl(app, libc::F_SETFD, 0) };
+    }
+    registry::insert(
+        app,
+        Entry {
+            id: socket_id(app).unwrap_or(0),
+            local: canonical(local),
+            peer: canonical(peer),
+            state,
+            cancel: None,
+            mirror,
+        },
+    );
+    Ok(app)
+}

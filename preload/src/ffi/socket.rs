@@ -1,0 +1,91 @@
+//! Facts about a socket and its options, read or set through the real
+//! libc calls: family, identity, flags, the options copied to the real
+//! connection.
+
+use super::*;
+
+pub(super) fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut l = size_of::<c_int>() as socklen_t;
+    let r =
+        unsafe { libc::getsockopt(fd, level, name, &mut v as *mut c_int as *mut c_void, &mut l) };
+    (r == 0).then_some(v)
+}
+
+/// A socket's identity: its inode number.
+pub(super) fn socket_id(fd: c_int) -> Option<u64> {
+    let mut st: libc::stat = unsafe { zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+}
+
+/// The registry's entry for `fd`, if it still names the same socket.
+pub(super) fn lookup(fd: c_int) -> Option<Entry> {
+    registry::get(fd, || socket_id(fd))
+}
+
+/// The family of a TCP socket, or `None` for anything else.
+pub(super) fn tcp_family(fd: c_int) -> Option<c_int> {
+    let ty = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let proto = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+    (ty == libc::SOCK_STREAM
+        && (family == AF_INET || family == AF_INET6)
+        && proto == libc::IPPROTO_TCP)
+        .then_some(family)
+}
+
+/// A socket option holding a `timeval`, in milliseconds (`None`: none set).
+pub(super) fn sockopt_timeval(fd: c_int, name: c_int) -> Option<c_int> {
+    let mut tv: libc::timeval = unsafe { zeroed() };
+    let mut l = size_of::<libc::timeval>() as socklen_t;
+    let r = unsafe {
+        (real().getsockopt)(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            &mut tv as *mut libc::timeval as *mut c_void,
+            &mut l,
+        )
+    };
+    let ms = tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    (r == 0 && ms > 0).then(|| ms.min(i64::from(c_int::MAX)) as c_int)
+}
+
+pub(super) fn is_nonblocking(fd: c_int) -> bool {
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
+}
+
+/// Applies an application's socket option to a real socket. An option
+/// the real socket refuses (an IPv6 option on an IPv4 socket, as the
+/// kernel itself ignores on a v4-mapped connection) is left as it is: the
+/// application's own call succeeded, on its socket.
+pub(crate) fn apply_option(fd: c_int, setting: &Setting) {
+    let (level, name, value) = (setting.0, setting.1, &setting.2);
+    unsafe {
+        (real().setsockopt)(
+            fd,
+            level,
+            name,
+            value.as_ptr() as *const c_void,
+            value.len() as socklen_t,
+        )
+    };
+}
+
+/// A socket's current value of one option.
+pub(super) fn read_option(fd: c_int, level: c_int, name: c_int) -> Option<Setting> {
+    let mut buf = [0u8; 16];
+    let mut len = options::value_len(level, name) as socklen_t;
+    let r =
+        unsafe { (real().getsockopt)(fd, level, name, buf.as_mut_ptr() as *mut c_void, &mut len) };
+    (r == 0).then(|| (level, name, buf[..len as usize].to_vec()))
+}
+
+/// A socket's current values of the mirrored options.
+pub(super) fn read_options(fd: c_int) -> Vec<Setting> {
+    MIRRORED
+        .into_iter()
+        .filter_map(|(level, name)| read_option(fd, level, name))
+        .collect()
+}
