@@ -39,19 +39,21 @@ pub(super) fn intercept_accept(
     }
     // SAFETY: `c` is a connected socket we own from here on.
     let tcp = unsafe { std::net::TcpStream::from_raw_fd(c) };
-    let state = Arc::new(Mutex::new(SessionState::Negotiating));
     let job = Job::Inbound {
         tcp,
         peer: canonical(peer),
     };
-    // The accepted real socket has the listener's options already; the
-    // mirror carries those the application sets on its socket later.
-    let mirror = options::new(Vec::new());
-    let shared = Shared {
-        state: state.clone(),
-        mirror: mirror.clone(),
+    let entry = Entry {
+        id: socket_id(app).unwrap_or(0),
+        local: canonical(local),
+        peer: canonical(peer),
+        state: Arc::new(Mutex::new(SessionState::Negotiating)),
+        cancel: None,
+        // The accepted real socket has the listener's options already;
+        // the mirror carries those the application sets later.
+        mirror: options::new(Vec::new()),
     };
-    if attach_to_relay(app, family, relay, job, shared).is_err() {
+    if join_relay(app, family, relay, job, entry).is_err() {
         unsafe { (real().close)(app) };
         // The real connection went with the job; the caller sees an
         // aborted connection, as if the client had reset it.
@@ -66,16 +68,5 @@ pub(super) fn intercept_accept(
     if flags & libc::SOCK_CLOEXEC == 0 {
         unsafe { libc::fcntl(app, libc::F_SETFD, 0) };
     }
-    registry::insert(
-        app,
-        Entry {
-            id: socket_id(app).unwrap_or(0),
-            local: canonical(local),
-            peer: canonical(peer),
-            state,
-            cancel: None,
-            mirror,
-        },
-    );
     Ok(app)
 }

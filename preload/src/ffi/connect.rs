@@ -56,6 +56,24 @@ pub(super) fn attach_to_relay(
 /// `connect` on a TCP socket the shim handles: the real connection first
 /// (its error is the application's), then the application's socket joins
 /// the relay. `None`: not ours, call the real `connect`.
+/// Connects the application's socket `fd` to the relay, which will carry
+/// `job`, and records it for the other hooks.
+pub(super) fn join_relay(
+    fd: c_int,
+    family: c_int,
+    relay: &relay::Relay,
+    job: Job,
+    entry: Entry,
+) -> Result<(), c_int> {
+    let shared = Shared {
+        state: entry.state.clone(),
+        mirror: entry.mirror.clone(),
+    };
+    attach_to_relay(fd, family, relay, job, shared)?;
+    registry::insert(fd, entry);
+    Ok(())
+}
+
 pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     if let Some(entry) = lookup(fd) {
         return Some(connect_again(&entry));
@@ -108,26 +126,16 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
         }
     }
     let local = tcp.local_addr().ok()?;
-    let state = Arc::new(Mutex::new(SessionState::Negotiating));
-    let shared = Shared {
-        state: state.clone(),
-        mirror: mirror.clone(),
+    let entry = Entry {
+        id: socket_id(fd).unwrap_or(0),
+        local,
+        peer: dest,
+        state: Arc::new(Mutex::new(SessionState::Negotiating)),
+        cancel: None,
+        mirror,
     };
-    match attach_to_relay(fd, family, relay, Job::Outbound { tcp, dest }, shared) {
-        Ok(()) => {
-            registry::insert(
-                fd,
-                Entry {
-                    id: socket_id(fd).unwrap_or(0),
-                    local,
-                    peer: dest,
-                    state,
-                    cancel: None,
-                    mirror,
-                },
-            );
-            Some(0)
-        }
+    match join_relay(fd, family, relay, Job::Outbound { tcp, dest }, entry) {
+        Ok(()) => Some(0),
         Err(e) => {
             set_errno(e);
             Some(-1)
@@ -355,24 +363,17 @@ pub(super) fn connect_in_background(
         app_lowat: lowat,
         cancel: cancel.clone(),
     });
-    let shared = Shared {
-        state: state.clone(),
-        mirror: mirror.clone(),
+    let entry = Entry {
+        id: socket_id(fd).unwrap_or(0),
+        local,
+        peer: dest,
+        state,
+        cancel: Some(cancel),
+        mirror,
     };
-    if let Err(e) = attach_to_relay(fd, family, relay, job, shared) {
+    if let Err(e) = join_relay(fd, family, relay, job, entry) {
         return fail(e);
     }
-    registry::insert(
-        fd,
-        Entry {
-            id: socket_id(fd).unwrap_or(0),
-            local,
-            peer: dest,
-            state,
-            cancel: Some(cancel),
-            mirror,
-        },
-    );
     if !set_notsent_lowat(fd, 1) {
         registry::remove(fd);
         return fail(errno());
