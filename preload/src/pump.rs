@@ -50,7 +50,10 @@ impl Drop for Buffer {
 }
 
 /// Copies `from` to `to` until `from` ends, then shuts `to` down (a
-/// half-close). Returns the bytes copied.
+/// half-close). Returns the bytes copied. Whenever `from` has nothing to
+/// give, `to` is flushed: a writer that buffers (a tcpcrypt stream whose
+/// socket was full) must not sit on the tail of a response while the
+/// application waits for its peer.
 pub(crate) async fn pump<R, W>(mut from: R, mut to: W) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
@@ -58,12 +61,20 @@ where
 {
     let mut buf = Buffer(None);
     let mut total = 0u64;
+    let mut unflushed = false;
     loop {
         let n = poll_fn(|cx| {
             let mut read = ReadBuf::new(buf.get());
             match Pin::new(&mut from).poll_read(cx, &mut read) {
                 Poll::Pending => {
                     buf.release();
+                    if unflushed {
+                        match Pin::new(&mut to).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => unflushed = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => {}
+                        }
+                    }
                     Poll::Pending
                 }
                 Poll::Ready(r) => Poll::Ready(r.map(|()| read.filled().len())),
@@ -75,6 +86,7 @@ where
             return Ok(total);
         }
         to.write_all(&buf.get()[..n]).await?;
+        unflushed = true;
         total += n as u64;
     }
 }
@@ -100,6 +112,24 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(copier.await.unwrap().unwrap(), expected.len() as u64);
         assert!(got == expected);
+    }
+
+    #[tokio::test]
+    async fn a_buffering_writer_is_flushed_while_the_reader_waits() {
+        // The source sends a little and stays open; the destination
+        // buffers until flushed. The bytes must arrive all the same.
+        let (mut a, b) = tokio::io::duplex(4096);
+        let (c, mut d) = tokio::io::duplex(4096);
+        let copier = tokio::spawn(pump(b, tokio::io::BufWriter::new(c)));
+        a.write_all(b"the tail of a response").await.unwrap();
+        let mut got = [0u8; 22];
+        tokio::time::timeout(std::time::Duration::from_secs(5), d.read_exact(&mut got))
+            .await
+            .expect("flushed while the source waits")
+            .unwrap();
+        assert_eq!(&got, b"the tail of a response");
+        drop(a);
+        assert_eq!(copier.await.unwrap().unwrap(), 22);
     }
 
     #[tokio::test]

@@ -461,7 +461,9 @@ http {{ access_log off; sendfile on; client_body_temp_path {d}/tmp; proxy_temp_p
     ] {
         let out = dir.join("out.bin");
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "120", "-o"])
+        // A 100 MB transfer takes about a second: 30 s catches a stall
+        // (such as a tail left unflushed until nginx's keepalive ends).
+        cmd.args(["-sS", "--max-time", "30", "-o"])
             .arg(&out)
             .arg(format!("http://{target}/big.bin"));
         if shimmed {
