@@ -95,6 +95,9 @@ async fn pump(stream: TcpcryptStream<TcpStream>, input: &mut Input) -> io::Resul
     let send = async {
         while let Some(chunk) = input.next().await {
             to_peer.write_all(&chunk).await?;
+            // Out now, not when more input comes: the peer may be waiting
+            // for exactly this before it answers.
+            to_peer.flush().await?;
         }
         to_peer.shutdown().await
     };
