@@ -61,13 +61,14 @@ async fn client_session_id(status_dir: &Path, peer: SocketAddr) -> Option<String
     for _ in 0..500 {
         if let Ok(entries) = std::fs::read_dir(status_dir) {
             for e in entries.flatten() {
-                let Ok(text) = std::fs::read_to_string(e.path()) else {
+                let Some(record) = std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                else {
                     continue;
                 };
-                if text.contains(&format!("\"peer\":\"{peer}\"")) {
-                    let key = "\"session_id\":\"";
-                    let at = text.find(key)? + key.len();
-                    return Some(text[at..].split('"').next()?.to_string());
+                if record["peer"] == peer.to_string().as_str() {
+                    return record["session_id"].as_str().map(str::to_string);
                 }
             }
         }

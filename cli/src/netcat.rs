@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tcpcrypt_tokio::{Config, Connected, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream};
+use tcpcrypt_tokio::{Config, TcpcryptAcceptor, TcpcryptStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -116,27 +116,23 @@ async fn pump(stream: TcpcryptStream<TcpStream>, input: &mut Input) -> io::Resul
     tokio::try_join!(send, receive).map(|_| ())
 }
 
-/// Connects and negotiates, reporting how long negotiation took. A server
-/// that does not speak tcpcrypt is connected to again in plain TCP (or
-/// refused under `--mandatory`).
+/// Connects and negotiates, with the library's fallback (a server that
+/// does not speak tcpcrypt is connected to again in plain TCP, or refused
+/// under `--mandatory`; a verdict is remembered per destination), and
+/// reports the outcome and how long it took.
 pub async fn connect_reported(
     destination: &str,
     config: &std::sync::Arc<Config>,
 ) -> io::Result<(TcpcryptStream<TcpStream>, Report)> {
-    let tcp = TcpStream::connect(destination).await?;
-    let peer = tcp.peer_addr()?;
     let started = Instant::now();
-    let connector = TcpcryptConnector::new(config.clone());
-    let (stream, reason) = match connector.connect_with_peer(tcp, Some(peer)).await? {
-        Connected::Stream(s) => (s, None),
-        Connected::Reconnect(reason) => {
-            tracing::info!(%peer, %reason, "connecting again in plain TCP");
-            (TcpcryptStream::connect(peer, config).await?, Some(reason))
-        }
-    };
-    // After a reconnect, the first attempt's finding is the reason.
-    let fallback = reason.as_ref().or(stream.fallback_reason());
-    let report = Report::new(peer, stream.session(), fallback, started.elapsed());
+    let stream = TcpcryptStream::connect(destination, config).await?;
+    let peer = stream.peer_addr().ok_or(io::ErrorKind::NotConnected)?;
+    let report = Report::new(
+        peer,
+        stream.session(),
+        stream.fallback_reason(),
+        started.elapsed(),
+    );
     Ok((stream, report))
 }
 

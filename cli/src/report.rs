@@ -27,7 +27,9 @@ pub struct Report {
     pub session_id: Option<String>,
     /// Whether the session was resumed from an earlier one.
     pub resumed: bool,
-    /// From the first byte sent or received to the end of negotiation.
+    /// From the start of the connection (connect or accept) to the end of
+    /// negotiation; `check` counts from its first byte instead, beside
+    /// `connect_ms`.
     pub handshake_ms: f64,
     /// Why the connection is not encrypted.
     pub reason: Option<String>,

@@ -24,17 +24,12 @@ fn dir() -> PathBuf {
     PathBuf::from(format!("/tmp/tcpcrypt-{uid}"))
 }
 
-/// A field of one of the shim's one-line JSON records.
-fn field<'a>(record: &'a str, name: &str) -> &'a str {
-    let key = format!("\"{name}\":");
-    let Some(start) = record.find(&key).map(|i| i + key.len()) else {
-        return "";
-    };
-    let rest = &record[start..];
-    if let Some(s) = rest.strip_prefix('"') {
-        s.split('"').next().unwrap_or("")
-    } else {
-        rest.split([',', '}']).next().unwrap_or("")
+/// A field of one of the shim's JSON records, as text ("" if absent).
+fn field(record: &serde_json::Value, name: &str) -> String {
+    match &record[name] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 
@@ -47,21 +42,24 @@ pub fn status(args: Args) -> i32 {
             if path.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(&path) else {
+            let Some(record) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            else {
                 continue;
             };
-            let pid = field(&text, "pid");
+            let pid = field(&record, "pid");
             // A process that died without cleaning up leaves stale entries.
             if !PathBuf::from(format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            records.push(text.trim().to_string());
+            records.push(record);
         }
     }
-    records.sort();
+    records.sort_by_key(|r| (field(r, "pid"), field(r, "peer")));
     if args.json {
-        println!("[{}]", records.join(","));
+        println!("{}", serde_json::Value::Array(records));
         return 0;
     }
     if records.is_empty() {
@@ -73,23 +71,31 @@ pub fn status(args: Args) -> i32 {
         "PID", "PROGRAM", "PEER", "ROLE", "TEP", "AEAD"
     );
     for r in &records {
-        let encrypted = field(r, "encrypted") == "true";
-        let tep = field(r, "tep")
-            .parse::<u8>()
+        let encrypted = r["encrypted"] == true;
+        let tep = r["tep"]
+            .as_u64()
             .map(|t| format!("0x{t:02x}"))
-            .unwrap_or_else(|_| "-".into());
+            .unwrap_or_else(|| "-".into());
         println!(
             "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {}",
             field(r, "pid"),
             field(r, "program"),
             field(r, "peer"),
-            if encrypted { field(r, "role") } else { "-" },
-            if encrypted { tep.as_str() } else { "-" },
-            if encrypted { field(r, "aead") } else { "plain" },
+            if encrypted {
+                field(r, "role")
+            } else {
+                "-".into()
+            },
+            if encrypted { tep } else { "-".into() },
+            if encrypted {
+                field(r, "aead")
+            } else {
+                "plain".into()
+            },
             if encrypted {
                 field(r, "session_id")
             } else {
-                "-"
+                "-".into()
             }
         );
     }

@@ -67,6 +67,13 @@ fn listen(args: &[&str]) -> (Running, BufReader<std::process::ChildStderr>, Sock
     (child, err, addr)
 }
 
+/// Everything a child's pipe gives until it closes.
+fn read_all(mut pipe: impl Read) -> String {
+    let mut text = String::new();
+    pipe.read_to_string(&mut text).unwrap();
+    text
+}
+
 /// Waits up to 20 s for the process to exit; its status code.
 fn wait(child: &mut Running) -> Option<i32> {
     for _ in 0..2000 {
@@ -173,22 +180,8 @@ fn connect_falls_back_to_a_plain_server_and_mandatory_refuses_it() {
         .unwrap()
         .write_all(b"plain hello")
         .unwrap();
-    let mut out = String::new();
-    client
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    client
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let out = read_all(client.0.stdout.take().unwrap());
+    let err = read_all(client.0.stderr.take().unwrap());
     assert_eq!(wait(&mut client), Some(0));
     assert_eq!(out, "plain reply");
     assert!(err.contains("plain TCP"), "{err}");
@@ -203,14 +196,7 @@ fn connect_falls_back_to_a_plain_server_and_mandatory_refuses_it() {
     let mut client = start(&["connect", "--mandatory", &addr.to_string()]);
     client.0.stdin.take().unwrap().write_all(b"secret").unwrap();
     assert_eq!(wait(&mut client), Some(1));
-    let mut err = String::new();
-    client
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = read_all(client.0.stderr.take().unwrap());
     assert!(err.contains("mandatory"), "{err}");
     let sent = received.recv_timeout(Duration::from_secs(20)).unwrap();
     assert!(
@@ -259,14 +245,7 @@ fn listen_mandatory_turns_plain_clients_away_and_serves_the_next_tcpcrypt_one() 
     assert_eq!(wait(&mut client), Some(0));
     assert_eq!(next_json(&mut err)["encrypted"], true);
     assert_eq!(wait(&mut server), Some(0));
-    let mut out = String::new();
-    server
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = read_all(server.0.stdout.take().unwrap());
     assert_eq!(out, "hi");
 }
 

@@ -173,6 +173,24 @@ fn python_server(dir: &std::path::Path, shimmed: bool) -> Py {
     Py(child, port)
 }
 
+/// A shimmed Python server: `script` listens on a port of its choosing and
+/// prints it first. The shim waits long for client hellos (every client
+/// here speaks tcpcrypt or speaks first).
+fn shimmed_python_server(script: &str) -> Py {
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .env("LD_PRELOAD", shim())
+        .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    Py(child, port.trim().parse().unwrap())
+}
+
 fn body(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -1035,10 +1053,8 @@ fn small_writes_are_not_held_back_by_the_relay() {
     // relay's sockets the second write waits for a delayed ACK (40 ms)
     // every time. Both ends shimmed, both set TCP_NODELAY as interactive
     // programs do.
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            r#"
+    let server = shimmed_python_server(
+        r#"
 import socket
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
 print(l.getsockname()[1], flush=True)
@@ -1052,17 +1068,7 @@ while True:
     while len(buf) >= 2:
         buf = buf[2:]; c.sendall(b"ok")
 "#,
-        ])
-        .env("LD_PRELOAD", shim())
-        .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut port = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut port)
-        .unwrap();
-    let _server = Py(child, port.trim().parse().unwrap());
+    );
     let lines = python_shimmed(&format!(
         r#"
 import socket, time, ctypes
@@ -1078,7 +1084,7 @@ for _ in range(20): exchange()
 print((time.monotonic() - t) / 20 * 1000)
 print(ctypes.CDLL(None).tcpcrypt_is_encrypted(s.fileno()))
 "#,
-        port = port.trim()
+        port = server.1
     ));
     let per_exchange_ms: f64 = lines[0].parse().unwrap();
     assert_eq!(lines[1], "1", "encrypted end to end");
@@ -1228,10 +1234,8 @@ except OSError as e:
 fn a_reset_crosses_the_relay_as_a_reset() {
     // A shimmed server resets a plain client's connection mid-response:
     // the client must see the reset, not a clean end after a truncated body.
-    let server = Command::new("python3")
-        .args([
-            "-c",
-            r#"
+    let server = shimmed_python_server(
+        r#"
 import socket, struct
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
 print(l.getsockname()[1], flush=True)
@@ -1241,18 +1245,8 @@ c.sendall(b"partial")
 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 c.close()
 "#,
-        ])
-        .env("LD_PRELOAD", shim())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = server;
-    let mut port = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut port)
-        .unwrap();
-    let _server = Py(child, port.trim().parse().unwrap());
-    let mut s = TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().unwrap())).unwrap();
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", server.1)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut got = Vec::new();
