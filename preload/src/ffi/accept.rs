@@ -30,11 +30,10 @@ pub(super) fn intercept_accept(
     }
     // An accepted socket inherits the listening socket's options; the
     // one the application gets instead does too.
-    for setting in read_options(listener).into_iter().chain(read_option(
-        listener,
-        libc::IPPROTO_TCP,
-        libc::TCP_NODELAY,
-    )) {
+    for setting in changed_options(listener, family)
+        .into_iter()
+        .chain(read_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY))
+    {
         apply_option(app, &setting);
     }
     // SAFETY: `c` is a connected socket we own from here on.

@@ -91,7 +91,7 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     if dest == relay.listen_addr() {
         return None;
     }
-    let settings = read_options(fd);
+    let settings = changed_options(fd, family);
     let tcp = match start_real_connect(dest, &settings) {
         Ok(t) => t,
         Err(e) => {

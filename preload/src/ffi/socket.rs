@@ -83,9 +83,38 @@ pub(super) fn read_option(fd: c_int, level: c_int, name: c_int) -> Option<Settin
 }
 
 /// A socket's current values of the mirrored options.
-pub(super) fn read_options(fd: c_int) -> Vec<Setting> {
+fn read_options(fd: c_int) -> Vec<Setting> {
     MIRRORED
         .into_iter()
         .filter_map(|(level, name)| read_option(fd, level, name))
+        .collect()
+}
+
+/// The mirrored options of a new TCP socket of `family`, read once per
+/// process from a socket made for the purpose.
+fn fresh_options(family: c_int) -> &'static [Setting] {
+    static V4: OnceLock<Vec<Setting>> = OnceLock::new();
+    static V6: OnceLock<Vec<Setting>> = OnceLock::new();
+    let cell = if family == AF_INET6 { &V6 } else { &V4 };
+    cell.get_or_init(|| {
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Vec::new();
+        }
+        let options = read_options(fd);
+        unsafe { (real().close)(fd) };
+        options
+    })
+}
+
+/// The mirrored options of `fd` (a TCP socket of `family`) whose values
+/// differ from a new socket's: what the application changed, and all a
+/// new real socket needs. Copying only these saves a system call per
+/// option on every connection.
+pub(super) fn changed_options(fd: c_int, family: c_int) -> Vec<Setting> {
+    let fresh = fresh_options(family);
+    read_options(fd)
+        .into_iter()
+        .filter(|s| !fresh.contains(s))
         .collect()
 }
