@@ -5,7 +5,8 @@
 //! of small requests from one Python process, shimmed and not.
 //!
 //! `cargo bench -p tcpcrypt-preload --bench shim` (`SHIM_MIB` sets the
-//! download size, default 512).
+//! download size, default 512). The download is repeated in seven rounds
+//! that alternate the contenders; the figures are medians.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -158,6 +159,21 @@ print((rss() - before) / {n})
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+fn best(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let mib: usize = if bench {
@@ -185,11 +201,20 @@ fn main() {
         )
     });
     let bytes = (mib << 20) as f64;
-    let rounds = if bench { 3 } else { 1 };
-    let (mut shimmed, mut library, mut unencrypted) = (0f64, 0f64, 0f64);
-    for _ in 0..rounds {
-        shimmed = shimmed.max(bytes / curl(Some(&so), &format!("http://{encrypted}/")));
-        library = library.max(rt.block_on(async {
+    // Rounds alternate the three contenders, so that a noisy neighbour
+    // slows all of them alike; medians then discard the outliers.
+    let rounds = if bench { 7 } else { 1 };
+    let (mut shimmed, mut library, mut unencrypted) = (Vec::new(), Vec::new(), Vec::new());
+    // One more round first, not counted: it warms the servers, the
+    // loader and the page cache.
+    for round in 0..=rounds {
+        if round == 1 {
+            shimmed.clear();
+            library.clear();
+            unencrypted.clear();
+        }
+        shimmed.push(bytes / curl(Some(&so), &format!("http://{encrypted}/")));
+        library.push(rt.block_on(async {
             let start = Instant::now();
             let mut s = TcpcryptStream::connect(encrypted, &Arc::new(Config::default()))
                 .await
@@ -208,8 +233,9 @@ fn main() {
             assert!(n as f64 >= bytes);
             bytes / start.elapsed().as_secs_f64()
         }));
-        unencrypted = unencrypted.max(bytes / curl(None, &format!("http://{plain}/")));
+        unencrypted.push(bytes / curl(None, &format!("http://{plain}/")));
     }
+    let ratios: Vec<f64> = shimmed.iter().zip(&library).map(|(s, l)| s / l).collect();
     let n = if bench { 300 } else { 5 };
     let lat_shim = python_latency(Some(&so), small_enc.port(), n);
     let lat_plain = python_latency(None, small_plain.port(), n);
@@ -231,15 +257,26 @@ fn main() {
     let mem_shim = memory_per_connection(Some(&so), hold_enc.port(), held);
     let mem_plain = memory_per_connection(None, hold_plain.port(), held);
     println!(
-        "shim vs library vs no encryption, {mib} MiB download over loopback, best of {rounds}"
+        "shim vs library vs no encryption, {mib} MiB download over loopback, {rounds} alternating rounds"
     );
     println!(
-        "  shimmed curl {:>6.2} GB/s   library client {:>6.2} GB/s   plain curl {:>6.2} GB/s   shim/library {:.2}x (target >= 0.75x)   shim/plain {:.2}x",
-        shimmed / 1e9,
-        library / 1e9,
-        unencrypted / 1e9,
-        shimmed / library,
-        shimmed / unencrypted
+        "  median: shimmed curl {:>5.2} GB/s   library client {:>5.2} GB/s   plain curl {:>5.2} GB/s   shim/library {:.2}x (median of the rounds' ratios; target >= 0.75x)   shim/plain {:.2}x",
+        median(&shimmed) / 1e9,
+        median(&library) / 1e9,
+        median(&unencrypted) / 1e9,
+        median(&ratios),
+        median(&shimmed) / median(&unencrypted)
+    );
+    println!(
+        "  best:   shimmed curl {:>5.2} GB/s   library client {:>5.2} GB/s   plain curl {:>5.2} GB/s   rounds' shim/library ratios {}",
+        best(&shimmed) / 1e9,
+        best(&library) / 1e9,
+        best(&unencrypted) / 1e9,
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "  small request, connect to close: shimmed {:.0} us   unshimmed (plain server) {:.0} us   added {:.0} us   library client (tcpcrypt, no shim) {:.0} us",

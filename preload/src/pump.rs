@@ -10,8 +10,12 @@ use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-/// Bytes moved per read and write.
+/// Bytes moved per read and write, at first.
 const BUF_LEN: usize = 128 * 1024;
+/// The size a buffer doubles up to while reads keep filling it: a bulk
+/// transfer moves more per system call and wakes the application less
+/// often.
+const MAX_BUF_LEN: usize = 1024 * 1024;
 /// Buffers kept per thread for reuse.
 const SPARE: usize = 2;
 
@@ -29,6 +33,15 @@ impl Buffer {
             POOL.with(|p| p.borrow_mut().pop())
                 .unwrap_or_else(|| vec![0; BUF_LEN])
         })
+    }
+
+    /// Doubles the buffer (up to `MAX_BUF_LEN`) after a read filled it.
+    fn grow(&mut self) {
+        let buf = self.get();
+        if buf.len() < MAX_BUF_LEN {
+            let len = (2 * buf.len()).min(MAX_BUF_LEN);
+            buf.resize(len, 0);
+        }
     }
 
     fn release(&mut self) {
@@ -86,6 +99,9 @@ where
             return Ok(total);
         }
         to.write_all(&buf.get()[..n]).await?;
+        if n == buf.get().len() {
+            buf.grow();
+        }
         unflushed = true;
         total += n as u64;
     }
@@ -145,5 +161,42 @@ mod tests {
         assert_eq!(POOL.with(|p| p.borrow().len()), 1, "the buffer went back");
         drop(a);
         assert_eq!(copier.await.unwrap().unwrap(), 10);
+    }
+
+    /// A destination that takes everything and notes the size of each write.
+    struct Sizes(Vec<usize>);
+
+    impl AsyncWrite for Sizes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_that_keeps_filling_the_buffer_gets_larger_reads() {
+        let data = vec![7u8; 8 * MAX_BUF_LEN];
+        let mut sizes = Sizes(Vec::new());
+        let copied = pump(&data[..], &mut sizes).await.unwrap();
+        assert_eq!(copied, data.len() as u64);
+        assert_eq!(sizes.0[0], BUF_LEN);
+        assert_eq!(sizes.0.iter().max(), Some(&MAX_BUF_LEN));
+        assert_eq!(sizes.0.iter().sum::<usize>(), data.len());
     }
 }

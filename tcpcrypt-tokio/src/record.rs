@@ -16,6 +16,10 @@ use crate::proto::{Error as ProtoError, FrameOpener, FrameSealer};
 /// reader makes few `read` calls. Released whenever the connection goes
 /// idle.
 const RECV_BUF_LEN: usize = 4 * MAX_FRAME_LEN;
+/// The size a receive buffer doubles up to while reads keep filling it: a
+/// receiver that falls behind (a relay, a busy thread) then takes what has
+/// piled up in a few large reads and hands it on in large writes.
+const MAX_RECV_BUF_LEN: usize = 16 * MAX_FRAME_LEN;
 /// Bytes kept at the front of an empty send buffer so that the data of the
 /// first frame starts 16-byte aligned (copies into misaligned destinations
 /// can be several times slower).
@@ -37,7 +41,8 @@ thread_local! {
     static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A receive buffer of `RECV_BUF_LEN` bytes, reused when there is one.
+/// A receive buffer of at least `RECV_BUF_LEN` bytes, reused when there is
+/// one.
 fn take_buffer() -> Vec<u8> {
     SPARE
         .with(|s| s.borrow_mut().pop())
@@ -46,7 +51,7 @@ fn take_buffer() -> Vec<u8> {
 
 /// Keeps a receive buffer for reuse, up to `SPARE_BUFFERS` per thread.
 fn give_back(buf: Vec<u8>) {
-    if buf.len() == RECV_BUF_LEN {
+    if buf.len() >= RECV_BUF_LEN {
         SPARE.with(|s| {
             let mut spare = s.borrow_mut();
             if spare.len() < SPARE_BUFFERS {
@@ -192,6 +197,7 @@ impl RecvState {
             } else if self.buf.len() < RECV_BUF_LEN {
                 self.buf.resize(RECV_BUF_LEN, 0);
             }
+            let room = self.buf.len() - self.end;
             let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
             match Pin::new(&mut *io).poll_read(cx, &mut rb) {
                 Poll::Pending => {
@@ -213,6 +219,11 @@ impl RecvState {
                         return Poll::Ready(result.map_err(io::Error::from));
                     }
                     self.end += n;
+                    if n == room && self.buf.len() < MAX_RECV_BUF_LEN {
+                        // The socket had more: read more at a time.
+                        let len = (2 * self.buf.len()).min(MAX_RECV_BUF_LEN);
+                        self.buf.resize(len, 0);
+                    }
                 }
             }
         }
@@ -438,5 +449,31 @@ mod tests {
         assert_eq!(got, b"last words");
         let err = read_once(&mut recv, &mut near, 1 << 16).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_falls_behind_reads_more_at_a_time() {
+        let (mut sealer, opener) = keyed();
+        let mut wire = Vec::new();
+        let frames = 40;
+        for i in 0..frames {
+            sealer
+                .seal(&vec![i as u8; MAX_DATA], false, &mut wire)
+                .unwrap();
+        }
+        // Everything is there at once, as in a socket the reader let fill.
+        let mut io: &[u8] = &wire;
+        let mut recv = RecvState::new(opener, Vec::new());
+        let (mut received, mut largest) = (Vec::new(), 0);
+        while received.len() < frames * MAX_DATA {
+            let got = read_once(&mut recv, &mut io, 4 << 20).await.unwrap();
+            assert!(recv.buf.len() <= MAX_RECV_BUF_LEN);
+            largest = largest.max(got.len());
+            received.extend_from_slice(&got);
+        }
+        let expected: Vec<u8> = (0..frames).flat_map(|i| vec![i as u8; MAX_DATA]).collect();
+        assert!(received == expected, "the data, in order");
+        assert_eq!(largest, MAX_RECV_BUF_LEN / MAX_FRAME_LEN * MAX_DATA);
+        assert!(largest > RECV_BUF_LEN / MAX_FRAME_LEN * MAX_DATA);
     }
 }
