@@ -1,6 +1,8 @@
 //! Configuration from `TCPCRYPT_*` environment variables, read once.
 //!
-//! * `TCPCRYPT_POLICY`: `opportunistic` (default), `mandatory`, `off`.
+//! * `TCPCRYPT_POLICY`: `opportunistic` (default), `mandatory`, `off`, in
+//!   any case. Any other value is logged and taken as `mandatory`: the
+//!   safe reading of a typo.
 //! * `TCPCRYPT_EXCLUDE`: comma-separated destinations and listening ports
 //!   left alone: `ADDR`, `ADDR/PREFIX` (CIDR), `:PORT`.
 //! * `TCPCRYPT_INCLUDE`: the same syntax; when set, only the destinations
@@ -99,12 +101,16 @@ fn millis(name: &str) -> Option<Duration> {
 
 impl Settings {
     fn from_env() -> Settings {
-        let policy = match std::env::var("TCPCRYPT_POLICY").as_deref() {
-            Ok("mandatory") => Policy::Mandatory,
-            Ok("off") => Policy::Off,
-            _ => Policy::Opportunistic,
-        };
         let mut rejected = Vec::new();
+        let policy = match std::env::var("TCPCRYPT_POLICY") {
+            Err(_) => Policy::Opportunistic,
+            Ok(text) => parse_policy(&text).unwrap_or_else(|| {
+                // Whoever set it wanted something other than the default:
+                // the safe reading of a typo is the strict policy.
+                rejected.push(format!("TCPCRYPT_POLICY: {text} (taken as mandatory)"));
+                Policy::Mandatory
+            }),
+        };
         let mut rules = |name: &str| {
             let mut rules = Vec::new();
             for text in std::env::var(name).unwrap_or_default().split(',') {
@@ -143,11 +149,26 @@ impl Settings {
         b.build()
     }
 
+    /// Whether no application byte may travel unencrypted.
+    pub fn mandatory(&self) -> bool {
+        self.policy == Policy::Mandatory
+    }
+
     /// Whether a connection to or on `addr` is left alone.
     pub fn excluded(&self, addr: SocketAddr) -> bool {
         self.policy == Policy::Off
             || (!self.include.is_empty() && !self.include.iter().any(|r| r.matches(addr)))
             || self.exclude.iter().any(|r| r.matches(addr))
+    }
+}
+
+/// `opportunistic` (also an empty value), `mandatory` or `off`, in any case.
+fn parse_policy(text: &str) -> Option<Policy> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "opportunistic" => Some(Policy::Opportunistic),
+        "mandatory" => Some(Policy::Mandatory),
+        "off" => Some(Policy::Off),
+        _ => None,
     }
 }
 
@@ -228,6 +249,15 @@ mod tests {
         ] {
             assert_eq!(Rule::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn policies_parse_in_any_case_and_nothing_else_does() {
+        assert_eq!(parse_policy(" Mandatory "), Some(Policy::Mandatory));
+        assert_eq!(parse_policy("OFF"), Some(Policy::Off));
+        assert_eq!(parse_policy("opportunistic"), Some(Policy::Opportunistic));
+        assert_eq!(parse_policy(""), Some(Policy::Opportunistic));
+        assert_eq!(parse_policy("mandatroy"), None);
     }
 
     #[test]

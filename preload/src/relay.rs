@@ -80,7 +80,7 @@ impl Relay {
     fn start() -> io::Result<Relay> {
         env::init_logging();
         for rule in &env::settings().rejected {
-            tracing::warn!(rule, "ignoring a rule that does not parse");
+            tracing::warn!(setting = rule, "a setting that does not parse");
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -177,18 +177,26 @@ fn python_server(dir: &std::path::Path, shimmed: bool) -> Py {
 /// prints it first. The shim waits long for client hellos (every client
 /// here speaks tcpcrypt or speaks first).
 fn shimmed_python_server(script: &str) -> Py {
+    shimmed_python_server_with(script, &[]).0
+}
+
+/// `shimmed_python_server` with more environment, and the rest of what the
+/// script prints.
+fn shimmed_python_server_with(
+    script: &str,
+    env: &[(&str, &str)],
+) -> (Py, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     let mut child = Command::new("python3")
         .args(["-c", script])
         .env("LD_PRELOAD", shim())
         .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut port = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut port)
-        .unwrap();
-    Py(child, port.trim().parse().unwrap())
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    (Py(child, port), lines)
 }
 
 fn body(len: usize) -> Vec<u8> {
@@ -311,6 +319,11 @@ print(urllib.request.urlopen("http://127.0.0.1:{port}/").read().decode())
 
 /// Runs a Python script under the shim; returns its stdout lines.
 fn python_shimmed(script: &str) -> Vec<String> {
+    python_shimmed_with(script, &[])
+}
+
+/// `python_shimmed` with more environment.
+fn python_shimmed_with(script: &str, env: &[(&str, &str)]) -> Vec<String> {
     // Every server these scripts reach answers at once or speaks tcpcrypt:
     // a long wait for its hello keeps a loaded machine from taking a slow
     // tcpcrypt server for a legacy one.
@@ -318,6 +331,7 @@ fn python_shimmed(script: &str) -> Vec<String> {
         .args(["-c", script])
         .env("LD_PRELOAD", shim())
         .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "30000")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -635,6 +649,94 @@ fn mandatory_policy_fails_closed() {
         !wire.windows(9).any(|w| w == b"swordfish"),
         "no application byte in the clear"
     );
+}
+
+/// Connections the shim cannot carry (a socket bound to its own port; a
+/// relay that cannot start for want of descriptors) fail with EPERM under
+/// the mandatory policy, before any packet leaves, and go ahead
+/// unencrypted otherwise. A policy that does not parse counts as mandatory.
+#[test]
+fn mandatory_policy_refuses_what_the_shim_cannot_carry() {
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    let connections = Arc::new(Mutex::new(0usize));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for c in plain.incoming().flatten() {
+            *counted.lock().unwrap() += 1;
+            let mut c = c;
+            let _ = c.write_all(b"plain");
+        }
+    });
+    let script = format!(
+        r#"
+import resource, socket
+s = socket.socket()
+if "CASE" == "bound":
+    s.bind(("127.0.0.1", 0))
+else:
+    # The socket took the lowest free descriptor number: leave one more,
+    # too few for the relay's runtime.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (s.fileno() + 2, hard))
+try:
+    s.connect(("127.0.0.1", {port}))
+    print(s.recv(100).decode())
+except PermissionError:
+    print("EPERM")
+"#
+    );
+    let run = |case: &str, policy: &str| {
+        let script = script.replace("CASE", case);
+        python_shimmed_with(&script, &[("TCPCRYPT_POLICY", policy)]).join("\n")
+    };
+    for policy in ["mandatory", "mandatroy"] {
+        for case in ["bound", "no-relay"] {
+            assert_eq!(run(case, policy), "EPERM", "{case} under {policy}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        *connections.lock().unwrap(),
+        0,
+        "nothing reached the server"
+    );
+    for case in ["bound", "no-relay"] {
+        assert_eq!(run(case, "opportunistic"), "plain", "{case}");
+    }
+    assert_eq!(*connections.lock().unwrap(), 2);
+
+    // The accepting side: the client's connection is reset and the
+    // application never gets it.
+    let server = r#"
+import resource, socket
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (l.fileno() + 2, hard))
+print(l.getsockname()[1], flush=True)
+try:
+    c, _ = l.accept()
+    print("accepted", c.recv(100))
+except ConnectionAbortedError:
+    print("ECONNABORTED")
+"#;
+    let (mut child, mut lines) =
+        shimmed_python_server_with(server, &[("TCPCRYPT_POLICY", "mandatory")]);
+    let mut client = TcpStream::connect(("127.0.0.1", child.1)).unwrap();
+    let _ = client.write_all(b"secret");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let r = client.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    assert_eq!(lines.next().unwrap().unwrap(), "ECONNABORTED");
+    assert!(child.0.wait().unwrap().success());
 }
 
 #[test]

@@ -3,6 +3,33 @@
 
 use super::*;
 
+/// An accepted connection the shim cannot carry: under the mandatory
+/// policy it is reset and the caller gets -1 (`accept4` then fails with
+/// `ECONNABORTED`, as for a client that reset it); otherwise the
+/// application gets it unencrypted.
+pub(super) fn refuse_accepted_if_mandatory(c: c_int, why: &str) -> c_int {
+    if !crate::env::settings().mandatory() {
+        tracing::debug!(why, "accepted connection left unencrypted");
+        return c;
+    }
+    tracing::warn!(why, "accepted connection reset: the policy is mandatory");
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    unsafe {
+        (real().setsockopt)(
+            c,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const c_void,
+            size_of::<libc::linger>() as socklen_t,
+        );
+        (real().close)(c);
+    }
+    -1
+}
+
 /// `accept4` on a listening TCP socket the shim handles: the real
 /// connection goes to the relay and the application gets the other end of
 /// a fresh loopback connection instead. `Err(c)`: not ours, hand `c` out.
@@ -21,12 +48,19 @@ pub(super) fn intercept_accept(
     if crate::env::settings().excluded(canonical(local)) {
         return Err(c);
     }
-    let Ok(relay) = relay::get() else {
-        return Err(c);
+    let relay = match relay::get() {
+        Ok(relay) => relay,
+        Err(e) => {
+            let why = format!("the relay cannot start: {e}");
+            return Err(refuse_accepted_if_mandatory(c, &why));
+        }
     };
     let app = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if app < 0 {
-        return Err(c);
+        return Err(refuse_accepted_if_mandatory(
+            c,
+            "no descriptor for the application",
+        ));
     }
     // An accepted socket inherits the listening socket's options; the
     // one the application gets instead does too.

@@ -83,11 +83,15 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     if crate::env::settings().excluded(dest) || dest.ip().is_unspecified() || dest.port() == 0 {
         return None;
     }
-    // A socket the application bound itself keeps its own source address.
+    // A socket the application bound itself keeps its own source address,
+    // which the relay's real socket cannot share.
     if local_addr(fd).is_some_and(|a| a.port() != 0) {
-        return None;
+        return refuse_if_mandatory("the socket is bound to a port of its own");
     }
-    let relay = relay::get().ok()?;
+    let relay = match relay::get() {
+        Ok(relay) => relay,
+        Err(e) => return refuse_if_mandatory(&format!("the relay cannot start: {e}")),
+    };
     if dest == relay.listen_addr() {
         return None;
     }
@@ -141,6 +145,19 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             Some(-1)
         }
     }
+}
+
+/// A connection the shim cannot carry: under the mandatory policy `connect`
+/// fails with `EPERM`, as when a local firewall rule refuses it, and
+/// nothing is sent; otherwise it goes ahead unencrypted (`None`).
+pub(super) fn refuse_if_mandatory(why: &str) -> Option<c_int> {
+    if !crate::env::settings().mandatory() {
+        tracing::debug!(why, "connection left unencrypted");
+        return None;
+    }
+    tracing::warn!(why, "connection refused: the policy is mandatory");
+    set_errno(libc::EPERM);
+    Some(-1)
 }
 
 /// Starts the real connection to `dest` on a socket of the shim's own,

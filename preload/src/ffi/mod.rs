@@ -184,7 +184,11 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     };
     match catch_unwind(AssertUnwindSafe(|| intercept_connect(fd, dest))) {
         Ok(Some(r)) => r,
-        Ok(None) | Err(_) => unsafe { (real().connect)(fd, addr, len) },
+        Ok(None) => unsafe { (real().connect)(fd, addr, len) },
+        Err(_) => match refuse_if_mandatory("the shim failed") {
+            Some(r) => r,
+            None => unsafe { (real().connect)(fd, addr, len) },
+        },
     }
 }
 
@@ -219,7 +223,7 @@ pub unsafe extern "C" fn accept4(
         Some(p) => match catch_unwind(AssertUnwindSafe(|| intercept_accept(fd, c, p, flags))) {
             Ok(Ok(app)) => app,
             Ok(Err(c)) => c,
-            Err(_) => c,
+            Err(_) => refuse_accepted_if_mandatory(c, "the shim failed"),
         },
         None => c,
     };
