@@ -13,6 +13,7 @@
 
 mod env;
 mod ffi;
+mod fork;
 mod options;
 mod pump;
 mod registry;

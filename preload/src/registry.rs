@@ -49,10 +49,15 @@ fn table() -> &'static Mutex<HashMap<i32, Entry>> {
     TABLE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Holds the table's lock across a `fork` (`crate::fork`).
+pub(crate) fn hold_for_fork() -> std::sync::MutexGuard<'static, impl Sized> {
+    table().lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The table, if it can be had without blocking for long. A hook can run
-/// in a signal handler that interrupted the lock's holder, or in a child
-/// forked while another thread held it: it then goes without the table
-/// rather than wait forever.
+/// in a signal handler that interrupted the lock's holder: it then goes
+/// without the table rather than wait forever. (`fork` is handled by
+/// `crate::fork`.)
 fn lock() -> Option<std::sync::MutexGuard<'static, HashMap<i32, Entry>>> {
     for _ in 0..1000 {
         match table().try_lock() {

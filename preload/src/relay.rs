@@ -125,10 +125,13 @@ impl Relay {
     }
 }
 
+/// The relay of the process that made it.
+static CURRENT: Mutex<Option<&'static Relay>> = Mutex::new(None);
+
 /// The relay of this process. After `fork` the child gets its own: the
 /// parent's runtime threads do not exist there.
 pub(crate) fn get() -> io::Result<&'static Relay> {
-    static CURRENT: Mutex<Option<&'static Relay>> = Mutex::new(None);
+    crate::ffi::install_fork_handlers();
     let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
     match *current {
         Some(r) if r.pid == std::process::id() => Ok(r),
@@ -140,6 +143,11 @@ pub(crate) fn get() -> io::Result<&'static Relay> {
             Ok(relay)
         }
     }
+}
+
+/// Holds the relay's lock across a `fork` (`crate::fork`).
+pub(crate) fn hold_for_fork() -> std::sync::MutexGuard<'static, Option<&'static Relay>> {
+    CURRENT.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn accept_loop(

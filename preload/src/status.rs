@@ -117,12 +117,19 @@ impl Queue {
     }
 }
 
+/// The queue of the process that made it, with that process's pid.
+type Current = Option<(u32, Arc<(Mutex<Queue>, Condvar)>)>;
+static CURRENT: Mutex<Current> = Mutex::new(None);
+
+/// Holds the queue's lock across a `fork` (`crate::fork`).
+pub(crate) fn hold_for_fork() -> std::sync::MutexGuard<'static, impl Sized> {
+    CURRENT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The queue of this process and its status thread's wakeup, or `None` if
 /// the thread could not start (the listing is best effort). After `fork`
 /// the child starts its own.
 fn queue() -> Option<Arc<(Mutex<Queue>, Condvar)>> {
-    type Current = Option<(u32, Arc<(Mutex<Queue>, Condvar)>)>;
-    static CURRENT: Mutex<Current> = Mutex::new(None);
     let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
     let pid = std::process::id();
     if let Some((owner, q)) = &*current

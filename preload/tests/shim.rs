@@ -443,6 +443,56 @@ print("threads", sum(1 for r in results if r == b"ok"))
     );
 }
 
+/// `fork` while other threads are busy connecting: the shim's
+/// process-wide locks are taken across `fork`, so a child never starts
+/// with one held by a thread it does not have (its first connection would
+/// hang).
+#[test]
+fn fork_while_other_threads_connect() {
+    let (server, _) = tcpcrypt_http(b"ok".to_vec());
+    let lines = python_shimmed(&format!(
+        r#"
+import os, socket, threading, time
+# Python's own codec import lock must not be held by a thread at fork.
+"warm".encode("idna")
+def get():
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    while s.recv(65536): pass
+    s.close()
+stop = False
+def churn():
+    while not stop:
+        get()
+threads = [threading.Thread(target=churn) for _ in range(2)]
+for t in threads: t.start()
+hung = failed = 0
+for _ in range(150):
+    pid = os.fork()
+    if pid == 0:
+        get()
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            failed += os.waitstatus_to_exitcode(status) != 0
+            break
+        if time.monotonic() > deadline:
+            hung += 1
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.002)
+stop = True
+for t in threads: t.join()
+print("hung", hung, "failed", failed)
+"#,
+        port = server.port()
+    ));
+    assert_eq!(lines, ["hung 0 failed 0"]);
+}
+
 /// nginx under the shim (epoll, edge-triggered; `accept4` non-blocking;
 /// `sendfile`; a master process that forks its worker), serving 100 MB to
 /// shimmed and plain curl.

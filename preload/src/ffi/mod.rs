@@ -149,6 +149,21 @@ unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
     }
 }
 
+/// Registers `crate::fork`'s handlers with `pthread_atfork`, once: a child
+/// inherits them with the rest of the process.
+pub(crate) fn install_fork_handlers() {
+    extern "C" fn prepare() {
+        let _ = catch_unwind(crate::fork::before);
+    }
+    extern "C" fn after() {
+        let _ = catch_unwind(crate::fork::after);
+    }
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| unsafe {
+        libc::pthread_atfork(Some(prepare), Some(after), Some(after));
+    });
+}
+
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
     REAL.get_or_init(|| unsafe {
