@@ -13,20 +13,11 @@ pub(super) fn refuse_accepted_if_mandatory(c: c_int, why: &str) -> c_int {
         return c;
     }
     tracing::warn!(why, "accepted connection reset: the policy is mandatory");
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    unsafe {
-        (real().setsockopt)(
-            c,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const c_void,
-            size_of::<libc::linger>() as socklen_t,
-        );
-        (real().close)(c);
-    }
+    // SAFETY: `c` is a connected socket the caller hands over.
+    let tcp = unsafe { std::net::TcpStream::from_raw_fd(c) };
+    // Closed with a zero linger time: a reset.
+    let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+    drop(tcp);
     -1
 }
 
