@@ -3,7 +3,9 @@
 //! half owns its buffer and key state, so the two directions never share a
 //! lock.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -20,6 +22,9 @@ const RECV_BUF_LEN: usize = 4 * MAX_FRAME_LEN;
 /// receiver that falls behind (a relay, a busy thread) then takes what has
 /// piled up in a few large reads and hands it on in large writes.
 const MAX_RECV_BUF_LEN: usize = 16 * MAX_FRAME_LEN;
+/// Most frames opened ahead of the reader: more than a full receive
+/// buffer of full-size frames, and what one vectored write takes at most.
+pub(crate) const MAX_READY_FRAMES: usize = 32;
 /// Bytes kept at the front of an empty send buffer so that the data of the
 /// first frame starts 16-byte aligned (copies into misaligned destinations
 /// can be several times slower).
@@ -69,43 +74,108 @@ fn frame_data_len(len: usize) -> usize {
     len.div_ceil(frames)
 }
 
-/// Bytes of a plain stream read before the application asked for them
-/// (what the handshake saw before deciding the peer is plain): delivered
-/// first, then freed.
-pub(crate) struct Prefix {
+/// The receiving direction of a plain stream: bytes read before the
+/// application asked for them (what the handshake saw before deciding the
+/// peer is plain, or what a buffered read brought), delivered first.
+pub(crate) struct PlainRecv {
     bytes: Vec<u8>,
-    pos: usize,
+    /// Undelivered bytes: `bytes[start..end]`.
+    start: usize,
+    end: usize,
 }
 
-impl Prefix {
+impl PlainRecv {
     pub(crate) fn new(bytes: Vec<u8>) -> Self {
-        Prefix { bytes, pos: 0 }
+        let end = bytes.len();
+        PlainRecv {
+            bytes,
+            start: 0,
+            end,
+        }
     }
 
     /// Copies pending bytes into `out`; `false` once there are none.
     pub(crate) fn fill(&mut self, out: &mut ReadBuf<'_>) -> bool {
-        if self.pos == self.bytes.len() {
+        if self.start == self.end {
             return false;
         }
-        let n = (self.bytes.len() - self.pos).min(out.remaining());
-        out.put_slice(&self.bytes[self.pos..self.pos + n]);
-        self.pos += n;
-        if self.pos == self.bytes.len() {
-            *self = Prefix::new(Vec::new());
-        }
+        let n = (self.end - self.start).min(out.remaining());
+        out.put_slice(&self.bytes[self.start..self.start + n]);
+        self.consume(n);
         true
+    }
+
+    /// Makes bytes pending, with one read of `io` if there are none;
+    /// none pending afterwards means end of stream.
+    pub(crate) fn poll_fill<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.start < self.end {
+            return Poll::Ready(Ok(()));
+        }
+        if self.bytes.len() < RECV_BUF_LEN {
+            self.bytes = take_buffer();
+        }
+        let mut rb = ReadBuf::new(&mut self.bytes);
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Pending => {
+                // Nothing pending: hold no buffer while waiting.
+                give_back(std::mem::take(&mut self.bytes));
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    give_back(std::mem::take(&mut self.bytes));
+                }
+                (self.start, self.end) = (0, n);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    /// The bytes not yet delivered.
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
+    /// The pending bytes as one slice in `bufs`; returns how many slices
+    /// that is.
+    pub(crate) fn ready_slices<'a>(&'a self, bufs: &mut [IoSlice<'a>]) -> usize {
+        match bufs.first_mut() {
+            Some(slot) if self.start < self.end => {
+                *slot = IoSlice::new(self.pending());
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    /// Marks `n` pending bytes as read.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n.min(self.end - self.start);
+        if self.start == self.end {
+            // All delivered: keep the buffer for the next reader on this
+            // thread (the handshake's bytes are simply freed).
+            give_back(std::mem::take(&mut self.bytes));
+            (self.start, self.end) = (0, 0);
+        }
     }
 }
 
-/// The receiving direction.
+/// The receiving direction of an encrypted stream.
 pub(crate) struct RecvState {
     opener: FrameOpener,
     buf: Vec<u8>,
-    /// Unprocessed bytes: `buf[start..end]`.
+    /// Bytes not yet opened: `buf[start..end]`.
     start: usize,
     end: usize,
-    /// Decrypted application data waiting for the reader.
-    data: std::ops::Range<usize>,
+    /// Opened application data waiting for the reader, frame by frame:
+    /// ranges of `buf`, none empty, at most `MAX_READY_FRAMES`.
+    ready: VecDeque<Range<usize>>,
     fin: bool,
 }
 
@@ -124,7 +194,7 @@ impl RecvState {
             buf: leftover,
             start: 0,
             end,
-            data: 0..0,
+            ready: VecDeque::new(),
             fin: false,
         }
     }
@@ -133,58 +203,58 @@ impl RecvState {
         &self.opener
     }
 
-    /// Reads application data into `out`: every complete frame already
-    /// received, as far as `out` has room (so that a relay writes large
-    /// chunks), and otherwise what one read brings. `on_event` hears of
-    /// peer rekeys. A protocol error is returned as an I/O error, after
+    /// Opens the complete frames already received, up to
+    /// `MAX_READY_FRAMES` waiting. An error after some data is left for the
+    /// next call: the opener repeats it.
+    fn open_received(&mut self, on_event: &mut dyn FnMut(RecvEvent)) -> io::Result<()> {
+        while !self.fin && self.start < self.end && self.ready.len() < MAX_READY_FRAMES {
+            match self
+                .opener
+                .open_in_place(&mut self.buf[self.start..self.end])
+            {
+                Ok(Some(f)) => {
+                    if !f.data.is_empty() {
+                        self.ready
+                            .push_back(self.start + f.data.start..self.start + f.data.end);
+                    }
+                    self.start += f.frame_len;
+                    self.fin = f.fin;
+                    if f.rekeyed {
+                        on_event(RecvEvent::PeerRekeyed(self.opener.generation()));
+                    }
+                }
+                Ok(None) => break,
+                Err(_) if !self.ready.is_empty() => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes application data ready, reading `io` only when no complete
+    /// frame is at hand. Ready with nothing ready means end of stream (after
+    /// the FINp frame). A protocol error is returned as an I/O error, after
     /// the data that came before it, and repeats forever.
-    pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
+    pub(crate) fn poll_fill<IO: AsyncRead + Unpin>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
         on_event: &mut dyn FnMut(RecvEvent),
     ) -> Poll<io::Result<()>> {
-        let mut delivered = false;
         loop {
-            if !self.data.is_empty() {
-                let n = self.data.len().min(out.remaining());
-                out.put_slice(&self.buf[self.data.start..self.data.start + n]);
-                self.data.start += n;
-                delivered = true;
-                if out.remaining() == 0 {
-                    return Poll::Ready(Ok(()));
-                }
+            if !self.ready.is_empty() {
+                return Poll::Ready(Ok(()));
             }
             if self.fin {
                 // Nothing may follow the FINp frame (docs/PROTOCOL.md 5).
-                if self.start < self.end && !delivered {
+                if self.start < self.end {
                     return Poll::Ready(Err(ProtoError::DataAfterFin.into()));
                 }
                 return Poll::Ready(Ok(()));
             }
-            if self.start < self.end {
-                match self
-                    .opener
-                    .open_in_place(&mut self.buf[self.start..self.end])
-                {
-                    Ok(Some(f)) => {
-                        self.data = self.start + f.data.start..self.start + f.data.end;
-                        self.start += f.frame_len;
-                        self.fin = f.fin;
-                        if f.rekeyed {
-                            on_event(RecvEvent::PeerRekeyed(self.opener.generation()));
-                        }
-                        continue;
-                    }
-                    Ok(None) => {}
-                    // The error is sticky: the next call reports it.
-                    Err(_) if delivered => return Poll::Ready(Ok(())),
-                    Err(e) => return Poll::Ready(Err(e.into())),
-                }
-            }
-            if delivered {
-                return Poll::Ready(Ok(()));
+            self.open_received(on_event)?;
+            if !self.ready.is_empty() || self.fin {
+                continue;
             }
             // Need more bytes: move the partial frame to the front.
             if self.start > 0 {
@@ -225,6 +295,70 @@ impl RecvState {
                         self.buf.resize(len, 0);
                     }
                 }
+            }
+        }
+    }
+
+    /// The ready data as slices of the receive buffer, in order, as many
+    /// as `bufs` holds; returns how many.
+    pub(crate) fn ready_slices<'a>(&'a self, bufs: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, range) in bufs.iter_mut().zip(&self.ready) {
+            *slot = IoSlice::new(&self.buf[range.clone()]);
+            n += 1;
+        }
+        n
+    }
+
+    /// The first ready slice, empty when none is.
+    pub(crate) fn first_ready(&self) -> &[u8] {
+        self.ready.front().map_or(&[], |r| &self.buf[r.clone()])
+    }
+
+    /// Marks `n` ready bytes as read.
+    pub(crate) fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(range) = self.ready.front_mut() else {
+                return;
+            };
+            let k = n.min(range.len());
+            range.start += k;
+            n -= k;
+            if range.start == range.end {
+                self.ready.pop_front();
+            }
+        }
+    }
+
+    /// Reads application data into `out`: every complete frame already
+    /// received, as far as `out` has room (so that a relay writes large
+    /// chunks), and otherwise what one read brings. `on_event` hears of
+    /// peer rekeys. A protocol error is returned as an I/O error, after
+    /// the data that came before it, and repeats forever.
+    pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+        on_event: &mut dyn FnMut(RecvEvent),
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_fill(io, cx, on_event))?;
+        loop {
+            while out.remaining() > 0 {
+                let Some(range) = self.ready.front() else {
+                    break;
+                };
+                let n = range.len().min(out.remaining());
+                out.put_slice(&self.buf[range.start..range.start + n]);
+                self.consume(n);
+            }
+            if out.remaining() == 0 || self.ready.is_empty() && self.fin {
+                return Poll::Ready(Ok(()));
+            }
+            // Room left: open what else has arrived, without reading; an
+            // error waits for the next call.
+            if self.open_received(on_event).is_err() || self.ready.is_empty() {
+                return Poll::Ready(Ok(()));
             }
         }
     }
@@ -475,5 +609,120 @@ mod tests {
         assert!(received == expected, "the data, in order");
         assert_eq!(largest, MAX_RECV_BUF_LEN / MAX_FRAME_LEN * MAX_DATA);
         assert!(largest > RECV_BUF_LEN / MAX_FRAME_LEN * MAX_DATA);
+    }
+
+    /// One `poll_fill`, then the ready slices (at most `slots`), copied out.
+    async fn fill_once<IO: AsyncRead + Unpin>(
+        recv: &mut RecvState,
+        io: &mut IO,
+        slots: usize,
+    ) -> io::Result<Vec<Vec<u8>>> {
+        std::future::poll_fn(|cx| recv.poll_fill(io, cx, &mut |_| {})).await?;
+        let mut bufs = vec![IoSlice::new(&[]); slots];
+        let n = recv.ready_slices(&mut bufs);
+        let within = recv.buf.as_ptr_range();
+        for b in &bufs[..n] {
+            assert!(!b.is_empty(), "no empty slice is lent");
+            assert!(
+                within.contains(&b.as_ptr()),
+                "lent in place, from the receive buffer"
+            );
+        }
+        Ok(bufs[..n].iter().map(|b| b.to_vec()).collect())
+    }
+
+    #[tokio::test]
+    async fn ready_frames_are_lent_in_place_one_slice_each_and_consumed_across_them() {
+        let (mut sealer, opener) = keyed();
+        let mut wire = Vec::new();
+        sealer.seal(&[1; 1000], false, &mut wire).unwrap();
+        sealer.seal(&[], false, &mut wire).unwrap();
+        sealer.seal(&[2; 2000], false, &mut wire).unwrap();
+        sealer.seal(&[3; 3000], true, &mut wire).unwrap();
+        let mut io: &[u8] = &wire;
+        let mut recv = RecvState::new(opener, Vec::new());
+        let lent = fill_once(&mut recv, &mut io, 8).await.unwrap();
+        assert_eq!(lent, [vec![1; 1000], vec![2; 2000], vec![3; 3000]]);
+        // Fewer slots than frames: the first ones, in order.
+        assert_eq!(
+            fill_once(&mut recv, &mut io, 1).await.unwrap(),
+            [vec![1; 1000]]
+        );
+        assert_eq!(recv.first_ready(), &[1; 1000][..]);
+        // A consume that ends inside the second frame.
+        recv.consume(1500);
+        let lent = fill_once(&mut recv, &mut io, 8).await.unwrap();
+        assert_eq!(lent, [vec![2; 1500], vec![3; 3000]]);
+        recv.consume(4500);
+        // Then the end of the stream, after the FINp frame.
+        assert!(fill_once(&mut recv, &mut io, 8).await.unwrap().is_empty());
+        assert!(recv.first_ready().is_empty());
+    }
+
+    #[tokio::test]
+    async fn at_most_max_ready_frames_are_opened_ahead() {
+        let (mut sealer, opener) = keyed();
+        let mut wire = Vec::new();
+        let frames = 3 * MAX_READY_FRAMES + 5;
+        for i in 0..frames {
+            sealer.seal(&[i as u8], i + 1 == frames, &mut wire).unwrap();
+        }
+        let mut io: &[u8] = &wire;
+        let mut recv = RecvState::new(opener, Vec::new());
+        let mut received = Vec::new();
+        loop {
+            let lent = fill_once(&mut recv, &mut io, 4 * MAX_READY_FRAMES)
+                .await
+                .unwrap();
+            if lent.is_empty() {
+                break;
+            }
+            assert!(lent.len() <= MAX_READY_FRAMES);
+            recv.consume(lent.len());
+            received.extend(lent.concat());
+        }
+        let expected: Vec<u8> = (0..frames).map(|i| i as u8).collect();
+        assert_eq!(received, expected);
+    }
+
+    #[tokio::test]
+    async fn a_tampered_frame_is_reported_after_the_frames_lent_before_it() {
+        let (mut sealer, opener) = keyed();
+        let mut wire = Vec::new();
+        sealer.seal(b"first", false, &mut wire).unwrap();
+        sealer.seal(b"second", false, &mut wire).unwrap();
+        let third = wire.len();
+        sealer.seal(b"third", false, &mut wire).unwrap();
+        wire[third + 6] ^= 1;
+        let mut io: &[u8] = &wire;
+        let mut recv = RecvState::new(opener, Vec::new());
+        let lent = fill_once(&mut recv, &mut io, 8).await.unwrap();
+        assert_eq!(lent, [b"first".to_vec(), b"second".to_vec()]);
+        recv.consume(11);
+        let err = fill_once(&mut recv, &mut io, 8).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_plain_receiver_delivers_the_handshake_bytes_then_reads() {
+        let mut recv = PlainRecv::new(b"seen by the handshake ".to_vec());
+        let mut io: &[u8] = b"then read";
+        let mut got = Vec::new();
+        loop {
+            std::future::poll_fn(|cx| recv.poll_fill(&mut io, cx))
+                .await
+                .unwrap();
+            let mut bufs = [IoSlice::new(&[]); 4];
+            let n = recv.ready_slices(&mut bufs);
+            if n == 0 {
+                break;
+            }
+            assert_eq!(n, 1);
+            // Half at a time.
+            let take = bufs[0].len().div_ceil(2);
+            got.extend_from_slice(&bufs[0][..take]);
+            recv.consume(take);
+        }
+        assert_eq!(got, b"seen by the handshake then read");
     }
 }

@@ -3,19 +3,19 @@
 //! only thing they share is the peer's key generation, an atomic, so that
 //! the write half can answer a peer's rekey.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::error::FallbackReason;
 use crate::proto::SessionInfo;
-use crate::record::{Prefix, RecvEvent, RecvState, SendState};
+use crate::record::{PlainRecv, RecvEvent, RecvState, SendState};
 use crate::stream::{Mode, TcpcryptStream};
 
 /// The read half of a split [`TcpcryptStream`].
@@ -27,7 +27,7 @@ pub struct ReadHalf {
 }
 
 enum ReadInner {
-    Plain(Prefix),
+    Plain(PlainRecv),
     Encrypted(Box<RecvState>),
 }
 
@@ -129,6 +129,35 @@ impl WriteHalf {
     }
 }
 
+impl ReadHalf {
+    /// Lends the data ready to read without copying it; see
+    /// [`TcpcryptStream::poll_fill_bufs`].
+    pub fn poll_fill_bufs<'a>(
+        &'a mut self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSlice<'a>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_fill(cx))?;
+        Poll::Ready(Ok(match &self.inner {
+            ReadInner::Plain(prefix) => prefix.ready_slices(bufs),
+            ReadInner::Encrypted(recv) => recv.ready_slices(bufs),
+        }))
+    }
+
+    /// Makes data ready to read; none ready afterwards means end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            ReadInner::Plain(prefix) => prefix.poll_fill(&mut self.io, cx),
+            ReadInner::Encrypted(recv) => {
+                let generation = &self.peer_generation;
+                recv.poll_fill(&mut self.io, cx, &mut |ev| match ev {
+                    RecvEvent::PeerRekeyed(g) => generation.store(g, Ordering::Release),
+                })
+            }
+        }
+    }
+}
+
 impl AsyncRead for ReadHalf {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -149,6 +178,25 @@ impl AsyncRead for ReadHalf {
                     RecvEvent::PeerRekeyed(g) => generation.store(g, Ordering::Release),
                 })
             }
+        }
+    }
+}
+
+/// Reading without a copy; see [`TcpcryptStream`]'s implementation.
+impl AsyncBufRead for ReadHalf {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        ready!(this.poll_fill(cx))?;
+        Poll::Ready(Ok(match &this.inner {
+            ReadInner::Plain(prefix) => prefix.pending(),
+            ReadInner::Encrypted(recv) => recv.first_ready(),
+        }))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        match &mut self.get_mut().inner {
+            ReadInner::Plain(prefix) => prefix.consume(amt),
+            ReadInner::Encrypted(recv) => recv.consume(amt),
         }
     }
 }

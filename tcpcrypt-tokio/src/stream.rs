@@ -1,18 +1,18 @@
 //! `TcpcryptStream`: an encrypted (or, by policy, plain) byte stream with
 //! `AsyncRead + AsyncWrite`, used like `tokio_rustls`'s `TlsStream`.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::FallbackReason;
 use crate::proto::{Session, SessionId, SessionInfo};
-use crate::record::{Prefix, RecvEvent, RecvState, SendState};
+use crate::record::{PlainRecv, RecvEvent, RecvState, SendState};
 
 /// What to do with the transport when a protocol error aborts the
 /// connection (RFC 8548 3.3: ABORT, i.e. RST). Set for TCP sockets.
@@ -51,7 +51,7 @@ pub struct TcpcryptStream<IO = TcpStream> {
 
 pub(crate) enum Mode {
     Plain {
-        prefix: Prefix,
+        prefix: PlainRecv,
         reason: FallbackReason,
     },
     Encrypted(Box<Encrypted>),
@@ -92,7 +92,7 @@ impl<IO> TcpcryptStream<IO> {
         TcpcryptStream {
             io,
             mode: Mode::Plain {
-                prefix: Prefix::new(prefix),
+                prefix: PlainRecv::new(prefix),
                 reason,
             },
             abort: None,
@@ -215,6 +215,97 @@ pub(crate) fn abort_tcp(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
+    /// Lends the data ready to read without copying it out of the receive
+    /// buffer: the decrypted frames, in place, one slice each, as many as
+    /// `bufs` holds. Returns how many slices were filled, `0` at end of
+    /// stream; follow with [`consume`](AsyncBufRead::consume) of the bytes
+    /// used. A relay hands the slices to a vectored write (`writev`) and so
+    /// copies nothing in user space. Errors are those of `poll_read`.
+    ///
+    /// ```no_run
+    /// use std::future::poll_fn;
+    /// use std::io::IoSlice;
+    /// use std::pin::Pin;
+    /// use tokio::io::{AsyncBufRead, AsyncWrite};
+    /// use tcpcrypt_tokio::TcpcryptStream;
+    ///
+    /// /// Moves one batch of decrypted data to `out`; `0` at end of stream.
+    /// async fn forward(
+    ///     stream: &mut TcpcryptStream,
+    ///     out: &mut tokio::net::TcpStream,
+    /// ) -> std::io::Result<usize> {
+    ///     let n = poll_fn(|cx| {
+    ///         let mut bufs = [IoSlice::new(&[]); 16];
+    ///         let k = std::task::ready!(stream.poll_fill_bufs(cx, &mut bufs))?;
+    ///         if k == 0 {
+    ///             return std::task::Poll::Ready(Ok(0));
+    ///         }
+    ///         Pin::new(&mut *out).poll_write_vectored(cx, &bufs[..k])
+    ///     })
+    ///     .await?;
+    ///     Pin::new(stream).consume(n);
+    ///     Ok(n)
+    /// }
+    /// ```
+    pub fn poll_fill_bufs<'a>(
+        &'a mut self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSlice<'a>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_fill(cx))?;
+        Poll::Ready(Ok(match &self.mode {
+            Mode::Plain { prefix, .. } => prefix.ready_slices(bufs),
+            Mode::Encrypted(e) => e.recv.ready_slices(bufs),
+        }))
+    }
+
+    /// Makes data ready to read; none ready afterwards means end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_recv(cx, |recv, io, cx, on_event| {
+            recv.poll_fill(io, cx, on_event)
+        })
+    }
+
+    /// Runs `op` on the receiving side of an encrypted stream; answers the
+    /// peer's rekey at once (RFC 8548 3.8) and aborts the connection on a
+    /// protocol error. A plain stream reads into its own buffer.
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(
+            &mut RecvState,
+            &mut IO,
+            &mut Context<'_>,
+            &mut dyn FnMut(RecvEvent),
+        ) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        let e = match &mut self.mode {
+            Mode::Plain { prefix, .. } => return prefix.poll_fill(&mut self.io, cx),
+            Mode::Encrypted(e) => e,
+        };
+        let Encrypted { recv, send, .. } = &mut **e;
+        let mut rekeyed = false;
+        let result = op(recv, &mut self.io, cx, &mut |ev| match ev {
+            RecvEvent::PeerRekeyed(g) => {
+                send.peer_rekeyed(g);
+                rekeyed = true;
+            }
+        });
+        if rekeyed {
+            // If the socket is full the answer stays queued for the next
+            // write or flush.
+            let _ = send.poll_flush(&mut self.io, cx);
+        }
+        if let Poll::Ready(Err(e)) = &result {
+            if crate::Error::from_io(e).is_some() {
+                self.fail();
+            }
+        }
+        result
+    }
+}
+
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -222,34 +313,35 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match &mut this.mode {
-            Mode::Plain { prefix, .. } => {
-                if prefix.fill(buf) {
-                    return Poll::Ready(Ok(()));
-                }
-                Pin::new(&mut this.io).poll_read(cx, buf)
+        if let Mode::Plain { prefix, .. } = &mut this.mode {
+            if prefix.fill(buf) {
+                return Poll::Ready(Ok(()));
             }
-            Mode::Encrypted(e) => {
-                let Encrypted { recv, send, .. } = &mut **e;
-                let mut rekeyed = false;
-                let result = recv.poll_read(&mut this.io, cx, buf, &mut |ev| match ev {
-                    RecvEvent::PeerRekeyed(g) => {
-                        send.peer_rekeyed(g);
-                        rekeyed = true;
-                    }
-                });
-                if rekeyed {
-                    // Answer at once (RFC 8548 3.8); if the socket is full
-                    // the answer stays queued for the next write or flush.
-                    let _ = send.poll_flush(&mut this.io, cx);
-                }
-                if let Poll::Ready(Err(e)) = &result {
-                    if crate::Error::from_io(e).is_some() {
-                        this.fail();
-                    }
-                }
-                result
-            }
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        this.poll_recv(cx, |recv, io, cx, on_event| {
+            recv.poll_read(io, cx, buf, on_event)
+        })
+    }
+}
+
+/// Reading without a copy out of the receive buffer: `poll_fill_buf` lends
+/// the first decrypted frame (all of [`TcpcryptStream::poll_fill_bufs`]
+/// lends several).
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TcpcryptStream<IO> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        ready!(this.poll_fill(cx))?;
+        Poll::Ready(Ok(match &this.mode {
+            Mode::Plain { prefix, .. } => prefix.pending(),
+            Mode::Encrypted(e) => e.recv.first_ready(),
+        }))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        match &mut self.get_mut().mode {
+            Mode::Plain { prefix, .. } => prefix.consume(amt),
+            Mode::Encrypted(e) => e.recv.consume(amt),
         }
     }
 }

@@ -872,3 +872,121 @@ async fn bytes_after_the_finp_frame_are_an_error() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn decrypted_frames_are_lent_in_place_across_a_peer_rekey() {
+    use std::io::IoSlice;
+    use tcpcrypt_tokio::proto::frame::MAX_DATA;
+    use tokio::io::AsyncBufRead;
+
+    let cfg = Arc::new(Config::default());
+    // Room for everything: the server finishes before the client reads, so
+    // frames pile up as they do for a relay that falls behind.
+    let (a, b) = tokio::io::duplex(8 << 20);
+    let data = pattern(20 * MAX_DATA, 5);
+    let sent = data.clone();
+    let server = tokio::spawn(async move {
+        let mut s = TcpcryptAcceptor::new(cfg).accept(b).await.unwrap();
+        let (first, rest) = sent.split_at(10 * MAX_DATA);
+        s.write_all(first).await.unwrap();
+        s.rekey().unwrap();
+        s.write_all(rest).await.unwrap();
+        s.shutdown().await.unwrap();
+        s
+    });
+    let Connected::Stream(mut s) = TcpcryptConnector::new(default_config())
+        .connect(a)
+        .await
+        .unwrap()
+    else {
+        panic!("not a stream");
+    };
+    let mut server = server.await.unwrap();
+    let (mut received, mut most) = (Vec::new(), 0);
+    for round in 0.. {
+        let (lent, sizes) = std::future::poll_fn(|cx| {
+            let mut bufs = [IoSlice::new(&[]); 64];
+            let n = std::task::ready!(s.poll_fill_bufs(cx, &mut bufs))?;
+            let lent: Vec<u8> = bufs[..n].iter().flat_map(|b| b.iter().copied()).collect();
+            let sizes: Vec<usize> = bufs[..n].iter().map(|b| b.len()).collect();
+            std::task::Poll::Ready(Ok::<_, std::io::Error>((lent, sizes)))
+        })
+        .await
+        .unwrap();
+        if lent.is_empty() {
+            break;
+        }
+        most = most.max(sizes.len());
+        // One slice per frame; the first is the rest of a frame when the
+        // previous consume ended inside it.
+        let whole_from = round % 2;
+        assert!(
+            sizes[whole_from.min(sizes.len())..]
+                .iter()
+                .all(|&n| n == MAX_DATA),
+            "round {round}: {sizes:?}"
+        );
+        // Alternately a part ending inside a frame and all of it.
+        let take = if round % 2 == 0 {
+            lent.len().saturating_sub(1000).max(1)
+        } else {
+            lent.len()
+        };
+        received.extend_from_slice(&lent[..take]);
+        std::pin::Pin::new(&mut s).consume(take);
+    }
+    assert!(received == data, "the data, in order");
+    assert!(most > 1, "several frames lent by one call ({most})");
+    // The client answered the rekey it read through the lending path.
+    assert_eq!(s.generations(), Some((1, 1)));
+    drop(s);
+    let mut answer = Vec::new();
+    timeout(LIMIT, server.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap_err(); // the client never sent its FINp: truncation
+    assert_eq!(server.generations(), Some((1, 1)));
+}
+
+#[tokio::test]
+async fn buffered_reading_of_a_split_half_and_of_a_plain_stream() {
+    use tokio::io::AsyncBufReadExt;
+
+    let lines: Vec<String> = (0..5000).map(|i| format!("line {i}")).collect();
+    let text = lines.join("\n") + "\n";
+    let cfg = default_config();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg.clone())
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let sent = text.clone();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(sent.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let s = TcpcryptStream::connect(addr, &cfg).await.unwrap();
+    assert!(s.is_encrypted());
+    let (read, _write) = s.into_split();
+    let mut got = Vec::new();
+    let mut reader = read.lines();
+    while let Some(line) = timeout(LIMIT, reader.next_line()).await.unwrap().unwrap() {
+        got.push(line);
+    }
+    assert_eq!(got, lines);
+    server.await.unwrap();
+
+    // A plain stream (the server echoes): what the handshake read first,
+    // then the socket.
+    let (addr, _, _t) = plain_server(Plain::Echo).await;
+    let mut s = TcpcryptStream::connect(addr, &cfg).await.unwrap();
+    assert!(!s.is_encrypted());
+    s.write_all(text.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let mut reader = s.lines();
+    while let Some(line) = timeout(LIMIT, reader.next_line()).await.unwrap().unwrap() {
+        got.push(line);
+    }
+    assert_eq!(got, lines);
+}
