@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use tcpcrypt_tokio::{
     Config, Connected, Policy, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
 use crate::env;
 use crate::options::{self, SharedMirror};
+use crate::pump::{self, Buffered, Source};
 use crate::registry::{self, SessionState};
 use crate::status;
 
@@ -228,13 +229,13 @@ fn abort(s: TcpStream) {
 }
 
 /// The real connection under a relayed stream, encrypted or plain.
-trait RealSocket: AsyncRead + AsyncWrite + Unpin {
+trait RealSocket: Source + AsyncWrite + Unpin {
     fn tcp(&self) -> &TcpStream;
 }
 
-impl RealSocket for TcpStream {
+impl RealSocket for Buffered<TcpStream> {
     fn tcp(&self) -> &TcpStream {
-        self
+        self.get_ref()
     }
 }
 
@@ -259,23 +260,18 @@ fn no_delay(s: &TcpStream) {
 /// Meanwhile the application's socket options reach the real socket
 /// (`options`); the attachment ends before the socket closes, so that a
 /// descriptor number reused afterwards is never touched.
-async fn splice<S: RealSocket>(mut app: TcpStream, real: S, shared: &Shared) -> io::Result<()> {
-    let (result, real) = {
+async fn splice<S: RealSocket>(app: TcpStream, mut real: S, shared: &Shared) -> io::Result<()> {
+    let mut app = Buffered::new(app);
+    let result = {
         let _attached = options::attach(&shared.mirror, real.tcp());
-        let (mut real_read, mut real_write) = tokio::io::split(real);
-        let (app_read, app_write) = app.split();
-        let result = tokio::try_join!(
-            crate::pump::pump(app_read, &mut real_write),
-            crate::pump::pump(&mut real_read, app_write)
-        );
-        (result, real_read.unsplit(real_write))
+        pump::copy_both(&mut app, &mut real).await
     };
     match result {
         Ok(_) => Ok(()),
         Err(e) => {
             let _ = real.tcp().set_zero_linger();
             drop(real);
-            abort(app);
+            abort(app.into_inner());
             Err(e)
         }
     }
@@ -292,7 +288,7 @@ async fn outbound(
     let local = tcp.local_addr()?;
     if config.policy() == Policy::Opportunistic && config.client_cache().is_legacy(dest) {
         let _record = note(state, SessionState::Plain, local, dest);
-        return splice(app, tcp, shared).await;
+        return splice(app, Buffered::new(tcp), shared).await;
     }
     match TcpcryptConnector::new(config.clone())
         .connect_with_peer(tcp, Some(dest))
@@ -308,7 +304,7 @@ async fn outbound(
                 Ok(plain) => {
                     no_delay(&plain);
                     let _record = note(state, SessionState::Plain, plain.local_addr()?, dest);
-                    splice(app, plain, shared).await
+                    splice(app, Buffered::new(plain), shared).await
                 }
                 Err(e) => {
                     abort(app);
