@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tcpcrypt_tokio::{Config, SessionId, TcpcryptAcceptor};
+use tcpcrypt_tokio::{Config, PlainSource, SessionId, TcpcryptAcceptor};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -180,7 +180,7 @@ async fn serve_client(
             .await?;
     }
     match &args.http_header {
-        None => tokio::io::copy_bidirectional(&mut client, &mut backend)
+        None => tcpcrypt_tokio::copy_bidirectional(&mut client, &mut PlainSource::new(backend))
             .await
             .map(drop),
         Some(name) => {
@@ -197,7 +197,7 @@ async fn serve_client(
 }
 
 /// Client mode: connect to the tcpcrypt server for a plain local client.
-async fn carry_out(mut local: TcpStream, config: &Arc<Config>, args: &Args) -> io::Result<()> {
+async fn carry_out(local: TcpStream, config: &Arc<Config>, args: &Args) -> io::Result<()> {
     let (mut remote, report) = match crate::netcat::connect_reported(&args.to, config).await {
         Ok(c) => c,
         Err(e) => {
@@ -208,7 +208,7 @@ async fn carry_out(mut local: TcpStream, config: &Arc<Config>, args: &Args) -> i
         }
     };
     log(&report, args.json);
-    tokio::io::copy_bidirectional(&mut local, &mut remote)
+    tcpcrypt_tokio::copy_bidirectional(&mut PlainSource::new(local), &mut remote)
         .await
         .map(drop)
 }

@@ -15,7 +15,6 @@ mod env;
 mod ffi;
 mod fork;
 mod options;
-mod pump;
 mod registry;
 mod relay;
 pub mod status;

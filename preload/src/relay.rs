@@ -8,7 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tcpcrypt_tokio::{
-    Config, Connected, Policy, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream,
+    Config, Connected, PlainSource, Policy, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream,
+    VectoredBufRead,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,7 +17,6 @@ use tokio::runtime::Runtime;
 
 use crate::env;
 use crate::options::{self, SharedMirror};
-use crate::pump::{self, Buffered, Source};
 use crate::registry::{self, SessionState};
 use crate::status;
 
@@ -229,11 +229,11 @@ fn abort(s: TcpStream) {
 }
 
 /// The real connection under a relayed stream, encrypted or plain.
-trait RealSocket: Source + AsyncWrite + Unpin {
+trait RealSocket: VectoredBufRead + AsyncWrite {
     fn tcp(&self) -> &TcpStream;
 }
 
-impl RealSocket for Buffered<TcpStream> {
+impl RealSocket for PlainSource<TcpStream> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref()
     }
@@ -261,10 +261,10 @@ fn no_delay(s: &TcpStream) {
 /// (`options`); the attachment ends before the socket closes, so that a
 /// descriptor number reused afterwards is never touched.
 async fn splice<S: RealSocket>(app: TcpStream, mut real: S, shared: &Shared) -> io::Result<()> {
-    let mut app = Buffered::new(app);
+    let mut app = PlainSource::new(app);
     let result = {
         let _attached = options::attach(&shared.mirror, real.tcp());
-        pump::copy_both(&mut app, &mut real).await
+        tcpcrypt_tokio::copy_bidirectional(&mut app, &mut real).await
     };
     match result {
         Ok(_) => Ok(()),
@@ -288,7 +288,7 @@ async fn outbound(
     let local = tcp.local_addr()?;
     if config.policy() == Policy::Opportunistic && config.client_cache().is_legacy(dest) {
         let _record = note(state, SessionState::Plain, local, dest);
-        return splice(app, Buffered::new(tcp), shared).await;
+        return splice(app, PlainSource::new(tcp), shared).await;
     }
     match TcpcryptConnector::new(config.clone())
         .connect_with_peer(tcp, Some(dest))
@@ -304,7 +304,7 @@ async fn outbound(
                 Ok(plain) => {
                     no_delay(&plain);
                     let _record = note(state, SessionState::Plain, plain.local_addr()?, dest);
-                    splice(app, Buffered::new(plain), shared).await
+                    splice(app, PlainSource::new(plain), shared).await
                 }
                 Err(e) => {
                     abort(app);

@@ -9,8 +9,10 @@
 //!   from the caller.
 //! * A thin tokio layer over the core: [`TcpcryptStream`] (`AsyncRead +
 //!   AsyncWrite`), [`TcpcryptStream::connect`] with transparent fallback to
-//!   plain TCP, [`TcpcryptListener`], and [`TcpcryptConnector`] /
-//!   [`TcpcryptAcceptor`] for transports the caller owns.
+//!   plain TCP, [`TcpcryptListener`], [`TcpcryptConnector`] /
+//!   [`TcpcryptAcceptor`] for transports the caller owns, and
+//!   [`copy_bidirectional`] for proxies, which forwards decrypted frames
+//!   without copying them.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -54,6 +56,7 @@ mod accept;
 mod cache;
 mod config;
 mod connect;
+mod copy;
 mod error;
 mod negotiate;
 mod record;
@@ -64,6 +67,7 @@ pub use accept::{TcpcryptAcceptor, TcpcryptListener};
 pub use cache::ClientCache;
 pub use config::{Config, ConfigBuilder, Policy};
 pub use connect::{Connected, TcpcryptConnector};
+pub use copy::{PlainSource, VectoredBufRead, copy, copy_bidirectional};
 pub use error::{Error, FallbackReason};
 pub use proto::{AeadAlgorithm, Role, SessionId, SessionInfo, Tep};
 pub use split::{ReadHalf, WriteHalf};

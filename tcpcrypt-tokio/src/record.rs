@@ -17,11 +17,11 @@ use crate::proto::{Error as ProtoError, FrameOpener, FrameSealer};
 /// Receive buffer size: several frames of the largest size, so that a bulk
 /// reader makes few `read` calls. Released whenever the connection goes
 /// idle.
-const RECV_BUF_LEN: usize = 4 * MAX_FRAME_LEN;
+pub(crate) const RECV_BUF_LEN: usize = 4 * MAX_FRAME_LEN;
 /// The size a receive buffer doubles up to while reads keep filling it: a
 /// receiver that falls behind (a relay, a busy thread) then takes what has
 /// piled up in a few large reads and hands it on in large writes.
-const MAX_RECV_BUF_LEN: usize = 16 * MAX_FRAME_LEN;
+pub(crate) const MAX_RECV_BUF_LEN: usize = 16 * MAX_FRAME_LEN;
 /// Most frames opened ahead of the reader: more than a full receive
 /// buffer of full-size frames, and what one vectored write takes at most.
 pub(crate) const MAX_READY_FRAMES: usize = 32;
@@ -82,6 +82,9 @@ pub(crate) struct PlainRecv {
     /// Undelivered bytes: `bytes[start..end]`.
     start: usize,
     end: usize,
+    /// The buffer size for the next read: doubles, up to
+    /// `MAX_RECV_BUF_LEN`, while reads keep filling the buffer.
+    read_len: usize,
 }
 
 impl PlainRecv {
@@ -91,6 +94,7 @@ impl PlainRecv {
             bytes,
             start: 0,
             end,
+            read_len: RECV_BUF_LEN,
         }
     }
 
@@ -118,6 +122,9 @@ impl PlainRecv {
         if self.bytes.len() < RECV_BUF_LEN {
             self.bytes = take_buffer();
         }
+        if self.bytes.len() < self.read_len {
+            self.bytes.resize(self.read_len, 0);
+        }
         let mut rb = ReadBuf::new(&mut self.bytes);
         match Pin::new(&mut *io).poll_read(cx, &mut rb) {
             Poll::Pending => {
@@ -130,11 +137,20 @@ impl PlainRecv {
                 let n = rb.filled().len();
                 if n == 0 {
                     give_back(std::mem::take(&mut self.bytes));
+                } else if n == self.bytes.len() {
+                    // The stream had more: read more at a time.
+                    self.read_len = (2 * n).min(MAX_RECV_BUF_LEN);
                 }
                 (self.start, self.end) = (0, n);
                 Poll::Ready(Ok(()))
             }
         }
+    }
+
+    /// The size of the buffer held.
+    #[cfg(test)]
+    pub(crate) fn buffer_len(&self) -> usize {
+        self.bytes.len()
     }
 
     /// The bytes not yet delivered.

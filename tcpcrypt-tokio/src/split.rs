@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
 use crate::proto::SessionInfo;
 use crate::record::{PlainRecv, RecvEvent, RecvState, SendState};
@@ -130,20 +131,6 @@ impl WriteHalf {
 }
 
 impl ReadHalf {
-    /// Lends the data ready to read without copying it; see
-    /// [`TcpcryptStream::poll_fill_bufs`].
-    pub fn poll_fill_bufs<'a>(
-        &'a mut self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSlice<'a>],
-    ) -> Poll<io::Result<usize>> {
-        ready!(self.poll_fill(cx))?;
-        Poll::Ready(Ok(match &self.inner {
-            ReadInner::Plain(prefix) => prefix.ready_slices(bufs),
-            ReadInner::Encrypted(recv) => recv.ready_slices(bufs),
-        }))
-    }
-
     /// Makes data ready to read; none ready afterwards means end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.inner {
@@ -198,6 +185,21 @@ impl AsyncBufRead for ReadHalf {
             ReadInner::Plain(prefix) => prefix.consume(amt),
             ReadInner::Encrypted(recv) => recv.consume(amt),
         }
+    }
+}
+
+/// The decrypted frames at hand, one slice each.
+impl VectoredBufRead for ReadHalf {
+    fn poll_fill_bufs<'a>(
+        &'a mut self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSlice<'a>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_fill(cx))?;
+        Poll::Ready(Ok(match &self.inner {
+            ReadInner::Plain(prefix) => prefix.ready_slices(bufs),
+            ReadInner::Encrypted(recv) => recv.ready_slices(bufs),
+        }))
     }
 }
 

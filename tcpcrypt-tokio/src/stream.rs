@@ -10,6 +10,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
 use crate::proto::{Session, SessionId, SessionInfo};
 use crate::record::{PlainRecv, RecvEvent, RecvState, SendState};
@@ -216,50 +217,6 @@ pub(crate) fn abort_tcp(stream: &TcpStream) {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
-    /// Lends the data ready to read without copying it out of the receive
-    /// buffer: the decrypted frames, in place, one slice each, as many as
-    /// `bufs` holds. Returns how many slices were filled, `0` at end of
-    /// stream; follow with [`consume`](AsyncBufRead::consume) of the bytes
-    /// used. A relay hands the slices to a vectored write (`writev`) and so
-    /// copies nothing in user space. Errors are those of `poll_read`.
-    ///
-    /// ```no_run
-    /// use std::future::poll_fn;
-    /// use std::io::IoSlice;
-    /// use std::pin::Pin;
-    /// use tokio::io::{AsyncBufRead, AsyncWrite};
-    /// use tcpcrypt_tokio::TcpcryptStream;
-    ///
-    /// /// Moves one batch of decrypted data to `out`; `0` at end of stream.
-    /// async fn forward(
-    ///     stream: &mut TcpcryptStream,
-    ///     out: &mut tokio::net::TcpStream,
-    /// ) -> std::io::Result<usize> {
-    ///     let n = poll_fn(|cx| {
-    ///         let mut bufs = [IoSlice::new(&[]); 16];
-    ///         let k = std::task::ready!(stream.poll_fill_bufs(cx, &mut bufs))?;
-    ///         if k == 0 {
-    ///             return std::task::Poll::Ready(Ok(0));
-    ///         }
-    ///         Pin::new(&mut *out).poll_write_vectored(cx, &bufs[..k])
-    ///     })
-    ///     .await?;
-    ///     Pin::new(stream).consume(n);
-    ///     Ok(n)
-    /// }
-    /// ```
-    pub fn poll_fill_bufs<'a>(
-        &'a mut self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSlice<'a>],
-    ) -> Poll<io::Result<usize>> {
-        ready!(self.poll_fill(cx))?;
-        Poll::Ready(Ok(match &self.mode {
-            Mode::Plain { prefix, .. } => prefix.ready_slices(bufs),
-            Mode::Encrypted(e) => e.recv.ready_slices(bufs),
-        }))
-    }
-
     /// Makes data ready to read; none ready afterwards means end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_recv(cx, |recv, io, cx, on_event| {
@@ -326,8 +283,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
 }
 
 /// Reading without a copy out of the receive buffer: `poll_fill_buf` lends
-/// the first decrypted frame (all of [`TcpcryptStream::poll_fill_bufs`]
-/// lends several).
+/// the first decrypted frame ([`VectoredBufRead::poll_fill_bufs`] lends
+/// all of them).
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TcpcryptStream<IO> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
@@ -343,6 +300,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TcpcryptStream<IO> {
             Mode::Plain { prefix, .. } => prefix.consume(amt),
             Mode::Encrypted(e) => e.recv.consume(amt),
         }
+    }
+}
+
+/// The decrypted frames at hand, one slice each.
+impl<IO: AsyncRead + AsyncWrite + Unpin> VectoredBufRead for TcpcryptStream<IO> {
+    fn poll_fill_bufs<'a>(
+        &'a mut self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSlice<'a>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_fill(cx))?;
+        Poll::Ready(Ok(match &self.mode {
+            Mode::Plain { prefix, .. } => prefix.ready_slices(bufs),
+            Mode::Encrypted(e) => e.recv.ready_slices(bufs),
+        }))
     }
 }
 

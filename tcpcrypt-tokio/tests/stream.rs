@@ -876,6 +876,7 @@ async fn bytes_after_the_finp_frame_are_an_error() {
 #[tokio::test]
 async fn decrypted_frames_are_lent_in_place_across_a_peer_rekey() {
     use std::io::IoSlice;
+    use tcpcrypt_tokio::VectoredBufRead;
     use tcpcrypt_tokio::proto::frame::MAX_DATA;
     use tokio::io::AsyncBufRead;
 

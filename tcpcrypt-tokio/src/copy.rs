@@ -1,179 +1,133 @@
-//! Copying both directions of a relayed connection. Where the source lends
-//! its bytes in place (a tcpcrypt stream's decrypted frames), they go to
-//! the destination in one vectored write and are never copied in user
-//! space; a plain socket is read into a buffer held only while bytes flow,
-//! so that an idle connection costs no buffer memory, and a busy one reuses
-//! buffers kept per thread instead of allocating them.
+//! Copying between streams, as a proxy or a relay does, without copying
+//! in user space what a tcpcrypt stream has decrypted: its frames go from
+//! the receive buffer to the destination in one vectored write (`writev`).
+//! A plain source is read into a buffer held only while bytes flow, so an
+//! idle connection costs no buffer memory.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tcpcrypt_tokio::TcpcryptStream;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes moved per read and write, at first.
-const BUF_LEN: usize = 128 * 1024;
-/// The size a buffer doubles up to while reads keep filling it: a bulk
-/// transfer moves more per system call and wakes the application less
-/// often.
-const MAX_BUF_LEN: usize = 1024 * 1024;
-/// Buffers kept per thread for reuse.
-const SPARE: usize = 2;
-/// Slices lent per vectored write: more than a tcpcrypt stream opens ahead.
-const MAX_SLICES: usize = 64;
+use crate::record::{MAX_READY_FRAMES, PlainRecv};
 
-thread_local! {
-    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A copy buffer taken from the pool when a read needs one and given back
-/// when the read has to wait.
-struct Buffer(Option<Vec<u8>>);
-
-impl Buffer {
-    fn get(&mut self) -> &mut Vec<u8> {
-        self.0.get_or_insert_with(|| {
-            POOL.with(|p| p.borrow_mut().pop())
-                .unwrap_or_else(|| vec![0; BUF_LEN])
-        })
-    }
-
-    /// Doubles the buffer, up to `MAX_BUF_LEN`.
-    fn grow(&mut self) {
-        let buf = self.get();
-        if buf.len() < MAX_BUF_LEN {
-            let len = (2 * buf.len()).min(MAX_BUF_LEN);
-            buf.resize(len, 0);
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some(buf) = self.0.take() {
-            POOL.with(|p| {
-                let mut pool = p.borrow_mut();
-                if pool.len() < SPARE {
-                    pool.push(buf);
-                }
-            });
-        }
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// Where a direction's bytes come from: lent in place, then consumed.
-pub(crate) trait Source {
-    /// Lends the bytes ready to read as up to `bufs.len()` slices; returns
-    /// how many, `0` at end of stream.
+/// An [`AsyncBufRead`] that lends everything it has at hand at once, as
+/// several slices: a [`TcpcryptStream`](crate::TcpcryptStream) lends each
+/// decrypted frame in place. [`copy`] and [`copy_bidirectional`] hand the
+/// slices to one vectored write.
+///
+/// ```no_run
+/// use std::future::poll_fn;
+/// use std::io::IoSlice;
+/// use std::pin::Pin;
+/// use tokio::io::{AsyncBufRead, AsyncWrite};
+/// use tcpcrypt_tokio::{TcpcryptStream, VectoredBufRead};
+///
+/// /// Moves one batch of decrypted data to `out`; `0` at end of stream.
+/// async fn forward(
+///     stream: &mut TcpcryptStream,
+///     out: &mut tokio::net::TcpStream,
+/// ) -> std::io::Result<usize> {
+///     let n = poll_fn(|cx| {
+///         let mut bufs = [IoSlice::new(&[]); 16];
+///         let k = std::task::ready!(stream.poll_fill_bufs(cx, &mut bufs))?;
+///         if k == 0 {
+///             return std::task::Poll::Ready(Ok(0));
+///         }
+///         Pin::new(&mut *out).poll_write_vectored(cx, &bufs[..k])
+///     })
+///     .await?;
+///     Pin::new(stream).consume(n);
+///     Ok(n)
+/// }
+/// ```
+pub trait VectoredBufRead: AsyncBufRead + Unpin {
+    /// Lends the data ready to read, in order, as many slices as `bufs`
+    /// holds, none empty. Returns how many were filled, `0` at end of
+    /// stream; follow with [`consume`](AsyncBufRead::consume) of the bytes
+    /// used. Errors are those of `poll_read`.
     fn poll_fill_bufs<'a>(
         &'a mut self,
         cx: &mut Context<'_>,
         bufs: &mut [IoSlice<'a>],
     ) -> Poll<io::Result<usize>>;
-
-    /// Marks `n` lent bytes as read.
-    fn consume(&mut self, n: usize);
 }
 
-/// Decrypted frames, lent straight from the stream's receive buffer.
-impl<IO: AsyncRead + AsyncWrite + Unpin> Source for TcpcryptStream<IO> {
+/// A plain byte stream (a `TcpStream`, say) as a [`VectoredBufRead`]: read
+/// into a buffer taken from a per-thread pool while bytes flow and given
+/// back when the stream has none, which doubles (to about 1 MiB) while
+/// reads keep filling it. Writes go straight through.
+pub struct PlainSource<T> {
+    io: T,
+    recv: PlainRecv,
+}
+
+impl<T> PlainSource<T> {
+    /// Wraps `io`.
+    pub fn new(io: T) -> Self {
+        PlainSource {
+            io,
+            recv: PlainRecv::new(Vec::new()),
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The wrapped stream; bytes read but not yet consumed are lost.
+    pub fn into_inner(self) -> T {
+        self.io
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for PlainSource<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.recv.fill(buf) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncBufRead for PlainSource<T> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        ready!(this.recv.poll_fill(&mut this.io, cx))?;
+        Poll::Ready(Ok(this.recv.pending()))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        self.get_mut().recv.consume(amt);
+    }
+}
+
+impl<T: AsyncRead + Unpin> VectoredBufRead for PlainSource<T> {
     fn poll_fill_bufs<'a>(
         &'a mut self,
         cx: &mut Context<'_>,
         bufs: &mut [IoSlice<'a>],
     ) -> Poll<io::Result<usize>> {
-        TcpcryptStream::poll_fill_bufs(self, cx, bufs)
-    }
-
-    fn consume(&mut self, n: usize) {
-        Pin::new(self).consume(n);
+        ready!(self.recv.poll_fill(&mut self.io, cx))?;
+        Poll::Ready(Ok(self.recv.ready_slices(bufs)))
     }
 }
 
-/// A plain byte stream as a [`Source`]: read into a pooled buffer that
-/// doubles while reads keep filling it. Writes go straight through.
-pub(crate) struct Buffered<T> {
-    inner: T,
-    buf: Buffer,
-    /// Unread bytes: `buf[start..end]`.
-    start: usize,
-    end: usize,
-    /// The last read filled the buffer: the next one gets a larger one.
-    filled: bool,
-}
-
-impl<T> Buffered<T> {
-    pub(crate) fn new(inner: T) -> Self {
-        Buffered {
-            inner,
-            buf: Buffer(None),
-            start: 0,
-            end: 0,
-            filled: false,
-        }
-    }
-
-    pub(crate) fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
-    pub(crate) fn into_inner(self) -> T {
-        self.inner
-    }
-}
-
-impl<T: AsyncRead + Unpin> Source for Buffered<T> {
-    fn poll_fill_bufs<'a>(
-        &'a mut self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSlice<'a>],
-    ) -> Poll<io::Result<usize>> {
-        if self.start == self.end {
-            if self.filled {
-                self.buf.grow();
-            }
-            let mut read = ReadBuf::new(self.buf.get());
-            match Pin::new(&mut self.inner).poll_read(cx, &mut read) {
-                Poll::Pending => {
-                    self.buf.release();
-                    return Poll::Pending;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    let n = read.filled().len();
-                    self.filled = n == read.capacity();
-                    (self.start, self.end) = (0, n);
-                }
-            }
-        }
-        match bufs.first_mut() {
-            Some(slot) if self.start < self.end => {
-                *slot = IoSlice::new(&self.buf.get()[self.start..self.end]);
-                Poll::Ready(Ok(1))
-            }
-            _ => Poll::Ready(Ok(0)),
-        }
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n.min(self.end - self.start);
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Buffered<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for PlainSource<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -181,21 +135,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Buffered<T> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+/// Slices lent per vectored write: every frame a stream opens ahead.
+const MAX_SLICES: usize = 2 * MAX_READY_FRAMES;
 
 /// One direction of a copy.
 #[derive(Default)]
@@ -208,11 +165,6 @@ struct Transfer {
 }
 
 impl Transfer {
-    /// Copies `from` to `to` until `from` ends, then shuts `to` down (a
-    /// half-close). Returns the bytes copied. Whenever `from` has nothing
-    /// to give, `to` is flushed: a writer that buffers (a tcpcrypt stream
-    /// whose socket was full) must not sit on the tail of a response while
-    /// the application waits for its peer.
     fn poll<S, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -220,13 +172,16 @@ impl Transfer {
         to: &mut W,
     ) -> Poll<io::Result<u64>>
     where
-        S: Source,
-        W: AsyncWrite + Unpin,
+        S: VectoredBufRead + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
     {
         while !self.done {
             let mut bufs = [IoSlice::new(&[]); MAX_SLICES];
             let lent = match from.poll_fill_bufs(cx, &mut bufs) {
                 Poll::Pending => {
+                    // A writer that buffers (a tcpcrypt stream whose socket
+                    // was full) must not sit on the tail of a response while
+                    // the other side waits for it.
                     if self.unflushed {
                         ready!(Pin::new(&mut *to).poll_flush(cx))?;
                         self.unflushed = false;
@@ -244,7 +199,7 @@ impl Transfer {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            from.consume(n);
+            Pin::new(&mut *from).consume(n);
             self.copied += n as u64;
             self.unflushed = true;
         }
@@ -252,24 +207,47 @@ impl Transfer {
     }
 }
 
-/// Copies `from` to `to` until `from` ends, then half-closes `to`.
-#[cfg(test)]
-async fn copy<S, W>(from: &mut S, to: &mut W) -> io::Result<u64>
+/// Copies `from` to `to` until `from` ends, then shuts `to` down (for a
+/// tcpcrypt stream: the FINp frame, then TCP FIN). Returns the bytes
+/// copied. Whenever `from` has nothing to give, `to` is flushed.
+pub async fn copy<S, W>(from: &mut S, to: &mut W) -> io::Result<u64>
 where
-    S: Source,
-    W: AsyncWrite + Unpin,
+    S: VectoredBufRead + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
 {
     let mut transfer = Transfer::default();
     poll_fn(|cx| transfer.poll(cx, from, to)).await
 }
 
 /// Copies both ways between `a` and `b` until both directions have ended,
-/// each half-closing its destination when its source ends. Returns the
-/// bytes copied each way; an error in either direction ends both.
-pub(crate) async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// each shutting its destination down when its source ends (a half-close
+/// travels through), as `tokio::io::copy_bidirectional` does, but without
+/// copying a tcpcrypt stream's decrypted data in user space. Returns the
+/// bytes copied from `a` to `b` and from `b` to `a`; an error in either
+/// direction ends both.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tokio::net::TcpStream;
+/// use tcpcrypt_tokio::{Config, PlainSource, TcpcryptListener};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// // An encrypting front for a plain server.
+/// let config = Arc::new(Config::default());
+/// let mut listener = TcpcryptListener::bind("0.0.0.0:8080", config).await?;
+/// loop {
+///     let (mut client, _peer) = listener.accept().await?;
+///     tokio::spawn(async move {
+///         let backend = TcpStream::connect("127.0.0.1:8081").await?;
+///         tcpcrypt_tokio::copy_bidirectional(&mut client, &mut PlainSource::new(backend)).await
+///     });
+/// }
+/// # }
+/// ```
+pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
-    A: Source + AsyncWrite + Unpin,
-    B: Source + AsyncWrite + Unpin,
+    A: VectoredBufRead + AsyncWrite + ?Sized,
+    B: VectoredBufRead + AsyncWrite + ?Sized,
 {
     let (mut a_to_b, mut b_to_a) = (Transfer::default(), Transfer::default());
     poll_fn(|cx| {
@@ -286,8 +264,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{MAX_RECV_BUF_LEN, RECV_BUF_LEN};
+    use crate::{Config, Connected, TcpcryptAcceptor, TcpcryptConnector};
     use std::sync::Arc;
-    use tcpcrypt_tokio::{Config, Connected, TcpcryptAcceptor, TcpcryptConnector};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -304,7 +283,7 @@ mod tests {
             a.write_all(&data).await.unwrap();
             a.shutdown().await.unwrap();
         });
-        let copier = tokio::spawn(async move { copy(&mut Buffered::new(b), &mut c).await });
+        let copier = tokio::spawn(async move { copy(&mut PlainSource::new(b), &mut c).await });
         let mut got = Vec::new();
         d.read_to_end(&mut got).await.unwrap();
         writer.await.unwrap();
@@ -316,10 +295,9 @@ mod tests {
     async fn both_directions_end_independently() {
         let (mut a, b) = tokio::io::duplex(4096);
         let (c, mut d) = tokio::io::duplex(4096);
-        let copier =
-            tokio::spawn(
-                async move { copy_both(&mut Buffered::new(b), &mut Buffered::new(c)).await },
-            );
+        let copier = tokio::spawn(async move {
+            copy_bidirectional(&mut PlainSource::new(b), &mut PlainSource::new(c)).await
+        });
         // One way ends first; the other still flows, then ends.
         a.write_all(b"request").await.unwrap();
         a.shutdown().await.unwrap();
@@ -341,7 +319,7 @@ mod tests {
         let (mut a, b) = tokio::io::duplex(4096);
         let (c, mut d) = tokio::io::duplex(4096);
         let copier = tokio::spawn(async move {
-            copy(&mut Buffered::new(b), &mut tokio::io::BufWriter::new(c)).await
+            copy(&mut PlainSource::new(b), &mut tokio::io::BufWriter::new(c)).await
         });
         a.write_all(b"the tail of a response").await.unwrap();
         let mut got = [0u8; 22];
@@ -355,18 +333,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_waiting_copy_holds_no_buffer() {
-        POOL.with(|p| p.borrow_mut().clear());
+    async fn a_waiting_plain_source_holds_no_buffer() {
         let (mut a, b) = tokio::io::duplex(4096);
-        let (mut c, _d) = tokio::io::duplex(1 << 20);
+        let mut source = PlainSource::new(b);
         a.write_all(b"some bytes").await.unwrap();
-        let copier = tokio::spawn(async move { copy(&mut Buffered::new(b), &mut c).await });
-        // The current-thread runtime runs the copy until it waits for more.
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        assert_eq!(POOL.with(|p| p.borrow().len()), 1, "the buffer went back");
-        drop(a);
-        assert_eq!(copier.await.unwrap().unwrap(), 10);
+        let got = poll_fn(|cx| {
+            Pin::new(&mut source)
+                .poll_fill_buf(cx)
+                .map_ok(|b| b.to_vec())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, b"some bytes");
+        assert!(
+            source.recv.buffer_len() >= RECV_BUF_LEN,
+            "a buffer while reading"
+        );
+        Pin::new(&mut source).consume(got.len());
+        // Nothing more to read: the buffer goes back.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut source).poll_fill_buf(&mut cx).is_pending());
+        assert_eq!(source.recv.buffer_len(), 0, "no buffer while waiting");
     }
 
     /// A destination that takes everything, keeps it, and notes how many
@@ -378,20 +366,32 @@ mod tests {
         slices: Vec<usize>,
     }
 
+    impl Recorder {
+        fn take(&mut self, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+            let n = bufs.iter().map(|b| b.len()).sum();
+            self.sizes.push(n);
+            self.slices.push(bufs.len());
+            for b in bufs {
+                self.data.extend_from_slice(b);
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+
     impl AsyncWrite for Recorder {
         fn poll_write(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.poll_write_vectored_now(&[IoSlice::new(buf)])
+            self.take(&[IoSlice::new(buf)])
         }
         fn poll_write_vectored(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
-            self.poll_write_vectored_now(bufs)
+            self.take(bufs)
         }
         fn is_write_vectored(&self) -> bool {
             true
@@ -404,27 +404,17 @@ mod tests {
         }
     }
 
-    impl Recorder {
-        fn poll_write_vectored_now(&mut self, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-            let n = bufs.iter().map(|b| b.len()).sum();
-            self.sizes.push(n);
-            self.slices.push(bufs.len());
-            for b in bufs {
-                self.data.extend_from_slice(b);
-            }
-            Poll::Ready(Ok(n))
-        }
-    }
-
     #[tokio::test]
-    async fn a_source_that_keeps_filling_the_buffer_gets_larger_reads() {
-        let data = vec![7u8; 8 * MAX_BUF_LEN];
+    async fn a_plain_source_that_keeps_filling_the_buffer_gets_larger_reads() {
+        let data = pattern(8 * MAX_RECV_BUF_LEN);
         let mut to = Recorder::default();
-        let copied = copy(&mut Buffered::new(&data[..]), &mut to).await.unwrap();
+        let copied = copy(&mut PlainSource::new(&data[..]), &mut to)
+            .await
+            .unwrap();
         assert_eq!(copied, data.len() as u64);
-        assert_eq!(to.sizes[0], BUF_LEN);
-        assert_eq!(to.sizes.iter().max(), Some(&MAX_BUF_LEN));
         assert!(to.data == data);
+        assert_eq!(to.sizes[0], RECV_BUF_LEN);
+        assert_eq!(to.sizes.iter().max(), Some(&MAX_RECV_BUF_LEN));
     }
 
     #[tokio::test]
