@@ -1,7 +1,8 @@
 //! `TcpcryptStream` against plain tokio TCP and tokio-rustls (TLS 1.3,
 //! AES-128-GCM, X25519, aws-lc-rs) on loopback, in one process and one run,
-//! printed as ratios: bulk throughput, full and resumed handshakes per
-//! second, and user-space heap bytes per idle connection pair.
+//! printed as ratios: bulk throughput, bulk throughput through a proxy
+//! that decrypts in front of a plain server, full and resumed handshakes
+//! per second, and user-space heap bytes per idle connection pair.
 //!
 //! `cargo bench -p tcpcrypt-tokio --bench stream` (`BULK_MIB=256` for a
 //! shorter run; the default moves 1 GiB per contender).
@@ -14,8 +15,11 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tcpcrypt_tokio::{Config, PlainSource, TcpcryptListener, TcpcryptStream};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+    copy_bidirectional_with_sizes as copy_with_sizes,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -188,6 +192,68 @@ async fn bulk(kind: &str, bytes: u64, tls: &Tls) -> f64 {
         }
     };
     assert_eq!(received, bytes, "{kind}: bytes lost");
+    bytes as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Copy buffers of the plain and TLS proxies: large, so that they do not
+/// lose to tcpcrypt's for want of room (tokio's default is 8 KiB).
+const PROXY_BUF: usize = 256 * 1024;
+
+/// Bytes per second of a one-way transfer from a client through a proxy
+/// in this process, which ends the client's protocol (plain, TLS or
+/// tcpcrypt) and forwards in plain TCP to a server that counts the bytes:
+/// the deployment of `tcpcrypt proxy --mode server` in front of a plain
+/// server, or a TLS terminator. tcpcrypt's proxy uses
+/// `tcpcrypt_tokio::copy_bidirectional`, the others tokio's.
+async fn proxied(kind: &str, bytes: u64, tls: &Tls) -> f64 {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let server = tokio::spawn(async move { sink(backend.accept().await.unwrap().0).await });
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let start = Instant::now();
+    match kind {
+        "tcp" | "tls" => {
+            let acceptor = (kind == "tls").then(|| tls.acceptor.clone());
+            let proxy = tokio::spawn(async move {
+                let tcp = front.accept().await.unwrap().0;
+                let mut out = TcpStream::connect(backend_addr).await.unwrap();
+                let _ = match acceptor {
+                    Some(a) => {
+                        let mut s = a.accept(tcp).await.unwrap();
+                        copy_with_sizes(&mut s, &mut out, PROXY_BUF, PROXY_BUF).await
+                    }
+                    None => copy_with_sizes(&mut { tcp }, &mut out, PROXY_BUF, PROXY_BUF).await,
+                };
+            });
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            if kind == "tls" {
+                let name = ServerName::try_from("localhost").unwrap();
+                pump(tls.connector.connect(name, tcp).await.unwrap(), bytes)
+                    .await
+                    .unwrap();
+            } else {
+                pump(tcp, bytes).await.unwrap();
+            }
+            proxy.await.unwrap();
+        }
+        _ => {
+            let config = Arc::new(Config::default());
+            let mut l = TcpcryptListener::from_listener(front, config.clone()).unwrap();
+            let proxy = tokio::spawn(async move {
+                let mut s = l.accept().await.unwrap().0;
+                let out = TcpStream::connect(backend_addr).await.unwrap();
+                let _ =
+                    tcpcrypt_tokio::copy_bidirectional(&mut s, &mut PlainSource::new(out)).await;
+            });
+            let s = TcpcryptStream::connect(addr, &config).await.unwrap();
+            assert!(s.is_encrypted());
+            pump(s, bytes).await.unwrap();
+            proxy.await.unwrap();
+        }
+    }
+    let received = server.await.unwrap();
+    assert_eq!(received, bytes, "{kind}: bytes lost through the proxy");
     bytes as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -386,6 +452,13 @@ fn main() {
         }
         let gb = |x: f64| x / 1e9;
         line(&format!("bulk {mib} MiB"), "GB/s", gb(best[2]), gb(best[0]), gb(best[1]), "(targets >= 0.95x plain, >= 1.10x TLS)");
+        let mut best = [0f64; 3];
+        for _ in 0..sizes.rounds {
+            for (i, k) in ["tcp", "tls", "tcpcrypt"].iter().enumerate() {
+                best[i] = best[i].max(proxied(k, mib << 20, &tls).await);
+            }
+        }
+        line(&format!("via proxy {mib} MiB"), "GB/s", gb(best[2]), gb(best[0]), gb(best[1]), "(client -> proxy ending its protocol -> plain server)");
         let n = sizes.handshakes;
         let tcp = handshakes("tcp", &tls, n).await;
         let tls_full = handshakes("tls", &tls, n).await;
