@@ -57,10 +57,10 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
     let (r, w) = stream.io.into_split();
     let peer_generation = Arc::new(AtomicU64::new(0));
     match stream.mode {
-        Mode::Plain { prefix, reason } => (
+        Mode::Plain { recv, reason } => (
             ReadHalf {
                 io: r,
-                inner: ReadInner::Plain(prefix),
+                inner: ReadInner::Plain(recv),
                 info: None,
                 peer_generation: peer_generation.clone(),
             },
@@ -134,7 +134,7 @@ impl ReadHalf {
     /// Makes data ready to read; none ready afterwards means end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.inner {
-            ReadInner::Plain(prefix) => prefix.poll_fill(&mut self.io, cx),
+            ReadInner::Plain(recv) => recv.poll_fill(&mut self.io, cx),
             ReadInner::Encrypted(recv) => {
                 let generation = &self.peer_generation;
                 recv.poll_fill(&mut self.io, cx, &mut |ev| match ev {
@@ -153,8 +153,8 @@ impl AsyncRead for ReadHalf {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match &mut this.inner {
-            ReadInner::Plain(prefix) => {
-                if prefix.fill(buf) {
+            ReadInner::Plain(recv) => {
+                if recv.fill(buf) {
                     return Poll::Ready(Ok(()));
                 }
                 Pin::new(&mut this.io).poll_read(cx, buf)
@@ -175,14 +175,14 @@ impl AsyncBufRead for ReadHalf {
         let this = self.get_mut();
         ready!(this.poll_fill(cx))?;
         Poll::Ready(Ok(match &this.inner {
-            ReadInner::Plain(prefix) => prefix.pending(),
+            ReadInner::Plain(recv) => recv.pending(),
             ReadInner::Encrypted(recv) => recv.first_ready(),
         }))
     }
 
     fn consume(self: Pin<&mut Self>, amt: usize) {
         match &mut self.get_mut().inner {
-            ReadInner::Plain(prefix) => prefix.consume(amt),
+            ReadInner::Plain(recv) => recv.consume(amt),
             ReadInner::Encrypted(recv) => recv.consume(amt),
         }
     }
@@ -197,7 +197,7 @@ impl VectoredBufRead for ReadHalf {
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_fill(cx))?;
         Poll::Ready(Ok(match &self.inner {
-            ReadInner::Plain(prefix) => prefix.ready_slices(bufs),
+            ReadInner::Plain(recv) => recv.ready_slices(bufs),
             ReadInner::Encrypted(recv) => recv.ready_slices(bufs),
         }))
     }

@@ -52,7 +52,7 @@ pub struct TcpcryptStream<IO = TcpStream> {
 
 pub(crate) enum Mode {
     Plain {
-        prefix: PlainRecv,
+        recv: PlainRecv,
         reason: FallbackReason,
     },
     Encrypted(Box<Encrypted>),
@@ -93,7 +93,7 @@ impl<IO> TcpcryptStream<IO> {
         TcpcryptStream {
             io,
             mode: Mode::Plain {
-                prefix: PlainRecv::new(prefix),
+                recv: PlainRecv::new(prefix),
                 reason,
             },
             abort: None,
@@ -238,7 +238,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
         ) -> Poll<io::Result<()>>,
     ) -> Poll<io::Result<()>> {
         let e = match &mut self.mode {
-            Mode::Plain { prefix, .. } => return prefix.poll_fill(&mut self.io, cx),
+            Mode::Plain { recv, .. } => return recv.poll_fill(&mut self.io, cx),
             Mode::Encrypted(e) => e,
         };
         let Encrypted { recv, send, .. } = &mut **e;
@@ -270,8 +270,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Mode::Plain { prefix, .. } = &mut this.mode {
-            if prefix.fill(buf) {
+        if let Mode::Plain { recv, .. } = &mut this.mode {
+            if recv.fill(buf) {
                 return Poll::Ready(Ok(()));
             }
             return Pin::new(&mut this.io).poll_read(cx, buf);
@@ -290,14 +290,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TcpcryptStream<IO> {
         let this = self.get_mut();
         ready!(this.poll_fill(cx))?;
         Poll::Ready(Ok(match &this.mode {
-            Mode::Plain { prefix, .. } => prefix.pending(),
+            Mode::Plain { recv, .. } => recv.pending(),
             Mode::Encrypted(e) => e.recv.first_ready(),
         }))
     }
 
     fn consume(self: Pin<&mut Self>, amt: usize) {
         match &mut self.get_mut().mode {
-            Mode::Plain { prefix, .. } => prefix.consume(amt),
+            Mode::Plain { recv, .. } => recv.consume(amt),
             Mode::Encrypted(e) => e.recv.consume(amt),
         }
     }
@@ -312,7 +312,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> VectoredBufRead for TcpcryptStream<IO> 
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_fill(cx))?;
         Poll::Ready(Ok(match &self.mode {
-            Mode::Plain { prefix, .. } => prefix.ready_slices(bufs),
+            Mode::Plain { recv, .. } => recv.ready_slices(bufs),
             Mode::Encrypted(e) => e.recv.ready_slices(bufs),
         }))
     }
