@@ -23,7 +23,7 @@ pub enum SessionState {
     Encrypted(Box<SessionInfo>),
     /// Plain TCP (the peer does not speak tcpcrypt).
     Plain,
-    /// The relay ended.
+    /// The relay ended before the negotiation did.
     Closed,
 }
 
@@ -44,9 +44,20 @@ pub(crate) struct Entry {
     pub mirror: crate::options::SharedMirror,
 }
 
-fn table() -> &'static Mutex<HashMap<i32, Entry>> {
-    static TABLE: OnceLock<Mutex<HashMap<i32, Entry>>> = OnceLock::new();
-    TABLE.get_or_init(|| Mutex::new(HashMap::new()))
+/// The relayed sockets, by descriptor and by identity.
+#[derive(Default)]
+struct Table {
+    /// Each descriptor known to name a relayed socket.
+    by_fd: HashMap<i32, Entry>,
+    /// The sockets whose relay runs, and how many of their descriptors
+    /// `by_fd` holds: a descriptor the hooks have not seen (made by `dup`
+    /// or `fcntl`) is found here by the socket's identity.
+    live: HashMap<u64, (Entry, usize)>,
+}
+
+fn table() -> &'static Mutex<Table> {
+    static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
+    TABLE.get_or_init(|| Mutex::new(Table::default()))
 }
 
 /// Holds the table's lock across a `fork` (`crate::fork`).
@@ -58,7 +69,7 @@ pub(crate) fn hold_for_fork() -> std::sync::MutexGuard<'static, impl Sized> {
 /// in a signal handler that interrupted the lock's holder: it then goes
 /// without the table rather than wait forever. (`fork` is handled by
 /// `crate::fork`.)
-fn lock() -> Option<std::sync::MutexGuard<'static, HashMap<i32, Entry>>> {
+fn lock() -> Option<std::sync::MutexGuard<'static, Table>> {
     for _ in 0..1000 {
         match table().try_lock() {
             Ok(guard) => return Some(guard),
@@ -69,29 +80,90 @@ fn lock() -> Option<std::sync::MutexGuard<'static, HashMap<i32, Entry>>> {
     None
 }
 
+impl Table {
+    fn add_fd(&mut self, fd: i32, entry: Entry) {
+        if let Some((_, fds)) = self.live.get_mut(&entry.id) {
+            *fds += 1;
+        }
+        if let Some(old) = self.by_fd.insert(fd, entry) {
+            self.drop_fd(&old);
+        }
+    }
+
+    /// Accounts for a descriptor of `entry` gone; returns whether it was
+    /// the last known one of a socket whose relay runs.
+    fn drop_fd(&mut self, entry: &Entry) -> bool {
+        match self.live.get_mut(&entry.id) {
+            Some((_, fds)) => {
+                *fds = fds.saturating_sub(1);
+                *fds == 0
+            }
+            None => false,
+        }
+    }
+}
+
+/// Records a relayed socket, before its relay starts (so that the relay's
+/// end, however soon, finds it).
 pub(crate) fn insert(fd: i32, entry: Entry) {
     if let Some(mut table) = lock() {
-        table.insert(fd, entry);
+        table.live.insert(entry.id, (entry.clone(), 0));
+        table.add_fd(fd, entry);
     }
 }
 
-/// The entry of descriptor `fd` if it still names the socket with
-/// identity `id`; a stale entry is dropped.
+/// Forgets a socket whose relay never started.
+pub(crate) fn discard(fd: i32) {
+    if let Some(mut table) = lock() {
+        if let Some(entry) = table.by_fd.remove(&fd) {
+            table.live.remove(&entry.id);
+        }
+    }
+}
+
+/// The entry of descriptor `fd`: the one recorded for it if it still names
+/// the socket with identity `id` (a stale one is dropped), or else that of
+/// a relayed socket `fd` duplicates.
 pub(crate) fn get(fd: i32, id: impl FnOnce() -> Option<u64>) -> Option<Entry> {
-    let entry = lock()?.get(&fd).cloned()?;
-    if id() == Some(entry.id) {
-        Some(entry)
-    } else {
+    let (known, any_live) = {
+        let table = lock()?;
+        (table.by_fd.get(&fd).cloned(), !table.live.is_empty())
+    };
+    if known.is_none() && !any_live {
+        // Not relayed: the common case costs no system call.
+        return None;
+    }
+    let id = id()?;
+    if let Some(entry) = known {
+        if entry.id == id {
+            return Some(entry);
+        }
         remove(fd);
-        None
+    }
+    let mut table = lock()?;
+    let entry = table.live.get(&id)?.0.clone();
+    table.add_fd(fd, entry.clone());
+    Some(entry)
+}
+
+/// Forgets a closed descriptor; stops a connect still under way on its
+/// socket when it was the last descriptor the hooks know of.
+pub(crate) fn remove(fd: i32) {
+    let cancel = lock().and_then(|mut t| {
+        let entry = t.by_fd.remove(&fd)?;
+        t.drop_fd(&entry).then_some(entry.cancel).flatten()
+    });
+    if let Some(cancel) = cancel {
+        cancel.notify_one();
     }
 }
 
-/// Forgets a closed descriptor, and stops a connect still under way on it.
-pub(crate) fn remove(fd: i32) {
-    let entry = lock().and_then(|mut t| t.remove(&fd));
-    if let Some(cancel) = entry.and_then(|e| e.cancel) {
-        cancel.notify_one();
+/// Records that the relay of socket `id` has ended: its descriptors keep
+/// their entries (and the session stays queryable) until they close.
+pub(crate) fn relay_ended(id: u64, state: &Arc<Mutex<SessionState>>) {
+    mark_closed(state);
+    if let Some(mut table) = lock() {
+        table.live.remove(&id);
     }
 }
 
@@ -107,14 +179,12 @@ pub(crate) fn state_of(entry: &Entry) -> SessionState {
         .clone()
 }
 
-/// Marks the relay of a connection ended, keeping a connect failure that
-/// `SO_ERROR` has yet to report.
-pub(crate) fn mark_closed(state: &Arc<Mutex<SessionState>>) {
+/// Marks the relay of a connection ended. The outcome of a negotiation
+/// that finished stays (the session ID belongs to the socket, not to the
+/// relay), and so does a connect failure `SO_ERROR` has yet to report.
+fn mark_closed(state: &Arc<Mutex<SessionState>>) {
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-    if !matches!(
-        *s,
-        SessionState::ConnectFailed(_) | SessionState::ConnectFailedReported
-    ) {
+    if matches!(*s, SessionState::Connecting | SessionState::Negotiating) {
         *s = SessionState::Closed;
     }
 }

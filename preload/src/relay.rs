@@ -60,6 +60,8 @@ const APP_SEND_BUFFER: usize = 4 << 20;
 /// What the hooks and the relay share about one connection.
 #[derive(Clone)]
 pub(crate) struct Shared {
+    /// The application's socket's identity in the registry.
+    pub id: u64,
     /// The negotiation's outcome, for the hooks' session queries.
     pub state: Arc<Mutex<SessionState>>,
     /// The application's socket options for the real connection.
@@ -196,7 +198,7 @@ async fn accept_loop(
             if let Err(e) = result {
                 tracing::debug!(error = %e, "relay ended with an error");
             }
-            registry::mark_closed(&shared.state);
+            registry::relay_ended(shared.id, &shared.state);
         });
     }
 }

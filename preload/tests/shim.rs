@@ -399,6 +399,59 @@ except OSError as e:
 }
 
 #[test]
+fn the_session_outlives_the_relay_and_follows_duplicates() {
+    let (server, seen) = tcpcrypt_http(b"x".to_vec());
+    let lines = python_shimmed(&format!(
+        r#"
+import os, socket, time
+SESSID = 0x54430001
+def sid(sock):
+    for _ in range(200):
+        try:
+            return sock.getsockopt(socket.IPPROTO_TCP, SESSID, 64).hex()
+        except OSError as e:
+            assert e.errno == 107, e  # ENOTCONN while negotiating
+            time.sleep(0.01)
+# Both directions end (the relay with them); the socket stays open.
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+s.shutdown(socket.SHUT_WR)
+while s.recv(4096):
+    pass
+time.sleep(0.5)
+print(sid(s))
+s.close()
+# Duplicates made behind the hooks' back (fcntl, dup2), the original closed.
+s = socket.create_connection(("127.0.0.1", {port}))
+sid(s)
+d = s.dup()
+os.dup2(d.fileno(), 200)
+s.close()
+print(sid(d))
+print(d.getpeername()[1])
+e = socket.socket(fileno=200)
+print(sid(e))
+d.close()
+e.sendall(b"GET / HTTP/1.0\r\n\r\n")
+e.shutdown(socket.SHUT_WR)
+print(e.recv(4096).split(b"\r\n\r\n", 1)[1].decode())
+"#,
+        port = server.port()
+    ));
+    let ids: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|id| id.expect("encrypted").to_string())
+        .collect();
+    assert_eq!(lines[0], ids[0], "queryable after the relay ended");
+    assert_eq!(lines[1], ids[1], "through a dup, the original closed");
+    assert_eq!(lines[2], server.port().to_string(), "getpeername too");
+    assert_eq!(lines[3], ids[1], "through a dup2 to another number");
+    assert_eq!(lines[4], "x", "and the connection still works");
+}
+
+#[test]
 fn fork_and_many_threads() {
     let (server, seen) = tcpcrypt_http(b"ok".to_vec());
     let lines = python_shimmed(&format!(

@@ -66,12 +66,12 @@ pub(super) fn join_relay(
     entry: Entry,
 ) -> Result<(), c_int> {
     let shared = Shared {
+        id: entry.id,
         state: entry.state.clone(),
         mirror: entry.mirror.clone(),
     };
-    attach_to_relay(fd, family, relay, job, shared)?;
     registry::insert(fd, entry);
-    Ok(())
+    attach_to_relay(fd, family, relay, job, shared).inspect_err(|_| registry::discard(fd))
 }
 
 pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
