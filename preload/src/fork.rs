@@ -24,7 +24,14 @@ pub(crate) fn before() {
     HELD.with(|h| h.borrow_mut().extend(held));
 }
 
-/// After `fork`, in the parent and in the child: releases them.
+/// After `fork`, in the parent: releases them.
 pub(crate) fn after() {
     HELD.with(|h| h.borrow_mut().clear());
+}
+
+/// After `fork`, in the child: releases them, and forgets the parent's
+/// running relays, which are not the child's.
+pub(crate) fn after_child() {
+    after();
+    crate::registry::forget_relays();
 }

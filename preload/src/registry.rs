@@ -146,15 +146,41 @@ pub(crate) fn get(fd: i32, id: impl FnOnce() -> Option<u64>) -> Option<Entry> {
     Some(entry)
 }
 
-/// Forgets a closed descriptor; stops a connect still under way on its
-/// socket when it was the last descriptor the hooks know of.
-pub(crate) fn remove(fd: i32) {
-    let cancel = lock().and_then(|mut t| {
-        let entry = t.by_fd.remove(&fd)?;
-        t.drop_fd(&entry).then_some(entry.cancel).flatten()
+/// Forgets a closed descriptor. When it was the last one of its socket
+/// the hooks know of and the socket's connect is still under way, returns
+/// the socket's identity and the connect's cancel: the caller abandons the
+/// connect unless another descriptor (a copy the hooks have not seen)
+/// still names the socket.
+pub(crate) fn remove(fd: i32) -> Option<(u64, Arc<tokio::sync::Notify>)> {
+    let (entry, last) = {
+        let mut table = lock()?;
+        let entry = table.by_fd.remove(&fd)?;
+        let last = table.drop_fd(&entry);
+        (entry, last)
+    };
+    let connecting = matches!(state_of(&entry), SessionState::Connecting);
+    let cancel = entry.cancel.filter(|_| last && connecting)?;
+    Some((entry.id, cancel))
+}
+
+/// Forgets a descriptor whose connect the hooks give up on, and stops the
+/// relay's part of it.
+pub(crate) fn abandon(fd: i32) {
+    let entry = lock().and_then(|mut table| {
+        let entry = table.by_fd.remove(&fd)?;
+        table.drop_fd(&entry);
+        Some(entry)
     });
-    if let Some(cancel) = cancel {
+    if let Some(cancel) = entry.and_then(|e| e.cancel) {
         cancel.notify_one();
+    }
+}
+
+/// Forgets the relays of the parent process, in a child after `fork`:
+/// they are not the child's. Its inherited descriptors keep their entries.
+pub(crate) fn forget_relays() {
+    if let Some(mut table) = lock() {
+        table.live.clear();
     }
 }
 
@@ -162,9 +188,9 @@ pub(crate) fn remove(fd: i32) {
 /// their entries (and the session stays queryable) until they close.
 pub(crate) fn relay_ended(id: u64, state: &Arc<Mutex<SessionState>>) {
     mark_closed(state);
-    if let Some(mut table) = lock() {
-        table.live.remove(&id);
-    }
+    // The relay's thread runs no signal handler: it can wait for the lock.
+    let mut table = table().lock().unwrap_or_else(|p| p.into_inner());
+    table.live.remove(&id);
 }
 
 pub(crate) fn set_state(state: &Arc<Mutex<SessionState>>, s: SessionState) {

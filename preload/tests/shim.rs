@@ -1180,6 +1180,58 @@ except OSError as e:
 }
 
 #[test]
+fn a_pending_connect_survives_closing_the_original_of_a_copy() {
+    // A non-blocking connect to a destination that does not answer yet; the
+    // application copies the socket (fcntl, behind the hooks' back) and
+    // closes the original. The connect must go on for the copy.
+    let hole = Blackhole::new();
+    let (_py, mut lines) = shimmed_python_server_with(
+        &format!(
+            r#"
+import os, select, socket
+s = socket.socket(); s.setblocking(False)
+s.connect_ex(("127.0.0.1", {hole}))
+copy = os.dup(s.fileno())  # no socket call: the hooks see nothing of it
+s.close()
+d = socket.socket(fileno=copy)
+print(0, flush=True)
+_, w, _ = select.select([], [d], [], 20)
+print("writable" if w else "timeout", flush=True)
+d.settimeout(20)
+print(d.recv(100).decode().strip() or "EOF", flush=True)
+"#,
+            hole = hole.port()
+        ),
+        &[],
+    );
+    // Now let the destination answer: accept what waits (the held
+    // connections, then the shim's) and greet each.
+    hole.listener.set_nonblocking(true).unwrap();
+    let mut accepted = Vec::new();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let greeter = std::thread::spawn(move || {
+        for _ in 0..400 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            match hole.listener.accept() {
+                Ok((c, _)) => {
+                    let _ = (&c).write_all(b"banner\n");
+                    accepted.push(c);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    let mut next = || lines.next().expect("a line").unwrap();
+    assert_eq!(next(), "writable", "the connect completed for the copy");
+    assert_eq!(next(), "banner", "and carries the destination's bytes");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    greeter.join().unwrap();
+}
+
+#[test]
 fn curl_connect_timeout_and_asyncio_work_under_the_shim() {
     // curl's own deadline holds for a destination that never answers: the
     // shim does not hold the thread in connect.

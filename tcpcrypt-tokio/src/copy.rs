@@ -158,8 +158,6 @@ const MAX_SLICES: usize = 2 * MAX_READY_FRAMES;
 #[derive(Default)]
 struct Transfer {
     copied: u64,
-    /// Written since the destination was last flushed.
-    unflushed: bool,
     /// The source ended and the destination was shut down.
     done: bool,
 }
@@ -179,13 +177,12 @@ impl Transfer {
             let mut bufs = [IoSlice::new(&[]); MAX_SLICES];
             let lent = match from.poll_fill_bufs(cx, &mut bufs) {
                 Poll::Pending => {
-                    // A writer that buffers (a tcpcrypt stream whose socket
-                    // was full) must not sit on the tail of a response while
-                    // the other side waits for it.
-                    if self.unflushed {
-                        ready!(Pin::new(&mut *to).poll_flush(cx))?;
-                        self.unflushed = false;
-                    }
+                    // A writer that buffers must not sit on what it holds
+                    // while the other side waits for it: the tail of a
+                    // response a tcpcrypt stream kept when its socket was
+                    // full, or the answer to a peer's rekey the other
+                    // direction could not send.
+                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
                     return Poll::Pending;
                 }
                 Poll::Ready(r) => r?,
@@ -201,7 +198,6 @@ impl Transfer {
             }
             Pin::new(&mut *from).consume(n);
             self.copied += n as u64;
-            self.unflushed = true;
         }
         Poll::Ready(Ok(self.copied))
     }

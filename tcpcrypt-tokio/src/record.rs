@@ -174,10 +174,13 @@ impl PlainRecv {
     pub(crate) fn consume(&mut self, n: usize) {
         self.start += n.min(self.end - self.start);
         if self.start == self.end {
-            // All delivered: keep the buffer for the next reader on this
-            // thread (the handshake's bytes are simply freed).
-            give_back(std::mem::take(&mut self.bytes));
             (self.start, self.end) = (0, 0);
+            if self.bytes.len() < RECV_BUF_LEN {
+                // The handshake's bytes, delivered: free them. A read
+                // buffer stays for the next read, and goes back to the
+                // pool when the stream has nothing to give.
+                self.bytes = Vec::new();
+            }
         }
     }
 }

@@ -392,7 +392,7 @@ pub(super) fn connect_in_background(
         return fail(e);
     }
     if !set_notsent_lowat(fd, 1) {
-        registry::remove(fd);
+        registry::abandon(fd);
         return fail(errno());
     }
     match fill_until_held(fd) {
@@ -401,7 +401,7 @@ pub(super) fn connect_in_background(
             fail(report)
         }
         Err(e) => {
-            registry::remove(fd);
+            registry::abandon(fd);
             fail(e)
         }
     }

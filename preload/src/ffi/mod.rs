@@ -155,12 +155,15 @@ pub(crate) fn install_fork_handlers() {
     extern "C" fn prepare() {
         let _ = catch_unwind(crate::fork::before);
     }
-    extern "C" fn after() {
+    extern "C" fn parent() {
         let _ = catch_unwind(crate::fork::after);
+    }
+    extern "C" fn child() {
+        let _ = catch_unwind(crate::fork::after_child);
     }
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| unsafe {
-        libc::pthread_atfork(Some(prepare), Some(after), Some(after));
+        libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
     });
 }
 
@@ -290,10 +293,19 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
 /// As libc's `close`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if !BYPASS.with(|b| b.get()) {
-        registry::remove(fd);
+    let Some(_guard) = Guard::enter() else {
+        return unsafe { (real().close)(fd) };
+    };
+    let connecting = registry::remove(fd);
+    let r = unsafe { (real().close)(fd) };
+    if let Some((id, cancel)) = connecting {
+        // The relay holds one descriptor of the socket while it connects;
+        // one more is a copy the application still has.
+        if catch_unwind(|| descriptors_of(id)).is_ok_and(|n| n <= 1) {
+            cancel.notify_one();
+        }
     }
-    unsafe { (real().close)(fd) }
+    r
 }
 
 /// # Safety

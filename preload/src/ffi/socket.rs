@@ -12,10 +12,27 @@ pub(super) fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int>
     (r == 0).then_some(v)
 }
 
-/// A socket's identity: its inode number.
+/// A socket's identity: its inode number. `None` for anything but a
+/// socket (a file's inode number says nothing about sockets).
 pub(super) fn socket_id(fd: c_int) -> Option<u64> {
     let mut st: libc::stat = unsafe { zeroed() };
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+    (unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+        .then_some(st.st_ino)
+}
+
+/// How many of this process's descriptors name the socket with identity
+/// `id` (`/proc/self/fd` shows each as `socket:[inode]`).
+pub(super) fn descriptors_of(id: u64) -> usize {
+    let name = format!("socket:[{id}]");
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == name.as_str())
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// The registry's entry for `fd`, if it still names the same socket.
