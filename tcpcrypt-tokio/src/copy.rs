@@ -91,10 +91,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for PlainSource<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.recv.fill(buf) {
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        this.recv.poll_read(&mut this.io, cx, buf)
     }
 }
 

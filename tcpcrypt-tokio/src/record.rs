@@ -98,15 +98,21 @@ impl PlainRecv {
         }
     }
 
-    /// Copies pending bytes into `out`; `false` once there are none.
-    pub(crate) fn fill(&mut self, out: &mut ReadBuf<'_>) -> bool {
+    /// Reads into `out`: pending bytes first, then straight from `io`
+    /// (without going through the buffer).
+    pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.start == self.end {
-            return false;
+            return Pin::new(&mut *io).poll_read(cx, out);
         }
         let n = (self.end - self.start).min(out.remaining());
         out.put_slice(&self.bytes[self.start..self.start + n]);
         self.consume(n);
-        true
+        Poll::Ready(Ok(()))
     }
 
     /// Makes bytes pending, with one read of `io` if there are none;

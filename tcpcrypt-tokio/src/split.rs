@@ -153,12 +153,7 @@ impl AsyncRead for ReadHalf {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match &mut this.inner {
-            ReadInner::Plain(recv) => {
-                if recv.fill(buf) {
-                    return Poll::Ready(Ok(()));
-                }
-                Pin::new(&mut this.io).poll_read(cx, buf)
-            }
+            ReadInner::Plain(recv) => recv.poll_read(&mut this.io, cx, buf),
             ReadInner::Encrypted(recv) => {
                 let generation = &this.peer_generation;
                 recv.poll_read(&mut this.io, cx, buf, &mut |ev| match ev {

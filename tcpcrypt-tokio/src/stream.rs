@@ -271,10 +271,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if let Mode::Plain { recv, .. } = &mut this.mode {
-            if recv.fill(buf) {
-                return Poll::Ready(Ok(()));
-            }
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            return recv.poll_read(&mut this.io, cx, buf);
         }
         this.poll_recv(cx, |recv, io, cx, on_event| {
             recv.poll_read(io, cx, buf, on_event)
