@@ -16,6 +16,12 @@ thread_local! {
 /// Before `fork`: takes the locks, always in this order (nothing takes two
 /// of them at once otherwise, so the order cannot deadlock).
 pub(crate) fn before() {
+    // Values made once, on first use, by whichever thread needs them: one
+    // being made by another thread at this moment would stay half made in
+    // the child, whose first use would then wait for it forever. Finished
+    // here first (waiting, if need be, for the thread making them).
+    crate::env::settings();
+    crate::ffi::finish_lazy_values();
     let held: [Box<dyn Any>; 3] = [
         Box::new(crate::relay::hold_for_fork()),
         Box::new(crate::status::hold_for_fork()),

@@ -36,7 +36,7 @@ use query::*;
 use socket::*;
 
 pub(crate) use connect::restore_notsent_lowat;
-pub(crate) use socket::apply_option;
+pub(crate) use socket::{apply_option, finish_lazy_values};
 
 thread_local! {
     static BYPASS: Cell<bool> = const { Cell::new(false) };
@@ -148,6 +148,18 @@ unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
         unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
     }
 }
+
+/// Runs when the library is loaded, before a preloaded program has threads
+/// of its own: the fork handlers are in place before any thread can fork,
+/// so no `fork` can catch their installation half done.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = {
+    extern "C" fn on_load() {
+        let _ = catch_unwind(install_fork_handlers);
+    }
+    on_load
+};
 
 /// Registers `crate::fork`'s handlers with `pthread_atfork`, once: a child
 /// inherits them with the rest of the process.

@@ -124,6 +124,13 @@ fn fresh_options(family: c_int) -> &'static [Setting] {
     })
 }
 
+/// Makes the values made once per process that a `fork` could otherwise
+/// catch half made (see `crate::fork::before`).
+pub(crate) fn finish_lazy_values() {
+    fresh_options(AF_INET);
+    fresh_options(AF_INET6);
+}
+
 /// The mirrored options of `fd` (a TCP socket of `family`) whose values
 /// differ from a new socket's: what the application changed, and all a
 /// new real socket needs. Copying only these saves a system call per
