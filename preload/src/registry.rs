@@ -65,19 +65,26 @@ pub(crate) fn hold_for_fork() -> std::sync::MutexGuard<'static, impl Sized> {
     table().lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How long a hook waits for the table. The holder may be a thread the
+/// scheduler has set aside on a busy machine, which can take milliseconds.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The table, if it can be had without blocking for long. A hook can run
 /// in a signal handler that interrupted the lock's holder: it then goes
-/// without the table rather than wait forever. (`fork` is handled by
-/// `crate::fork`.)
+/// without the table (after `LOCK_PATIENCE`) rather than wait forever.
+/// (`fork` is handled by `crate::fork`.)
 fn lock() -> Option<std::sync::MutexGuard<'static, Table>> {
-    for _ in 0..1000 {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
         match table().try_lock() {
             Ok(guard) => return Some(guard),
             Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
         }
     }
-    None
 }
 
 impl Table {
