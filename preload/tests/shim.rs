@@ -434,7 +434,13 @@ print(sid(e))
 d.close()
 e.sendall(b"GET / HTTP/1.0\r\n\r\n")
 e.shutdown(socket.SHUT_WR)
-print(e.recv(4096).split(b"\r\n\r\n", 1)[1].decode())
+reply = b""
+while True:
+    chunk = e.recv(4096)
+    if not chunk:
+        break
+    reply += chunk
+print(reply.split(b"\r\n\r\n", 1)[1].decode())
 "#,
         port = server.port()
     ));
