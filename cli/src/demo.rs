@@ -3,8 +3,8 @@
 //! 1. A tcpcrypt HTTP server (the library), a relay in front of it that
 //!    records every byte on the wire, and the system's curl run through the
 //!    shim against the relay. Shows the response, the session ID each side
-//!    holds (the client's is read from the shim's status directory while
-//!    curl is connected), and a hex dump of the wire: hellos, then
+//!    holds (the client's is asked of the relay daemon, a private one
+//!    started by the shim for the demo, while curl is connected), and a hex dump of the wire: hellos, then
 //!    ciphertext, no plaintext.
 //! 2. The same curl against a plain HTTP server: the shim falls back and
 //!    the page arrives unchanged.
@@ -19,10 +19,13 @@ use tcpcrypt_tokio::{Config, TcpcryptListener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::daemon;
+use crate::wire::{self, Reply, Request};
+
 const PAGE: &str = "hello from a tcpcrypt server";
 
 /// The session IDs the server saw: its own, and the client's from the
-/// shim's status directory.
+/// relay daemon.
 type Seen = (Option<String>, Option<String>);
 
 fn fail(msg: impl std::fmt::Display) -> i32 {
@@ -55,19 +58,16 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
     true
 }
 
-/// The client's session ID, from the shim's status file of curl's
-/// connection (waits up to 5 s for it to appear).
-async fn client_session_id(status_dir: &Path, peer: SocketAddr) -> Option<String> {
+/// The client's session ID, as the relay daemon reports curl's connection
+/// (waits up to 5 s for the negotiation to finish).
+async fn client_session_id(daemon_dir: &Path, peer: SocketAddr) -> Option<String> {
     for _ in 0..500 {
-        if let Ok(entries) = std::fs::read_dir(status_dir) {
-            for e in entries.flatten() {
-                let Some(record) = std::fs::read_to_string(e.path())
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                else {
-                    continue;
-                };
-                if record["peer"] == peer.to_string().as_str() {
+        if let Ok(Reply::Status(text)) = daemon::ask(daemon_dir, &Request::Status) {
+            for record in text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            {
+                if record["peer"] == peer.to_string().as_str() && record["encrypted"] == true {
                     return record["session_id"].as_str().map(str::to_string);
                 }
             }
@@ -149,7 +149,7 @@ async fn curl(lib: &Path, status_dir: &Path, url: &str) -> Result<String, String
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "20", url])
         .env("LD_PRELOAD", lib)
-        .env("TCPCRYPT_STATUS_DIR", status_dir)
+        .env("TCPCRYPT_RUNTIME_DIR", status_dir)
         .stdin(Stdio::null())
         .output()
         .await
@@ -164,10 +164,15 @@ async fn curl(lib: &Path, status_dir: &Path, url: &str) -> Result<String, String
 }
 
 async fn run(lib: PathBuf) -> i32 {
-    let status_dir = std::env::temp_dir().join(format!("tcpcrypt-demo-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&status_dir);
-    let code = steps(&lib, &status_dir).await;
-    let _ = std::fs::remove_dir_all(&status_dir);
+    // A daemon of the demo's own, in a private directory, stopped at the
+    // end: the user's own daemon (if any) is left alone.
+    let daemon_dir = std::env::temp_dir().join(format!("tcpcrypt-demo-{}", std::process::id()));
+    if let Err(e) = wire::private_dir(&daemon_dir) {
+        return fail(format!("{}: {e}", daemon_dir.display()));
+    }
+    let code = steps(&lib, &daemon_dir).await;
+    let _ = daemon::ask(&daemon_dir, &Request::Shutdown);
+    let _ = std::fs::remove_dir_all(&daemon_dir);
     code
 }
 
@@ -231,7 +236,7 @@ async fn steps(lib: &Path, status_dir: &Path) -> i32 {
         return fail("the server did not see an encrypted connection");
     };
     let Some(client_id) = client_id else {
-        return fail("the client's session ID did not appear in the shim's status directory");
+        return fail("the relay daemon did not report the client's session ID");
     };
     println!("  server session ID: {server_id}");
     println!("  client session ID: {client_id}");

@@ -10,6 +10,7 @@
 
 mod bench;
 mod check;
+mod daemon;
 mod demo;
 mod http_header;
 mod netcat;
@@ -19,6 +20,10 @@ mod report;
 mod run;
 mod shim;
 mod status;
+/// The shim's protocol with the daemon: one definition, compiled into
+/// both (see the file's own documentation).
+#[path = "../../preload/src/wire.rs"]
+mod wire;
 
 use clap::{Parser, Subcommand};
 
@@ -76,6 +81,12 @@ enum Command {
         after_help = "Examples:\n  tcpcrypt bench\n  tcpcrypt bench --bytes 1G --connections 2000 --json\n  tcpcrypt bench --serve 0.0.0.0:7778     (on the server)\n  tcpcrypt bench --to server:7778         (on the client)"
     )]
     Bench(bench::Args),
+    /// The per-user relay daemon that carries the connections of shimmed
+    /// programs (started on demand by libtcpcrypt.so).
+    #[command(
+        after_help = "Examples:\n  tcpcrypt daemon                 (start in the background unless running)\n  tcpcrypt daemon --foreground    (for systemd: packaging/tcpcrypt-daemon.service)\n  tcpcrypt daemon --stop"
+    )]
+    Daemon(daemon::Args),
     /// List the live connections of programs run with the shim.
     #[command(after_help = "Examples:\n  tcpcrypt status\n  tcpcrypt status --json")]
     Status(status::Args),
@@ -99,6 +110,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Demo => demo::demo(),
         Command::Status(args) => status::status(args),
+        Command::Daemon(args) => daemon::daemon(args),
         Command::Connect(args) => block_on(netcat::connect(args)),
         Command::Listen(args) => block_on(netcat::listen(args)),
         Command::Proxy(args) => block_on(proxy::proxy(args)),

@@ -1,7 +1,8 @@
-//! `tcpcrypt status`: lists live connections of programs run with the shim,
-//! from the files the shim keeps in its status directory.
+//! `tcpcrypt status`: lists the live connections of programs run with the
+//! shim, as the relay daemon that carries them reports them.
 
-use std::path::PathBuf;
+use crate::daemon;
+use crate::wire::{self, Reply, Request};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -10,21 +11,7 @@ pub struct Args {
     json: bool,
 }
 
-/// Where the shim writes (same rule as the shim).
-fn dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("TCPCRYPT_STATUS_DIR") {
-        return d.into();
-    }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(d).join("tcpcrypt");
-    }
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(0);
-    PathBuf::from(format!("/tmp/tcpcrypt-{uid}"))
-}
-
-/// A field of one of the shim's JSON records, as text ("" if absent).
+/// A field of one of the daemon's JSON records, as text ("" if absent).
 fn field(record: &serde_json::Value, name: &str) -> String {
     match &record[name] {
         serde_json::Value::String(s) => s.clone(),
@@ -33,37 +20,45 @@ fn field(record: &serde_json::Value, name: &str) -> String {
     }
 }
 
-pub fn status(args: Args) -> i32 {
-    let dir = dir();
-    let mut records = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            let Some(record) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            else {
-                continue;
-            };
-            let pid = field(&record, "pid");
-            // A process that died without cleaning up leaves stale entries.
-            if !PathBuf::from(format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            records.push(record);
+/// The daemon's records of its live connections (none when no daemon runs).
+pub fn records() -> Result<Vec<serde_json::Value>, String> {
+    let dir = wire::runtime_dir().map_err(|e| e.to_string())?;
+    match daemon::ask(&dir, &Request::Status) {
+        Ok(Reply::Status(text)) => Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()),
+        Ok(other) => Err(format!("unexpected answer from the daemon: {other:?}")),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(Vec::new())
         }
+        Err(e) => Err(format!(
+            "the daemon in {} does not answer: {e}",
+            dir.display()
+        )),
     }
+}
+
+pub fn status(args: Args) -> i32 {
+    let mut records = match records() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tcpcrypt status: {e}");
+            return 1;
+        }
+    };
     records.sort_by_key(|r| (field(r, "pid"), field(r, "peer")));
     if args.json {
         println!("{}", serde_json::Value::Array(records));
         return 0;
     }
     if records.is_empty() {
-        println!("no live connections (status directory {})", dir.display());
+        println!("no live connections");
         return 0;
     }
     println!(

@@ -12,18 +12,30 @@
 //! * `TCPCRYPT_HANDSHAKE_TIMEOUT_MS`, `TCPCRYPT_SERVER_HELLO_TIMEOUT_MS`,
 //!   `TCPCRYPT_CLIENT_HELLO_WAIT_MS`: the library's deadlines (whole
 //!   handshake; a client's wait for a server's hello before deciding it is
-//!   legacy; a server's wait for a silent client's hello).
-//! * `TCPCRYPT_LOG`: log filter (`error`, `warn`, `info`, `debug`, `trace`,
-//!   or a tracing filter such as `tcpcrypt_tokio=debug`); default `warn`.
-//! * `TCPCRYPT_LOG_FILE`: where logs go; `stderr` for the program's stderr.
-//!   Without it the shim logs nothing: the program's own output stays as it
-//!   was.
+//!   legacy; a server's wait for a silent client's hello), sent to the
+//!   daemon with each connection.
+//! * `TCPCRYPT_DAEMON`: the `tcpcrypt` executable that runs the daemon
+//!   (default: the one beside this library).
+//! * `TCPCRYPT_RUNTIME_DIR`: the daemon's directory (see `wire`).
+//! * `TCPCRYPT_LOG` (`error`, `warn`, `info`, `debug`, `trace`; default
+//!   `warn`) and `TCPCRYPT_LOG_FILE` (a path, or `stderr`): see `log`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tcpcrypt_tokio::Policy;
+use crate::wire::{Deadlines, WirePolicy};
+
+/// What the shim does with a program's TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// Encrypted when the peer speaks tcpcrypt, plain otherwise.
+    Opportunistic,
+    /// Encrypted or not at all.
+    Mandatory,
+    /// Left alone.
+    Off,
+}
 
 /// One rule of `TCPCRYPT_INCLUDE` or `TCPCRYPT_EXCLUDE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,19 +146,23 @@ impl Settings {
         }
     }
 
-    /// The library configuration these settings describe.
-    pub fn config(&self) -> Result<tcpcrypt_tokio::Config, tcpcrypt_tokio::proto::Error> {
-        let mut b = tcpcrypt_tokio::Config::builder().policy(self.policy);
-        if let Some(d) = self.handshake_timeout {
-            b = b.handshake_timeout(d);
-        }
-        if let Some(d) = self.server_hello_timeout {
-            b = b.server_hello_timeout(d);
-        }
-        if let Some(d) = self.client_hello_wait {
-            b = b.client_hello_wait(d);
-        }
-        b.build()
+    /// The policy and deadlines the daemon applies to this program's
+    /// connections.
+    pub fn wire(&self) -> (WirePolicy, Deadlines) {
+        let ms = |d: Option<Duration>| {
+            d.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32)
+        };
+        let policy = if self.mandatory() {
+            WirePolicy::Mandatory
+        } else {
+            WirePolicy::Opportunistic
+        };
+        let deadlines = Deadlines {
+            handshake_ms: ms(self.handshake_timeout),
+            server_hello_ms: ms(self.server_hello_timeout),
+            client_hello_wait_ms: ms(self.client_hello_wait),
+        };
+        (policy, deadlines)
     }
 
     /// Whether no application byte may travel unencrypted.
@@ -174,37 +190,13 @@ fn parse_policy(text: &str) -> Option<Policy> {
 
 pub(crate) fn settings() -> &'static Settings {
     static SETTINGS: OnceLock<Settings> = OnceLock::new();
-    SETTINGS.get_or_init(Settings::from_env)
-}
-
-/// Starts logging as the environment asks, once per process. A host
-/// program with its own global subscriber keeps it.
-pub(crate) fn init_logging() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let Ok(dest) = std::env::var("TCPCRYPT_LOG_FILE") else {
-            return;
-        };
-        let filter = tracing_subscriber::EnvFilter::try_new(
-            std::env::var("TCPCRYPT_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false);
-        let _ = if dest == "stderr" {
-            builder.with_writer(std::io::stderr).try_init()
-        } else {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&dest)
-            {
-                Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
-                Err(_) => return,
-            }
-        };
-    });
+    SETTINGS.get_or_init(|| {
+        let s = Settings::from_env();
+        for rule in &s.rejected {
+            crate::log::log!(Warn, "a setting that does not parse: {rule}");
+        }
+        s
+    })
 }
 
 #[cfg(test)]

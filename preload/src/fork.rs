@@ -1,43 +1,31 @@
-//! `fork` while other threads hold the shim's process-wide locks. The
-//! child has only the forking thread: a lock another thread held at that
-//! moment would stay held in the child forever, and its first connection
-//! would hang. So the forking thread takes those locks just before `fork`
-//! and releases them just after, in the parent and in the child
-//! (`pthread_atfork`, installed by `ffi::install_fork_handlers`).
+//! `fork` while another thread holds the shim's table lock: the child has
+//! only the forking thread, so a lock another thread held at that moment
+//! would stay held in the child forever. The forking thread takes it just
+//! before `fork` and releases it just after, in the parent and in the
+//! child (`pthread_atfork`, installed by `ffi::install_fork_handlers`).
+//! Nothing else of the shim needs care across `fork`: no thread, no
+//! runtime and no relay socket lives in the program.
 
 use std::any::Any;
 use std::cell::RefCell;
 
 thread_local! {
-    /// The locks the forking thread holds across `fork`.
-    static HELD: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+    /// The lock the forking thread holds across `fork`.
+    static HELD: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
-/// Before `fork`: takes the locks, always in this order (nothing takes two
-/// of them at once otherwise, so the order cannot deadlock).
+/// Before `fork`. Values made once, on first use, by whichever thread
+/// needs them are finished first: one half made by another thread would
+/// stay half made in the child.
 pub(crate) fn before() {
-    // Values made once, on first use, by whichever thread needs them: one
-    // being made by another thread at this moment would stay half made in
-    // the child, whose first use would then wait for it forever. Finished
-    // here first (waiting, if need be, for the thread making them).
     crate::env::settings();
+    crate::log::init();
     crate::ffi::finish_lazy_values();
-    let held: [Box<dyn Any>; 3] = [
-        Box::new(crate::relay::hold_for_fork()),
-        Box::new(crate::status::hold_for_fork()),
-        Box::new(crate::registry::hold_for_fork()),
-    ];
-    HELD.with(|h| h.borrow_mut().extend(held));
+    let held: Box<dyn Any> = Box::new(crate::registry::hold_for_fork());
+    HELD.with(|h| *h.borrow_mut() = Some(held));
 }
 
-/// After `fork`, in the parent: releases them.
+/// After `fork`, in the parent and in the child: releases it.
 pub(crate) fn after() {
-    HELD.with(|h| h.borrow_mut().clear());
-}
-
-/// After `fork`, in the child: releases them, and forgets the parent's
-/// running relays, which are not the child's.
-pub(crate) fn after_child() {
-    after();
-    crate::registry::forget_relays();
+    HELD.with(|h| h.borrow_mut().take());
 }

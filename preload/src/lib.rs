@@ -6,17 +6,18 @@
 //! LD_PRELOAD=/path/to/libtcpcrypt.so curl http://host/
 //! ```
 //!
-//! The program keeps real kernel TCP sockets; each one is connected over
-//! loopback to a relay on a background runtime inside the process, which
-//! holds the real connection as a `TcpcryptStream`. Design and the reasons
-//! behind it: `docs/SHIM.md`. All `unsafe` code is in the `ffi` module.
+//! The library only hooks: it makes the real connection (or accepts it),
+//! hands it to the user's relay daemon (`tcpcrypt daemon`, started on
+//! demand) with `SCM_RIGHTS`, and connects the program's own socket to the
+//! daemon over loopback. No thread, runtime or relay socket lives in the
+//! program. Design and the reasons behind it: `docs/SHIM.md`. All
+//! `unsafe` code is in the `ffi` module.
 
+mod daemon;
 mod env;
 mod ffi;
 mod fork;
+mod log;
 mod options;
 mod registry;
-mod relay;
-pub mod status;
-
-pub use registry::SessionState;
+pub mod wire;

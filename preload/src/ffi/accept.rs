@@ -1,7 +1,10 @@
-//! `accept` on a listening socket the shim handles: the application gets
-//! the end of a loopback connection to the relay instead of the real one.
+//! `accept` on a listening socket the shim handles: the real connection
+//! goes to the daemon, and the application gets instead its own end of a
+//! fresh loopback connection to the daemon.
 
 use super::*;
+use crate::daemon::Link;
+use crate::wire::Handover;
 
 /// An accepted connection the shim cannot carry: under the mandatory
 /// policy it is reset and the caller gets -1 (`accept4` then fails with
@@ -9,21 +12,20 @@ use super::*;
 /// application gets it unencrypted.
 pub(super) fn refuse_accepted_if_mandatory(c: c_int, why: &str) -> c_int {
     if !crate::env::settings().mandatory() {
-        tracing::debug!(why, "accepted connection left unencrypted");
+        crate::log::log!(Debug, "accepted connection left unencrypted: {why}");
         return c;
     }
-    tracing::warn!(why, "accepted connection reset: the policy is mandatory");
+    crate::log::log!(
+        Warn,
+        "accepted connection reset (the policy is mandatory): {why}"
+    );
     // SAFETY: `c` is a connected socket the caller hands over.
-    let tcp = unsafe { std::net::TcpStream::from_raw_fd(c) };
-    // Closed with a zero linger time: a reset.
-    let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
-    drop(tcp);
+    reset(unsafe { OwnedFd::from_raw_fd(c) });
     -1
 }
 
-/// `accept4` on a listening TCP socket the shim handles: the real
-/// connection goes to the relay and the application gets the other end of
-/// a fresh loopback connection instead. `Err(c)`: not ours, hand `c` out.
+/// `accept4` on a listening TCP socket the shim handles. `Err(c)`: not
+/// ours (or not carried), hand `c` out as it is.
 pub(super) fn intercept_accept(
     listener: c_int,
     c: c_int,
@@ -39,13 +41,11 @@ pub(super) fn intercept_accept(
     if crate::env::settings().excluded(canonical(local)) {
         return Err(c);
     }
-    let relay = match relay::get() {
-        Ok(relay) => relay,
-        Err(e) => {
-            let why = format!("the relay cannot start: {e}");
-            return Err(refuse_accepted_if_mandatory(c, &why));
-        }
+    let link = match Link::open() {
+        Ok(l) => l,
+        Err(e) => return Err(refuse_accepted_if_mandatory(c, &format!("no daemon: {e}"))),
     };
+    // SAFETY: plain system call; the result is checked.
     let app = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if app < 0 {
         return Err(refuse_accepted_if_mandatory(
@@ -53,44 +53,64 @@ pub(super) fn intercept_accept(
             "no descriptor for the application",
         ));
     }
-    // An accepted socket inherits the listening socket's options; the
-    // one the application gets instead does too.
+    // SAFETY: `app` was just made and is owned by no one else.
+    let app = unsafe { OwnedFd::from_raw_fd(app) };
+    // An accepted socket inherits the listening socket's options; the one
+    // the application gets instead does too.
     for setting in changed_options(listener, family)
         .into_iter()
         .chain(read_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY))
     {
-        apply_option(app, &setting);
+        apply_option(app.as_raw_fd(), &setting);
     }
-    // SAFETY: `c` is a connected socket we own from here on.
-    let tcp = unsafe { std::net::TcpStream::from_raw_fd(c) };
-    let job = Job::Inbound {
-        tcp,
-        peer: canonical(peer),
+    // SAFETY: `c` is the connected socket just accepted, owned from here on.
+    let real = unsafe { OwnedFd::from_raw_fd(c) };
+    let end = match pair(app.as_raw_fd(), family) {
+        Ok(end) => end,
+        Err(_) => {
+            reset(real);
+            return Ok(-1);
+        }
     };
-    let entry = Entry {
-        id: socket_id(app).unwrap_or(0),
+    let Some(id) = socket_id(app.as_raw_fd()) else {
+        reset(real);
+        return Ok(-1);
+    };
+    let (policy, deadlines) = crate::env::settings().wire();
+    let req = Request::Accept(Handover {
+        id,
         local: canonical(local),
         peer: canonical(peer),
-        state: Arc::new(Mutex::new(SessionState::Negotiating)),
-        cancel: None,
-        // The accepted real socket has the listener's options already;
-        // the mirror carries those the application sets later.
-        mirror: options::new(Vec::new()),
-    };
-    if join_relay(app, family, relay, job, entry).is_err() {
-        unsafe { (real().close)(app) };
-        // The real connection went with the job; the caller sees an
-        // aborted connection, as if the client had reset it.
-        return Ok(-1);
+        policy,
+        deadlines,
+        pending: None,
+        // The real socket has the listener's options already; the daemon
+        // gets those the application sets later.
+        settings: Vec::new(),
+    });
+    match link.ask(&req, &[end.as_raw_fd(), real.as_raw_fd()]) {
+        Ok(Reply::Ok) => {}
+        other => {
+            crate::log::log!(Warn, "the daemon did not take a connection: {other:?}");
+            // The client sees an aborted connection, never a clean end.
+            reset(real);
+            return Ok(-1);
+        }
     }
+    drop(real);
+    drop(end);
     if flags & libc::SOCK_NONBLOCK != 0 {
+        // SAFETY: plain system calls on a descriptor this function owns.
         unsafe {
-            let fl = libc::fcntl(app, libc::F_GETFL);
-            libc::fcntl(app, libc::F_SETFL, fl | libc::O_NONBLOCK);
+            let fl = libc::fcntl(app.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(app.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
     }
     if flags & libc::SOCK_CLOEXEC == 0 {
-        unsafe { libc::fcntl(app, libc::F_SETFD, 0) };
+        // SAFETY: as above.
+        unsafe { libc::fcntl(app.as_raw_fd(), libc::F_SETFD, 0) };
     }
+    let app = std::os::fd::IntoRawFd::into_raw_fd(app);
+    registry::insert(app, Entry::new(id, false));
     Ok(app)
 }

@@ -35,17 +35,22 @@ pub(super) unsafe fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<
 pub(super) fn encode_addr(addr: SocketAddr, family: c_int) -> (sockaddr_storage, socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
     let mut st: sockaddr_storage = unsafe { zeroed() };
-    let v6 = |ip: Ipv6Addr, port: u16, st: &mut sockaddr_storage| {
+    let v6 = |a: SocketAddrV6, st: &mut sockaddr_storage| {
         // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
-        let a = unsafe { &mut *(st as *mut sockaddr_storage as *mut sockaddr_in6) };
-        a.sin6_family = AF_INET6 as libc::sa_family_t;
-        a.sin6_port = port.to_be();
-        a.sin6_addr.s6_addr = ip.octets();
+        let s = unsafe { &mut *(st as *mut sockaddr_storage as *mut sockaddr_in6) };
+        s.sin6_family = AF_INET6 as libc::sa_family_t;
+        s.sin6_port = a.port().to_be();
+        s.sin6_addr.s6_addr = a.ip().octets();
+        s.sin6_flowinfo = a.flowinfo();
+        s.sin6_scope_id = a.scope_id();
         size_of::<sockaddr_in6>() as socklen_t
     };
     let len = match (addr, family) {
-        (SocketAddr::V4(a), AF_INET6) => v6(a.ip().to_ipv6_mapped(), a.port(), &mut st),
-        (SocketAddr::V6(a), _) => v6(*a.ip(), a.port(), &mut st),
+        (SocketAddr::V4(a), AF_INET6) => v6(
+            SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
+            &mut st,
+        ),
+        (SocketAddr::V6(a), _) => v6(a, &mut st),
         (SocketAddr::V4(a), _) => {
             // SAFETY: as above, for sockaddr_in.
             let s = unsafe { &mut *(&mut st as *mut sockaddr_storage as *mut sockaddr_in) };
@@ -65,19 +70,84 @@ pub(super) unsafe fn write_addr(
     out: *mut sockaddr,
     len: *mut socklen_t,
 ) {
+    let (st, n) = encode_addr(addr, family);
+    // SAFETY: the caller's buffer, as for `copy_addr`.
+    unsafe { copy_addr(&st, n, out, len) }
+}
+
+/// Copies an address of `n` bytes to a caller's buffer of `*len` bytes,
+/// truncated to fit, and sets `*len` to `n`, as the kernel does. Nothing
+/// when either pointer is null (a caller that does not want it).
+///
+/// # Safety
+/// `out` must have room for `*len` bytes when both are non-null.
+pub(super) unsafe fn copy_addr(
+    st: &sockaddr_storage,
+    n: socklen_t,
+    out: *mut sockaddr,
+    len: *mut socklen_t,
+) {
     if out.is_null() || len.is_null() {
         return;
     }
-    let (st, n) = encode_addr(addr, family);
-    let room = unsafe { *len }.min(n) as usize;
+    // SAFETY: at most `*len` bytes to `out`, at most `n` (within `st`) read.
     unsafe {
+        let room = (*len).min(n) as usize;
         std::ptr::copy_nonoverlapping(
-            &st as *const sockaddr_storage as *const u8,
+            st as *const sockaddr_storage as *const u8,
             out as *mut u8,
             room,
         );
         *len = n;
     }
+}
+
+/// Answers `getpeername`/`getsockname` for a relayed socket with a real
+/// address, in the form its family uses.
+///
+/// # Safety
+/// As `copy_addr`.
+pub(super) unsafe fn write_name(
+    fd: c_int,
+    a: SocketAddr,
+    out: *mut sockaddr,
+    len: *mut socklen_t,
+) -> c_int {
+    if out.is_null() || len.is_null() {
+        set_errno(libc::EFAULT);
+        return -1;
+    }
+    let family = tcp_family(fd).unwrap_or(AF_INET6);
+    // SAFETY: the caller's buffer.
+    unsafe { write_addr(a, family, out, len) };
+    0
+}
+
+/// Whether `a` is a loopback address (v4-mapped included): an
+/// application socket the shim relays is connected to one.
+pub(super) fn is_loopback(a: SocketAddr) -> bool {
+    canonical(a).ip().is_loopback()
+}
+
+/// The peer of a socket, through the real call (`None`: not connected,
+/// or not an IP socket).
+pub(super) fn peer_addr(fd: c_int) -> Option<SocketAddr> {
+    // SAFETY: plain data; all zeroes is a valid value.
+    let mut st: sockaddr_storage = unsafe { zeroed() };
+    let mut l = size_of::<sockaddr_storage>() as socklen_t;
+    // SAFETY: `st` has room for `l` bytes.
+    let r = unsafe {
+        (real().getpeername)(
+            fd,
+            &mut st as *mut sockaddr_storage as *mut sockaddr,
+            &mut l,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote `l` bytes of address.
+    unsafe { read_addr(&st as *const sockaddr_storage as *const sockaddr, l) }
 }
 
 pub(super) fn canonical(a: SocketAddr) -> SocketAddr {
@@ -91,6 +161,7 @@ pub(super) fn canonical(a: SocketAddr) -> SocketAddr {
 }
 
 pub(super) fn local_addr(fd: c_int) -> Option<SocketAddr> {
+    // SAFETY: plain data; all zeroes is a valid value.
     let mut st: sockaddr_storage = unsafe { zeroed() };
     let mut l = size_of::<sockaddr_storage>() as socklen_t;
     let r = unsafe {

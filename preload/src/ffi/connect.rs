@@ -1,173 +1,190 @@
-//! `connect` on a socket the shim handles: the real connection first, its
-//! outcome reported as the kernel would, blocking or not
-//! (`docs/SHIM.md`, "connect").
+//! `connect` on a socket the shim handles: the real connection first, on
+//! a socket of the shim's own (its outcome is the application's, blocking
+//! or not), then the hand-over to the daemon (`docs/SHIM.md`, "connect").
 
 use super::*;
+use crate::daemon::Link;
+use crate::wire::{Handover, Pending};
 
-/// Binds `fd` to an ephemeral loopback port and connects it to the relay,
-/// waiting (at most 5 s) if the socket is non-blocking. Returns the
-/// loopback address the relay will see.
-pub(super) fn attach_to_relay(
-    fd: c_int,
-    family: c_int,
-    relay: &relay::Relay,
-    job: Job,
-    shared: Shared,
-) -> Result<(), c_int> {
-    let bind_to = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-    let (st, l) = encode_addr(bind_to, family);
-    if unsafe { libc::bind(fd, &st as *const sockaddr_storage as *const sockaddr, l) } != 0 {
-        return Err(errno());
+/// A connection the shim cannot carry: under the mandatory policy
+/// `connect` fails with `EPERM`, as when a local firewall rule refuses it,
+/// and nothing is sent; otherwise it goes ahead unencrypted (`None`).
+pub(super) fn refuse_if_mandatory(why: &str) -> Option<c_int> {
+    if !crate::env::settings().mandatory() {
+        crate::log::log!(Debug, "connection left unencrypted: {why}");
+        return None;
     }
-    let app_end = canonical(local_addr(fd).ok_or(libc::EADDRNOTAVAIL)?);
-    relay.expect(app_end, job, shared);
-    let (st, l) = encode_addr(relay.listen_addr(), family);
-    let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
-    if r != 0 {
-        let e = errno();
-        if e != libc::EINPROGRESS {
-            relay.cancel(app_end);
-            return Err(e);
-        }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let ready = loop {
-            let r = unsafe { libc::poll(&mut p, 1, 5000) };
-            if r >= 0 || errno() != libc::EINTR {
-                break r;
-            }
-        };
-        let so_error = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(libc::EIO);
-        if ready != 1 || so_error != 0 {
-            relay.cancel(app_end);
-            return Err(if so_error != 0 {
-                so_error
-            } else {
-                libc::ETIMEDOUT
-            });
-        }
-    }
-    Ok(())
+    crate::log::log!(Warn, "connection refused (the policy is mandatory): {why}");
+    set_errno(libc::EPERM);
+    Some(-1)
 }
 
-/// `connect` on a TCP socket the shim handles: the real connection first
-/// (its error is the application's), then the application's socket joins
-/// the relay. `None`: not ours, call the real `connect`.
-/// Connects the application's socket `fd` to the relay, which will carry
-/// `job`, and records it for the other hooks.
-pub(super) fn join_relay(
-    fd: c_int,
-    family: c_int,
-    relay: &relay::Relay,
-    job: Job,
-    entry: Entry,
-) -> Result<(), c_int> {
-    let shared = Shared {
-        id: entry.id,
-        state: entry.state.clone(),
-        mirror: entry.mirror.clone(),
-    };
-    registry::insert(fd, entry);
-    attach_to_relay(fd, family, relay, job, shared).inspect_err(|_| registry::discard(fd))
-}
-
+/// `connect` on a TCP socket the shim handles. `None`: not ours, call the
+/// real `connect`.
 pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
-    if let Some(entry) = lookup(fd) {
-        return Some(connect_again(&entry));
+    if let Some(entry) = registry::recorded(fd)
+        && socket_id(fd) == Some(entry.id)
+    {
+        return Some(connect_again(fd, &entry));
     }
     let family = tcp_family(fd)?;
     let dest = canonical(dest);
-    if crate::env::settings().excluded(dest) || dest.ip().is_unspecified() || dest.port() == 0 {
+    let settings = crate::env::settings();
+    if settings.excluded(dest) || dest.ip().is_unspecified() || dest.port() == 0 {
         return None;
     }
+    if peer_addr(fd).is_some() {
+        return None; // connected already: the kernel answers EISCONN
+    }
     // A socket the application bound itself keeps its own source address,
-    // which the relay's real socket cannot share.
+    // which the real socket cannot share.
     if local_addr(fd).is_some_and(|a| a.port() != 0) {
         return refuse_if_mandatory("the socket is bound to a port of its own");
     }
-    let relay = match relay::get() {
-        Ok(relay) => relay,
-        Err(e) => return refuse_if_mandatory(&format!("the relay cannot start: {e}")),
+    // The daemon first: without one, nothing has been sent yet, and the
+    // connection can still go plain (or be refused) cleanly.
+    let link = match Link::open() {
+        Ok(l) => l,
+        Err(e) => return refuse_if_mandatory(&format!("no daemon: {e}")),
     };
-    if dest == relay.listen_addr() {
-        return None;
+    // TCP_FASTOPEN_CONNECT would defer the loopback handshake to the
+    // application's first write, after the pairing: off on this socket
+    // (the real connection is the shim's and has it off too).
+    if sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT) == Some(1) {
+        apply_option(
+            fd,
+            &(
+                libc::IPPROTO_TCP,
+                libc::TCP_FASTOPEN_CONNECT,
+                0i32.to_ne_bytes().to_vec(),
+            ),
+        );
     }
-    let settings = changed_options(fd, family);
-    let tcp = match start_real_connect(dest, &settings) {
+    let options = changed_options(fd, family);
+    let real = match start_real_connect(dest, &options) {
         Ok(t) => t,
         Err(e) => {
             set_errno(e);
             return Some(-1);
         }
     };
-    let mirror = options::new(settings);
-    if is_nonblocking(fd) {
-        return Some(connect_in_background(
-            fd,
-            family,
-            tcp,
-            dest,
-            relay,
-            mirror,
-            libc::EINPROGRESS,
-        ));
-    }
-    match wait_connected(&tcp, sockopt_timeval(fd, libc::SO_SNDTIMEO)) {
-        Ok(()) => {}
-        // Interrupted or timed out: as in the kernel, the connect goes on
-        // and the application learns its outcome as a non-blocking one.
-        Err(e @ (libc::EINTR | libc::EINPROGRESS)) => {
-            return Some(connect_in_background(
-                fd, family, tcp, dest, relay, mirror, e,
-            ));
+    let report = if is_nonblocking(fd) {
+        libc::EINPROGRESS
+    } else {
+        match wait_connected(&real, sockopt_timeval(fd, libc::SO_SNDTIMEO)) {
+            Ok(()) => 0,
+            // Interrupted or timed out: as in the kernel, the connect goes
+            // on and the application learns its outcome as a non-blocking
+            // one.
+            Err(e @ (libc::EINTR | libc::EINPROGRESS)) => e,
+            Err(e) => {
+                set_errno(e);
+                return Some(-1);
+            }
         }
-        Err(e) => {
-            set_errno(e);
-            return Some(-1);
-        }
-    }
-    let local = tcp.local_addr().ok()?;
-    let entry = Entry {
-        id: socket_id(fd).unwrap_or(0),
-        local,
-        peer: dest,
-        state: Arc::new(Mutex::new(SessionState::Negotiating)),
-        cancel: None,
-        mirror,
     };
-    match join_relay(fd, family, relay, Job::Outbound { tcp, dest }, entry) {
-        Ok(()) => Some(0),
-        Err(e) => {
-            set_errno(e);
-            Some(-1)
-        }
-    }
+    let r = hand_over(fd, family, real, dest, options, report, link);
+    Some(r.unwrap_or_else(|e| {
+        set_errno(e);
+        -1
+    }))
 }
 
-/// A connection the shim cannot carry: under the mandatory policy `connect`
-/// fails with `EPERM`, as when a local firewall rule refuses it, and
-/// nothing is sent; otherwise it goes ahead unencrypted (`None`).
-pub(super) fn refuse_if_mandatory(why: &str) -> Option<c_int> {
-    if !crate::env::settings().mandatory() {
-        tracing::debug!(why, "connection left unencrypted");
+/// Pairs the application's socket with the daemon and hands the real
+/// connection over: `Ok(0)` for a connection that is up, `Err(report)` for
+/// one still under way (the application's socket then polls not writable
+/// until the daemon has seen the handshake through).
+fn hand_over(
+    fd: c_int,
+    family: c_int,
+    real: std::net::TcpStream,
+    dest: SocketAddr,
+    settings: Vec<Setting>,
+    report: c_int,
+    link: Link,
+) -> Result<c_int, c_int> {
+    let local = local_addr(real.as_raw_fd()).ok_or(libc::EADDRNOTAVAIL)?;
+    let id = socket_id(fd).ok_or(libc::EBADF)?;
+    let end = pair(fd, family)?;
+    let pending = report != 0;
+    let mut app_copy = None;
+    let mut wire_pending = None;
+    if pending {
+        let lowat = sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT).unwrap_or(0);
+        if !set_notsent_lowat(fd, 1) {
+            reset(end);
+            return Err(libc::EIO);
+        }
+        let filler = match fill_until_held(fd) {
+            Ok(n) => n,
+            Err(e) => {
+                set_notsent_lowat(fd, lowat);
+                reset(end);
+                return Err(e);
+            }
+        };
+        // The daemon's own reference to the application's socket, for
+        // putting the option back: the application may close its
+        // descriptor and reuse the number meanwhile.
+        // SAFETY: plain system call; the result is checked.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            reset(end);
+            return Err(errno());
+        }
+        // SAFETY: `dup` was just made and is owned by no one else.
+        app_copy = Some(unsafe { OwnedFd::from_raw_fd(dup) });
+        wire_pending = Some(Pending { filler, lowat });
+    }
+    let (policy, deadlines) = crate::env::settings().wire();
+    let req = Request::Connect(Handover {
+        id,
+        local,
+        peer: dest,
+        policy,
+        deadlines,
+        pending: wire_pending,
+        settings,
+    });
+    let mut fds = vec![end.as_raw_fd(), real.as_raw_fd()];
+    fds.extend(app_copy.as_ref().map(|f| f.as_raw_fd()));
+    // The shim's copies close after the daemon has its own.
+    match link.ask(&req, &fds) {
+        Ok(Reply::Ok) => {}
+        other => {
+            crate::log::log!(Warn, "the daemon did not take a connection: {other:?}");
+            // The application's socket sees a reset, never a clean end.
+            reset(end);
+            return Err(libc::ECONNABORTED);
+        }
+    }
+    registry::insert(fd, Entry::new(id, pending));
+    if pending { Err(report) } else { Ok(0) }
+}
+
+/// `sendto`/`sendmsg` with `MSG_FASTOPEN` on a socket not yet connected:
+/// the shim's own connect, after which the caller sends the data without
+/// the flag. Blocking sockets carry it whole; a non-blocking one gets
+/// `EINPROGRESS` with nothing sent, as from the kernel when it could not
+/// put the data in the SYN. `None`: not ours.
+pub(super) fn intercept_fastopen(fd: c_int, dest: SocketAddr) -> Option<c_int> {
+    if tcp_family(fd).is_none() || peer_addr(fd).is_some() {
         return None;
     }
-    tracing::warn!(why, "connection refused: the policy is mandatory");
-    set_errno(libc::EPERM);
-    Some(-1)
+    // `None` from here too means not handled: under the mandatory policy
+    // `intercept_connect` has refused already (`EPERM`) where it must.
+    intercept_connect(fd, dest)
 }
 
 /// Starts the real connection to `dest` on a socket of the shim's own,
 /// non-blocking: the socket with its handshake under way, or the errno the
 /// kernel reported at once.
-pub(super) fn start_real_connect(
+fn start_real_connect(
     dest: SocketAddr,
     settings: &[Setting],
 ) -> Result<std::net::TcpStream, c_int> {
     let family = if dest.is_ipv4() { AF_INET } else { AF_INET6 };
+    // SAFETY: plain system call; the result is checked.
     let fd = unsafe {
         libc::socket(
             family,
@@ -185,6 +202,7 @@ pub(super) fn start_real_connect(
         apply_option(sock.as_raw_fd(), s);
     }
     let (st, l) = encode_addr(dest, family);
+    // SAFETY: `st` holds `l` bytes of address.
     let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
     if r != 0 && errno() != libc::EINPROGRESS {
         return Err(errno());
@@ -197,16 +215,14 @@ pub(super) fn start_real_connect(
 /// application socket's `SO_SNDTIMEO`, which bounds a blocking connect
 /// (`EINPROGRESS` then, as from the kernel). A signal ends the wait with
 /// `EINTR` unless the kernel would have restarted the connect.
-pub(super) fn wait_connected(
-    sock: &std::net::TcpStream,
-    timeout_ms: Option<c_int>,
-) -> Result<(), c_int> {
+fn wait_connected(sock: &std::net::TcpStream, timeout_ms: Option<c_int>) -> Result<(), c_int> {
     let mut p = libc::pollfd {
         fd: sock.as_raw_fd(),
         events: libc::POLLOUT,
         revents: 0,
     };
     loop {
+        // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, timeout_ms.unwrap_or(-1)) };
         match r {
             1 => break,
@@ -231,9 +247,11 @@ pub(super) fn wait_connected(
 /// Whether every signal handler the process installed has `SA_RESTART`:
 /// which signal interrupted the wait is unknown, so any handler without it
 /// could have been the one.
-pub(super) fn handlers_restart() -> bool {
+fn handlers_restart() -> bool {
     (1..=libc::SIGRTMAX()).all(|sig| {
+        // SAFETY: plain data; all zeroes is a valid value.
         let mut old: libc::sigaction = unsafe { zeroed() };
+        // SAFETY: reads the current action only.
         if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
             return true;
         }
@@ -245,164 +263,60 @@ pub(super) fn handlers_restart() -> bool {
 
 /// `connect` again on a socket the shim already connected (or is
 /// connecting): what the kernel would answer.
-pub(super) fn connect_again(entry: &Entry) -> c_int {
-    let e = match registry::state_of(entry) {
-        SessionState::Connecting => libc::EALREADY,
-        SessionState::ConnectFailed(e) => {
-            registry::set_state(&entry.state, SessionState::ConnectFailedReported);
-            e
+fn connect_again(fd: c_int, entry: &Entry) -> c_int {
+    let e = if entry.reported {
+        // The kernel would try again; the socket is bound to loopback by
+        // now (docs/SHIM.md).
+        libc::ECONNABORTED
+    } else if !entry.pending {
+        libc::EISCONN
+    } else {
+        match pending_outcome(fd, entry) {
+            Outcome::Connecting => libc::EALREADY,
+            Outcome::Failed(e) => e,
+            Outcome::Connected => libc::EISCONN,
         }
-        SessionState::ConnectFailedReported => libc::ECONNABORTED,
-        _ => libc::EISCONN,
     };
     set_errno(e);
     -1
 }
 
-/// Zero bytes to fill a send queue with.
-pub(super) static FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
-
-/// Sets `TCP_NOTSENT_LOWAT` (0: the system default). Through the real
-/// call: the `setsockopt` hook is for the application's own options.
-pub(super) fn set_notsent_lowat(fd: c_int, bytes: c_int) -> bool {
-    let r = unsafe {
-        (real().setsockopt)(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            &bytes as *const c_int as *const c_void,
-            size_of::<c_int>() as socklen_t,
-        )
-    };
-    r == 0
+/// What became of a non-blocking connect of this process.
+pub(super) enum Outcome {
+    Connecting,
+    Failed(c_int),
+    Connected,
 }
 
-/// Makes the application's socket writable again once the relay has
-/// discarded the filler (see `connect_in_background`): the application's
-/// own value comes back.
-pub(crate) fn restore_notsent_lowat(socket: &OwnedFd, value: c_int) {
-    set_notsent_lowat(socket.as_raw_fd(), value);
+/// Asks the daemon how the pending connect of `fd` went. A failure is
+/// reported once: the kernel's own error on the application's socket (the
+/// reset that woke it) is cleared with it, so that a later `SO_ERROR` is
+/// 0, as after any reported failure.
+pub(super) fn pending_outcome(fd: c_int, entry: &Entry) -> Outcome {
+    let state = match crate::daemon::query(&Request::Query { id: entry.id }) {
+        Ok(Reply::Known { state, .. }) => state,
+        _ => return Outcome::Connecting,
+    };
+    match state {
+        ConnState::Connecting => Outcome::Connecting,
+        ConnState::Failed(e) => {
+            let _ = crate::daemon::query(&Request::TakeError { id: entry.id });
+            let _ = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR);
+            registry::update(fd, |en| en.reported = true);
+            Outcome::Failed(e)
+        }
+        _ => {
+            registry::update(fd, |en| en.pending = false);
+            Outcome::Connected
+        }
+    }
 }
 
-/// Bytes written to a socket and not sent yet.
-pub(super) fn unsent_bytes(fd: c_int) -> c_int {
-    let mut n: c_int = 0;
-    if unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD, &mut n) } != 0 {
-        return 0;
-    }
-    n
-}
-
-/// Writes filler to the application's socket until some of it stays
-/// unsent (the relay's window is closed); returns how many bytes went in.
-/// A full send buffer alone is not enough: with a small `SO_SNDBUF` the
-/// buffer drains as ACKs come, and the socket would turn writable.
-pub(super) fn fill_until_held(fd: c_int) -> Result<usize, c_int> {
-    let mut total = 0;
-    // Bounded: a loopback connection's queues hold a few MiB at most.
-    for _ in 0..4096 {
-        let n = unsafe {
-            libc::send(
-                fd,
-                FILLER.as_ptr() as *const c_void,
-                FILLER.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            total += n as usize;
-            continue;
-        }
-        match errno() {
-            libc::EINTR => continue,
-            libc::EAGAIN if unsent_bytes(fd) > 0 => return Ok(total),
-            libc::EAGAIN => {
-                // Wait for ACKs to make room, then write more.
-                let mut p = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                unsafe { libc::poll(&mut p, 1, 20) };
-            }
-            e => return Err(e),
-        }
-    }
-    Err(libc::ENOBUFS)
-}
-
-/// A non-blocking `connect`: answers `EINPROGRESS` at once, as the kernel
-/// does, while the real TCP handshake goes on in the relay.
-///
-/// Until the real connection is up, the application's socket must poll
-/// neither writable nor failed. So it is connected to the relay, which does
-/// not read it yet, and filled with filler bytes until its send queue
-/// blocks, with `TCP_NOTSENT_LOWAT` at one byte: a socket with unsent bytes
-/// then polls not writable. When the real handshake succeeds, the relay
-/// discards exactly the filler and restores the option; the socket turns
-/// writable at that moment and `SO_ERROR` is 0. When it fails, the relay
-/// resets the loopback connection and `SO_ERROR` (answered here) is the
-/// real errno.
-pub(super) fn connect_in_background(
-    fd: c_int,
-    family: c_int,
-    sock: std::net::TcpStream,
-    dest: SocketAddr,
-    relay: &relay::Relay,
-    mirror: options::SharedMirror,
-    report: c_int,
-) -> c_int {
-    let fail = |e: c_int| {
-        set_errno(e);
-        -1
-    };
-    let Some(local) = local_addr(sock.as_raw_fd()) else {
-        return fail(libc::EADDRNOTAVAIL);
-    };
-    // The relay's own reference to the application's socket, for
-    // restoring the option: the application may close its descriptor and
-    // reuse the number meanwhile.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return -1;
-    }
-    // SAFETY: `dup` is a descriptor this function just made and owns.
-    let app_socket = unsafe { OwnedFd::from_raw_fd(dup) };
-    let (filled, filler) = tokio::sync::oneshot::channel();
-    let cancel = Arc::new(tokio::sync::Notify::new());
-    let state = Arc::new(Mutex::new(SessionState::Connecting));
-    let lowat = sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT).unwrap_or(0);
-    let job = Job::Connecting(PendingConnect {
-        real: sock,
-        dest,
-        filler,
-        app_socket,
-        app_lowat: lowat,
-        cancel: cancel.clone(),
-    });
-    let entry = Entry {
-        id: socket_id(fd).unwrap_or(0),
-        local,
-        peer: dest,
-        state,
-        cancel: Some(cancel),
-        mirror,
-    };
-    if let Err(e) = join_relay(fd, family, relay, job, entry) {
-        return fail(e);
-    }
-    if !set_notsent_lowat(fd, 1) {
-        registry::abandon(fd);
-        return fail(errno());
-    }
-    match fill_until_held(fd) {
-        Ok(n) => {
-            let _ = filled.send(n);
-            fail(report)
-        }
-        Err(e) => {
-            registry::abandon(fd);
-            fail(e)
-        }
+/// The application closed a socket whose connect is under way: unless
+/// another descriptor of this process still names it (a copy the hooks
+/// have not seen), the daemon abandons the connect.
+pub(super) fn abandon_if_last(id: u64) {
+    if descriptors_of(id) == 0 {
+        let _ = crate::daemon::query(&Request::Abandon { id });
     }
 }

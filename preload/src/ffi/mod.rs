@@ -1,18 +1,18 @@
 //! The libc functions this library replaces, and everything `unsafe` it
-//! needs: symbol lookup, raw socket addresses, errno. The hooks are here;
-//! what they do is in one module per concern (`addr`, `socket`, `connect`,
-//! `accept`, `query`). Every hook falls back
+//! needs: symbol lookup, raw socket addresses, errno, the loopback pairing.
+//! The hooks are here; what they do is in one module per concern (`addr`,
+//! `socket`, `pair`, `connect`, `accept`, `query`). Every hook falls back
 //! to the real function when the socket is not ours to handle, when it is
-//! called from the relay's own threads (a thread-local bypass flag), and
-//! when anything panics (`catch_unwind`): the host program is never
-//! aborted by this library.
+//! called from inside another hook (a thread-local flag), and when
+//! anything panics (`catch_unwind`): the host program is never aborted by
+//! this library.
 
 use std::cell::Cell;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use libc::{
     AF_INET, AF_INET6, c_int, c_void, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage,
@@ -20,36 +20,31 @@ use libc::{
 };
 
 use crate::options::{self, MIRRORED, Setting};
-use crate::registry::{self, Entry, SessionState};
-use crate::relay::{self, Job, PendingConnect, Shared};
+use crate::registry::{self, Entry, Known};
+use crate::wire::{ConnState, Reply, Request};
 
 mod accept;
 mod addr;
 mod connect;
+mod pair;
 mod query;
 mod socket;
 
 use accept::*;
 use addr::*;
 use connect::*;
+use pair::*;
 use query::*;
 use socket::*;
 
-pub(crate) use connect::restore_notsent_lowat;
-pub(crate) use socket::{apply_option, finish_lazy_values};
+pub(crate) use socket::finish_lazy_values;
 
 thread_local! {
     static BYPASS: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Marks the calling thread as one whose socket calls must never be
-/// intercepted (the relay's runtime threads).
-pub(crate) fn bypass_hooks_on_this_thread() {
-    BYPASS.with(|b| b.set(true));
-}
-
-/// Set while a hook runs, so that the hook's own socket calls go straight
-/// to libc.
+/// Set while a hook runs, so that the hook's own socket calls (and those
+/// of the standard library it uses) go straight to libc.
 struct Guard;
 
 impl Guard {
@@ -72,16 +67,14 @@ impl Drop for Guard {
 }
 
 type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int;
-
 type Accept4Fn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
-
 type NameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
-
 type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
-
 type GetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *mut c_void, *mut socklen_t) -> c_int;
-
 type SetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int;
+type SendtoFn =
+    unsafe extern "C" fn(c_int, *const c_void, usize, c_int, *const sockaddr, socklen_t) -> isize;
+type SendmsgFn = unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> isize;
 
 struct Real {
     connect: ConnectFn,
@@ -91,33 +84,36 @@ struct Real {
     close: CloseFn,
     getsockopt: GetsockoptFn,
     setsockopt: SetsockoptFn,
+    sendto: SendtoFn,
+    sendmsg: SendmsgFn,
 }
 
+// The system calls themselves, for when `dlsym` finds no next definition.
 unsafe extern "C" fn sys_connect(fd: c_int, a: *const sockaddr, l: socklen_t) -> c_int {
+    // SAFETY: the caller's arguments, passed on unchanged.
     unsafe { libc::syscall(libc::SYS_connect, fd, a, l) as c_int }
 }
-
 unsafe extern "C" fn sys_accept4(
     fd: c_int,
     a: *mut sockaddr,
     l: *mut socklen_t,
     f: c_int,
 ) -> c_int {
+    // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_accept4, fd, a, l, f) as c_int }
 }
-
 unsafe extern "C" fn sys_getpeername(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> c_int {
+    // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_getpeername, fd, a, l) as c_int }
 }
-
 unsafe extern "C" fn sys_getsockname(fd: c_int, a: *mut sockaddr, l: *mut socklen_t) -> c_int {
+    // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_getsockname, fd, a, l) as c_int }
 }
-
 unsafe extern "C" fn sys_close(fd: c_int) -> c_int {
+    // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close, fd) as c_int }
 }
-
 unsafe extern "C" fn sys_setsockopt(
     fd: c_int,
     level: c_int,
@@ -125,9 +121,9 @@ unsafe extern "C" fn sys_setsockopt(
     v: *const c_void,
     l: socklen_t,
 ) -> c_int {
+    // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_setsockopt, fd, level, name, v, l) as c_int }
 }
-
 unsafe extern "C" fn sys_getsockopt(
     fd: c_int,
     level: c_int,
@@ -135,11 +131,28 @@ unsafe extern "C" fn sys_getsockopt(
     v: *mut c_void,
     l: *mut socklen_t,
 ) -> c_int {
+    // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_getsockopt, fd, level, name, v, l) as c_int }
+}
+unsafe extern "C" fn sys_sendto(
+    fd: c_int,
+    b: *const c_void,
+    n: usize,
+    f: c_int,
+    a: *const sockaddr,
+    l: socklen_t,
+) -> isize {
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_sendto, fd, b, n, f, a, l) as isize }
+}
+unsafe extern "C" fn sys_sendmsg(fd: c_int, m: *const libc::msghdr, f: c_int) -> isize {
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_sendmsg, fd, m, f) as isize }
 }
 
 /// The next definition of `name` after this library, or `fallback`.
 unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
+    // SAFETY: `name` is a NUL-terminated string.
     let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
     if p.is_null() {
         fallback
@@ -150,8 +163,7 @@ unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
 }
 
 /// Runs when the library is loaded, before a preloaded program has threads
-/// of its own: the fork handlers are in place before any thread can fork,
-/// so no `fork` can catch their installation half done.
+/// of its own: the fork handlers are in place before any thread can fork.
 #[used]
 #[unsafe(link_section = ".init_array")]
 static ON_LOAD: extern "C" fn() = {
@@ -161,26 +173,23 @@ static ON_LOAD: extern "C" fn() = {
     on_load
 };
 
-/// Registers `crate::fork`'s handlers with `pthread_atfork`, once: a child
-/// inherits them with the rest of the process.
-pub(crate) fn install_fork_handlers() {
+/// Registers `crate::fork`'s handlers with `pthread_atfork`, once.
+fn install_fork_handlers() {
     extern "C" fn prepare() {
         let _ = catch_unwind(crate::fork::before);
     }
-    extern "C" fn parent() {
+    extern "C" fn after() {
         let _ = catch_unwind(crate::fork::after);
     }
-    extern "C" fn child() {
-        let _ = catch_unwind(crate::fork::after_child);
+    // SAFETY: the handlers are `extern "C"` functions that never unwind.
+    unsafe {
+        libc::pthread_atfork(Some(prepare), Some(after), Some(after));
     }
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| unsafe {
-        libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
-    });
 }
 
 fn real() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
+    // SAFETY: each name is paired with its own function type.
     REAL.get_or_init(|| unsafe {
         Real {
             connect: next(c"connect", sys_connect as ConnectFn),
@@ -190,15 +199,19 @@ fn real() -> &'static Real {
             close: next(c"close", sys_close as CloseFn),
             getsockopt: next(c"getsockopt", sys_getsockopt as GetsockoptFn),
             setsockopt: next(c"setsockopt", sys_setsockopt as SetsockoptFn),
+            sendto: next(c"sendto", sys_sendto as SendtoFn),
+            sendmsg: next(c"sendmsg", sys_sendmsg as SendmsgFn),
         }
     })
 }
 
 fn set_errno(e: c_int) {
+    // SAFETY: errno is thread-local; its location is always valid.
     unsafe { *libc::__errno_location() = e };
 }
 
 fn errno() -> c_int {
+    // SAFETY: as above.
     unsafe { *libc::__errno_location() }
 }
 
@@ -207,9 +220,12 @@ fn errno() -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let Some(_guard) = Guard::enter() else {
+        // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { (real().connect)(fd, addr, len) };
     };
+    // SAFETY: the caller passes `len` readable bytes at `addr`.
     let Some(dest) = (unsafe { read_addr(addr, len) }) else {
+        // SAFETY: as above.
         return unsafe { (real().connect)(fd, addr, len) };
     };
     match catch_unwind(AssertUnwindSafe(|| intercept_connect(fd, dest))) {
@@ -217,6 +233,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         Ok(None) => unsafe { (real().connect)(fd, addr, len) },
         Err(_) => match refuse_if_mandatory("the shim failed") {
             Some(r) => r,
+            // SAFETY: as above.
             None => unsafe { (real().connect)(fd, addr, len) },
         },
     }
@@ -232,10 +249,13 @@ pub unsafe extern "C" fn accept4(
     flags: c_int,
 ) -> c_int {
     let Some(_guard) = Guard::enter() else {
+        // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { (real().accept4)(fd, addr, len, flags) };
     };
+    // SAFETY: plain data; all zeroes is a valid value.
     let mut st: sockaddr_storage = unsafe { zeroed() };
     let mut l = size_of::<sockaddr_storage>() as socklen_t;
+    // SAFETY: `st` has room for `l` bytes.
     let c = unsafe {
         (real().accept4)(
             fd,
@@ -247,7 +267,7 @@ pub unsafe extern "C" fn accept4(
     if c < 0 {
         return c;
     }
-    let family = c_int::from(st.ss_family);
+    // SAFETY: the kernel wrote `l` bytes of address to `st`.
     let peer = unsafe { read_addr(&st as *const sockaddr_storage as *const sockaddr, l) };
     let fd_out = match peer {
         Some(p) => match catch_unwind(AssertUnwindSafe(|| intercept_accept(fd, c, p, flags))) {
@@ -257,13 +277,14 @@ pub unsafe extern "C" fn accept4(
         },
         None => c,
     };
-    if fd_out >= 0 {
-        if let Some(p) = peer {
-            unsafe { write_addr(p, family, addr, len) };
-        }
-    } else {
+    if fd_out < 0 {
         set_errno(libc::ECONNABORTED);
+        return fd_out;
     }
+    // The address as the kernel wrote it, whatever the family (AF_UNIX
+    // included): scope id and flow label of an IPv6 peer kept.
+    // SAFETY: the caller passes room for `*len` bytes at `addr`.
+    unsafe { copy_addr(&st, l, addr, len) };
     fd_out
 }
 
@@ -271,6 +292,7 @@ pub unsafe extern "C" fn accept4(
 /// As libc's `accept`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
     unsafe { accept4(fd, addr, len, 0) }
 }
 
@@ -278,27 +300,38 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 /// As libc's `getpeername`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    if !BYPASS.with(|b| b.get()) && catch_unwind(|| not_connected(fd)).unwrap_or(false) {
-        set_errno(libc::ENOTCONN);
-        return -1;
+    let Some(_guard) = Guard::enter() else {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { (real().getpeername)(fd, addr, len) };
+    };
+    match catch_unwind(|| relayed(fd)) {
+        Ok(Some(k)) => match k.state {
+            ConnState::Connecting | ConnState::Failed(_) => {
+                set_errno(libc::ENOTCONN);
+                -1
+            }
+            // SAFETY: the caller passes room for `*len` bytes at `addr`.
+            _ => unsafe { write_name(fd, k.peer, addr, len) },
+        },
+        // SAFETY: the caller's arguments, passed on unchanged.
+        _ => unsafe { (real().getpeername)(fd, addr, len) },
     }
-    unsafe { relayed_name(fd, |e| e.peer, addr, len) }
-        .unwrap_or_else(|| unsafe { (real().getpeername)(fd, addr, len) })
 }
 
 /// # Safety
 /// As libc's `getsockname`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    unsafe {
-        relayed_name(
-            fd,
-            |e| options::local(&e.mirror).unwrap_or(e.local),
-            addr,
-            len,
-        )
+    let Some(_guard) = Guard::enter() else {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { (real().getsockname)(fd, addr, len) };
+    };
+    match catch_unwind(|| relayed(fd)) {
+        // SAFETY: the caller passes room for `*len` bytes at `addr`.
+        Ok(Some(k)) => unsafe { write_name(fd, k.local, addr, len) },
+        // SAFETY: the caller's arguments, passed on unchanged.
+        _ => unsafe { (real().getsockname)(fd, addr, len) },
     }
-    .unwrap_or_else(|| unsafe { (real().getsockname)(fd, addr, len) })
 }
 
 /// # Safety
@@ -306,16 +339,14 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let Some(_guard) = Guard::enter() else {
+        // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { (real().close)(fd) };
     };
-    let connecting = registry::remove(fd);
+    let pending = catch_unwind(|| registry::remove(fd)).ok().flatten();
+    // SAFETY: as above.
     let r = unsafe { (real().close)(fd) };
-    if let Some((id, cancel)) = connecting {
-        // The relay holds one descriptor of the socket while it connects;
-        // one more is a copy the application still has.
-        if catch_unwind(|| descriptors_of(id)).is_ok_and(|n| n <= 1) {
-            cancel.notify_one();
-        }
+    if let Some(entry) = pending.filter(|e| e.pending && !e.reported) {
+        let _ = catch_unwind(|| abandon_if_last(entry.id));
     }
     r
 }
@@ -330,6 +361,7 @@ pub unsafe extern "C" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
+    // SAFETY: the caller's arguments, passed on unchanged.
     let r = unsafe { (real().setsockopt)(fd, level, name, val, len) };
     if r != 0 || val.is_null() || !MIRRORED.contains(&(level, name)) {
         return r;
@@ -341,11 +373,7 @@ pub unsafe extern "C" fn setsockopt(
     // an `int` option's first four bytes whatever `len` says).
     let n = (len as usize).min(options::value_len(level, name));
     let value = unsafe { std::slice::from_raw_parts(val as *const u8, n) }.to_vec();
-    let _ = catch_unwind(|| {
-        if let Some(entry) = lookup(fd) {
-            options::set(&entry.mirror, (level, name, value));
-        }
-    });
+    let _ = catch_unwind(|| mirror_option(fd, (level, name, value)));
     r
 }
 
@@ -359,30 +387,94 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    let room = !val.is_null() && !len.is_null() && unsafe { *len } as usize >= size_of::<c_int>();
-    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && room && !BYPASS.with(|b| b.get()) {
-        if let Ok(Some(e)) = catch_unwind(|| take_connect_error(fd)) {
+    let ours = (level == libc::SOL_SOCKET && name == libc::SO_ERROR)
+        || (level == libc::IPPROTO_TCP && opt::ALL.contains(&name));
+    let guard = if ours { Guard::enter() } else { None };
+    if guard.is_none() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { (real().getsockopt)(fd, level, name, val, len) };
+    }
+    if level == libc::SOL_SOCKET {
+        // SAFETY: checked for room before writing.
+        let room =
+            !val.is_null() && !len.is_null() && unsafe { *len } as usize >= size_of::<c_int>();
+        if room && let Ok(Some(e)) = catch_unwind(|| connect_error(fd)) {
+            // SAFETY: room for an int checked above.
             unsafe {
                 *(val as *mut c_int) = e;
                 *len = size_of::<c_int>() as socklen_t;
             }
             return 0;
         }
-    }
-    let ours = level == libc::IPPROTO_TCP && opt::ALL.contains(&name) && !BYPASS.with(|b| b.get());
-    if !ours {
+        // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { (real().getsockopt)(fd, level, name, val, len) };
     }
     if len.is_null() {
         set_errno(libc::EFAULT);
         return -1;
     }
+    // SAFETY: the caller passes room for `*len` bytes at `val`.
     let n = unsafe { copy_option(fd, name, val as *mut u8, *len as usize) };
     if n < 0 {
         return -1;
     }
+    // SAFETY: checked non-null above.
     unsafe { *len = n as socklen_t };
     0
+}
+
+/// # Safety
+/// As libc's `sendto`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: usize,
+    flags: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> isize {
+    if flags & libc::MSG_FASTOPEN != 0
+        && let Some(_guard) = Guard::enter()
+        // SAFETY: the caller passes `len` readable bytes at `addr`.
+        && let Some(dest) = unsafe { read_addr(addr, len) }
+        && let Ok(Some(r)) = catch_unwind(AssertUnwindSafe(|| intercept_fastopen(fd, dest)))
+    {
+        if r != 0 {
+            return -1;
+        }
+        // SAFETY: the caller's buffer, on the now connected socket.
+        return unsafe {
+            (real().sendto)(fd, buf, n, flags & !libc::MSG_FASTOPEN, std::ptr::null(), 0)
+        };
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { (real().sendto)(fd, buf, n, flags, addr, len) }
+}
+
+/// # Safety
+/// As libc's `sendmsg`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
+    if flags & libc::MSG_FASTOPEN != 0
+        && !msg.is_null()
+        && let Some(_guard) = Guard::enter()
+        // SAFETY: the caller passes a valid message header.
+        && let Some(dest) = unsafe { read_addr((*msg).msg_name as *const sockaddr, (*msg).msg_namelen) }
+        && let Ok(Some(r)) = catch_unwind(AssertUnwindSafe(|| intercept_fastopen(fd, dest)))
+    {
+        if r != 0 {
+            return -1;
+        }
+        // SAFETY: a copy of the caller's header without the address, on
+        // the now connected socket.
+        let mut m = unsafe { *msg };
+        m.msg_name = std::ptr::null_mut();
+        m.msg_namelen = 0;
+        return unsafe { (real().sendmsg)(fd, &m, flags & !libc::MSG_FASTOPEN) };
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { (real().sendmsg)(fd, msg, flags) }
 }
 
 /// See `tcpcrypt.h`.
@@ -391,15 +483,23 @@ pub unsafe extern "C" fn getsockopt(
 /// `buf` must be valid for `len` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tcpcrypt_session_id(fd: c_int, buf: *mut u8, len: usize) -> c_int {
+    let Some(_guard) = Guard::enter() else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    // SAFETY: the caller passes room for `len` bytes at `buf`.
     unsafe { copy_option(fd, opt::SESSID, buf, len) }
 }
 
 /// See `tcpcrypt.h`.
 #[unsafe(no_mangle)]
 pub extern "C" fn tcpcrypt_is_encrypted(fd: c_int) -> c_int {
-    match catch_unwind(|| lookup(fd).map(|e| registry::state_of(&e))) {
-        Ok(Some(SessionState::Encrypted(_))) => 1,
-        Ok(Some(SessionState::Negotiating | SessionState::Connecting)) => {
+    let Some(_guard) = Guard::enter() else {
+        return 0;
+    };
+    match catch_unwind(|| relayed(fd).map(|k| k.state)) {
+        Ok(Some(ConnState::Encrypted(_))) => 1,
+        Ok(Some(ConnState::Negotiating | ConnState::Connecting)) => {
             set_errno(libc::ENOTCONN);
             -1
         }

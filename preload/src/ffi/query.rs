@@ -1,36 +1,99 @@
 //! What the application can ask about a relayed socket: its real
-//! addresses, the session (the `tcpcrypt.h` options), a connect error.
+//! addresses, the session (the `tcpcrypt.h` options), a connect error;
+//! and the options it sets after connecting, which the daemon applies.
 
 use super::*;
 
-/// Answers `getpeername`/`getsockname` for a relayed socket with the real
-/// connection's address (`pick` chooses which); `None` for any other
-/// socket. Only relayed sockets pay for the family lookup.
-pub(super) unsafe fn relayed_name(
-    fd: c_int,
-    pick: fn(&Entry) -> SocketAddr,
-    addr: *mut sockaddr,
-    len: *mut socklen_t,
-) -> Option<c_int> {
-    if BYPASS.with(|b| b.get()) {
-        return None;
+/// What the daemon knows of `fd`, if the daemon relays it. The answer is
+/// cached once final. A socket this process has not recorded is asked
+/// about only when it is a TCP socket connected to a loopback address (an
+/// application socket the daemon relays always is): other sockets cost
+/// one system call here, and none when this process has relayed nothing
+/// and the socket is not on loopback.
+pub(super) fn relayed(fd: c_int) -> Option<Known> {
+    let recorded = registry::recorded(fd);
+    let id = match &recorded {
+        Some(e) => {
+            let id = socket_id(fd)?;
+            if id != e.id {
+                // The number now names another socket.
+                registry::remove(fd);
+                return relayed_unrecorded(fd, id);
+            }
+            if let Some(k) = &e.known {
+                return Some(k.clone());
+            }
+            id
+        }
+        None => {
+            if !peer_addr(fd).is_some_and(is_loopback) || tcp_family(fd).is_none() {
+                return None;
+            }
+            let id = socket_id(fd)?;
+            return relayed_unrecorded(fd, id);
+        }
+    };
+    let k = ask(id)?;
+    if k.is_final() {
+        registry::update(fd, |e| e.known = Some(k.clone()));
     }
-    let entry = lookup(fd)?;
-    let family = tcp_family(fd)?;
-    unsafe { write_addr(pick(&entry), family, addr, len) };
-    Some(0)
+    Some(k)
 }
 
-/// Whether a relayed socket's real connection is not (or never was) up.
-pub(super) fn not_connected(fd: c_int) -> bool {
-    lookup(fd).is_some_and(|e| {
-        matches!(
-            registry::state_of(&e),
-            SessionState::Connecting
-                | SessionState::ConnectFailed(_)
-                | SessionState::ConnectFailedReported
-        )
-    })
+/// A connected loopback socket this process has no record of: a copy, an
+/// inherited descriptor, or not relayed at all (remembered).
+fn relayed_unrecorded(fd: c_int, id: u64) -> Option<Known> {
+    if registry::is_not_relayed(id) {
+        return None;
+    }
+    match ask(id) {
+        Some(k) => {
+            let mut entry = Entry::new(id, false);
+            entry.known = k.is_final().then(|| k.clone());
+            registry::insert(fd, entry);
+            Some(k)
+        }
+        None => {
+            registry::mark_not_relayed(id);
+            None
+        }
+    }
+}
+
+fn ask(id: u64) -> Option<Known> {
+    match crate::daemon::query(&Request::Query { id }) {
+        Ok(Reply::Known { local, peer, state }) => Some(Known { local, peer, state }),
+        _ => None,
+    }
+}
+
+/// The real errno of a failed non-blocking connect, once, as `SO_ERROR`
+/// reports it; `None` to let the kernel answer (0 once connected, and
+/// after the failure was reported).
+pub(super) fn connect_error(fd: c_int) -> Option<c_int> {
+    let entry = registry::recorded(fd)?;
+    if !entry.pending || entry.reported || socket_id(fd) != Some(entry.id) {
+        return None;
+    }
+    match pending_outcome(fd, &entry) {
+        Outcome::Failed(e) => Some(e),
+        // Still under way: 0, as the kernel says of a socket connecting.
+        Outcome::Connecting => Some(0),
+        Outcome::Connected => None,
+    }
+}
+
+/// Sends an option the application set on a relayed socket to the daemon,
+/// for the real connection.
+pub(super) fn mirror_option(fd: c_int, setting: Setting) {
+    if registry::is_empty() && !peer_addr(fd).is_some_and(is_loopback) {
+        return;
+    }
+    if relayed(fd).is_some()
+        && let Some(id) = socket_id(fd)
+    {
+        let _ = crate::daemon::query(&Request::SetOption { id, setting });
+    }
 }
 
 /// The read-only options of `tcpcrypt.h` (values of this library's own).
@@ -49,23 +112,23 @@ pub(super) mod opt {
 }
 
 /// The value of a `tcpcrypt.h` option for `fd`, or the errno to report.
-pub(super) fn option_value(fd: c_int, name: c_int) -> Result<Vec<u8>, c_int> {
-    let entry = lookup(fd).ok_or(libc::EINVAL)?;
-    let info = match registry::state_of(&entry) {
-        SessionState::Encrypted(info) => info,
-        SessionState::Negotiating | SessionState::Connecting => return Err(libc::ENOTCONN),
+fn option_value(fd: c_int, name: c_int) -> Result<Vec<u8>, c_int> {
+    let known = relayed(fd).ok_or(libc::EINVAL)?;
+    let facts = match known.state {
+        ConnState::Encrypted(f) => f,
+        ConnState::Negotiating | ConnState::Connecting => return Err(libc::ENOTCONN),
         _ => return Err(libc::EINVAL),
     };
     let int = |v: i32| v.to_ne_bytes().to_vec();
     Ok(match name {
-        opt::SESSID => info.session_id.as_bytes().to_vec(),
-        opt::NEGTEP => int(i32::from(info.tep_byte)),
-        opt::ROLE => int(i32::from(info.role.as_u8())),
-        opt::SELF_NAME => info.self_name(),
-        opt::PEER_NAME => info.peer_name(),
-        opt::TRANSCRIPT => info.transcript.clone(),
-        opt::PEER_GOPT => int(i32::from(info.peer_global)),
-        opt::CRYPT_CONF => int(i32::from(info.aead.id())),
+        opt::SESSID => facts.session_id,
+        opt::NEGTEP => int(i32::from(facts.tep)),
+        opt::ROLE => int(i32::from(facts.role)),
+        opt::SELF_NAME => facts.self_name,
+        opt::PEER_NAME => facts.peer_name,
+        opt::TRANSCRIPT => facts.transcript,
+        opt::PEER_GOPT => int(i32::from(facts.peer_global)),
+        opt::CRYPT_CONF => int(i32::from(facts.aead)),
         _ => return Err(libc::ENOPROTOOPT),
     })
 }
@@ -73,9 +136,13 @@ pub(super) fn option_value(fd: c_int, name: c_int) -> Result<Vec<u8>, c_int> {
 /// Copies option `name` of `fd` into `out` (room for `room` bytes) and
 /// returns its length, or -1 with errno set (EINVAL also when it does not
 /// fit).
+///
+/// # Safety
+/// `out` must have room for `room` bytes.
 pub(super) unsafe fn copy_option(fd: c_int, name: c_int, out: *mut u8, room: usize) -> c_int {
     match catch_unwind(|| option_value(fd, name)) {
         Ok(Ok(v)) if !out.is_null() && room >= v.len() => {
+            // SAFETY: `room` bytes at `out`, checked above.
             unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len()) };
             v.len() as c_int
         }
@@ -88,26 +155,4 @@ pub(super) unsafe fn copy_option(fd: c_int, name: c_int, out: *mut u8, room: usi
             -1
         }
     }
-}
-
-/// The real errno of a failed non-blocking connect, once, as `SO_ERROR`
-/// reports it (the kernel's own error, a reset from the relay, is cleared).
-pub(super) fn take_connect_error(fd: c_int) -> Option<c_int> {
-    let entry = lookup(fd)?;
-    let SessionState::ConnectFailed(e) = registry::state_of(&entry) else {
-        return None;
-    };
-    registry::set_state(&entry.state, SessionState::ConnectFailedReported);
-    let mut kernel: c_int = 0;
-    let mut l = size_of::<c_int>() as socklen_t;
-    unsafe {
-        (real().getsockopt)(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            &mut kernel as *mut c_int as *mut c_void,
-            &mut l,
-        )
-    };
-    Some(e)
 }

@@ -35,11 +35,6 @@ pub(super) fn descriptors_of(id: u64) -> usize {
         .unwrap_or(0)
 }
 
-/// The registry's entry for `fd`, if it still names the same socket.
-pub(super) fn lookup(fd: c_int) -> Option<Entry> {
-    registry::get(fd, || socket_id(fd))
-}
-
 /// The family of a TCP socket, or `None` for anything else.
 pub(super) fn tcp_family(fd: c_int) -> Option<c_int> {
     let ty = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
@@ -77,7 +72,7 @@ pub(super) fn is_nonblocking(fd: c_int) -> bool {
 /// the real socket refuses (an IPv6 option on an IPv4 socket, as the
 /// kernel itself ignores on a v4-mapped connection) is left as it is: the
 /// application's own call succeeded, on its socket.
-pub(crate) fn apply_option(fd: c_int, setting: &Setting) {
+pub(super) fn apply_option(fd: c_int, setting: &Setting) {
     let (level, name, value) = (setting.0, setting.1, &setting.2);
     unsafe {
         (real().setsockopt)(

@@ -1,0 +1,124 @@
+//! The daemon's control socket: one request per connection, from a
+//! process of the daemon's own user only (`SO_PEERCRED`), descriptors
+//! attached with `SCM_RIGHTS`; and the blocking client side used by the
+//! `tcpcrypt` command itself (`status`, `daemon --stop`).
+
+use std::io::{self, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+use super::Daemon;
+use crate::wire::{self, Reply, Request};
+
+/// How long a client may take to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+pub async fn serve_one(mut stream: UnixStream, daemon: Arc<Daemon>) {
+    let Ok(cred) = stream.peer_cred() else {
+        return;
+    };
+    if cred.uid() != daemon.uid {
+        tracing::warn!(uid = cred.uid(), "request from another user refused");
+        return;
+    }
+    let pid = cred.pid().unwrap_or(0).max(0) as u32;
+    let request = tokio::time::timeout(REQUEST_DEADLINE, read_request(&stream)).await;
+    let (req, fds) = match request {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "bad request");
+            return;
+        }
+        Err(_) => return,
+    };
+    let reply = daemon.handle(req, fds, pid);
+    let _ = stream.write_all(&reply.encode()).await;
+}
+
+/// Reads one request and the descriptors that came with it: exactly as
+/// many as the request says, or it is refused (and they are closed).
+async fn read_request(stream: &UnixStream) -> io::Result<(Request, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; wire::MAX_MESSAGE];
+    let mut filled = 0;
+    let mut fds = Vec::new();
+    loop {
+        if let Some(body) = wire::unframe(&buf[..filled])? {
+            let req = Request::decode(body)?;
+            if fds.len() != req.fds() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "wrong number of descriptors",
+                ));
+            }
+            return Ok((req, fds));
+        }
+        if filled == buf.len() {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        stream.readable().await?;
+        let raw = stream.as_raw_fd();
+        let n = match stream.try_io(Interest::READABLE, || {
+            recv_with_fds(raw, &mut buf[filled..], &mut fds)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        filled += n;
+    }
+}
+
+fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; wire::MAX_FDS]);
+    let msg = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: the kernel has just installed `r` in this
+                // process for this message; nothing else refers to it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() > wire::MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many descriptors",
+        ));
+    }
+    Ok(msg.bytes)
+}
+
+/// Asks the daemon of `dir` (the caller checked it is the user's own) one
+/// question that carries no descriptor, and waits at most 5 s.
+pub fn ask(dir: &Path, req: &Request) -> io::Result<Reply> {
+    let mut s = std::os::unix::net::UnixStream::connect(wire::socket_path(dir))?;
+    s.set_read_timeout(Some(REQUEST_DEADLINE))?;
+    s.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    s.write_all(&req.encode())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(body) = wire::unframe(&buf)? {
+            return Reply::decode(body);
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

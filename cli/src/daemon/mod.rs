@@ -1,0 +1,346 @@
+//! `tcpcrypt daemon`: the per-user relay daemon. It owns the real
+//! connections of every shimmed program of its user: the shim hands it
+//! each connected (or accepted) socket and the daemon's end of a loopback
+//! connection to the application's socket, over a Unix socket in a
+//! directory only the user can enter (`SCM_RIGHTS`). Because the daemon
+//! outlives the programs, bytes they write before exiting are delivered;
+//! because it is shared, legacy-server verdicts and resumption tickets
+//! serve every process of the user. Design: `docs/SHIM.md`.
+
+mod conns;
+mod control;
+mod relay;
+mod sockopt;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tcpcrypt_tokio::{Config, Policy};
+use tokio::net::UnixListener;
+
+use crate::wire::{self, ConnState, Deadlines, Handover, Reply, Request, WirePolicy};
+use conns::{Conn, Conns};
+
+pub use control::ask;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Stay in the foreground (for systemd and tests); without it the
+    /// daemon detaches and this command returns once it answers.
+    #[arg(long)]
+    foreground: bool,
+    /// Exit after this long with no connection and no request (0: never).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10m",
+        env = "TCPCRYPT_DAEMON_IDLE_EXIT",
+        value_parser = humantime::parse_duration
+    )]
+    idle_exit: Duration,
+    /// Stop the running daemon of this user (its relayed connections are
+    /// reset).
+    #[arg(long, conflicts_with = "foreground")]
+    stop: bool,
+}
+
+pub fn daemon(args: Args) -> i32 {
+    let dir = match wire::runtime_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("tcpcrypt daemon: {e}");
+            return 2;
+        }
+    };
+    if args.stop {
+        return match control::ask(&dir, &Request::Shutdown) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!(
+                    "tcpcrypt daemon: no daemon answers in {}: {e}",
+                    dir.display()
+                );
+                1
+            }
+        };
+    }
+    if !args.foreground {
+        return detach(&dir, &args);
+    }
+    let lock = match elect(&dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return 0, // another daemon serves this user
+        Err(e) => {
+            eprintln!("tcpcrypt daemon: {e}");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tcpcrypt-daemon")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tcpcrypt daemon: cannot start the runtime: {e}");
+            return 2;
+        }
+    };
+    let code = rt.block_on(serve(dir, args.idle_exit));
+    drop(lock);
+    code
+}
+
+/// Starts a daemon in the background (a new process group, standard
+/// streams on /dev/null) unless one answers already, and returns once one
+/// answers: the caller can hand it connections at once.
+fn detach(dir: &Path, args: &Args) -> i32 {
+    if control::ask(dir, &Request::Status).is_ok() {
+        return 0;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("tcpcrypt daemon: {e}");
+            return 2;
+        }
+    };
+    let spawned = std::process::Command::new(exe)
+        .args(["daemon", "--foreground", "--idle-exit"])
+        .arg(humantime::format_duration(args.idle_exit).to_string())
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("tcpcrypt daemon: cannot start: {e}");
+        return 2;
+    }
+    // Bounded: 5 s in steps of 2 ms.
+    for _ in 0..2500 {
+        if control::ask(dir, &Request::Status).is_ok() {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!(
+        "tcpcrypt daemon: started, but does not answer in {}",
+        dir.display()
+    );
+    1
+}
+
+use std::os::unix::process::CommandExt;
+
+/// Takes the lock that makes this the one daemon of `dir`: `None` when
+/// another holds it. The lock file is opened without following a symbolic
+/// link (the directory is the user's own, checked, but this costs nothing).
+fn elect(dir: &Path) -> io::Result<Option<std::fs::File>> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(wire::lock_path(dir))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The daemon's shared state.
+struct Daemon {
+    uid: u32,
+    conns: Conns,
+    /// One library configuration per policy and set of deadlines the
+    /// programs asked for; each holds its verdict cache and resumption
+    /// tickets, shared by every process that asks for the same.
+    configs: Mutex<HashMap<(WirePolicy, Deadlines), Arc<Config>>>,
+    shutdown: tokio::sync::Notify,
+}
+
+impl Daemon {
+    fn config(&self, policy: WirePolicy, d: Deadlines) -> io::Result<Arc<Config>> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = configs.get(&(policy, d)) {
+            return Ok(c.clone());
+        }
+        let mut b = Config::builder().policy(match policy {
+            WirePolicy::Opportunistic => Policy::Opportunistic,
+            WirePolicy::Mandatory => Policy::Mandatory,
+        });
+        let ms = |v: u32| Duration::from_millis(u64::from(v));
+        if d.handshake_ms != 0 {
+            b = b.handshake_timeout(ms(d.handshake_ms));
+        }
+        if d.server_hello_ms != 0 {
+            b = b.server_hello_timeout(ms(d.server_hello_ms));
+        }
+        if d.client_hello_wait_ms != 0 {
+            b = b.client_hello_wait(ms(d.client_hello_wait_ms));
+        }
+        let config = Arc::new(b.build().map_err(io::Error::other)?);
+        configs.insert((policy, d), config.clone());
+        Ok(config)
+    }
+}
+
+async fn serve(dir: PathBuf, idle_exit: Duration) -> i32 {
+    let path = wire::socket_path(&dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tcpcrypt daemon: {}: {e}", path.display());
+            return 2;
+        }
+    };
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    let ino = std::fs::symlink_metadata(&path).map(|m| m.ino()).ok();
+    let uid = match wire::current_uid() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("tcpcrypt daemon: {e}");
+            return 2;
+        }
+    };
+    let daemon = Arc::new(Daemon {
+        uid,
+        conns: Conns::default(),
+        configs: Mutex::default(),
+        shutdown: tokio::sync::Notify::new(),
+    });
+    daemon.conns.touch();
+    tracing::info!(socket = %path.display(), "tcpcrypt daemon serving");
+    let check_every = if idle_exit.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        (idle_exit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    };
+    let mut ticks = tokio::time::interval(check_every);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let daemon = daemon.clone();
+                    tokio::spawn(async move { control::serve_one(stream, daemon).await });
+                }
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = ticks.tick() => {
+                if !idle_exit.is_zero() && daemon.conns.idle_for(idle_exit) {
+                    tracing::info!("idle: exiting");
+                    break;
+                }
+            }
+            _ = daemon.shutdown.notified() => break,
+        }
+    }
+    // The socket goes first (only if it is still ours), so that a new
+    // daemon can take over at once.
+    if std::fs::symlink_metadata(&path).map(|m| m.ino()).ok() == ino {
+        let _ = std::fs::remove_file(&path);
+    }
+    0
+}
+
+/// Starts relaying a handed-over connection.
+fn start(
+    daemon: &Arc<Daemon>,
+    h: Handover,
+    fds: Vec<OwnedFd>,
+    server: bool,
+    pid: u32,
+) -> io::Result<()> {
+    let config = daemon.config(h.policy, h.deadlines)?;
+    let mut fds = fds.into_iter();
+    let (Some(app), Some(real)) = (fds.next(), fds.next()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors missing",
+        ));
+    };
+    let app_socket = fds.next();
+    let app = relay::app_end(app)?;
+    let real = relay::real(real)?;
+    let state = if h.pending.is_some() {
+        ConnState::Connecting
+    } else {
+        ConnState::Negotiating
+    };
+    let conn = Arc::new(Conn::new(
+        h.id, pid, server, h.local, h.peer, state, h.settings,
+    ));
+    daemon.conns.insert(conn.clone());
+    let daemon = daemon.clone();
+    tokio::spawn(async move {
+        let result = match (server, h.pending, app_socket) {
+            (true, _, _) => relay::inbound(app, real, &config, &conn).await,
+            (false, Some(p), Some(socket)) => {
+                relay::connecting(app, real, p, socket, &config, &conn).await
+            }
+            (false, _, _) => relay::outbound(app, real, &config, &conn).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %conn.peer, error = %e, "relay ended with an error");
+        }
+        daemon.conns.ended(&conn);
+    });
+    Ok(())
+}
+
+impl Daemon {
+    /// Answers one request from a process of this user.
+    fn handle(self: &Arc<Self>, req: Request, fds: Vec<OwnedFd>, pid: u32) -> Reply {
+        self.conns.touch();
+        let handover = |h: Handover, server: bool| match start(self, h, fds, server, pid) {
+            Ok(()) => Reply::Ok,
+            Err(e) => Reply::Refused(e.to_string()),
+        };
+        match req {
+            Request::Connect(h) => handover(h, false),
+            Request::Accept(h) => handover(h, true),
+            Request::Query { id } => match self.conns.get(id) {
+                Some(c) => Reply::Known {
+                    local: c.local(),
+                    peer: c.peer,
+                    state: c.state(),
+                },
+                None => Reply::Unknown,
+            },
+            Request::TakeError { id } => {
+                Reply::Error(self.conns.get(id).and_then(|c| c.take_error()))
+            }
+            Request::SetOption { id, setting } => {
+                if let Some(c) = self.conns.get(id) {
+                    c.set_option(setting);
+                }
+                Reply::Ok
+            }
+            Request::Abandon { id } => {
+                if let Some(c) = self.conns.get(id) {
+                    c.cancel.notify_one();
+                }
+                Reply::Ok
+            }
+            Request::Status => Reply::Status(self.conns.status()),
+            Request::Shutdown => {
+                self.shutdown.notify_one();
+                Reply::Ok
+            }
+        }
+    }
+}

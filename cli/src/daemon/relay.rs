@@ -1,0 +1,232 @@
+//! Relaying one connection: the real socket as a `TcpcryptStream` (or
+//! plain, after a fallback) on one side, the daemon's end of the loopback
+//! connection to the application's socket on the other.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tcpcrypt_tokio::{
+    Config, Connected, PlainSource, Policy, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream,
+    VectoredBufRead,
+};
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::conns::Conn;
+use super::sockopt;
+use crate::wire::{ConnState, Pending};
+
+/// Send buffer of the daemon's end of the loopback connection (the kernel
+/// doubles it), above the default autotuning limit of 4 MiB: a deep queue
+/// towards the application lets the relay hand over more per wakeup.
+const APP_SEND_BUFFER: usize = 4 << 20;
+
+/// How long a pending connect may take before the daemon gives up on it
+/// (the kernel's own SYN retries end sooner, after about 130 s).
+const CONNECT_LIMIT: Duration = Duration::from_secs(180);
+
+/// Arms or disarms a reset on close. Armed while the daemon relays, so
+/// that a daemon that dies resets both connections (their ends see an
+/// error, never a clean end of a truncated stream); disarmed before an
+/// orderly close.
+fn reset_on_close(s: &TcpStream, on: bool) {
+    let _ = socket2::SockRef::from(s).set_linger(on.then_some(Duration::ZERO));
+}
+
+/// Prepares the daemon's end of the loopback connection.
+pub fn app_end(fd: OwnedFd) -> io::Result<TcpStream> {
+    let s = std::net::TcpStream::from(fd);
+    s.set_nonblocking(true)?;
+    let s = TcpStream::from_std(s)?;
+    let _ = socket2::SockRef::from(&s).set_send_buffer_size(APP_SEND_BUFFER);
+    prepare(&s);
+    Ok(s)
+}
+
+/// Prepares a real socket handed over by the shim.
+pub fn real(fd: OwnedFd) -> io::Result<TcpStream> {
+    let s = std::net::TcpStream::from(fd);
+    s.set_nonblocking(true)?;
+    let s = TcpStream::from_std(s)?;
+    prepare(&s);
+    Ok(s)
+}
+
+/// Nagle off (the relay forwards what it has at once; Nagle here would
+/// only add delayed-ACK waits to small exchanges), reset on close armed.
+fn prepare(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    reset_on_close(s, true);
+}
+
+/// Resets a connection: the other end sees an error, never a clean end.
+fn abort(s: TcpStream) {
+    reset_on_close(&s, true);
+    drop(s);
+}
+
+/// The real connection under a relayed stream, encrypted or plain.
+trait RealSocket: VectoredBufRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl RealSocket for PlainSource<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
+
+impl RealSocket for TcpcryptStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
+
+/// Carries both directions until both have ended. Reading the
+/// application's socket to its end is what delivers the bytes a program
+/// wrote just before it exited. An error on either side resets both: a
+/// peer must not take a truncated stream for a complete one.
+async fn splice<S: RealSocket>(app: TcpStream, mut real: S, conn: &Conn) -> io::Result<()> {
+    let mut app = PlainSource::new(app);
+    conn.attach(real.tcp().as_raw_fd());
+    let result = tcpcrypt_tokio::copy_bidirectional(&mut app, &mut real).await;
+    conn.detach();
+    match result {
+        Ok(_) => {
+            reset_on_close(real.tcp(), false);
+            reset_on_close(app.get_ref(), false);
+            Ok(())
+        }
+        Err(e) => {
+            drop(real);
+            abort(app.into_inner());
+            Err(e)
+        }
+    }
+}
+
+fn negotiated(conn: &Conn, s: &TcpcryptStream<TcpStream>, local: SocketAddr) {
+    conn.negotiated(s.session(), local);
+}
+
+/// The client side: negotiates on the real connection (or goes plain at
+/// once for a destination known to be legacy), falls back to a new plain
+/// connection when the peer does not speak tcpcrypt and the policy allows.
+pub async fn outbound(
+    app: TcpStream,
+    tcp: TcpStream,
+    config: &Arc<Config>,
+    conn: &Conn,
+) -> io::Result<()> {
+    let dest = conn.peer;
+    let local = tcp.local_addr()?;
+    if config.policy() == Policy::Opportunistic && config.client_cache().is_legacy(dest) {
+        conn.negotiated(None, local);
+        return splice(app, PlainSource::new(tcp), conn).await;
+    }
+    match TcpcryptConnector::new(config.clone())
+        .connect_with_peer(tcp, Some(dest))
+        .await
+    {
+        Ok(Connected::Stream(s)) => {
+            negotiated(conn, &s, local);
+            splice(app, s, conn).await
+        }
+        Ok(Connected::Reconnect(reason)) => {
+            tracing::debug!(%dest, %reason, "falling back to plain TCP");
+            match TcpStream::connect(dest).await {
+                Ok(plain) => {
+                    prepare(&plain);
+                    conn.negotiated(None, plain.local_addr()?);
+                    splice(app, PlainSource::new(plain), conn).await
+                }
+                Err(e) => {
+                    abort(app);
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => {
+            abort(app);
+            Err(e)
+        }
+    }
+}
+
+/// Finishes a non-blocking connect: waits for the real TCP handshake (or
+/// the application giving up), then either reports its error, by
+/// resetting the application's socket and recording the errno for
+/// `SO_ERROR`, or makes the socket writable (its own `TCP_NOTSENT_LOWAT`
+/// back, the filler discarded) and goes on as any outbound connection.
+pub async fn connecting(
+    mut app: TcpStream,
+    real: TcpStream,
+    pending: Pending,
+    app_socket: OwnedFd,
+    config: &Arc<Config>,
+    conn: &Conn,
+) -> io::Result<()> {
+    let connected = tokio::select! {
+        r = tokio::time::timeout(CONNECT_LIMIT, established(&real)) => {
+            r.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        }
+        _ = conn.cancel.notified() => {
+            abort(app);
+            return Ok(());
+        }
+    };
+    if let Err(e) = connected {
+        let errno = e.raw_os_error().unwrap_or(libc::ETIMEDOUT);
+        // The reset first, the errno after: a shim that learns the errno
+        // finds the kernel's own error on its socket already, and clears it.
+        abort(app);
+        drop(app_socket);
+        conn.set_state(ConnState::Failed(errno));
+        return Err(e);
+    }
+    conn.set_state(ConnState::Negotiating);
+    // Its own value first, so that the application never sees the option
+    // changed once the socket is writable; what it writes from then on
+    // follows the filler.
+    sockopt::set_notsent_lowat(&app_socket, pending.lowat);
+    drop(app_socket);
+    let discarded =
+        tokio::io::copy(&mut (&mut app).take(pending.filler), &mut tokio::io::sink()).await?;
+    if discarded != pending.filler {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    outbound(app, real, config, conn).await
+}
+
+/// Waits for a connecting socket's TCP handshake: its error, if any.
+async fn established(s: &TcpStream) -> io::Result<()> {
+    s.writable().await?;
+    if let Some(e) = s.take_error()? {
+        return Err(e);
+    }
+    s.peer_addr().map(drop)
+}
+
+/// The server side: negotiates on the accepted connection.
+pub async fn inbound(
+    app: TcpStream,
+    tcp: TcpStream,
+    config: &Arc<Config>,
+    conn: &Conn,
+) -> io::Result<()> {
+    let local = tcp.local_addr()?;
+    match TcpcryptAcceptor::new(config.clone()).accept_tcp(tcp).await {
+        Ok(s) => {
+            negotiated(conn, &s, local);
+            splice(app, s, conn).await
+        }
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "inbound handshake failed");
+            abort(app);
+            Err(e)
+        }
+    }
+}

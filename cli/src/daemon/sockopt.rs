@@ -1,0 +1,37 @@
+//! The two raw socket calls the daemon makes on descriptors it was handed:
+//! applying an application's option to the real socket, and giving the
+//! application's socket its `TCP_NOTSENT_LOWAT` back. Neither has a safe
+//! wrapper that takes an arbitrary `(level, name, value)`.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use crate::wire::Setting;
+
+/// Applies an application's socket option to a real socket. An option the
+/// real socket refuses (an IPv6 option on an IPv4 socket) is left alone:
+/// the application's own call succeeded, on its socket.
+pub fn apply(fd: RawFd, (level, name, value): &Setting) {
+    // SAFETY: `value` is a live buffer of `value.len()` bytes; the kernel
+    // only reads it, and a descriptor that is not a socket is an error.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            *level,
+            *name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        );
+    }
+}
+
+/// Sets `TCP_NOTSENT_LOWAT` on the application's socket (0: the default).
+pub fn set_notsent_lowat(socket: &impl AsRawFd, bytes: i32) {
+    apply(
+        socket.as_raw_fd(),
+        &(
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            bytes.to_ne_bytes().to_vec(),
+        ),
+    );
+}

@@ -1,0 +1,186 @@
+//! The shim's side of the relay daemon: reaching it (starting it when none
+//! answers), handing connections over, asking about them. Safe code: the
+//! descriptors travel with `nix`'s `sendmsg`.
+
+use std::io::{self, IoSlice, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg, sockopt};
+
+use crate::wire::{self, Reply, Request};
+
+/// How long the shim waits for the daemon to answer; a program's thread
+/// is blocked meanwhile, so a daemon that hangs costs this, not forever.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A connection to the daemon, for one request.
+pub(crate) struct Link(UnixStream);
+
+impl Link {
+    /// Reaches this user's daemon, starting one if none answers.
+    pub fn open() -> io::Result<Link> {
+        match Link::existing() {
+            Ok(link) => Ok(link),
+            Err(e) if absent(&e) => {
+                start()?;
+                Link::existing()
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reaches this user's daemon if one runs: queries never start one.
+    pub fn existing() -> io::Result<Link> {
+        let dir = wire::runtime_dir()?;
+        let s = UnixStream::connect(wire::socket_path(&dir))?;
+        // The directory is the user's own (checked); the peer must be too.
+        let cred = nix::sys::socket::getsockopt(&s, sockopt::PeerCredentials)?;
+        if cred.uid() != wire::current_uid()? {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the daemon's socket belongs to another user",
+            ));
+        }
+        s.set_read_timeout(Some(ANSWER_DEADLINE))?;
+        s.set_write_timeout(Some(ANSWER_DEADLINE))?;
+        Ok(Link(s))
+    }
+
+    /// Sends `req` with `fds` attached and reads the reply.
+    pub fn ask(mut self, req: &Request, fds: &[RawFd]) -> io::Result<Reply> {
+        let bytes = req.encode();
+        let iov = [IoSlice::new(&bytes)];
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        let sent = sendmsg::<UnixAddr>(
+            self.0.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        if sent != bytes.len() {
+            // Requests are far below a socket buffer: a short send means
+            // the daemon went away.
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(body) = wire::unframe(&buf)? {
+                return Reply::decode(body);
+            }
+            let n = self.0.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Whether an error means that no daemon listens.
+fn absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Asks a question of the daemon if one runs (`Reply::Unknown` if none).
+pub(crate) fn query(req: &Request) -> io::Result<Reply> {
+    match Link::existing() {
+        Ok(link) => link.ask(req, &[]),
+        Err(e) if absent(&e) => Ok(Reply::Unknown),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `tcpcrypt` executable: `TCPCRYPT_DAEMON`, or the one beside this
+/// library (a cargo build and the package both put them together).
+fn daemon_program() -> io::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TCPCRYPT_DAEMON").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let lib = this_library()?;
+    let dir = lib.parent().unwrap_or(std::path::Path::new("/"));
+    for candidate in [
+        dir.join("tcpcrypt"),
+        dir.join("../../bin/tcpcrypt"),
+        dir.join("../bin/tcpcrypt"),
+    ] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "no tcpcrypt executable beside {} (set TCPCRYPT_DAEMON)",
+            lib.display()
+        ),
+    ))
+}
+
+/// The path of this library, from the mapping that holds this function.
+fn this_library() -> io::Result<PathBuf> {
+    let here = this_library as fn() -> io::Result<PathBuf> as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(path)) = (fields.next(), fields.nth(4)) else {
+            continue;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
+            continue;
+        };
+        if (lo..hi).contains(&here) && path.starts_with('/') {
+            return Ok(PathBuf::from(path));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "this library's path",
+    ))
+}
+
+/// Starts the daemon and returns once it answers (`tcpcrypt daemon`
+/// returns then). Concurrent starts, in this process or others, leave one
+/// daemon: the daemons elect one with a lock, and the others exit.
+fn start() -> io::Result<()> {
+    static STARTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+    if Link::existing().is_ok() {
+        return Ok(());
+    }
+    let program = daemon_program()?;
+    crate::log::log!(Info, "starting the daemon: {}", program.display());
+    // The detaching `tcpcrypt daemon` exits as soon as the daemon answers,
+    // and is waited for here: no child is left to the program.
+    let status = std::process::Command::new(&program)
+        .arg("daemon")
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        // A program that reaps every child itself (or ignores SIGCHLD)
+        // can take the status first: the daemon may well be up.
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(()),
+        Ok(s) => Err(io::Error::other(format!(
+            "{} daemon: {s}",
+            program.display()
+        ))),
+        Err(e) => Err(e),
+    }
+}

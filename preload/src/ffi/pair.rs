@@ -1,0 +1,181 @@
+//! The loopback connection between the application's socket and the
+//! daemon. The hook makes it itself, on a listening socket of its own
+//! that lives for the length of the call: it connects the application's
+//! socket to it and accepts the other end, which it hands to the daemon.
+//! Only the accepted connection whose peer is the application's socket is
+//! taken, so another local user who connects to that short-lived port gets
+//! nothing: the pairing needs no shared listener and nothing to guess.
+
+use super::*;
+
+/// How long the loopback handshake may take (it is one round trip in the
+/// kernel; the bound only matters on a machine out of memory).
+const PAIR_DEADLINE_MS: c_int = 2000;
+
+/// At most this many strangers are turned away before giving up.
+const STRANGERS: usize = 8;
+
+/// Closes a descriptor this module made.
+fn owned(fd: c_int) -> OwnedFd {
+    // SAFETY: `fd` is a descriptor just made by this module and owned by
+    // no one else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A listening socket on a loopback address of `family` (for an IPv6
+/// application socket: `::1`, else v4-mapped `127.0.0.1` if the socket
+/// accepts IPv4).
+fn listener(family: c_int, v6only: bool) -> Result<(OwnedFd, SocketAddr), c_int> {
+    // SAFETY: plain system call.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let l = owned(fd);
+    let mut candidates = vec![if family == AF_INET6 {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+    }];
+    if family == AF_INET6 && !v6only {
+        candidates.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+    }
+    let mut last = libc::EADDRNOTAVAIL;
+    for a in candidates {
+        let (st, n) = encode_addr(a, family);
+        // SAFETY: `st` holds `n` bytes of address.
+        if unsafe { libc::bind(fd, &st as *const sockaddr_storage as *const sockaddr, n) } == 0 {
+            // SAFETY: plain system call.
+            if unsafe { libc::listen(fd, 4) } != 0 {
+                return Err(errno());
+            }
+            let at = local_addr(fd).ok_or(libc::EADDRNOTAVAIL)?;
+            return Ok((l, at));
+        }
+        last = errno();
+    }
+    Err(last)
+}
+
+fn poll_one(fd: c_int, events: libc::c_short, ms: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r >= 0 || errno() != libc::EINTR {
+            return r == 1 && p.revents & events != 0;
+        }
+    }
+}
+
+/// Connects the application's socket `app` (a TCP socket of `family`,
+/// blocking or not) over loopback to a socket of the shim's own and
+/// returns that other end, for the daemon.
+pub(super) fn pair(app: c_int, family: c_int) -> Result<OwnedFd, c_int> {
+    let v6only =
+        family == AF_INET6 && sockopt_int(app, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1);
+    let (l, at) = listener(family, v6only)?;
+    let (st, n) = encode_addr(at, family);
+    // SAFETY: `st` holds `n` bytes of address.
+    let r = unsafe { (real().connect)(app, &st as *const sockaddr_storage as *const sockaddr, n) };
+    if r != 0 && errno() != libc::EINPROGRESS {
+        return Err(errno());
+    }
+    let me = local_addr(app).map(canonical).ok_or(libc::EADDRNOTAVAIL)?;
+    for _ in 0..STRANGERS {
+        if !poll_one(l.as_raw_fd(), libc::POLLIN, PAIR_DEADLINE_MS) {
+            return Err(libc::ETIMEDOUT);
+        }
+        // SAFETY: no address wanted.
+        let c = unsafe {
+            (real().accept4)(
+                l.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if c < 0 {
+            return Err(errno());
+        }
+        let end = owned(c);
+        if peer_addr(c).map(canonical) == Some(me) {
+            // A non-blocking application socket is established once its
+            // peer has been accepted: the handshake is over.
+            return Ok(end);
+        }
+        crate::log::log!(Warn, "a stranger connected to a pairing port; turned away");
+    }
+    Err(libc::ECONNABORTED)
+}
+
+/// Sets `TCP_NOTSENT_LOWAT` (0: the system default), through the real
+/// call: the `setsockopt` hook is for the application's own options.
+pub(super) fn set_notsent_lowat(fd: c_int, bytes: c_int) -> bool {
+    apply_option(
+        fd,
+        &(
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            bytes.to_ne_bytes().to_vec(),
+        ),
+    );
+    sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) == Some(bytes)
+}
+
+/// Bytes written to a socket and not sent yet.
+fn unsent_bytes(fd: c_int) -> c_int {
+    let mut n: c_int = 0;
+    // SAFETY: SIOCOUTQNSD writes one int.
+    if unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD, &mut n) } != 0 {
+        return 0;
+    }
+    n
+}
+
+/// Zero bytes to fill a send queue with.
+static FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Writes filler to the application's socket until some of it stays
+/// unsent (its peer, not read yet, has closed its window); returns how
+/// many bytes went in. A full send buffer alone is not enough: with a
+/// small `SO_SNDBUF` the buffer drains as ACKs come, and the socket would
+/// turn writable.
+pub(super) fn fill_until_held(fd: c_int) -> Result<u64, c_int> {
+    let mut total = 0u64;
+    // Bounded: a loopback connection's queues hold a few MiB at most.
+    for _ in 0..4096 {
+        // SAFETY: FILLER is a live buffer of its length.
+        let n = unsafe {
+            libc::send(
+                fd,
+                FILLER.as_ptr() as *const c_void,
+                FILLER.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            total += n as u64;
+            continue;
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN if unsent_bytes(fd) > 0 => return Ok(total),
+            libc::EAGAIN => {
+                poll_one(fd, libc::POLLOUT, 20);
+            }
+            e => return Err(e),
+        }
+    }
+    Err(libc::ENOBUFS)
+}
+
+/// Closes a socket with a reset: its peer sees an error, never a clean end.
+pub(super) fn reset(fd: OwnedFd) {
+    let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+    drop(fd);
+}
