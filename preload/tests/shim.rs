@@ -3,205 +3,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcpcrypt_tokio::{Config, SessionId, TcpcryptListener};
+use tcpcrypt_tokio::{Config, TcpcryptListener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// libtcpcrypt.so, beside this test's executable. `cargo test` builds the
-/// library only as an rlib for the tests, so the shared object is built
-/// here, once, with the same cargo and profile.
-fn shim() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let so = dir.join("libtcpcrypt.so");
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "tcpcrypt-preload", "--lib"]);
-        if dir.file_name().is_some_and(|d| d == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("cargo");
-        assert!(status.success(), "building libtcpcrypt.so failed");
-    });
-    assert!(so.exists(), "{} not built", so.display());
-    so
-}
-
-fn curl(shimmed: bool, url: &str) -> (i32, Vec<u8>) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "20", url]);
-    if shimmed {
-        cmd.env("LD_PRELOAD", shim());
-    }
-    let out = cmd.output().expect("curl");
-    (out.status.code().unwrap_or(-1), out.stdout)
-}
-
-/// A server configuration for tests whose clients either speak tcpcrypt or
-/// speak first: a long wait for the hello keeps a loaded machine from
-/// mistaking a slow tcpcrypt client for a plain one.
-fn patient_server() -> Config {
-    Config::builder()
-        .client_hello_wait(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// An HTTP server on the tcpcrypt library that answers `body` and reports
-/// each connection's session ID (None for plain clients).
-fn tcpcrypt_http(body: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<Option<SessionId>>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let seen2 = seen.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient_server()))
-                .await
-                .unwrap();
-            tx.send(l.local_addr()).unwrap();
-            while let Ok((mut s, _)) = l.accept().await {
-                seen2.lock().unwrap().push(s.session_id());
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let header = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = s.write_all(header.as_bytes()).await;
-                    let _ = s.write_all(&body).await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-    });
-    (rx.recv().unwrap(), seen)
-}
-
-/// A relay that records the bytes going to the client.
-fn recording_relay(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let rec = Arc::new(Mutex::new(Vec::new()));
-    let rec2 = rec.clone();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { return };
-            let Ok(mut s) = TcpStream::connect(target) else {
-                return;
-            };
-            let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c2, &mut s2);
-                let _ = s2.shutdown(std::net::Shutdown::Write);
-            });
-            let rec = rec2.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            rec.lock().unwrap().extend_from_slice(&buf[..n]);
-                            if c.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = c.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    (addr, rec)
-}
-
-struct Py(Child, u16);
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `python3 -m http.server` serving `dir`, shimmed or not.
-fn python_server(dir: &std::path::Path, shimmed: bool) -> Py {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-m",
-        "http.server",
-        "--bind",
-        "127.0.0.1",
-        &port.to_string(),
-    ])
-    .current_dir(dir)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    if shimmed {
-        cmd.env("LD_PRELOAD", shim());
-    }
-    let child = cmd.spawn().unwrap();
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Py(child, port)
-}
-
-/// A shimmed Python server: `script` listens on a port of its choosing and
-/// prints it first. The shim waits long for client hellos (every client
-/// here speaks tcpcrypt or speaks first).
-fn shimmed_python_server(script: &str) -> Py {
-    shimmed_python_server_with(script, &[]).0
-}
-
-/// `shimmed_python_server` with more environment, and the rest of what the
-/// script prints.
-fn shimmed_python_server_with(
-    script: &str,
-    env: &[(&str, &str)],
-) -> (Py, std::io::Lines<BufReader<std::process::ChildStdout>>) {
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .env("LD_PRELOAD", shim())
-        .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = lines.next().unwrap().unwrap().trim().parse().unwrap();
-    (Py(child, port), lines)
-}
-
-fn body(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
-}
+mod common;
+use common::*;
 
 #[test]
 fn shimmed_curl_to_a_tcpcrypt_server_is_encrypted_and_the_wire_is_ciphertext() {
@@ -290,7 +100,7 @@ print(urllib.request.urlopen("http://127.0.0.1:{port}/").read().decode())
     );
     let out = Command::new("python3")
         .args(["-c", &script])
-        .env("LD_PRELOAD", shim())
+        .envs(shim_env())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -315,32 +125,6 @@ print(urllib.request.urlopen("http://127.0.0.1:{port}/").read().decode())
         "getpeername gives the real peer"
     );
     assert_eq!(lines[3], "hello", "urllib works under the shim");
-}
-
-/// Runs a Python script under the shim; returns its stdout lines.
-fn python_shimmed(script: &str) -> Vec<String> {
-    python_shimmed_with(script, &[])
-}
-
-/// `python_shimmed` with more environment.
-fn python_shimmed_with(script: &str, env: &[(&str, &str)]) -> Vec<String> {
-    // Every server these scripts reach answers at once or speaks tcpcrypt:
-    // a long wait for its hello keeps a loaded machine from taking a slow
-    // tcpcrypt server for a legacy one.
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .env("LD_PRELOAD", shim())
-        .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "30000")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout.lines().map(str::to_string).collect()
 }
 
 #[test]
@@ -583,7 +367,7 @@ http {{ access_log off; sendfile on; client_body_temp_path {d}/tmp; proxy_temp_p
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let child = Command::new(nginx)
         .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
-        .env("LD_PRELOAD", shim())
+        .envs(shim_env())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -608,7 +392,7 @@ http {{ access_log off; sendfile on; client_body_temp_path {d}/tmp; proxy_temp_p
             .arg(&out)
             .arg(format!("http://{target}/big.bin"));
         if shimmed {
-            cmd.env("LD_PRELOAD", shim());
+            cmd.envs(shim_env());
         }
         assert!(cmd.status().unwrap().success(), "curl (shimmed: {shimmed})");
         let got = std::fs::read(&out).unwrap();
@@ -642,19 +426,6 @@ impl Drop for Nginx {
     }
 }
 
-fn which(name: &str) -> Result<PathBuf, ()> {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-    {
-        let p = PathBuf::from(dir).join(name);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    Err(())
-}
 
 #[test]
 fn banner_servers_with_both_kinds_of_clients() {
@@ -686,7 +457,7 @@ print(f.readline().decode().strip())
         let mut cmd = Command::new("python3");
         cmd.args(["-c", server_script]).stdout(Stdio::piped());
         if server_shimmed {
-            cmd.env("LD_PRELOAD", shim());
+            cmd.envs(shim_env());
         }
         let mut child = cmd.spawn().unwrap();
         let mut first = String::new();
@@ -699,7 +470,7 @@ print(f.readline().decode().strip())
             let mut c = Command::new("python3");
             c.args(["-c", &client_script(&port)]);
             if client_shimmed {
-                c.env("LD_PRELOAD", shim());
+                c.envs(shim_env());
             }
             let out = c.output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
@@ -739,7 +510,7 @@ fn mandatory_policy_fails_closed() {
             "X-Secret: swordfish",
             &format!("http://{addr}/"),
         ])
-        .env("LD_PRELOAD", shim())
+        .envs(shim_env())
         .env("TCPCRYPT_POLICY", "mandatory")
         .output()
         .unwrap();
@@ -785,7 +556,7 @@ if "CASE" == "bound":
     s.bind(("127.0.0.1", 0))
 else:
     # The socket took the lowest free descriptor number: leave one more,
-    # too few for the relay's runtime.
+    # too few for the shim's loopback pairing.
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (s.fileno() + 2, hard))
 try:
@@ -849,36 +620,36 @@ except ConnectionAbortedError:
 }
 
 #[test]
-fn status_directory_lists_live_connections() {
+fn the_daemon_lists_live_connections_with_their_process() {
     let (server, seen) = tcpcrypt_http(b"x".to_vec());
-    let dir = std::env::temp_dir().join(format!("tcpcrypt-status-{}", std::process::id()));
     let out = Command::new("python3")
         .args([
             "-c",
             &format!(
                 r#"
-import os, socket, sys, time
-d = sys.argv[1]
+import json, os, socket, subprocess, sys, time
+def status():
+    out = subprocess.run([sys.argv[1], "status", "--json"], capture_output=True, check=True).stdout
+    return [c for c in json.loads(out) if c["pid"] == os.getpid()]
 s = socket.create_connection(("127.0.0.1", {port}))
-for _ in range(200):
-    files = [f for f in os.listdir(d) if f.endswith(".json")] if os.path.isdir(d) else []
-    if files: break
+for _ in range(500):
+    mine = [c for c in status() if c["encrypted"]]
+    if mine: break
     time.sleep(0.01)
-print(open(os.path.join(d, files[0])).read().strip())
+print(json.dumps(mine[0]))
 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
 while s.recv(4096): pass
 s.close()
-for _ in range(200):
-    if not [f for f in os.listdir(d) if f.endswith(".json")]: break
+for _ in range(500):
+    if not status(): break
     time.sleep(0.01)
-print(len([f for f in os.listdir(d) if f.endswith(".json")]))
+print(len(status()))
 "#,
                 port = server.port()
             ),
-            dir.to_str().unwrap(),
+            tcpcrypt_bin().to_str().unwrap(),
         ])
-        .env("LD_PRELOAD", shim())
-        .env("TCPCRYPT_STATUS_DIR", &dir)
+        .envs(shim_env())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -888,27 +659,17 @@ print(len([f for f in os.listdir(d) if f.endswith(".json")]))
         String::from_utf8_lossy(&out.stderr)
     );
     let lines: Vec<&str> = text.lines().collect();
+    let record: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     let id = seen.lock().unwrap()[0].unwrap().to_string();
-    assert!(
-        lines[0].contains(&format!("\"session_id\":\"{id}\"")),
-        "{}",
-        lines[0]
-    );
-    assert!(
-        lines[0].contains("\"program\":\"python3\"") && lines[0].contains("\"role\":\"A\""),
-        "{}",
-        lines[0]
-    );
-    assert!(
-        lines[0].contains(&format!("\"peer\":\"127.0.0.1:{}\"", server.port())),
-        "{}",
-        lines[0]
-    );
+    assert_eq!(record["session_id"], id.as_str(), "{record}");
+    assert_eq!(record["program"], "python3", "{record}");
+    assert_eq!(record["role"], "A", "{record}");
     assert_eq!(
-        lines[1], "0",
-        "the entry is removed when the connection closes"
+        record["peer"],
+        format!("127.0.0.1:{}", server.port()).as_str(),
+        "{record}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(lines[1], "0", "the entry goes when the connection closes");
 }
 
 #[test]
@@ -993,7 +754,7 @@ print(data.decode())
     );
     let out = Command::new("python3")
         .args(["-c", &script])
-        .env("LD_PRELOAD", shim())
+        .envs(shim_env())
         .env("TCPCRYPT_LOG", "debug")
         .env("TCPCRYPT_LOG_FILE", &log)
         .output()
@@ -1014,7 +775,7 @@ print(data.decode())
     );
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        logged.contains("tcpcrypt session established"),
+        logged.contains("handed to the daemon"),
         "debug log in the file: {logged}"
     );
     let _ = std::fs::remove_file(&log);
@@ -1044,7 +805,7 @@ fn timeouts_come_from_the_environment() {
     );
     let out = Command::new("python3")
         .args(["-c", &script])
-        .env("LD_PRELOAD", shim())
+        .envs(shim_env())
         .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "150")
         .output()
         .unwrap();
@@ -1101,14 +862,6 @@ impl Blackhole {
     }
 }
 
-/// A loopback port nobody listens on.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn nonblocking_connect_is_asynchronous_with_the_real_outcome_in_so_error() {
@@ -1246,7 +999,7 @@ fn curl_connect_timeout_and_asyncio_work_under_the_shim() {
     let started = std::time::Instant::now();
     let out = Command::new("curl")
         .args(["-sS", "--connect-timeout", "1", &url])
-        .env("LD_PRELOAD", shim())
+        .envs(shim_env())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(28), "curl's timeout exit code");
@@ -1296,7 +1049,7 @@ fn include_and_exclude_rules_choose_the_connections_handled() {
     for (i, (include, exclude, encrypted)) in cases.iter().enumerate() {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "20", &url])
-            .env("LD_PRELOAD", shim())
+            .envs(shim_env())
             .env("TCPCRYPT_INCLUDE", include)
             .env("TCPCRYPT_EXCLUDE", exclude)
             .output()
@@ -1412,7 +1165,7 @@ fn two_hundred_parallel_curl_transfers() {
     }
     let out = Command::new("curl")
         .args(&args)
-        .env("LD_PRELOAD", shim())
+        .envs(shim_env())
         .output()
         .unwrap();
     assert!(

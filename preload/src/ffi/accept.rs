@@ -65,7 +65,7 @@ pub(super) fn intercept_accept(
     }
     // SAFETY: `c` is the connected socket just accepted, owned from here on.
     let real = unsafe { OwnedFd::from_raw_fd(c) };
-    let end = match pair(app.as_raw_fd(), family) {
+    let end = match pairing_for(app.as_raw_fd(), family).and_then(|p| pair(app.as_raw_fd(), p)) {
         Ok(end) => end,
         Err(_) => {
             reset(real);
@@ -99,6 +99,7 @@ pub(super) fn intercept_accept(
     }
     drop(real);
     drop(end);
+    crate::log::log!(Debug, "connection from {peer} handed to the daemon");
     if flags & libc::SOCK_NONBLOCK != 0 {
         // SAFETY: plain system calls on a descriptor this function owns.
         unsafe {

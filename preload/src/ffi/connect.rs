@@ -60,9 +60,19 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             ),
         );
     }
+    // Every descriptor the shim needs, before anything is sent: a
+    // process short of descriptors (or memory) gets its connection as it
+    // would without the shim, or under the mandatory policy not at all.
+    let pairing = match pairing_for(fd, family) {
+        Ok(p) => p,
+        Err(e) => return refuse_if_mandatory(&format!("no loopback pairing: errno {e}")),
+    };
     let options = changed_options(fd, family);
     let real = match start_real_connect(dest, &options) {
         Ok(t) => t,
+        Err(e @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+            return refuse_if_mandatory(&format!("no socket for the real connection: errno {e}"));
+        }
         Err(e) => {
             set_errno(e);
             return Some(-1);
@@ -83,7 +93,7 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             }
         }
     };
-    let r = hand_over(fd, family, real, dest, options, report, link);
+    let r = hand_over(fd, pairing, real, dest, options, report, link);
     Some(r.unwrap_or_else(|e| {
         set_errno(e);
         -1
@@ -96,7 +106,7 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
 /// until the daemon has seen the handshake through).
 fn hand_over(
     fd: c_int,
-    family: c_int,
+    pairing: Pairing,
     real: std::net::TcpStream,
     dest: SocketAddr,
     settings: Vec<Setting>,
@@ -105,7 +115,7 @@ fn hand_over(
 ) -> Result<c_int, c_int> {
     let local = local_addr(real.as_raw_fd()).ok_or(libc::EADDRNOTAVAIL)?;
     let id = socket_id(fd).ok_or(libc::EBADF)?;
-    let end = pair(fd, family)?;
+    let end = pair(fd, pairing)?;
     let pending = report != 0;
     let mut app_copy = None;
     let mut wire_pending = None;
@@ -158,6 +168,7 @@ fn hand_over(
             return Err(libc::ECONNABORTED);
         }
     }
+    crate::log::log!(Debug, "connection to {dest} handed to the daemon");
     registry::insert(fd, Entry::new(id, pending));
     if pending { Err(report) } else { Ok(0) }
 }

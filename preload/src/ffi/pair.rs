@@ -72,13 +72,36 @@ fn poll_one(fd: c_int, events: libc::c_short, ms: c_int) -> bool {
     }
 }
 
-/// Connects the application's socket `app` (a TCP socket of `family`,
-/// blocking or not) over loopback to a socket of the shim's own and
-/// returns that other end, for the daemon.
-pub(super) fn pair(app: c_int, family: c_int) -> Result<OwnedFd, c_int> {
+/// A listening socket made for pairing one application socket.
+pub(super) struct Pairing {
+    listener: OwnedFd,
+    at: SocketAddr,
+    family: c_int,
+}
+
+/// Makes the listening socket for pairing the application's socket `app`
+/// (a TCP socket of `family`). Made before anything else happens to the
+/// connection, so that a process out of descriptors fails here, where the
+/// connection can still go another way.
+pub(super) fn pairing_for(app: c_int, family: c_int) -> Result<Pairing, c_int> {
     let v6only =
         family == AF_INET6 && sockopt_int(app, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1);
-    let (l, at) = listener(family, v6only)?;
+    let (listener, at) = listener(family, v6only)?;
+    Ok(Pairing {
+        listener,
+        at,
+        family,
+    })
+}
+
+/// Connects the application's socket `app` (blocking or not) over loopback
+/// to the pairing's listener and returns the other end, for the daemon.
+pub(super) fn pair(app: c_int, pairing: Pairing) -> Result<OwnedFd, c_int> {
+    let Pairing {
+        listener: l,
+        at,
+        family,
+    } = pairing;
     let (st, n) = encode_addr(at, family);
     // SAFETY: `st` holds `n` bytes of address.
     let r = unsafe { (real().connect)(app, &st as *const sockaddr_storage as *const sockaddr, n) };
