@@ -426,7 +426,6 @@ impl Drop for Nginx {
     }
 }
 
-
 #[test]
 fn banner_servers_with_both_kinds_of_clients() {
     // A server that speaks first, plain and shimmed, and clients of both kinds.
@@ -861,7 +860,6 @@ impl Blackhole {
             .port()
     }
 }
-
 
 #[test]
 fn nonblocking_connect_is_asynchronous_with_the_real_outcome_in_so_error() {

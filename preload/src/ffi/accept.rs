@@ -97,8 +97,28 @@ pub(super) fn intercept_accept(
             return Ok(-1);
         }
     }
-    drop(real);
     drop(end);
+    // The application's socket takes the accepted socket's number (the
+    // lowest free one when the kernel accepted), as without the shim; the
+    // shim's reference to the real socket goes with it (the daemon has its
+    // own).
+    let cloexec = if flags & libc::SOCK_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    let number = std::os::fd::IntoRawFd::into_raw_fd(real);
+    // SAFETY: `number` was the real socket's descriptor, given up above;
+    // dup3 closes it and puts the application's socket there.
+    let app = if unsafe { libc::dup3(app.as_raw_fd(), number, cloexec) } == number {
+        drop(app);
+        // SAFETY: `number` now names the application's socket, owned here.
+        unsafe { OwnedFd::from_raw_fd(number) }
+    } else {
+        // SAFETY: dup3 failed: `number` still names the real socket, ours.
+        drop(unsafe { OwnedFd::from_raw_fd(number) });
+        app
+    };
     crate::log::log!(Debug, "connection from {peer} handed to the daemon");
     if flags & libc::SOCK_NONBLOCK != 0 {
         // SAFETY: plain system calls on a descriptor this function owns.
@@ -108,7 +128,7 @@ pub(super) fn intercept_accept(
         }
     }
     if flags & libc::SOCK_CLOEXEC == 0 {
-        // SAFETY: as above.
+        // SAFETY: plain system call on a descriptor this function owns.
         unsafe { libc::fcntl(app.as_raw_fd(), libc::F_SETFD, 0) };
     }
     let app = std::os::fd::IntoRawFd::into_raw_fd(app);

@@ -39,7 +39,10 @@ pub fn shim() -> PathBuf {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("cargo");
-        assert!(status.success(), "building libtcpcrypt.so and tcpcrypt failed");
+        assert!(
+            status.success(),
+            "building libtcpcrypt.so and tcpcrypt failed"
+        );
     });
     assert!(so.exists(), "{} not built", so.display());
     so
@@ -284,4 +287,3 @@ pub fn closed_port() -> u16 {
         .unwrap()
         .port()
 }
-

@@ -1,0 +1,677 @@
+//! The relay daemon's promises, with real programs: bytes written before a
+//! program ends are delivered, the program keeps exactly its own threads
+//! and descriptors, forking servers close connections as without the shim,
+//! state is shared between processes, the daemon's lifecycle, and its
+//! socket is the user's alone.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// A Python expression for `body(n)`.
+fn py_body(n: usize) -> String {
+    format!("bytes((i * 31 % 251) for i in range({n}))")
+}
+
+/// A server that reads each connection to its end and sends what it got
+/// (and, for tcpcrypt, whether it was encrypted) on the channel.
+fn sink(encrypted: bool) -> (SocketAddr, std::sync::mpsc::Receiver<(bool, Vec<u8>)>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    if !encrypted {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut c = c;
+                    let mut all = Vec::new();
+                    let _ = c.read_to_end(&mut all);
+                    let _ = tx.send((false, all));
+                });
+            }
+        });
+        return (addr, rx);
+    }
+    let (atx, arx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient_server()))
+                .await
+                .unwrap();
+            atx.send(l.local_addr()).unwrap();
+            while let Ok((mut s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    // Ok only after the peer's FINp: a truncated stream
+                    // would be an error here.
+                    let r = s.read_to_end(&mut all).await;
+                    let _ = tx.send((s.session().is_some() && r.is_ok(), all));
+                });
+            }
+        });
+    });
+    (arx.recv().unwrap(), rx)
+}
+
+#[test]
+fn bytes_written_before_the_program_ends_are_delivered() {
+    let want = body(MIB);
+    for encrypted in [true, false] {
+        for end in ["os._exit(0)", "os.kill(os.getpid(), signal.SIGKILL)"] {
+            let (addr, got) = sink(encrypted);
+            let script = format!(
+                r#"
+import os, signal, socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall({data})
+{end}
+"#,
+                port = addr.port(),
+                data = py_body(MIB),
+            );
+            let _ = Command::new("python3")
+                .args(["-c", &script])
+                .envs(shim_env())
+                .env(
+                    "TCPCRYPT_SERVER_HELLO_TIMEOUT_MS",
+                    if encrypted { "30000" } else { "300" },
+                )
+                .status()
+                .unwrap();
+            // A legacy server first gets the hello, on a connection of its
+            // own that the client then leaves for a plain one.
+            let (was_encrypted, bytes) = got
+                .iter()
+                .find(|(_, b)| !b.starts_with(b"\xE5ENO"))
+                .unwrap();
+            assert_eq!(was_encrypted, encrypted, "{end}");
+            assert!(
+                bytes == want,
+                "{end}, encrypted {encrypted}: {} of {} bytes",
+                bytes.len(),
+                want.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn bytes_a_server_writes_before_it_ends_are_delivered() {
+    let want = body(MIB);
+    for end in ["os._exit(0)", "os.kill(os.getpid(), signal.SIGKILL)"] {
+        for encrypted in [true, false] {
+            let server = format!(
+                r#"
+import os, signal, socket
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+print(l.getsockname()[1], flush=True)
+c, _ = l.accept()
+c.sendall({data})
+{end}
+"#,
+                data = py_body(MIB)
+            );
+            let mut py = shimmed_python_server(&server);
+            let port = py.1;
+            let got = if encrypted {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let config = Arc::new(
+                        Config::builder()
+                            .server_hello_timeout(Duration::from_secs(30))
+                            .build()
+                            .unwrap(),
+                    );
+                    let mut s = TcpcryptStream::connect(("127.0.0.1", port), &config)
+                        .await
+                        .unwrap();
+                    assert!(s.session().is_some(), "encrypted");
+                    let mut all = Vec::new();
+                    s.read_to_end(&mut all).await.unwrap();
+                    all
+                })
+            } else {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).unwrap();
+                all
+            };
+            let _ = py.0.wait();
+            assert!(
+                got == want,
+                "{end}, encrypted {encrypted}: {} of {} bytes",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+}
+
+/// What a Python process holds while it has one connection open: its
+/// threads and its descriptors (kinds, not numbers).
+const HOLDINGS: &str = r#"
+import os
+def holdings():
+    fds = []
+    for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+        try:
+            t = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        fds.append(fd + ":" + t.split(":")[0].split("[")[0])
+    return "threads=%d fds=%s" % (len(os.listdir("/proc/self/task")), ",".join(fds))
+"#;
+
+#[test]
+fn a_shimmed_program_holds_exactly_what_it_would_without_the_shim() {
+    let (server, _seen) = tcpcrypt_http(b"x".to_vec());
+    let client = format!(
+        r#"{HOLDINGS}
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+print(holdings())
+"#,
+        port = server.port()
+    );
+    let shimmed = python_shimmed(&client);
+    let plain = Command::new("python3")
+        .args(["-c", &client])
+        .output()
+        .unwrap();
+    assert_eq!(
+        shimmed.join("\n"),
+        String::from_utf8_lossy(&plain.stdout).trim_end(),
+        "client side"
+    );
+    let server_script = format!(
+        r#"{HOLDINGS}
+import socket
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+print(l.getsockname()[1], flush=True)
+c, _ = l.accept()
+c.recv(10)
+print(holdings(), flush=True)
+"#
+    );
+    let mut outputs = Vec::new();
+    for shimmed in [true, false] {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", &server_script]).stdout(Stdio::piped());
+        if shimmed {
+            cmd.envs(shim_env());
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port: u16 = lines.next().unwrap().unwrap().parse().unwrap();
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"hi").unwrap();
+        outputs.push(lines.next().unwrap().unwrap());
+        let _ = child.wait();
+    }
+    assert_eq!(outputs[0], outputs[1], "server side");
+}
+
+/// The children of process `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_forking_server_closes_each_connection_as_without_the_shim() {
+    which("socat").expect("socat is not installed (scripts/test installs it)");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socat = Command::new("socat")
+        .args([
+            &format!("TCP-LISTEN:{port},fork,reuseaddr,bind=127.0.0.1"),
+            "EXEC:cat",
+        ])
+        .envs(shim_env())
+        .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000")
+        .spawn()
+        .unwrap();
+    // Killed and reaped however the test ends.
+    let socat = Py(socat, port);
+    let socat_pid = socat.0.id();
+    wait_until("socat listens", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // The probe connection above was a plain client: its child goes too.
+    wait_until("the probe's child exits", Duration::from_secs(10), || {
+        children(socat_pid).is_empty()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = Arc::new(Config::default());
+        let mut clients = Vec::new();
+        for name in [&b"one\n"[..], b"two\n"] {
+            let mut c = TcpcryptStream::connect(("127.0.0.1", port), &config)
+                .await
+                .unwrap();
+            assert!(c.session().is_some(), "encrypted");
+            c.write_all(name).await.unwrap();
+            c.flush().await.unwrap();
+            let mut echo = vec![0u8; name.len()];
+            c.read_exact(&mut echo).await.unwrap();
+            assert_eq!(echo, name);
+            clients.push(c);
+        }
+        assert_eq!(children(socat_pid).len(), 2);
+        drop(clients.remove(0));
+        wait_until(
+            "the first client's child exits",
+            Duration::from_secs(10),
+            || children(socat_pid).len() == 1,
+        );
+        drop(clients);
+        wait_until("the second child exits", Duration::from_secs(10), || {
+            children(socat_pid).is_empty()
+        });
+    });
+    drop(socat);
+}
+
+#[test]
+fn a_second_process_resumes_the_first_ones_session() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (atx, arx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient_server()))
+                .await
+                .unwrap();
+            atx.send(l.local_addr()).unwrap();
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = tx.send(s.session().map(|i| i.resumed));
+                let _ = s.write_all(b"hello").await;
+                let _ = s.shutdown().await;
+            }
+        });
+    });
+    let addr: SocketAddr = arx.recv().unwrap();
+    let script = format!(
+        r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+print(s.recv(5).decode())
+"#,
+        port = addr.port()
+    );
+    for _ in 0..2 {
+        assert_eq!(python_shimmed(&script), ["hello"]);
+    }
+    let seen: Vec<_> = rx.try_iter().collect();
+    assert_eq!(
+        seen,
+        [Some(false), Some(true)],
+        "the second process resumed"
+    );
+}
+
+#[test]
+fn a_legacy_verdict_serves_every_process() {
+    // A plain server that waits for its client to speak: the first process
+    // pays the wait for a hello answer and a reconnect; the second goes
+    // straight to plain TCP.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let firsts = Arc::new(Mutex::new(Vec::new()));
+    let firsts2 = firsts.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let firsts = firsts2.clone();
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 4];
+                if c.read_exact(&mut buf).is_ok() {
+                    firsts.lock().unwrap().push(buf.to_vec());
+                    if &buf == b"ping" {
+                        let _ = c.write_all(b"pong");
+                    }
+                }
+            });
+        }
+    });
+    let script = format!(
+        r#"
+import socket, time
+t = time.monotonic()
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"ping")
+print(s.recv(4).decode(), round(time.monotonic() - t, 3))
+"#
+    );
+    let run =
+        || python_shimmed_with(&script, &[("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "1000")]).join("");
+    let first = run();
+    assert!(first.starts_with("pong "), "{first}");
+    let n = firsts.lock().unwrap().len();
+    assert_eq!(n, 2, "the hello, then the plain reconnect");
+    let second = run();
+    assert!(second.starts_with("pong "), "{second}");
+    let seen = firsts.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "one connection for the second process");
+    assert_eq!(seen[2], b"ping", "no hello: the verdict was shared");
+    let took: f64 = second.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        took < 0.9,
+        "the second process waited for a hello answer: {took} s"
+    );
+}
+
+/// A private daemon directory for one test (removed with the value).
+struct OwnDir(PathBuf);
+
+impl OwnDir {
+    fn new(name: &str) -> OwnDir {
+        let p = std::env::temp_dir().join(format!("tcpcrypt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        OwnDir(p)
+    }
+
+    fn env(&self) -> [(&'static str, std::ffi::OsString); 3] {
+        let mut env = shim_env();
+        env[1].1 = self.0.clone().into();
+        env[2].1 = "1s".into();
+        env
+    }
+}
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        let _ = Command::new(tcpcrypt_bin())
+            .args(["daemon", "--stop"])
+            .env("TCPCRYPT_RUNTIME_DIR", &self.0)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The pid of the daemon answering in `dir` (from its socket's
+/// credentials).
+fn daemon_pid(dir: &Path) -> Option<i32> {
+    let s = std::os::unix::net::UnixStream::connect(dir.join("daemon.sock")).ok()?;
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    Some(cred.pid())
+}
+
+/// How many daemons serve `dir`.
+fn daemons_of(dir: &Path) -> usize {
+    let needle = format!("TCPCRYPT_RUNTIME_DIR={}", dir.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let env = std::fs::read(p.path().join("environ")).unwrap_or_default();
+            let daemon = b"daemon\0--foreground";
+            cmd.windows(daemon.len()).any(|w| w == daemon)
+                && env.split(|&b| b == 0).any(|v| v == needle.as_bytes())
+        })
+        .count()
+}
+
+#[test]
+fn concurrent_first_connections_start_one_daemon_which_exits_when_idle() {
+    let dir = OwnDir::new("one-daemon");
+    let (server, _seen) = tcpcrypt_http(b"x".to_vec());
+    let script = format!(
+        r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+print(len(s.recv(100)) > 0)
+"#,
+        port = server.port()
+    );
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new("python3")
+                .args(["-c", &script])
+                .envs(dir.env())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "True\n");
+    }
+    assert_eq!(daemons_of(&dir.0), 1, "exactly one daemon");
+    wait_until("the idle daemon exits", Duration::from_secs(10), || {
+        daemons_of(&dir.0) == 0
+    });
+    assert!(
+        !dir.0.join("daemon.sock").exists(),
+        "its socket goes with it"
+    );
+}
+
+#[test]
+fn a_daemon_that_dies_resets_the_relayed_sockets() {
+    let dir = OwnDir::new("daemon-death");
+    let (server, _seen) = tcpcrypt_http(b"x".to_vec());
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.settimeout(20)
+print("connected", flush=True)
+try:
+    print("read", s.recv(100), flush=True)
+except ConnectionResetError:
+    print("reset", flush=True)
+except socket.timeout:
+    print("hang", flush=True)
+"#,
+                port = server.port()
+            ),
+        ])
+        .envs(dir.env())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "connected");
+    let pid = daemon_pid(&dir.0).expect("a daemon answers");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "reset");
+    let _ = py.wait();
+}
+
+#[test]
+fn without_a_daemon_mandatory_refuses_and_opportunistic_goes_plain() {
+    let dir = OwnDir::new("no-daemon");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let rec = received.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let mut all = Vec::new();
+            let _ = c.read_to_end(&mut all);
+            rec.lock().unwrap().push(all);
+        }
+    });
+    let script = format!(
+        r#"
+import socket
+try:
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"secret")
+    s.close()
+    print("sent")
+except PermissionError:
+    print("EPERM")
+"#
+    );
+    let run = |policy: &str| {
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .envs(dir.env())
+            .env("TCPCRYPT_DAEMON", "/nonexistent/tcpcrypt")
+            .env("TCPCRYPT_POLICY", policy)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run("mandatory"), "EPERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(received.lock().unwrap().is_empty(), "nothing sent");
+    assert_eq!(run("opportunistic"), "sent");
+    wait_until("the plain bytes arrive", Duration::from_secs(5), || {
+        received.lock().unwrap().first() == Some(&b"secret".to_vec())
+    });
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs `script` in Python as user `nobody`.
+fn as_nobody(script: &str, arg: &Path) -> String {
+    let wrapped = format!("import os, sys\nos.setgid(65534)\nos.setuid(65534)\n{script}");
+    // The system's Python: one installed under root's home is not
+    // readable by `nobody`.
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", &wrapped])
+        .arg(arg)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn another_user_can_neither_reach_the_daemon_nor_stand_in_for_it() {
+    assert!(
+        is_root(),
+        "this test switches users: run it as root (CI does)"
+    );
+    let dir = OwnDir::new("other-user");
+    let (server, _seen) = tcpcrypt_http(b"x".to_vec());
+    let connect = format!(
+        r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+print(len(s.recv(100)) > 0)
+"#,
+        port = server.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &connect])
+        .envs(dir.env())
+        .env("TCPCRYPT_DAEMON_IDLE_EXIT", "60s")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "True\n");
+    let sock = dir.0.join("daemon.sock");
+    // The directory keeps everyone else out.
+    let probe = r#"
+import socket
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    s.sendall(b"\x01\x00\x00\x00\x07")
+    print("answer", s.recv(100) or "none")
+except PermissionError:
+    print("EACCES")
+except ConnectionResetError:
+    print("answer none")
+"#;
+    assert_eq!(as_nobody(probe, &sock).trim(), "EACCES");
+    // With the directory opened up by mistake, the daemon still answers
+    // its own user only (SO_PEERCRED).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let answer = as_nobody(probe, &sock);
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(answer.trim(), "answer none", "no status for another user");
+    // A directory another user made for this one is refused: under the
+    // mandatory policy the connection fails, and nothing goes there.
+    let theirs = OwnDir::new("planted");
+    std::fs::create_dir(&theirs.0).unwrap();
+    std::fs::set_permissions(&theirs.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    nix::unistd::chown(
+        &theirs.0,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {}))\n    print('connected')\nexcept PermissionError:\n    print('EPERM')",
+                server.port()
+            ),
+        ])
+        .envs(theirs.env())
+        .env("TCPCRYPT_POLICY", "mandatory")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EPERM");
+    assert_eq!(std::fs::read_dir(&theirs.0).unwrap().count(), 0);
+}
