@@ -148,8 +148,13 @@ async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
         .await
         .unwrap();
     let addr = listener.local_addr();
+    // A daemon of this test's own, gone 2 s after its last connection.
     let status_dir =
         std::env::temp_dir().join(format!("tcpcrypt-cli-status-{}", std::process::id()));
+    let daemon_env = [
+        ("TCPCRYPT_RUNTIME_DIR", status_dir.as_os_str()),
+        ("TCPCRYPT_DAEMON_IDLE_EXIT", std::ffi::OsStr::new("2s")),
+    ];
     let server = tokio::spawn(async move {
         let mut ids = Vec::new();
         for _ in 0..2 {
@@ -167,6 +172,7 @@ async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
     build_shim();
     let out = tokio::process::Command::new(BIN)
         .args(["run", "--", "curl", "-sS", &format!("http://{addr}/")])
+        .envs(daemon_env)
         .output()
         .await
         .unwrap();
@@ -179,7 +185,7 @@ async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
     );
     let mut holder = std::process::Command::new(BIN)
         .args(["run", "--", "python3", "-c", &script])
-        .env("TCPCRYPT_STATUS_DIR", &status_dir)
+        .envs(daemon_env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -192,7 +198,7 @@ async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
     for _ in 0..200 {
         let out = Command::new(BIN)
             .args(["status", "--json"])
-            .env("TCPCRYPT_STATUS_DIR", &status_dir)
+            .envs(daemon_env)
             .output()
             .unwrap();
         listed = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -203,7 +209,7 @@ async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
     }
     let table = Command::new(BIN)
         .arg("status")
-        .env("TCPCRYPT_STATUS_DIR", &status_dir)
+        .envs(daemon_env)
         .output()
         .unwrap();
     use std::io::Write;

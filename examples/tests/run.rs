@@ -141,17 +141,37 @@ fn mitm_demo_detects_the_attacker() {
     assert!(out.contains("login succeeded"), "{out}");
 }
 
-/// libtcpcrypt.so, built with the same cargo and profile as this test.
+/// libtcpcrypt.so and the `tcpcrypt` executable that runs its daemon,
+/// built with the same cargo and profile as this test.
 fn shim() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-p", "tcpcrypt-preload", "--lib"]);
+    cmd.args([
+        "build",
+        "-p",
+        "tcpcrypt-preload",
+        "--lib",
+        "-p",
+        "tcpcrypt-cli",
+        "--bin",
+        "tcpcrypt",
+    ]);
     if dir.ends_with("release") {
         cmd.arg("--release");
     }
     assert!(cmd.status().unwrap().success(), "building libtcpcrypt.so");
     dir.join("libtcpcrypt.so")
+}
+
+/// A daemon directory of these tests' own; its daemon exits 2 s after its
+/// last connection.
+fn daemon_env() -> [(&'static str, std::ffi::OsString); 2] {
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-examples-{}", std::process::id()));
+    [
+        ("TCPCRYPT_RUNTIME_DIR", dir.into()),
+        ("TCPCRYPT_DAEMON_IDLE_EXIT", "2s".into()),
+    ]
 }
 
 #[test]
@@ -161,6 +181,7 @@ fn python_reads_the_session_id_through_the_shim() {
     let out = Command::new("python3")
         .args([script, &server.addr])
         .env("LD_PRELOAD", shim())
+        .envs(daemon_env())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -183,6 +204,7 @@ fn http_session_id_with_shimmed_curl() {
     let out = Command::new("curl")
         .args(["-sS", &format!("http://{}/", server.addr)])
         .env("LD_PRELOAD", shim())
+        .envs(daemon_env())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

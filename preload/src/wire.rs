@@ -578,14 +578,29 @@ fn private_to(dir: &Path, uid: u32, strict: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// The daemon's socket in `dir`.
-pub fn socket_path(dir: &Path) -> PathBuf {
-    dir.join("daemon.sock")
+/// The calling process's network namespace, as its `/proc` link names it
+/// (`net:[4026531840]` gives `4026531840`), or `host` if it cannot be read.
+/// One daemon serves each namespace: the connections it makes itself (a
+/// plain reconnect after a fallback) must leave from the program's own.
+pub fn network_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|l| {
+            let l = l.to_string_lossy().into_owned();
+            let id = l.strip_prefix("net:[")?.strip_suffix(']')?.to_string();
+            id.bytes().all(|b| b.is_ascii_digit()).then_some(id)
+        })
+        .unwrap_or_else(|| "host".into())
 }
 
-/// The lock file that elects the one daemon of `dir`.
+/// The socket of the daemon in `dir` for the caller's network namespace.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(format!("daemon.{}.sock", network_namespace()))
+}
+
+/// The lock file that elects that daemon.
 pub fn lock_path(dir: &Path) -> PathBuf {
-    dir.join("daemon.lock")
+    dir.join(format!("daemon.{}.lock", network_namespace()))
 }
 
 #[cfg(test)]

@@ -438,9 +438,17 @@ impl Drop for OwnDir {
 /// The pid of the daemon answering in `dir` (from its socket's
 /// credentials).
 fn daemon_pid(dir: &Path) -> Option<i32> {
-    let s = std::os::unix::net::UnixStream::connect(dir.join("daemon.sock")).ok()?;
+    let s = std::os::unix::net::UnixStream::connect(daemon_socket(dir)).ok()?;
     let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
     Some(cred.pid())
+}
+
+/// The socket of the daemon of `dir` in this network namespace.
+fn daemon_socket(dir: &Path) -> PathBuf {
+    let ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let ns = ns.to_str().unwrap();
+    let id = &ns["net:[".len()..ns.len() - 1];
+    dir.join(format!("daemon.{id}.sock"))
 }
 
 /// How many daemons serve `dir`.
@@ -490,10 +498,7 @@ print(len(s.recv(100)) > 0)
     wait_until("the idle daemon exits", Duration::from_secs(10), || {
         daemons_of(&dir.0) == 0
     });
-    assert!(
-        !dir.0.join("daemon.sock").exists(),
-        "its socket goes with it"
-    );
+    assert!(!daemon_socket(&dir.0).exists(), "its socket goes with it");
 }
 
 #[test]
@@ -626,7 +631,7 @@ print(len(s.recv(100)) > 0)
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "True\n");
-    let sock = dir.0.join("daemon.sock");
+    let sock = daemon_socket(&dir.0);
     // The directory keeps everyone else out.
     let probe = r#"
 import socket

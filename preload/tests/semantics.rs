@@ -1,0 +1,243 @@
+//! Corners of the kernel's socket semantics that programs rely on, each
+//! compared with the same program without the shim where the kernel has
+//! an answer: non-TCP sockets untouched, IPv6-only sockets, `SO_ERROR`
+//! after a failure was reported, TCP Fast Open under the mandatory policy,
+//! IPv6 scope ids.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tcpcrypt_tokio::TcpcryptListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::*;
+
+/// Runs a Python script with and without the shim; both outputs.
+fn both_ways(script: &str, args: &[&str]) -> (String, String) {
+    let run = |shimmed: bool| {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(script).args(args);
+        if shimmed {
+            cmd.envs(shim_env());
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "shimmed {shimmed}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    (run(true), run(false))
+}
+
+#[test]
+fn unix_socket_accept_is_untouched() {
+    let script = r#"
+import socket, os, threading, tempfile, shutil
+d = tempfile.mkdtemp()
+p = os.path.join(d, "s")
+l = socket.socket(socket.AF_UNIX); l.bind(p); l.listen()
+def client(bound):
+    c = socket.socket(socket.AF_UNIX)
+    if bound: c.bind(os.path.join(d, "c"))
+    c.connect(p); c.sendall(b"x"); c.close()
+for bound in (False, True):
+    t = threading.Thread(target=client, args=(bound,)); t.start()
+    c, addr = l.accept(); t.join()
+    print(repr(addr).replace(d, "D"), c.recv(1), c.getsockname().replace(d, "D"))
+shutil.rmtree(d)
+"#;
+    let (shimmed, plain) = both_ways(script, &[]);
+    assert_eq!(shimmed, plain);
+    assert_eq!(plain, "'' b'x' D/s\n'D/c' b'x' D/s\n");
+}
+
+#[test]
+fn so_error_after_a_failure_reported_by_a_second_connect_is_zero() {
+    let script = r#"
+import socket, select, errno, sys
+s = socket.socket()
+s.setblocking(False)
+r = s.connect_ex(("127.0.0.1", int(sys.argv[1])))
+print("first", errno.errorcode.get(r, r))
+select.select([], [s], [], 10)
+r = s.connect_ex(("127.0.0.1", int(sys.argv[1])))
+print("second", errno.errorcode.get(r, r))
+print("so_error", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+"#;
+    let port = closed_port().to_string();
+    let (shimmed, plain) = both_ways(script, &[&port]);
+    assert_eq!(shimmed, plain);
+    assert_eq!(
+        plain,
+        "first EINPROGRESS\nsecond ECONNREFUSED\nso_error 0\n"
+    );
+}
+
+#[test]
+fn an_ipv6_only_socket_connects_encrypted() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (atx, arx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut l = TcpcryptListener::bind("[::1]:0", Arc::new(patient_server()))
+                .await
+                .unwrap();
+            atx.send(l.local_addr()).unwrap();
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = tx.send(s.session_id().map(|i| i.to_string()));
+            let _ = s.write_all(b"v6").await;
+            let _ = s.shutdown().await;
+        });
+    });
+    let addr: std::net::SocketAddr = arx.recv().unwrap();
+    let lines = python_shimmed(&format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.connect(("::1", {port}))
+print(s.getpeername()[0], s.getsockname()[0])
+print(s.recv(2).decode())
+print(s.getsockopt(socket.IPPROTO_TCP, 0x54430001, 33).hex())
+"#,
+        port = addr.port()
+    ));
+    let id = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(lines, ["::1 ::1", "v6", id.as_str()]);
+}
+
+/// A plain server that records everything it receives.
+fn recording_server() -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let got = got2.clone();
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn tcp_fast_open_sends_nothing_in_the_clear_under_the_mandatory_policy() {
+    let (port, got) = recording_server();
+    let script = format!(
+        r#"
+import socket
+def attempt(how):
+    s = socket.socket()
+    try:
+        if how == "sendto":
+            s.sendto(b"secret-" + how.encode(), socket.MSG_FASTOPEN, ("127.0.0.1", {port}))
+        else:
+            s.setsockopt(socket.IPPROTO_TCP, 30, 1)  # TCP_FASTOPEN_CONNECT
+            s.connect(("127.0.0.1", {port}))
+            s.sendall(b"secret-" + how.encode())
+        s.settimeout(10)
+        print(how, "read", s.recv(10))
+    except OSError as e:
+        print(how, "error")
+for how in ("sendto", "connect"):
+    attempt(how)
+"#
+    );
+    let lines = python_shimmed_with(
+        &script,
+        &[
+            ("TCPCRYPT_POLICY", "mandatory"),
+            ("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "300"),
+        ],
+    );
+    assert_eq!(lines, ["sendto error", "connect error"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let got = got.lock().unwrap();
+    assert!(
+        !got.windows(7).any(|w| w == b"secret-"),
+        "plaintext reached the server: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.starts_with(b"\xE5ENO"), "only hellos arrived");
+}
+
+#[test]
+fn tcp_fast_open_is_carried_encrypted() {
+    let (server, seen) = tcpcrypt_http(b"fast".to_vec());
+    let lines = python_shimmed(&format!(
+        r#"
+import socket
+s = socket.socket()
+s.sendto(b"GET / HTTP/1.0\r\n\r\n", socket.MSG_FASTOPEN, ("127.0.0.1", {port}))
+data = b""
+while True:
+    c = s.recv(100)
+    if not c: break
+    data += c
+print(data.split(b"\r\n\r\n")[1].decode())
+"#,
+        port = server.port()
+    ));
+    assert_eq!(lines, ["fast"]);
+    assert!(seen.lock().unwrap()[0].is_some(), "encrypted");
+}
+
+#[test]
+fn accepted_ipv6_link_local_peers_keep_their_scope_id() {
+    // A network namespace of the test's own, with a link-local address on
+    // its loopback interface; a daemon of its own starts there.
+    let script = r#"
+import socket, sys, threading
+l = socket.socket(socket.AF_INET6)
+l.bind(("fe80::1", 0, 0, socket.if_nametoindex("lo")))
+l.listen()
+port = l.getsockname()[1]
+def client():
+    c = socket.socket(socket.AF_INET6)
+    c.connect(("fe80::1", port, 0, socket.if_nametoindex("lo")))
+    c.sendall(b"x"); c.close()
+t = threading.Thread(target=client); t.start()
+c, addr = l.accept()
+c.recv(1); t.join()
+sid = c.getsockopt(socket.IPPROTO_TCP, 0x54430001, 33)
+print(addr[0], addr[3] == socket.if_nametoindex("lo"), c.getpeername()[3] == addr[3], len(sid))
+"#;
+    let shell = format!(
+        "ip link set lo up && ip -6 addr add fe80::1/64 dev lo nodad && exec python3 -c '{}'",
+        script.replace('\'', "'\\''")
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &shell])
+        .envs(shim_env())
+        .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000")
+        .env("TCPCRYPT_DAEMON_IDLE_EXIT", "1s")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text, "fe80::1 True True 33\n", "scope kept, and encrypted");
+}
