@@ -257,3 +257,41 @@ fn run_shell_starts_the_users_shell_preloaded() {
     assert_eq!(parts[1..], ["1", "opportunistic"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("starting /bin/sh"));
 }
+
+#[test]
+fn run_passes_signals_on_and_exits_with_the_programs_status() {
+    build_shim();
+    let script = r#"
+import signal, sys, time
+def on(sig, _):
+    print("got", signal.Signals(sig).name, flush=True)
+    sys.exit(7)
+for s in (signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(s, on)
+print("ready", flush=True)
+time.sleep(30)
+print("not signalled", flush=True)
+"#;
+    for (sig, want, code) in [
+        (nix::sys::signal::Signal::SIGTERM, "got SIGTERM", Some(7)),
+        (nix::sys::signal::Signal::SIGUSR1, "got SIGUSR1", Some(7)),
+        // Not handled: the program dies of it, and the launcher says so.
+        (nix::sys::signal::Signal::SIGHUP, "", Some(128 + 1)),
+    ] {
+        let mut child = Command::new(BIN)
+            .args(["run", "--", "python3", "-c", script])
+            .env(
+                "TCPCRYPT_RUNTIME_DIR",
+                std::env::temp_dir().join("tcpcrypt-cli-signals"),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+        assert_eq!(rest.join(""), want, "{sig}");
+        assert_eq!(child.wait().unwrap().code(), code, "{sig}");
+    }
+}
