@@ -1,0 +1,440 @@
+//! Real programs under the shim, each four ways: shimmed to shimmed
+//! (encrypted: a tap on the wire sees the hello and no plaintext), shimmed
+//! to plain, plain to shimmed, and a closed port (the same exit status and
+//! message as without the shim). `scripts/test` installs the programs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+/// A server process, killed and reaped when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (for a server that takes a port number).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Starts `cmd` (shimmed or not) as a server on `port`, and waits until it
+/// listens. The wait's own probe connection is a plain client that says
+/// nothing; servers here take that in their stride.
+fn serve(mut cmd: Command, shimmed: bool, port: u16) -> Server {
+    if shimmed {
+        cmd.envs(shim_env())
+            .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000");
+    }
+    let server = Server(cmd.stdin(Stdio::null()).spawn().unwrap());
+    wait_listening(port);
+    server
+}
+
+/// Runs a client command line under `sh -c`, shimmed or not.
+fn client(shimmed: bool, line: &str) -> Output {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", line]).stdin(Stdio::null());
+    if shimmed {
+        cmd.envs(shim_env())
+            .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "3000");
+    }
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A tap between clients and `target` that records both directions.
+fn tap(target: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let wire = Arc::new(Mutex::new(Vec::new()));
+    let wire2 = wire.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let Ok(s) = TcpStream::connect(("127.0.0.1", target)) else {
+                return;
+            };
+            for (mut from, mut to) in [(c.try_clone().unwrap(), s.try_clone().unwrap()), (s, c)] {
+                let wire = wire2.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        wire.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (port, wire)
+}
+
+/// Asserts that the tap saw tcpcrypt hellos and none of `secrets`.
+fn assert_encrypted(wire: &Mutex<Vec<u8>>, secrets: &[&[u8]]) {
+    let wire = wire.lock().unwrap();
+    assert!(wire.starts_with(b"\xE5ENO\x01"), "no hello on the wire");
+    for s in secrets {
+        assert!(
+            !wire.windows(s.len()).any(|w| w == *s),
+            "plaintext on the wire: {}",
+            String::from_utf8_lossy(s)
+        );
+    }
+}
+
+/// A closed port gets the same exit status and messages with the shim as
+/// without.
+fn assert_closed_port_alike(line: &str) {
+    let line = line.replace("CLOSED", &closed_port().to_string());
+    let (with, without) = (client(true, &line), client(false, &line));
+    assert_eq!(with.status.code(), without.status.code(), "{line}");
+    assert_ne!(with.status.code(), Some(0), "{line}");
+    assert_eq!(
+        String::from_utf8_lossy(&with.stderr),
+        String::from_utf8_lossy(&without.stderr),
+        "{line}"
+    );
+    assert_eq!(text(&with), text(&without), "{line}");
+}
+
+fn require(program: &str) {
+    which(program)
+        .unwrap_or_else(|_| panic!("{program} is not installed (scripts/test installs it)"));
+}
+
+#[test]
+fn redis() {
+    require("redis-server");
+    require("redis-cli");
+    let redis = |shimmed: bool| {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null());
+        (serve(cmd, shimmed, port), port)
+    };
+    let set_get = |shimmed: bool, port: u16| {
+        let out = client(
+            shimmed,
+            &format!("redis-cli -p {port} SET k secret-redis-value && redis-cli -p {port} GET k"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text(&out), "OK\nsecret-redis-value\n");
+    };
+    let (_server, port) = redis(true);
+    let (tapped, wire) = tap(port);
+    set_get(true, tapped);
+    assert_encrypted(&wire, &[b"secret-redis-value", b"SET"]);
+    set_get(false, port);
+    let (_plain, plain_port) = redis(false);
+    set_get(true, plain_port);
+    assert_closed_port_alike("redis-cli -p CLOSED ping");
+}
+
+#[test]
+fn openbsd_netcat() {
+    require("nc");
+    let listen = |shimmed: bool| {
+        let port = free_port();
+        let mut cmd = Command::new("nc");
+        // -k: the listener's own readiness probe is a connection too.
+        cmd.args(["-k", "-l", "127.0.0.1", &port.to_string()])
+            .stdout(Stdio::piped());
+        (serve(cmd, shimmed, port), port)
+    };
+    let send = |shimmed: bool, port: u16, what: &str| {
+        let out = client(shimmed, &format!("printf {what} | nc -N 127.0.0.1 {port}"));
+        assert!(out.status.success());
+    };
+    let received = |server: &mut Server, want: &str| {
+        let mut out = server.0.stdout.take().unwrap();
+        let mut got = vec![0u8; want.len()];
+        out.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    };
+    let (mut server, port) = listen(true);
+    let (tapped, wire) = tap(port);
+    send(true, tapped, "secret-nc-1");
+    received(&mut server, "secret-nc-1");
+    assert_encrypted(&wire, &[b"secret-nc-1"]);
+    let (mut server, port) = listen(true);
+    send(false, port, "plain-client");
+    received(&mut server, "plain-client");
+    // A plain server gets the in-band hello first, on a connection of its
+    // own (docs/SHIM.md), then the data on the plain reconnect.
+    let (mut server, port) = listen(false);
+    send(true, port, "plain-server");
+    let mut out = server.0.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while !got.ends_with(b"plain-server") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{got:?}");
+        let mut buf = [0u8; 256];
+        let n = out.read(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_closed_port_alike("nc -v 127.0.0.1 CLOSED </dev/null");
+}
+
+/// `socat -u` with a one-shot server: the cases that lost every byte when
+/// the relay lived in the program (a shimmed writer that exits at once, a
+/// shimmed one-shot server that sends a file and exits).
+#[test]
+fn socat_one_way_with_one_shot_servers() {
+    require("socat");
+    let dir = scratch("socat");
+    let payload: Vec<u8> = body(300_000);
+    std::fs::write(dir.join("in"), &payload).unwrap();
+    let out_file = dir.join("out");
+    let one_shot = |shimmed: bool, from: String, to: String| {
+        let mut cmd = Command::new("socat");
+        cmd.args(["-u", &from, &to]);
+        if shimmed {
+            cmd.envs(shim_env())
+                .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000");
+        }
+        let server = Server(cmd.spawn().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        server
+    };
+    for (server_shimmed, client_shimmed) in [(true, true), (true, false)] {
+        let port = free_port();
+        let mut server = one_shot(
+            server_shimmed,
+            format!("OPEN:{}", dir.join("in").display()),
+            format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"),
+        );
+        let out = client(
+            client_shimmed,
+            &format!(
+                "socat -u TCP:127.0.0.1:{port},retry=50,interval=0.1 CREATE:{}",
+                out_file.display()
+            ),
+        );
+        assert!(out.status.success());
+        let _ = server.0.wait();
+        assert!(
+            std::fs::read(&out_file).unwrap() == payload,
+            "a server that sends a file and exits; client shimmed {client_shimmed}"
+        );
+    }
+    for (server_shimmed, client_shimmed) in [(true, true), (false, true)] {
+        let port = free_port();
+        // A plain one-shot server would spend its only connection on the
+        // in-band hello (docs/SHIM.md): this one forks.
+        let listen = if server_shimmed {
+            format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr")
+        } else {
+            format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork")
+        };
+        let _ = std::fs::remove_file(&out_file);
+        let _server = one_shot(
+            server_shimmed,
+            listen,
+            format!("OPEN:{},creat,append", out_file.display()),
+        );
+        let out = client(
+            client_shimmed,
+            &format!("echo secret-socat | socat -u - TCP:127.0.0.1:{port},retry=50,interval=0.1"),
+        );
+        assert!(out.status.success());
+        let start = Instant::now();
+        while !std::fs::read(&out_file)
+            .unwrap_or_default()
+            .ends_with(b"secret-socat\n")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "a writer that exits at once; server shimmed {server_shimmed}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tcpcrypt-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn wget_and_a_python_http_server() {
+    require("wget");
+    let dir = scratch("wget");
+    std::fs::write(dir.join("page"), "secret-wget-page\n").unwrap();
+    let get = |shimmed: bool, port: u16| {
+        let out = client(
+            shimmed,
+            &format!("wget -q -O - http://127.0.0.1:{port}/page"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text(&out), "secret-wget-page\n");
+    };
+    let server = python_server(&dir, true);
+    let (tapped, wire) = tap(server.1);
+    get(true, tapped);
+    assert_encrypted(&wire, &[b"secret-wget-page", b"GET /page"]);
+    get(false, server.1);
+    let plain = python_server(&dir, false);
+    get(true, plain.1);
+    assert_closed_port_alike("wget -q -O - http://127.0.0.1:CLOSED/");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn node_http_server_and_client() {
+    require("node");
+    let serve_node = |shimmed: bool| {
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.args([
+            "-e",
+            &format!(
+                "require('http').createServer((q, r) => r.end('secret-node-' + q.url)).listen({port}, '127.0.0.1')"
+            ),
+        ]);
+        (serve(cmd, shimmed, port), port)
+    };
+    let get = |shimmed: bool, port: u16| {
+        let out = client(
+            shimmed,
+            &format!(
+                "node -e \"require('http').get('http://127.0.0.1:{port}/x', r => {{ let d = ''; r.on('data', c => d += c); r.on('end', () => console.log(d)); }})\""
+            ),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text(&out), "secret-node-/x\n");
+    };
+    let (_s, port) = serve_node(true);
+    let (tapped, wire) = tap(port);
+    get(true, tapped);
+    assert_encrypted(&wire, &[b"secret-node", b"GET /x"]);
+    get(false, port);
+    let (_p, plain_port) = serve_node(false);
+    get(true, plain_port);
+    assert_closed_port_alike(
+        "node -e \"require('http').get('http://127.0.0.1:CLOSED/').on('error', e => { console.error(e.code); process.exit(3) })\"",
+    );
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn git_daemon_and_git_clone() {
+    require("git");
+    let dir = scratch("git");
+    let repo = dir.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("file"), "secret-git-content\n").unwrap();
+    git(&repo, &["add", "file"]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    let daemon = |shimmed: bool| {
+        let port = free_port();
+        let mut cmd = Command::new("git");
+        cmd.args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &format!("--base-path={}", dir.display()),
+        ])
+        .arg(&dir);
+        (serve(cmd, shimmed, port), port)
+    };
+    let clone = |shimmed: bool, port: u16, into: &str| {
+        let dest = dir.join(into);
+        let out = client(
+            shimmed,
+            &format!(
+                "git clone -q git://127.0.0.1:{port}/repo {}",
+                dest.display()
+            ),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("file")).unwrap(),
+            "secret-git-content\n"
+        );
+    };
+    let (_d, port) = daemon(true);
+    let (tapped, wire) = tap(port);
+    clone(true, tapped, "a");
+    assert_encrypted(&wire, &[b"git-upload-pack", b"refs/heads/main"]);
+    clone(false, port, "b");
+    let (_p, plain_port) = daemon(false);
+    clone(true, plain_port, "c");
+    assert_closed_port_alike("git ls-remote git://127.0.0.1:CLOSED/repo");
+    let _ = std::fs::remove_dir_all(&dir);
+}
