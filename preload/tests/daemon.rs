@@ -680,3 +680,47 @@ except ConnectionResetError:
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EPERM");
     assert_eq!(std::fs::read_dir(&theirs.0).unwrap().count(), 0);
 }
+
+#[test]
+fn the_daemon_keeps_nothing_of_the_program_that_started_it() {
+    let dir = OwnDir::new("inherit");
+    let (server, _seen) = tcpcrypt_http(b"x".to_vec());
+    let lines: Vec<String> = {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    r#"
+import os, socket
+r, w = os.pipe()
+os.set_inheritable(w, True)
+s = socket.socket()
+os.set_inheritable(s.fileno(), True)
+s.connect(("127.0.0.1", {port}))
+print("pipe:[%d]" % os.fstat(w).st_ino)
+print("socket:[%d]" % os.fstat(s.fileno()).st_ino)
+"#,
+                    port = server.port()
+                ),
+            ])
+            .envs(dir.env())
+            .env("TCPCRYPT_DAEMON_IDLE_EXIT", "60s")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let pid = daemon_pid(&dir.0).expect("a daemon answers");
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    for inherited in &lines {
+        assert!(!held.contains(inherited), "the daemon holds {inherited}");
+    }
+}

@@ -4,7 +4,7 @@
 //! message as without the shim). `scripts/test` installs the programs.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -436,5 +436,222 @@ fn git_daemon_and_git_clone() {
     let (_p, plain_port) = daemon(false);
     clone(true, plain_port, "c");
     assert_closed_port_alike("git ls-remote git://127.0.0.1:CLOSED/repo");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn openssh_server_and_client() {
+    require("ssh");
+    require("ssh-keygen");
+    let sshd = which("sshd").expect("sshd is not installed (scripts/test installs it)");
+    let dir = scratch("ssh");
+    let keygen = |name: &str| {
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    keygen("host");
+    keygen("id");
+    std::fs::copy(dir.join("id.pub"), dir.join("authorized_keys")).unwrap();
+    // Privilege separation wants its empty directory.
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let start = |shimmed: bool| {
+        let port = free_port();
+        let config = dir.join(format!("sshd_config_{port}"));
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd_{port}.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(&sshd);
+        cmd.args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(Stdio::null());
+        (serve(cmd, shimmed, port), port)
+    };
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let ssh = |port: &str| {
+        format!(
+            "ssh -F none -i {}/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -p {port} {user}@127.0.0.1",
+            dir.display()
+        )
+    };
+    let run = |shimmed: bool, port: u16| {
+        let out = client(
+            shimmed,
+            &format!("{} echo secret-ssh", ssh(&port.to_string())),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text(&out), "secret-ssh\n");
+    };
+    let (_s, port) = start(true);
+    let (tapped, wire) = tap(port);
+    run(true, tapped);
+    // SSH is encrypted itself; its version banner is not.
+    assert_encrypted(&wire, &[b"SSH-2.0"]);
+    run(false, port);
+    let (_p, plain_port) = start(false);
+    run(true, plain_port);
+    assert_closed_port_alike(&format!("{} true", ssh("CLOSED")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The PostgreSQL server programs of the distribution's newest version.
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed (scripts/test installs it)")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    versions.sort();
+    versions.last().unwrap().join("bin").join(name)
+}
+
+/// A PostgreSQL server as user `postgres`, stopped with a fast shutdown.
+struct Postgres(Child);
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn postgresql_over_tcp_and_its_unix_socket_with_pgbench() {
+    require("psql");
+    require("pgbench");
+    let dir = scratch("pg");
+    let chown = |p: &Path| {
+        let out = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    let as_postgres = |args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).args(args);
+        cmd
+    };
+    chown(&dir);
+    let data = dir.join("data");
+    let out = as_postgres(&[
+        pg_bin("initdb").as_os_str(),
+        "--no-sync".as_ref(),
+        "-A".as_ref(),
+        "trust".as_ref(),
+        "-U".as_ref(),
+        "postgres".as_ref(),
+        "-D".as_ref(),
+        data.as_os_str(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = |shimmed: bool| {
+        let port = free_port();
+        let sockets = dir.join(format!("sock{port}"));
+        std::fs::create_dir_all(&sockets).unwrap();
+        chown(&sockets);
+        let mut cmd = as_postgres(&[
+            "env".as_ref(),
+            pg_bin("postgres").as_os_str(),
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-p".as_ref(),
+            port.to_string().as_ref(),
+            "-k".as_ref(),
+            sockets.as_os_str(),
+            "-c".as_ref(),
+            "listen_addresses=127.0.0.1".as_ref(),
+            "-c".as_ref(),
+            "log_min_messages=fatal".as_ref(),
+        ]);
+        if shimmed {
+            // The server's daemon is user postgres's, in a directory of
+            // its own.
+            cmd.envs(shim_env())
+                .env("TCPCRYPT_RUNTIME_DIR", dir.join(format!("daemon{port}")))
+                .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000");
+        }
+        let server = Postgres(cmd.stderr(Stdio::null()).spawn().unwrap());
+        wait_listening(port);
+        (server, port, sockets)
+    };
+    let psql = |shimmed: bool, host: &str, port: u16, sql: &str| {
+        let out = client(
+            shimmed,
+            &format!("psql -X -A -t -h {host} -p {port} -U postgres -d postgres -c \"{sql}\""),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text(&out)
+    };
+    let (_server, port, sockets) = start(true);
+    let (tapped, wire) = tap(port);
+    assert_eq!(
+        psql(true, "127.0.0.1", tapped, "select 'secret-' || 'pg'"),
+        "secret-pg\n"
+    );
+    assert_encrypted(&wire, &[b"secret-", b"postgres"]);
+    assert_eq!(psql(false, "127.0.0.1", port, "select 1"), "1\n");
+    let unix = sockets.to_str().unwrap();
+    assert_eq!(
+        psql(true, unix, port, "select 2"),
+        "2\n",
+        "login over the Unix socket"
+    );
+    assert_eq!(psql(false, unix, port, "select 3"), "3\n");
+    // pgbench, shimmed on both ends: every backend goes when its client
+    // does.
+    let bench = |args: &str| {
+        let out = client(
+            true,
+            &format!("pgbench -h 127.0.0.1 -p {port} -U postgres {args} postgres"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    bench("-q -i -s 1");
+    bench("-S -c 4 -T 2");
+    let backends = "select count(*) from pg_stat_activity where backend_type = 'client backend'";
+    let start_wait = Instant::now();
+    while psql(false, unix, port, backends) != "1\n" {
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(10),
+            "pgbench's backends stay: {}",
+            psql(false, unix, port, backends)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The same data directory, served plain: one server at a time.
+    drop(_server);
+    let (plain, plain_port, _) = start(false);
+    assert_eq!(psql(true, "127.0.0.1", plain_port, "select 4"), "4\n");
+    drop(plain);
+    assert_closed_port_alike("psql -X -h 127.0.0.1 -p CLOSED -U postgres -c 'select 1'");
     let _ = std::fs::remove_dir_all(&dir);
 }

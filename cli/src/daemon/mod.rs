@@ -50,6 +50,7 @@ pub struct Args {
 }
 
 pub fn daemon(args: Args) -> i32 {
+    close_inherited();
     let dir = match wire::runtime_dir() {
         Ok(d) => d,
         Err(e) => {
@@ -94,6 +95,26 @@ pub fn daemon(args: Args) -> i32 {
     let code = rt.block_on(serve(dir, args.idle_exit));
     drop(lock);
     code
+}
+
+/// Closes every descriptor but the standard three. The shim starts the
+/// daemon from inside an arbitrary program, whose descriptors without
+/// close-on-exec (its sockets, its pipes) would otherwise stay open as
+/// long as the daemon lives: a socket the program closed would never end,
+/// a pipe its parent reads would never reach end of file.
+fn close_inherited() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // The directory's own descriptor is among them, closed already.
+        let _ = nix::unistd::close(fd);
+    }
 }
 
 /// Starts a daemon in the background (a new process group, standard
