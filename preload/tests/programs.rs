@@ -541,9 +541,18 @@ fn postgresql_over_tcp_and_its_unix_socket_with_pgbench() {
             .unwrap();
         assert!(out.status.success());
     };
+    let (uid, gid) = {
+        let user = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("user postgres (made by the postgresql package)");
+        (user.uid.as_raw(), user.gid.as_raw())
+    };
+    // As user postgres, the program itself the child (so that signals
+    // reach it).
     let as_postgres = |args: &[&std::ffi::OsStr]| {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).args(args);
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(args[0]);
+        cmd.args(&args[1..]).uid(uid).gid(gid).current_dir(&dir);
         cmd
     };
     chown(&dir);
@@ -571,7 +580,6 @@ fn postgresql_over_tcp_and_its_unix_socket_with_pgbench() {
         std::fs::create_dir_all(&sockets).unwrap();
         chown(&sockets);
         let mut cmd = as_postgres(&[
-            "env".as_ref(),
             pg_bin("postgres").as_os_str(),
             "-D".as_ref(),
             data.as_os_str(),
