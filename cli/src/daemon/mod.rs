@@ -163,7 +163,7 @@ use std::os::unix::process::CommandExt;
 /// Takes the lock that makes this the one daemon of `dir`: `None` when
 /// another holds it. The lock file is opened without following a symbolic
 /// link (the directory is the user's own, checked, but this costs nothing).
-fn elect(dir: &Path) -> io::Result<Option<std::fs::File>> {
+fn elect(dir: &Path) -> io::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -171,10 +171,10 @@ fn elect(dir: &Path) -> io::Result<Option<std::fs::File>> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(wire::lock_path(dir))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(Some(lock)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(Some(held)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
     }
 }
 
