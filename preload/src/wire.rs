@@ -7,7 +7,7 @@
 //! One request per Unix stream connection to the daemon's socket, one
 //! reply. A request is a single `sendmsg`: a little-endian length, then the
 //! body, with the descriptors it hands over (`SCM_RIGHTS`) attached. Every
-//! length read is bounded by [`MAX_MESSAGE`]. Only std and libc are used
+//! length read is bounded by `MAX_MESSAGE`. Only std and libc are used
 //! here.
 
 use std::io;
@@ -546,7 +546,7 @@ pub fn runtime_dir() -> io::Result<PathBuf> {
 }
 
 /// Creates `dir` with mode 0700 if missing, and checks that it is private
-/// to the calling user (see [`runtime_dir`]).
+/// to the calling user (see `runtime_dir`).
 pub fn private_dir(dir: &Path) -> io::Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
