@@ -22,7 +22,11 @@ fn field(record: &serde_json::Value, name: &str) -> String {
 
 /// The daemon's records of its live connections (none when no daemon runs).
 pub fn records() -> Result<Vec<serde_json::Value>, String> {
-    let dir = wire::runtime_dir().map_err(|e| e.to_string())?;
+    let dir = match wire::existing_runtime_dir() {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
     match daemon::ask(&dir, &Request::Status) {
         Ok(Reply::Status(text)) => Ok(text
             .lines()

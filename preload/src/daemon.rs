@@ -23,6 +23,7 @@ pub(crate) struct Link(UnixStream);
 impl Link {
     /// Reaches this user's daemon, starting one if none answers.
     pub fn open() -> io::Result<Link> {
+        wire::runtime_dir()?;
         match Link::existing() {
             Ok(link) => Ok(link),
             Err(e) if absent(&e) => {
@@ -33,9 +34,10 @@ impl Link {
         }
     }
 
-    /// Reaches this user's daemon if one runs: queries never start one.
+    /// Reaches this user's daemon if one runs: queries never start one,
+    /// nor make its directory.
     pub fn existing() -> io::Result<Link> {
-        let dir = wire::runtime_dir()?;
+        let dir = wire::existing_runtime_dir()?;
         let s = UnixStream::connect(wire::socket_path(&dir))?;
         // The directory is the user's own (checked); the peer must be too.
         let cred = nix::sys::socket::getsockopt(&s, sockopt::PeerCredentials)?;

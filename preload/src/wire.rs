@@ -531,6 +531,21 @@ pub fn current_uid() -> io::Result<u32> {
 /// someone else or lets anyone else in is refused: whoever controls it
 /// could stand in for the daemon and receive the user's connections.
 pub fn runtime_dir() -> io::Result<PathBuf> {
+    let dir = runtime_dir_path()?;
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// The daemon's directory if it exists and passes the same checks as in
+/// [`runtime_dir`], without making it: for questions, which must leave
+/// nothing behind (a program run as another user asks too).
+pub fn existing_runtime_dir() -> io::Result<PathBuf> {
+    let dir = runtime_dir_path()?;
+    private_to(&dir, current_uid()?, true)?;
+    Ok(dir)
+}
+
+fn runtime_dir_path() -> io::Result<PathBuf> {
     let uid = current_uid()?;
     let dir = match std::env::var_os("TCPCRYPT_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d),
@@ -541,7 +556,6 @@ pub fn runtime_dir() -> io::Result<PathBuf> {
             _ => PathBuf::from(format!("/tmp/tcpcrypt-{uid}")),
         },
     };
-    private_dir(&dir)?;
     Ok(dir)
 }
 

@@ -256,11 +256,7 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_forking_server_closes_each_connection_as_without_the_shim() {
     which("socat").expect("socat is not installed (scripts/test installs it)");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let socat = Command::new("socat")
         .args([
             &format!("TCP-LISTEN:{port},fork,reuseaddr,bind=127.0.0.1"),

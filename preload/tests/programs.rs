@@ -13,23 +13,23 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
-/// A server process, killed and reaped when dropped.
+/// A server process in a process group of its own, killed with the whole
+/// group (`git daemon` runs a `git-daemon` child) and reaped when dropped.
 struct Server(Child);
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Server {
+    fn spawn(cmd: &mut Command) -> Server {
+        use std::os::unix::process::CommandExt;
+        Server(cmd.process_group(0).spawn().unwrap())
     }
 }
 
-/// A free loopback port (for a server that takes a port number).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+impl Drop for Server {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
 }
 
 fn wait_listening(port: u16) {
@@ -51,7 +51,7 @@ fn serve(mut cmd: Command, shimmed: bool, port: u16) -> Server {
         cmd.envs(shim_env())
             .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000");
     }
-    let server = Server(cmd.stdin(Stdio::null()).spawn().unwrap());
+    let server = Server::spawn(cmd.stdin(Stdio::null()));
     wait_listening(port);
     server
 }
@@ -232,7 +232,7 @@ fn socat_one_way_with_one_shot_servers() {
             cmd.envs(shim_env())
                 .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000");
         }
-        let server = Server(cmd.spawn().unwrap());
+        let server = Server::spawn(&mut cmd);
         std::thread::sleep(Duration::from_millis(300));
         server
     };

@@ -349,11 +349,7 @@ fn nginx_serves_a_large_file_to_shimmed_and_plain_curl() {
     std::fs::create_dir_all(www.join("tmp")).unwrap();
     let file = body(100 << 20);
     std::fs::write(www.join("big.bin"), &file).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let d = dir.display();
     let conf = format!(
         "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid; error_log {d}/error.log;

@@ -175,11 +175,7 @@ impl Drop for Py {
 
 /// `python3 -m http.server` serving `dir`, shimmed or not.
 pub fn python_server(dir: &std::path::Path, shimmed: bool) -> Py {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut cmd = Command::new("python3");
     cmd.args([
         "-m",
@@ -281,9 +277,27 @@ pub fn which(name: &str) -> Result<PathBuf, ()> {
 
 /// A loopback port nobody listens on.
 pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
+}
+
+/// A free loopback port for a server that takes a port number. Taken from
+/// below the kernel's ephemeral range, each at most once per run: a port
+/// the kernel hands out for `bind(0)` can be handed out again, to another
+/// test's server, before this one binds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 8_000) as u16,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 32_000, "out of ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
