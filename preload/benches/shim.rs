@@ -224,7 +224,10 @@ while True:
             sel.register(c, selectors.EVENT_READ)
             continue
         c = key.fileobj
-        data = c.recv(64)
+        try:
+            data = c.recv(64)
+        except ConnectionResetError:
+            data = b""
         if not data:
             sel.unregister(c)
             c.close()
