@@ -186,7 +186,7 @@ sys.stdin.readline()
 fn daemon_rss() -> f64 {
     let ns = std::fs::read_link("/proc/self/ns/net").unwrap();
     let ns = ns.to_string_lossy();
-    let socket = daemon_dir().join(format!("daemon.{}.sock", &ns[5..ns.len() - 1]));
+    let socket = daemon_dir().join(format!("daemon.v1.{}.sock", &ns[5..ns.len() - 1]));
     let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
     let pid = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
         .unwrap()

@@ -38,7 +38,15 @@ impl Link {
     /// nor make its directory.
     pub fn existing() -> io::Result<Link> {
         let dir = wire::existing_runtime_dir()?;
-        let s = UnixStream::connect(wire::socket_path(&dir))?;
+        // Bounded: a stopped daemon's full backlog would block a plain
+        // connect for good.
+        let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+        socket.connect_timeout(
+            &socket2::SockAddr::unix(wire::socket_path(&dir))?,
+            ANSWER_DEADLINE,
+        )?;
+        socket.set_nonblocking(false)?;
+        let s = UnixStream::from(std::os::fd::OwnedFd::from(socket));
         // The directory is the user's own (checked); the peer must be too.
         let cred = nix::sys::socket::getsockopt(&s, sockopt::PeerCredentials)?;
         if cred.uid() != wire::current_uid()? {
@@ -158,8 +166,21 @@ fn this_library() -> io::Result<PathBuf> {
 /// returns then). Concurrent starts, in this process or others, leave one
 /// daemon: the daemons elect one with a lock, and the others exit.
 fn start() -> io::Result<()> {
+    // One start at a time in this process, but never a wait without end:
+    // a child forked while another thread held this lock would otherwise
+    // wait forever (the daemons elect one among themselves anyway).
     static STARTING: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let _one_at_a_time = loop {
+        match STARTING.try_lock() {
+            Ok(g) => break Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => break Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => break None,
+        }
+    };
     if Link::existing().is_ok() {
         return Ok(());
     }

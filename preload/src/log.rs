@@ -44,7 +44,9 @@ fn sink() -> Option<&'static Sink> {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    // O_NONBLOCK: a FIFO without a reader must not hang
+                    // the program (nor its fork, which makes this first).
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
                     .open(&dest)
                     .ok()?,
             )

@@ -41,6 +41,9 @@ pub(crate) struct Entry {
     pub reported: bool,
     /// The daemon's answer, once final.
     pub known: Option<Known>,
+    /// The process that recorded it: a forked child's close of an
+    /// inherited copy must not abandon its parent's connect.
+    pub owner: u32,
 }
 
 impl Entry {
@@ -50,6 +53,7 @@ impl Entry {
             pending,
             reported: false,
             known: None,
+            owner: std::process::id(),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! reply. A request is a single `sendmsg`: a little-endian length, then the
 //! body, with the descriptors it hands over (`SCM_RIGHTS`) attached. Every
 //! length read is bounded by `MAX_MESSAGE`. Only std and libc are used
-//! here.
+//! here, and `nix` for the effective user.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -483,7 +483,10 @@ impl Reply {
                 // A status longer than a message is cut at a line.
                 let room = MAX_MESSAGE - 16;
                 let text = if text.len() > room {
-                    let cut = text[..room].rfind('\n').map_or(0, |i| i + 1);
+                    let cut = text.as_bytes()[..room]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
                     &text[..cut]
                 } else {
                     text
@@ -519,10 +522,10 @@ impl Reply {
     }
 }
 
-/// This process's effective user, read without `unsafe`: the owner of
-/// `/proc/self`.
+/// This process's effective user. (Not the owner of `/proc/self`: that is
+/// root for a process that dropped its privileges without an `exec`.)
 pub fn current_uid() -> io::Result<u32> {
-    Ok(std::fs::metadata("/proc/self")?.uid())
+    Ok(nix::unistd::geteuid().as_raw())
 }
 
 /// The daemon's directory for the calling user, created (mode 0700) if
@@ -607,14 +610,19 @@ pub fn network_namespace() -> String {
         .unwrap_or_else(|| "host".into())
 }
 
+/// The version of this format, in the daemon's socket name: a library of
+/// another version never talks to a daemon that would misread it (after
+/// an upgrade, it starts a daemon of its own version beside the old one).
+pub const VERSION: u32 = 1;
+
 /// The socket of the daemon in `dir` for the caller's network namespace.
 pub fn socket_path(dir: &Path) -> PathBuf {
-    dir.join(format!("daemon.{}.sock", network_namespace()))
+    dir.join(format!("daemon.v{VERSION}.{}.sock", network_namespace()))
 }
 
 /// The lock file that elects that daemon.
 pub fn lock_path(dir: &Path) -> PathBuf {
-    dir.join(format!("daemon.{}.lock", network_namespace()))
+    dir.join(format!("daemon.v{VERSION}.{}.lock", network_namespace()))
 }
 
 #[cfg(test)]
@@ -717,7 +725,7 @@ mod tests {
 
     #[test]
     fn a_long_status_is_cut_at_a_line() {
-        let text = "x".repeat(100) + "\n";
+        let text = "é".repeat(50) + "\n";
         let long = text.repeat(MAX_MESSAGE / 50);
         let Reply::Status(cut) = Reply::decode(body(&Reply::Status(long).encode())).unwrap() else {
             panic!("not a status");

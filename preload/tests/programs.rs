@@ -131,6 +131,13 @@ fn assert_closed_port_alike(line: &str) {
     assert_eq!(text(&with), text(&without), "{line}");
 }
 
+/// One program test at a time: each starts servers, and under the load of
+/// all of them at once on two cores a connection can miss a deadline.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn require(program: &str) {
     which(program)
         .unwrap_or_else(|_| panic!("{program} is not installed (scripts/test installs it)"));
@@ -138,6 +145,7 @@ fn require(program: &str) {
 
 #[test]
 fn redis() {
+    let _serial = one_at_a_time();
     require("redis-server");
     require("redis-cli");
     let redis = |shimmed: bool| {
@@ -172,6 +180,7 @@ fn redis() {
 
 #[test]
 fn openbsd_netcat() {
+    let _serial = one_at_a_time();
     require("nc");
     let listen = |shimmed: bool| {
         let port = free_port();
@@ -220,6 +229,7 @@ fn openbsd_netcat() {
 /// shimmed one-shot server that sends a file and exits).
 #[test]
 fn socat_one_way_with_one_shot_servers() {
+    let _serial = one_at_a_time();
     require("socat");
     let dir = scratch("socat");
     let payload: Vec<u8> = body(300_000);
@@ -302,6 +312,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn wget_and_a_python_http_server() {
+    let _serial = one_at_a_time();
     require("wget");
     let dir = scratch("wget");
     std::fs::write(dir.join("page"), "secret-wget-page\n").unwrap();
@@ -330,6 +341,7 @@ fn wget_and_a_python_http_server() {
 
 #[test]
 fn node_http_server_and_client() {
+    let _serial = one_at_a_time();
     require("node");
     let serve_node = |shimmed: bool| {
         let port = free_port();
@@ -387,6 +399,7 @@ fn git(dir: &Path, args: &[&str]) {
 
 #[test]
 fn git_daemon_and_git_clone() {
+    let _serial = one_at_a_time();
     require("git");
     let dir = scratch("git");
     let repo = dir.join("repo");
@@ -441,6 +454,7 @@ fn git_daemon_and_git_clone() {
 
 #[test]
 fn openssh_server_and_client() {
+    let _serial = one_at_a_time();
     require("ssh");
     require("ssh-keygen");
     let sshd = which("sshd").expect("sshd is not installed (scripts/test installs it)");
@@ -470,9 +484,10 @@ fn openssh_server_and_client() {
         )
         .unwrap();
         let mut cmd = Command::new(&sshd);
-        cmd.args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stderr(Stdio::null());
+        cmd.args(["-D", "-E"])
+            .arg(dir.join(format!("sshd_{port}.log")))
+            .arg("-f")
+            .arg(&config);
         (serve(cmd, shimmed, port), port)
     };
     let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
@@ -487,9 +502,15 @@ fn openssh_server_and_client() {
             shimmed,
             &format!("{} echo secret-ssh", ssh(&port.to_string())),
         );
+        let logs: String = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
         assert!(
             out.status.success(),
-            "{}",
+            "client shimmed {shimmed}, port {port}: {}\nsshd logs: {logs}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(text(&out), "secret-ssh\n");
@@ -530,6 +551,7 @@ impl Drop for Postgres {
 
 #[test]
 fn postgresql_over_tcp_and_its_unix_socket_with_pgbench() {
+    let _serial = one_at_a_time();
     require("psql");
     require("pgbench");
     let dir = scratch("pg");

@@ -47,6 +47,10 @@ pub struct Args {
     /// reset).
     #[arg(long, conflicts_with = "foreground")]
     stop: bool,
+    /// Set by the detaching command for the daemon it starts: a session of
+    /// its own (no terminal), and `/` as working directory.
+    #[arg(long, hide = true, requires = "foreground")]
+    detached: bool,
 }
 
 pub fn daemon(args: Args) -> i32 {
@@ -73,6 +77,12 @@ pub fn daemon(args: Args) -> i32 {
     if !args.foreground {
         return detach(&dir, &args);
     }
+    if args.detached {
+        // Nothing of the starting program's session or working directory.
+        let _ = nix::unistd::setsid();
+        let _ = std::env::set_current_dir("/");
+    }
+    raise_descriptor_limit();
     let lock = match elect(&dir) {
         Ok(Some(lock)) => lock,
         Ok(None) => return 0, // another daemon serves this user
@@ -117,6 +127,16 @@ fn close_inherited() {
     }
 }
 
+/// Raises the soft limit on descriptors to the hard one: the daemon holds
+/// two per relayed connection, for every program of its user, and would
+/// otherwise keep the limit of whichever program started it.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// Starts a daemon in the background (a new process group, standard
 /// streams on /dev/null) unless one answers already, and returns once one
 /// answers: the caller can hand it connections at once.
@@ -131,13 +151,26 @@ fn detach(dir: &Path, args: &Args) -> i32 {
             return 2;
         }
     };
+    // Its log: TCPCRYPT_DAEMON_LOG (a file, appended to, never through a
+    // symbolic link), at the level of RUST_LOG or -v; else nowhere.
+    let log = std::env::var_os("TCPCRYPT_DAEMON_LOG")
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(path)
+                .ok()
+        })
+        .map_or_else(std::process::Stdio::null, std::process::Stdio::from);
     let spawned = std::process::Command::new(exe)
-        .args(["daemon", "--foreground", "--idle-exit"])
+        .args(["daemon", "--foreground", "--detached", "--idle-exit"])
         .arg(humantime::format_duration(args.idle_exit).to_string())
         .env_remove("LD_PRELOAD")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .process_group(0)
         .spawn();
     if let Err(e) = spawned {

@@ -46,12 +46,16 @@ pub fn app_end(fd: OwnedFd) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-/// Prepares a real socket handed over by the shim.
+/// Prepares a real socket handed over by the shim. Its reset on close is
+/// armed only once it carries the application's bytes (`splice`): a legacy
+/// server whose connection the negotiation leaves for a plain one sees it
+/// closed, not reset (a reset can make such a server fail, and refuse the
+/// reconnect).
 pub fn real(fd: OwnedFd) -> io::Result<TcpStream> {
     let s = std::net::TcpStream::from(fd);
     s.set_nonblocking(true)?;
     let s = TcpStream::from_std(s)?;
-    prepare(&s);
+    let _ = s.set_nodelay(true);
     Ok(s)
 }
 
@@ -91,6 +95,7 @@ impl RealSocket for TcpcryptStream<TcpStream> {
 /// peer must not take a truncated stream for a complete one.
 async fn splice<S: RealSocket>(app: TcpStream, mut real: S, conn: &Conn) -> io::Result<()> {
     let mut app = PlainSource::new(app);
+    reset_on_close(real.tcp(), true);
     conn.attach(real.tcp().as_raw_fd());
     let result = tcpcrypt_tokio::copy_bidirectional(&mut app, &mut real).await;
     conn.detach();

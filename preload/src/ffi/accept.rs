@@ -10,36 +10,37 @@ use crate::wire::Handover;
 /// policy it is reset and the caller gets -1 (`accept4` then fails with
 /// `ECONNABORTED`, as for a client that reset it); otherwise the
 /// application gets it unencrypted.
-pub(super) fn refuse_accepted_if_mandatory(c: c_int, why: &str) -> c_int {
+pub(super) fn refuse_accepted_if_mandatory(c: OwnedFd, why: &str) -> c_int {
     if !crate::env::settings().mandatory() {
         crate::log::log!(Debug, "accepted connection left unencrypted: {why}");
-        return c;
+        return std::os::fd::IntoRawFd::into_raw_fd(c);
     }
     crate::log::log!(
         Warn,
         "accepted connection reset (the policy is mandatory): {why}"
     );
-    // SAFETY: `c` is a connected socket the caller hands over.
-    reset(unsafe { OwnedFd::from_raw_fd(c) });
+    reset(c);
     -1
 }
 
 /// `accept4` on a listening TCP socket the shim handles. `Err(c)`: not
-/// ours (or not carried), hand `c` out as it is.
+/// ours (or not carried), hand `c` out as it is. The hook owns `c` from the
+/// start, so that it is closed, never leaked nor closed twice, whatever
+/// happens here (a panic included).
 pub(super) fn intercept_accept(
     listener: c_int,
     c: c_int,
     peer: SocketAddr,
     flags: c_int,
 ) -> Result<c_int, c_int> {
-    let Some(family) = tcp_family(c) else {
-        return Err(c);
-    };
-    let Some(local) = local_addr(c) else {
-        return Err(c);
+    // SAFETY: `c` is the connected socket just accepted, owned from here on.
+    let c = unsafe { OwnedFd::from_raw_fd(c) };
+    let raw = c.as_raw_fd();
+    let (Some(family), Some(local)) = (tcp_family(raw), local_addr(raw)) else {
+        return Err(std::os::fd::IntoRawFd::into_raw_fd(c));
     };
     if crate::env::settings().excluded(canonical(local)) {
-        return Err(c);
+        return Err(std::os::fd::IntoRawFd::into_raw_fd(c));
     }
     let link = match Link::open() {
         Ok(l) => l,
@@ -63,8 +64,7 @@ pub(super) fn intercept_accept(
     {
         apply_option(app.as_raw_fd(), &setting);
     }
-    // SAFETY: `c` is the connected socket just accepted, owned from here on.
-    let real = unsafe { OwnedFd::from_raw_fd(c) };
+    let real = c;
     let end = match pairing_for(app.as_raw_fd(), family).and_then(|p| pair(app.as_raw_fd(), p)) {
         Ok(end) => end,
         Err(_) => {

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The length of an IPv6 socket address without its scope id.
+const SIN6_LEN_RFC2133: usize = 24;
+
 /// Reads a socket address the caller passed.
 pub(super) unsafe fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
     if addr.is_null() {
@@ -17,13 +20,24 @@ pub(super) unsafe fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<
                 u16::from_be(a.sin_port),
             )))
         }
-        AF_INET6 if len as usize >= size_of::<sockaddr_in6>() => {
-            let a = unsafe { &*(addr as *const sockaddr_in6) };
+        // The kernel takes 24 bytes (RFC 2133's form, without the scope
+        // id) as well as the full 28.
+        AF_INET6 if len as usize >= SIN6_LEN_RFC2133 => {
+            // SAFETY: at least 24 bytes are readable at `addr`; the scope
+            // id (bytes 24..28) is read only when `len` covers it.
+            let a = unsafe { std::ptr::read_unaligned(addr as *const [u8; SIN6_LEN_RFC2133]) };
+            let scope = if len as usize >= size_of::<sockaddr_in6>() {
+                // SAFETY: `len` covers the whole structure.
+                unsafe { (*(addr as *const sockaddr_in6)).sin6_scope_id }
+            } else {
+                0
+            };
+            let ip: [u8; 16] = a[8..24].try_into().expect("16 bytes");
             Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
+                Ipv6Addr::from(ip),
+                u16::from_be_bytes([a[2], a[3]]),
+                u32::from_ne_bytes(a[4..8].try_into().expect("4 bytes")),
+                scope,
             )))
         }
         _ => None,

@@ -41,12 +41,13 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     if local_addr(fd).is_some_and(|a| a.port() != 0) {
         return refuse_if_mandatory("the socket is bound to a port of its own");
     }
-    // The daemon first: without one, nothing has been sent yet, and the
-    // connection can still go plain (or be refused) cleanly.
-    let link = match Link::open() {
-        Ok(l) => l,
-        Err(e) => return refuse_if_mandatory(&format!("no daemon: {e}")),
-    };
+    // The daemon first (started if need be): without one, nothing has been
+    // sent yet, and the connection can still go plain (or be refused)
+    // cleanly. The link itself is made again after the real handshake,
+    // which may take longer than the daemon waits for a request.
+    if let Err(e) = Link::open() {
+        return refuse_if_mandatory(&format!("no daemon: {e}"));
+    }
     // TCP_FASTOPEN_CONNECT would defer the loopback handshake to the
     // application's first write, after the pairing: off on this socket
     // (the real connection is the shim's and has it off too).
@@ -93,7 +94,7 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             }
         }
     };
-    let r = hand_over(fd, pairing, real, dest, options, report, link);
+    let r = hand_over(fd, pairing, real, dest, options, report);
     Some(r.unwrap_or_else(|e| {
         set_errno(e);
         -1
@@ -111,10 +112,12 @@ fn hand_over(
     dest: SocketAddr,
     settings: Vec<Setting>,
     report: c_int,
-    link: Link,
 ) -> Result<c_int, c_int> {
     let local = local_addr(real.as_raw_fd()).ok_or(libc::EADDRNOTAVAIL)?;
     let id = socket_id(fd).ok_or(libc::EBADF)?;
+    // Before the application's socket is touched: a daemon gone meanwhile
+    // leaves it as it was.
+    let link = Link::open().map_err(|_| libc::ECONNABORTED)?;
     let end = pair(fd, pairing)?;
     let pending = report != 0;
     let mut app_copy = None;
@@ -304,10 +307,21 @@ pub(super) enum Outcome {
 /// reset that woke it) is cleared with it, so that a later `SO_ERROR` is
 /// 0, as after any reported failure.
 pub(super) fn pending_outcome(fd: c_int, entry: &Entry) -> Outcome {
-    let state = match crate::daemon::query(&Request::Query { id: entry.id }) {
-        Ok(Reply::Known { state, .. }) => state,
-        _ => return Outcome::Connecting,
-    };
+    // The daemon resets the socket before it records the errno: a socket
+    // already woken by that reset waits (a few ms at most) for the record.
+    let mut state = ConnState::Connecting;
+    for _ in 0..200 {
+        state = match crate::daemon::query(&Request::Query { id: entry.id }) {
+            Ok(Reply::Known { state, .. }) => state,
+            // No daemon knows it (the daemon died, which reset the socket).
+            Ok(Reply::Unknown) => ConnState::Failed(libc::ECONNRESET),
+            _ => return Outcome::Connecting,
+        };
+        if state != ConnState::Connecting || !has_error(fd) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     match state {
         ConnState::Connecting => Outcome::Connecting,
         ConnState::Failed(e) => {
@@ -321,6 +335,18 @@ pub(super) fn pending_outcome(fd: c_int, entry: &Entry) -> Outcome {
             Outcome::Connected
         }
     }
+}
+
+/// Whether the kernel has an error or a hang-up pending on `fd`.
+fn has_error(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; no wait.
+    let ready = unsafe { libc::poll(&mut p, 1, 0) };
+    ready == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// The application closed a socket whose connect is under way: unless

@@ -45,16 +45,22 @@ thread_local! {
 
 /// Set while a hook runs, so that the hook's own socket calls (and those
 /// of the standard library it uses) go straight to libc.
-struct Guard;
+struct Guard(bool);
 
 impl Guard {
+    /// Sets the flag for the length of a hook that must run whatever it
+    /// says (see `connect`); puts back what it was.
+    fn enter_always() -> Guard {
+        Guard(BYPASS.with(|b| b.replace(true)))
+    }
+
     fn enter() -> Option<Guard> {
         BYPASS.with(|b| {
             if b.get() {
                 None
             } else {
                 b.set(true);
-                Some(Guard)
+                Some(Guard(false))
             }
         })
     }
@@ -62,7 +68,7 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        BYPASS.with(|b| b.set(false));
+        BYPASS.with(|b| b.set(self.0));
     }
 }
 
@@ -219,10 +225,12 @@ fn errno() -> c_int {
 /// As libc's `connect`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let Some(_guard) = Guard::enter() else {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { (real().connect)(fd, addr, len) };
-    };
+    // Not skipped when another hook of this thread runs: the shim's own
+    // code never calls `connect` on an IP socket (it calls the real one),
+    // and a flag left set by a signal handler that jumped out of a hook
+    // (`siglongjmp`, as `wget -T` does) must not let a later connection
+    // out in the clear.
+    let _guard = Guard::enter_always();
     // SAFETY: the caller passes `len` readable bytes at `addr`.
     let Some(dest) = (unsafe { read_addr(addr, len) }) else {
         // SAFETY: as above.
@@ -248,10 +256,8 @@ pub unsafe extern "C" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
-    let Some(_guard) = Guard::enter() else {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { (real().accept4)(fd, addr, len, flags) };
-    };
+    // Never skipped, as `connect`: the shim's own code calls the real one.
+    let _guard = Guard::enter_always();
     // SAFETY: plain data; all zeroes is a valid value.
     let mut st: sockaddr_storage = unsafe { zeroed() };
     let mut l = size_of::<sockaddr_storage>() as socklen_t;
@@ -273,7 +279,9 @@ pub unsafe extern "C" fn accept4(
         Some(p) => match catch_unwind(AssertUnwindSafe(|| intercept_accept(fd, c, p, flags))) {
             Ok(Ok(app)) => app,
             Ok(Err(c)) => c,
-            Err(_) => refuse_accepted_if_mandatory(c, "the shim failed"),
+            // The hook owned `c` and closed it while unwinding: the
+            // caller gets the error of a connection that went away.
+            Err(_) => -1,
         },
         None => c,
     };
@@ -345,8 +353,12 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let pending = catch_unwind(|| registry::remove(fd)).ok().flatten();
     // SAFETY: as above.
     let r = unsafe { (real().close)(fd) };
-    if let Some(entry) = pending.filter(|e| e.pending && !e.reported) {
+    if let Some(entry) =
+        pending.filter(|e| e.pending && !e.reported && e.owner == std::process::id())
+    {
+        let saved = errno();
         let _ = catch_unwind(|| abandon_if_last(entry.id));
+        set_errno(saved);
     }
     r
 }
@@ -435,7 +447,7 @@ pub unsafe extern "C" fn sendto(
     len: socklen_t,
 ) -> isize {
     if flags & libc::MSG_FASTOPEN != 0
-        && let Some(_guard) = Guard::enter()
+        && let _guard = Guard::enter_always()
         // SAFETY: the caller passes `len` readable bytes at `addr`.
         && let Some(dest) = unsafe { read_addr(addr, len) }
         && let Ok(Some(r)) = catch_unwind(AssertUnwindSafe(|| intercept_fastopen(fd, dest)))
@@ -458,7 +470,7 @@ pub unsafe extern "C" fn sendto(
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
     if flags & libc::MSG_FASTOPEN != 0
         && !msg.is_null()
-        && let Some(_guard) = Guard::enter()
+        && let _guard = Guard::enter_always()
         // SAFETY: the caller passes a valid message header.
         && let Some(dest) = unsafe { read_addr((*msg).msg_name as *const sockaddr, (*msg).msg_namelen) }
         && let Ok(Some(r)) = catch_unwind(AssertUnwindSafe(|| intercept_fastopen(fd, dest)))

@@ -12,8 +12,10 @@ use super::*;
 /// kernel; the bound only matters on a machine out of memory).
 const PAIR_DEADLINE_MS: c_int = 2000;
 
-/// At most this many strangers are turned away before giving up.
-const STRANGERS: usize = 8;
+/// At most this many strangers are turned away before giving up, and the
+/// listen backlog: another local user can delay a pairing by connecting to
+/// its port, but must fill this many places to make it fail.
+const STRANGERS: usize = 128;
 
 /// Closes a descriptor this module made.
 fn owned(fd: c_int) -> OwnedFd {
@@ -46,7 +48,7 @@ fn listener(family: c_int, v6only: bool) -> Result<(OwnedFd, SocketAddr), c_int>
         // SAFETY: `st` holds `n` bytes of address.
         if unsafe { libc::bind(fd, &st as *const sockaddr_storage as *const sockaddr, n) } == 0 {
             // SAFETY: plain system call.
-            if unsafe { libc::listen(fd, 4) } != 0 {
+            if unsafe { libc::listen(fd, STRANGERS as c_int) } != 0 {
                 return Err(errno());
             }
             let at = local_addr(fd).ok_or(libc::EADDRNOTAVAIL)?;

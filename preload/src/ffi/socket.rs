@@ -40,9 +40,11 @@ pub(super) fn tcp_family(fd: c_int) -> Option<c_int> {
     let ty = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
     let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
     let proto = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+    // MPTCP too: its connections are TCP on the wire, and would otherwise
+    // leave in the clear (the real connection the shim makes is TCP).
     (ty == libc::SOCK_STREAM
         && (family == AF_INET || family == AF_INET6)
-        && proto == libc::IPPROTO_TCP)
+        && (proto == libc::IPPROTO_TCP || proto == libc::IPPROTO_MPTCP))
         .then_some(family)
 }
 
