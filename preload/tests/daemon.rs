@@ -720,3 +720,57 @@ print("socket:[%d]" % os.fstat(s.fileno()).st_ino)
         assert!(!held.contains(inherited), "the daemon holds {inherited}");
     }
 }
+
+#[test]
+fn a_blocking_connect_longer_than_the_daemons_request_deadline_succeeds() {
+    // A plain server whose accept queue is full: the kernel drops the
+    // client's SYNs until the server accepts, 6 s later, and the client's
+    // retransmission (at about 7 s) gets through.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(1).unwrap();
+    let listener: TcpListener = listener.into();
+    let port = listener.local_addr().unwrap().port();
+    let fillers: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(6));
+        for c in listener.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"hello\n");
+        }
+    });
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                r#"
+import socket, time
+t = time.monotonic()
+s = socket.create_connection(("127.0.0.1", {port}))
+print(s.makefile().readline().strip(), round(time.monotonic() - t))
+"#
+            ),
+        ])
+        .envs(shim_env())
+        .output()
+        .unwrap();
+    drop(fillers);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (greeting, seconds) = text.trim().split_once(' ').unwrap();
+    assert_eq!(greeting, "hello");
+    let seconds: u64 = seconds.parse().unwrap();
+    assert!(
+        seconds >= 5,
+        "the connect took {seconds} s: the test did not test"
+    );
+}
