@@ -23,6 +23,7 @@ mod status;
 /// The shim's protocol with the daemon: one definition, compiled into
 /// both (see the file's own documentation).
 #[path = "../../preload/src/wire.rs"]
+#[allow(dead_code)] // the shim's own side of it (its environment) is unused here
 mod wire;
 
 use clap::{Parser, Subcommand};

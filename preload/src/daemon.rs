@@ -113,7 +113,7 @@ pub(crate) fn query(req: &Request) -> io::Result<Reply> {
 /// The `tcpcrypt` executable: `TCPCRYPT_DAEMON`, or the one beside this
 /// library (a cargo build and the package both put them together).
 fn daemon_program() -> io::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("TCPCRYPT_DAEMON").filter(|p| !p.is_empty()) {
+    if let Some(p) = wire::env_var("TCPCRYPT_DAEMON").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
     let lib = this_library()?;
@@ -190,6 +190,9 @@ fn start() -> io::Result<()> {
     // and is waited for here: no child is left to the program.
     let status = std::process::Command::new(&program)
         .arg("daemon")
+        // As the program had them when it started, should it have
+        // cleared its environment since.
+        .envs(wire::daemon_environment())
         .env_remove("LD_PRELOAD")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -548,11 +548,58 @@ pub fn existing_runtime_dir() -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The environment variables that say where the daemon lives and how it
+/// runs.
+const DAEMON_ENVIRONMENT: [&str; 6] = [
+    "TCPCRYPT_RUNTIME_DIR",
+    "XDG_RUNTIME_DIR",
+    "TCPCRYPT_DAEMON",
+    "TCPCRYPT_DAEMON_IDLE_EXIT",
+    "TCPCRYPT_DAEMON_LOG",
+    "RUST_LOG",
+];
+
+static REMEMBERED: std::sync::OnceLock<Vec<(&'static str, std::ffi::OsString)>> =
+    std::sync::OnceLock::new();
+
+/// Takes note of the daemon's environment variables as they are now. The
+/// shim does this when it loads: a program may clear its environment
+/// later (nginx does, for its workers), and the workers' connections must
+/// still go to the daemon the user configured.
+pub fn remember_environment() {
+    REMEMBERED.get_or_init(|| {
+        DAEMON_ENVIRONMENT
+            .iter()
+            .filter_map(|&n| Some((n, std::env::var_os(n)?)))
+            .collect()
+    });
+}
+
+/// One of the daemon's environment variables: as remembered, if it was,
+/// else as it is now.
+pub fn env_var(name: &str) -> Option<std::ffi::OsString> {
+    match REMEMBERED.get() {
+        Some(vars) => vars
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone()),
+        None => std::env::var_os(name),
+    }
+}
+
+/// The daemon's environment variables that are set (as `env_var` says).
+pub fn daemon_environment() -> Vec<(&'static str, std::ffi::OsString)> {
+    DAEMON_ENVIRONMENT
+        .iter()
+        .filter_map(|&n| Some((n, env_var(n)?)))
+        .collect()
+}
+
 fn runtime_dir_path() -> io::Result<PathBuf> {
     let uid = current_uid()?;
-    let dir = match std::env::var_os("TCPCRYPT_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+    let dir = match env_var("TCPCRYPT_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d),
-        None => match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        None => match env_var("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
             Some(base) if private_to(Path::new(&base), uid, false).is_ok() => {
                 PathBuf::from(base).join("tcpcrypt")
             }

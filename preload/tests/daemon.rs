@@ -774,3 +774,55 @@ print(s.makefile().readline().strip(), round(time.monotonic() - t))
         "the connect took {seconds} s: the test did not test"
     );
 }
+
+#[test]
+fn a_program_that_clears_its_environment_keeps_the_policy_and_the_daemon() {
+    // As nginx does for its workers: the settings are the ones the program
+    // started with.
+    let dir = OwnDir::new("cleared-env");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let rec = received.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let mut all = Vec::new();
+            let _ = c.read_to_end(&mut all);
+            rec.lock().unwrap().extend(all);
+        }
+    });
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                r#"
+import os, socket
+os.environ.clear()
+try:
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"secret-after-clear")
+    s.settimeout(10)
+    print("read", s.recv(10))
+except OSError as e:
+    print("error")
+"#
+            ),
+        ])
+        .envs(dir.env())
+        .env("TCPCRYPT_POLICY", "mandatory")
+        .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "300")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "error");
+    std::thread::sleep(Duration::from_millis(200));
+    let got = received.lock().unwrap();
+    assert!(
+        !got.windows(6).any(|w| w == b"secret"),
+        "plaintext reached the server"
+    );
+    assert!(
+        daemon_pid(&dir.0).is_some(),
+        "the configured daemon served it"
+    );
+}

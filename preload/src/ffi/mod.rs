@@ -170,11 +170,19 @@ unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
 
 /// Runs when the library is loaded, before a preloaded program has threads
 /// of its own: the fork handlers are in place before any thread can fork.
+/// The settings, the log and the daemon's environment are read now, while
+/// the environment is the one the user gave: a program may clear it later
+/// (nginx does for its workers), and a worker must not lose the policy.
 #[used]
 #[unsafe(link_section = ".init_array")]
 static ON_LOAD: extern "C" fn() = {
     extern "C" fn on_load() {
-        let _ = catch_unwind(install_fork_handlers);
+        let _ = catch_unwind(|| {
+            install_fork_handlers();
+            crate::wire::remember_environment();
+            crate::env::settings();
+            crate::log::init();
+        });
     }
     on_load
 };
