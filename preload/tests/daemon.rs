@@ -780,18 +780,7 @@ fn a_program_that_clears_its_environment_keeps_the_policy_and_the_daemon() {
     // As nginx does for its workers: the settings are the ones the program
     // started with.
     let dir = OwnDir::new("cleared-env");
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let rec = received.clone();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let mut c = c;
-            let mut all = Vec::new();
-            let _ = c.read_to_end(&mut all);
-            rec.lock().unwrap().extend(all);
-        }
-    });
+    let (port, received) = recording_server();
     let out = Command::new("python3")
         .args([
             "-c",

@@ -4,10 +4,8 @@
 //! after a failure was reported, TCP Fast Open under the mandatory policy,
 //! IPv6 scope ids.
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tcpcrypt_tokio::TcpcryptListener;
@@ -114,30 +112,6 @@ print(s.getsockopt(socket.IPPROTO_TCP, 0x54430001, 33).hex())
     ));
     let id = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
     assert_eq!(lines, ["::1 ::1", "v6", id.as_str()]);
-}
-
-/// A plain server that records everything it receives.
-fn recording_server() -> (u16, Arc<Mutex<Vec<u8>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let got2 = got.clone();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let got = got2.clone();
-            std::thread::spawn(move || {
-                let mut c = c;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    got.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-    });
-    (port, got)
 }
 
 #[test]
