@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
+use tcpcrypt_tokio::{Config, TcpcryptStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
@@ -44,30 +44,17 @@ fn sink(encrypted: bool) -> (SocketAddr, std::sync::mpsc::Receiver<(bool, Vec<u8
         });
         return (addr, rx);
     }
-    let (atx, arx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient_server()))
-                .await
-                .unwrap();
-            atx.send(l.local_addr()).unwrap();
-            while let Ok((mut s, _)) = l.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut all = Vec::new();
-                    // Ok only after the peer's FINp: a truncated stream
-                    // would be an error here.
-                    let r = s.read_to_end(&mut all).await;
-                    let _ = tx.send((s.session().is_some() && r.is_ok(), all));
-                });
-            }
-        });
+    let addr = tcpcrypt_server("127.0.0.1:0", move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut all = Vec::new();
+            // Ok only after the peer's FINp: a truncated stream would be
+            // an error here.
+            let r = s.read_to_end(&mut all).await;
+            let _ = tx.send((s.session().is_some() && r.is_ok(), all));
+        }
     });
-    (arx.recv().unwrap(), rx)
+    (addr, rx)
 }
 
 #[test]
@@ -313,25 +300,14 @@ fn a_forking_server_closes_each_connection_as_without_the_shim() {
 #[test]
 fn a_second_process_resumes_the_first_ones_session() {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (atx, arx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient_server()))
-                .await
-                .unwrap();
-            atx.send(l.local_addr()).unwrap();
-            while let Ok((mut s, _)) = l.accept().await {
-                let _ = tx.send(s.session().map(|i| i.resumed));
-                let _ = s.write_all(b"hello").await;
-                let _ = s.shutdown().await;
-            }
-        });
+    let tx = Mutex::new(tx);
+    let addr = tcpcrypt_server("127.0.0.1:0", move |mut s| {
+        let _ = tx.lock().unwrap().send(s.session().map(|i| i.resumed));
+        async move {
+            let _ = s.write_all(b"hello").await;
+            let _ = s.shutdown().await;
+        }
     });
-    let addr: SocketAddr = arx.recv().unwrap();
     let script = format!(
         r#"
 import socket

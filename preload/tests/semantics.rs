@@ -5,10 +5,9 @@
 //! IPv6 scope ids.
 
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tcpcrypt_tokio::TcpcryptListener;
 use tokio::io::AsyncWriteExt;
 
 mod common;
@@ -80,24 +79,17 @@ print("so_error", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 #[test]
 fn an_ipv6_only_socket_connects_encrypted() {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (atx, arx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut l = TcpcryptListener::bind("[::1]:0", Arc::new(patient_server()))
-                .await
-                .unwrap();
-            atx.send(l.local_addr()).unwrap();
-            let (mut s, _) = l.accept().await.unwrap();
-            let _ = tx.send(s.session_id().map(|i| i.to_string()));
+    let tx = Mutex::new(tx);
+    let addr = tcpcrypt_server("[::1]:0", move |mut s| {
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send(s.session_id().map(|i| i.to_string()));
+        async move {
             let _ = s.write_all(b"v6").await;
             let _ = s.shutdown().await;
-        });
+        }
     });
-    let addr: std::net::SocketAddr = arx.recv().unwrap();
     let lines = python_shimmed(&format!(
         r#"
 import socket

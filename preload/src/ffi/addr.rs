@@ -146,12 +146,22 @@ pub(super) fn is_loopback(a: SocketAddr) -> bool {
 /// The peer of a socket, through the real call (`None`: not connected,
 /// or not an IP socket).
 pub(super) fn peer_addr(fd: c_int) -> Option<SocketAddr> {
+    name_of(fd, real().getpeername)
+}
+
+/// The local address of a socket, through the real call.
+pub(super) fn local_addr(fd: c_int) -> Option<SocketAddr> {
+    name_of(fd, real().getsockname)
+}
+
+/// A socket's address by `getpeername` or `getsockname`.
+fn name_of(fd: c_int, call: NameFn) -> Option<SocketAddr> {
     // SAFETY: plain data; all zeroes is a valid value.
     let mut st: sockaddr_storage = unsafe { zeroed() };
     let mut l = size_of::<sockaddr_storage>() as socklen_t;
     // SAFETY: `st` has room for `l` bytes.
     let r = unsafe {
-        (real().getpeername)(
+        call(
             fd,
             &mut st as *mut sockaddr_storage as *mut sockaddr,
             &mut l,
@@ -172,21 +182,4 @@ pub(super) fn canonical(a: SocketAddr) -> SocketAddr {
         },
         v4 => v4,
     }
-}
-
-pub(super) fn local_addr(fd: c_int) -> Option<SocketAddr> {
-    // SAFETY: plain data; all zeroes is a valid value.
-    let mut st: sockaddr_storage = unsafe { zeroed() };
-    let mut l = size_of::<sockaddr_storage>() as socklen_t;
-    let r = unsafe {
-        (real().getsockname)(
-            fd,
-            &mut st as *mut sockaddr_storage as *mut sockaddr,
-            &mut l,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
-    unsafe { read_addr(&st as *const sockaddr_storage as *const sockaddr, l) }
 }

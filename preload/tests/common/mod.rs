@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcpcrypt_tokio::{Config, SessionId, TcpcryptListener};
+use tcpcrypt_tokio::{Config, SessionId, TcpcryptListener, TcpcryptStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// libtcpcrypt.so, beside this test's executable, with the `tcpcrypt`
@@ -84,11 +84,13 @@ pub fn patient_server() -> Config {
         .unwrap()
 }
 
-/// An HTTP server on the tcpcrypt library that answers `body` and reports
-/// each connection's session ID (None for plain clients).
-pub fn tcpcrypt_http(body: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<Option<SessionId>>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let seen2 = seen.clone();
+/// A server on the tcpcrypt library at `bind`, on a thread of its own:
+/// each accepted stream goes to `handle`, in a task of its own.
+pub fn tcpcrypt_server<F, Fut>(bind: &'static str, handle: F) -> SocketAddr
+where
+    F: Fn(TcpcryptStream<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -96,34 +98,46 @@ pub fn tcpcrypt_http(body: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<Option<Session
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut l = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient_server()))
+            let mut l = TcpcryptListener::bind(bind, Arc::new(patient_server()))
                 .await
                 .unwrap();
             tx.send(l.local_addr()).unwrap();
-            while let Ok((mut s, _)) = l.accept().await {
-                seen2.lock().unwrap().push(s.session_id());
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let header = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = s.write_all(header.as_bytes()).await;
-                    let _ = s.write_all(&body).await;
-                    let _ = s.shutdown().await;
-                });
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(handle(s));
             }
         });
     });
-    (rx.recv().unwrap(), seen)
+    rx.recv().unwrap()
+}
+
+/// An HTTP server on the tcpcrypt library that answers `body` and reports
+/// each connection's session ID (None for plain clients).
+pub fn tcpcrypt_http(body: Vec<u8>) -> (SocketAddr, Arc<Mutex<Vec<Option<SessionId>>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let body = Arc::new(body);
+    let addr = tcpcrypt_server("127.0.0.1:0", move |mut s| {
+        seen2.lock().unwrap().push(s.session_id());
+        let body = body.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let header = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(header.as_bytes()).await;
+            let _ = s.write_all(&body).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    (addr, seen)
 }
 
 /// A relay that records the bytes going to the client.
