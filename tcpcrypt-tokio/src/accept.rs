@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, FallbackReason};
 use crate::negotiate::{self, ServerEnd};
-use crate::stream::{TcpcryptStream, abort_tcp};
+use crate::stream::{AbortFn, TcpcryptStream, abort_tcp};
 use crate::{Config, Policy};
 
 /// Runs the accepting side's handshake over a transport the caller owns.
@@ -41,7 +41,20 @@ impl TcpcryptAcceptor {
 
     /// Negotiates on `io`. A plain client gets a plain stream (unless the
     /// policy is mandatory) that delivers every byte it sent.
-    pub async fn accept<IO>(&self, mut io: IO) -> io::Result<TcpcryptStream<IO>>
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<TcpcryptStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.accept_with(io, None).await
+    }
+
+    /// [`accept`](Self::accept), answering a protocol error with `abort`
+    /// (RFC 8548 3.3), during the handshake as afterwards.
+    async fn accept_with<IO>(
+        &self,
+        mut io: IO,
+        abort: Option<AbortFn<IO>>,
+    ) -> io::Result<TcpcryptStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -53,15 +66,26 @@ impl TcpcryptAcceptor {
                 Vec::new(),
             ));
         }
-        match negotiate::server(&mut io, config).await? {
+        let end = match negotiate::server(&mut io, config).await {
+            Ok(end) => end,
+            Err(e) => {
+                if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
+                    abort(&io);
+                }
+                return Err(e);
+            }
+        };
+        let mut stream = match end {
             ServerEnd::Encrypted(session, leftover) => {
-                Ok(TcpcryptStream::encrypted(io, *session, leftover))
+                TcpcryptStream::encrypted(io, *session, leftover)
             }
             ServerEnd::Plain(reason, _) if config.policy == Policy::Mandatory => {
-                Err(Error::EncryptionRequired(reason).into())
+                return Err(Error::EncryptionRequired(reason).into());
             }
-            ServerEnd::Plain(reason, bytes) => Ok(TcpcryptStream::plain(io, reason, bytes)),
-        }
+            ServerEnd::Plain(reason, bytes) => TcpcryptStream::plain(io, reason, bytes),
+        };
+        stream.abort = abort;
+        Ok(stream)
     }
 
     /// Negotiates on an accepted TCP connection. Unlike [`accept`](Self::accept)
@@ -82,8 +106,7 @@ impl TcpcryptAcceptor {
     /// ```
     pub async fn accept_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
         let peer = tcp.peer_addr().ok();
-        let mut stream = self.accept(tcp).await?;
-        stream.abort = Some(abort_tcp);
+        let mut stream = self.accept_with(tcp, Some(abort_tcp)).await?;
         stream.peer = peer;
         Ok(stream)
     }

@@ -10,7 +10,7 @@ use tokio::net::{TcpStream, ToSocketAddrs, lookup_host};
 
 use crate::error::{Error, FallbackReason};
 use crate::negotiate::{self, ClientEnd};
-use crate::stream::{TcpcryptStream, abort_tcp};
+use crate::stream::{AbortFn, TcpcryptStream, abort_tcp};
 use crate::{Config, Policy};
 
 /// Runs the connecting side's handshake over a transport the caller owns.
@@ -57,8 +57,65 @@ impl TcpcryptConnector {
     /// and verdict caches (`None`: no caching).
     pub async fn connect_with_peer<IO>(
         &self,
+        io: IO,
+        peer: Option<SocketAddr>,
+    ) -> io::Result<Connected<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.connect_with(io, peer, None).await
+    }
+
+    /// Negotiates on a connected TCP socket, as
+    /// [`TcpcryptStream::connect`] does: a destination known not to speak
+    /// tcpcrypt gets the socket in plain at once; one found not to speak it
+    /// now is connected again in plain TCP (under
+    /// [`Policy::Opportunistic`]); a protocol error, in the handshake or
+    /// later, resets the connection; the stream knows its peer's address.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use tcpcrypt_tokio::{Config, TcpcryptConnector};
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let connector = TcpcryptConnector::new(Arc::new(Config::default()));
+    /// let tcp = tokio::net::TcpStream::connect("127.0.0.1:8080").await?;
+    /// let stream = connector.connect_tcp(tcp).await?;
+    /// println!("encrypted: {}", stream.is_encrypted());
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
+        let peer = tcp.peer_addr()?;
+        let config = &self.config;
+        let plain = |tcp: TcpStream, reason| {
+            let mut s = TcpcryptStream::plain(tcp, reason, Vec::new());
+            s.peer = Some(peer);
+            s
+        };
+        if config.policy == Policy::Opportunistic && config.client_cache.is_legacy(peer) {
+            return Ok(plain(tcp, FallbackReason::KnownLegacy));
+        }
+        match self.connect_with(tcp, Some(peer), Some(abort_tcp)).await? {
+            Connected::Stream(mut s) => {
+                s.peer = Some(peer);
+                Ok(s)
+            }
+            Connected::Reconnect(reason) => {
+                tracing::debug!(%peer, %reason, "falling back to plain TCP");
+                let tcp = TcpStream::connect(peer).await?;
+                Ok(plain(tcp, reason))
+            }
+        }
+    }
+
+    /// [`connect_with_peer`](Self::connect_with_peer), answering a protocol
+    /// error with `abort` (RFC 8548 3.3), during the handshake as
+    /// afterwards.
+    async fn connect_with<IO>(
+        &self,
         mut io: IO,
         peer: Option<SocketAddr>,
+        abort: Option<AbortFn<IO>>,
     ) -> io::Result<Connected<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -72,7 +129,15 @@ impl TcpcryptConnector {
             )));
         }
         let ticket = peer.and_then(|p| config.client_cache.take_ticket(p));
-        let end = negotiate::client(&mut io, config, ticket).await?;
+        let end = match negotiate::client(&mut io, config, ticket).await {
+            Ok(end) => end,
+            Err(e) => {
+                if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
+                    abort(&io);
+                }
+                return Err(e);
+            }
+        };
         match end {
             ClientEnd::Encrypted(mut session, leftover) => {
                 if let Some(p) = peer {
@@ -82,9 +147,9 @@ impl TcpcryptConnector {
                     }
                 }
                 tracing::debug!(peer = ?peer, session_id = %session.info.session_id, resumed = session.info.resumed, "tcpcrypt session established");
-                Ok(Connected::Stream(TcpcryptStream::encrypted(
-                    io, *session, leftover,
-                )))
+                let mut stream = TcpcryptStream::encrypted(io, *session, leftover);
+                stream.abort = abort;
+                Ok(Connected::Stream(stream))
             }
             ClientEnd::PlainHere(reason, leftover) => {
                 self.check_fallback(peer, &reason)?;
@@ -131,11 +196,11 @@ impl TcpcryptConnector {
     }
 }
 
-async fn tcp_connect(addrs: &[SocketAddr]) -> io::Result<(TcpStream, SocketAddr)> {
+async fn tcp_connect(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut last = None;
     for &addr in addrs {
         match TcpStream::connect(addr).await {
-            Ok(s) => return Ok((s, addr)),
+            Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
     }
@@ -155,27 +220,9 @@ impl TcpcryptStream<TcpStream> {
     /// byte has been sent.
     pub async fn connect(addr: impl ToSocketAddrs, config: &Arc<Config>) -> io::Result<Self> {
         let addrs: Vec<SocketAddr> = lookup_host(addr).await?.collect();
-        let (tcp, peer) = tcp_connect(&addrs).await?;
-        let plain = |tcp: TcpStream, reason| {
-            let mut s = TcpcryptStream::plain(tcp, reason, Vec::new());
-            s.peer = Some(peer);
-            s
-        };
-        if config.policy == Policy::Opportunistic && config.client_cache.is_legacy(peer) {
-            return Ok(plain(tcp, FallbackReason::KnownLegacy));
-        }
-        let connector = TcpcryptConnector::new(config.clone());
-        match connector.connect_with_peer(tcp, Some(peer)).await? {
-            Connected::Stream(mut s) => {
-                s.abort = Some(abort_tcp);
-                s.peer = Some(peer);
-                Ok(s)
-            }
-            Connected::Reconnect(reason) => {
-                tracing::debug!(%peer, %reason, "falling back to plain TCP");
-                let tcp = TcpStream::connect(peer).await?;
-                Ok(plain(tcp, reason))
-            }
-        }
+        let tcp = tcp_connect(&addrs).await?;
+        TcpcryptConnector::new(config.clone())
+            .connect_tcp(tcp)
+            .await
     }
 }

@@ -89,6 +89,16 @@ impl Error {
         e.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
     }
 
+    /// Whether `e` means the peer broke the protocol (or stalled the
+    /// handshake): the connection is then aborted with a reset, never
+    /// closed gracefully (RFC 8548 3.3).
+    pub(crate) fn aborts(e: &io::Error) -> bool {
+        matches!(
+            Error::from_io(e),
+            Some(Error::Protocol(_) | Error::HandshakeTimeout)
+        )
+    }
+
     fn kind(&self) -> io::ErrorKind {
         match self {
             Error::Protocol(proto::Error::Truncated | proto::Error::HandshakeEof) => {

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::proto::frame::{DATA_OFFSET, MAX_DATA, MAX_FRAME_LEN};
-use crate::proto::{Error as ProtoError, FrameOpener, FrameSealer};
+use crate::proto::{FrameOpener, FrameSealer};
 
 /// Receive buffer size: several frames of the largest size, so that a bulk
 /// reader makes few `read` calls. Released whenever the connection goes
@@ -202,12 +202,25 @@ pub(crate) struct RecvState {
     /// ranges of `buf`, none empty, at most `MAX_READY_FRAMES`.
     ready: VecDeque<Range<usize>>,
     fin: bool,
+    /// Opening is held until the owed rekey answers are buffered.
+    held: bool,
 }
 
 /// What the receiver learned besides data.
 pub(crate) enum RecvEvent {
     /// The peer moved to this generation: answer with rekey frames.
     PeerRekeyed(u64),
+}
+
+/// What the owner of the sending side says after hearing of an event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Open more frames.
+    Go,
+    /// Rekey answers are owed that the sender cannot buffer: open nothing
+    /// until [`RecvState::resume`], so that a peer that rekeys faster than
+    /// it reads meets back-pressure instead of growing our memory.
+    Hold,
 }
 
 impl RecvState {
@@ -221,7 +234,18 @@ impl RecvState {
             end,
             ready: VecDeque::new(),
             fin: false,
+            held: false,
         }
+    }
+
+    /// Whether opening is held for rekey answers (see [`Flow::Hold`]).
+    pub(crate) fn held(&self) -> bool {
+        self.held
+    }
+
+    /// Lets opening go on after [`Flow::Hold`].
+    pub(crate) fn resume(&mut self) {
+        self.held = false;
     }
 
     pub(crate) fn opener(&self) -> &FrameOpener {
@@ -231,8 +255,12 @@ impl RecvState {
     /// Opens the complete frames already received, up to
     /// `MAX_READY_FRAMES` waiting. An error after some data is left for the
     /// next call: the opener repeats it.
-    fn open_received(&mut self, on_event: &mut dyn FnMut(RecvEvent)) -> io::Result<()> {
-        while !self.fin && self.start < self.end && self.ready.len() < MAX_READY_FRAMES {
+    fn open_received(&mut self, on_event: &mut dyn FnMut(RecvEvent) -> Flow) -> io::Result<()> {
+        while !self.fin
+            && !self.held
+            && self.start < self.end
+            && self.ready.len() < MAX_READY_FRAMES
+        {
             match self
                 .opener
                 .open_in_place(&mut self.buf[self.start..self.end])
@@ -245,7 +273,8 @@ impl RecvState {
                     self.start += f.frame_len;
                     self.fin = f.fin;
                     if f.rekeyed {
-                        on_event(RecvEvent::PeerRekeyed(self.opener.generation()));
+                        let flow = on_event(RecvEvent::PeerRekeyed(self.opener.generation()));
+                        self.held = flow == Flow::Hold;
                     }
                 }
                 Ok(None) => break,
@@ -259,23 +288,26 @@ impl RecvState {
     /// Makes application data ready, reading `io` only when no complete
     /// frame is at hand. Ready with nothing ready means end of stream (after
     /// the FINp frame). A protocol error is returned as an I/O error, after
-    /// the data that came before it, and repeats forever.
+    /// the data that came before it, and repeats forever. While opening is
+    /// held (see [`Flow::Hold`]) and nothing is ready, returns `Pending`
+    /// without reading: the caller arranges the wake-up.
     pub(crate) fn poll_fill<IO: AsyncRead + Unpin>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
-        on_event: &mut dyn FnMut(RecvEvent),
+        on_event: &mut dyn FnMut(RecvEvent) -> Flow,
     ) -> Poll<io::Result<()>> {
         loop {
             if !self.ready.is_empty() {
                 return Poll::Ready(Ok(()));
             }
             if self.fin {
-                // Nothing may follow the FINp frame (docs/PROTOCOL.md 5).
-                if self.start < self.end {
-                    return Poll::Ready(Err(ProtoError::DataAfterFin.into()));
-                }
-                return Poll::Ready(Ok(()));
+                // The core decides what may follow the FINp frame.
+                let unopened = self.end - self.start;
+                return Poll::Ready(self.opener.end_of_stream(unopened).map_err(io::Error::from));
+            }
+            if self.held {
+                return Poll::Pending;
             }
             self.open_received(on_event)?;
             if !self.ready.is_empty() || self.fin {
@@ -306,11 +338,7 @@ impl RecvState {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
                     if n == 0 {
-                        let result = if self.end > 0 {
-                            Err(ProtoError::Truncated)
-                        } else {
-                            self.opener.end_of_stream()
-                        };
+                        let result = self.opener.end_of_stream(self.end);
                         return Poll::Ready(result.map_err(io::Error::from));
                     }
                     self.end += n;
@@ -365,7 +393,7 @@ impl RecvState {
         io: &mut IO,
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
-        on_event: &mut dyn FnMut(RecvEvent),
+        on_event: &mut dyn FnMut(RecvEvent) -> Flow,
     ) -> Poll<io::Result<()>> {
         ready!(self.poll_fill(io, cx, on_event))?;
         loop {
@@ -413,13 +441,28 @@ impl SendState {
         &self.sealer
     }
 
-    /// Records the peer's generation; the owed rekey frames go out with the
-    /// next write or flush.
-    pub(crate) fn peer_rekeyed(&mut self, generation: u64) {
+    /// Records the peer's generation and seals the rekey frames it obliges
+    /// us to send (RFC 8548 3.8), as far as the send buffer has room.
+    /// [`Flow::Hold`] when some are still owed: the receiver then opens
+    /// nothing more until [`poll_answer`](Self::poll_answer) has sent them.
+    pub(crate) fn peer_rekeyed(&mut self, generation: u64) -> Flow {
         if generation > self.peer_generation {
             self.peer_generation = generation;
             self.sealer.observe_peer_generation(generation);
         }
+        // Sealing an empty frame cannot fail before FINp, after which
+        // nothing is owed; an error would repeat with the next write.
+        let _ = self.seal_owed_rekeys(0);
+        if self.answers_owed() {
+            Flow::Hold
+        } else {
+            Flow::Go
+        }
+    }
+
+    /// Rekey frames owed to the peer and not yet sealed.
+    pub(crate) fn answers_owed(&self) -> bool {
+        self.sealer.rekey_frames_due() > 0
     }
 
     /// Starts a rekey; the rekey frame goes out with the next write or flush
@@ -443,9 +486,10 @@ impl SendState {
     }
 
     /// Seals empty frames for every owed rekey but `keep` (a data frame
-    /// about to be sealed carries the last one).
+    /// about to be sealed carries the last one), while the buffer is below
+    /// its high-water mark: the rest stay owed, as a count.
     fn seal_owed_rekeys(&mut self, keep: u64) -> io::Result<()> {
-        while self.sealer.rekey_frames_due() > keep {
+        while self.sealer.rekey_frames_due() > keep && self.pending() < SEND_HIGH_WATER {
             self.seal(&[], false)?;
         }
         Ok(())
@@ -467,16 +511,50 @@ impl SendState {
         Poll::Ready(Ok(()))
     }
 
+    /// Seals every owed frame but `keep` and writes until the buffer is
+    /// below its high-water mark.
+    fn poll_make_room<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        keep: u64,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            self.seal_owed_rekeys(keep)?;
+            if self.pending() < SEND_HIGH_WATER {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_drain(io, cx))?;
+        }
+    }
+
+    /// Sends the owed rekey answers now, without waiting for application
+    /// data (RFC 8548 3.8: "immediately"). Ready when none is owed and all
+    /// are written.
+    pub(crate) fn poll_answer<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            self.seal_owed_rekeys(0)?;
+            ready!(self.poll_drain(io, cx))?;
+            if !self.answers_owed() {
+                return Pin::new(&mut *io).poll_flush(cx);
+            }
+        }
+    }
+
     pub(crate) fn poll_write<IO: AsyncWrite + Unpin>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.pending() >= SEND_HIGH_WATER {
-            ready!(self.poll_drain(io, cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-        self.seal_owed_rekeys(1)?;
+        ready!(self.poll_make_room(io, cx, 1))?;
         let n = data.len().min(SEND_BATCH);
         let frame = frame_data_len(n);
         for chunk in data[..n].chunks(frame) {
@@ -494,9 +572,7 @@ impl SendState {
         io: &mut IO,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        self.seal_owed_rekeys(0)?;
-        ready!(self.poll_drain(io, cx))?;
-        ready!(Pin::new(&mut *io).poll_flush(cx))?;
+        ready!(self.poll_answer(io, cx))?;
         // Flushed and idle: hold no large buffer.
         self.buf = Vec::new();
         self.pos = 0;
@@ -511,7 +587,11 @@ impl SendState {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         if !self.sealer.fin_sent() {
-            self.seal_owed_rekeys(1)?;
+            ready!(self.poll_make_room(io, cx, 1))?;
+            while self.sealer.rekey_frames_due() > 1 {
+                ready!(self.poll_drain(io, cx))?;
+                self.seal_owed_rekeys(1)?;
+            }
             self.seal(&[], true)?;
         }
         ready!(self.poll_drain(io, cx))?;
@@ -548,7 +628,7 @@ mod tests {
     ) -> io::Result<Vec<u8>> {
         let mut out = vec![0u8; room];
         let mut buf = ReadBuf::new(&mut out);
-        std::future::poll_fn(|cx| recv.poll_read(io, cx, &mut buf, &mut |_| {})).await?;
+        std::future::poll_fn(|cx| recv.poll_read(io, cx, &mut buf, &mut |_| Flow::Go)).await?;
         let n = buf.filled().len();
         out.truncate(n);
         Ok(out)
@@ -642,7 +722,7 @@ mod tests {
         io: &mut IO,
         slots: usize,
     ) -> io::Result<Vec<Vec<u8>>> {
-        std::future::poll_fn(|cx| recv.poll_fill(io, cx, &mut |_| {})).await?;
+        std::future::poll_fn(|cx| recv.poll_fill(io, cx, &mut |_| Flow::Go)).await?;
         let mut bufs = vec![IoSlice::new(&[]); slots];
         let n = recv.ready_slices(&mut bufs);
         let within = recv.buf.as_ptr_range();

@@ -1,13 +1,15 @@
-//! Owned read and write halves of a `TcpcryptStream<TcpStream>` that share
-//! no lock: each owns its half of the socket and its half of the keys. The
-//! only thing they share is the peer's key generation, an atomic, so that
-//! the write half can answer a peer's rekey.
+//! Owned read and write halves of a `TcpcryptStream<TcpStream>`. Each owns
+//! its half of the socket; the read half owns the receiving keys. The
+//! sending side (keys, offset, sealed bytes) sits behind a mutex that the
+//! write half takes for each write and the read half only when the peer
+//! rekeys: the read half then seals and sends the answers itself, at once
+//! (RFC 8548 3.8), without waiting for the application's next write.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -16,15 +18,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
 use crate::proto::SessionInfo;
-use crate::record::{PlainRecv, RecvEvent, RecvState, SendState};
-use crate::stream::{Mode, TcpcryptStream};
+use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
+use crate::stream::{Mode, TcpcryptStream, abort_tcp};
 
 /// The read half of a split [`TcpcryptStream`].
 pub struct ReadHalf {
     io: OwnedReadHalf,
     inner: ReadInner,
     info: Option<Arc<SessionInfo>>,
-    peer_generation: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 enum ReadInner {
@@ -34,11 +36,77 @@ enum ReadInner {
 
 /// The write half of a split [`TcpcryptStream`].
 pub struct WriteHalf {
-    io: OwnedWriteHalf,
-    send: Option<Box<SendState>>,
+    /// `None` only while dropping.
+    io: Option<OwnedWriteHalf>,
     info: Option<Arc<SessionInfo>>,
     fallback: Option<FallbackReason>,
-    peer_generation: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+/// What the halves share.
+struct Shared {
+    /// The sending side of an encrypted stream.
+    send: Option<Mutex<Sender>>,
+    /// Whether a protocol error is answered with a reset.
+    abortable: bool,
+    /// A protocol error aborted the connection: writes fail, and dropping
+    /// the write half sends no FIN (the reset comes when the socket closes).
+    aborted: AtomicBool,
+}
+
+/// The sending side, and the tasks waiting for the socket to take its
+/// bytes: both halves write through it, and the one that gets the socket's
+/// wake-up (tokio keeps one per direction) wakes the other.
+struct Sender {
+    send: SendState,
+    reader_waiting: Option<Waker>,
+    writer_waiting: Option<Waker>,
+}
+
+impl Shared {
+    fn sender(&self) -> Option<MutexGuard<'_, Sender>> {
+        self.send
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn check_aborted(&self) -> io::Result<()> {
+        if self.aborted.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection was aborted after a protocol error",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Writes to the socket through a shared reference, for the read half's
+/// rekey answers.
+struct SharedWrite<'a>(&'a TcpStream);
+
+impl AsyncWrite for SharedWrite<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl std::fmt::Debug for ReadHalf {
@@ -55,42 +123,43 @@ impl std::fmt::Debug for WriteHalf {
 
 pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) {
     let (r, w) = stream.io.into_split();
-    let peer_generation = Arc::new(AtomicU64::new(0));
-    match stream.mode {
-        Mode::Plain { recv, reason } => (
-            ReadHalf {
-                io: r,
-                inner: ReadInner::Plain(recv),
-                info: None,
-                peer_generation: peer_generation.clone(),
-            },
-            WriteHalf {
-                io: w,
-                send: None,
-                info: None,
-                fallback: Some(reason),
-                peer_generation,
-            },
-        ),
+    let abortable = stream.abort.is_some();
+    let (inner, send, info, fallback) = match stream.mode {
+        Mode::Plain { recv, reason } => (ReadInner::Plain(recv), None, None, Some(reason)),
         Mode::Encrypted(e) => {
             let e = *e;
+            let sender = Sender {
+                send: e.send,
+                reader_waiting: None,
+                writer_waiting: None,
+            };
             (
-                ReadHalf {
-                    io: r,
-                    inner: ReadInner::Encrypted(Box::new(e.recv)),
-                    info: Some(e.info.clone()),
-                    peer_generation: peer_generation.clone(),
-                },
-                WriteHalf {
-                    io: w,
-                    send: Some(Box::new(e.send)),
-                    info: Some(e.info),
-                    fallback: None,
-                    peer_generation,
-                },
+                ReadInner::Encrypted(Box::new(e.recv)),
+                Some(Mutex::new(sender)),
+                Some(e.info),
+                None,
             )
         }
-    }
+    };
+    let shared = Arc::new(Shared {
+        send,
+        abortable,
+        aborted: AtomicBool::new(stream.aborted),
+    });
+    (
+        ReadHalf {
+            io: r,
+            inner,
+            info: info.clone(),
+            shared: shared.clone(),
+        },
+        WriteHalf {
+            io: Some(w),
+            info,
+            fallback,
+            shared,
+        },
+    )
 }
 
 impl ReadHalf {
@@ -113,8 +182,9 @@ impl WriteHalf {
 
     /// Starts a rekey; see [`TcpcryptStream::rekey`].
     pub fn rekey(&mut self) -> io::Result<()> {
-        match &mut self.send {
-            Some(s) => s.rekey(),
+        self.shared.check_aborted()?;
+        match self.shared.sender() {
+            Some(mut s) => s.send.rekey(),
             None => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "the stream is not encrypted",
@@ -122,26 +192,121 @@ impl WriteHalf {
         }
     }
 
-    /// Hands the sealer any rekey the read half has seen.
-    fn sync(&mut self) {
-        if let Some(s) = &mut self.send {
-            s.peer_rekeyed(self.peer_generation.load(Ordering::Acquire));
+    /// Runs `op` on the sending side with the socket, keeping the two
+    /// halves' wake-ups straight.
+    fn poll_send<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(&mut SendState, &mut OwnedWriteHalf, &mut Context<'_>) -> Poll<io::Result<T>>,
+        plain: impl FnOnce(Pin<&mut OwnedWriteHalf>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        self.shared.check_aborted()?;
+        let io = self.io.as_mut().expect("present until dropped");
+        let Some(mut sender) = self.shared.sender() else {
+            return plain(Pin::new(io), cx);
+        };
+        let result = op(&mut sender.send, io, cx);
+        if result.is_pending() {
+            sender.writer_waiting = Some(cx.waker().clone());
+        }
+        // The socket's wake-up may have been ours to pass on.
+        if let Some(w) = sender.reader_waiting.take() {
+            w.wake();
+        }
+        result
+    }
+}
+
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        if let Some(io) = self.io.take() {
+            if self.shared.aborted.load(Ordering::Acquire) {
+                // No FIN before the reset.
+                io.forget();
+            }
         }
     }
 }
 
+/// Sends the rekey answers the peer is owed from the read half (see the
+/// module documentation); resumes opening once they are buffered.
+fn poll_answer(
+    shared: &Shared,
+    io: &OwnedReadHalf,
+    cx: &mut Context<'_>,
+    recv: &mut RecvState,
+) -> Poll<io::Result<()>> {
+    let Some(mut sender) = shared.sender() else {
+        return Poll::Ready(Ok(()));
+    };
+    let result = sender.send.poll_answer(&mut SharedWrite(io.as_ref()), cx);
+    if result.is_pending() {
+        sender.reader_waiting = Some(cx.waker().clone());
+    } else {
+        recv.resume();
+    }
+    if let Some(w) = sender.writer_waiting.take() {
+        w.wake();
+    }
+    result
+}
+
 impl ReadHalf {
-    /// Makes data ready to read; none ready afterwards means end of stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.inner {
-            ReadInner::Plain(recv) => recv.poll_fill(&mut self.io, cx),
-            ReadInner::Encrypted(recv) => {
-                let generation = &self.peer_generation;
-                recv.poll_fill(&mut self.io, cx, &mut |ev| match ev {
-                    RecvEvent::PeerRekeyed(g) => generation.store(g, Ordering::Release),
-                })
+    /// Runs `op` on the receiving side, as [`TcpcryptStream`] does: rekeys
+    /// answered at once, reading held while answers cannot be sent, a
+    /// reset after a protocol error. A plain stream reads into its buffer.
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(
+            &mut RecvState,
+            &mut OwnedReadHalf,
+            &mut Context<'_>,
+            &mut dyn FnMut(RecvEvent) -> Flow,
+        ) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        let ReadHalf {
+            io, inner, shared, ..
+        } = self;
+        let recv = match inner {
+            ReadInner::Plain(recv) => return recv.poll_fill(io, cx),
+            ReadInner::Encrypted(recv) => recv,
+        };
+        let result = loop {
+            let mut rekeyed = false;
+            let result = op(recv, io, cx, &mut |ev| match ev {
+                RecvEvent::PeerRekeyed(g) => {
+                    rekeyed = true;
+                    match shared.sender() {
+                        Some(mut s) => s.send.peer_rekeyed(g),
+                        None => Flow::Go,
+                    }
+                }
+            });
+            if !rekeyed && !recv.held() {
+                break result;
+            }
+            let was_held = recv.held();
+            match poll_answer(shared, io, cx, recv) {
+                Poll::Ready(Ok(())) if was_held && result.is_pending() => continue,
+                Poll::Ready(Err(e)) if result.is_pending() => break Poll::Ready(Err(e)),
+                _ => break result,
+            }
+        };
+        if let Poll::Ready(Err(e)) = &result {
+            if shared.abortable && crate::Error::aborts(e) {
+                abort_tcp(io.as_ref());
+                shared.aborted.store(true, Ordering::Release);
             }
         }
+        result
+    }
+
+    /// Makes data ready to read; none ready afterwards means end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_recv(cx, |recv, io, cx, on_event| {
+            recv.poll_fill(io, cx, on_event)
+        })
     }
 }
 
@@ -152,15 +317,12 @@ impl AsyncRead for ReadHalf {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match &mut this.inner {
-            ReadInner::Plain(recv) => recv.poll_read(&mut this.io, cx, buf),
-            ReadInner::Encrypted(recv) => {
-                let generation = &this.peer_generation;
-                recv.poll_read(&mut this.io, cx, buf, &mut |ev| match ev {
-                    RecvEvent::PeerRekeyed(g) => generation.store(g, Ordering::Release),
-                })
-            }
+        if let ReadInner::Plain(recv) = &mut this.inner {
+            return recv.poll_read(&mut this.io, cx, buf);
         }
+        this.poll_recv(cx, |recv, io, cx, on_event| {
+            recv.poll_read(io, cx, buf, on_event)
+        })
     }
 }
 
@@ -204,29 +366,26 @@ impl AsyncWrite for WriteHalf {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.sync();
-        let this = &mut *self;
-        match &mut this.send {
-            Some(s) => s.poll_write(&mut this.io, cx, data),
-            None => Pin::new(&mut this.io).poll_write(cx, data),
-        }
+        self.poll_send(
+            cx,
+            |s, io, cx| s.poll_write(io, cx, data),
+            |io, cx| io.poll_write(cx, data),
+        )
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.sync();
-        let this = &mut *self;
-        match &mut this.send {
-            Some(s) => s.poll_flush(&mut this.io, cx),
-            None => Pin::new(&mut this.io).poll_flush(cx),
-        }
+        self.poll_send(
+            cx,
+            |s, io, cx| s.poll_flush(io, cx),
+            |io, cx| io.poll_flush(cx),
+        )
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.sync();
-        let this = &mut *self;
-        match &mut this.send {
-            Some(s) => s.poll_shutdown(&mut this.io, cx),
-            None => Pin::new(&mut this.io).poll_shutdown(cx),
-        }
+        self.poll_send(
+            cx,
+            |s, io, cx| s.poll_shutdown(io, cx),
+            |io, cx| io.poll_shutdown(cx),
+        )
     }
 }

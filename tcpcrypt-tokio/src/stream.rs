@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
 use crate::proto::{Session, SessionId, SessionInfo};
-use crate::record::{PlainRecv, RecvEvent, RecvState, SendState};
+use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
 
 /// What to do with the transport when a protocol error aborts the
 /// connection (RFC 8548 3.3: ABORT, i.e. RST). Set for TCP sockets.
@@ -47,6 +47,8 @@ pub struct TcpcryptStream<IO = TcpStream> {
     pub(crate) io: IO,
     pub(crate) mode: Mode,
     pub(crate) abort: Option<AbortFn<IO>>,
+    /// A protocol error aborted the connection: writes fail.
+    pub(crate) aborted: bool,
     pub(crate) peer: Option<SocketAddr>,
 }
 
@@ -85,6 +87,7 @@ impl<IO> TcpcryptStream<IO> {
                 send: SendState::new(session.sealer),
             })),
             abort: None,
+            aborted: false,
             peer: None,
         }
     }
@@ -97,6 +100,7 @@ impl<IO> TcpcryptStream<IO> {
                 reason,
             },
             abort: None,
+            aborted: false,
             peer: None,
         }
     }
@@ -192,19 +196,34 @@ impl<IO> TcpcryptStream<IO> {
         }
     }
 
-    fn fail(&self) {
+    /// Aborts after a protocol error: reset the transport when it is
+    /// closed, and refuse further writes.
+    fn fail(&mut self) {
+        self.aborted = true;
         if let Some(abort) = self.abort {
             abort(&self.io);
         }
+    }
+
+    fn check_aborted(&self) -> io::Result<()> {
+        if self.aborted {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection was aborted after a protocol error",
+            ));
+        }
+        Ok(())
     }
 }
 
 impl TcpcryptStream<TcpStream> {
     /// Splits into owned read and write halves that share no lock.
     ///
-    /// A rekey frame from the peer obliges this side to answer with one of
-    /// its own (RFC 8548 3.8); after a split the answer goes out with the
-    /// write half's next write or flush.
+    /// A rekey frame from the peer obliges this side to answer at once with
+    /// one of its own (RFC 8548 3.8): the read half sends it, without
+    /// waiting for the write half. A protocol error seen by the read half
+    /// aborts the connection as the whole stream would: later writes fail
+    /// and the socket is reset when both halves are dropped.
     pub fn into_split(self) -> (crate::split::ReadHalf, crate::split::WriteHalf) {
         crate::split::split(self)
     }
@@ -225,16 +244,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
     }
 
     /// Runs `op` on the receiving side of an encrypted stream; answers the
-    /// peer's rekey at once (RFC 8548 3.8) and aborts the connection on a
-    /// protocol error. A plain stream reads into its own buffer.
+    /// peer's rekey at once (RFC 8548 3.8), holds reading while answers
+    /// cannot be sent, and aborts the connection on a protocol error. A
+    /// plain stream reads into its own buffer.
     fn poll_recv(
         &mut self,
         cx: &mut Context<'_>,
-        op: impl FnOnce(
+        mut op: impl FnMut(
             &mut RecvState,
             &mut IO,
             &mut Context<'_>,
-            &mut dyn FnMut(RecvEvent),
+            &mut dyn FnMut(RecvEvent) -> Flow,
         ) -> Poll<io::Result<()>>,
     ) -> Poll<io::Result<()>> {
         let e = match &mut self.mode {
@@ -242,20 +262,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
             Mode::Encrypted(e) => e,
         };
         let Encrypted { recv, send, .. } = &mut **e;
-        let mut rekeyed = false;
-        let result = op(recv, &mut self.io, cx, &mut |ev| match ev {
-            RecvEvent::PeerRekeyed(g) => {
-                send.peer_rekeyed(g);
-                rekeyed = true;
+        let result = loop {
+            let mut rekeyed = false;
+            let result = op(recv, &mut self.io, cx, &mut |ev| match ev {
+                RecvEvent::PeerRekeyed(g) => {
+                    rekeyed = true;
+                    send.peer_rekeyed(g)
+                }
+            });
+            if !rekeyed && !recv.held() {
+                break result;
             }
-        });
-        if rekeyed {
-            // If the socket is full the answer stays queued for the next
-            // write or flush.
-            let _ = send.poll_flush(&mut self.io, cx);
-        }
+            match send.poll_answer(&mut self.io, cx) {
+                Poll::Ready(Ok(())) if recv.held() => {
+                    recv.resume();
+                    if result.is_pending() {
+                        continue;
+                    }
+                }
+                // Reading resumes when the socket takes the answers.
+                Poll::Pending | Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) if result.is_pending() => break Poll::Ready(Err(e)),
+                // The write side's error shows at the next write.
+                Poll::Ready(Err(_)) => {}
+            }
+            break result;
+        };
         if let Poll::Ready(Err(e)) = &result {
-            if crate::Error::from_io(e).is_some() {
+            if crate::Error::aborts(e) {
                 self.fail();
             }
         }
@@ -322,6 +356,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.check_aborted()?;
         match &mut this.mode {
             Mode::Plain { .. } => Pin::new(&mut this.io).poll_write(cx, data),
             Mode::Encrypted(e) => e.send.poll_write(&mut this.io, cx, data),
@@ -330,6 +365,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.check_aborted()?;
         match &mut this.mode {
             Mode::Plain { .. } => Pin::new(&mut this.io).poll_flush(cx),
             Mode::Encrypted(e) => e.send.poll_flush(&mut this.io, cx),
@@ -338,6 +374,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.check_aborted()?;
         match &mut this.mode {
             Mode::Plain { .. } => Pin::new(&mut this.io).poll_shutdown(cx),
             Mode::Encrypted(e) => e.send.poll_shutdown(&mut this.io, cx),

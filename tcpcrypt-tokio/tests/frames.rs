@@ -19,10 +19,10 @@ fn fin_is_eof_only_with_finp() {
     let (mut a, mut b) = pair();
     let (_, fin) = transfer(&mut a, &mut b, b"data", false);
     assert!(!fin);
-    assert_eq!(b.opener.end_of_stream(), Err(Error::Truncated));
+    assert_eq!(b.opener.end_of_stream(0), Err(Error::Truncated));
     let (_, fin) = transfer(&mut a, &mut b, b"", true);
     assert!(fin);
-    assert_eq!(b.opener.end_of_stream(), Ok(()));
+    assert_eq!(b.opener.end_of_stream(0), Ok(()));
     // Half-close: the other direction keeps working.
     let (got, _) = transfer(&mut b, &mut a, b"still talking", false);
     assert_eq!(got, b"still talking");
@@ -48,7 +48,7 @@ fn truncated_stream_is_an_error_distinct_from_eof() {
         b.opener.open_in_place(&mut wire[first_len..first_len + 5]),
         Ok(None)
     );
-    assert_eq!(b.opener.end_of_stream(), Err(Error::Truncated));
+    assert_eq!(b.opener.end_of_stream(0), Err(Error::Truncated));
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn tampering_is_detected_and_the_opener_stays_failed() {
             b.opener.open_in_place(&mut genuine),
             Err(Error::AuthenticationFailed)
         );
-        assert_eq!(b.opener.end_of_stream(), Err(Error::AuthenticationFailed));
+        assert_eq!(b.opener.end_of_stream(0), Err(Error::AuthenticationFailed));
     }
     // The control byte's rekey bit is authenticated too.
     let (mut a, mut b) = pair();

@@ -809,3 +809,54 @@ fn a_refused_pipelined_init1_still_shows_a_tcpcrypt_peer() {
         "an abort, not a legacy server"
     );
 }
+
+/// The connecting side's first flight with `extra` bytes appended to its
+/// Init1 (and `message_len` grown to match), as a future sender with an
+/// extension would send it.
+fn first_flight_with_trailing_bytes(extra: usize) -> Vec<u8> {
+    let mut c = client(&default(), None);
+    let mut out = Vec::new();
+    c.write_to(&mut out);
+    let at = out
+        .windows(4)
+        .position(|w| w == INIT1_MAGIC)
+        .expect("Init1 is pipelined with the hello");
+    assert_eq!(
+        u32::from_be_bytes(out[at + 4..at + 8].try_into().unwrap()) as usize,
+        out.len() - at,
+        "Init1 ends the first flight"
+    );
+    out.resize(out.len() + extra, 0x5a);
+    let len = (out.len() - at) as u32;
+    out[at + 4..at + 8].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+#[test]
+fn init1_with_trailing_bytes_up_to_64_kib_is_accepted() {
+    // RFC 8548 4.1: trailing bytes MUST be accepted and ignored.
+    let flight = first_flight_with_trailing_bytes(60 * 1024);
+    let mut s = server(&default(), None);
+    let mut used = 0;
+    // In pieces, as TCP delivers them.
+    for piece in flight.chunks(1460) {
+        used += s.read(piece).expect("a long Init1 is not an error");
+    }
+    assert_eq!(used, flight.len());
+    assert!(
+        matches!(s.outcome(), Some(ServerOutcome::Encrypted(_))),
+        "the server answered a 60 KiB Init1"
+    );
+
+    // One byte over the bound is refused before it is buffered.
+    let too_long = first_flight_with_trailing_bytes(64 * 1024);
+    let mut s = server(&default(), None);
+    let err = too_long
+        .chunks(1460)
+        .try_for_each(|piece| s.read(piece).map(drop))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BadMessageLength { msg: "Init1", .. }),
+        "{err:?}"
+    );
+}

@@ -155,7 +155,7 @@ proptest! {
         }
         prop_assert!(fin);
         prop_assert_eq!(got, sent);
-        prop_assert!(b.opener.end_of_stream().is_ok());
+        prop_assert!(b.opener.end_of_stream(0).is_ok());
     }
 }
 

@@ -825,7 +825,6 @@ async fn forgetting_a_session_flushes_both_caches() {
 
 #[tokio::test]
 async fn bytes_after_the_finp_frame_are_an_error() {
-    use tcpcrypt_tokio::proto::{ClientHandshake, ClientOutcome, HandshakeConfig, OsRandom};
     let (mut raw, server_io) = tokio::io::duplex(64 * 1024);
     let acceptor = TcpcryptAcceptor::new(default_config());
     let server = tokio::spawn(async move {
@@ -835,27 +834,7 @@ async fn bytes_after_the_finp_frame_are_an_error() {
         (got, r)
     });
     // A hand-driven client that sends a frame after its FINp frame.
-    let mut hs = ClientHandshake::new(
-        Arc::new(HandshakeConfig::default()),
-        None,
-        Box::new(OsRandom),
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    hs.write_to(&mut out);
-    raw.write_all(&out).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let session = loop {
-        let n = raw.read(&mut buf).await.unwrap();
-        hs.read(&buf[..n]).unwrap();
-        let mut more = Vec::new();
-        hs.write_to(&mut more);
-        raw.write_all(&more).await.unwrap();
-        if let Some(ClientOutcome::Encrypted(s)) = hs.outcome() {
-            break s;
-        }
-    };
-    let mut session = *session;
+    let (mut session, _) = raw_client(&mut raw).await;
     let mut wire = Vec::new();
     session.sealer.seal(b"last words", true, &mut wire).unwrap();
     wire.extend_from_slice(&[0u8; 20]);

@@ -3,16 +3,12 @@
 //! connection to the application's socket on the other.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tcpcrypt_tokio::{
-    Config, Connected, PlainSource, Policy, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream,
-    VectoredBufRead,
-};
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tcpcrypt_tokio::{Config, PlainSource, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::conns::Conn;
@@ -72,36 +68,23 @@ fn abort(s: TcpStream) {
     drop(s);
 }
 
-/// The real connection under a relayed stream, encrypted or plain.
-trait RealSocket: VectoredBufRead + AsyncWrite + Unpin {
-    fn tcp(&self) -> &TcpStream;
-}
-
-impl RealSocket for PlainSource<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref()
-    }
-}
-
-impl RealSocket for TcpcryptStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref()
-    }
-}
-
 /// Carries both directions until both have ended. Reading the
 /// application's socket to its end is what delivers the bytes a program
 /// wrote just before it exited. An error on either side resets both: a
 /// peer must not take a truncated stream for a complete one.
-async fn splice<S: RealSocket>(app: TcpStream, mut real: S, conn: &Conn) -> io::Result<()> {
+async fn splice(
+    app: TcpStream,
+    mut real: TcpcryptStream<TcpStream>,
+    conn: &Conn,
+) -> io::Result<()> {
     let mut app = PlainSource::new(app);
-    reset_on_close(real.tcp(), true);
-    conn.attach(real.tcp().as_raw_fd());
+    reset_on_close(real.get_ref(), true);
+    conn.attach(real.get_ref().as_raw_fd());
     let result = tcpcrypt_tokio::copy_bidirectional(&mut app, &mut real).await;
     conn.detach();
     match result {
         Ok(_) => {
-            reset_on_close(real.tcp(), false);
+            reset_on_close(real.get_ref(), false);
             reset_on_close(app.get_ref(), false);
             Ok(())
         }
@@ -113,46 +96,24 @@ async fn splice<S: RealSocket>(app: TcpStream, mut real: S, conn: &Conn) -> io::
     }
 }
 
-fn negotiated(conn: &Conn, s: &TcpcryptStream<TcpStream>, local: SocketAddr) {
-    conn.negotiated(s.session(), local);
-}
-
-/// The client side: negotiates on the real connection (or goes plain at
-/// once for a destination known to be legacy), falls back to a new plain
-/// connection when the peer does not speak tcpcrypt and the policy allows.
+/// The client side: negotiates on the real connection with the library's
+/// connect path (a destination known to be legacy goes plain at once, one
+/// found not to speak tcpcrypt gets a new plain connection when the policy
+/// allows, a protocol error resets), then relays.
 pub async fn outbound(
     app: TcpStream,
     tcp: TcpStream,
     config: &Arc<Config>,
     conn: &Conn,
 ) -> io::Result<()> {
-    let dest = conn.peer;
-    let local = tcp.local_addr()?;
-    if config.policy() == Policy::Opportunistic && config.client_cache().is_legacy(dest) {
-        conn.negotiated(None, local);
-        return splice(app, PlainSource::new(tcp), conn).await;
-    }
     match TcpcryptConnector::new(config.clone())
-        .connect_with_peer(tcp, Some(dest))
+        .connect_tcp(tcp)
         .await
     {
-        Ok(Connected::Stream(s)) => {
-            negotiated(conn, &s, local);
-            splice(app, s, conn).await
-        }
-        Ok(Connected::Reconnect(reason)) => {
-            tracing::debug!(%dest, %reason, "falling back to plain TCP");
-            match TcpStream::connect(dest).await {
-                Ok(plain) => {
-                    prepare(&plain);
-                    conn.negotiated(None, plain.local_addr()?);
-                    splice(app, PlainSource::new(plain), conn).await
-                }
-                Err(e) => {
-                    abort(app);
-                    Err(e)
-                }
-            }
+        Ok(real) => {
+            let _ = real.get_ref().set_nodelay(true);
+            conn.negotiated(real.session(), real.get_ref().local_addr()?);
+            splice(app, real, conn).await
         }
         Err(e) => {
             abort(app);
@@ -224,9 +185,9 @@ pub async fn inbound(
 ) -> io::Result<()> {
     let local = tcp.local_addr()?;
     match TcpcryptAcceptor::new(config.clone()).accept_tcp(tcp).await {
-        Ok(s) => {
-            negotiated(conn, &s, local);
-            splice(app, s, conn).await
+        Ok(real) => {
+            conn.negotiated(real.session(), local);
+            splice(app, real, conn).await
         }
         Err(e) => {
             tracing::debug!(peer = %conn.peer, error = %e, "inbound handshake failed");

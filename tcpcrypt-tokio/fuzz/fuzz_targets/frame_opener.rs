@@ -40,5 +40,5 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = opener.end_of_stream();
+    let _ = opener.end_of_stream(0);
 });

@@ -488,11 +488,19 @@ impl FrameOpener {
         }))
     }
 
-    /// Called when the transport reports end of stream: a clean EOF only
-    /// after the FINp frame, otherwise truncation (RFC 8548 3.7).
-    pub fn end_of_stream(&self) -> Result<(), Error> {
+    /// Called when the transport reports end of stream with `unopened`
+    /// bytes received but not opened (part of a frame): a clean EOF only
+    /// after the FINp frame with nothing after it, otherwise truncation
+    /// (RFC 8548 3.7).
+    pub fn end_of_stream(&self, unopened: usize) -> Result<(), Error> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
+        }
+        if self.fin_received && unopened > 0 {
+            return Err(Error::DataAfterFin);
+        }
+        if unopened > 0 {
+            return Err(Error::Truncated);
         }
         if self.fin_received {
             Ok(())

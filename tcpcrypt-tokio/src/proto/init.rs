@@ -11,11 +11,15 @@ pub const INIT2_MAGIC: [u8; 4] = 0x0971_05e0_u32.to_be_bytes();
 pub const HEADER_LEN: usize = 8;
 /// Length of N_A and N_B for every tcpcrypt TEP (RFC 8548 5).
 pub const NONCE_LEN: usize = 32;
-/// The largest `message_len` accepted. The largest message we could parse
-/// meaningfully is an Init1 with 255 ciphers and a P-256 key (about 600
-/// bytes); the rest allows for trailing bytes a future sender might add,
-/// without letting a peer make us buffer megabytes.
-pub const MAX_MESSAGE_LEN: u32 = 4096;
+/// The largest `message_len` accepted. RFC 8548 4.1 says a receiver MUST
+/// accept and ignore bytes after the fields it knows; the largest message
+/// we parse meaningfully is about 600 bytes (Init1 with 255 ciphers and a
+/// P-256 key). 64 KiB leaves a future sender room for any extension that
+/// fits in a handshake while bounding what a peer can make us buffer
+/// (bytes it must actually send, within the handshake deadline, for at
+/// most `max_pending_handshakes` connections at once). docs/PROTOCOL.md
+/// records the decision.
+pub const MAX_MESSAGE_LEN: u32 = 64 * 1024;
 
 /// Which Init message, for errors and for the header check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

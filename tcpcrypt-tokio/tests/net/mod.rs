@@ -322,3 +322,49 @@ pub async fn echo_roundtrip(
     writer.await.unwrap()?;
     Ok(got)
 }
+
+/// A hand-driven tcpcrypt client over `io`: the core's handshake, no
+/// stream around it, so that a test can then send whatever frames it
+/// likes, as a hostile peer would. Returns the session and the bytes that
+/// followed the handshake.
+pub async fn raw_client<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: &mut IO,
+) -> (tcpcrypt_tokio::proto::Session, Vec<u8>) {
+    use tcpcrypt_tokio::proto::{ClientHandshake, ClientOutcome, HandshakeConfig, OsRandom};
+    let mut hs = ClientHandshake::new(
+        Arc::new(HandshakeConfig::default()),
+        None,
+        Box::new(OsRandom),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    hs.write_to(&mut out);
+    io.write_all(&out).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(LIMIT, io.read(&mut buf))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert!(n > 0, "the server closed during the handshake");
+        let used = hs.read(&buf[..n]).unwrap();
+        let mut more = Vec::new();
+        hs.write_to(&mut more);
+        io.write_all(&more).await.unwrap();
+        match hs.outcome() {
+            Some(ClientOutcome::Encrypted(s)) => return (*s, buf[used..n].to_vec()),
+            Some(other) => panic!("not encrypted: {other:?}"),
+            None => {}
+        }
+    }
+}
+
+/// Reads until the peer closes: `Ok` with what arrived at a clean end
+/// (FIN), the error at a reset.
+pub async fn read_until_closed(io: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    tokio::time::timeout(LIMIT, io.read_to_end(&mut got))
+        .await
+        .expect("the peer closes in time")?;
+    Ok(got)
+}

@@ -1,0 +1,199 @@
+//! The data phase against peers that push its edges: empty writes, rekeys
+//! a split stream must answer without a write, and the reset that every
+//! protocol error ends with (RFC 8548 3.3), in the handshake and after it,
+//! for whole and split streams.
+
+mod net;
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use net::*;
+use tcpcrypt_tokio::proto::init::INIT2_MAGIC;
+use tcpcrypt_tokio::proto::{HandshakeConfig, OsRandom, ServerHandshake};
+use tcpcrypt_tokio::{Error, TcpcryptAcceptor, TcpcryptListener, TcpcryptStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+#[tokio::test]
+async fn an_empty_write_writes_nothing_and_the_stream_goes_on() {
+    let (addr, _, _server) = tcpcrypt_echo(default_config()).await;
+    let mut s = TcpcryptStream::connect(addr, &default_config())
+        .await
+        .unwrap();
+    assert!(s.is_encrypted());
+    assert_eq!(s.write(b"").await.unwrap(), 0);
+    s.write_all(b"after nothing").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut echo = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, b"after nothing");
+}
+
+#[tokio::test]
+async fn a_split_read_half_answers_a_rekey_without_a_write() {
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", default_config())
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        // The application only reads; its write half stays idle.
+        let (mut r, w) = s.into_split();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        drop(w);
+        got
+    });
+    let mut c = TcpcryptStream::connect(addr, &default_config())
+        .await
+        .unwrap();
+    c.rekey().unwrap();
+    c.flush().await.unwrap();
+    // The answer is an empty frame: reading takes it in without data.
+    let mut buf = [0u8; 16];
+    for _ in 0..50 {
+        if c.generations() == Some((1, 1)) {
+            break;
+        }
+        let _ = timeout(Duration::from_millis(100), c.read(&mut buf)).await;
+    }
+    assert_eq!(
+        c.generations(),
+        Some((1, 1)),
+        "the server's read half answered the rekey at once"
+    );
+    c.write_all(b"then data").await.unwrap();
+    c.shutdown().await.unwrap();
+    assert_eq!(timeout(LIMIT, server).await.unwrap().unwrap(), b"then data");
+}
+
+/// A server whose application reads until an error, then tries to write,
+/// over the whole stream or its split halves; a raw client that sends a
+/// tampered frame. Returns the server's read and write errors and how the
+/// client saw the connection end.
+async fn tamper_with(split: bool) -> (std::io::Error, std::io::Error, std::io::Result<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut s = TcpcryptAcceptor::new(default_config())
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        if !split {
+            let read = s.read_to_end(&mut got).await.unwrap_err();
+            let write = s.write_all(b"after the error").await.unwrap_err();
+            return (read, write);
+        }
+        let (mut r, mut w) = s.into_split();
+        let read = r.read_to_end(&mut got).await.unwrap_err();
+        let write = w.write_all(b"after the error").await.unwrap_err();
+        // The write half goes first: it must not send a FIN.
+        drop(w);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(r);
+        (read, write)
+    });
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut session, _) = raw_client(&mut tcp).await;
+    let mut wire = Vec::new();
+    session.sealer.seal(b"tampered", false, &mut wire).unwrap();
+    wire[6] ^= 1;
+    tcp.write_all(&wire).await.unwrap();
+    let (read, write) = timeout(LIMIT, server).await.unwrap().unwrap();
+    (read, write, read_until_closed(&mut tcp).await)
+}
+
+#[tokio::test]
+async fn a_whole_stream_resets_the_connection_after_tampering() {
+    let (read, write, end) = tamper_with(false).await;
+    assert_eq!(read.kind(), ErrorKind::InvalidData, "{read:?}");
+    assert_eq!(write.kind(), ErrorKind::ConnectionAborted, "{write:?}");
+    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+}
+
+#[tokio::test]
+async fn a_split_read_half_resets_the_connection_after_tampering() {
+    let (read, write, end) = tamper_with(true).await;
+    assert_eq!(read.kind(), ErrorKind::InvalidData, "{read:?}");
+    assert_eq!(write.kind(), ErrorKind::ConnectionAborted, "{write:?}");
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset),
+        "a reset, with no FIN before it"
+    );
+}
+
+#[tokio::test]
+async fn a_handshake_error_on_the_accepting_side_resets_the_connection() {
+    let listener = TcpcryptListener::bind("127.0.0.1:0", default_config())
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    // A hello and an Init1 whose length is out of bounds.
+    let mut hs = tcpcrypt_tokio::proto::ClientHandshake::new(
+        std::sync::Arc::new(HandshakeConfig::default()),
+        None,
+        Box::new(OsRandom),
+    )
+    .unwrap();
+    let mut flight = Vec::new();
+    hs.write_to(&mut flight);
+    let at = flight
+        .windows(4)
+        .position(|w| w == tcpcrypt_tokio::proto::init::INIT1_MAGIC)
+        .unwrap();
+    flight[at + 4..at + 8].copy_from_slice(&u32::MAX.to_be_bytes());
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&flight).await.unwrap();
+    let end = read_until_closed(&mut tcp).await;
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset),
+        "an abort, not a graceful close"
+    );
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_handshake_error_on_the_connecting_side_resets_the_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A server whose Init2 has a bad magic number.
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut hs = ServerHandshake::new(
+            std::sync::Arc::new(HandshakeConfig::default()),
+            None,
+            Box::new(OsRandom),
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut out = Vec::new();
+        while !out.windows(4).any(|w| w == INIT2_MAGIC) {
+            let n = timeout(LIMIT, tcp.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0);
+            hs.read(&buf[..n]).unwrap();
+            hs.write_to(&mut out);
+        }
+        let at = out.windows(4).position(|w| w == INIT2_MAGIC).unwrap();
+        out[at] ^= 0xff;
+        tcp.write_all(&out).await.unwrap();
+        read_until_closed(&mut tcp).await
+    });
+    let err = TcpcryptStream::connect(addr, &default_config())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(Error::from_io(&err), Some(Error::Protocol(_))),
+        "{err:?}"
+    );
+    let end = timeout(LIMIT, server).await.unwrap().unwrap();
+    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+}
