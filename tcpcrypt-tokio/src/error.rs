@@ -119,8 +119,7 @@ impl From<Error> for io::Error {
     }
 }
 
-impl From<proto::Error> for io::Error {
-    fn from(e: proto::Error) -> io::Error {
-        Error::Protocol(e).into()
-    }
+/// A protocol error as the I/O error a stream returns.
+pub(crate) fn protocol_error(e: proto::Error) -> io::Error {
+    Error::Protocol(e).into()
 }

@@ -50,7 +50,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod proto;
+pub use tcpcrypt_proto as proto;
 
 mod accept;
 mod cache;

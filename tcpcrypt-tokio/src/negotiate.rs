@@ -62,7 +62,8 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
 ) -> io::Result<ClientEnd> {
     let deadline = Instant::now() + config.handshake_timeout;
     let first_deadline = deadline.min(Instant::now() + config.server_hello_timeout);
-    let mut hs = ClientHandshake::new(config.handshake.clone(), ticket, Box::new(OsRandom))?;
+    let mut hs = ClientHandshake::new(config.handshake.clone(), ticket, Box::new(OsRandom))
+        .map_err(Error::from)?;
     let mut out = Vec::new();
     hs.write_to(&mut out);
     if let Err(e) = send(io, &mut out).await {
@@ -79,23 +80,23 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         let limit = if heard { deadline } else { first_deadline };
         let n = match timeout_at(limit, io.read(&mut buf)).await {
             Err(_) if !heard => {
-                hs.peer_silent()?;
+                hs.peer_silent().map_err(Error::from)?;
                 0
             }
             Err(_) => return Err(Error::HandshakeTimeout.into()),
             Ok(Ok(0)) => {
-                hs.peer_eof()?;
+                hs.peer_eof().map_err(Error::from)?;
                 0
             }
             Ok(Ok(n)) => n,
             Ok(Err(e)) if is_reset(&e) && !heard => {
-                hs.peer_eof()?;
+                hs.peer_eof().map_err(Error::from)?;
                 0
             }
             Ok(Err(e)) => return Err(e),
         };
         heard |= n > 0;
-        let used = hs.read(&buf[..n])?;
+        let used = hs.read(&buf[..n]).map_err(Error::from)?;
         hs.write_to(&mut out);
         send(io, &mut out).await?;
         if let Some(outcome) = hs.outcome() {
@@ -131,7 +132,8 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         config.handshake.clone(),
         Some(config.server_cache.clone()),
         Box::new(OsRandom),
-    )?;
+    )
+    .map_err(Error::from)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; READ_CHUNK];
     let mut heard = false;
@@ -139,14 +141,14 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         let limit = if heard { deadline } else { first_deadline };
         let (n, silent) = match timeout_at(limit, io.read(&mut buf)).await {
             Err(_) if !heard => {
-                hs.peer_silent()?;
+                hs.peer_silent().map_err(Error::from)?;
                 (0, true)
             }
             // Bytes that began a hello and then stopped: a slow or stalled
             // handshake (slowloris), dropped at the deadline.
             Err(_) => return Err(Error::HandshakeTimeout.into()),
             Ok(Ok(0)) => {
-                hs.peer_eof()?;
+                hs.peer_eof().map_err(Error::from)?;
                 (0, false)
             }
             Ok(Ok(n)) => (n, false),
@@ -158,7 +160,7 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         // sees a tcpcrypt peer abort rather than a legacy server.
         hs.write_to(&mut out);
         send(io, &mut out).await?;
-        let used = used?;
+        let used = used.map_err(Error::from)?;
         if let Some(outcome) = hs.outcome() {
             let rest = &buf[used..n];
             return Ok(match outcome {

@@ -11,6 +11,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::error::protocol_error;
 use crate::proto::frame::{DATA_OFFSET, MAX_DATA, MAX_FRAME_LEN};
 use crate::proto::{FrameOpener, FrameSealer};
 
@@ -279,7 +280,7 @@ impl RecvState {
                 }
                 Ok(None) => break,
                 Err(_) if !self.ready.is_empty() => break,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(protocol_error(e)),
             }
         }
         Ok(())
@@ -304,7 +305,7 @@ impl RecvState {
             if self.fin {
                 // The core decides what may follow the FINp frame.
                 let unopened = self.end - self.start;
-                return Poll::Ready(self.opener.end_of_stream(unopened).map_err(io::Error::from));
+                return Poll::Ready(self.opener.end_of_stream(unopened).map_err(protocol_error));
             }
             if self.held {
                 return Poll::Pending;
@@ -339,7 +340,7 @@ impl RecvState {
                     let n = rb.filled().len();
                     if n == 0 {
                         let result = self.opener.end_of_stream(self.end);
-                        return Poll::Ready(result.map_err(io::Error::from));
+                        return Poll::Ready(result.map_err(protocol_error));
                     }
                     self.end += n;
                     if n == room && self.buf.len() < MAX_RECV_BUF_LEN {
@@ -468,7 +469,7 @@ impl SendState {
     /// Starts a rekey; the rekey frame goes out with the next write or flush
     /// (empty if need be).
     pub(crate) fn rekey(&mut self) -> io::Result<()> {
-        self.sealer.initiate_rekey().map_err(io::Error::from)
+        self.sealer.initiate_rekey().map_err(protocol_error)
     }
 
     fn pending(&self) -> usize {
@@ -481,7 +482,9 @@ impl SendState {
             self.pos = SEND_HEADROOM;
             self.buf.resize(SEND_HEADROOM, 0);
         }
-        self.sealer.seal(data, fin, &mut self.buf)?;
+        self.sealer
+            .seal(data, fin, &mut self.buf)
+            .map_err(protocol_error)?;
         Ok(())
     }
 
@@ -612,11 +615,11 @@ mod tests {
 
     fn keyed() -> (FrameSealer, FrameOpener) {
         let backend = crypto::default_backend();
-        let mk0 = SessionSecret::from_bytes([9; 32]).master_key(backend, &[]);
+        let mk0 = SessionSecret::dangerous_from_bytes([9; 32]).master_key(backend, &[]);
         let aead = AeadAlgorithm::ChaCha20Poly1305;
         (
-            FrameSealer::new(backend, mk0.clone(), KeyDirection::BToA, aead, 0),
-            FrameOpener::new(backend, mk0, KeyDirection::BToA, aead, 0),
+            FrameSealer::dangerous_new(backend, mk0.clone(), KeyDirection::BToA, aead, 0),
+            FrameOpener::dangerous_new(backend, mk0, KeyDirection::BToA, aead, 0),
         )
     }
 

@@ -1,0 +1,46 @@
+//! The connecting side's state machine fed arbitrary server bytes in
+//! arbitrary pieces. Most inputs are given a genuine B marker so that the
+//! option, Init2 and key paths are reached.
+#![no_main]
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+use common::Counter;
+use tcpcrypt_proto::hello::{HelloKind, marker};
+use tcpcrypt_proto::{ClientHandshake, HandshakeConfig};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let config = Arc::new(HandshakeConfig {
+        pipeline_init1: mode & 1 != 0,
+        ..HandshakeConfig::default()
+    });
+    let mut hs = ClientHandshake::new(config, None, Box::new(Counter(mode))).unwrap();
+    hs.write_to(&mut Vec::new());
+    let input = if mode & 2 != 0 { [&marker(HelloKind::B)[..], rest].concat() } else { rest.to_vec() };
+    let piece = 1 + (mode as usize >> 2);
+    let mut consumed = 0;
+    for chunk in input.chunks(piece) {
+        match hs.read(chunk) {
+            Ok(n) => {
+                assert!(n <= chunk.len());
+                consumed += n;
+                hs.write_to(&mut Vec::new());
+                if hs.is_done() {
+                    assert!(hs.outcome().is_some());
+                    break;
+                }
+            }
+            Err(_) => {
+                assert!(hs.read(b"x").is_err(), "errors are sticky");
+                return;
+            }
+        }
+    }
+    assert!(consumed <= input.len());
+    let _ = hs.peer_eof();
+});

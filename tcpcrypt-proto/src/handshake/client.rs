@@ -1,0 +1,416 @@
+//! The connecting side (host A).
+
+use std::sync::Arc;
+
+use super::Accumulator;
+use crate::aead::AeadAlgorithm;
+use crate::config::HandshakeConfig;
+use crate::eno::EnoOption;
+use crate::eno::V_BIT;
+use crate::error::Error;
+use crate::hello::{self, HelloKind, HelloScan};
+use crate::init::{Init1, Init2, InitKind, NONCE_LEN};
+use crate::negotiation::{self, ClientOffer, ClientResult, DisableReason};
+use crate::random::RandomSource;
+use crate::resumption::{ResumptionSecret, session_nonce};
+use crate::schedule::SessionSecret;
+use crate::session::{Keying, Negotiated, Role, Session};
+use crate::tep::{EphemeralKey, Tep};
+
+/// Why the connecting side concluded that the server does not speak
+/// tcpcrypt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LegacyEvidence {
+    /// The server sent bytes that are not a B hello (kept for diagnostics;
+    /// the connection is spoiled, since the server has read our hello).
+    Bytes(Vec<u8>),
+    /// The server closed the connection before answering.
+    Eof,
+    /// The server said nothing before the caller's deadline.
+    Silence,
+}
+
+/// How the connecting side's handshake ended.
+#[derive(Debug)]
+pub enum ClientOutcome {
+    /// Encryption is on.
+    Encrypted(Box<Session>),
+    /// The server is not a tcpcrypt peer. The connection is spoiled: the
+    /// caller connects again in plain TCP (or fails, if encryption is
+    /// mandatory).
+    Legacy(LegacyEvidence),
+    /// The server speaks tcpcrypt and answered with a vacuous option: both
+    /// sides continue in plain TCP on this same connection. The bytes after
+    /// B's hello (not consumed by `read`) are application data.
+    Declined(DisableReason),
+    /// B answered, but ENO must be disabled by an RFC rule that B cannot
+    /// know about (mismatched resumption half, role clash, mandatory
+    /// application-aware mode, no valid TEP). B may already be encrypting,
+    /// so this connection is spoiled and the caller connects again.
+    Disabled(DisableReason),
+}
+
+enum State {
+    AwaitHello,
+    AwaitInit2 {
+        tep: Tep,
+        key: EphemeralKey,
+        init1: Vec<u8>,
+        n_a: [u8; NONCE_LEN],
+        b_option: EnoOption,
+        tep_byte: u8,
+    },
+    Done,
+    Failed(Error),
+}
+
+/// The connecting side's handshake.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tcpcrypt_proto::{ClientHandshake, HandshakeConfig, OsRandom};
+///
+/// let config = Arc::new(HandshakeConfig::default());
+/// let mut hs = ClientHandshake::new(config, None, Box::new(OsRandom)).unwrap();
+/// let mut hello = Vec::new();
+/// hs.write_to(&mut hello);
+/// assert!(hello.starts_with(b"\xE5ENO\x01P\r\n")); // hello with a pipelined Init1
+/// ```
+pub struct ClientHandshake {
+    config: Arc<HandshakeConfig>,
+    rng: Box<dyn RandomSource + Send>,
+    offer: ClientOffer,
+    state: State,
+    acc: Accumulator,
+    output: Vec<u8>,
+    /// Bytes sent after our hello (Init1 messages), the origin of our frame
+    /// offsets.
+    sent_after_hello: u64,
+    /// The pipelined Init1 and its key, if one was sent.
+    pipelined: Option<(EphemeralKey, Vec<u8>, [u8; NONCE_LEN])>,
+    outcome: Option<ClientOutcome>,
+}
+
+impl std::fmt::Debug for ClientHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandshake").finish_non_exhaustive()
+    }
+}
+
+fn make_init1(
+    config: &HandshakeConfig,
+    tep: Tep,
+    rng: &mut dyn RandomSource,
+) -> Result<(EphemeralKey, Vec<u8>, [u8; NONCE_LEN]), Error> {
+    let key = EphemeralKey::generate(tep, config.backend, rng)?;
+    let mut n_a = [0u8; NONCE_LEN];
+    rng.fill(&mut n_a)?;
+    let init1 = Init1 {
+        sym_ciphers: config.aeads.iter().map(|a| a.id()).collect(),
+        nonce: n_a,
+        pub_field: key.pub_field().to_vec(),
+    }
+    .encode()?;
+    Ok((key, init1, n_a))
+}
+
+impl ClientHandshake {
+    /// Starts a handshake, offering `resume` (a secret cached from an
+    /// earlier session with the same peer) if given. The hello, and a
+    /// pipelined Init1, are ready to send at once.
+    pub fn new(
+        config: Arc<HandshakeConfig>,
+        resume: Option<ResumptionSecret>,
+        mut rng: Box<dyn RandomSource + Send>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let resume = match resume {
+            Some(secret) => {
+                let mut nonce = vec![0u8; config.resumption.nonce_len];
+                rng.fill(&mut nonce)?;
+                Some((secret, nonce))
+            }
+            None => None,
+        };
+        let offer = negotiation::client_offer(&config, resume)?;
+        let mut output = Vec::new();
+        let pipelined = match offer.pipelined {
+            Some(tep) => Some(make_init1(&config, tep, &mut *rng)?),
+            None => None,
+        };
+        let kind = if pipelined.is_some() {
+            HelloKind::Pipelined
+        } else {
+            HelloKind::A
+        };
+        hello::encode(kind, &offer.option, &mut output);
+        let mut sent_after_hello = 0;
+        if let Some((_, init1, _)) = &pipelined {
+            output.extend_from_slice(init1);
+            sent_after_hello = init1.len() as u64;
+        }
+        Ok(ClientHandshake {
+            config,
+            rng,
+            offer,
+            state: State::AwaitHello,
+            acc: Accumulator::default(),
+            output,
+            sent_after_hello,
+            pipelined,
+            outcome: None,
+        })
+    }
+
+    /// Appends the bytes to send to `out`.
+    pub fn write_to(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.output);
+    }
+
+    /// Whether there are bytes to send.
+    pub fn wants_write(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// Whether the handshake has ended (an outcome or an error).
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done | State::Failed(_))
+    }
+
+    /// Takes the outcome, once the handshake has one.
+    pub fn outcome(&mut self) -> Option<ClientOutcome> {
+        self.outcome.take()
+    }
+
+    /// Whether a resumption secret was offered (it is spent either way).
+    pub fn offered_resumption(&self) -> bool {
+        self.offer.resumption.is_some()
+    }
+
+    /// Hands in received bytes; returns how many were consumed.
+    pub fn read(&mut self, input: &[u8]) -> Result<usize, Error> {
+        let mut pos = 0;
+        let result = self.advance(input, &mut pos);
+        if let Err(e) = &result {
+            self.state = State::Failed(e.clone());
+        }
+        result.map(|()| pos)
+    }
+
+    /// The server closed the connection.
+    pub fn peer_eof(&mut self) -> Result<(), Error> {
+        match self.state {
+            State::AwaitHello => {
+                self.finish(ClientOutcome::Legacy(LegacyEvidence::Eof));
+                Ok(())
+            }
+            State::Done => Ok(()),
+            State::Failed(ref e) => Err(e.clone()),
+            State::AwaitInit2 { .. } => {
+                self.state = State::Failed(Error::HandshakeEof);
+                Err(Error::HandshakeEof)
+            }
+        }
+    }
+
+    /// The caller's deadline for the server's hello passed. Before any
+    /// hello byte this makes the server legacy; later it is an error.
+    pub fn peer_silent(&mut self) -> Result<(), Error> {
+        match self.state {
+            State::AwaitHello if self.acc.buf.is_empty() => {
+                self.finish(ClientOutcome::Legacy(LegacyEvidence::Silence));
+                Ok(())
+            }
+            State::AwaitHello => {
+                let bytes = std::mem::take(&mut self.acc.buf);
+                self.finish(ClientOutcome::Legacy(LegacyEvidence::Bytes(bytes)));
+                Ok(())
+            }
+            State::Done => Ok(()),
+            _ => Err(Error::InvalidState(
+                "handshake timed out after the server's hello",
+            )),
+        }
+    }
+
+    fn finish(&mut self, outcome: ClientOutcome) {
+        self.state = State::Done;
+        self.outcome = Some(outcome);
+    }
+
+    fn advance(&mut self, input: &[u8], pos: &mut usize) -> Result<(), Error> {
+        loop {
+            match &mut self.state {
+                State::Done => return Ok(()),
+                State::Failed(e) => return Err(e.clone()),
+                State::AwaitHello => {
+                    if !self.read_hello(input, pos)? {
+                        return Ok(());
+                    }
+                }
+                State::AwaitInit2 { .. } => {
+                    let Some(init2) = self.acc.init_message(InitKind::Init2, input, pos)? else {
+                        return Ok(());
+                    };
+                    self.on_init2(init2)?;
+                }
+            }
+        }
+    }
+
+    /// Returns `true` when the state moved on.
+    fn read_hello(&mut self, input: &[u8], pos: &mut usize) -> Result<bool, Error> {
+        loop {
+            let need = if self.acc.buf.len() < hello::MARKER_LEN + 2 {
+                hello::MARKER_LEN + 2
+            } else {
+                hello::MARKER_LEN + self.acc.buf[hello::MARKER_LEN + 1] as usize
+            };
+            let before = self.acc.buf.len();
+            // Take one byte at a time until the marker is complete, so that
+            // a deviating byte is noticed without waiting for more.
+            let step = if before < hello::MARKER_LEN {
+                before + 1
+            } else {
+                need
+            };
+            self.acc.fill(step.min(need), input, pos);
+            match hello::scan(&self.acc.buf, &[HelloKind::B])? {
+                HelloScan::NotAHello { .. } => {
+                    let bytes = std::mem::take(&mut self.acc.buf);
+                    self.finish(ClientOutcome::Legacy(LegacyEvidence::Bytes(bytes)));
+                    return Ok(true);
+                }
+                HelloScan::Incomplete if self.acc.buf.len() == before => return Ok(false),
+                HelloScan::Incomplete => continue,
+                HelloScan::Hello { option, .. } => {
+                    self.acc.buf.clear();
+                    self.on_hello(&option)?;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, option: &[u8]) -> Result<(), Error> {
+        let b_option = match EnoOption::parse(option) {
+            Ok(o) => o,
+            Err(_) => {
+                self.finish(ClientOutcome::Disabled(DisableReason::IllFormedOption));
+                return Ok(());
+            }
+        };
+        match negotiation::client_interpret(&self.config, &self.offer, &b_option) {
+            Err(DisableReason::PeerDeclined) => {
+                self.finish(ClientOutcome::Declined(DisableReason::PeerDeclined));
+            }
+            Err(reason) => self.finish(ClientOutcome::Disabled(reason)),
+            Ok(ClientResult::Resume(theirs)) => {
+                let (secret, ours) = self
+                    .offer
+                    .resumption
+                    .take()
+                    .expect("resumption was offered");
+                let sn = session_nonce(secret.original_role, &ours.nonce, &theirs.nonce);
+                let tep_byte = secret.tep.id() | V_BIT;
+                let negotiated = Negotiated {
+                    role: Role::A,
+                    tep: secret.tep,
+                    tep_byte,
+                    aead: secret.aead,
+                    transcript: [self.offer.option.as_bytes(), b_option.as_bytes()].concat(),
+                    local_global: self.offer.option.global(),
+                    peer_global: b_option.global(),
+                    resumed: true,
+                };
+                let session = Session::key(
+                    Keying {
+                        backend: self.config.backend,
+                        secret: &secret.secret,
+                        index: secret.index,
+                        sn: &sn,
+                        original_role: secret.original_role,
+                        send_offset: self.sent_after_hello,
+                        recv_offset: 0,
+                        cache_next: self.config.resumption.cache,
+                    },
+                    negotiated,
+                );
+                self.finish(ClientOutcome::Encrypted(Box::new(session)));
+            }
+            Ok(ClientResult::Fresh(tep, tep_byte)) => {
+                let (key, init1, n_a) = match self.pipelined.take() {
+                    Some(p) if p.0.tep() == tep => p,
+                    _ => {
+                        let fresh = make_init1(&self.config, tep, &mut *self.rng)?;
+                        self.output.extend_from_slice(&fresh.1);
+                        self.sent_after_hello += fresh.1.len() as u64;
+                        fresh
+                    }
+                };
+                self.state = State::AwaitInit2 {
+                    tep,
+                    key,
+                    init1,
+                    n_a,
+                    b_option,
+                    tep_byte,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn on_init2(&mut self, bytes: Vec<u8>) -> Result<(), Error> {
+        let State::AwaitInit2 {
+            tep,
+            key,
+            init1,
+            n_a,
+            b_option,
+            tep_byte,
+        } = std::mem::replace(&mut self.state, State::Done)
+        else {
+            unreachable!("on_init2 is called in AwaitInit2");
+        };
+        let init2 = Init2::decode(tep, &bytes)?;
+        let aead = AeadAlgorithm::from_id(init2.sym_cipher)
+            .filter(|a| self.config.aeads.contains(a))
+            .ok_or(Error::CipherNotOffered(init2.sym_cipher))?;
+        let es = key.agree(&init2.pub_field, self.config.backend)?;
+        let transcript = [self.offer.option.as_bytes(), b_option.as_bytes()].concat();
+        let ss0 = SessionSecret::from_key_exchange(
+            self.config.backend,
+            &n_a,
+            &transcript,
+            &init1,
+            &bytes,
+            &es,
+        );
+        let negotiated = Negotiated {
+            role: Role::A,
+            tep,
+            tep_byte,
+            aead,
+            transcript,
+            local_global: self.offer.option.global(),
+            peer_global: b_option.global(),
+            resumed: false,
+        };
+        let session = Session::key(
+            Keying {
+                backend: self.config.backend,
+                secret: &ss0,
+                index: 0,
+                sn: &[],
+                original_role: Role::A,
+                send_offset: self.sent_after_hello,
+                recv_offset: bytes.len() as u64,
+                cache_next: self.config.resumption.cache,
+            },
+            negotiated,
+        );
+        self.finish(ClientOutcome::Encrypted(Box::new(session)));
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! Session resumption (RFC 8548 3.5): what is cached, identifier halves,
+//! and the server's single-use cache.
+//!
+//! A secret is used at most once: the client removes its entry when it
+//! offers it, the server when it looks it up, and both derive `ss[i+1]`
+//! for the next time. Secrets live only in memory and are zeroized on
+//! drop.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::aead::AeadAlgorithm;
+use super::crypto::CryptoBackend;
+use super::schedule::{RESUME_HALF_LEN, SessionSecret};
+use super::session::Role;
+use super::tep::Tep;
+
+/// Half of a resumption identifier.
+pub type ResumeHalf = [u8; RESUME_HALF_LEN];
+
+/// A cached session secret `ss[i]` and what is needed to resume with it.
+/// The AEAD is the original session's: a resumed connection has no Init
+/// messages to negotiate another one.
+#[derive(Clone)]
+pub struct ResumptionSecret {
+    /// The TEP of the original session.
+    pub tep: Tep,
+    /// The AEAD of the original session.
+    pub aead: AeadAlgorithm,
+    /// This host's role in the original session: fixes its key direction
+    /// and which identifier half it sends.
+    pub original_role: Role,
+    /// `i`.
+    pub index: u64,
+    /// `ss[i]`.
+    pub secret: SessionSecret,
+}
+
+impl fmt::Debug for ResumptionSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResumptionSecret")
+            .field("tep", &self.tep)
+            .field("aead", &self.aead)
+            .field("original_role", &self.original_role)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResumptionSecret {
+    /// The half this host sends: the first if it was A, the second if B.
+    pub fn own_half(&self, backend: &dyn CryptoBackend) -> ResumeHalf {
+        self.half(backend, self.original_role)
+    }
+
+    /// The half the peer sends.
+    pub fn peer_half(&self, backend: &dyn CryptoBackend) -> ResumeHalf {
+        self.half(backend, self.original_role.peer())
+    }
+
+    fn half(&self, backend: &dyn CryptoBackend, role: Role) -> ResumeHalf {
+        let id = self.secret.resume_id(backend);
+        let range = match role {
+            Role::A => 0..RESUME_HALF_LEN,
+            Role::B => RESUME_HALF_LEN..2 * RESUME_HALF_LEN,
+        };
+        id[range].try_into().expect("9 bytes")
+    }
+}
+
+/// `sn[i] = nonce_a | nonce_b`, where `nonce_a` is the nonce of the host
+/// that was A in the original session, whatever the roles are now
+/// (RFC 8548 3.5).
+pub fn session_nonce(own_original_role: Role, own: &[u8], peer: &[u8]) -> Vec<u8> {
+    match own_original_role {
+        Role::A => [own, peer].concat(),
+        Role::B => [peer, own].concat(),
+    }
+}
+
+/// A source of the current time for cache expiry, injected so that the
+/// core reads no clock itself: any monotonic time since a fixed origin.
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// The accepting side's cache, keyed by the identifier half a peer sends.
+/// Bounded: the oldest entry goes first when full. With a clock, entries
+/// also expire.
+pub struct ResumptionCache {
+    capacity: usize,
+    expiry: Option<(Duration, Clock)>,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    entries: HashMap<ResumeHalf, (ResumptionSecret, Duration)>,
+    order: VecDeque<ResumeHalf>,
+}
+
+impl fmt::Debug for ResumptionCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResumptionCache")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl ResumptionCache {
+    /// A cache holding at most `capacity` secrets.
+    pub fn new(capacity: usize) -> Self {
+        ResumptionCache {
+            capacity,
+            expiry: None,
+            inner: Mutex::new(CacheInner::default()),
+        }
+    }
+
+    /// A cache whose entries expire `max_age` after insertion, as told by
+    /// `clock`.
+    pub fn with_expiry(capacity: usize, max_age: Duration, clock: Clock) -> Self {
+        ResumptionCache {
+            expiry: Some((max_age, clock)),
+            ..ResumptionCache::new(capacity)
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.expiry
+            .as_ref()
+            .map_or(Duration::ZERO, |(_, clock)| clock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        // A panic while holding the lock cannot leave the map inconsistent
+        // (every mutation is a single call), so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a secret under the half its peer will send, and returns that
+    /// half (the key to [`remove`](Self::remove) it), or `None` if the cache
+    /// holds nothing (capacity 0).
+    pub fn insert(
+        &self,
+        backend: &dyn CryptoBackend,
+        secret: ResumptionSecret,
+    ) -> Option<ResumeHalf> {
+        let key = secret.peer_half(backend);
+        if self.capacity == 0 {
+            return None;
+        }
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.entries.len() >= self.capacity {
+            if let Some((max_age, _)) = &self.expiry {
+                inner
+                    .entries
+                    .retain(|_, (_, at)| now.saturating_sub(*at) <= *max_age);
+                let CacheInner { entries, order } = &mut *inner;
+                order.retain(|k| entries.contains_key(k));
+            }
+        }
+        if inner.entries.insert(key, (secret, now)).is_none() {
+            inner.order.push_back(key);
+        }
+        while inner.entries.len() > self.capacity {
+            match inner.order.pop_front() {
+                Some(old) => {
+                    inner.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+        Some(key)
+    }
+
+    /// Removes and returns the secret a peer named for `tep`. A request
+    /// naming a cached secret under another TEP leaves it in place, so that
+    /// a forged request cannot destroy it.
+    pub fn take_for(&self, half: &ResumeHalf, tep: Tep) -> Option<ResumptionSecret> {
+        {
+            let inner = self.lock();
+            if inner.entries.get(half).is_none_or(|(s, _)| s.tep != tep) {
+                return None;
+            }
+        }
+        self.take(half)
+    }
+
+    /// Removes and returns the secret a peer named, if any: single use.
+    pub fn take(&self, half: &ResumeHalf) -> Option<ResumptionSecret> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let (found, inserted) = inner.entries.remove(half)?;
+        inner.order.retain(|k| k != half);
+        match &self.expiry {
+            Some((max_age, _)) if now.saturating_sub(inserted) > *max_age => None,
+            _ => Some(found),
+        }
+    }
+
+    /// Flushes the entry stored under `half` (RFC 8548 3.5's per-connection
+    /// flush). Returns whether there was one.
+    pub fn remove(&self, half: &ResumeHalf) -> bool {
+        self.take(half).is_some()
+    }
+
+    /// Flushes everything.
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.order.clear();
+    }
+
+    /// Number of cached secrets.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::crypto;
+
+    fn secret(byte: u8) -> ResumptionSecret {
+        ResumptionSecret {
+            tep: Tep::EcdheCurve25519,
+            aead: AeadAlgorithm::Aes128Gcm,
+            original_role: Role::B,
+            index: 1,
+            secret: SessionSecret::dangerous_from_bytes([byte; 32]),
+        }
+    }
+
+    #[test]
+    fn bounded_single_use_and_expiring() {
+        let backend = crypto::default_backend();
+        let cache = ResumptionCache::new(2);
+        let k1 = cache.insert(backend, secret(1)).unwrap();
+        let k2 = cache.insert(backend, secret(2)).unwrap();
+        let k3 = cache.insert(backend, secret(3)).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert!(cache.take(&k1).is_none(), "oldest evicted");
+        assert!(cache.take(&k2).is_some());
+        assert!(cache.take(&k2).is_none(), "single use");
+        assert!(cache.remove(&k3));
+        assert!(cache.is_empty());
+
+        let now = Arc::new(AtomicU64::new(0));
+        let clock_now = now.clone();
+        let clock: Clock = Arc::new(move || Duration::from_secs(clock_now.load(Ordering::Relaxed)));
+        let cache = ResumptionCache::with_expiry(4, Duration::from_secs(60), clock);
+        let fresh = cache.insert(backend, secret(4)).unwrap();
+        let stale = cache.insert(backend, secret(5)).unwrap();
+        now.store(30, Ordering::Relaxed);
+        assert!(cache.take(&fresh).is_some());
+        now.store(61, Ordering::Relaxed);
+        assert!(cache.take(&stale).is_none(), "expired");
+
+        // Capacity 0 stores nothing and says so.
+        assert!(ResumptionCache::new(0).insert(backend, secret(6)).is_none());
+        // The right half under the wrong TEP leaves the secret in place.
+        let cache = ResumptionCache::new(2);
+        let k = cache.insert(backend, secret(7)).unwrap();
+        assert!(cache.take_for(&k, Tep::EcdheP256).is_none());
+        assert!(cache.take_for(&k, Tep::EcdheCurve25519).is_some());
+    }
+}

@@ -1,0 +1,197 @@
+//! TCP encryption protocols (TEPs) of tcpcrypt and their key agreement
+//! (RFC 8548 5).
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use super::crypto::CryptoBackend;
+use super::error::Error;
+use super::random::RandomSource;
+
+/// A tcpcrypt TEP identifier (the `glt` value of an ENO suboption, v bit
+/// excluded).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Tep {
+    /// TCPCRYPT_ECDHE_P256, 0x21 (OPTIONAL).
+    EcdheP256,
+    /// TCPCRYPT_ECDHE_Curve25519, 0x23 (REQUIRED).
+    EcdheCurve25519,
+}
+
+/// Length of the P-256 `pubkey_len` prefix.
+const P256_LEN_PREFIX: usize = 2;
+/// Length of a compressed P-256 point.
+const P256_COMPRESSED_LEN: usize = 33;
+/// The value of `pubkey_len` for P-256. It counts its own two bytes: the
+/// figure in RFC 8548 section 5 numbers the last byte of the field `L - 1`
+/// (decision recorded in docs/PROTOCOL.md).
+pub const P256_PUBKEY_LEN: u16 = (P256_LEN_PREFIX + P256_COMPRESSED_LEN) as u16;
+
+impl Tep {
+    /// Every TEP this implementation supports, weakest preference first.
+    pub const ALL: [Tep; 2] = [Tep::EcdheP256, Tep::EcdheCurve25519];
+
+    /// The seven-bit identifier.
+    pub const fn id(self) -> u8 {
+        match self {
+            Tep::EcdheP256 => 0x21,
+            Tep::EcdheCurve25519 => 0x23,
+        }
+    }
+
+    /// The TEP for a seven-bit identifier, if supported.
+    pub const fn from_id(id: u8) -> Option<Self> {
+        match id {
+            0x21 => Some(Tep::EcdheP256),
+            0x23 => Some(Tep::EcdheCurve25519),
+            _ => None,
+        }
+    }
+
+    /// The registry name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Tep::EcdheP256 => "TCPCRYPT_ECDHE_P256",
+            Tep::EcdheCurve25519 => "TCPCRYPT_ECDHE_Curve25519",
+        }
+    }
+
+    /// Length of a private key in bytes (X25519 scalar, or big-endian P-256
+    /// scalar).
+    pub const fn private_key_len(self) -> usize {
+        32
+    }
+
+    /// Length of the Pub_A / Pub_B field in Init1 / Init2.
+    pub const fn pub_field_len(self) -> usize {
+        match self {
+            Tep::EcdheP256 => P256_LEN_PREFIX + P256_COMPRESSED_LEN,
+            Tep::EcdheCurve25519 => 32,
+        }
+    }
+
+    /// Encodes a public key (raw X25519 bytes, or a compressed P-256 point)
+    /// as the Pub field of an Init message.
+    pub(crate) fn encode_pub_field(self, public: &[u8], out: &mut Vec<u8>) {
+        if self == Tep::EcdheP256 {
+            out.extend_from_slice(&P256_PUBKEY_LEN.to_be_bytes());
+        }
+        out.extend_from_slice(public);
+    }
+
+    /// Extracts the public key from a Pub field of exactly
+    /// [`pub_field_len`](Self::pub_field_len) bytes.
+    pub(crate) fn decode_pub_field(self, field: &[u8]) -> Result<&[u8], Error> {
+        match self {
+            Tep::EcdheCurve25519 => Ok(field),
+            Tep::EcdheP256 => {
+                let (len, point) = field.split_at(P256_LEN_PREFIX);
+                if u16::from_be_bytes([len[0], len[1]]) != P256_PUBKEY_LEN {
+                    return Err(Error::BadPublicKey);
+                }
+                // Compressed form is mandatory (RFC 8548 5).
+                if point[0] != 0x02 && point[0] != 0x03 {
+                    return Err(Error::BadPublicKey);
+                }
+                Ok(point)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Tep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (0x{:02x})", self.name(), self.id())
+    }
+}
+
+/// An ephemeral key pair for one connection. The private key is zeroized on
+/// drop and never leaves this value.
+pub struct EphemeralKey {
+    tep: Tep,
+    private: Zeroizing<Vec<u8>>,
+    pub_field: Vec<u8>,
+}
+
+impl fmt::Debug for EphemeralKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EphemeralKey")
+            .field("tep", &self.tep)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many random scalars to try before giving up (a P-256 scalar is out of
+/// range with probability about 2^-32).
+const KEYGEN_ATTEMPTS: usize = 8;
+
+impl EphemeralKey {
+    /// Generates a fresh key pair from `rng`.
+    pub fn generate(
+        tep: Tep,
+        backend: &dyn CryptoBackend,
+        rng: &mut dyn RandomSource,
+    ) -> Result<Self, Error> {
+        for _ in 0..KEYGEN_ATTEMPTS {
+            let mut private = Zeroizing::new(vec![0u8; tep.private_key_len()]);
+            rng.fill(&mut private)?;
+            if let Ok(key) = Self::from_private(tep, &private, backend) {
+                return Ok(key);
+            }
+        }
+        Err(Error::Randomness)
+    }
+
+    /// A key pair from given private key bytes. Dangerous: a key pair
+    /// must be fresh for each handshake; for known-answer tests.
+    #[cfg(feature = "dangerous")]
+    pub fn dangerous_from_private(
+        tep: Tep,
+        private: &[u8],
+        backend: &dyn CryptoBackend,
+    ) -> Result<Self, Error> {
+        Self::from_private(tep, private, backend)
+    }
+
+    /// A key pair from given private key bytes.
+    fn from_private(tep: Tep, private: &[u8], backend: &dyn CryptoBackend) -> Result<Self, Error> {
+        let public = backend
+            .public_key(tep, private)
+            .map_err(|_| Error::InvalidConfig("private key out of range"))?;
+        let mut pub_field = Vec::with_capacity(tep.pub_field_len());
+        tep.encode_pub_field(&public, &mut pub_field);
+        Ok(EphemeralKey {
+            tep,
+            private: Zeroizing::new(private.to_vec()),
+            pub_field,
+        })
+    }
+
+    /// The TEP of this key.
+    pub fn tep(&self) -> Tep {
+        self.tep
+    }
+
+    /// The public key as the Pub field of an Init message.
+    pub fn pub_field(&self) -> &[u8] {
+        &self.pub_field
+    }
+
+    /// Computes the shared secret ES with the peer's Pub field, validating
+    /// the peer's key and rejecting the all-zero X25519 result.
+    pub fn agree(
+        &self,
+        peer_pub_field: &[u8],
+        backend: &dyn CryptoBackend,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let peer = self.tep.decode_pub_field(peer_pub_field)?;
+        let shared = backend
+            .agree(self.tep, &self.private, peer)
+            .map_err(|_| Error::BadPublicKey)?;
+        if shared.iter().all(|&b| b == 0) {
+            return Err(Error::BadPublicKey);
+        }
+        Ok(shared)
+    }
+}
