@@ -11,10 +11,14 @@
 //! demand) with `SCM_RIGHTS`, and connects the program's own socket to the
 //! daemon over loopback. No thread, runtime or relay socket lives in the
 //! program. Design and the reasons behind it: `docs/SHIM.md`. All
-//! `unsafe` code is in the `ffi` module.
+//! `unsafe` code is in the `ffi` module, each block with a `SAFETY`
+//! comment.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod daemon;
 mod env;
+#[allow(unsafe_code)]
 mod ffi;
 mod fork;
 mod log;

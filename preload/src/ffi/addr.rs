@@ -6,15 +6,23 @@ use super::*;
 /// The length of an IPv6 socket address without its scope id.
 const SIN6_LEN_RFC2133: usize = 24;
 
-/// Reads a socket address the caller passed.
+/// Reads a socket address the caller passed: only the bytes `len` covers,
+/// with unaligned reads (nothing obliges a caller to align its buffer).
+///
+/// # Safety
+/// `addr` must be null or point to `len` readable bytes.
 pub(super) unsafe fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
-    if addr.is_null() {
+    let len = len as usize;
+    // The family is the first two bytes: nothing to read below that.
+    if addr.is_null() || len < size_of::<libc::sa_family_t>() {
         return None;
     }
-    let family = c_int::from(unsafe { (*addr).sa_family });
+    // SAFETY: at least the two bytes of the family are readable.
+    let family = c_int::from(unsafe { std::ptr::read_unaligned(addr as *const libc::sa_family_t) });
     match family {
-        AF_INET if len as usize >= size_of::<sockaddr_in>() => {
-            let a = unsafe { &*(addr as *const sockaddr_in) };
+        AF_INET if len >= size_of::<sockaddr_in>() => {
+            // SAFETY: `len` covers a whole `sockaddr_in`.
+            let a = unsafe { std::ptr::read_unaligned(addr as *const sockaddr_in) };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
                 u16::from_be(a.sin_port),
@@ -22,13 +30,12 @@ pub(super) unsafe fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<
         }
         // The kernel takes 24 bytes (RFC 2133's form, without the scope
         // id) as well as the full 28.
-        AF_INET6 if len as usize >= SIN6_LEN_RFC2133 => {
-            // SAFETY: at least 24 bytes are readable at `addr`; the scope
-            // id (bytes 24..28) is read only when `len` covers it.
+        AF_INET6 if len >= SIN6_LEN_RFC2133 => {
+            // SAFETY: at least 24 bytes are readable at `addr`.
             let a = unsafe { std::ptr::read_unaligned(addr as *const [u8; SIN6_LEN_RFC2133]) };
-            let scope = if len as usize >= size_of::<sockaddr_in6>() {
+            let scope = if len >= size_of::<sockaddr_in6>() {
                 // SAFETY: `len` covers the whole structure.
-                unsafe { (*(addr as *const sockaddr_in6)).sin6_scope_id }
+                unsafe { std::ptr::read_unaligned(addr as *const sockaddr_in6) }.sin6_scope_id
             } else {
                 0
             };

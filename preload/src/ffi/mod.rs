@@ -246,6 +246,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     };
     match catch_unwind(AssertUnwindSafe(|| intercept_connect(fd, dest))) {
         Ok(Some(r)) => r,
+        // SAFETY: the caller's arguments, passed on unchanged.
         Ok(None) => unsafe { (real().connect)(fd, addr, len) },
         Err(_) => match refuse_if_mandatory("the shim failed") {
             Some(r) => r,
@@ -392,6 +393,7 @@ pub unsafe extern "C" fn setsockopt(
     // SAFETY: the kernel has just read this many bytes at `val` (it reads
     // an `int` option's first four bytes whatever `len` says).
     let n = (len as usize).min(options::value_len(level, name));
+    // SAFETY: as above: at most `len` bytes the kernel has just read.
     let value = unsafe { std::slice::from_raw_parts(val as *const u8, n) }.to_vec();
     let _ = catch_unwind(|| mirror_option(fd, (level, name, value)));
     r
@@ -491,6 +493,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
         let mut m = unsafe { *msg };
         m.msg_name = std::ptr::null_mut();
         m.msg_namelen = 0;
+        // SAFETY: `m` is a valid header whose buffers are the caller's.
         return unsafe { (real().sendmsg)(fd, &m, flags & !libc::MSG_FASTOPEN) };
     }
     // SAFETY: the caller's arguments, passed on unchanged.

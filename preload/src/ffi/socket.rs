@@ -7,6 +7,7 @@ use super::*;
 pub(super) fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     let mut v: c_int = 0;
     let mut l = size_of::<c_int>() as socklen_t;
+    // SAFETY: `v` and `l` are ours and describe an `int` of `l` bytes.
     let r =
         unsafe { libc::getsockopt(fd, level, name, &mut v as *mut c_int as *mut c_void, &mut l) };
     (r == 0).then_some(v)
@@ -15,7 +16,9 @@ pub(super) fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int>
 /// A socket's identity: its inode number. `None` for anything but a
 /// socket (a file's inode number says nothing about sockets).
 pub(super) fn socket_id(fd: c_int) -> Option<u64> {
+    // SAFETY: `stat` is plain data; all zeroes is a valid value.
     let mut st: libc::stat = unsafe { zeroed() };
+    // SAFETY: `st` is ours, of the size `fstat` writes.
     (unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
         .then_some(st.st_ino)
 }
@@ -50,8 +53,10 @@ pub(super) fn tcp_family(fd: c_int) -> Option<c_int> {
 
 /// A socket option holding a `timeval`, in milliseconds (`None`: none set).
 pub(super) fn sockopt_timeval(fd: c_int, name: c_int) -> Option<c_int> {
+    // SAFETY: `timeval` is plain data; all zeroes is a valid value.
     let mut tv: libc::timeval = unsafe { zeroed() };
     let mut l = size_of::<libc::timeval>() as socklen_t;
+    // SAFETY: `tv` and `l` are ours and describe a `timeval`.
     let r = unsafe {
         (real().getsockopt)(
             fd,
@@ -66,6 +71,7 @@ pub(super) fn sockopt_timeval(fd: c_int, name: c_int) -> Option<c_int> {
 }
 
 pub(super) fn is_nonblocking(fd: c_int) -> bool {
+    // SAFETY: F_GETFL takes no argument and touches no memory of ours.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     flags >= 0 && flags & libc::O_NONBLOCK != 0
 }
@@ -76,6 +82,7 @@ pub(super) fn is_nonblocking(fd: c_int) -> bool {
 /// application's own call succeeded, on its socket.
 pub(super) fn apply_option(fd: c_int, setting: &Setting) {
     let (level, name, value) = (setting.0, setting.1, &setting.2);
+    // SAFETY: `value` is a live slice of `value.len()` bytes.
     unsafe {
         (real().setsockopt)(
             fd,
@@ -91,6 +98,7 @@ pub(super) fn apply_option(fd: c_int, setting: &Setting) {
 pub(super) fn read_option(fd: c_int, level: c_int, name: c_int) -> Option<Setting> {
     let mut buf = [0u8; 16];
     let mut len = options::value_len(level, name) as socklen_t;
+    // SAFETY: `buf` has room for `len` (at most 16) bytes.
     let r =
         unsafe { (real().getsockopt)(fd, level, name, buf.as_mut_ptr() as *mut c_void, &mut len) };
     (r == 0).then(|| (level, name, buf[..len as usize].to_vec()))
@@ -111,11 +119,13 @@ fn fresh_options(family: c_int) -> &'static [Setting] {
     static V6: OnceLock<Vec<Setting>> = OnceLock::new();
     let cell = if family == AF_INET6 { &V6 } else { &V4 };
     cell.get_or_init(|| {
+        // SAFETY: plain system call with no pointer arguments.
         let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Vec::new();
         }
         let options = read_options(fd);
+        // SAFETY: `fd` is the socket made just above, closed once.
         unsafe { (real().close)(fd) };
         options
     })
