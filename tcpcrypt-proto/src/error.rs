@@ -4,6 +4,11 @@
 //! Errors that arise after encryption is enabled are aborts (RFC 8548 3.3):
 //! the caller must reset the connection and report the error, which is always
 //! distinct from a clean end of stream.
+//!
+//! [`Error::class`] says whose fault an error is, as rustls splits its
+//! errors: the peer misbehaved, the peer is incompatible, the caller misused
+//! the API, the configuration is unusable, or the environment failed. Only
+//! the first two come from the peer and abort the connection.
 
 use thiserror::Error;
 
@@ -78,4 +83,68 @@ pub enum Error {
     /// The configuration cannot be used (for example no TEP or no AEAD).
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
+}
+
+/// Whose fault an [`Error`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The peer sent something the protocol forbids: a malformed or
+    /// tampered message, a truncated stream. The connection must be
+    /// aborted.
+    PeerMisbehaved,
+    /// The peer speaks the protocol but shares no usable algorithm with us.
+    /// The connection must be aborted.
+    PeerIncompatible,
+    /// The caller used the API wrongly (sending after FINp, a second
+    /// rekey, an oversized frame, a call out of order). The connection is
+    /// unharmed.
+    LocalMisuse,
+    /// The configuration cannot be used.
+    Configuration,
+    /// The operating system failed us (no randomness).
+    Environment,
+}
+
+impl Error {
+    /// Whose fault this error is.
+    ///
+    /// ```
+    /// use tcpcrypt_proto::{Error, ErrorClass};
+    /// assert_eq!(Error::AuthenticationFailed.class(), ErrorClass::PeerMisbehaved);
+    /// assert_eq!(Error::SendAfterFin.class(), ErrorClass::LocalMisuse);
+    /// assert!(Error::Truncated.is_peer_fault());
+    /// ```
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::MalformedOption(_)
+            | Error::MalformedHello
+            | Error::BadMagic(_)
+            | Error::BadMessageLength { .. }
+            | Error::NoCiphers
+            | Error::CipherNotOffered(_)
+            | Error::BadPublicKey
+            | Error::AuthenticationFailed
+            | Error::FrameTooShort(_)
+            | Error::DataAfterFin
+            | Error::Truncated
+            | Error::HandshakeEof => ErrorClass::PeerMisbehaved,
+            Error::NoAcceptableAead => ErrorClass::PeerIncompatible,
+            Error::FrameTooLarge(_)
+            | Error::SendAfterFin
+            | Error::RekeyOutstanding
+            | Error::InvalidState(_) => ErrorClass::LocalMisuse,
+            Error::InvalidConfig(_) => ErrorClass::Configuration,
+            Error::Randomness => ErrorClass::Environment,
+        }
+    }
+
+    /// Whether the peer caused this error: the connection must then be
+    /// aborted (RFC 8548 3.3).
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self.class(),
+            ErrorClass::PeerMisbehaved | ErrorClass::PeerIncompatible
+        )
+    }
 }

@@ -38,7 +38,7 @@ pub mod random;
 pub mod tep;
 
 pub use aead::AeadAlgorithm;
-pub use error::Error;
+pub use error::{Error, ErrorClass};
 pub use tep::Tep;
 pub mod config;
 pub mod eno;

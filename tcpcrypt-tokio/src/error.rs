@@ -4,13 +4,15 @@
 //!
 //! A clean end of stream is `Ok(0)` from a read. Everything else is an
 //! error: truncation (a TCP FIN without a FINp frame) has kind
-//! `UnexpectedEof`, tampering `InvalidData`.
+//! `UnexpectedEof`, tampering and other faults of the peer `InvalidData`,
+//! the caller's own misuse `InvalidInput` (see
+//! [`proto::ErrorClass`](crate::proto::ErrorClass)).
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::proto::{self, DisableReason};
+use crate::proto::{self, DisableReason, ErrorClass};
 
 /// Why a connection is plain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,18 +95,28 @@ impl Error {
     /// handshake): the connection is then aborted with a reset, never
     /// closed gracefully (RFC 8548 3.3).
     pub(crate) fn aborts(e: &io::Error) -> bool {
-        matches!(
-            Error::from_io(e),
-            Some(Error::Protocol(_) | Error::HandshakeTimeout)
-        )
+        match Error::from_io(e) {
+            Some(Error::Protocol(p)) => p.is_peer_fault(),
+            Some(Error::HandshakeTimeout) => true,
+            _ => false,
+        }
     }
 
+    /// The `io::ErrorKind` a caller expects: a truncated stream is an
+    /// unexpected end, a peer's fault invalid data, the caller's own misuse
+    /// or configuration invalid input.
     fn kind(&self) -> io::ErrorKind {
         match self {
             Error::Protocol(proto::Error::Truncated | proto::Error::HandshakeEof) => {
                 io::ErrorKind::UnexpectedEof
             }
-            Error::Protocol(_) => io::ErrorKind::InvalidData,
+            Error::Protocol(p) => match p.class() {
+                ErrorClass::PeerMisbehaved | ErrorClass::PeerIncompatible => {
+                    io::ErrorKind::InvalidData
+                }
+                ErrorClass::LocalMisuse | ErrorClass::Configuration => io::ErrorKind::InvalidInput,
+                _ => io::ErrorKind::Other,
+            },
             Error::EncryptionRequired(_) | Error::Downgrade { .. } => {
                 io::ErrorKind::ConnectionRefused
             }

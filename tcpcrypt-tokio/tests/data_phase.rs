@@ -197,3 +197,31 @@ async fn a_handshake_error_on_the_connecting_side_resets_the_connection() {
     let end = timeout(LIMIT, server).await.unwrap().unwrap();
     assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
 }
+
+#[tokio::test]
+async fn local_misuse_is_invalid_input_and_leaves_the_connection_working() {
+    let (addr, _, _server) = tcpcrypt_echo(default_config()).await;
+    let mut s = TcpcryptStream::connect(addr, &default_config())
+        .await
+        .unwrap();
+    s.write_all(b"echo me").await.unwrap();
+    s.rekey().unwrap();
+    // A second rekey while the first is unsent or unanswered.
+    let twice = s.rekey().unwrap_err();
+    assert_eq!(twice.kind(), ErrorKind::InvalidInput, "{twice:?}");
+    s.shutdown().await.unwrap();
+    // Writing after our FINp: the caller's mistake, not the peer's.
+    let late = s.write_all(b"too late").await.unwrap_err();
+    assert_eq!(late.kind(), ErrorKind::InvalidInput, "{late:?}");
+    assert!(matches!(
+        Error::from_io(&late),
+        Some(Error::Protocol(p)) if p.class() == tcpcrypt_tokio::proto::ErrorClass::LocalMisuse
+    ));
+    // Nothing was aborted: the echo and the peer's FINp still arrive.
+    let mut echo = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, b"echo me");
+}
