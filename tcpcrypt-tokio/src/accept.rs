@@ -194,8 +194,16 @@ async fn accept_loop(listener: TcpListener, config: Arc<Config>, tx: Ready) {
         };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
-            Err(e) if is_transient(&e) => {
+            Err(e) if is_per_connection(&e) => {
                 tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+            Err(e) if is_resource_shortage(&e) => {
+                // Out of descriptors or memory for a moment: wait for some
+                // to be released rather than spin.
+                tracing::warn!(error = %e, "accept failed; retrying shortly");
+                drop(permit);
+                tokio::time::sleep(RESOURCE_RETRY).await;
                 continue;
             }
             Err(e) => {
@@ -220,15 +228,34 @@ async fn accept_loop(listener: TcpListener, config: Arc<Config>, tx: Ready) {
     }
 }
 
-/// Errors of one incoming connection (it vanished before `accept`, or the
-/// process is out of descriptors for a moment) that must not stop the
-/// listener.
-fn is_transient(e: &io::Error) -> bool {
+/// How long the accept loop waits after running out of descriptors or
+/// memory.
+const RESOURCE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Errors of one incoming connection (it vanished before `accept`) that
+/// must not stop the listener.
+fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
-    ) || e.raw_os_error() == Some(24)
-        || e.raw_os_error() == Some(23)
+    )
+}
+
+/// The process or the system is out of descriptors, buffers or memory for
+/// a moment: the listener waits and goes on.
+fn is_resource_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+    )
+}
+
+/// The errno values of a resource shortage (Linux numbering).
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
 }
