@@ -76,6 +76,22 @@ def self_test():
     assert ref.shared_secret(ref.TEP_X25519, a_priv, b_pub) == shared
     assert ref.shared_secret(ref.TEP_X25519, b_priv, a_pub) == shared
 
+    # RFC 7748, section 6.2 (X448 Diffie-Hellman).
+    a_priv = h("9a8f4925d1519f5775cf46b04b5800d4ee9ee8bae8bc5565d498c28d"
+               "d9c9baf574a9419744897391006382a6f127ab1d9ac2d8c0a598726b")
+    a_pub = h("9b08f7cc31b7e3e67d22d5aea121074a273bd2b83de09c63faa73d2c"
+              "22c5d9bbc836647241d953d40c5b12da88120d53177f80e532c41fa0")
+    b_priv = h("1c306a7ac2a0e2e0990b294470cba339e6453772b075811d8fad0d1d"
+               "6927c120bb5ee8972b0d3e21374c9c921b09d1b0366f10b65173992d")
+    b_pub = h("3eb7a829b0cd20f5bcfc0b599b6feccf6da4627107bdb0d4f345b430"
+              "27d8b972fc3e34fb4232a13ca706dcb57aec3dae07bdc1c67bf33609")
+    shared = h("07fff4181ac6cc95ec1c16a94a0f74d12da232ce40a77552281d282b"
+               "b60c0b56fd2464c335543936521c24403085d59a449a5037514a879d")
+    assert ref.pub_field(ref.TEP_X448, a_priv) == a_pub, "X448 pub A"
+    assert ref.pub_field(ref.TEP_X448, b_priv) == b_pub, "X448 pub B"
+    assert ref.shared_secret(ref.TEP_X448, a_priv, b_pub) == shared
+    assert ref.shared_secret(ref.TEP_X448, b_priv, a_pub) == shared
+
     # GCM specification (McGrew and Viega), test cases 1 and 2.
     gcm = ref.AESGCM(bytes(16))
     assert gcm.encrypt(bytes(12), b"", b"") == h(
@@ -88,6 +104,17 @@ def self_test():
     g = ref.pub_field(ref.TEP_P256, (1).to_bytes(32, "big"))
     assert g == h("0023" "03" "6b17d1f2e12c4247f8bce6e563a440f2"
                   "77037d812deb33a0f4a13945d898c296"), "P-256 generator"
+
+    # P-521: the generator point (private key 1) in compressed form, and
+    # (n - 1) * G = -G, which has the other y parity.  The published
+    # generator y ends in ...6650, so it is even and the prefix is 0x02.
+    g_x = h("00c6858e06b70404e9cd9e3ecb662395b4429c648139053fb521f828af"
+            "606b4d3dbaa14b5e77efe75928fe1dc127a2ffa8de3348b3c1856a429b"
+            "f97e7e31c2e5bd66")
+    g = ref.pub_field(ref.TEP_P521, (1).to_bytes(66, "big"))
+    assert g == h("0045" "02") + g_x, "P-521 generator"
+    g = ref.pub_field(ref.TEP_P521, (ref.P521_ORDER - 1).to_bytes(66, "big"))
+    assert g == h("0045" "03") + g_x, "P-521 order"
 
 
 # ---------------------------------------------------------------------------
@@ -105,6 +132,12 @@ def det(label, length):
 
 
 def private_key(tep, label):
+    if tep == ref.TEP_P521:
+        raw = det(label, ref.P521_SCALAR_LEN)
+        d = int.from_bytes(raw, "big") % (ref.P521_ORDER - 1) + 1
+        return d.to_bytes(ref.P521_SCALAR_LEN, "big").hex()
+    if tep == ref.TEP_X448:
+        return det(label, 56).hex()
     raw = det(label, 32)
     if tep == ref.TEP_P256:
         d = int.from_bytes(raw, "big") % (ref.P256_ORDER - 1) + 1
@@ -172,6 +205,7 @@ def vector(name, tep, ciphers, cipher, opt_a, opt_b, a_to_b, b_to_a,
 
 
 X25519, P256 = ref.TEP_X25519, ref.TEP_P256
+P521, X448 = ref.TEP_P521, ref.TEP_X448
 AES128, AES256, CHACHA = (ref.AEAD_AES_128_GCM, ref.AEAD_AES_256_GCM,
                           ref.AEAD_CHACHA20_POLY1305)
 FIN, URG = ref.FLAG_FINP, ref.FLAG_URGP
@@ -271,6 +305,41 @@ def build_inputs():
                      "450323", "45040123",
                      [F(MAX_DATA), F(b"", flags=FIN)],
                      [F(MAX_DATA, flags=FIN)]))
+
+    # Vectors added with P-521 (0x22) and X448 (0x24); appended so that
+    # the vectors above stay byte-identical.
+
+    # One per AEAD on each new TEP, with the same three resumption nonce
+    # shapes as X25519 and P-256.
+    vs.append(vector("p521-aes128gcm", P521, [AES128], AES128,
+                     "450322", "45040122", ba, bb, (8, 8, ra, rb)))
+    vs.append(vector("p521-aes256gcm", P521, [AES256], AES256,
+                     "450322", "45040122", ba, bb, (0, 0, ra, rb)))
+    vs.append(vector("p521-chacha20poly1305", P521, [CHACHA], CHACHA,
+                     "450322", "45040122", ba, bb, (3, 8, ra, rb)))
+    vs.append(vector("x448-aes128gcm", X448, [AES128], AES128,
+                     "450324", "45040124", ba, bb, (8, 8, ra, rb)))
+    vs.append(vector("x448-aes256gcm", X448, [AES256], AES256,
+                     "450324", "45040124", ba, bb, (0, 0, ra, rb)))
+    vs.append(vector("x448-chacha20poly1305", X448, [CHACHA], CHACHA,
+                     "450324", "45040124", ba, bb, (3, 8, ra, rb)))
+
+    # Rekeying through generations 0, 1, 2 on each new TEP; fresh and
+    # resumed sessions.
+    vs.append(vector("rekey-p521-aes256gcm", P521, [AES256], AES256,
+                     "450322", "45040122", rk_a, rk_b, (8, 8, rk_a, rk_b)))
+    vs.append(vector("rekey-x448-chacha20poly1305", X448, [CHACHA], CHACHA,
+                     "450324", "45040124", rk_a, rk_b, (0, 8, rk_a, rk_b)))
+
+    # A offers all four TEPs.  B lists two of them; the last one is
+    # negotiated: X448 in the first vector, P-521 (behind X448) in the
+    # second.
+    vs.append(vector("multi-tep-all-four-x448", X448,
+                     [AES128, AES256, CHACHA], AES128,
+                     "450621222324", "4505012324", ba, bb, (8, 8, ra, rb)))
+    vs.append(vector("multi-tep-all-four-p521", P521,
+                     [CHACHA, AES128], AES128,
+                     "450624232221", "4505012422", ba, bb, (4, 6, ra, rb)))
     return vs
 
 

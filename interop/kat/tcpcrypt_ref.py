@@ -20,7 +20,7 @@ import json
 import sys
 
 from cryptography.hazmat.primitives import hashes, hmac, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 from cryptography.hazmat.primitives.ciphers.aead import (
     AESGCM,
     ChaCha20Poly1305,
@@ -43,8 +43,10 @@ INIT2_MAGIC = bytes.fromhex("097105e0")
 ENO_KIND = 0x45
 
 TEP_P256 = 0x21
+TEP_P521 = 0x22
 TEP_X25519 = 0x23
-SUPPORTED_TEPS = (TEP_P256, TEP_X25519)
+TEP_X448 = 0x24
+SUPPORTED_TEPS = (TEP_P256, TEP_P521, TEP_X25519, TEP_X448)
 
 N_LEN = 32  # N_A_LEN = N_B_LEN
 K_LEN = 32
@@ -73,6 +75,35 @@ P256_PUB_FIELD_LEN = 2 + P256_PUBKEY_POINT_LEN
 P256_ORDER = int(
     "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551", 16
 )
+P256_SCALAR_LEN = 32  # private key and ES (x-coordinate) size
+
+# P-521: the same decisions as for P-256.  The compressed point is 1 + 66
+# bytes, so pubkey_len = 2 + 67 = 69 = 0x0045.
+P521_PUBKEY_POINT_LEN = 67
+P521_PUB_FIELD_LEN = 2 + P521_PUBKEY_POINT_LEN
+P521_ORDER = int(
+    "01ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+    "fa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409", 16
+)
+P521_SCALAR_LEN = 66  # ceil(521 / 8): private key and ES (x-coordinate)
+
+# NIST curves (ECSVDP-DH, IEEE 1363):
+# tep -> (name, curve, scalar_len, point_len, pub_field_len, order)
+NIST_CURVES = {
+    TEP_P256: ("P-256", ec.SECP256R1(), P256_SCALAR_LEN,
+               P256_PUBKEY_POINT_LEN, P256_PUB_FIELD_LEN, P256_ORDER),
+    TEP_P521: ("P-521", ec.SECP521R1(), P521_SCALAR_LEN,
+               P521_PUBKEY_POINT_LEN, P521_PUB_FIELD_LEN, P521_ORDER),
+}
+
+# Montgomery curves (RFC 7748): tep -> (name, private class, public class,
+# key_len).  Private keys, the Pub field and ES are all key_len raw bytes;
+# the Pub field has no length prefix.
+X_CURVES = {
+    TEP_X25519: ("X25519", x25519.X25519PrivateKey, x25519.X25519PublicKey,
+                 32),
+    TEP_X448: ("X448", x448.X448PrivateKey, x448.X448PublicKey, 56),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -210,60 +241,72 @@ def negotiated_tep_byte(opt_a, opt_b, tep):
 # Key agreement (RFC 8548 section 5)
 # ---------------------------------------------------------------------------
 
-def _p256_private(raw):
-    if len(raw) != 32:
-        raise ValueError("P-256 private key must be 32 bytes")
+def _nist_private(tep, raw):
+    name, curve, scalar_len, _, _, order = NIST_CURVES[tep]
+    if len(raw) != scalar_len:
+        raise ValueError("%s private key must be %d bytes"
+                         % (name, scalar_len))
     d = int.from_bytes(raw, "big")
-    if not 1 <= d < P256_ORDER:
-        raise ValueError("P-256 scalar out of range")
-    return ec.derive_private_key(d, ec.SECP256R1())
+    if not 1 <= d < order:
+        raise ValueError("%s scalar out of range" % name)
+    return ec.derive_private_key(d, curve)
+
+
+def _x_private(tep, raw):
+    name, priv_cls, _, key_len = X_CURVES[tep]
+    if len(raw) != key_len:
+        raise ValueError("%s private key must be %d bytes" % (name, key_len))
+    return priv_cls.from_private_bytes(raw)
 
 
 def pub_field(tep, priv_raw):
     """The Pub_A / Pub_B field as it appears inside Init1 / Init2."""
-    if tep == TEP_X25519:
-        if len(priv_raw) != 32:
-            raise ValueError("X25519 private key must be 32 bytes")
-        k = x25519.X25519PrivateKey.from_private_bytes(priv_raw)
+    if tep in X_CURVES:
+        k = _x_private(tep, priv_raw)
         return k.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    if tep == TEP_P256:
-        point = _p256_private(priv_raw).public_key().public_bytes(
+    if tep in NIST_CURVES:
+        _, _, _, point_len, field_len, _ = NIST_CURVES[tep]
+        point = _nist_private(tep, priv_raw).public_key().public_bytes(
             serialization.Encoding.X962,
             serialization.PublicFormat.CompressedPoint)
-        assert len(point) == P256_PUBKEY_POINT_LEN
-        return u16(P256_PUB_FIELD_LEN) + point
+        assert len(point) == point_len
+        return u16(field_len) + point
     raise ValueError("unsupported TEP 0x%02x" % tep)
 
 
 def pub_field_len(tep):
-    return {TEP_X25519: 32, TEP_P256: P256_PUB_FIELD_LEN}[tep]
+    if tep in X_CURVES:
+        return X_CURVES[tep][3]
+    return NIST_CURVES[tep][4]
 
 
 def shared_secret(tep, priv_raw, peer_field):
     """ES computed from the local private key and the peer's Pub field."""
-    if tep == TEP_X25519:
-        if len(peer_field) != 32:
-            raise ValueError("bad X25519 Pub field length")
-        k = x25519.X25519PrivateKey.from_private_bytes(priv_raw)
-        peer = x25519.X25519PublicKey.from_public_bytes(peer_field)
-        es = k.exchange(peer)
-        if es == bytes(32):
-            raise ValueError("X25519 shared secret is all zero")
+    if tep in X_CURVES:
+        name, _, pub_cls, key_len = X_CURVES[tep]
+        if len(peer_field) != key_len:
+            raise ValueError("bad %s Pub field length" % name)
+        k = _x_private(tep, priv_raw)
+        es = k.exchange(pub_cls.from_public_bytes(peer_field))
+        # RFC 8548 section 5, RFC 7748 section 6: abort on all zero.
+        if es == bytes(key_len):
+            raise ValueError("%s shared secret is all zero" % name)
         return es
-    if tep == TEP_P256:
-        if len(peer_field) != P256_PUB_FIELD_LEN:
-            raise ValueError("bad P-256 Pub field length")
-        if int.from_bytes(peer_field[:2], "big") != P256_PUB_FIELD_LEN:
-            raise ValueError("bad P-256 pubkey_len")
+    if tep in NIST_CURVES:
+        name, curve, scalar_len, _, field_len, _ = NIST_CURVES[tep]
+        if len(peer_field) != field_len:
+            raise ValueError("bad %s Pub field length" % name)
+        if int.from_bytes(peer_field[:2], "big") != field_len:
+            raise ValueError("bad %s pubkey_len" % name)
         point = peer_field[2:]
         if point[0] not in (0x02, 0x03):
-            raise ValueError("P-256 key not in compressed form")
+            raise ValueError("%s key not in compressed form" % name)
         # from_encoded_point checks that the point is on the curve.
-        peer = ec.EllipticCurvePublicKey.from_encoded_point(
-            ec.SECP256R1(), point)
-        es = _p256_private(priv_raw).exchange(ec.ECDH(), peer)
-        assert len(es) == 32  # x-coordinate, fixed-length big-endian
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+        es = _nist_private(tep, priv_raw).exchange(ec.ECDH(), peer)
+        # x-coordinate, fixed-length big-endian
+        assert len(es) == scalar_len
         return es
     raise ValueError("unsupported TEP 0x%02x" % tep)
 

@@ -60,7 +60,7 @@ impl Default for HandshakeConfig {
     fn default() -> Self {
         HandshakeConfig {
             backend: crypto::default_backend(),
-            teps: Tep::ALL.to_vec(),
+            teps: Tep::DEFAULT.to_vec(),
             aeads: AeadAlgorithm::ALL.to_vec(),
             application_aware: false,
             require_application_aware: false,

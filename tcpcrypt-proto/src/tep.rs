@@ -15,28 +15,51 @@ use super::random::RandomSource;
 pub enum Tep {
     /// TCPCRYPT_ECDHE_P256, 0x21 (OPTIONAL).
     EcdheP256,
+    /// TCPCRYPT_ECDHE_P521, 0x22 (OPTIONAL).
+    EcdheP521,
     /// TCPCRYPT_ECDHE_Curve25519, 0x23 (REQUIRED).
     EcdheCurve25519,
+    /// TCPCRYPT_ECDHE_Curve448, 0x24 (RECOMMENDED).
+    EcdheCurve448,
 }
 
-/// Length of the P-256 `pubkey_len` prefix.
-const P256_LEN_PREFIX: usize = 2;
+/// Length of the `pubkey_len` prefix of the NIST curves' Pub field.
+const EC_LEN_PREFIX: usize = 2;
 /// Length of a compressed P-256 point.
 const P256_COMPRESSED_LEN: usize = 33;
+/// Length of a compressed P-521 point.
+const P521_COMPRESSED_LEN: usize = 67;
 /// The value of `pubkey_len` for P-256. It counts its own two bytes: the
 /// figure in RFC 8548 section 5 numbers the last byte of the field `L - 1`
 /// (decision recorded in docs/PROTOCOL.md).
-pub const P256_PUBKEY_LEN: u16 = (P256_LEN_PREFIX + P256_COMPRESSED_LEN) as u16;
+pub const P256_PUBKEY_LEN: u16 = (EC_LEN_PREFIX + P256_COMPRESSED_LEN) as u16;
+/// The value of `pubkey_len` for P-521, by the same rule.
+pub const P521_PUBKEY_LEN: u16 = (EC_LEN_PREFIX + P521_COMPRESSED_LEN) as u16;
 
 impl Tep {
-    /// Every TEP this implementation supports, weakest preference first.
-    pub const ALL: [Tep; 2] = [Tep::EcdheP256, Tep::EcdheCurve25519];
+    /// Every TEP this implementation supports, in increasing order of
+    /// preference. [`DEFAULT`](Self::DEFAULT) is what a default
+    /// configuration offers.
+    pub const ALL: [Tep; 4] = [
+        Tep::EcdheP521,
+        Tep::EcdheP256,
+        Tep::EcdheCurve448,
+        Tep::EcdheCurve25519,
+    ];
+
+    /// The TEPs a default configuration offers, in increasing order of
+    /// preference: X25519 (REQUIRED of every implementation, and the
+    /// fastest) and P-256. Curve448 and P-521 cost more per handshake and
+    /// make the ENO option longer; configure them to offer them.
+    pub const DEFAULT: [Tep; 2] = [Tep::EcdheP256, Tep::EcdheCurve25519];
 
     /// The seven-bit identifier.
     pub const fn id(self) -> u8 {
         match self {
             Tep::EcdheP256 => 0x21,
+            Tep::EcdheP521 => 0x22,
             Tep::EcdheCurve25519 => 0x23,
+            Tep::EcdheCurve448 => 0x24,
         }
     }
 
@@ -44,7 +67,9 @@ impl Tep {
     pub const fn from_id(id: u8) -> Option<Self> {
         match id {
             0x21 => Some(Tep::EcdheP256),
+            0x22 => Some(Tep::EcdheP521),
             0x23 => Some(Tep::EcdheCurve25519),
+            0x24 => Some(Tep::EcdheCurve448),
             _ => None,
         }
     }
@@ -53,29 +78,56 @@ impl Tep {
     pub const fn name(self) -> &'static str {
         match self {
             Tep::EcdheP256 => "TCPCRYPT_ECDHE_P256",
+            Tep::EcdheP521 => "TCPCRYPT_ECDHE_P521",
             Tep::EcdheCurve25519 => "TCPCRYPT_ECDHE_Curve25519",
+            Tep::EcdheCurve448 => "TCPCRYPT_ECDHE_Curve448",
         }
     }
 
-    /// Length of a private key in bytes (X25519 scalar, or big-endian P-256
-    /// scalar).
+    /// Length of a private key in bytes: the X25519 or X448 scalar, or the
+    /// big-endian P-256 or P-521 scalar.
     pub const fn private_key_len(self) -> usize {
-        32
+        match self {
+            Tep::EcdheP256 | Tep::EcdheCurve25519 => 32,
+            Tep::EcdheP521 => 66,
+            Tep::EcdheCurve448 => 56,
+        }
     }
 
     /// Length of the Pub_A / Pub_B field in Init1 / Init2.
     pub const fn pub_field_len(self) -> usize {
         match self {
-            Tep::EcdheP256 => P256_LEN_PREFIX + P256_COMPRESSED_LEN,
+            Tep::EcdheP256 => EC_LEN_PREFIX + P256_COMPRESSED_LEN,
+            Tep::EcdheP521 => EC_LEN_PREFIX + P521_COMPRESSED_LEN,
             Tep::EcdheCurve25519 => 32,
+            Tep::EcdheCurve448 => 56,
         }
     }
 
-    /// Encodes a public key (raw X25519 bytes, or a compressed P-256 point)
-    /// as the Pub field of an Init message.
+    /// The `pubkey_len` of a NIST curve's Pub field; `None` for the
+    /// Montgomery curves, whose keys go without a prefix.
+    const fn pubkey_len(self) -> Option<u16> {
+        match self {
+            Tep::EcdheP256 => Some(P256_PUBKEY_LEN),
+            Tep::EcdheP521 => Some(P521_PUBKEY_LEN),
+            Tep::EcdheCurve25519 | Tep::EcdheCurve448 => None,
+        }
+    }
+
+    /// Makes random bytes a candidate private key: a P-521 scalar has 521
+    /// bits, so the top seven bits of its 66 bytes are cleared (the
+    /// candidate is then below the group order with probability near 1).
+    pub(crate) fn shape_private(self, private: &mut [u8]) {
+        if self == Tep::EcdheP521 {
+            private[0] &= 0x01;
+        }
+    }
+
+    /// Encodes a public key (raw X25519 or X448 bytes, or a compressed
+    /// P-256 or P-521 point) as the Pub field of an Init message.
     pub(crate) fn encode_pub_field(self, public: &[u8], out: &mut Vec<u8>) {
-        if self == Tep::EcdheP256 {
-            out.extend_from_slice(&P256_PUBKEY_LEN.to_be_bytes());
+        if let Some(len) = self.pubkey_len() {
+            out.extend_from_slice(&len.to_be_bytes());
         }
         out.extend_from_slice(public);
     }
@@ -83,20 +135,18 @@ impl Tep {
     /// Extracts the public key from a Pub field of exactly
     /// [`pub_field_len`](Self::pub_field_len) bytes.
     pub(crate) fn decode_pub_field(self, field: &[u8]) -> Result<&[u8], Error> {
-        match self {
-            Tep::EcdheCurve25519 => Ok(field),
-            Tep::EcdheP256 => {
-                let (len, point) = field.split_at(P256_LEN_PREFIX);
-                if u16::from_be_bytes([len[0], len[1]]) != P256_PUBKEY_LEN {
-                    return Err(Error::BadPublicKey);
-                }
-                // Compressed form is mandatory (RFC 8548 5).
-                if point[0] != 0x02 && point[0] != 0x03 {
-                    return Err(Error::BadPublicKey);
-                }
-                Ok(point)
-            }
+        let Some(expected) = self.pubkey_len() else {
+            return Ok(field);
+        };
+        let (len, point) = field.split_at(EC_LEN_PREFIX);
+        if u16::from_be_bytes([len[0], len[1]]) != expected {
+            return Err(Error::BadPublicKey);
         }
+        // Compressed form is mandatory (RFC 8548 5).
+        if point[0] != 0x02 && point[0] != 0x03 {
+            return Err(Error::BadPublicKey);
+        }
+        Ok(point)
     }
 }
 
@@ -123,7 +173,7 @@ impl fmt::Debug for EphemeralKey {
 }
 
 /// How many random scalars to try before giving up (a P-256 scalar is out of
-/// range with probability about 2^-32).
+/// range with probability about 2^-32, a shaped P-521 one far less).
 const KEYGEN_ATTEMPTS: usize = 8;
 
 impl EphemeralKey {
@@ -136,6 +186,7 @@ impl EphemeralKey {
         for _ in 0..KEYGEN_ATTEMPTS {
             let mut private = Zeroizing::new(vec![0u8; tep.private_key_len()]);
             rng.fill(&mut private)?;
+            tep.shape_private(&mut private);
             if let Ok(key) = Self::from_private(tep, &private, backend) {
                 return Ok(key);
             }

@@ -539,6 +539,80 @@ fn bad_p256_keys_are_rejected_on_every_backend() {
     }
 }
 
+/// What a server configured for `tep` says to an Init1 whose Pub field
+/// is `field`, on `backend`.
+fn server_reading_pub_field(
+    backend: &'static dyn crypto::CryptoBackend,
+    tep: Tep,
+    field: Vec<u8>,
+) -> Result<usize, Error> {
+    let cfg = Arc::new(HandshakeConfig {
+        backend,
+        teps: vec![tep],
+        ..HandshakeConfig::default()
+    });
+    let mut s = server(&cfg, None);
+    s.read(&raw_client_hello(HelloKind::A, &[0x45, 0x03, tep.id()]))
+        .unwrap();
+    let init1 = Init1 {
+        pub_field: field,
+        ..good_init1()
+    };
+    s.read(&init1.encode().unwrap())
+}
+
+#[test]
+fn bad_p521_keys_are_rejected_on_every_backend() {
+    for backend in crypto::all_backends() {
+        let with = |len: u16, point: Vec<u8>| {
+            let mut field = len.to_be_bytes().to_vec();
+            field.extend_from_slice(&point);
+            server_reading_pub_field(backend, Tep::EcdheP521, field)
+        };
+        // x = p = 2^521 - 1 is out of range.
+        let mut p = vec![0x02, 0x01];
+        p.extend_from_slice(&[0xff; 65]);
+        assert_eq!(with(69, p), Err(Error::BadPublicKey), "{}", backend.name());
+        // The uncompressed tag, in a field of the compressed length.
+        let mut uncompressed_tag = vec![0x04];
+        uncompressed_tag.extend_from_slice(&[1; 66]);
+        assert_eq!(with(69, uncompressed_tag), Err(Error::BadPublicKey));
+        // A pubkey_len other than 69 (2 + 67).
+        let mut generator_x = vec![0x02];
+        generator_x.extend_from_slice(&hex_decode(
+            "00c6858e06b70404e9cd9e3ecb662395b4429c648139053fb521f828af606b4d3dbaa14b5e77efe75928fe1dc127a2ffa8de3348b3c1856a429bf97e7e31c2e5bd66",
+        ));
+        assert_eq!(
+            with(67, generator_x.clone()),
+            Err(Error::BadPublicKey),
+            "{}",
+            backend.name()
+        );
+        // The generator itself is a good key: the server answers.
+        assert!(with(69, generator_x).is_ok(), "{}", backend.name());
+    }
+}
+
+#[test]
+fn x448_low_order_points_are_rejected_on_every_backend() {
+    for backend in crypto::all_backends() {
+        // u = 0 and u = 1 give the all-zero shared secret (RFC 7748 6.2).
+        for u in [0u8, 1] {
+            let mut point = vec![0u8; 56];
+            point[0] = u;
+            assert_eq!(
+                server_reading_pub_field(backend, Tep::EcdheCurve448, point),
+                Err(Error::BadPublicKey),
+                "u = {u} on {}",
+                backend.name()
+            );
+        }
+        let mut base = vec![0u8; 56];
+        base[0] = 5;
+        assert!(server_reading_pub_field(backend, Tep::EcdheCurve448, base).is_ok());
+    }
+}
+
 #[test]
 fn init2_with_an_aead_a_did_not_offer_aborts() {
     let a_cfg = config(&[Tep::EcdheCurve25519], &[AeadAlgorithm::Aes128Gcm]);

@@ -81,7 +81,15 @@ fn vectors_cover_what_they_must() {
             "X25519 with AEAD {aead}"
         );
     }
-    assert!(has(&|x| x["tep"] == 0x21), "P-256");
+    // Every TEP this implementation supports, with every AEAD.
+    for tep in Tep::ALL {
+        for aead in [1, 2, 16] {
+            assert!(
+                has(&|x| x["tep"] == tep.id() && x["sym_cipher"] == aead),
+                "{tep} with AEAD {aead}"
+            );
+        }
+    }
     let frames = |x: &Value| -> Vec<Value> {
         let mut all = Vec::new();
         for part in [

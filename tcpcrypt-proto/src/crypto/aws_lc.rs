@@ -13,10 +13,13 @@ use crate::tep::Tep;
 #[derive(Debug)]
 pub(super) struct AwsLcRs;
 
-fn algorithm(tep: Tep) -> &'static agreement::Algorithm {
+/// The aws-lc-rs algorithm of a TEP; `None` for X448, which it lacks.
+fn algorithm(tep: Tep) -> Option<&'static agreement::Algorithm> {
     match tep {
-        Tep::EcdheCurve25519 => &agreement::X25519,
-        Tep::EcdheP256 => &agreement::ECDH_P256,
+        Tep::EcdheCurve25519 => Some(&agreement::X25519),
+        Tep::EcdheP256 => Some(&agreement::ECDH_P256),
+        Tep::EcdheP521 => Some(&agreement::ECDH_P521),
+        Tep::EcdheCurve448 => None,
     }
 }
 
@@ -56,16 +59,17 @@ impl CryptoBackend for AwsLcRs {
     }
 
     fn public_key(&self, tep: Tep, private: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let key = PrivateKey::from_private_key(algorithm(tep), private).map_err(|_| CryptoError)?;
+        let Some(alg) = algorithm(tep) else {
+            return super::x448::public_key(private);
+        };
+        let key = PrivateKey::from_private_key(alg, private).map_err(|_| CryptoError)?;
         let public = key.compute_public_key().map_err(|_| CryptoError)?;
-        match tep {
-            Tep::EcdheCurve25519 => Ok(public.as_ref().to_vec()),
-            Tep::EcdheP256 => {
-                let compressed: EcPublicKeyCompressedBin<'_> =
-                    public.as_be_bytes().map_err(|_| CryptoError)?;
-                Ok(compressed.as_ref().to_vec())
-            }
+        if tep == Tep::EcdheCurve25519 {
+            return Ok(public.as_ref().to_vec());
         }
+        let compressed: EcPublicKeyCompressedBin<'_> =
+            public.as_be_bytes().map_err(|_| CryptoError)?;
+        Ok(compressed.as_ref().to_vec())
     }
 
     fn agree(
@@ -74,11 +78,14 @@ impl CryptoBackend for AwsLcRs {
         private: &[u8],
         peer_public: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        if tep == Tep::EcdheP256 && !matches!(peer_public.first(), Some(0x02 | 0x03)) {
+        let Some(alg) = algorithm(tep) else {
+            return super::x448::agree(private, peer_public);
+        };
+        if tep != Tep::EcdheCurve25519 && !matches!(peer_public.first(), Some(0x02 | 0x03)) {
             return Err(CryptoError);
         }
-        let key = PrivateKey::from_private_key(algorithm(tep), private).map_err(|_| CryptoError)?;
-        let peer = UnparsedPublicKey::new(algorithm(tep), peer_public);
+        let key = PrivateKey::from_private_key(alg, private).map_err(|_| CryptoError)?;
+        let peer = UnparsedPublicKey::new(alg, peer_public);
         agreement::agree(&key, peer, CryptoError, |secret| {
             Ok(Zeroizing::new(secret.to_vec()))
         })

@@ -4,8 +4,10 @@
 //! * `aws-lc-rs` (feature `aws-lc-rs`, the default): the fastest AES-GCM on
 //!   the machines we target.
 //! * RustCrypto (feature `rustcrypto`): pure Rust (`x25519-dalek`, `p256`,
-//!   `aes-gcm`, `chacha20poly1305`, `hkdf`), for builds without a C
+//!   `p521`, `aes-gcm`, `chacha20poly1305`, `hkdf`), for builds without a C
 //!   toolchain.
+//!
+//! X448 comes from the `x448` crate in both (aws-lc-rs has none).
 //!
 //! Both produce identical bytes for identical inputs; a test checks it.
 
@@ -20,6 +22,7 @@ use super::tep::Tep;
 mod aws_lc;
 #[cfg(feature = "rustcrypto")]
 mod rust_crypto;
+mod x448;
 
 #[cfg(not(any(feature = "aws-lc-rs", feature = "rustcrypto")))]
 compile_error!("enable at least one crypto backend: feature `aws-lc-rs` or `rustcrypto`");
@@ -43,13 +46,14 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug + 'static {
     /// `out` (at most 255 * 32 bytes).
     fn expand(&self, prk: &[u8; 32], info: &[&[u8]], out: &mut [u8]);
 
-    /// The public key for a private key: 32 raw bytes for X25519, the
-    /// 33-byte compressed point for P-256.
+    /// The public key for a private key: 32 or 56 raw bytes for X25519 or
+    /// X448, the compressed point (33 or 67 bytes) for P-256 or P-521.
     fn public_key(&self, tep: Tep, private: &[u8]) -> Result<Vec<u8>, CryptoError>;
 
-    /// Key agreement with a peer's public key (raw X25519 bytes, or a
-    /// compressed P-256 point, which is validated). Returns the shared
-    /// secret (for P-256 the 32-byte big-endian x-coordinate).
+    /// Key agreement with a peer's public key (raw X25519 or X448 bytes, or
+    /// a compressed P-256 or P-521 point, which is validated). Returns the
+    /// shared secret (for the NIST curves the big-endian x-coordinate, 32
+    /// or 66 bytes).
     fn agree(
         &self,
         tep: Tep,

@@ -25,6 +25,18 @@ fn p256_scalar(private: &[u8]) -> Result<p256::SecretKey, CryptoError> {
     p256::SecretKey::from_slice(private).map_err(|_| CryptoError)
 }
 
+fn p521_scalar(private: &[u8]) -> Result<p521::SecretKey, CryptoError> {
+    p521::SecretKey::from_slice(private).map_err(|_| CryptoError)
+}
+
+/// Refuses a NIST-curve point that is not in compressed form (RFC 8548 5).
+fn compressed(point: &[u8]) -> Result<(), CryptoError> {
+    match point.first() {
+        Some(0x02 | 0x03) => Ok(()),
+        _ => Err(CryptoError),
+    }
+}
+
 impl CryptoBackend for RustCrypto {
     fn name(&self) -> &'static str {
         "rustcrypto"
@@ -57,6 +69,11 @@ impl CryptoBackend for RustCrypto {
                 let secret = p256_scalar(private)?;
                 Ok(secret.public_key().to_sec1_point(true).as_bytes().to_vec())
             }
+            Tep::EcdheP521 => {
+                let secret = p521_scalar(private)?;
+                Ok(secret.public_key().to_sec1_point(true).as_bytes().to_vec())
+            }
+            Tep::EcdheCurve448 => super::x448::public_key(private),
         }
     }
 
@@ -74,9 +91,7 @@ impl CryptoBackend for RustCrypto {
                 Ok(Zeroizing::new(shared.as_bytes().to_vec()))
             }
             Tep::EcdheP256 => {
-                if !matches!(peer_public.first(), Some(0x02 | 0x03)) {
-                    return Err(CryptoError);
-                }
+                compressed(peer_public)?;
                 let secret = p256_scalar(private)?;
                 // from_sec1_bytes checks that the point is on the curve and
                 // not the identity (IEEE 1363 A.16.10 for a prime-order curve).
@@ -86,6 +101,17 @@ impl CryptoBackend for RustCrypto {
                     p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
                 Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
             }
+            Tep::EcdheP521 => {
+                compressed(peer_public)?;
+                let secret = p521_scalar(private)?;
+                // As for P-256: on the curve, not the identity.
+                let peer =
+                    p521::PublicKey::from_sec1_bytes(peer_public).map_err(|_| CryptoError)?;
+                let shared =
+                    p521::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
+                Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
+            }
+            Tep::EcdheCurve448 => super::x448::agree(private, peer_public),
         }
     }
 
