@@ -231,21 +231,18 @@ def build_inputs():
     ba, bb = basic_frames()
     ra, rb = resumed_frames()
 
-    # One per AEAD on X25519, each with a resumption part.
-    vs.append(vector("x25519-aes128gcm", X25519, [AES128], AES128,
-                     "450323", "45040123", ba, bb, (8, 8, ra, rb)))
-    vs.append(vector("x25519-aes256gcm", X25519, [AES256], AES256,
-                     "450323", "45040123", ba, bb, (0, 0, ra, rb)))
-    vs.append(vector("x25519-chacha20poly1305", X25519, [CHACHA], CHACHA,
-                     "450323", "45040123", ba, bb, (3, 8, ra, rb)))
+    def one_per_aead(prefix, tep):
+        """One vector per AEAD on `tep`, each with a resumption part, with
+        three resumption nonce shapes."""
+        opt_a, opt_b = "4503%02x" % tep, "450401%02x" % tep
+        for suffix, aead, nonces in (("aes128gcm", AES128, (8, 8)),
+                                     ("aes256gcm", AES256, (0, 0)),
+                                     ("chacha20poly1305", CHACHA, (3, 8))):
+            vs.append(vector("%s-%s" % (prefix, suffix), tep, [aead], aead,
+                             opt_a, opt_b, ba, bb, nonces + (ra, rb)))
 
-    # P-256, same three resumption nonce shapes.
-    vs.append(vector("p256-aes128gcm", P256, [AES128], AES128,
-                     "450321", "45040121", ba, bb, (8, 8, ra, rb)))
-    vs.append(vector("p256-aes256gcm", P256, [AES256], AES256,
-                     "450321", "45040121", ba, bb, (0, 0, ra, rb)))
-    vs.append(vector("p256-chacha20poly1305", P256, [CHACHA], CHACHA,
-                     "450321", "45040121", ba, bb, (3, 8, ra, rb)))
+    one_per_aead("x25519", X25519)
+    one_per_aead("p256", P256)
 
     # Several ciphers offered, several TEPs offered by A; B picks X25519.
     vs.append(vector("multi-cipher-multi-tep-x25519", X25519,
@@ -309,20 +306,8 @@ def build_inputs():
     # Vectors added with P-521 (0x22) and X448 (0x24); appended so that
     # the vectors above stay byte-identical.
 
-    # One per AEAD on each new TEP, with the same three resumption nonce
-    # shapes as X25519 and P-256.
-    vs.append(vector("p521-aes128gcm", P521, [AES128], AES128,
-                     "450322", "45040122", ba, bb, (8, 8, ra, rb)))
-    vs.append(vector("p521-aes256gcm", P521, [AES256], AES256,
-                     "450322", "45040122", ba, bb, (0, 0, ra, rb)))
-    vs.append(vector("p521-chacha20poly1305", P521, [CHACHA], CHACHA,
-                     "450322", "45040122", ba, bb, (3, 8, ra, rb)))
-    vs.append(vector("x448-aes128gcm", X448, [AES128], AES128,
-                     "450324", "45040124", ba, bb, (8, 8, ra, rb)))
-    vs.append(vector("x448-aes256gcm", X448, [AES256], AES256,
-                     "450324", "45040124", ba, bb, (0, 0, ra, rb)))
-    vs.append(vector("x448-chacha20poly1305", X448, [CHACHA], CHACHA,
-                     "450324", "45040124", ba, bb, (3, 8, ra, rb)))
+    one_per_aead("p521", P521)
+    one_per_aead("x448", X448)
 
     # Rekeying through generations 0, 1, 2 on each new TEP; fresh and
     # resumed sessions.
