@@ -110,7 +110,7 @@ async fn server(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .max_pending_handshakes(256)
         .build()
         .expect("valid configuration");
-    let mut listener = TcpcryptListener::bind(addr, Arc::new(config)).await?;
+    let mut listener = TcpcryptListener::bind(addr, &Arc::new(config)).await?;
     let local = listener.local_addr();
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {

@@ -189,7 +189,7 @@ async fn steps(lib: &Path, status_dir: &Path) -> i32 {
         .client_hello_wait(Duration::from_secs(5))
         .build()
         .expect("valid configuration");
-    let Ok(mut listener) = TcpcryptListener::bind("127.0.0.1:0", Arc::new(config)).await else {
+    let Ok(mut listener) = TcpcryptListener::bind("127.0.0.1:0", &Arc::new(config)).await else {
         return fail("cannot bind a loopback port");
     };
     let server_addr = listener.local_addr();

@@ -144,7 +144,7 @@ fn run_warns_about_programs_it_cannot_reach() {
 // tasks must keep running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_curl_to_a_tcpcrypt_server_and_status_lists_live_connections() {
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", Arc::new(patient()))
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &Arc::new(patient()))
         .await
         .unwrap();
     let addr = listener.local_addr();

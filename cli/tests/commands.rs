@@ -272,7 +272,7 @@ fn patient() -> Arc<Config> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_tcpcrypt_plain_and_unreachable_destinations() {
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", patient())
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &patient())
         .await
         .unwrap();
     let addr = listener.local_addr();
@@ -527,7 +527,7 @@ fn mandatory_client_proxy(to: SocketAddr) -> (SocketAddr, Running) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_client_mode_carries_plain_clients_to_a_tcpcrypt_server() {
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", patient())
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &patient())
         .await
         .unwrap();
     let server_addr = listener.local_addr();

@@ -54,7 +54,9 @@ fn preload(cmd: &mut Command, so: &PathBuf) {
 /// An HTTP server answering every request with `len` bytes.
 async fn server(policy: Policy, len: usize) -> std::net::SocketAddr {
     let config = Arc::new(Config::builder().policy(policy).build().unwrap());
-    let mut l = TcpcryptListener::bind("127.0.0.1:0", config).await.unwrap();
+    let mut l = TcpcryptListener::bind("127.0.0.1:0", &config)
+        .await
+        .unwrap();
     let addr = l.local_addr();
     tokio::spawn(async move {
         let body = Arc::new(vec![0x42u8; len]);
@@ -86,7 +88,9 @@ async fn server(policy: Policy, len: usize) -> std::net::SocketAddr {
 /// connection open until the client closes it.
 async fn holding_server(policy: Policy) -> std::net::SocketAddr {
     let config = Arc::new(Config::builder().policy(policy).build().unwrap());
-    let mut l = TcpcryptListener::bind("127.0.0.1:0", config).await.unwrap();
+    let mut l = TcpcryptListener::bind("127.0.0.1:0", &config)
+        .await
+        .unwrap();
     let addr = l.local_addr();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {

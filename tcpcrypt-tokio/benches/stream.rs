@@ -180,7 +180,7 @@ async fn bulk(kind: &str, bytes: u64, tls: &Tls) -> f64 {
         _ => {
             drop(listener);
             let config = Arc::new(Config::default());
-            let mut l = TcpcryptListener::bind("127.0.0.1:0", config.clone())
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", &config)
                 .await
                 .unwrap();
             let addr = l.local_addr();
@@ -239,7 +239,7 @@ async fn proxied(kind: &str, bytes: u64, tls: &Tls) -> f64 {
         }
         _ => {
             let config = Arc::new(Config::default());
-            let mut l = TcpcryptListener::from_listener(front, config.clone()).unwrap();
+            let mut l = TcpcryptListener::from_listener(front, &config).unwrap();
             let proxy = tokio::spawn(async move {
                 let mut s = l.accept().await.unwrap().0;
                 let out = TcpStream::connect(backend_addr).await.unwrap();
@@ -310,7 +310,7 @@ async fn handshakes(kind: &str, tls: &Tls, n: usize) -> f64 {
         _ => {
             let resume = kind == "tcpcrypt-resumed";
             let config = Arc::new(Config::builder().resumption(resume).build().unwrap());
-            let mut l = TcpcryptListener::bind("127.0.0.1:0", config.clone())
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", &config)
                 .await
                 .unwrap();
             let addr = l.local_addr();

@@ -77,7 +77,9 @@ impl TcpcryptAcceptor {
         };
         let mut stream = match end {
             ServerEnd::Encrypted(session, leftover) => {
-                TcpcryptStream::encrypted(io, *session, leftover)
+                let mut s = TcpcryptStream::encrypted(io, *session, leftover);
+                s.config = Some(self.config.clone());
+                s
             }
             ServerEnd::Plain(reason, _) if config.policy == Policy::Mandatory => {
                 return Err(Error::EncryptionRequired(reason).into());
@@ -126,7 +128,7 @@ impl TcpcryptAcceptor {
 /// use tcpcrypt_tokio::{Config, TcpcryptListener};
 ///
 /// # async fn run() -> std::io::Result<()> {
-/// let mut listener = TcpcryptListener::bind("127.0.0.1:8080", Arc::new(Config::default())).await?;
+/// let mut listener = TcpcryptListener::bind("127.0.0.1:8080", &Arc::new(Config::default())).await?;
 /// loop {
 ///     let (mut stream, peer) = listener.accept().await?;
 ///     tokio::spawn(async move {
@@ -151,15 +153,18 @@ impl Drop for TcpcryptListener {
 
 impl TcpcryptListener {
     /// Binds to `addr` and starts accepting.
-    pub async fn bind(addr: impl ToSocketAddrs, config: Arc<Config>) -> io::Result<Self> {
+    ///
+    /// Like [`TcpcryptStream::connect`](crate::TcpcryptStream::connect), it
+    /// borrows the configuration (and keeps a reference-counted copy).
+    pub async fn bind(addr: impl ToSocketAddrs, config: &Arc<Config>) -> io::Result<Self> {
         Self::from_listener(TcpListener::bind(addr).await?, config)
     }
 
     /// Serves an existing listener.
-    pub fn from_listener(listener: TcpListener, config: Arc<Config>) -> io::Result<Self> {
+    pub fn from_listener(listener: TcpListener, config: &Arc<Config>) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let task = tokio::spawn(accept_loop(listener, config, tx));
+        let task = tokio::spawn(accept_loop(listener, config.clone(), tx));
         Ok(TcpcryptListener {
             local_addr,
             ready,

@@ -149,6 +149,7 @@ impl TcpcryptConnector {
                 tracing::debug!(peer = ?peer, session_id = %session.info.session_id, resumed = session.info.resumed, "tcpcrypt session established");
                 let mut stream = TcpcryptStream::encrypted(io, *session, leftover);
                 stream.abort = abort;
+                stream.config = Some(self.config.clone());
                 Ok(Connected::Stream(stream))
             }
             ClientEnd::PlainHere(reason, leftover) => {

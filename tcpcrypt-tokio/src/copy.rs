@@ -227,7 +227,7 @@ where
 /// # async fn run() -> std::io::Result<()> {
 /// // An encrypting front for a plain server.
 /// let config = Arc::new(Config::default());
-/// let mut listener = TcpcryptListener::bind("0.0.0.0:8080", config).await?;
+/// let mut listener = TcpcryptListener::bind("0.0.0.0:8080", &config).await?;
 /// loop {
 ///     let (mut client, _peer) = listener.accept().await?;
 ///     tokio::spawn(async move {

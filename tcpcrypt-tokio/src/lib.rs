@@ -22,7 +22,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
 //! let config = Arc::new(Config::default());
-//! let mut listener = TcpcryptListener::bind("127.0.0.1:0", config.clone()).await?;
+//! let mut listener = TcpcryptListener::bind("127.0.0.1:0", &config).await?;
 //! let addr = listener.local_addr();
 //! let server = tokio::spawn(async move {
 //!     let (mut stream, _peer) = listener.accept().await?;

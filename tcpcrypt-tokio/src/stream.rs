@@ -50,6 +50,9 @@ pub struct TcpcryptStream<IO = TcpStream> {
     /// A protocol error aborted the connection: writes fail.
     pub(crate) aborted: bool,
     pub(crate) peer: Option<SocketAddr>,
+    /// The configuration an encrypted stream was negotiated with, whose
+    /// caches [`forget_session`](Self::forget_session) flushes.
+    pub(crate) config: Option<Arc<crate::Config>>,
 }
 
 pub(crate) enum Mode {
@@ -89,6 +92,7 @@ impl<IO> TcpcryptStream<IO> {
             abort: None,
             aborted: false,
             peer: None,
+            config: None,
         }
     }
 
@@ -102,6 +106,7 @@ impl<IO> TcpcryptStream<IO> {
             abort: None,
             aborted: false,
             peer: None,
+            config: None,
         }
     }
 
@@ -166,21 +171,23 @@ impl<IO> TcpcryptStream<IO> {
     }
 
     /// Flushes the resumption state this connection used or created
-    /// (RFC 8548 3.5): on the connecting side the secret cached for this
+    /// (RFC 8548 3.5) from the caches of the configuration it was made
+    /// with: on the connecting side the secret cached for this
     /// destination, on the accepting side the secret cached for this
-    /// peer's next connection. `config` is the one the stream was made with.
-    pub fn forget_session(&self, config: &crate::Config) {
-        if let Some(info) = self.session() {
-            match info.role {
-                crate::Role::A => {
-                    if let Some(peer) = self.peer {
-                        config.client_cache.forget_ticket(peer);
-                    }
+    /// peer's next connection.
+    pub fn forget_session(&self) {
+        let (Some(info), Some(config)) = (self.session(), &self.config) else {
+            return;
+        };
+        match info.role {
+            crate::Role::A => {
+                if let Some(peer) = self.peer {
+                    config.client_cache.forget_ticket(peer);
                 }
-                crate::Role::B => {
-                    if let Some(half) = info.cached_resumption {
-                        config.server_cache.remove(&half);
-                    }
+            }
+            crate::Role::B => {
+                if let Some(half) = info.cached_resumption {
+                    config.server_cache.remove(&half);
                 }
             }
         }

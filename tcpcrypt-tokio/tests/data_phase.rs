@@ -36,7 +36,7 @@ async fn an_empty_write_writes_nothing_and_the_stream_goes_on() {
 
 #[tokio::test]
 async fn a_split_read_half_answers_a_rekey_without_a_write() {
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", default_config())
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &default_config())
         .await
         .unwrap();
     let addr = listener.local_addr();
@@ -132,7 +132,7 @@ async fn a_split_read_half_resets_the_connection_after_tampering() {
 
 #[tokio::test]
 async fn a_handshake_error_on_the_accepting_side_resets_the_connection() {
-    let listener = TcpcryptListener::bind("127.0.0.1:0", default_config())
+    let listener = TcpcryptListener::bind("127.0.0.1:0", &default_config())
         .await
         .unwrap();
     let addr = listener.local_addr();

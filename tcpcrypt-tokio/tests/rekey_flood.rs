@@ -27,7 +27,7 @@ fn rss() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_empty_rekey_frames_without_reading_leave_memory_bounded() {
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", default_config())
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &default_config())
         .await
         .unwrap();
     let addr = listener.local_addr();

@@ -46,9 +46,7 @@ async fn crate_to_crate_every_tep_and_aead() {
 #[tokio::test]
 async fn both_ends_see_the_same_session() {
     let cfg = default_config();
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg.clone())
-        .await
-        .unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
     let addr = listener.local_addr();
     let client = tokio::spawn({
         let cfg = cfg.clone();
@@ -165,9 +163,7 @@ async fn a_bit_flip_reaching_the_reader_is_an_authentication_error() {
 #[tokio::test]
 async fn dropping_the_finp_frame_is_truncation_not_eof() {
     let cfg = default_config();
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg.clone())
-        .await
-        .unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
     let (addr, _) = relay(listener.local_addr(), Relay::DropClientTail(20)).await;
     let client = tokio::spawn({
         let cfg = cfg.clone();
@@ -310,7 +306,7 @@ async fn fallback_against_python_http_server() {
 #[tokio::test]
 async fn plain_clients_against_the_listener() {
     let cfg = config(|b| b.client_hello_wait(Duration::from_millis(200)));
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg).await.unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
     let addr = listener.local_addr();
     // Client speaks first: every byte reaches the application.
     let client = tokio::spawn(async move {
@@ -347,9 +343,7 @@ async fn plain_clients_against_the_listener() {
 #[tokio::test]
 async fn server_speaks_first_with_a_tcpcrypt_client() {
     let cfg = default_config();
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg.clone())
-        .await
-        .unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
     let addr = listener.local_addr();
     let client = tokio::spawn(async move {
         let mut s = TcpcryptStream::connect(addr, &cfg).await.unwrap();
@@ -405,7 +399,7 @@ async fn mandatory_never_sends_application_bytes_in_the_clear() {
     // A mandatory server refuses plain clients: they get nothing.
     let mut listener = TcpcryptListener::bind(
         "127.0.0.1:0",
-        config(|b| {
+        &config(|b| {
             b.policy(Policy::Mandatory)
                 .client_hello_wait(Duration::from_millis(100))
         }),
@@ -432,9 +426,7 @@ async fn mandatory_never_sends_application_bytes_in_the_clear() {
 #[tokio::test]
 async fn half_close_both_ways() {
     let cfg = default_config();
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg.clone())
-        .await
-        .unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
     let addr = listener.local_addr();
     let client = tokio::spawn(async move {
         let mut s = TcpcryptStream::connect(addr, &cfg).await.unwrap();
@@ -456,9 +448,7 @@ async fn half_close_both_ways() {
 
     // The other way: the server closes its side first.
     let cfg = default_config();
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg.clone())
-        .await
-        .unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
     let addr = listener.local_addr();
     let client = tokio::spawn(async move {
         let mut s = TcpcryptStream::connect(addr, &cfg).await.unwrap();
@@ -651,9 +641,7 @@ async fn resumption_off_and_no_cache() {
 #[tokio::test]
 async fn rekey_under_traffic() {
     let cfg = default_config();
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg.clone())
-        .await
-        .unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
     let addr = listener.local_addr();
     let data = pattern(3_000_000, 3);
     let expect = data.clone();
@@ -762,7 +750,7 @@ async fn downgrade_is_reported_and_can_be_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = config(|b| b.refuse_downgrade(true));
-    let mut tl = TcpcryptListener::from_listener(listener, default_config()).unwrap();
+    let mut tl = TcpcryptListener::from_listener(listener, &default_config()).unwrap();
     let c = tokio::spawn({
         let cfg = cfg.clone();
         async move { TcpcryptStream::connect(addr, &cfg).await.unwrap() }
@@ -791,7 +779,7 @@ async fn ipv6_loopback() {
         return;
     };
     let cfg = default_config();
-    let mut l = TcpcryptListener::from_listener(listener, cfg.clone()).unwrap();
+    let mut l = TcpcryptListener::from_listener(listener, &cfg).unwrap();
     let addr = l.local_addr();
     let c = tokio::spawn(async move { TcpcryptStream::connect(addr, &cfg).await.unwrap() });
     let (s, peer) = l.accept().await.unwrap();
@@ -804,7 +792,7 @@ async fn ipv6_loopback() {
 #[tokio::test]
 async fn forgetting_a_session_flushes_both_caches() {
     let server_cfg = default_config();
-    let mut l = TcpcryptListener::bind("127.0.0.1:0", server_cfg.clone())
+    let mut l = TcpcryptListener::bind("127.0.0.1:0", &server_cfg)
         .await
         .unwrap();
     let addr = l.local_addr();
@@ -817,8 +805,8 @@ async fn forgetting_a_session_flushes_both_caches() {
     let c = c.await.unwrap();
     assert!(client_cfg.client_cache().has_ticket(addr));
     assert_eq!(server_cfg.resumption_cache().len(), 1);
-    c.forget_session(&client_cfg);
-    s.forget_session(&server_cfg);
+    c.forget_session();
+    s.forget_session();
     assert!(!client_cfg.client_cache().has_ticket(addr));
     assert!(server_cfg.resumption_cache().is_empty());
 }
@@ -935,9 +923,7 @@ async fn buffered_reading_of_a_split_half_and_of_a_plain_stream() {
     let lines: Vec<String> = (0..5000).map(|i| format!("line {i}")).collect();
     let text = lines.join("\n") + "\n";
     let cfg = default_config();
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", cfg.clone())
-        .await
-        .unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
     let addr = listener.local_addr();
     let sent = text.clone();
     let server = tokio::spawn(async move {

@@ -18,7 +18,7 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let mut listener = TcpcryptListener::bind(addr, Arc::new(Config::default())).await?;
+    let mut listener = TcpcryptListener::bind(addr, &Arc::new(Config::default())).await?;
     println!("listening on {}", listener.local_addr());
     loop {
         let (mut stream, peer) = listener.accept().await?;

@@ -21,7 +21,7 @@ const PASSWORD: &[u8] = b"correct horse battery staple";
 async fn server(
     results: mpsc::UnboundedSender<(Option<SessionId>, bool)>,
 ) -> std::io::Result<SocketAddr> {
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", Arc::new(Config::default())).await?;
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &Arc::new(Config::default())).await?;
     let addr = listener.local_addr();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -43,7 +43,7 @@ async fn man_in_the_middle(
     seen: mpsc::UnboundedSender<Option<SessionId>>,
 ) -> std::io::Result<SocketAddr> {
     let config = Arc::new(Config::default());
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", config.clone()).await?;
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &config).await?;
     let addr = listener.local_addr();
     tokio::spawn(async move {
         while let Ok((mut from_client, _)) = listener.accept().await {

@@ -20,7 +20,7 @@ async fn main() -> std::io::Result<()> {
     let config = Arc::new(Config::default());
     match mode.as_str() {
         "server" => {
-            let mut listener = TcpcryptListener::bind(addr, config).await?;
+            let mut listener = TcpcryptListener::bind(addr, &config).await?;
             println!("listening on {}", listener.local_addr());
             loop {
                 let (mut stream, peer) = listener.accept().await?;

@@ -98,7 +98,7 @@ where
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut l = TcpcryptListener::bind(bind, Arc::new(patient_server()))
+            let mut l = TcpcryptListener::bind(bind, &Arc::new(patient_server()))
                 .await
                 .unwrap();
             tx.send(l.local_addr()).unwrap();

@@ -48,7 +48,9 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub async fn tcpcrypt_echo(
     config: Arc<Config>,
 ) -> (SocketAddr, Arc<Mutex<Vec<bool>>>, JoinHandle<()>) {
-    let mut listener = TcpcryptListener::bind("127.0.0.1:0", config).await.unwrap();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &config)
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();
