@@ -85,7 +85,7 @@ pub enum Error {
     InvalidConfig(&'static str),
 }
 
-/// Whose fault an [`Error`] is.
+/// Whose fault an [`Error`](enum@Error) is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorClass {
