@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tcpcrypt_tokio::{Config, TcpcryptAcceptor, TcpcryptStream};
+use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -185,28 +185,31 @@ pub async fn listen(args: ListenArgs) -> i32 {
     } else {
         eprintln!("tcpcrypt: listening on {local}");
     }
-    let acceptor = TcpcryptAcceptor::new(args.negotiation.config());
+    // Handshakes run concurrently, each bounded by its deadline: a slow or
+    // idle client delays nobody's handshake, even while one connection is
+    // being served.
+    let mut listener = match TcpcryptListener::from_listener(listener, &args.negotiation.config()) {
+        Ok(l) => l,
+        Err(e) => return failed("listening", &e),
+    };
     let mut input = Input::stdin();
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => return failed("accept", &e),
-        };
-        let started = Instant::now();
-        let stream = match acceptor.accept_tcp(tcp).await {
-            Ok(s) => s,
-            Err(e) => {
+        let stream = match listener.accept_attempt().await {
+            Ok((_, Ok(s))) => s,
+            Ok((peer, Err(e))) => {
                 // Not served: a refused plain client or a failed handshake
                 // does not end the listener.
                 eprintln!("tcpcrypt: {peer}: {e}");
                 continue;
             }
+            Err(e) => return failed("accept", &e),
         };
+        let peer = stream.peer_addr().expect("accepted over TCP");
         Report::new(
             peer,
             stream.session(),
             stream.fallback_reason(),
-            started.elapsed(),
+            stream.handshake_duration(),
         )
         .print_stderr(args.json);
         let code = match pump(stream, &mut input).await {

@@ -8,9 +8,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use tcpcrypt_tokio::{Config, PlainSource, SessionId, TcpcryptAcceptor};
+use tcpcrypt_tokio::{Config, PlainSource, SessionId, TcpcryptListener, TcpcryptStream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -127,7 +126,46 @@ pub async fn proxy(args: Args) -> i32 {
     );
     let args = Arc::new(args);
     let config = args.negotiation.config();
-    let acceptor = TcpcryptAcceptor::new(config.clone());
+    match args.mode {
+        Mode::Server => serve(listener, &config, args).await,
+        Mode::Client => carry_all(listener, &config, args).await,
+    }
+}
+
+/// Server mode: the library's listener runs the handshakes concurrently
+/// (a slow client delays nobody), and each negotiated client is carried to
+/// the backend in a task of its own.
+async fn serve(listener: TcpListener, config: &Arc<Config>, args: Arc<Args>) -> i32 {
+    let mut listener = match TcpcryptListener::from_listener(listener, config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tcpcrypt: listening: {e}");
+            return 1;
+        }
+    };
+    loop {
+        match listener.accept_attempt().await {
+            Ok((_, Ok(client))) => {
+                let args = args.clone();
+                tokio::spawn(async move {
+                    let peer = client.peer_addr();
+                    if let Err(e) = serve_client(client, &args).await {
+                        tracing::info!(?peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Ok((peer, Err(e))) => tracing::info!(%peer, error = %e, "client turned away"),
+            Err(e) => {
+                eprintln!("tcpcrypt: accept: {e}");
+                return 1;
+            }
+        }
+    }
+}
+
+/// Client mode: plain local clients, each carried to the tcpcrypt server
+/// in a task of its own.
+async fn carry_all(listener: TcpListener, config: &Arc<Config>, args: Arc<Args>) -> i32 {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -140,13 +178,8 @@ pub async fn proxy(args: Args) -> i32 {
         };
         let args = args.clone();
         let config = config.clone();
-        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let result = match args.mode {
-                Mode::Server => serve_client(tcp, peer, &acceptor, &args).await,
-                Mode::Client => carry_out(tcp, &config, &args).await,
-            };
-            if let Err(e) = result {
+            if let Err(e) = carry_out(tcp, &config, &args).await {
                 tracing::info!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -155,20 +188,14 @@ pub async fn proxy(args: Args) -> i32 {
 
 /// Server mode: negotiate with the client, then carry its bytes to the
 /// backend in plain TCP.
-async fn serve_client(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    acceptor: &TcpcryptAcceptor,
-    args: &Args,
-) -> io::Result<()> {
-    let local = tcp.local_addr()?;
-    let started = Instant::now();
-    let mut client = acceptor.accept_tcp(tcp).await?;
+async fn serve_client(mut client: TcpcryptStream<TcpStream>, args: &Args) -> io::Result<()> {
+    let local = client.get_ref().local_addr()?;
+    let peer = client.get_ref().peer_addr()?;
     let report = Report::new(
         peer,
         client.session(),
         client.fallback_reason(),
-        started.elapsed(),
+        client.handshake_duration(),
     );
     log(&report, args.json);
     let mut backend = TcpStream::connect(&args.to).await?;

@@ -228,6 +228,28 @@ fn listen_serves_plain_clients_and_keep_open_serves_one_after_another() {
 }
 
 #[test]
+fn listen_keep_open_negotiates_with_waiting_clients_while_one_is_served() {
+    let (mut server, mut err, addr) = listen(&["--keep-open"]);
+    drop(server.0.stdin.take()); // nothing to send: half-close at once
+    // A plain client that the listener serves and that never leaves.
+    let mut holder = TcpStream::connect(addr).unwrap();
+    holder.write_all(b"hold\n").unwrap();
+    assert_eq!(next_json(&mut err)["encrypted"], false);
+    // A tcpcrypt client meanwhile: its handshake is not held up behind the
+    // connection being served (it used to wait in the backlog until its
+    // hello timed out, then go plain).
+    let mut client = start(&["connect", "--json", &addr.to_string()]);
+    let mut client_err = BufReader::new(client.0.stderr.take().unwrap());
+    let report = next_json(&mut client_err);
+    assert_eq!(report["encrypted"], true, "{report}");
+    // Once the first client leaves, the second is served.
+    drop(holder);
+    client.0.stdin.take().unwrap().write_all(b"hi").unwrap();
+    assert_eq!(wait(&mut client), Some(0));
+    assert_eq!(next_json(&mut err)["encrypted"], true);
+}
+
+#[test]
 fn listen_mandatory_turns_plain_clients_away_and_serves_the_next_tcpcrypt_one() {
     let (mut server, mut err, addr) = listen(&["--mandatory"]);
     let mut plain = TcpStream::connect(addr).unwrap();

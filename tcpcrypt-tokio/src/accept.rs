@@ -66,6 +66,7 @@ impl TcpcryptAcceptor {
                 Vec::new(),
             ));
         }
+        let started = std::time::Instant::now();
         let end = match negotiate::server(&mut io, config).await {
             Ok(end) => end,
             Err(e) => {
@@ -87,6 +88,7 @@ impl TcpcryptAcceptor {
             ServerEnd::Plain(reason, bytes) => TcpcryptStream::plain(io, reason, bytes),
         };
         stream.abort = abort;
+        stream.handshake = started.elapsed();
         Ok(stream)
     }
 
@@ -141,7 +143,7 @@ impl TcpcryptAcceptor {
 #[derive(Debug)]
 pub struct TcpcryptListener {
     local_addr: SocketAddr,
-    ready: mpsc::Receiver<io::Result<(TcpcryptStream<TcpStream>, SocketAddr)>>,
+    ready: mpsc::Receiver<io::Result<Attempt>>,
     task: JoinHandle<()>,
 }
 
@@ -181,6 +183,36 @@ impl TcpcryptListener {
     /// are dropped and logged, not returned; an error here is an error of
     /// the listening socket.
     pub async fn accept(&mut self) -> io::Result<(TcpcryptStream<TcpStream>, SocketAddr)> {
+        loop {
+            match self.accept_attempt().await? {
+                (peer, Ok(stream)) => return Ok((stream, peer)),
+                (peer, Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "handshake failed; connection dropped")
+                }
+            }
+        }
+    }
+
+    /// The next incoming connection whose handshake has ended, with its
+    /// peer and the outcome: for a server that reports the clients it
+    /// turned away (a plain client under the mandatory policy, a failed
+    /// handshake). An error of the listening socket is the outer error.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use tcpcrypt_tokio::{Config, TcpcryptListener};
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let mut listener = TcpcryptListener::bind("127.0.0.1:8080", &Arc::new(Config::default())).await?;
+    /// loop {
+    ///     match listener.accept_attempt().await? {
+    ///         (peer, Ok(stream)) => println!("{peer}: encrypted {}", stream.is_encrypted()),
+    ///         (peer, Err(e)) => eprintln!("{peer}: turned away: {e}"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn accept_attempt(&mut self) -> io::Result<Attempt> {
         match self.ready.recv().await {
             Some(r) => r,
             None => Err(io::Error::other("the listener stopped")),
@@ -188,7 +220,10 @@ impl TcpcryptListener {
     }
 }
 
-type Ready = mpsc::Sender<io::Result<(TcpcryptStream<TcpStream>, SocketAddr)>>;
+/// An incoming connection's peer and how its handshake ended.
+pub type Attempt = (SocketAddr, io::Result<TcpcryptStream<TcpStream>>);
+
+type Ready = mpsc::Sender<io::Result<Attempt>>;
 
 async fn accept_loop(listener: TcpListener, config: Arc<Config>, tx: Ready) {
     let acceptor = TcpcryptAcceptor::new(config.clone());
@@ -220,15 +255,10 @@ async fn accept_loop(listener: TcpListener, config: Arc<Config>, tx: Ready) {
         let tx = tx.clone();
         tokio::spawn(async move {
             let result = acceptor.accept_tcp(tcp).await;
+            // The slot is held until the application takes the connection:
+            // an application that stops accepting stops the handshakes.
+            let _ = tx.send(Ok((peer, result))).await;
             drop(permit);
-            match result {
-                Ok(stream) => {
-                    let _ = tx.send(Ok((stream, peer))).await;
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "handshake failed; connection dropped")
-                }
-            }
         });
     }
 }

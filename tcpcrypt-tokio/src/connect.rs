@@ -129,6 +129,7 @@ impl TcpcryptConnector {
             )));
         }
         let ticket = peer.and_then(|p| config.client_cache.take_ticket(p));
+        let started = std::time::Instant::now();
         let end = match negotiate::client(&mut io, config, ticket).await {
             Ok(end) => end,
             Err(e) => {
@@ -150,13 +151,14 @@ impl TcpcryptConnector {
                 let mut stream = TcpcryptStream::encrypted(io, *session, leftover);
                 stream.abort = abort;
                 stream.config = Some(self.config.clone());
+                stream.handshake = started.elapsed();
                 Ok(Connected::Stream(stream))
             }
             ClientEnd::PlainHere(reason, leftover) => {
                 self.check_fallback(peer, &reason)?;
-                Ok(Connected::Stream(TcpcryptStream::plain(
-                    io, reason, leftover,
-                )))
+                let mut stream = TcpcryptStream::plain(io, reason, leftover);
+                stream.handshake = started.elapsed();
+                Ok(Connected::Stream(stream))
             }
             ClientEnd::Reconnect(reason) => {
                 self.check_fallback(peer, &reason)?;

@@ -63,7 +63,7 @@ mod record;
 mod split;
 mod stream;
 
-pub use accept::{TcpcryptAcceptor, TcpcryptListener};
+pub use accept::{Attempt, TcpcryptAcceptor, TcpcryptListener};
 pub use cache::ClientCache;
 pub use config::{Config, ConfigBuilder, Policy};
 pub use connect::{Connected, TcpcryptConnector};

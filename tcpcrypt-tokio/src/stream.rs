@@ -53,6 +53,8 @@ pub struct TcpcryptStream<IO = TcpStream> {
     /// The configuration an encrypted stream was negotiated with, whose
     /// caches [`forget_session`](Self::forget_session) flushes.
     pub(crate) config: Option<Arc<crate::Config>>,
+    /// How long the negotiation took.
+    pub(crate) handshake: std::time::Duration,
 }
 
 pub(crate) enum Mode {
@@ -93,6 +95,7 @@ impl<IO> TcpcryptStream<IO> {
             aborted: false,
             peer: None,
             config: None,
+            handshake: std::time::Duration::ZERO,
         }
     }
 
@@ -107,6 +110,7 @@ impl<IO> TcpcryptStream<IO> {
             aborted: false,
             peer: None,
             config: None,
+            handshake: std::time::Duration::ZERO,
         }
     }
 
@@ -142,6 +146,13 @@ impl<IO> TcpcryptStream<IO> {
     /// from, when it came from a TCP socket.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// How long the negotiation took on this connection: the tcpcrypt
+    /// handshake, or what it took to find the peer plain (zero when the
+    /// policy or a cached verdict skipped it).
+    pub fn handshake_duration(&self) -> std::time::Duration {
+        self.handshake
     }
 
     /// The underlying transport.
