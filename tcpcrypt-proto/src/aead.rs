@@ -9,6 +9,7 @@ pub const TAG_LEN: usize = 16;
 
 /// An AEAD algorithm with its two-byte identifier as sent in Init1/Init2.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
 pub enum AeadAlgorithm {
     /// AEAD_AES_128_GCM, 0x0001 (REQUIRED).
     Aes128Gcm,

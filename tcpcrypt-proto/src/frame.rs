@@ -375,6 +375,7 @@ impl FrameSealer {
 
 /// A frame opened in place by [`FrameOpener::open_in_place`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OpenedFrame {
     /// Bytes of the input the frame occupied.
     pub frame_len: usize,

@@ -57,6 +57,7 @@ impl fmt::Display for Role {
 
 /// What an application may know about an encrypted connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionInfo {
     /// This host's role in this connection.
     pub role: Role,

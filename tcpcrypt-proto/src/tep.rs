@@ -12,6 +12,7 @@ use super::random::RandomSource;
 /// A tcpcrypt TEP identifier (the `glt` value of an ENO suboption, v bit
 /// excluded).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
 pub enum Tep {
     /// TCPCRYPT_ECDHE_P256, 0x21 (OPTIONAL).
     EcdheP256,
