@@ -4,7 +4,7 @@
 //! In-band, the option bytes are exactly those a TCP option would carry,
 //! kind byte and length byte included, so the negotiation transcript
 //! (RFC 8547 4.8) is unchanged. Negotiation itself lives in
-//! [`negotiation`](super::negotiation).
+//! the `negotiation` module.
 
 use super::error::Error;
 

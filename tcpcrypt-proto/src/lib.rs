@@ -26,8 +26,9 @@
 //! ```
 //!
 //! APIs that can break security when misused (sealing a frame at an
-//! offset the caller chooses, raw secret bytes) exist only with the
-//! `dangerous` feature, for known-answer tests, conformance and fuzzing.
+//! offset the caller chooses, raw secret bytes, the key schedule and the
+//! negotiation internals as modules) exist only with the `dangerous`
+//! feature, for known-answer tests, conformance and fuzzing.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -46,9 +47,15 @@ pub mod frame;
 pub mod handshake;
 pub mod hello;
 pub mod init;
+#[cfg(feature = "dangerous")]
 pub mod negotiation;
+#[cfg(not(feature = "dangerous"))]
+mod negotiation;
 pub mod resumption;
+#[cfg(feature = "dangerous")]
 pub mod schedule;
+#[cfg(not(feature = "dangerous"))]
+mod schedule;
 pub mod session;
 
 pub use config::{HandshakeConfig, ResumptionSettings};
