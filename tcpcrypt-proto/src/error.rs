@@ -61,6 +61,11 @@ pub enum Error {
     /// The stream ended without an authenticated FINp frame (RFC 8548 3.7).
     #[error("connection truncated: TCP FIN without a FINp frame")]
     Truncated,
+    /// A client's hello arrived after the accepting side had taken the
+    /// client for plain (it stayed silent past the wait): the connection
+    /// is aborted, the marker never delivered as data.
+    #[error("a tcpcrypt hello arrived after the connection went plain")]
+    LateHello,
     /// The stream ended in the middle of the handshake.
     #[error("connection closed during the handshake")]
     HandshakeEof,
@@ -128,6 +133,7 @@ impl Error {
             | Error::FrameTooShort(_)
             | Error::DataAfterFin
             | Error::Truncated
+            | Error::LateHello
             | Error::HandshakeEof => ErrorClass::PeerMisbehaved,
             Error::NoAcceptableAead => ErrorClass::PeerIncompatible,
             Error::FrameTooLarge(_)

@@ -127,11 +127,39 @@ pub fn scan(buf: &[u8], expected: &[HelloKind]) -> Result<HelloScan, Error> {
     })
 }
 
+/// Whether the first bytes from a client the accepting side has already
+/// taken for plain (it stayed silent past the wait) are the marker of a
+/// client hello that came late. `None`: too few bytes to tell. A marker is
+/// never application data: the caller aborts instead of delivering it
+/// (`docs/PROTOCOL.md`, "Fallback").
+pub fn is_late_client_marker(buf: &[u8]) -> Option<bool> {
+    match scan(buf, &[HelloKind::A, HelloKind::Pipelined]) {
+        Ok(HelloScan::NotAHello { .. }) => Some(false),
+        Ok(HelloScan::Incomplete) if buf.len() < MARKER_LEN => None,
+        // The whole marker matched (a broken option after it included).
+        _ => Some(true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const CLIENT: &[HelloKind] = &[HelloKind::A, HelloKind::Pipelined];
+
+    #[test]
+    fn a_late_client_marker_is_told_from_data_after_eight_bytes() {
+        let hello = marker(HelloKind::Pipelined);
+        assert_eq!(is_late_client_marker(&hello[..7]), None);
+        assert_eq!(is_late_client_marker(&hello), Some(true));
+        assert_eq!(is_late_client_marker(&marker(HelloKind::A)), Some(true));
+        assert_eq!(is_late_client_marker(b"\xE5ENO\x01A\r\n\x00"), Some(true));
+        assert_eq!(is_late_client_marker(b"GET / HTTP/1.1"), Some(false));
+        assert_eq!(is_late_client_marker(b"\xE5EN"), None);
+        assert_eq!(is_late_client_marker(b"\xE5ENX"), Some(false));
+        // The server's own kind is not a client's hello.
+        assert_eq!(is_late_client_marker(&marker(HelloKind::B)), Some(false));
+    }
 
     #[test]
     fn marker_bytes() {

@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::protocol_error;
 use crate::proto::frame::{DATA_OFFSET, MAX_DATA, MAX_FRAME_LEN};
-use crate::proto::{FrameOpener, FrameSealer};
+use crate::proto::hello::is_late_client_marker;
+use crate::proto::{Error as ProtoError, FrameOpener, FrameSealer};
 
 /// Receive buffer size: several frames of the largest size, so that a bulk
 /// reader makes few `read` calls. Released whenever the connection goes
@@ -86,6 +87,9 @@ pub(crate) struct PlainRecv {
     /// The buffer size for the next read: doubles, up to
     /// `MAX_RECV_BUF_LEN`, while reads keep filling the buffer.
     read_len: usize,
+    /// The first bytes are held until they tell a client's late hello
+    /// from data (see [`PlainRecv::watching_for_late_hello`]).
+    watch: bool,
 }
 
 impl PlainRecv {
@@ -96,7 +100,53 @@ impl PlainRecv {
             start: 0,
             end,
             read_len: RECV_BUF_LEN,
+            watch: false,
         }
+    }
+
+    /// The receiving direction of a client the accepting side took for
+    /// plain because it stayed silent: its hello may still come, late (a
+    /// lost segment, a slow path). The first bytes are held until they
+    /// tell; a hello is an error that aborts the connection, never data
+    /// (the core decides: `hello::is_late_client_marker`).
+    pub(crate) fn watching_for_late_hello(bytes: Vec<u8>) -> Self {
+        PlainRecv {
+            watch: true,
+            ..PlainRecv::new(bytes)
+        }
+    }
+
+    /// While watching, reads until the first bytes tell a late hello from
+    /// data (or the stream ends).
+    fn poll_watch<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.watch {
+            match is_late_client_marker(self.pending()) {
+                Some(true) => return Poll::Ready(Err(protocol_error(ProtoError::LateHello))),
+                Some(false) => self.watch = false,
+                None => {
+                    if self.start > 0 {
+                        self.bytes.copy_within(self.start..self.end, 0);
+                        self.end -= self.start;
+                        self.start = 0;
+                    }
+                    if self.bytes.len() < RECV_BUF_LEN {
+                        self.bytes.resize(RECV_BUF_LEN, 0);
+                    }
+                    let mut rb = ReadBuf::new(&mut self.bytes[self.end..]);
+                    ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+                    match rb.filled().len() {
+                        // The end of the stream: what came is data.
+                        0 => self.watch = false,
+                        n => self.end += n,
+                    }
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Reads into `out`: pending bytes first, then straight from `io`
@@ -107,6 +157,7 @@ impl PlainRecv {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        ready!(self.poll_watch(io, cx))?;
         if self.start == self.end {
             return Pin::new(&mut *io).poll_read(cx, out);
         }
@@ -123,6 +174,7 @@ impl PlainRecv {
         io: &mut IO,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        ready!(self.poll_watch(io, cx))?;
         if self.start < self.end {
             return Poll::Ready(Ok(()));
         }

@@ -251,6 +251,22 @@ fn poll_answer(
     result
 }
 
+/// Aborts the connection when `result` is a protocol error, as the whole
+/// stream would.
+fn abort_on_error(
+    shared: &Shared,
+    io: &OwnedReadHalf,
+    result: Poll<io::Result<()>>,
+) -> Poll<io::Result<()>> {
+    if let Poll::Ready(Err(e)) = &result {
+        if shared.abortable && crate::Error::aborts(e) {
+            abort_tcp(io.as_ref());
+            shared.aborted.store(true, Ordering::Release);
+        }
+    }
+    result
+}
+
 impl ReadHalf {
     /// Runs `op` on the receiving side, as [`TcpcryptStream`] does: rekeys
     /// answered at once, reading held while answers cannot be sent, a
@@ -269,7 +285,10 @@ impl ReadHalf {
             io, inner, shared, ..
         } = self;
         let recv = match inner {
-            ReadInner::Plain(recv) => return recv.poll_fill(io, cx),
+            ReadInner::Plain(recv) => {
+                let result = recv.poll_fill(io, cx);
+                return abort_on_error(shared, io, result);
+            }
             ReadInner::Encrypted(recv) => recv,
         };
         let result = loop {
@@ -293,13 +312,7 @@ impl ReadHalf {
                 _ => break result,
             }
         };
-        if let Poll::Ready(Err(e)) = &result {
-            if shared.abortable && crate::Error::aborts(e) {
-                abort_tcp(io.as_ref());
-                shared.aborted.store(true, Ordering::Release);
-            }
-        }
-        result
+        abort_on_error(shared, io, result)
     }
 
     /// Makes data ready to read; none ready afterwards means end of stream.
@@ -318,7 +331,8 @@ impl AsyncRead for ReadHalf {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if let ReadInner::Plain(recv) = &mut this.inner {
-            return recv.poll_read(&mut this.io, cx, buf);
+            let result = recv.poll_read(&mut this.io, cx, buf);
+            return abort_on_error(&this.shared, &this.io, result);
         }
         this.poll_recv(cx, |recv, io, cx, on_event| {
             recv.poll_read(io, cx, buf, on_event)

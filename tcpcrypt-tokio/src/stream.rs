@@ -100,12 +100,16 @@ impl<IO> TcpcryptStream<IO> {
     }
 
     pub(crate) fn plain(io: IO, reason: FallbackReason, prefix: Vec<u8>) -> Self {
+        // A client taken for plain because it was silent may still send its
+        // hello, late: that is never data.
+        let recv = if reason == FallbackReason::ClientSilent {
+            PlainRecv::watching_for_late_hello(prefix)
+        } else {
+            PlainRecv::new(prefix)
+        };
         TcpcryptStream {
             io,
-            mode: Mode::Plain {
-                recv: PlainRecv::new(prefix),
-                reason,
-            },
+            mode: Mode::Plain { recv, reason },
             abort: None,
             aborted: false,
             peer: None,
@@ -276,7 +280,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
         ) -> Poll<io::Result<()>>,
     ) -> Poll<io::Result<()>> {
         let e = match &mut self.mode {
-            Mode::Plain { recv, .. } => return recv.poll_fill(&mut self.io, cx),
+            Mode::Plain { recv, .. } => {
+                let result = recv.poll_fill(&mut self.io, cx);
+                return self.abort_on_error(result);
+            }
             Mode::Encrypted(e) => e,
         };
         let Encrypted { recv, send, .. } = &mut **e;
@@ -306,6 +313,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
             }
             break result;
         };
+        self.abort_on_error(result)
+    }
+
+    /// Aborts the connection when `result` is a protocol error.
+    fn abort_on_error(&mut self, result: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
         if let Poll::Ready(Err(e)) = &result {
             if crate::Error::aborts(e) {
                 self.fail();
@@ -323,7 +335,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if let Mode::Plain { recv, .. } = &mut this.mode {
-            return recv.poll_read(&mut this.io, cx, buf);
+            let result = recv.poll_read(&mut this.io, cx, buf);
+            return this.abort_on_error(result);
         }
         this.poll_recv(cx, |recv, io, cx, on_event| {
             recv.poll_read(io, cx, buf, on_event)
