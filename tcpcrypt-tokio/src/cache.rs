@@ -21,7 +21,8 @@ pub struct ClientCache {
 
 #[derive(Debug, Default)]
 struct Inner {
-    legacy: HashMap<SocketAddr, Instant>,
+    /// When each legacy verdict was reached, and how long it holds.
+    legacy: HashMap<SocketAddr, (Instant, Duration)>,
     encrypted: HashMap<SocketAddr, Instant>,
     tickets: HashMap<SocketAddr, (ResumptionSecret, Instant)>,
 }
@@ -61,12 +62,12 @@ impl ClientCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `addr` was found legacy within the verdict TTL.
+    /// Whether `addr` was found legacy, and the verdict still holds.
     pub fn is_legacy(&self, addr: SocketAddr) -> bool {
         self.lock()
             .legacy
             .get(&addr)
-            .is_some_and(|t| t.elapsed() <= self.verdict_ttl)
+            .is_some_and(|(at, ttl)| at.elapsed() <= *ttl)
     }
 
     /// Whether `addr` negotiated tcpcrypt before.
@@ -74,10 +75,28 @@ impl ClientCache {
         self.lock().encrypted.contains_key(&addr)
     }
 
-    pub(crate) fn mark_legacy(&self, addr: SocketAddr) {
+    /// Records that `addr` did not speak tcpcrypt. A `conclusive` verdict
+    /// (the server answered with bytes that are not a hello, or refused
+    /// the negotiation in band) holds for the whole verdict TTL. Weak
+    /// evidence (a reset, a close, silence: a single forged packet can
+    /// produce any of them) holds for a twentieth of it, and for a
+    /// destination that negotiated tcpcrypt before, not at all.
+    pub(crate) fn mark_legacy(&self, addr: SocketAddr, conclusive: bool) {
         let mut inner = self.lock();
-        bound(&mut inner.legacy, self.capacity, self.verdict_ttl, |t| *t);
-        inner.legacy.insert(addr, Instant::now());
+        let ttl = if conclusive {
+            self.verdict_ttl
+        } else if inner.encrypted.contains_key(&addr) {
+            return;
+        } else {
+            self.verdict_ttl / 20
+        };
+        bound(
+            &mut inner.legacy,
+            self.capacity,
+            self.verdict_ttl,
+            |(t, _)| *t,
+        );
+        inner.legacy.insert(addr, (Instant::now(), ttl));
     }
 
     pub(crate) fn mark_encrypted(&self, addr: SocketAddr) {

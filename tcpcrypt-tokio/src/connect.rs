@@ -63,7 +63,11 @@ impl TcpcryptConnector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.connect_with(io, peer, None).await
+        let connected = self.connect_with(io, peer, None).await?;
+        if let Connected::Reconnect(reason) = &connected {
+            self.conclude_fallback(peer, reason)?;
+        }
+        Ok(connected)
     }
 
     /// Negotiates on a connected TCP socket, as
@@ -95,15 +99,33 @@ impl TcpcryptConnector {
         if config.policy == Policy::Opportunistic && config.client_cache.is_legacy(peer) {
             return Ok(plain(tcp, FallbackReason::KnownLegacy));
         }
-        match self.connect_with(tcp, Some(peer), Some(abort_tcp)).await? {
-            Connected::Stream(mut s) => {
-                s.peer = Some(peer);
-                Ok(s)
-            }
-            Connected::Reconnect(reason) => {
-                tracing::debug!(%peer, %reason, "falling back to plain TCP");
-                let tcp = TcpStream::connect(peer).await?;
-                Ok(plain(tcp, reason))
+        let mut tcp = tcp;
+        let mut retried = false;
+        loop {
+            match self.connect_with(tcp, Some(peer), Some(abort_tcp)).await? {
+                Connected::Stream(mut s) => {
+                    s.peer = Some(peer);
+                    return Ok(s);
+                }
+                Connected::Reconnect(reason) => {
+                    // A reset, a close or silence from a destination that
+                    // negotiated tcpcrypt before is weak evidence (one
+                    // forged packet makes it): the hello is tried again,
+                    // once, on a new connection.
+                    if !retried
+                        && !reason.is_conclusive()
+                        && config.client_cache.was_encrypted(peer)
+                    {
+                        tracing::debug!(%peer, %reason, "trying the hello again");
+                        retried = true;
+                        tcp = TcpStream::connect(peer).await?;
+                        continue;
+                    }
+                    self.conclude_fallback(Some(peer), &reason)?;
+                    tracing::debug!(%peer, %reason, "falling back to plain TCP");
+                    let tcp = TcpStream::connect(peer).await?;
+                    return Ok(plain(tcp, reason));
+                }
             }
         }
     }
@@ -160,13 +182,7 @@ impl TcpcryptConnector {
                 stream.handshake = started.elapsed();
                 Ok(Connected::Stream(stream))
             }
-            ClientEnd::Reconnect(reason) => {
-                self.check_fallback(peer, &reason)?;
-                if let Some(p) = peer {
-                    config.client_cache.mark_legacy(p);
-                }
-                Ok(Connected::Reconnect(reason))
-            }
+            ClientEnd::Reconnect(reason) => Ok(Connected::Reconnect(reason)),
         }
     }
 
@@ -176,6 +192,23 @@ impl TcpcryptConnector {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         self.connect_with_peer(io, None).await
+    }
+
+    /// Settles a fallback that needs a new connection: the policy's
+    /// verdict, then the legacy verdict remembered for `peer` (for its
+    /// full lifetime only on conclusive evidence).
+    fn conclude_fallback(
+        &self,
+        peer: Option<SocketAddr>,
+        reason: &FallbackReason,
+    ) -> io::Result<()> {
+        self.check_fallback(peer, reason)?;
+        if let Some(p) = peer {
+            self.config
+                .client_cache
+                .mark_legacy(p, reason.is_conclusive());
+        }
+        Ok(())
     }
 
     /// Applies the policy to a fallback: refuses it under `Mandatory`,

@@ -39,6 +39,21 @@ pub enum FallbackReason {
     ClientSilent,
 }
 
+impl FallbackReason {
+    /// Whether this is positive evidence that the peer does not speak
+    /// tcpcrypt (it answered with other bytes, or refused in band), as
+    /// opposed to weak evidence that one forged packet can produce (a
+    /// reset, a close, silence).
+    pub fn is_conclusive(&self) -> bool {
+        !matches!(
+            self,
+            FallbackReason::ServerClosed
+                | FallbackReason::ServerSilent
+                | FallbackReason::ClientSilent
+        )
+    }
+}
+
 impl fmt::Display for FallbackReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

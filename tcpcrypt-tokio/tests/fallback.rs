@@ -83,3 +83,128 @@ async fn a_silent_plain_client_that_speaks_later_is_served_in_full() {
     assert_eq!(reason, Some(FallbackReason::ClientSilent));
     assert_eq!(got.unwrap(), b"\xE5ENX and the rest");
 }
+
+/// A relay to `target` that resets its `nth` connection (counting from 1)
+/// once the client has sent something, as one forged RST would, and
+/// passes every other connection on.
+async fn resetting_relay(target: std::net::SocketAddr, nth: usize) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for i in 1..=16 {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if i == nth {
+                    let mut buf = [0u8; 64];
+                    let _ = timeout(LIMIT, client.read(&mut buf)).await;
+                    let _ = client.set_zero_linger();
+                    return;
+                }
+                let Ok(mut server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = timeout(
+                    LIMIT,
+                    tokio::io::copy_bidirectional(&mut client, &mut server),
+                )
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn one_reset_does_not_downgrade_a_destination_seen_encrypted() {
+    let (server, _, _task) = tcpcrypt_echo(default_config()).await;
+    let relay = resetting_relay(server, 2).await;
+    let cfg = config(|b| b.resumption(false));
+    let first = tcpcrypt_tokio::TcpcryptStream::connect(relay, &cfg)
+        .await
+        .unwrap();
+    assert!(first.is_encrypted());
+    // The second connection is reset before the server's hello: the hello
+    // is tried again, and the connection is encrypted.
+    let second = tcpcrypt_tokio::TcpcryptStream::connect(relay, &cfg)
+        .await
+        .unwrap();
+    assert!(second.is_encrypted(), "{:?}", second.fallback_reason());
+    assert!(!cfg.client_cache().is_legacy(relay));
+}
+
+#[tokio::test]
+async fn weak_evidence_is_remembered_briefly_and_conclusive_evidence_fully() {
+    let cfg = config(|b| b.legacy_verdict_ttl(Duration::from_secs(4)));
+    // A server that closes at once: weak evidence.
+    let (closing, _, _a) = plain_server(Plain::Close).await;
+    // A server that answers with other bytes: conclusive.
+    let (banner, _, _b) = plain_server(Plain::Banner).await;
+    for addr in [closing, banner] {
+        let s = tcpcrypt_tokio::TcpcryptStream::connect(addr, &cfg)
+            .await
+            .unwrap();
+        assert!(!s.is_encrypted());
+        assert!(cfg.client_cache().is_legacy(addr));
+    }
+    // A twentieth of the TTL (200 ms) later, only the conclusive verdict
+    // holds.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!cfg.client_cache().is_legacy(closing));
+    assert!(cfg.client_cache().is_legacy(banner));
+}
+
+/// A server whose application counts what each client sent and answers
+/// with the count.
+async fn counting_server() -> std::net::SocketAddr {
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &default_config())
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if timeout(LIMIT, s.read_to_end(&mut got))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    let _ = s.write_all(got.len().to_string().as_bytes()).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_altered_hello_never_ends_in_success_with_data_lost() {
+    let server = counting_server().await;
+    let data = pattern(20_000, 3);
+    // Short deadlines keep the alterations that stall a handshake quick.
+    let cfg = config(|b| {
+        b.server_hello_timeout(Duration::from_millis(500))
+            .handshake_timeout(Duration::from_secs(1))
+    });
+    // Every byte of the client's hello (marker and option), altered in
+    // turn by a middlebox.
+    for at in 0..first_flight().len().min(16) {
+        let (relay_addr, _) = relay(server, Relay::FlipClientBit(at)).await;
+        let outcome = async {
+            let mut s = tcpcrypt_tokio::TcpcryptStream::connect(relay_addr, &cfg).await?;
+            s.write_all(&data).await?;
+            s.shutdown().await?;
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        match timeout(LIMIT, outcome).await.expect("bounded") {
+            // Success means every byte arrived.
+            Ok(answer) => assert_eq!(answer, b"20000", "byte {at} altered"),
+            // An error is an honest outcome.
+            Err(_) => {}
+        }
+    }
+}

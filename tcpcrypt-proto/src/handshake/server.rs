@@ -218,7 +218,10 @@ impl ServerHandshake {
                         unreachable!()
                     };
                     match next {
-                        AfterSkip::Declined(r) => self.finish(ServerOutcome::Declined(r)),
+                        AfterSkip::Declined(r) => {
+                            self.send_hello(None)?;
+                            self.finish(ServerOutcome::Declined(r));
+                        }
                         AfterSkip::Resumed { secret, sn } => self.finish_resumed(secret, &sn),
                         AfterSkip::AwaitInit1(tep) => {
                             self.state = State::AwaitInit1 { tep };
@@ -281,6 +284,12 @@ impl ServerHandshake {
             }
         };
         let after = match choice {
+            // A decline is answered only once a pipelined Init1 has been
+            // skipped: if it cannot be (an option whose length a middlebox
+            // changed swallows its header), the connection fails before
+            // any answer, and A falls back on a new connection, instead of
+            // going plain on one we cannot carry on (docs/PROTOCOL.md 3.3).
+            Err(reason) if pipelined => AfterSkip::Declined(reason),
             Err(reason) => {
                 self.send_hello(None)?;
                 AfterSkip::Declined(reason)
