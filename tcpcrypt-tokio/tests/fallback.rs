@@ -200,11 +200,9 @@ async fn an_altered_hello_never_ends_in_success_with_data_lost() {
             s.read_to_end(&mut answer).await?;
             Ok::<_, std::io::Error>(answer)
         };
-        match timeout(LIMIT, outcome).await.expect("bounded") {
-            // Success means every byte arrived.
-            Ok(answer) => assert_eq!(answer, b"20000", "byte {at} altered"),
-            // An error is an honest outcome.
-            Err(_) => {}
+        // Success means every byte arrived; an error is an honest outcome.
+        if let Ok(answer) = timeout(LIMIT, outcome).await.expect("bounded") {
+            assert_eq!(answer, b"20000", "byte {at} altered");
         }
     }
 }
