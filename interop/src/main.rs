@@ -1,0 +1,281 @@
+//! The peer of the interop suite (`interop/run`): a server and two
+//! clients that check every byte, over tcpcrypt or plain TCP.
+//!
+//! The exchange, the same in both modes: the client sends how many bytes
+//! it wants back (8 bytes, big-endian), then its payload, and half-closes;
+//! the server checks the payload against the pattern, answers with the
+//! bytes asked for and then how many payload bytes it received (8 bytes,
+//! `u64::MAX` if they were not the pattern: junk reached the
+//! application), and half-closes. The client checks both.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser)]
+#[command(about = "The interop suite's peer")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Tcpcrypt,
+    Plain,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serves the exchange until killed.
+    Serve {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, value_enum)]
+        mode: Mode,
+    },
+    /// One checksummed transfer each way; prints a JSON report.
+    Transfer {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Bytes each way.
+        #[arg(long, default_value_t = 8 << 20)]
+        bytes: u64,
+    },
+    /// Many short exchanges; prints a JSON report of how each ended.
+    Handshakes {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+}
+
+/// Longest any one exchange may take.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The pattern: a xorshift stream from `seed`, so that every byte is
+/// checked without holding the data.
+struct Pattern(u64);
+
+impl Pattern {
+    fn new(seed: u64) -> Self {
+        Pattern(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn fill(&mut self, out: &mut [u8]) {
+        for b in out {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+const CLIENT_SEED: u64 = 1;
+const SERVER_SEED: u64 = 2;
+
+/// Writes `n` pattern bytes.
+async fn send_pattern<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    seed: u64,
+    mut n: u64,
+) -> std::io::Result<()> {
+    let mut p = Pattern::new(seed);
+    let mut buf = vec![0u8; 64 << 10];
+    while n > 0 {
+        let k = (n as usize).min(buf.len());
+        p.fill(&mut buf[..k]);
+        w.write_all(&buf[..k]).await?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+/// Reads `limit` bytes (or to the end when `None`) and checks them against
+/// the pattern: how many, and whether they all matched.
+async fn check_pattern<R: AsyncRead + Unpin>(
+    r: &mut R,
+    seed: u64,
+    limit: Option<u64>,
+) -> std::io::Result<(u64, bool)> {
+    let mut p = Pattern::new(seed);
+    let (mut buf, mut want) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    let (mut total, mut good) = (0u64, true);
+    loop {
+        let room = match limit {
+            Some(l) if l == total => return Ok((total, good)),
+            Some(l) => ((l - total) as usize).min(buf.len()),
+            None => buf.len(),
+        };
+        let n = r.read(&mut buf[..room]).await?;
+        if n == 0 {
+            return Ok((total, good && limit.is_none()));
+        }
+        p.fill(&mut want[..n]);
+        good &= buf[..n] == want[..n];
+        total += n as u64;
+    }
+}
+
+/// The server's half of one exchange.
+async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> std::io::Result<()> {
+    let wanted = s.read_u64().await?;
+    let (received, good) = check_pattern(s, CLIENT_SEED, None).await?;
+    send_pattern(s, SERVER_SEED, wanted).await?;
+    s.write_u64(if good { received } else { u64::MAX }).await?;
+    s.shutdown().await
+}
+
+async fn serve(listen: SocketAddr, mode: Mode) -> std::io::Result<()> {
+    match mode {
+        Mode::Plain => {
+            let l = TcpListener::bind(listen).await?;
+            loop {
+                let (mut s, _) = l.accept().await?;
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(LIMIT, serve_one(&mut s)).await;
+                });
+            }
+        }
+        Mode::Tcpcrypt => {
+            let mut l = TcpcryptListener::bind(listen, &Arc::new(Config::default())).await?;
+            loop {
+                let (mut s, _) = l.accept().await?;
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(LIMIT, serve_one(&mut s)).await;
+                });
+            }
+        }
+    }
+}
+
+/// How one exchange ended, from the client.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Every byte intact both ways, encrypted.
+    Encrypted,
+    /// Every byte intact both ways, in plain TCP (against a tcpcrypt
+    /// server in tcpcrypt mode: a downgrade).
+    Plain,
+    /// The bytes that arrived were not the ones sent, on either side.
+    Corrupt,
+    /// An error (an honest outcome, counted).
+    Error,
+}
+
+impl Outcome {
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Encrypted => "encrypted",
+            Outcome::Plain => "plain",
+            Outcome::Corrupt => "corrupt",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The client's half of one exchange; `Ok(encrypted)` when every byte
+/// arrived intact both ways.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    bytes: u64,
+) -> std::io::Result<bool> {
+    s.write_u64(bytes).await?;
+    send_pattern(s, CLIENT_SEED, bytes).await?;
+    s.shutdown().await?;
+    let (got, good) = check_pattern(s, SERVER_SEED, Some(bytes)).await?;
+    let trailer = s.read_u64().await?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await?;
+    Ok(good && got == bytes && trailer == bytes && rest.is_empty())
+}
+
+async fn client(to: SocketAddr, mode: Mode, bytes: u64, config: &Arc<Config>) -> Outcome {
+    let run = async {
+        match mode {
+            Mode::Plain => {
+                let mut s = TcpStream::connect(to).await?;
+                Ok::<_, std::io::Error>((exchange(&mut s, bytes).await?, false))
+            }
+            Mode::Tcpcrypt => {
+                let mut s = TcpcryptStream::connect(to, config).await?;
+                let encrypted = s.is_encrypted();
+                Ok((exchange(&mut s, bytes).await?, encrypted))
+            }
+        }
+    };
+    match tokio::time::timeout(LIMIT, run).await {
+        Ok(Ok((false, _))) => Outcome::Corrupt,
+        Ok(Ok((true, true))) => Outcome::Encrypted,
+        Ok(Ok((true, false))) => Outcome::Plain,
+        _ => Outcome::Error,
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = Arc::new(Config::default());
+    match args.command {
+        Command::Serve { listen, mode } => {
+            if let Err(e) = serve(listen, mode).await {
+                eprintln!("tcpcrypt-interop: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+        Command::Transfer { to, mode, bytes } => {
+            let started = Instant::now();
+            let outcome = client(to, mode, bytes, &config).await;
+            let report = serde_json::json!({
+                "outcome": outcome.name(),
+                "secs": started.elapsed().as_secs_f64(),
+                "bytes": bytes,
+            });
+            println!("{report}");
+        }
+        Command::Handshakes {
+            to,
+            count,
+            concurrency,
+        } => {
+            let started = Instant::now();
+            let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+            let mut tasks = Vec::new();
+            for _ in 0..count {
+                let permit = sem.clone().acquire_owned().await.expect("open");
+                let config = config.clone();
+                tasks.push(tokio::spawn(async move {
+                    let o = client(to, Mode::Tcpcrypt, 1000, &config).await;
+                    drop(permit);
+                    o
+                }));
+            }
+            let (mut enc, mut plain, mut corrupt, mut err) = (0, 0, 0, 0);
+            for t in tasks {
+                match t.await.expect("no panic") {
+                    Outcome::Encrypted => enc += 1,
+                    Outcome::Plain => plain += 1,
+                    Outcome::Corrupt => corrupt += 1,
+                    Outcome::Error => err += 1,
+                }
+            }
+            let report = serde_json::json!({
+                "encrypted": enc, "plain": plain, "corrupt": corrupt, "errors": err,
+                "secs": started.elapsed().as_secs_f64(),
+            });
+            println!("{report}");
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
