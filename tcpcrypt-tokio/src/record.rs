@@ -1,7 +1,7 @@
 //! Moving frames between the core's sealer/opener and an async byte
 //! stream: the receive and send halves of an encrypted connection. Each
-//! half owns its buffer and key state, so the two directions never share a
-//! lock.
+//! half owns its buffer and key state; the only thing the receiving side
+//! asks of the sending side is to answer the peer's rekeys.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -36,6 +36,10 @@ const SEND_HIGH_WATER: usize = 4 * MAX_FRAME_LEN;
 /// Application bytes sealed per `poll_write` before trying to write: a few
 /// frames, so that one system call carries them all.
 const SEND_BATCH: usize = 4 * MAX_DATA;
+
+/// Buffer size while the first bytes of a silent client are watched for a
+/// late hello: more than the eight bytes of its marker.
+const WATCH_LEN: usize = 16;
 
 /// Receive buffers kept per thread for reuse.
 const SPARE_BUFFERS: usize = 2;
@@ -133,8 +137,10 @@ impl PlainRecv {
                         self.end -= self.start;
                         self.start = 0;
                     }
-                    if self.bytes.len() < RECV_BUF_LEN {
-                        self.bytes.resize(RECV_BUF_LEN, 0);
+                    // Fewer than eight bytes are pending: a small buffer
+                    // tells (an idle client holds no large one).
+                    if self.bytes.len() < WATCH_LEN {
+                        self.bytes.resize(WATCH_LEN, 0);
                     }
                     let mut rb = ReadBuf::new(&mut self.bytes[self.end..]);
                     ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
@@ -255,7 +261,7 @@ pub(crate) struct RecvState {
     /// ranges of `buf`, none empty, at most `MAX_READY_FRAMES`.
     ready: VecDeque<Range<usize>>,
     fin: bool,
-    /// Opening is held until the owed rekey answers are buffered.
+    /// Opening is held until the owed rekey answers are written.
     held: bool,
 }
 
@@ -363,7 +369,9 @@ impl RecvState {
                 return Poll::Pending;
             }
             self.open_received(on_event)?;
-            if !self.ready.is_empty() || self.fin {
+            // Held: frames stay unopened and nothing more is read (an end
+            // of stream read now would be taken for a truncation).
+            if !self.ready.is_empty() || self.fin || self.held {
                 continue;
             }
             // Need more bytes: move the partial frame to the front.
@@ -478,6 +486,10 @@ pub(crate) struct SendState {
     pos: usize,
     /// The peer's generation as last seen by the receiver.
     peer_generation: u64,
+    /// Rekey answers are sealed in `buf` and not all written yet.
+    answers_unwritten: bool,
+    /// Bytes written to the transport so far.
+    written: u64,
 }
 
 impl SendState {
@@ -487,6 +499,8 @@ impl SendState {
             buf: Vec::new(),
             pos: 0,
             peer_generation: 0,
+            answers_unwritten: false,
+            written: 0,
         }
     }
 
@@ -497,7 +511,8 @@ impl SendState {
     /// Records the peer's generation and seals the rekey frames it obliges
     /// us to send (RFC 8548 3.8), as far as the send buffer has room.
     /// [`Flow::Hold`] when some are still owed: the receiver then opens
-    /// nothing more until [`poll_answer`](Self::poll_answer) has sent them.
+    /// nothing more until [`poll_answer`](Self::poll_answer) has written
+    /// them.
     pub(crate) fn peer_rekeyed(&mut self, generation: u64) -> Flow {
         if generation > self.peer_generation {
             self.peer_generation = generation;
@@ -516,6 +531,19 @@ impl SendState {
     /// Rekey frames owed to the peer and not yet sealed.
     pub(crate) fn answers_owed(&self) -> bool {
         self.sealer.rekey_frames_due() > 0
+    }
+
+    /// Rekey answers owed or not yet written: the receiving side goes on
+    /// sending them ([`poll_answer`](Self::poll_answer)) whether or not the
+    /// application writes.
+    pub(crate) fn answers_waiting(&self) -> bool {
+        self.answers_unwritten || self.answers_owed()
+    }
+
+    /// Bytes written to the transport so far: whoever wrote some passes
+    /// the socket's wake-up on (see `split.rs`).
+    pub(crate) fn written(&self) -> u64 {
+        self.written
     }
 
     /// Starts a rekey; the rekey frame goes out with the next write or flush
@@ -546,6 +574,7 @@ impl SendState {
     fn seal_owed_rekeys(&mut self, keep: u64) -> io::Result<()> {
         while self.sealer.rekey_frames_due() > keep && self.pending() < SEND_HIGH_WATER {
             self.seal(&[], false)?;
+            self.answers_unwritten = true;
         }
         Ok(())
     }
@@ -562,7 +591,9 @@ impl SendState {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.pos += n;
+            self.written += n as u64;
         }
+        self.answers_unwritten = false;
         Poll::Ready(Ok(()))
     }
 
@@ -615,10 +646,10 @@ impl SendState {
         for chunk in data[..n].chunks(frame) {
             self.seal(chunk, false)?;
         }
-        // Push what we can now; the rest goes with the next call.
-        if let Poll::Ready(Err(e)) = self.poll_drain(io, cx) {
-            return Poll::Ready(Err(e));
-        }
+        // Push what we can now; the rest goes with the next call. The
+        // bytes are taken either way: an error here shows at the next call
+        // (a caller that retried on it would send them twice).
+        let _ = self.poll_drain(io, cx);
         Poll::Ready(Ok(n))
     }
 
@@ -642,11 +673,8 @@ impl SendState {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         if !self.sealer.fin_sent() {
+            // Every owed answer but one is sealed; FINp carries the last.
             ready!(self.poll_make_room(io, cx, 1))?;
-            while self.sealer.rekey_frames_due() > 1 {
-                ready!(self.poll_drain(io, cx))?;
-                self.seal_owed_rekeys(1)?;
-            }
             self.seal(&[], true)?;
         }
         ready!(self.poll_drain(io, cx))?;

@@ -1,9 +1,9 @@
 //! Owned read and write halves of a `TcpcryptStream<TcpStream>`. Each owns
 //! its half of the socket; the read half owns the receiving keys. The
 //! sending side (keys, offset, sealed bytes) sits behind a mutex that the
-//! write half takes for each write and the read half only when the peer
-//! rekeys: the read half then seals and sends the answers itself, at once
-//! (RFC 8548 3.8), without waiting for the application's next write.
+//! write half takes for each write and the read half only when rekey
+//! answers are waiting: the read half then seals and sends them itself, at
+//! once (RFC 8548 3.8), without waiting for the application's next write.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -52,6 +52,10 @@ struct Shared {
     /// A protocol error aborted the connection: writes fail, and dropping
     /// the write half sends no FIN (the reset comes when the socket closes).
     aborted: AtomicBool,
+    /// Rekey answers are owed or unwritten (`SendState::answers_waiting`),
+    /// published by whoever held the sending side last, so that the read
+    /// half learns it without taking the lock on every read.
+    answers_waiting: AtomicBool,
 }
 
 /// The sending side, and the tasks waiting for the socket to take its
@@ -68,6 +72,13 @@ impl Shared {
         self.send
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Publishes whether rekey answers are waiting, from the sending side
+    /// just used.
+    fn publish(&self, send: &SendState) {
+        self.answers_waiting
+            .store(send.answers_waiting(), Ordering::Release);
     }
 
     fn check_aborted(&self) -> io::Result<()> {
@@ -145,6 +156,7 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
         send,
         abortable,
         aborted: AtomicBool::new(stream.aborted),
+        answers_waiting: AtomicBool::new(false),
     });
     (
         ReadHalf {
@@ -205,13 +217,19 @@ impl WriteHalf {
         let Some(mut sender) = self.shared.sender() else {
             return plain(Pin::new(io), cx);
         };
+        let before = sender.send.written();
         let result = op(&mut sender.send, io, cx);
+        self.shared.publish(&sender.send);
         if result.is_pending() {
             sender.writer_waiting = Some(cx.waker().clone());
         }
-        // The socket's wake-up may have been ours to pass on.
-        if let Some(w) = sender.reader_waiting.take() {
-            w.wake();
+        // Having written, pass on the socket's wake-up, which may have been
+        // the reader's. Without progress, waking it would only make the two
+        // halves wake each other in a loop.
+        if result.is_ready() || sender.send.written() > before {
+            if let Some(w) = sender.reader_waiting.take() {
+                w.wake();
+            }
         }
         result
     }
@@ -229,7 +247,7 @@ impl Drop for WriteHalf {
 }
 
 /// Sends the rekey answers the peer is owed from the read half (see the
-/// module documentation); resumes opening once they are buffered.
+/// module documentation); resumes opening once they are written.
 fn poll_answer(
     shared: &Shared,
     io: &OwnedReadHalf,
@@ -239,14 +257,20 @@ fn poll_answer(
     let Some(mut sender) = shared.sender() else {
         return Poll::Ready(Ok(()));
     };
+    let before = sender.send.written();
     let result = sender.send.poll_answer(&mut SharedWrite(io.as_ref()), cx);
-    if result.is_pending() {
-        sender.reader_waiting = Some(cx.waker().clone());
-    } else {
-        recv.resume();
+    shared.publish(&sender.send);
+    match &result {
+        Poll::Pending => sender.reader_waiting = Some(cx.waker().clone()),
+        Poll::Ready(Ok(())) => recv.resume(),
+        // Reading stays held; the error shows on this read (as for a
+        // whole stream) or at the next write.
+        Poll::Ready(Err(_)) => {}
     }
-    if let Some(w) = sender.writer_waiting.take() {
-        w.wake();
+    if result.is_ready() || sender.send.written() > before {
+        if let Some(w) = sender.writer_waiting.take() {
+            w.wake();
+        }
     }
     result
 }
@@ -297,12 +321,17 @@ impl ReadHalf {
                 RecvEvent::PeerRekeyed(g) => {
                     rekeyed = true;
                     match shared.sender() {
-                        Some(mut s) => s.send.peer_rekeyed(g),
+                        Some(mut s) => {
+                            let flow = s.send.peer_rekeyed(g);
+                            shared.publish(&s.send);
+                            flow
+                        }
                         None => Flow::Go,
                     }
                 }
             });
-            if !rekeyed && !recv.held() {
+            let waiting = shared.answers_waiting.load(Ordering::Acquire);
+            if !rekeyed && !recv.held() && !waiting {
                 break result;
             }
             let was_held = recv.held();

@@ -5,7 +5,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -69,6 +69,37 @@ pub(crate) struct Encrypted {
     pub(crate) info: Arc<SessionInfo>,
     pub(crate) recv: RecvState,
     pub(crate) send: SendState,
+    /// A reader waiting for rekey answers to be written. Its wake-up is
+    /// the socket's writability, which a writer in another task (the
+    /// stream shared through `tokio::io::split`) may take over: the writer
+    /// wakes it when it has written.
+    pub(crate) reader_waiting: Option<Waker>,
+    /// A writer waiting for the socket, whose wake-up the reader may take
+    /// over in turn: the reader wakes it when it has written answers.
+    pub(crate) writer_waiting: Option<Waker>,
+}
+
+impl Encrypted {
+    /// Runs a write operation, remembers the writer when it must wait, and
+    /// wakes a reader waiting for rekey answers if it wrote any byte (see
+    /// `reader_waiting`).
+    fn wake_reader_after<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(&mut SendState, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let before = self.send.written();
+        let result = op(&mut self.send, cx);
+        if result.is_pending() {
+            self.writer_waiting = Some(cx.waker().clone());
+        }
+        if result.is_ready() || self.send.written() > before {
+            if let Some(w) = self.reader_waiting.take() {
+                w.wake();
+            }
+        }
+        result
+    }
 }
 
 impl<IO> std::fmt::Debug for TcpcryptStream<IO> {
@@ -90,6 +121,8 @@ impl<IO> TcpcryptStream<IO> {
                 info: Arc::new(session.info),
                 recv: RecvState::new(session.opener, leftover),
                 send: SendState::new(session.sealer),
+                reader_waiting: None,
+                writer_waiting: None,
             })),
             abort: None,
             aborted: false,
@@ -239,7 +272,9 @@ impl<IO> TcpcryptStream<IO> {
 }
 
 impl TcpcryptStream<TcpStream> {
-    /// Splits into owned read and write halves that share no lock.
+    /// Splits into owned read and write halves. The sending side sits
+    /// behind a mutex, which the write half takes for each write and the
+    /// read half only to answer a rekey.
     ///
     /// A rekey frame from the peer obliges this side to answer at once with
     /// one of its own (RFC 8548 3.8): the read half sends it, without
@@ -286,7 +321,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
             }
             Mode::Encrypted(e) => e,
         };
-        let Encrypted { recv, send, .. } = &mut **e;
+        let Encrypted {
+            recv,
+            send,
+            reader_waiting,
+            writer_waiting,
+            ..
+        } = &mut **e;
         let result = loop {
             let mut rekeyed = false;
             let result = op(recv, &mut self.io, cx, &mut |ev| match ev {
@@ -295,18 +336,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
                     send.peer_rekeyed(g)
                 }
             });
-            if !rekeyed && !recv.held() {
+            if !rekeyed && !recv.held() && !send.answers_waiting() {
                 break result;
             }
-            match send.poll_answer(&mut self.io, cx) {
-                Poll::Ready(Ok(())) if recv.held() => {
+            let before = send.written();
+            let answered = send.poll_answer(&mut self.io, cx);
+            if answered.is_ready() || send.written() > before {
+                if let Some(w) = writer_waiting.take() {
+                    w.wake();
+                }
+            }
+            match answered {
+                Poll::Ready(Ok(())) => {
+                    let was_held = recv.held();
                     recv.resume();
-                    if result.is_pending() {
+                    if was_held && result.is_pending() {
                         continue;
                     }
                 }
                 // Reading resumes when the socket takes the answers.
-                Poll::Pending | Poll::Ready(Ok(())) => {}
+                Poll::Pending => *reader_waiting = Some(cx.waker().clone()),
                 Poll::Ready(Err(e)) if result.is_pending() => break Poll::Ready(Err(e)),
                 // The write side's error shows at the next write.
                 Poll::Ready(Err(_)) => {}
@@ -390,7 +439,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
         this.check_aborted()?;
         match &mut this.mode {
             Mode::Plain { .. } => Pin::new(&mut this.io).poll_write(cx, data),
-            Mode::Encrypted(e) => e.send.poll_write(&mut this.io, cx, data),
+            Mode::Encrypted(e) => {
+                e.wake_reader_after(cx, |send, cx| send.poll_write(&mut this.io, cx, data))
+            }
         }
     }
 
@@ -399,7 +450,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
         this.check_aborted()?;
         match &mut this.mode {
             Mode::Plain { .. } => Pin::new(&mut this.io).poll_flush(cx),
-            Mode::Encrypted(e) => e.send.poll_flush(&mut this.io, cx),
+            Mode::Encrypted(e) => {
+                e.wake_reader_after(cx, |send, cx| send.poll_flush(&mut this.io, cx))
+            }
         }
     }
 
@@ -408,7 +461,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
         this.check_aborted()?;
         match &mut this.mode {
             Mode::Plain { .. } => Pin::new(&mut this.io).poll_shutdown(cx),
-            Mode::Encrypted(e) => e.send.poll_shutdown(&mut this.io, cx),
+            Mode::Encrypted(e) => {
+                e.wake_reader_after(cx, |send, cx| send.poll_shutdown(&mut this.io, cx))
+            }
         }
     }
 }

@@ -225,3 +225,129 @@ async fn local_misuse_is_invalid_input_and_leaves_the_connection_working() {
         .unwrap();
     assert_eq!(echo, b"echo me");
 }
+
+/// Reads and opens every frame from a raw peer's socket until the FINp
+/// frame; returns the data.
+async fn read_frames(
+    io: &mut (impl AsyncReadExt + Unpin),
+    opener: &mut tcpcrypt_tokio::proto::FrameOpener,
+) -> Vec<u8> {
+    let (mut buf, mut data) = (vec![0u8; 1 << 20], Vec::new());
+    let (mut start, mut end) = (0, 0);
+    loop {
+        while let Some(f) = opener.open_in_place(&mut buf[start..end]).unwrap() {
+            data.extend_from_slice(&buf[start + f.data.start..start + f.data.end]);
+            start += f.frame_len;
+            if f.fin {
+                return data;
+            }
+        }
+        buf.copy_within(start..end, 0);
+        (start, end) = (0, end - start);
+        let n = timeout(LIMIT, io.read(&mut buf[end..]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the stream ended before its FINp frame");
+        end += n;
+    }
+}
+
+/// CPU time this process has used (user and system), from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which ends with the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // Clock ticks of 10 ms.
+    Duration::from_millis((fields[0] + fields[1]) * 10)
+}
+
+/// A server that sends 8 MiB to a peer that does not read yet, and reads
+/// at the same time, with its reader and writer in two tasks: sharing the
+/// whole stream (`tokio::io::split`) or as the stream's own split halves.
+/// The peer sends an empty rekey (a liveness probe) while the server's
+/// sending side is full, then its last data, FINp and FIN, and only then
+/// reads. Returns what the server read, and the CPU the process spent
+/// while the peer was not reading.
+async fn rekey_while_the_send_buffer_is_full(
+    own_halves: bool,
+) -> (std::io::Result<Vec<u8>>, Duration) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    const BULK: usize = 8 << 20;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let s = TcpcryptAcceptor::new(default_config())
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
+        let bulk = pattern(BULK, 9);
+        let mut got = Vec::new();
+        let (read, written) = if own_halves {
+            let (mut r, mut w) = s.into_split();
+            let writer = tokio::spawn(async move {
+                w.write_all(&bulk).await?;
+                w.shutdown().await
+            });
+            let read = r.read_to_end(&mut got).await.map(|_| got);
+            (read, writer.await.unwrap())
+        } else {
+            let (mut r, mut w) = tokio::io::split(s);
+            let writer = tokio::spawn(async move {
+                w.write_all(&bulk).await?;
+                w.shutdown().await
+            });
+            let read = r.read_to_end(&mut got).await.map(|_| got);
+            (read, writer.await.unwrap())
+        };
+        written.unwrap();
+        read
+    });
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (session, early) = raw_client(&mut tcp).await;
+    let (mut sealer, mut opener) = (session.sealer, session.opener);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut wire = Vec::new();
+    sealer.initiate_rekey().unwrap();
+    sealer.seal(&[], false, &mut wire).unwrap();
+    sealer.seal(b"last words", true, &mut wire).unwrap();
+    tcp.write_all(&wire).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    // The server holds its reading until it can answer the rekey: it must
+    // wait without spinning.
+    let cpu_before = cpu_time();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let held_cpu = cpu_time().saturating_sub(cpu_before);
+    // Now the peer reads: the bulk, the answer to its rekey, FINp.
+    let mut stream = early;
+    timeout(LIMIT, tcp.read_to_end(&mut stream))
+        .await
+        .expect("the server sends everything")
+        .unwrap();
+    let data = read_frames(&mut &stream[..], &mut opener).await;
+    assert!(data == pattern(BULK, 9), "the bulk, intact");
+    assert!(opener.generation() >= 1, "the rekey was answered");
+    (timeout(LIMIT, server).await.unwrap().unwrap(), held_cpu)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_while_the_send_buffer_is_full_then_a_clean_close_is_read_whole() {
+    for own_halves in [false, true] {
+        let (read, held_cpu) = rekey_while_the_send_buffer_is_full(own_halves).await;
+        assert_eq!(
+            read.unwrap(),
+            b"last words",
+            "a clean end, not a truncation (own halves: {own_halves})"
+        );
+        assert!(
+            held_cpu < Duration::from_millis(300),
+            "{held_cpu:?} of CPU in 600 ms of waiting (own halves: {own_halves})"
+        );
+    }
+}
