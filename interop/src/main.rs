@@ -49,6 +49,26 @@ enum Command {
         #[arg(long, default_value_t = 8 << 20)]
         bytes: u64,
     },
+    /// Opens `count` tcpcrypt connections, each past its handshake, and
+    /// holds them idle until standard input closes; prints a JSON line
+    /// once all are open.
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+    },
+    /// Holds `count` slowloris connections (a first byte of a hello, then
+    /// nothing) while `honest` exchanges run one after another; prints the
+    /// honest ones' median and worst time and how they ended.
+    Slowloris {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 50)]
+        honest: usize,
+    },
     /// Many short exchanges; prints a JSON report of how each ended.
     Handshakes {
         #[arg(long)]
@@ -241,6 +261,52 @@ async fn main() -> std::process::ExitCode {
                 "outcome": outcome.name(),
                 "secs": started.elapsed().as_secs_f64(),
                 "bytes": bytes,
+            });
+            println!("{report}");
+        }
+        Command::Hold { to, count } => {
+            let started = Instant::now();
+            let mut held = Vec::with_capacity(count);
+            let mut failed = 0;
+            for _ in 0..count {
+                match tokio::time::timeout(LIMIT, TcpcryptStream::connect(to, &config)).await {
+                    Ok(Ok(s)) if s.is_encrypted() => held.push(s),
+                    _ => failed += 1,
+                }
+            }
+            let report = serde_json::json!({
+                "held": held.len(), "failed": failed,
+                "secs": started.elapsed().as_secs_f64(),
+            });
+            println!("{report}");
+            // Until the caller has measured.
+            let mut sink = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+            drop(held);
+        }
+        Command::Slowloris { to, count, honest } => {
+            let mut loris = Vec::with_capacity(count);
+            for _ in 0..count {
+                if let Ok(mut s) = TcpStream::connect(to).await {
+                    // The first byte of a hello's marker, then silence.
+                    let _ = s.write_all(&[0xE5]).await;
+                    loris.push(s);
+                }
+            }
+            let mut times = Vec::new();
+            let mut outcomes = std::collections::BTreeMap::new();
+            for _ in 0..honest {
+                let started = Instant::now();
+                let o = client(to, Mode::Tcpcrypt, 1000, &config).await;
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+                *outcomes.entry(o.name()).or_insert(0) += 1;
+            }
+            times.sort_by(f64::total_cmp);
+            let report = serde_json::json!({
+                "slowloris": loris.len(),
+                "honest_median_ms": times.get(times.len() / 2),
+                "honest_worst_ms": times.last(),
+                "outcomes": outcomes,
             });
             println!("{report}");
         }
