@@ -1,0 +1,1249 @@
+#!/usr/bin/env python3
+"""An independent tcpcrypt (RFC 8548) peer, negotiated by TCP-ENO (RFC 8547)
+carried in band as docs/PROTOCOL.md describes.
+
+Written from the RFC texts and docs/PROTOCOL.md only.  The key-agreement
+primitives, Extract/CPRF and the Init message builders come from
+interop/kat/tcpcrypt_ref.py (itself written from the RFC text on top of
+pyca/cryptography); everything on the wire (hello, ENO option, negotiation,
+pipelined Init1, frames, FINp, rekeying) is done here.
+
+    tcpcrypt_peer.py client HOST PORT [--tep 0x23,0x21] [--aead 1,2,16]
+                                      [--rekey-after N] [--no-pipeline]
+    tcpcrypt_peer.py server --port PORT [--tep ...] [--aead ...] [--once]
+
+See README.md in this folder.
+"""
+
+import argparse
+import collections
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True  # write nothing outside this folder
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "kat"))
+
+import tcpcrypt_ref as ref  # noqa: E402
+from cryptography.exceptions import InvalidTag  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import (  # noqa: E402
+    AESGCM,
+    ChaCha20Poly1305,
+)
+
+# ---------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------
+
+# PROTOCOL.md section 2: E5 'E' 'N' 'O' version kind CR LF, then the option.
+MARKER_HEAD = b"\xe5ENO\x01"
+KIND_A = 0x41  # connecting side, plain hello
+KIND_P = 0x50  # connecting side, hello followed by a pipelined Init1
+KIND_B = 0x42  # accepting side
+ENO_KIND = 0x45
+
+TEP_P256, TEP_P521, TEP_X25519, TEP_X448 = 0x21, 0x22, 0x23, 0x24
+TEP_NAMES = {
+    TEP_P256: "TCPCRYPT_ECDHE_P256",
+    TEP_P521: "TCPCRYPT_ECDHE_P521",
+    TEP_X25519: "TCPCRYPT_ECDHE_Curve25519",
+    TEP_X448: "TCPCRYPT_ECDHE_Curve448",
+}
+AEAD_AES128, AEAD_AES256, AEAD_CHACHA = 0x0001, 0x0002, 0x0010
+AEAD_NAMES = {
+    AEAD_AES128: "AEAD_AES_128_GCM",
+    AEAD_AES256: "AEAD_AES_256_GCM",
+    AEAD_CHACHA: "AEAD_CHACHA20_POLY1305",
+}
+AEAD_KEY_LEN = {AEAD_AES128: 16, AEAD_AES256: 32, AEAD_CHACHA: 32}
+AE_NONCE_LEN = 12
+TAG_LEN = 16
+
+# Defaults (PROTOCOL.md section 8: X25519 and P-256; the most preferred TEP
+# is the last of the list, so the option reads 45 04 21 23).
+DEFAULT_TEPS = [TEP_P256, TEP_X25519]
+# PROTOCOL.md gives no default AEAD order; AES-128-GCM (REQUIRED) first.
+DEFAULT_AEADS = [AEAD_AES128, AEAD_AES256, AEAD_CHACHA]
+
+CONST_NEXTK, CONST_SESSID, CONST_REKEY = 0x01, 0x02, 0x03
+CONST_KEY_A, CONST_KEY_B = 0x04, 0x05
+INIT1_MAGIC = bytes.fromhex("15101a0e")
+INIT2_MAGIC = bytes.fromhex("097105e0")
+N_LEN = 32
+K_LEN = 32
+
+# PROTOCOL.md section 9: message_len bounds.
+MIN_INIT_LEN = 42
+MAX_INIT_LEN = 65536
+
+# PROTOCOL.md section 5 and RFC 8548 section 4.2.
+CONTROL_REKEY = 0x01
+FLAG_FINP = 0x01
+FLAG_URGP = 0x02
+MIN_CLEN = 1 + TAG_LEN
+MAX_CLEN = 0xFFFF
+MAX_DATA = MAX_CLEN - TAG_LEN - 1  # 65518
+
+# PROTOCOL.md section 6: automatic rekey thresholds.
+AUTO_REKEY_FRAMES = 1 << 24
+AUTO_REKEY_BYTES = 1 << 62
+
+MOD64 = 1 << 64
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_ENCRYPTED = 3
+
+_stderr_lock = threading.Lock()
+
+
+def emit(obj):
+    """One JSON line on stderr."""
+    line = json.dumps(obj, sort_keys=False)
+    with _stderr_lock:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------
+# Errors and outcomes
+# ---------------------------------------------------------------------------
+
+class ProtocolError(Exception):
+    """Anything that aborts the connection (RST)."""
+
+    def __init__(self, kind, detail=""):
+        super().__init__("%s: %s" % (kind, detail) if detail else kind)
+        self.kind = kind
+        self.detail = detail
+
+
+class NotEncrypted(Exception):
+    """The connection ends up unencrypted (RFC 8547 fallback).
+
+    same_connection: the plain stream continues on this connection (B
+    declined with a vacuous option, or the client is plain); otherwise the
+    connection is spoiled and a plain peer must reconnect.
+    """
+
+    def __init__(self, reason, detail="", same_connection=False):
+        super().__init__("%s: %s" % (reason, detail) if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.same_connection = same_connection
+
+
+class IllFormedOption(Exception):
+    pass
+
+
+def abort_socket(sock):
+    """Abort: close with RST (SO_LINGER 0), never a FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                        struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Buffered reading with deadlines
+# ---------------------------------------------------------------------------
+
+class HandshakeTimeout(Exception):
+    pass
+
+
+class Stream:
+    """Reads from a socket into a buffer."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()
+        self.eof = False
+
+    def fill(self, deadline=None):
+        """Read once more.  False at end of stream.  With a deadline, raises
+        HandshakeTimeout when it passes; without one the socket's own
+        timeout applies (socket.timeout)."""
+        if self.eof:
+            return False
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HandshakeTimeout()
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(262144)
+            except socket.timeout:
+                raise HandshakeTimeout()
+        else:
+            data = self.sock.recv(262144)
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def read_exact(self, n, deadline=None, what="data"):
+        while len(self.buf) < n:
+            if not self.fill(deadline):
+                raise ProtocolError(
+                    "Truncated", "end of stream inside %s (%d of %d bytes)"
+                    % (what, len(self.buf), n))
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def take_all(self):
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+
+# ---------------------------------------------------------------------------
+# The hello (PROTOCOL.md section 2)
+# ---------------------------------------------------------------------------
+
+def encode_hello(kind, option):
+    return MARKER_HEAD + bytes([kind]) + b"\r\n" + option
+
+
+def marker_byte_ok(i, x, kinds):
+    if i < 5:
+        return x == MARKER_HEAD[i]
+    if i == 5:
+        return x in kinds
+    if i == 6:
+        return x == 0x0D
+    return x == 0x0A
+
+
+def marker_status(buf, kinds):
+    """'hello' (8 bytes match), 'prefix' (all so far match, fewer than 8),
+    or 'departed'."""
+    for i in range(min(len(buf), 8)):
+        if not marker_byte_ok(i, buf[i], kinds):
+            return "departed"
+    return "hello" if len(buf) >= 8 else "prefix"
+
+
+def scan_marker(stream, kinds, deadline):
+    """Look at bytes 0 to 7 as they arrive.  Returns 'hello', 'departed',
+    'eof' or 'timeout'."""
+    while True:
+        st = marker_status(stream.buf, kinds)
+        if st != "prefix":
+            return st
+        try:
+            if not stream.fill(deadline):
+                return "eof"
+        except HandshakeTimeout:
+            return "timeout"
+
+
+def read_option(stream, deadline):
+    """After a whole marker: the ENO option header and body."""
+    try:
+        hdr = stream.read_exact(2, deadline, "the hello's ENO option")
+        if hdr[0] != ENO_KIND or hdr[1] < 2:
+            raise ProtocolError("MalformedHello",
+                                "option header %s" % hdr.hex())
+        return hdr + stream.read_exact(hdr[1] - 2, deadline,
+                                       "the hello's ENO option")
+    except HandshakeTimeout:
+        raise ProtocolError("Timeout", "stalled handshake inside a hello")
+
+
+# ---------------------------------------------------------------------------
+# The ENO option (RFC 8547 sections 4.1, 4.2, 4.4)
+# ---------------------------------------------------------------------------
+
+def parse_option(opt):
+    """Returns (global suboption or None, [(byte as sent, glt, data), ...]).
+
+    Raises IllFormedOption for the two cases of RFC 8547 4.4 (and a length
+    byte that ends the option)."""
+    assert opt[0] == ENO_KIND and opt[1] == len(opt)
+    body = opt[2:]
+    n = len(body)
+    gsub = None
+    subs = []
+    i = 0
+    while i < n:
+        x = body[i]
+        if x < 0x20:                      # global suboption
+            if gsub is None:              # only the first one counts
+                gsub = x
+            i += 1
+        elif x < 0x80:                    # TEP, v = 0
+            subs.append((x, x, b""))
+            i += 1
+        elif x < 0xA0:                    # length byte
+            dlen = (x & 0x1F) + 1
+            if i + 1 >= n:
+                raise IllFormedOption("length byte ends the option")
+            t = body[i + 1]
+            if t < 0xA0:
+                raise IllFormedOption("length byte followed by 0x%02x" % t)
+            if i + 2 + dlen > n:
+                raise IllFormedOption("suboption data beyond the option")
+            subs.append((t, t & 0x7F, bytes(body[i + 2:i + 2 + dlen])))
+            i += 2 + dlen
+        else:                             # TEP, v = 1, data to the end
+            subs.append((x, x & 0x7F, bytes(body[i + 1:])))
+            i = n
+    return gsub, subs
+
+
+def is_resumption_data(byte, data):
+    """RFC 8548 3.5 and PROTOCOL.md 3.2: v = 1 with 9 to 17 data bytes is
+    resumption data; fewer or more is a fresh offer."""
+    return bool(byte & 0x80) and 9 <= len(data) <= 17
+
+
+def encode_option_a(teps):
+    # Implicit global suboption 0x00 (b = 0, a = 0): none sent.
+    body = bytes(teps)
+    return bytes([ENO_KIND, 2 + len(body)]) + body
+
+
+def encode_option_b(tep):
+    return bytes([ENO_KIND, 4, 0x01, tep])
+
+
+VACUOUS_B = bytes([ENO_KIND, 3, 0x01])
+
+
+# ---------------------------------------------------------------------------
+# Key agreement and the Init messages (RFC 8548 sections 3.3, 4.1, 5)
+# ---------------------------------------------------------------------------
+
+def new_private(tep):
+    if tep == TEP_X25519:
+        return os.urandom(32)
+    if tep == TEP_X448:
+        return os.urandom(56)
+    if tep == TEP_P256:
+        order = ref.P256_ORDER
+        while True:
+            raw = os.urandom(32)
+            if 1 <= int.from_bytes(raw, "big") < order:
+                return raw
+    if tep == TEP_P521:
+        order = ref.P521_ORDER
+        while True:
+            raw = bytearray(os.urandom(66))
+            raw[0] &= 0x01                      # 521 bits
+            if 1 <= int.from_bytes(raw, "big") < order:
+                return bytes(raw)
+    raise ValueError("unsupported TEP 0x%02x" % tep)
+
+
+def agree(tep, priv, peer_field):
+    try:
+        return ref.shared_secret(tep, priv, peer_field)
+    except (ValueError, TypeError) as e:
+        raise ProtocolError("BadPublicKey", str(e))
+
+
+def read_init(stream, magic, deadline, what):
+    """One Init message, whole, header checked before anything is buffered."""
+    try:
+        hdr = stream.read_exact(8, deadline, what)
+        if hdr[:4] != magic:
+            raise ProtocolError("BadMagic", "%s starts %s" % (what, hdr.hex()))
+        mlen = int.from_bytes(hdr[4:8], "big")
+        if not MIN_INIT_LEN <= mlen <= MAX_INIT_LEN:
+            raise ProtocolError("BadMessageLength",
+                                "%s message_len %d" % (what, mlen))
+        return hdr + stream.read_exact(mlen - 8, deadline, what)
+    except HandshakeTimeout:
+        raise ProtocolError("Timeout", "stalled handshake waiting for %s"
+                            % what)
+
+
+def parse_init1(msg, tep):
+    k = msg[8]
+    if k == 0:
+        raise ProtocolError("NoCiphers", "Init1 with nciphers = 0")
+    plen = ref.pub_field_len(tep)
+    need = 9 + 2 * k + N_LEN + plen
+    if len(msg) < need:
+        raise ProtocolError("MalformedInit1", "message_len %d < %d for %d "
+                            "ciphers and TEP 0x%02x" % (len(msg), need, k, tep))
+    ciphers = [int.from_bytes(msg[9 + 2 * i:11 + 2 * i], "big")
+               for i in range(k)]
+    n_a = msg[9 + 2 * k:9 + 2 * k + N_LEN]
+    pub = msg[9 + 2 * k + N_LEN:need]        # bytes after Pub_A: ignored
+    return ciphers, n_a, pub
+
+
+def parse_init2(msg, tep):
+    plen = ref.pub_field_len(tep)
+    need = 10 + N_LEN + plen
+    if len(msg) < need:
+        raise ProtocolError("MalformedInit2", "message_len %d < %d for TEP "
+                            "0x%02x" % (len(msg), need, tep))
+    cipher = int.from_bytes(msg[8:10], "big")
+    n_b = msg[10:10 + N_LEN]
+    pub = msg[10 + N_LEN:need]
+    return cipher, n_b, pub
+
+
+def make_init1(tep, aeads):
+    priv = new_private(tep)
+    n_a = os.urandom(N_LEN)
+    init1 = ref.build_init1(aeads, n_a, ref.pub_field(tep, priv))
+    return init1, priv, n_a
+
+
+def derive_session(tep_byte, transcript, init1, init2, es, n_a):
+    """PRK, the session ID and mk[0] (RFC 8548 3.3, 3.4; sn[0] empty)."""
+    prk = ref.extract(n_a, transcript + init1 + init2 + es)
+    session_id = bytes([tep_byte]) + ref.cprf(prk, bytes([CONST_SESSID]),
+                                              K_LEN)
+    mk0 = ref.cprf(prk, bytes([CONST_REKEY]), K_LEN)
+    return session_id, mk0
+
+
+class Keyed:
+    """What a completed handshake hands to the data phase."""
+
+    def __init__(self, role, tep, aead, session_id, mk0, send_off, recv_off):
+        self.role = role
+        self.tep = tep
+        self.aead = aead
+        self.session_id = session_id
+        self.mk0 = mk0
+        self.send_const = CONST_KEY_A if role == "A" else CONST_KEY_B
+        self.recv_const = CONST_KEY_B if role == "A" else CONST_KEY_A
+        self.send_off = send_off
+        self.recv_off = recv_off
+
+    def report(self):
+        return {"encrypted": True, "tep": self.tep, "aead": self.aead,
+                "session_id": self.session_id.hex(), "role": self.role}
+
+
+def client_choose(teps, opt_b):
+    """Host A's reading of B's option (RFC 8547 4.5, PROTOCOL.md 3.2, 3.3).
+    Returns (TEP byte as B sent it, TEP id) or raises NotEncrypted."""
+    try:
+        gsub, subs = parse_option(opt_b)
+    except IllFormedOption as e:
+        raise NotEncrypted("disabled", "ill-formed option from B (%s): %s"
+                           % (e, opt_b.hex()))
+    if not subs:
+        # Vacuous: B declined; the rest of the stream is plain data.
+        raise NotEncrypted("declined", "B sent a vacuous option %s"
+                           % opt_b.hex(), same_connection=True)
+    if gsub is None or not gsub & 0x01:
+        raise NotEncrypted("disabled", "B's option has b = 0: %s"
+                           % opt_b.hex())
+
+    counts = collections.Counter(glt for (_, glt, _) in subs)
+    chosen = None
+    for byte, glt, data in subs:          # the last valid one wins
+        if glt not in teps or counts[glt] != 1:
+            continue
+        if is_resumption_data(byte, data):
+            continue                      # we offered no resumption
+        chosen = (byte, glt)
+    if chosen is None:
+        raise NotEncrypted("disabled", "no valid TEP in B's option %s"
+                           % opt_b.hex())
+    return chosen
+
+
+def server_choose(teps, opt_a):
+    """Host B's choice (PROTOCOL.md 3.2): (chosen TEP or None, decline reason
+    or None, suboptions).  A resumption offer counts as a fresh offer: we
+    hold no cache (RFC 8548 3.2: v = 1 implies willingness to go fresh)."""
+    try:
+        gsub, subs = parse_option(opt_a)
+    except IllFormedOption as e:
+        return None, "ill-formed option from A (%s)" % e, []
+    if gsub is not None and gsub & 0x01:
+        return None, "A's option has b = 1", subs
+    counts = collections.Counter(glt for (_, glt, _) in subs)
+    offered = {glt for (_, glt, _) in subs if counts[glt] == 1}
+    for t in reversed(teps):              # our most preferred is last
+        if t in offered:
+            return t, None, subs
+    return None, "no common TEP in %s" % opt_a.hex(), subs
+
+
+# ---------------------------------------------------------------------------
+# Host A (the connecting side)
+# ---------------------------------------------------------------------------
+
+def client_handshake(sock, stream, teps, aeads, pipeline, deadline):
+    opt_a = encode_option_a(teps)
+    pipelined = None
+    if pipeline:
+        # Init1 for the most preferred TEP, the last v = 0 suboption.
+        pipelined = (teps[-1],) + make_init1(teps[-1], aeads)
+        sock.sendall(encode_hello(KIND_P, opt_a) + pipelined[1])
+    else:
+        sock.sendall(encode_hello(KIND_A, opt_a))
+
+    st = scan_marker(stream, (KIND_B,), deadline)
+    if st == "departed":
+        raise NotEncrypted("legacy", "the server answered with bytes that "
+                           "are not a hello: %s" % bytes(stream.buf[:8]).hex())
+    if st == "eof":
+        raise NotEncrypted("legacy", "the server closed before answering")
+    if st == "timeout":
+        raise NotEncrypted("legacy", "the server sent no answer in time")
+    del stream.buf[:8]
+    opt_b = read_option(stream, deadline)
+
+    tep_byte, tep = client_choose(teps, opt_b)
+
+    sent = 0
+    if pipelined is not None and pipelined[0] == tep:
+        _, init1, priv, n_a = pipelined
+        sent = len(init1)
+    else:
+        if pipelined is not None:
+            sent = len(pipelined[1])      # discarded by B, still counted
+        init1, priv, n_a = make_init1(tep, aeads)
+        sock.sendall(init1)
+        sent += len(init1)
+
+    init2 = read_init(stream, INIT2_MAGIC, deadline, "Init2")
+    cipher, n_b, pub_b = parse_init2(init2, tep)
+    if cipher not in aeads:
+        raise ProtocolError("CipherNotOffered",
+                            "Init2 chose AEAD 0x%04x, offered %s"
+                            % (cipher, aeads))
+    es = agree(tep, priv, pub_b)
+    sid, mk0 = derive_session(tep_byte, opt_a + opt_b, init1, init2, es, n_a)
+    return Keyed("A", tep, cipher, sid, mk0, sent, len(init2))
+
+
+# ---------------------------------------------------------------------------
+# Host B (the accepting side)
+# ---------------------------------------------------------------------------
+
+def server_handshake(sock, stream, teps, aeads, hello_deadline, deadline):
+    st = scan_marker(stream, (KIND_A, KIND_P), hello_deadline)
+    if st == "departed":
+        raise NotEncrypted("plain-client", "first bytes %s are not a hello"
+                           % bytes(stream.buf[:8]).hex(),
+                           same_connection=True)
+    if st == "eof":
+        raise NotEncrypted("plain-client", "the client closed after %d "
+                           "bytes" % len(stream.buf), same_connection=True)
+    if st == "timeout":
+        exc = NotEncrypted("plain-client", "the client sent %d bytes before "
+                           "the hello wait ended" % len(stream.buf),
+                           same_connection=True)
+        exc.late_hello_possible = True
+        raise exc
+    kind = stream.buf[5]
+    del stream.buf[:8]
+    opt_a = read_option(stream, deadline)
+
+    chosen, decline, subs = server_choose(teps, opt_a)
+    pipelined_tep = None
+    if kind == KIND_P:
+        for byte, glt, _ in subs:
+            if not byte & 0x80:
+                pipelined_tep = glt       # the last v = 0 suboption
+
+    if decline is not None:
+        if kind == KIND_P:
+            # Skip the pipelined Init1 whole before answering (3.3).
+            read_init(stream, INIT1_MAGIC, deadline, "pipelined Init1")
+        sock.sendall(encode_hello(KIND_B, VACUOUS_B))
+        raise NotEncrypted("declined", decline, same_connection=True)
+
+    opt_b = encode_option_b(chosen)
+    sock.sendall(encode_hello(KIND_B, opt_b))
+
+    received = 0
+    if kind == KIND_P and pipelined_tep != chosen:
+        skipped = read_init(stream, INIT1_MAGIC, deadline,
+                            "pipelined Init1 (discarded)")
+        received += len(skipped)
+    init1 = read_init(stream, INIT1_MAGIC, deadline, "Init1")
+    received += len(init1)
+    ciphers, n_a, pub_a = parse_init1(init1, chosen)
+    cipher = None
+    for c in aeads:                        # our preference order
+        if c in ciphers:
+            cipher = c
+            break
+    if cipher is None:
+        raise ProtocolError("NoAcceptableAead", "A offered %s" % ciphers)
+    priv = new_private(chosen)
+    es = agree(chosen, priv, pub_a)
+    init2 = ref.build_init2(cipher, os.urandom(N_LEN),
+                            ref.pub_field(chosen, priv))
+    sock.sendall(init2)
+    sid, mk0 = derive_session(chosen, opt_a + opt_b, init1, init2, es, n_a)
+    return Keyed("B", chosen, cipher, sid, mk0, len(init2), received)
+
+
+# ---------------------------------------------------------------------------
+# Frames and generations (RFC 8548 sections 3.6 to 3.8, 4.2)
+# ---------------------------------------------------------------------------
+
+def _aead_object(aead, key):
+    if aead in (AEAD_AES128, AEAD_AES256):
+        return AESGCM(key)
+    return ChaCha20Poly1305(key)
+
+
+class KeyChain:
+    """mk[j] and the traffic key of one direction; old keys are dropped."""
+
+    def __init__(self, mk0, const, aead):
+        self.mk = mk0
+        self.const = const
+        self.aead = aead
+        self.gen = 0
+        self._derive()
+
+    def _derive(self):
+        klen = AEAD_KEY_LEN[self.aead]
+        tk = ref.cprf(self.mk, bytes([self.const]), klen + AE_NONCE_LEN)
+        self.cipher = _aead_object(self.aead, tk[:klen])
+        self.nr = tk[klen:]
+
+    def advance(self):
+        self.mk = ref.cprf(self.mk, bytes([CONST_REKEY]), K_LEN)
+        self.gen += 1
+        self._derive()
+
+    def nonce(self, offset):
+        fid = bytes(AE_NONCE_LEN - 8) + (offset % MOD64).to_bytes(8, "big")
+        return bytes(a ^ b for a, b in zip(fid, self.nr))
+
+
+class Sealer:
+    """Outgoing frames.  Not thread safe: the DataPhase lock guards it."""
+
+    def __init__(self, keyed, rekey_after=0):
+        self.keys = KeyChain(keyed.mk0, keyed.send_const, keyed.aead)
+        self.offset = keyed.send_off
+        self.remote_gen = 0               # updated by the receive side
+        self.rekey_requested = False
+        self.rekey_after = rekey_after
+        self.frames_sent = 0
+        self.frames_under_key = 0
+        self.bytes_under_key = 0
+        self.fin_sent = False
+
+    @property
+    def local_gen(self):
+        return self.keys.gen
+
+    def _seal(self, data, fin, rekey):
+        if self.fin_sent:
+            raise ProtocolError("SendAfterFin")
+        assert len(data) <= MAX_DATA
+        if rekey:
+            self.keys.advance()
+            self.frames_under_key = 0
+            self.bytes_under_key = 0
+        control = CONTROL_REKEY if rekey else 0
+        pt = bytes([FLAG_FINP if fin else 0]) + data
+        clen = len(pt) + TAG_LEN
+        ad = bytes([control]) + clen.to_bytes(2, "big")
+        ct = self.keys.cipher.encrypt(self.keys.nonce(self.offset), pt, ad)
+        frame = ad + ct
+        self.offset = (self.offset + len(frame)) % MOD64
+        self.frames_sent += 1
+        self.frames_under_key += 1
+        self.bytes_under_key += len(frame)
+        if fin:
+            self.fin_sent = True
+        if self.rekey_after and self.frames_sent % self.rekey_after == 0:
+            self.rekey_requested = True
+        if (self.frames_under_key >= AUTO_REKEY_FRAMES
+                or self.bytes_under_key >= AUTO_REKEY_BYTES):
+            self.rekey_requested = True
+        return frame
+
+    def seal(self, data, fin=False):
+        rekey = False
+        if self.rekey_requested:
+            # RFC 8548 3.8: never initiate with an empty frame while a
+            # rekey is outstanding (the peer's generation below ours).
+            if data or self.remote_gen >= self.local_gen:
+                rekey = True
+                self.rekey_requested = False
+        return self._seal(data, fin, rekey)
+
+    def seal_answers(self, data=b""):
+        """Frames owed to the peer's rekeys: one rekey = 1 frame per
+        generation behind, the last carrying data.  None after FINp.
+        Returns (frames, data_consumed)."""
+        frames = []
+        if self.fin_sent:
+            return frames, False
+        owed = self.remote_gen - self.local_gen
+        for i in range(owed):
+            frames.append(self._seal(data if i == owed - 1 else b"",
+                                     False, True))
+        return frames, owed > 0
+
+
+class Opener:
+    """Incoming frames."""
+
+    def __init__(self, keyed):
+        self.keys = KeyChain(keyed.mk0, keyed.recv_const, keyed.aead)
+        self.offset = keyed.recv_off
+
+    def open(self, header, ct):
+        control = header[0]
+        rekey = bool(control & CONTROL_REKEY)     # cres ignored
+        if rekey:
+            self.keys.advance()
+        try:
+            pt = self.keys.cipher.decrypt(self.keys.nonce(self.offset), ct,
+                                          header)
+        except InvalidTag:
+            raise ProtocolError("AuthenticationFailed",
+                                "frame at offset %d (generation %d) does "
+                                "not authenticate" % (self.offset,
+                                                      self.keys.gen))
+        self.offset = (self.offset + 3 + len(ct)) % MOD64
+        flags = pt[0]                             # fres ignored
+        urgent = None
+        if flags & FLAG_URGP:
+            if len(pt) < 3:
+                raise ProtocolError("MalformedFrame",
+                                    "URGp set without an urgent field")
+            urgent = int.from_bytes(pt[1:3], "big")
+            data = pt[3:]
+        else:
+            data = pt[1:]
+        return rekey, bool(flags & FLAG_FINP), urgent, data
+
+
+# ---------------------------------------------------------------------------
+# The data phase: a sender thread drains a queue; the receive loop opens
+# frames and answers rekeys at once (the answers bypass the queue bound).
+# ---------------------------------------------------------------------------
+
+class DataPhase:
+    def __init__(self, sock, stream, keyed, rekey_after=0, echo=False,
+                 queue_limit=4 << 20):
+        self.sock = sock
+        self.stream = stream
+        self.sealer = Sealer(keyed, rekey_after)
+        self.opener = Opener(keyed)
+        self.echo = echo
+        self.queue_limit = queue_limit
+        self.cond = threading.Condition()
+        self.queue = collections.deque()
+        self.queued = 0
+        self.error = None
+        self.sender_done = threading.Event()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.frames_in = 0
+        self.rekeys_in = 0
+        self.sender = threading.Thread(target=self._sender, daemon=True)
+
+    def start(self):
+        self.sender.start()
+
+    def fail(self, exc):
+        with self.cond:
+            if self.error is None:
+                self.error = exc
+            self.cond.notify_all()
+
+    def _sender(self):
+        try:
+            while True:
+                with self.cond:
+                    while not self.queue and self.error is None:
+                        self.cond.wait()
+                    if self.error is not None:
+                        return
+                    item = self.queue.popleft()
+                    if item is not None:
+                        self.queued -= len(item)
+                    self.cond.notify_all()
+                if item is None:
+                    self.sock.shutdown(socket.SHUT_WR)   # TCP FIN
+                    return
+                self.sock.sendall(item)
+        except OSError as e:
+            self.fail(ProtocolError("SendFailed", str(e)))
+        finally:
+            self.sender_done.set()
+
+    def _enqueue(self, frames):
+        for f in frames:
+            self.queue.append(f)
+            self.queued += len(f)
+        self.cond.notify_all()
+
+    def send(self, data, fin=False):
+        """Seal data (split into frames of at most MAX_DATA bytes) and, with
+        fin, the FINp frame; then the TCP FIN.  Blocks while the queue is
+        over its limit."""
+        with self.cond:
+            while self.queued > self.queue_limit and self.error is None:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+            frames = []
+            for i in range(0, len(data), MAX_DATA):
+                frames.append(self.sealer.seal(data[i:i + MAX_DATA]))
+            self.bytes_out += len(data)
+            if fin:
+                frames.append(self.sealer.seal(b"", fin=True))
+            self._enqueue(frames)
+            if fin:
+                self.queue.append(None)
+                self.cond.notify_all()
+
+    def _read_frame(self):
+        s = self.stream
+        while len(s.buf) < 3:
+            if not s.fill():
+                if s.buf:
+                    raise ProtocolError("Truncated", "end of stream inside "
+                                        "a frame header")
+                raise ProtocolError("Truncated", "TCP end of stream "
+                                    "without a FINp frame")
+        clen = int.from_bytes(s.buf[1:3], "big")
+        if clen < MIN_CLEN:
+            raise ProtocolError("FrameTooShort", "clen %d" % clen)
+        while len(s.buf) < 3 + clen:
+            if not s.fill():
+                raise ProtocolError("Truncated", "end of stream inside a "
+                                    "frame (%d of %d bytes)"
+                                    % (len(s.buf), 3 + clen))
+        header = bytes(s.buf[:3])
+        ct = bytes(s.buf[3:3 + clen])
+        del s.buf[:3 + clen]
+        return header, ct
+
+    def receive_until_fin(self, deliver=None):
+        """Open frames until the peer's FINp.  Rekeys are answered at once;
+        data goes to deliver() or, echoing, back to the peer."""
+        while True:
+            header, ct = self._read_frame()
+            rekey, fin, _urgent, data = self.opener.open(header, ct)
+            self.frames_in += 1
+            self.bytes_in += len(data)
+            consumed = False
+            with self.cond:
+                if self.error is not None:
+                    raise self.error
+                if rekey:
+                    self.rekeys_in += 1
+                    self.sealer.remote_gen += 1
+                    frames, consumed = self.sealer.seal_answers(
+                        data if self.echo else b"")
+                    if consumed and self.echo:
+                        self.bytes_out += len(data)
+                    self._enqueue(frames)
+            if data:
+                if self.echo:
+                    if not consumed:
+                        self.send(data)
+                elif deliver is not None:
+                    deliver(data)
+            if fin:
+                return
+
+    def check_nothing_after_fin(self, timeout):
+        """After FINp: nothing may follow but the TCP FIN.  Waits for it at
+        most timeout seconds (None: the socket's timeout)."""
+        s = self.stream
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        while True:
+            if s.buf:
+                raise ProtocolError("DataAfterFin", "%d bytes after the "
+                                    "FINp frame" % len(s.buf))
+            try:
+                if not s.fill():
+                    return True
+            except socket.timeout:
+                return False
+
+
+# ---------------------------------------------------------------------------
+# Plain fallbacks
+# ---------------------------------------------------------------------------
+
+def pump_stdin_to_socket(sock, errors):
+    try:
+        while True:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            sock.sendall(chunk)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError as e:
+        errors.append(e)
+
+
+def plain_client(sock, leftover):
+    """Plain TCP: stdin to the socket, the socket to stdout until EOF."""
+    out = sys.stdout.buffer
+    errors = []
+    t = threading.Thread(target=pump_stdin_to_socket, args=(sock, errors),
+                         daemon=True)
+    t.start()
+    if leftover:
+        out.write(leftover)
+        out.flush()
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        out.write(data)
+        out.flush()
+    t.join()
+    if errors:
+        raise errors[0]
+    sock.close()
+
+
+def plain_echo(sock, stream, late_hello_possible):
+    if late_hello_possible:
+        # PROTOCOL.md 3.4 rule 1: a hello that comes after the wait is
+        # never data.  Hold the bytes until they tell.
+        while marker_status(stream.buf, (KIND_A, KIND_P)) == "prefix":
+            if not stream.fill():
+                break
+        if marker_status(stream.buf, (KIND_A, KIND_P)) == "hello":
+            raise ProtocolError("LateHello", "the client's hello came after "
+                                "the hello wait")
+    pending = stream.take_all()
+    if pending:
+        sock.sendall(pending)
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+
+
+# ---------------------------------------------------------------------------
+# Client
+# ---------------------------------------------------------------------------
+
+def fatal(kind, detail, code=EXIT_ERROR, sock=None):
+    if sock is not None:
+        abort_socket(sock)
+    emit({"error": kind, "detail": detail})
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def run_client(args):
+    deadline = time.monotonic() + args.timeout
+    try:
+        sock = socket.create_connection((args.host, args.port),
+                                        timeout=args.timeout)
+    except OSError as e:
+        fatal("ConnectFailed", str(e))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stream = Stream(sock)
+    try:
+        keyed = client_handshake(sock, stream, args.tep, args.aead,
+                                 not args.no_pipeline, deadline)
+    except ProtocolError as e:
+        fatal(e.kind, e.detail, sock=sock)
+    except NotEncrypted as e:
+        emit({"encrypted": False, "reason": e.reason, "detail": e.detail})
+        if not args.allow_plain:
+            if e.same_connection:
+                sock.close()
+            else:
+                abort_socket(sock)
+            return EXIT_NOT_ENCRYPTED
+        try:
+            if e.same_connection:
+                sock.settimeout(args.timeout or None)
+                plain_client(sock, stream.take_all())
+            else:
+                abort_socket(sock)
+                sock = socket.create_connection((args.host, args.port),
+                                                timeout=args.timeout or None)
+                plain_client(sock, b"")
+        except OSError as e2:
+            fatal("PlainFailed", str(e2), sock=sock)
+        return EXIT_OK
+    except OSError as e:
+        fatal("HandshakeFailed", str(e), sock=sock)
+
+    emit(keyed.report())
+    sock.settimeout(args.timeout or None)
+    dp = DataPhase(sock, stream, keyed, rekey_after=args.rekey_after)
+    dp.start()
+    out = sys.stdout.buffer
+    peer_fin = threading.Event()
+    reader_done = threading.Event()
+    stdin_done = threading.Event()
+
+    def deliver(data):
+        out.write(data)
+        out.flush()
+
+    def reader():
+        try:
+            dp.receive_until_fin(deliver)
+            peer_fin.set()
+            dp.check_nothing_after_fin(None)
+        except ProtocolError as e:
+            dp.fail(e)
+        except socket.timeout:
+            if not peer_fin.is_set():
+                dp.fail(ProtocolError("Timeout", "no data from the server "
+                                      "for %s s" % args.timeout))
+        except OSError as e:
+            dp.fail(ProtocolError("ReceiveFailed", str(e)))
+        finally:
+            reader_done.set()
+            with dp.cond:
+                dp.cond.notify_all()
+
+    def writer():
+        try:
+            while True:
+                chunk = os.read(0, MAX_DATA)
+                if not chunk:
+                    break
+                dp.send(chunk)
+            dp.send(b"", fin=True)
+        except ProtocolError as e:
+            dp.fail(e)
+        except OSError as e:
+            dp.fail(ProtocolError("StdinFailed", str(e)))
+        finally:
+            stdin_done.set()
+            with dp.cond:
+                dp.cond.notify_all()
+
+    threading.Thread(target=reader, daemon=True).start()
+    threading.Thread(target=writer, daemon=True).start()
+
+    with dp.cond:
+        while dp.error is None and not (
+                peer_fin.is_set() and stdin_done.is_set()
+                and dp.sender_done.is_set()):
+            if reader_done.is_set() and not peer_fin.is_set():
+                break
+            dp.cond.wait(0.05)
+        err = dp.error
+    if err is None and not peer_fin.is_set():
+        err = ProtocolError("Truncated", "the receive side ended without "
+                            "a FINp frame")
+    if err is not None:
+        kind = getattr(err, "kind", type(err).__name__)
+        fatal(kind, getattr(err, "detail", str(err)), sock=sock)
+    # Both FINp frames are out; give the peer's TCP FIN a moment to arrive
+    # so that bytes after its FINp would be noticed.
+    reader_done.wait(2.0)
+    with dp.cond:
+        err = dp.error
+    if err is not None:
+        fatal(err.kind, err.detail, sock=sock)
+    sock.close()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# Server
+# ---------------------------------------------------------------------------
+
+def serve_connection(conn, peer, args):
+    """Returns an exit code for this connection."""
+    accepted = time.monotonic()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stream = Stream(conn)
+    dp = None
+    try:
+        try:
+            keyed = server_handshake(conn, stream, args.tep, args.aead,
+                                     accepted + args.hello_wait,
+                                     accepted + args.hello_wait
+                                     + args.timeout)
+        except NotEncrypted as e:
+            emit({"encrypted": False, "reason": e.reason, "detail": e.detail,
+                  "peer": "%s:%d" % peer[:2]})
+            conn.settimeout(args.timeout or None)
+            plain_echo(conn, stream, getattr(e, "late_hello_possible", False))
+            emit({"closed": True, "ok": True, "encrypted": False,
+                  "peer": "%s:%d" % peer[:2]})
+            return EXIT_OK if args.allow_plain else EXIT_NOT_ENCRYPTED
+        report = keyed.report()
+        report["peer"] = "%s:%d" % peer[:2]
+        emit(report)
+        conn.settimeout(args.timeout or None)
+        dp = DataPhase(conn, stream, keyed, rekey_after=args.rekey_after,
+                       echo=True, queue_limit=16 << 20)
+        dp.start()
+        dp.receive_until_fin()
+        dp.send(b"", fin=True)
+        dp.check_nothing_after_fin(None)
+        dp.sender_done.wait()
+        with dp.cond:
+            if dp.error is not None:
+                raise dp.error
+        conn.close()
+        emit({"closed": True, "ok": True, "session_id":
+              keyed.session_id.hex(), "bytes_in": dp.bytes_in,
+              "bytes_out": dp.bytes_out, "frames_in": dp.frames_in,
+              "rekeys_in": dp.rekeys_in, "rekeys_out":
+              dp.sealer.local_gen})
+        return EXIT_OK
+    except ProtocolError as e:
+        if dp is not None:
+            dp.fail(e)
+        abort_socket(conn)
+        emit({"error": e.kind, "detail": e.detail,
+              "peer": "%s:%d" % peer[:2]})
+        return EXIT_ERROR
+    except socket.timeout:
+        if dp is not None:
+            dp.fail(ProtocolError("Timeout"))
+        abort_socket(conn)
+        emit({"error": "Timeout", "detail": "no progress for %s s"
+              % args.timeout, "peer": "%s:%d" % peer[:2]})
+        return EXIT_ERROR
+    except OSError as e:
+        if dp is not None:
+            dp.fail(ProtocolError("IOError", str(e)))
+        abort_socket(conn)
+        emit({"error": "IOError", "detail": str(e),
+              "peer": "%s:%d" % peer[:2]})
+        return EXIT_ERROR
+
+
+def run_server(args):
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        lsock.bind((args.bind, args.port))
+    except OSError as e:
+        emit({"error": "BindFailed", "detail": str(e)})
+        return EXIT_ERROR
+    lsock.listen(64)
+    port = lsock.getsockname()[1]
+    emit({"listening": port})
+    if args.once:
+        conn, peer = lsock.accept()
+        lsock.close()
+        return serve_connection(conn, peer, args)
+    while True:
+        conn, peer = lsock.accept()
+        threading.Thread(target=serve_connection, args=(conn, peer, args),
+                         daemon=True).start()
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def id_list(supported, what):
+    def parse(text):
+        out = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                v = int(part, 0)
+            except ValueError:
+                raise argparse.ArgumentTypeError("bad %s id %r" % (what, part))
+            if v not in supported:
+                raise argparse.ArgumentTypeError(
+                    "unsupported %s 0x%02x (supported: %s)"
+                    % (what, v, ", ".join("0x%02x" % s for s in supported)))
+            if v in out:
+                raise argparse.ArgumentTypeError("%s 0x%02x named twice"
+                                                 % (what, v))
+            out.append(v)
+        if not out:
+            raise argparse.ArgumentTypeError("empty %s list" % what)
+        return out
+    return parse
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description="Independent tcpcrypt in-band peer (RFC 8547/8548 over "
+                    "docs/PROTOCOL.md).")
+    sub = p.add_subparsers(dest="mode", required=True)
+
+    def common(sp):
+        sp.add_argument("--tep", type=id_list(sorted(TEP_NAMES), "TEP"),
+                        default=list(DEFAULT_TEPS),
+                        help="TEP ids, least to most preferred "
+                             "(default 0x21,0x23)")
+        sp.add_argument("--aead", type=id_list(sorted(AEAD_NAMES), "AEAD"),
+                        default=list(DEFAULT_AEADS),
+                        help="AEAD ids: A's Init1 list in order; B's "
+                             "preference, most preferred first "
+                             "(default 1,2,16)")
+        sp.add_argument("--timeout", type=float, default=30.0,
+                        help="handshake deadline and idle timeout in "
+                             "seconds (0: no idle timeout; default 30)")
+        sp.add_argument("--rekey-after", type=int, default=0, metavar="N",
+                        help="initiate a rekey (rekey bit on the next "
+                             "frame) after every N frames sent")
+        sp.add_argument("--allow-plain", action="store_true",
+                        help="carry on in plain TCP when ENO fails, and "
+                             "count it a success")
+
+    c = sub.add_parser("client")
+    c.add_argument("host")
+    c.add_argument("port", type=int)
+    common(c)
+    c.add_argument("--no-pipeline", action="store_true",
+                   help="hello 'A', Init1 only after B's answer")
+
+    s = sub.add_parser("server")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--bind", default="127.0.0.1")
+    common(s)
+    s.add_argument("--once", action="store_true",
+                   help="serve one connection, exit 0 on success")
+    s.add_argument("--hello-wait", type=float, default=3.0,
+                   help="seconds a client may take to send its 8-byte "
+                        "marker before it is taken for plain (default 3)")
+
+    args = p.parse_args(argv)
+    if args.timeout <= 0:
+        args.timeout = 3600.0 * 24
+    if args.rekey_after < 0:
+        p.error("--rekey-after must be >= 0")
+    try:
+        if args.mode == "client":
+            return run_client(args)
+        return run_server(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
