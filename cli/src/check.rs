@@ -26,6 +26,12 @@ pub struct Args {
     /// taken for a plain server.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2s")]
     server_hello_timeout: Duration,
+    /// The destination is a responder (`tcpcrypt listen
+    /// --check-responder`): test the path to it with a plain HTTP request,
+    /// non-HTTP bytes and a tcpcrypt connection, and report which of them
+    /// the path breaks or alters (exit 1 if any).
+    #[arg(long)]
+    path: bool,
 }
 
 /// The finding, as `--json` prints it.
@@ -74,6 +80,9 @@ async fn negotiate(tcp: TcpStream, peer: std::net::SocketAddr, args: &Args) -> R
 /// `tcpcrypt check`: exit 0 when the probe ran, whatever it found; 1 when
 /// the destination could not be reached.
 pub async fn check(args: Args) -> i32 {
+    if args.path {
+        return crate::pathcheck::check_path(&args.destination, args.json).await;
+    }
     let started = Instant::now();
     let connected =
         tokio::time::timeout(args.connect_timeout, TcpStream::connect(&args.destination))

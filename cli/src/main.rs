@@ -15,6 +15,7 @@ mod demo;
 mod http_header;
 mod netcat;
 mod options;
+mod pathcheck;
 mod proxy;
 mod report;
 mod run;

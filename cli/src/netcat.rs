@@ -40,6 +40,10 @@ pub struct ListenArgs {
     /// first.
     #[arg(short, long)]
     keep_open: bool,
+    /// Answer `tcpcrypt check --path`: echo every connection, plain or
+    /// tcpcrypt, concurrently, until killed (standard input is not read).
+    #[arg(long)]
+    check_responder: bool,
     #[command(flatten)]
     negotiation: Negotiation,
     /// Print the listening address and each negotiation report as JSON
@@ -184,6 +188,9 @@ pub async fn listen(args: ListenArgs) -> i32 {
         eprintln!("{}", serde_json::json!({ "listening": local.to_string() }));
     } else {
         eprintln!("tcpcrypt: listening on {local}");
+    }
+    if args.check_responder {
+        return crate::pathcheck::respond(listener, &args.negotiation.config()).await;
     }
     // Handshakes run concurrently, each bounded by its deadline: a slow or
     // idle client delays nobody's handshake, even while one connection is

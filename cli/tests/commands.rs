@@ -671,3 +671,59 @@ fn bench_measures_tcpcrypt_against_plain_tcp_in_one_run() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A middlebox that passes connections whose first bytes look like an
+/// HTTP request and resets every other one, as some filters do.
+fn http_only_box(target: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in l.incoming().take(16) {
+            let Ok(mut client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut first = [0u8; 4];
+                if client.read_exact(&mut first).is_err() || &first != b"GET " {
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                    return;
+                }
+                let mut server = TcpStream::connect(target).unwrap();
+                server.write_all(&first).unwrap();
+                let mut back = server.try_clone().unwrap();
+                let mut to_client = client.try_clone().unwrap();
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut back, &mut to_client);
+                    let _ = to_client.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut client, &mut server);
+                let _ = server.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn check_path_finds_a_clean_path_clean_and_names_what_a_filter_breaks() {
+    let (_responder, _stderr, addr) = listen(&["--check-responder"]);
+    let run = |target: &str| {
+        let out = Command::new(BIN)
+            .args(["check", "--path", "--json", target])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), v)
+    };
+    let (code, clean) = run(&addr.to_string());
+    assert_eq!(code, Some(0), "{clean}");
+    for probe in ["http", "binary", "tcpcrypt"] {
+        assert_eq!(clean[probe]["result"], "intact", "{clean}");
+    }
+    let filtered = http_only_box(addr);
+    let (code, found) = run(&filtered.to_string());
+    assert_eq!(code, Some(1), "{found}");
+    assert_eq!(found["http"]["result"], "intact", "{found}");
+    assert_eq!(found["binary"]["result"], "blocked", "{found}");
+    assert_ne!(found["tcpcrypt"]["result"], "intact", "{found}");
+}
