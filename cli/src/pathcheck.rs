@@ -73,16 +73,21 @@ enum Verdict {
     Downgraded(String),
 }
 
+/// Sends `probe`, half-closes, and reads the echo to its end.
+async fn echo_of<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    probe: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    s.write_all(probe).await?;
+    s.shutdown().await?;
+    let mut echo = Vec::new();
+    s.read_to_end(&mut echo).await?;
+    Ok(echo)
+}
+
 /// Sends `probe` in plain TCP and compares the echo.
 async fn plain_probe(dest: &str, probe: &[u8]) -> Verdict {
-    let run = async {
-        let mut s = TcpStream::connect(dest).await?;
-        s.write_all(probe).await?;
-        s.shutdown().await?;
-        let mut echo = Vec::new();
-        s.read_to_end(&mut echo).await?;
-        Ok::<_, std::io::Error>(echo)
-    };
+    let run = async { echo_of(&mut TcpStream::connect(dest).await?, probe).await };
     match tokio::time::timeout(LIMIT, run).await {
         Err(_) => Verdict::Blocked("timed out".into()),
         Ok(Err(e)) => Verdict::Blocked(e.to_string()),
@@ -110,14 +115,7 @@ async fn tcpcrypt_probe(dest: &str) -> Verdict {
             .expect("valid configuration"),
     );
     let probe = binary_probe();
-    let run = async {
-        let mut s = TcpcryptStream::connect(dest, &config).await?;
-        s.write_all(&probe).await?;
-        s.shutdown().await?;
-        let mut echo = Vec::new();
-        s.read_to_end(&mut echo).await?;
-        Ok::<_, std::io::Error>(echo)
-    };
+    let run = async { echo_of(&mut TcpcryptStream::connect(dest, &config).await?, &probe).await };
     match tokio::time::timeout(LIMIT, run).await {
         Err(_) => Verdict::Blocked("timed out".into()),
         Ok(Err(e)) => match tcpcrypt_tokio::Error::from_io(&e) {
