@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod middlebox;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -68,6 +70,17 @@ enum Command {
         count: usize,
         #[arg(long, default_value_t = 50)]
         honest: usize,
+    },
+    /// A middlebox: relays connections to `to`, misbehaving as told
+    /// (one-byte, text-only-fin, text-only-rst, text-only-discard,
+    /// strip-marker, flip:N, truncate:N, reset-after:N).
+    Middlebox {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        behaviour: middlebox::Behaviour,
     },
     /// Many short exchanges; prints a JSON report of how each ended.
     Handshakes {
@@ -263,6 +276,16 @@ async fn main() -> std::process::ExitCode {
                 "bytes": bytes,
             });
             println!("{report}");
+        }
+        Command::Middlebox {
+            listen,
+            to,
+            behaviour,
+        } => {
+            if let Err(e) = middlebox::run(listen, to, behaviour).await {
+                eprintln!("tcpcrypt-interop: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
         }
         Command::Hold { to, count } => {
             let started = Instant::now();
