@@ -12,6 +12,7 @@ mod bench;
 mod check;
 mod daemon;
 mod demo;
+mod generate;
 mod http_header;
 mod netcat;
 mod options;
@@ -32,7 +33,7 @@ use clap::{Parser, Subcommand};
 /// Opportunistic, forward-secret encryption of TCP connections
 /// (tcpcrypt, RFC 8548, negotiated by TCP-ENO, RFC 8547).
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(name = "tcpcrypt", version, propagate_version = true)]
 struct Cli {
     /// More log output on stderr (repeat for more); RUST_LOG also works.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -92,6 +93,9 @@ enum Command {
     /// List the live connections of programs run with the shim.
     #[command(after_help = "Examples:\n  tcpcrypt status\n  tcpcrypt status --json")]
     Status(status::Args),
+    /// Write the man pages or shell completions (for packagers).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 fn main() {
@@ -118,6 +122,7 @@ fn main() {
         Command::Proxy(args) => block_on(proxy::proxy(args)),
         Command::Check(args) => block_on(check::check(args)),
         Command::Bench(args) => block_on(bench::bench(args)),
+        Command::Generate(args) => generate::generate(args),
     };
     std::process::exit(code);
 }

@@ -214,3 +214,87 @@ fn http_session_id_with_shimmed_curl() {
         "{text}"
     );
 }
+
+#[test]
+fn axum_login_with_the_hyper_client_refuses_a_replayed_cookie() {
+    let server = Server::start(env!("CARGO_BIN_EXE_axum-session-id"), &["127.0.0.1:0"]);
+    for http2 in [false, true] {
+        let url = format!("http://{}", server.addr);
+        let mut args = vec![url.as_str()];
+        if http2 {
+            args.insert(0, "--http2");
+        }
+        let (ok, out) = run(env!("CARGO_BIN_EXE_hyper-login"), &args);
+        assert!(ok, "http2 {http2}: {out}");
+        assert!(out.contains("whoami: 200 alice"), "{out}");
+        assert!(out.contains("same connection, same session: yes"), "{out}");
+        // The login and the whoami came over one session, the replay over another.
+        let sessions: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.rsplit_once("(session ID ").map(|(_, id)| id))
+            .collect();
+        assert_eq!(sessions.len(), 3, "{out}");
+        assert_eq!(sessions[0], sessions[1]);
+        assert_ne!(sessions[1], sessions[2]);
+        assert!(
+            out.contains("replayed: 403 this login cookie was issued on another connection"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn axum_login_with_shimmed_curl_refuses_a_replayed_cookie() {
+    let server = Server::start(env!("CARGO_BIN_EXE_axum-session-id"), &["127.0.0.1:0"]);
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-axum-login-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jar = dir.join("cookies");
+    let jar = jar.to_str().unwrap();
+    let login = format!("http://{}/login", server.addr);
+    let whoami = format!("http://{}/whoami", server.addr);
+    let curl = |args: &[&str], shimmed: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.arg("-sS").args(args);
+        if shimmed {
+            cmd.env("LD_PRELOAD", shim()).envs(daemon_env());
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let credentials = "user=alice&password=wonderland";
+    // One curl run: the login and the whoami share one encrypted connection.
+    let out = curl(
+        &[
+            "-c",
+            jar,
+            "-d",
+            credentials,
+            &login,
+            "--next",
+            "-b",
+            jar,
+            &whoami,
+        ],
+        true,
+    );
+    assert!(out.starts_with("logged in as alice on session "), "{out}");
+    assert!(out.ends_with("\nalice\n"), "{out}");
+    // Another run replays the cookie on a new connection: refused.
+    let out = curl(&["-b", jar, "-w", "%{http_code}", &whoami], true);
+    assert!(
+        out.contains("issued on another connection") && out.ends_with("403"),
+        "{out}"
+    );
+    // Without the shim there is no session to log in on.
+    let out = curl(&["-d", credentials, "-w", "%{http_code}", &login], false);
+    assert!(
+        out.contains("needs a tcpcrypt connection") && out.ends_with("403"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -60,8 +60,14 @@ mod copy;
 mod error;
 mod negotiate;
 mod record;
+mod session_addr;
 mod split;
 mod stream;
+
+#[cfg(feature = "axum")]
+mod axum_listener;
+#[cfg(feature = "hyper")]
+mod http_connector;
 
 pub use accept::{Attempt, TcpcryptAcceptor, TcpcryptListener};
 pub use cache::ClientCache;
@@ -69,6 +75,9 @@ pub use config::{Config, ConfigBuilder, Policy};
 pub use connect::{Connected, TcpcryptConnector};
 pub use copy::{PlainSource, VectoredBufRead, copy, copy_bidirectional};
 pub use error::{Error, FallbackReason};
+#[cfg(feature = "hyper")]
+pub use http_connector::{HttpStream, TcpcryptHttpConnector};
 pub use proto::{AeadAlgorithm, Role, SessionId, SessionInfo, Tep};
+pub use session_addr::SessionAddr;
 pub use split::{ReadHalf, WriteHalf};
 pub use stream::TcpcryptStream;
