@@ -8,7 +8,6 @@
 //! byte, and `P`ing with one byte, then closes. A plain client speaks first,
 //! so the server recognises it at once.
 
-use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +40,9 @@ pub struct Args {
     /// Print the results as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Also draw the ratios as a bar chart into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// Parses 1048576, 64K, 256M, 1G (powers of 1024; a trailing "iB" or "B"
@@ -277,30 +279,6 @@ struct Results {
     results: Vec<Row>,
 }
 
-/// Progress on stderr when it is a terminal: one line, rewritten.
-struct Progress {
-    shown: bool,
-    total: usize,
-    done: usize,
-}
-
-impl Progress {
-    fn step(&mut self, what: &str) {
-        self.done += 1;
-        if self.shown {
-            eprint!("\r\x1b[2K[{}/{}] {what}", self.done, self.total);
-            let _ = std::io::stderr().flush();
-        }
-    }
-
-    fn finish(&self) {
-        if self.shown {
-            eprint!("\r\x1b[2K");
-            let _ = std::io::stderr().flush();
-        }
-    }
-}
-
 /// `tcpcrypt bench`.
 pub async fn bench(args: Args) -> i32 {
     if let Some(addr) = args.serve {
@@ -338,11 +316,12 @@ pub async fn bench(args: Args) -> i32 {
         .expect("valid configuration");
     let full = Client::Tcpcrypt(Arc::new(full));
     let resuming = Client::Tcpcrypt(Arc::new(resuming));
-    let mut progress = Progress {
-        shown: std::io::stderr().is_terminal(),
-        total: Test::ALL.len() * 2 * args.rounds as usize,
-        done: 0,
-    };
+    // On stderr, drawn only when it is a terminal.
+    let progress = indicatif::ProgressBar::new((Test::ALL.len() * 2 * args.rounds as usize) as u64)
+        .with_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
+                .expect("a valid template"),
+        );
     let mut rows = Vec::new();
     for test in Test::ALL {
         let tcpcrypt = if test == Test::Resumed {
@@ -356,15 +335,17 @@ pub async fn bench(args: Args) -> i32 {
                 ("plain TCP", &Client::Plain, &mut best_plain),
                 ("tcpcrypt", tcpcrypt, &mut best_tcpcrypt),
             ] {
-                progress.step(&format!(
+                progress.set_message(format!(
                     "{}: {label}, round {round}/{}",
                     test.name(),
                     args.rounds
                 ));
-                match measure(client, &to, test, &args).await {
+                let result = measure(client, &to, test, &args).await;
+                progress.inc(1);
+                match result {
                     Ok(v) => *best = best.max(v),
                     Err(e) => {
-                        progress.finish();
+                        progress.finish_and_clear();
                         eprintln!("tcpcrypt: {} over {label} to {to}: {e}", test.name());
                         return 1;
                     }
@@ -379,7 +360,7 @@ pub async fn bench(args: Args) -> i32 {
             ratio: round2(best_tcpcrypt / best_plain),
         });
     }
-    progress.finish();
+    progress.finish_and_clear();
     let results = Results {
         target,
         bytes: args.bytes,
@@ -391,6 +372,21 @@ pub async fn bench(args: Args) -> i32 {
         println!("{}", serde_json::to_string(&results).expect("serializable"));
     } else {
         print_table(&results);
+    }
+    if let Some(path) = &args.plot {
+        let bars: Vec<_> = results
+            .results
+            .iter()
+            .map(|row| crate::plot::Bar {
+                label: row.test,
+                ratio: row.ratio,
+            })
+            .collect();
+        let title = format!("tcpcrypt against plain TCP: {}", results.target);
+        if let Err(e) = crate::plot::write_svg(path, &title, &bars) {
+            eprintln!("tcpcrypt: cannot write the chart: {e}");
+            return 1;
+        }
     }
     0
 }

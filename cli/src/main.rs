@@ -17,6 +17,7 @@ mod http_header;
 mod netcat;
 mod options;
 mod pathcheck;
+mod plot;
 mod proxy;
 mod report;
 mod run;
@@ -81,7 +82,7 @@ enum Command {
     /// Measure tcpcrypt against plain TCP: bulk transfer and connection
     /// setup, in the same run.
     #[command(
-        after_help = "Examples:\n  tcpcrypt bench\n  tcpcrypt bench --bytes 1G --connections 2000 --json\n  tcpcrypt bench --serve 0.0.0.0:7778     (on the server)\n  tcpcrypt bench --to server:7778         (on the client)"
+        after_help = "Examples:\n  tcpcrypt bench\n  tcpcrypt bench --bytes 1G --connections 2000 --json\n  tcpcrypt bench --plot ratios.svg\n  tcpcrypt bench --serve 0.0.0.0:7778     (on the server)\n  tcpcrypt bench --to server:7778         (on the client)"
     )]
     Bench(bench::Args),
     /// The per-user relay daemon that carries the connections of shimmed

@@ -634,7 +634,14 @@ fn bench_measures_tcpcrypt_against_plain_tcp_in_one_run() {
         assert!(plain > 0.0 && tcpcrypt > 0.0, "{r}");
         assert!((ratio - tcpcrypt / plain).abs() < 0.02, "{r}");
     }
-    // The table form.
+    // Progress is drawn on a terminal only, never into a pipe.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The table form, and the chart.
+    let svg = std::env::temp_dir().join(format!("tcpcrypt-bench-{}.svg", std::process::id()));
     let out = Command::new(BIN)
         .args([
             "bench",
@@ -644,15 +651,28 @@ fn bench_measures_tcpcrypt_against_plain_tcp_in_one_run() {
             "5",
             "--rounds",
             "1",
+            "--plot",
         ])
+        .arg(&svg)
         .output()
         .unwrap();
+    assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("plain TCP") && table.contains("ratio"),
         "{table}"
     );
     assert_eq!(table.lines().count(), 6, "{table}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    assert!(chart.starts_with("<svg"), "{chart}");
+    // One bar per row of the table, labelled with its test and its ratio.
+    for line in table.lines().skip(2) {
+        let ratio = line.rsplit(' ').next().unwrap();
+        let test = line[..30].trim();
+        assert!(chart.contains(test), "{test} missing from the chart");
+        assert!(chart.contains(ratio), "{ratio} missing from the chart");
+    }
 
     // Against a server that does not speak tcpcrypt: an error, not a
     // measurement of plain TCP.
