@@ -32,6 +32,11 @@ pub struct Args {
     /// the path breaks or alters (exit 1 if any).
     #[arg(long)]
     path: bool,
+    /// With --path: when the path breaks tcpcrypt but lets plain TCP
+    /// through, tell the running relay daemon, whose connections to this
+    /// destination then skip the hello (for 10 minutes).
+    #[arg(long, requires = "path")]
+    remember: bool,
 }
 
 /// The finding, as `--json` prints it.
@@ -81,7 +86,7 @@ async fn negotiate(tcp: TcpStream, peer: std::net::SocketAddr, args: &Args) -> R
 /// the destination could not be reached.
 pub async fn check(args: Args) -> i32 {
     if args.path {
-        return crate::pathcheck::check_path(&args.destination, args.json).await;
+        return crate::pathcheck::check_path(&args.destination, args.json, args.remember).await;
     }
     let started = Instant::now();
     let connected =

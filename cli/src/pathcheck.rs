@@ -137,16 +137,67 @@ struct PathFindings {
     http: Verdict,
     binary: Verdict,
     tcpcrypt: Verdict,
+    /// With `--remember`: whether the relay daemon now skips the hello to
+    /// this destination, or why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remembered: Option<Result<bool, String>>,
+}
+
+impl PathFindings {
+    /// The path breaks tcpcrypt while plain TCP gets through.
+    fn breaks_only_tcpcrypt(&self) -> bool {
+        self.tcpcrypt != Verdict::Intact
+            && (self.http == Verdict::Intact || self.binary == Verdict::Intact)
+    }
+}
+
+/// Tells the running relay daemon to skip the hello to every address of
+/// `destination`. `Ok(false)` when no daemon runs.
+async fn remember_broken_path(destination: &str) -> Result<bool, String> {
+    use crate::wire::{Reply, Request};
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(destination)
+        .await
+        .map_err(|e| format!("{destination}: {e}"))?
+        .collect();
+    let dir = match crate::wire::existing_runtime_dir() {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+    };
+    for peer in addrs {
+        match crate::daemon::ask(&dir, &Request::SkipHello { peer }) {
+            Ok(Reply::Ok) => {}
+            Ok(other) => return Err(format!("unexpected answer from the daemon: {other:?}")),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(format!("the daemon does not answer: {e}")),
+        }
+    }
+    Ok(true)
 }
 
 /// `tcpcrypt check --path`: exit 0 when every probe came back intact.
-pub async fn check_path(destination: &str, json: bool) -> i32 {
-    let findings = PathFindings {
+pub async fn check_path(destination: &str, json: bool, remember: bool) -> i32 {
+    let mut findings = PathFindings {
         destination: destination.to_string(),
         http: plain_probe(destination, HTTP_PROBE).await,
         binary: plain_probe(destination, &binary_probe()).await,
         tcpcrypt: tcpcrypt_probe(destination).await,
+        remembered: None,
     };
+    if remember {
+        findings.remembered = Some(if findings.breaks_only_tcpcrypt() {
+            remember_broken_path(destination).await
+        } else {
+            Ok(false)
+        });
+    }
     if json {
         println!(
             "{}",
@@ -164,6 +215,19 @@ pub async fn check_path(destination: &str, json: bool) -> i32 {
                 Verdict::Blocked(d) => println!("{name}: BLOCKED ({d})"),
                 Verdict::Downgraded(d) => println!("{name}: DOWNGRADED ({d})"),
             }
+        }
+        match &findings.remembered {
+            None => {}
+            Some(Ok(true)) => println!(
+                "the relay daemon now connects to {destination} without a hello (for 10 minutes)"
+            ),
+            Some(Ok(false)) if findings.breaks_only_tcpcrypt() => {
+                println!("no relay daemon is running: nothing remembered")
+            }
+            Some(Ok(false)) => {
+                println!("the path does not break tcpcrypt alone: nothing remembered")
+            }
+            Some(Err(e)) => println!("could not tell the relay daemon: {e}"),
         }
     }
     let all = [&findings.http, &findings.binary, &findings.tcpcrypt];

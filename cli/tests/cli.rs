@@ -7,7 +7,8 @@ use std::sync::Arc;
 use tcpcrypt_tokio::{Config, TcpcryptListener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tcpcrypt");
+mod common;
+use common::{BIN, build_shim};
 
 /// Its clients speak tcpcrypt or speak first: a long wait for the hello
 /// keeps a loaded machine from mistaking a slow client for a plain one.
@@ -16,20 +17,6 @@ fn patient() -> Config {
         .client_hello_wait(std::time::Duration::from_secs(10))
         .build()
         .unwrap()
-}
-
-/// libtcpcrypt.so must sit beside the binary, as a workspace build puts it.
-fn build_shim() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let release = BIN.contains("/release/");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", "tcpcrypt-preload", "--lib"]);
-        if release {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success());
-    });
 }
 
 fn tcpcrypt(args: &[&str]) -> std::process::Output {

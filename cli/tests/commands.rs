@@ -11,7 +11,8 @@ use serde_json::Value;
 use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tcpcrypt");
+mod common;
+use common::{BIN, build_shim};
 
 /// A child process killed when the test ends, however it ends.
 struct Running(Child);
@@ -695,32 +696,7 @@ fn bench_measures_tcpcrypt_against_plain_tcp_in_one_run() {
 /// A middlebox that passes connections whose first bytes look like an
 /// HTTP request and resets every other one, as some filters do.
 fn http_only_box(target: SocketAddr) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for client in l.incoming().take(16) {
-            let Ok(mut client) = client else { continue };
-            std::thread::spawn(move || {
-                let mut first = [0u8; 4];
-                if client.read_exact(&mut first).is_err() || &first != b"GET " {
-                    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
-                    return;
-                }
-                let mut server = TcpStream::connect(target).unwrap();
-                server.write_all(&first).unwrap();
-                let mut back = server.try_clone().unwrap();
-                let mut to_client = client.try_clone().unwrap();
-                let t = std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut back, &mut to_client);
-                    let _ = to_client.shutdown(std::net::Shutdown::Write);
-                });
-                let _ = std::io::copy(&mut client, &mut server);
-                let _ = server.shutdown(std::net::Shutdown::Write);
-                let _ = t.join();
-            });
-        }
-    });
-    addr
+    counting_http_only_box(target).0
 }
 
 #[test]
@@ -746,4 +722,126 @@ fn check_path_finds_a_clean_path_clean_and_names_what_a_filter_breaks() {
     assert_eq!(found["http"]["result"], "intact", "{found}");
     assert_eq!(found["binary"]["result"], "blocked", "{found}");
     assert_ne!(found["tcpcrypt"]["result"], "intact", "{found}");
+}
+
+/// The HTTP-only box, reporting the first bytes of every connection it
+/// sees.
+fn counting_http_only_box(target: SocketAddr) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for client in l.incoming().take(32) {
+            let Ok(mut client) = client else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut first = [0u8; 4];
+                let got = client.read_exact(&mut first).is_ok();
+                let _ = tx.send(first.to_vec());
+                if !got || &first != b"GET " {
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                    return;
+                }
+                let Ok(mut server) = TcpStream::connect(target) else {
+                    return;
+                };
+                let _ = server.write_all(&first);
+                let mut back = server.try_clone().unwrap();
+                let mut to_client = client.try_clone().unwrap();
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut back, &mut to_client);
+                    let _ = to_client.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut client, &mut server);
+                let _ = server.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn check_path_remember_makes_the_daemon_skip_the_hello_on_a_broken_path() {
+    build_shim();
+    let (_responder, _stderr, responder) = listen(&["--check-responder"]);
+    // A shimmed curl through a box that resets every connection not
+    // starting with "GET ", with a daemon of its own started beforehand
+    // (no verdicts yet); returns the first bytes of each connection the
+    // box saw.
+    let through_box = |remember: bool| {
+        let (filtered, seen) = counting_http_only_box(responder);
+        let dir = std::env::temp_dir().join(format!(
+            "tcpcrypt-cli-remember-{}-{remember}",
+            std::process::id()
+        ));
+        let env = [
+            ("TCPCRYPT_RUNTIME_DIR", dir.as_os_str()),
+            ("TCPCRYPT_DAEMON_IDLE_EXIT", std::ffi::OsStr::new("5s")),
+        ];
+        let started = Command::new(BIN).arg("daemon").envs(env).status().unwrap();
+        assert!(started.success());
+        if remember {
+            let out = Command::new(BIN)
+                .args(["check", "--path", "--remember", "--json"])
+                .arg(filtered.to_string())
+                .envs(env)
+                .output()
+                .unwrap();
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["binary"]["result"], "blocked", "{v}");
+            assert_eq!(v["http"]["result"], "intact", "{v}");
+            assert_eq!(v["remembered"]["Ok"], true, "{v}");
+            // The check's own three probes.
+            for _ in 0..3 {
+                seen.recv_timeout(Duration::from_secs(20)).unwrap();
+            }
+        }
+        let _ = Command::new(BIN)
+            .args([
+                "run",
+                "--",
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "-o",
+                "/dev/null",
+            ])
+            .arg(format!("http://{filtered}/"))
+            .envs(env)
+            .output()
+            .unwrap();
+        let _ = Command::new(BIN)
+            .args(["daemon", "--stop"])
+            .envs(env)
+            .status();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut firsts = Vec::new();
+        while let Ok(first) = seen.recv_timeout(Duration::from_millis(500)) {
+            firsts.push(first);
+        }
+        firsts
+    };
+    // Not remembered: the hello is sent, reset by the box, and the client
+    // connects again in plain.
+    let firsts = through_box(false);
+    assert_eq!(firsts.len(), 2, "{firsts:?}");
+    assert_eq!(firsts[0][0], 0xE5, "a hello first: {firsts:?}");
+    assert_eq!(firsts[1], b"GET ");
+    // Remembered: one connection, no hello.
+    let firsts = through_box(true);
+    assert_eq!(firsts, [b"GET ".to_vec()]);
+    // Without a daemon there is nothing to tell, and the check says so.
+    let out = Command::new(BIN)
+        .args(["check", "--path", "--remember", "--json"])
+        .arg(http_only_box(responder).to_string())
+        .env(
+            "TCPCRYPT_RUNTIME_DIR",
+            std::env::temp_dir().join("tcpcrypt-cli-no-daemon-here"),
+        )
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["remembered"]["Ok"], false, "{v}");
 }

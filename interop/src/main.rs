@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod impair;
 mod middlebox;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -81,6 +82,14 @@ enum Command {
         to: SocketAddr,
         #[arg(long)]
         behaviour: middlebox::Behaviour,
+    },
+    /// An NFQUEUE handler that impairs the path (reorder:N, duplicate:N,
+    /// corrupt:N, delay:MS); runs until killed.
+    Impair {
+        #[arg(long, default_value_t = 0)]
+        queue: u16,
+        #[arg(long)]
+        behaviour: impair::Behaviour,
     },
     /// Many short exchanges; prints a JSON report of how each ended.
     Handshakes {
@@ -284,6 +293,13 @@ async fn main() -> std::process::ExitCode {
         } => {
             if let Err(e) = middlebox::run(listen, to, behaviour).await {
                 eprintln!("tcpcrypt-interop: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+        Command::Impair { queue, behaviour } => {
+            let ran = tokio::task::spawn_blocking(move || impair::run(queue, behaviour)).await;
+            if let Ok(Err(e)) = ran {
+                eprintln!("tcpcrypt-interop: impair: {e}");
                 return std::process::ExitCode::FAILURE;
             }
         }

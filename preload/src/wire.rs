@@ -85,6 +85,10 @@ pub enum Request {
     Status,
     /// Stop now (tests, `tcpcrypt daemon --stop`).
     Shutdown,
+    /// The path to `peer` breaks tcpcrypt while plain TCP gets through
+    /// (`tcpcrypt check --path --remember`): connect to it without a hello
+    /// for as long as a legacy verdict lasts.
+    SkipHello { peer: SocketAddr },
 }
 
 /// The negotiated session, as the `tcpcrypt.h` options report it.
@@ -370,6 +374,10 @@ impl Request {
             }
             Request::Status => w.u8(7),
             Request::Shutdown => w.u8(8),
+            Request::SkipHello { peer } => {
+                w.u8(9);
+                w.addr(*peer);
+            }
         }
         framed(w)
     }
@@ -389,6 +397,7 @@ impl Request {
             6 => Request::Abandon { id: r.u64()? },
             7 => Request::Status,
             8 => Request::Shutdown,
+            9 => Request::SkipHello { peer: r.addr()? },
             _ => return Err(bad("unknown request")),
         };
         r.end()?;
@@ -716,6 +725,9 @@ mod tests {
             Request::Abandon { id: 8 },
             Request::Status,
             Request::Shutdown,
+            Request::SkipHello {
+                peer: "[2001:db8::1]:443".parse().unwrap(),
+            },
         ] {
             assert_eq!(Request::decode(body(&req.encode())).unwrap(), req);
         }

@@ -99,6 +99,24 @@ impl ClientCache {
         inner.legacy.insert(addr, (Instant::now(), ttl));
     }
 
+    /// Records that the path to `addr` breaks tcpcrypt connections (a
+    /// middlebox resets, drops or alters them) while plain TCP gets
+    /// through, as a path self-test (`tcpcrypt check --path`) found: the
+    /// next connections skip the hello, as for a conclusive legacy verdict,
+    /// for the whole verdict TTL. A local decision, never remote evidence.
+    pub fn mark_path_broken(&self, addr: SocketAddr) {
+        let mut inner = self.lock();
+        bound(
+            &mut inner.legacy,
+            self.capacity,
+            self.verdict_ttl,
+            |(t, _)| *t,
+        );
+        inner
+            .legacy
+            .insert(addr, (Instant::now(), self.verdict_ttl));
+    }
+
     pub(crate) fn mark_encrypted(&self, addr: SocketAddr) {
         let mut inner = self.lock();
         inner.legacy.remove(&addr);

@@ -14,6 +14,7 @@ mod sockopt;
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -219,6 +220,9 @@ struct Daemon {
     /// programs asked for; each holds its verdict cache and resumption
     /// tickets, shared by every process that asks for the same.
     configs: Mutex<HashMap<(WirePolicy, Deadlines), Arc<Config>>>,
+    /// Destinations whose path breaks tcpcrypt (`check --path --remember`),
+    /// for configurations made later; bounded like the caches.
+    broken_paths: Mutex<HashMap<SocketAddr, std::time::Instant>>,
     shutdown: tokio::sync::Notify,
 }
 
@@ -243,10 +247,37 @@ impl Daemon {
             b = b.client_hello_wait(ms(d.client_hello_wait_ms));
         }
         let config = Arc::new(b.build().map_err(io::Error::other)?);
+        let broken = self.broken_paths.lock().unwrap_or_else(|p| p.into_inner());
+        for (peer, at) in broken.iter() {
+            if at.elapsed() < BROKEN_PATH_TTL {
+                config.client_cache().mark_path_broken(*peer);
+            }
+        }
         configs.insert((policy, d), config.clone());
         Ok(config)
     }
+
+    /// Connections to `peer` skip the hello from now on, in every
+    /// configuration.
+    fn skip_hello(&self, peer: SocketAddr) {
+        let mut broken = self.broken_paths.lock().unwrap_or_else(|p| p.into_inner());
+        broken.retain(|_, at| at.elapsed() < BROKEN_PATH_TTL);
+        if broken.len() >= MAX_BROKEN_PATHS {
+            return;
+        }
+        broken.insert(peer, std::time::Instant::now());
+        drop(broken);
+        let configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        for config in configs.values() {
+            config.client_cache().mark_path_broken(peer);
+        }
+    }
 }
+
+/// How long a broken path is remembered: a legacy verdict's lifetime.
+const BROKEN_PATH_TTL: Duration = Duration::from_secs(600);
+/// Most broken paths remembered at once.
+const MAX_BROKEN_PATHS: usize = 4096;
 
 async fn serve(dir: PathBuf, idle_exit: Duration) -> i32 {
     let path = wire::socket_path(&dir);
@@ -271,6 +302,7 @@ async fn serve(dir: PathBuf, idle_exit: Duration) -> i32 {
         uid,
         conns: Conns::default(),
         configs: Mutex::default(),
+        broken_paths: Mutex::default(),
         shutdown: tokio::sync::Notify::new(),
     });
     daemon.conns.touch();
@@ -393,6 +425,10 @@ impl Daemon {
             Request::Status => Reply::Status(self.conns.status()),
             Request::Shutdown => {
                 self.shutdown.notify_one();
+                Reply::Ok
+            }
+            Request::SkipHello { peer } => {
+                self.skip_hello(peer);
                 Reply::Ok
             }
         }
