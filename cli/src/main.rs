@@ -14,6 +14,7 @@ mod daemon;
 mod demo;
 mod generate;
 mod http_header;
+mod kernel;
 mod netcat;
 mod options;
 mod pathcheck;
@@ -91,6 +92,12 @@ enum Command {
         after_help = "Examples:\n  tcpcrypt daemon                 (start in the background unless running)\n  tcpcrypt daemon --foreground    (for systemd: packaging/tcpcrypt-daemon.service)\n  tcpcrypt daemon --stop"
     )]
     Daemon(daemon::Args),
+    /// The kernel carriage: ENO in the SYN by a BPF program, for the
+    /// connections of the processes of a cgroup.
+    #[command(
+        after_help = "Examples:\n  sudo tcpcrypt kernel enable\n  sudo tcpcrypt kernel enable --cgroup /sys/fs/cgroup/unified/web\n  tcpcrypt kernel status --json\n  sudo tcpcrypt kernel disable"
+    )]
+    Kernel(kernel::Args),
     /// List the live connections of programs run with the shim.
     #[command(after_help = "Examples:\n  tcpcrypt status\n  tcpcrypt status --json")]
     Status(status::Args),
@@ -124,6 +131,7 @@ fn main() {
         Command::Check(args) => block_on(check::check(args)),
         Command::Bench(args) => block_on(bench::bench(args)),
         Command::Generate(args) => generate::generate(args),
+        Command::Kernel(args) => kernel::kernel(args),
     };
     std::process::exit(code);
 }

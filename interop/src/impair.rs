@@ -111,7 +111,7 @@ pub fn run(num: u16, behaviour: Behaviour) -> std::io::Result<()> {
                     // The later segment first, then the one held back.
                     queue.verdict(msg)?;
                     queue.verdict(earlier)?;
-                } else if count % n == 0 {
+                } else if count.is_multiple_of(n) {
                     held = Some(msg);
                 } else {
                     queue.verdict(msg)?;
@@ -119,7 +119,7 @@ pub fn run(num: u16, behaviour: Behaviour) -> std::io::Result<()> {
             }
             Behaviour::Duplicate(n) => {
                 count += 1;
-                let copy = (count % n == 0).then(|| msg.get_payload().to_vec());
+                let copy = (count.is_multiple_of(n)).then(|| msg.get_payload().to_vec());
                 queue.verdict(msg)?;
                 if let Some(mut packet) = copy {
                     send_copy(&mut packet)?;
@@ -131,7 +131,7 @@ pub fn run(num: u16, behaviour: Behaviour) -> std::io::Result<()> {
                 if let Some((start, len)) = tcp_payload(packet) {
                     if len >= FULL_SIZED {
                         count += 1;
-                        if count % n == 0 {
+                        if count.is_multiple_of(n) {
                             let at = start + (count as usize * 7919) % len;
                             packet[at] ^= 0x20;
                             if checksum_ready {

@@ -52,6 +52,9 @@ pub enum ClientOutcome {
 
 enum State {
     AwaitHello,
+    /// Kernel carriage: the SYN carried our option; the kernel's report of
+    /// B's SYN-ACK option comes through `kernel_synack`.
+    AwaitSynAck,
     AwaitInit2 {
         tep: Tep,
         key: EphemeralKey,
@@ -162,6 +165,66 @@ impl ClientHandshake {
         })
     }
 
+    /// Starts a handshake whose ENO options the kernel carries in the SYN
+    /// and SYN-ACK (RFC 8547 proper; `docs/PROTOCOL.md`, "The kernel
+    /// carriage"). Nothing is sent in the byte stream until B's option is
+    /// known: give [`syn_option`](Self::syn_option) to the kernel before
+    /// connecting, then B's answer to [`kernel_synack`](Self::kernel_synack);
+    /// Init1 is then the first payload byte, and frame offsets count from
+    /// it. Resumption is not offered in the SYN (a full exchange).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tcpcrypt_proto::{ClientHandshake, HandshakeConfig, OsRandom};
+    ///
+    /// let config = Arc::new(HandshakeConfig::default());
+    /// let mut hs = ClientHandshake::kernel(config, Box::new(OsRandom)).unwrap();
+    /// assert_eq!(hs.syn_option()[0], 69); // kind 69: ENO
+    /// assert!(!hs.wants_write()); // no hello in the stream
+    /// ```
+    pub fn kernel(
+        config: Arc<HandshakeConfig>,
+        rng: Box<dyn RandomSource + Send>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let offer = negotiation::client_offer(&config, None)?;
+        Ok(ClientHandshake {
+            config,
+            rng,
+            offer,
+            state: State::AwaitSynAck,
+            acc: Accumulator::default(),
+            output: Vec::new(),
+            sent_after_hello: 0,
+            pipelined: None,
+            outcome: None,
+        })
+    }
+
+    /// The SYN-form ENO option this side offers (kind and length
+    /// included).
+    pub fn syn_option(&self) -> &[u8] {
+        self.offer.option.as_bytes()
+    }
+
+    /// Kernel carriage: B's SYN-ACK option, as the kernel received it.
+    /// Afterwards either Init1 is ready to send, or the outcome says the
+    /// connection is plain (B declined, or ENO must be disabled: nothing
+    /// was sent in the stream, so plain TCP on this same connection).
+    pub fn kernel_synack(&mut self, synack_option: &[u8]) -> Result<(), Error> {
+        if !matches!(self.state, State::AwaitSynAck) {
+            return Err(Error::InvalidState(
+                "kernel_synack outside the kernel carriage",
+            ));
+        }
+        self.state = State::AwaitHello;
+        let result = self.on_hello(synack_option);
+        if let Err(e) = &result {
+            self.state = State::Failed(e.clone());
+        }
+        result
+    }
+
     /// Appends the bytes to send to `out`.
     pub fn write_to(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.output);
@@ -206,6 +269,9 @@ impl ClientHandshake {
             }
             State::Done => Ok(()),
             State::Failed(ref e) => Err(e.clone()),
+            State::AwaitSynAck => Err(Error::InvalidState(
+                "kernel carriage: the SYN-ACK's option was not handed in",
+            )),
             State::AwaitInit2 { .. } => {
                 self.state = State::Failed(Error::HandshakeEof);
                 Err(Error::HandshakeEof)
@@ -243,6 +309,11 @@ impl ClientHandshake {
             match &mut self.state {
                 State::Done => return Ok(()),
                 State::Failed(e) => return Err(e.clone()),
+                State::AwaitSynAck => {
+                    return Err(Error::InvalidState(
+                        "kernel carriage: the SYN-ACK's option was not handed in",
+                    ));
+                }
                 State::AwaitHello => {
                     if !self.read_hello(input, pos)? {
                         return Ok(());

@@ -119,6 +119,58 @@ impl ServerHandshake {
         })
     }
 
+    /// The answer template a listener gives the kernel carriage: this
+    /// side's global suboption byte and its TEP identifiers, most
+    /// preferred first. The kernel answers a SYN's ENO option with the
+    /// global byte and the first of these TEPs that A offered exactly once,
+    /// which is [`negotiation`'s](crate::ServerHandshake) choice for an
+    /// offer without resumption.
+    pub fn kernel_template(config: &HandshakeConfig) -> (u8, Vec<u8>) {
+        (
+            config.global(true),
+            config.teps.iter().rev().map(|t| t.id()).collect(),
+        )
+    }
+
+    /// The accepting side of a handshake whose ENO options the kernel
+    /// carried: A's SYN option and the SYN-ACK answer the kernel sent. The
+    /// answer is checked against this configuration's own choice (they
+    /// differ only when the listener's template and this configuration
+    /// disagree: an error). A's Init1 is then the first payload byte.
+    pub fn kernel(
+        config: Arc<HandshakeConfig>,
+        cache: Option<Arc<ResumptionCache>>,
+        syn_option: &[u8],
+        synack_option: &[u8],
+        rng: Box<dyn RandomSource + Send>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let mismatch =
+            Error::InvalidConfig("the kernel's SYN-ACK answer is not this configuration's choice");
+        let a_option = EnoOption::parse(syn_option).map_err(|_| mismatch.clone())?;
+        let tep = match negotiation::server_choose(&config, &a_option, None) {
+            Ok(ServerChoice::Fresh(tep)) => tep,
+            _ => return Err(mismatch),
+        };
+        let b_option = negotiation::server_option(&config, Some((tep, None)))?;
+        if b_option.as_bytes() != synack_option {
+            return Err(mismatch);
+        }
+        Ok(ServerHandshake {
+            config,
+            cache,
+            rng,
+            state: State::AwaitInit1 { tep },
+            acc: Accumulator::default(),
+            output: Vec::new(),
+            a_option: Some(a_option),
+            b_option: Some(b_option),
+            pipelined: None,
+            received_after_hello: 0,
+            outcome: None,
+        })
+    }
+
     /// Appends the bytes to send to `out`.
     pub fn write_to(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.output);

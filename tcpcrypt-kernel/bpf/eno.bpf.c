@@ -1,0 +1,483 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * TCP-ENO (RFC 8547) in the SYN, on an unmodified Linux kernel: a sock_ops
+ * program attached to a cgroup v2 directory by `tcpcrypt kernel enable`.
+ *
+ * The program only carries bytes; user space decides what they say:
+ *
+ *  - A connecting socket's storage holds the SYN-form ENO option that the
+ *    library built (state OFFER), written before connect(). The program
+ *    writes it into the SYN, records the SYN-ACK's ENO option when it
+ *    established, and writes the non-SYN-form option (kind 69, length 2)
+ *    into every segment until the peer sends a non-SYN one (RFC 8547 4.3).
+ *  - A listening socket's storage holds an answer template (state LISTEN):
+ *    B's global suboption byte and its TEPs, most preferred first. On
+ *    listen() the program copies it into a map keyed by (network namespace,
+ *    port), where the SYN-ACK callback, which runs on a request socket
+ *    without storage, finds it. The answer is the global suboption and the
+ *    most preferred TEP that A offered exactly once; the accepted socket's
+ *    storage receives A's option and the answer (state ACCEPTED).
+ *
+ * What it leaves alone: sockets with no storage (programs that did not
+ * ask), listeners with no template (plain servers: their SYN-ACKs carry no
+ * ENO), SYNs with data (TCP Fast Open: RFC 8547 4.7), SYN cookies (the
+ * answer could not be recovered with the connection), and offers with
+ * variable-length suboptions (resumption), which the in-band carriage
+ * handles.
+ */
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+#define ENO_KIND 69
+#define MAX_OPTION 20 /* Linux's own SYN options take the other 20 bytes */
+#define MAX_PREFS 8
+#define TCP_LISTEN_STATE 10
+
+#define TCPHDR_SYN 0x02
+#define TCPHDR_ACK 0x10
+
+/* Per-socket storage; user space reads and writes it by descriptor. */
+enum { STATE_NONE, STATE_OFFER, STATE_LISTEN, STATE_ACCEPTED };
+enum {
+	OUTCOME_PENDING,
+	OUTCOME_ENO,        /* the peer's option is in `synack` (or A's in `syn`) */
+	OUTCOME_NO_ENO,     /* the peer sent no ENO option */
+	OUTCOME_NO_SPACE,   /* the SYN had no room for the offer */
+	OUTCOME_FAST_OPEN,  /* a SYN with data: ENO left out */
+};
+
+struct eno_sk {
+	__u8 state;
+	__u8 outcome;
+	__u8 syn_len;    /* A's SYN-form option, kind and length included */
+	__u8 synack_len; /* B's SYN-ACK option */
+	__u8 tmpl_len;   /* listener: global byte, then TEPs by preference */
+	__u8 ack_eno;    /* accepted: A's third segment carried ENO */
+	__u8 pad[2];
+	__u8 syn[40];
+	__u8 synack[40];
+	__u8 tmpl[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct eno_sk);
+} tcpcrypt_sk SEC(".maps");
+
+struct listen_key {
+	__u64 netns;
+	__u32 port;
+	__u32 pad;
+};
+
+struct listen_tmpl {
+	__u8 len;
+	__u8 bytes[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct listen_key);
+	__type(value, struct listen_tmpl);
+} tcpcrypt_listen SEC(".maps");
+
+/* A connection between its SYN-ACK and its acceptance. */
+struct conn_key {
+	__u64 netns;
+	__u32 family;
+	__u32 local_port;
+	__u32 remote_port;
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
+};
+
+struct pending {
+	__u8 syn_len;
+	__u8 answer_len;
+	__u8 syn[40];
+	__u8 answer[20];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct pending);
+} tcpcrypt_pending SEC(".maps");
+
+enum {
+	STAT_SYN_SENT,
+	STAT_SYNACK_SENT,
+	STAT_ACTIVE_ENABLED,
+	STAT_ACTIVE_NO_ENO,
+	STAT_PASSIVE_ENABLED,
+	STAT_PASSIVE_NO_ENO,
+	STAT_PASSIVE_NO_COMMON_TEP,
+	STAT_PASSIVE_UNSUPPORTED_OFFER,
+	STAT_NO_SPACE,
+	STAT_SYN_COOKIE,
+	STAT_FAST_OPEN,
+	STAT_COUNT,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} tcpcrypt_stats SEC(".maps");
+
+static __always_inline void count(__u32 what)
+{
+	__u64 *v = bpf_map_lookup_elem(&tcpcrypt_stats, &what);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline struct eno_sk *storage(struct bpf_sock_ops *skops, __u64 flags)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 0;
+	return bpf_sk_storage_get(&tcpcrypt_sk, sk, 0, flags);
+}
+
+static __always_inline void conn_key_of(struct bpf_sock_ops *skops, struct conn_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = bpf_get_netns_cookie(skops);
+	k->family = skops->family;
+	k->local_port = skops->local_port;
+	k->remote_port = skops->remote_port;
+	if (skops->family == 2 /* AF_INET */) {
+		k->local_ip[0] = skops->local_ip4;
+		k->remote_ip[0] = skops->remote_ip4;
+	} else {
+		k->local_ip[0] = skops->local_ip6[0];
+		k->local_ip[1] = skops->local_ip6[1];
+		k->local_ip[2] = skops->local_ip6[2];
+		k->local_ip[3] = skops->local_ip6[3];
+		k->remote_ip[0] = skops->remote_ip6[0];
+		k->remote_ip[1] = skops->remote_ip6[1];
+		k->remote_ip[2] = skops->remote_ip6[2];
+		k->remote_ip[3] = skops->remote_ip6[3];
+	}
+}
+
+static __always_inline void listen_key_of(struct bpf_sock_ops *skops, struct listen_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = bpf_get_netns_cookie(skops);
+	k->port = skops->local_port;
+}
+
+/* 1 when x == 0, else 0, for x in 0..255, without a branch. */
+static __always_inline __u32 is_zero(__u32 x)
+{
+	return ((x - 1) >> 8) & 1;
+}
+
+/*
+ * B's answer to A's option `a` (a_len bytes, kind and length included,
+ * zero beyond): the template's global byte, then its most preferred TEP
+ * that A offered exactly once. Returns the answer's length, or 0 for no
+ * answer. Branch-free over the option's bytes, so that the verifier walks
+ * one path, not one per byte value.
+ */
+static __always_inline int answer(const __u8 *a, int a_len, const struct listen_tmpl *t,
+				  __u8 *out)
+{
+	__u32 variable = 0, claims_b = 0;
+	int i, j;
+
+	if (a_len < 2 || a_len > MAX_OPTION || t->len < 2 || t->len > 1 + MAX_PREFS)
+		return 0;
+	/* Bytes past the option are zero: a harmless global suboption. */
+#pragma unroll
+	for (i = 2; i < MAX_OPTION; i++) {
+		__u32 c = a[i];
+		variable |= c & 0x80;
+		/* A's global suboption must not claim role B. */
+		claims_b |= is_zero(c & 0xe0) & c & 0x01;
+	}
+	if (variable) {
+		count(STAT_PASSIVE_UNSUPPORTED_OFFER);
+		return 0;
+	}
+	if (claims_b)
+		return 0;
+#pragma unroll
+	for (j = 1; j <= MAX_PREFS; j++) {
+		__u32 p, n = 0;
+		if (j >= t->len)
+			break;
+		p = t->bytes[j];
+#pragma unroll
+		for (i = 2; i < MAX_OPTION; i++)
+			n += is_zero(a[i] ^ p);
+		if (n == 1) {
+			out[0] = ENO_KIND;
+			out[1] = 4;
+			out[2] = t->bytes[0];
+			out[3] = p;
+			return 4;
+		}
+	}
+	count(STAT_PASSIVE_NO_COMMON_TEP);
+	return 0;
+}
+
+static __always_inline void on_connect(struct bpf_sock_ops *skops)
+{
+	struct eno_sk *st = storage(skops, 0);
+	if (!st || st->state != STATE_OFFER)
+		return;
+	st->outcome = OUTCOME_PENDING;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+					 BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+}
+
+static __always_inline void on_listen(struct bpf_sock_ops *skops)
+{
+	struct listen_key k;
+	struct listen_tmpl t = {};
+	struct eno_sk *st = storage(skops, 0);
+	__u8 len;
+
+	if (!st || st->state != STATE_LISTEN)
+		return;
+	len = st->tmpl_len;
+	if (len < 2 || len > sizeof(t.bytes))
+		return;
+	t.len = len;
+	__builtin_memcpy(t.bytes, st->tmpl, sizeof(t.bytes));
+	listen_key_of(skops, &k);
+	bpf_map_update_elem(&tcpcrypt_listen, &k, &t, BPF_ANY);
+	/* Answer SYNs with options; notice when the listener closes. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+					 BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
+					 BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void on_state(struct bpf_sock_ops *skops)
+{
+	struct listen_key k;
+	if (skops->args[0] != TCP_LISTEN_STATE)
+		return;
+	listen_key_of(skops, &k);
+	bpf_map_delete_elem(&tcpcrypt_listen, &k);
+}
+
+/* The SYN-ACK's answer: computed once per SYN, kept for the accept. */
+static __always_inline struct pending *synack_answer(struct bpf_sock_ops *skops)
+{
+	struct listen_key lk;
+	struct conn_key ck;
+	struct listen_tmpl *t;
+	struct pending p = {};
+	__u8 buf[40] = {};
+	int n;
+
+	listen_key_of(skops, &lk);
+	t = bpf_map_lookup_elem(&tcpcrypt_listen, &lk);
+	if (!t)
+		return 0;
+	conn_key_of(skops, &ck);
+	buf[0] = ENO_KIND;
+	buf[1] = 0;
+	n = bpf_load_hdr_opt(skops, buf, sizeof(buf), BPF_LOAD_HDR_OPT_TCP_SYN);
+	if (n <= 0) {
+		count(STAT_PASSIVE_NO_ENO);
+		return 0;
+	}
+	if (n > MAX_OPTION)
+		return 0;
+	p.syn_len = n;
+	__builtin_memcpy(p.syn, buf, sizeof(p.syn));
+	p.answer_len = answer(buf, n, t, p.answer);
+	if (!p.answer_len)
+		return 0;
+	bpf_map_update_elem(&tcpcrypt_pending, &ck, &p, BPF_ANY);
+	return bpf_map_lookup_elem(&tcpcrypt_pending, &ck);
+}
+
+static __always_inline void on_hdr_len(struct bpf_sock_ops *skops)
+{
+	__u8 flags = skops->skb_tcp_flags;
+	struct eno_sk *st;
+
+	if ((flags & (TCPHDR_SYN | TCPHDR_ACK)) == (TCPHDR_SYN | TCPHDR_ACK)) {
+		struct pending *p;
+		if (skops->args[0] & BPF_WRITE_HDR_TCP_SYNACK_COOKIE) {
+			count(STAT_SYN_COOKIE);
+			return;
+		}
+		p = synack_answer(skops);
+		if (p && p->answer_len == 4)
+			bpf_reserve_hdr_opt(skops, 4, 0);
+		return;
+	}
+	st = storage(skops, 0);
+	if (!st)
+		return;
+	if (flags & TCPHDR_SYN) {
+		__u8 len = st->syn_len;
+		if (st->state != STATE_OFFER || len < 2 || len > MAX_OPTION)
+			return;
+		if (skops->skb_len > 0) {
+			st->outcome = OUTCOME_FAST_OPEN;
+			count(STAT_FAST_OPEN);
+			return;
+		}
+		if (bpf_reserve_hdr_opt(skops, len, 0)) {
+			st->outcome = OUTCOME_NO_SPACE;
+			count(STAT_NO_SPACE);
+		}
+		return;
+	}
+	/* A's segments after the SYN, until B sends a non-SYN one. */
+	if (st->state == STATE_OFFER && st->outcome == OUTCOME_ENO)
+		bpf_reserve_hdr_opt(skops, 2, 0);
+}
+
+static __always_inline void on_hdr_write(struct bpf_sock_ops *skops)
+{
+	__u8 flags = skops->skb_tcp_flags;
+	struct eno_sk *st;
+
+	if ((flags & (TCPHDR_SYN | TCPHDR_ACK)) == (TCPHDR_SYN | TCPHDR_ACK)) {
+		struct conn_key ck;
+		struct pending *p;
+		if (skops->args[0] & BPF_WRITE_HDR_TCP_SYNACK_COOKIE)
+			return;
+		conn_key_of(skops, &ck);
+		p = bpf_map_lookup_elem(&tcpcrypt_pending, &ck);
+		if (p && p->answer_len == 4 && !bpf_store_hdr_opt(skops, p->answer, 4, 0))
+			count(STAT_SYNACK_SENT);
+		return;
+	}
+	st = storage(skops, 0);
+	if (!st)
+		return;
+	if (flags & TCPHDR_SYN) {
+		__u8 len = st->syn_len;
+		if (st->state != STATE_OFFER || st->outcome != OUTCOME_PENDING)
+			return;
+		if (len < 2 || len > MAX_OPTION)
+			return;
+		if (!bpf_store_hdr_opt(skops, st->syn, len, 0))
+			count(STAT_SYN_SENT);
+		return;
+	}
+	if (st->state == STATE_OFFER && st->outcome == OUTCOME_ENO) {
+		__u8 opt[2] = { ENO_KIND, 2 };
+		bpf_store_hdr_opt(skops, opt, 2, 0);
+	}
+}
+
+static __always_inline void on_active_established(struct bpf_sock_ops *skops)
+{
+	struct eno_sk *st = storage(skops, 0);
+	__u8 buf[40] = {};
+	int n;
+
+	if (!st || st->state != STATE_OFFER || st->outcome != OUTCOME_PENDING)
+		return;
+	buf[0] = ENO_KIND;
+	buf[1] = 0;
+	n = bpf_load_hdr_opt(skops, buf, sizeof(buf), 0);
+	if (n >= 2 && n <= 40) {
+		st->synack_len = n;
+		__builtin_memcpy(st->synack, buf, sizeof(st->synack));
+		st->outcome = OUTCOME_ENO;
+		count(STAT_ACTIVE_ENABLED);
+		/* Keep writing the non-SYN form; watch for B's first
+		 * non-SYN segment. */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						 BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
+	} else {
+		st->outcome = OUTCOME_NO_ENO;
+		count(STAT_ACTIVE_NO_ENO);
+		bpf_sock_ops_cb_flags_set(skops, 0);
+	}
+}
+
+static __always_inline void on_parse(struct bpf_sock_ops *skops)
+{
+	/* B's first non-SYN segment: A's duty to repeat the option ends. */
+	if (!(skops->skb_tcp_flags & TCPHDR_SYN))
+		bpf_sock_ops_cb_flags_set(skops, 0);
+}
+
+static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
+{
+	struct conn_key ck;
+	struct pending *p;
+	struct eno_sk *st;
+	__u8 buf[4] = {};
+	__u8 syn_len, answer_len;
+
+	/* The accepted socket inherited the listener's callbacks. */
+	bpf_sock_ops_cb_flags_set(skops, 0);
+	conn_key_of(skops, &ck);
+	p = bpf_map_lookup_elem(&tcpcrypt_pending, &ck);
+	if (!p)
+		return;
+	st = storage(skops, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		goto out;
+	syn_len = p->syn_len;
+	answer_len = p->answer_len;
+	if (syn_len > 40 || answer_len > 20)
+		goto out;
+	st->state = STATE_ACCEPTED;
+	st->outcome = OUTCOME_ENO;
+	st->syn_len = syn_len;
+	st->synack_len = answer_len;
+	__builtin_memcpy(st->syn, p->syn, sizeof(st->syn));
+	__builtin_memcpy(st->synack, p->answer, sizeof(p->answer));
+	buf[0] = ENO_KIND;
+	buf[1] = 0;
+	st->ack_eno = bpf_load_hdr_opt(skops, buf, sizeof(buf), 0) > 0;
+	count(STAT_PASSIVE_ENABLED);
+out:
+	bpf_map_delete_elem(&tcpcrypt_pending, &ck);
+}
+
+SEC("sockops")
+int tcpcrypt_eno(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(skops);
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		on_listen(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		on_state(skops);
+		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		on_hdr_len(skops);
+		break;
+	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+		on_hdr_write(skops);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		on_active_established(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_passive_established(skops);
+		break;
+	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+		on_parse(skops);
+		break;
+	}
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,310 @@
+//! `tcpcrypt kernel enable | disable | status`: loading the program once,
+//! pinning it and its maps under `/sys/fs/bpf/tcpcrypt`, and attaching it
+//! to cgroup v2 directories (a pinned link per directory, named after the
+//! directory's inode).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, Map, MapData};
+use aya::programs::SockOps;
+use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
+
+use crate::{Error, PIN_DIR};
+
+const PROGRAM: &str = "tcpcrypt_eno";
+/// Map names in the object, and their pins' modes: every user may read and
+/// write the per-socket records (a record is reached only through a socket
+/// the caller holds); the rest is the program's own.
+const MAPS: [(&str, &str, u32); 4] = [
+    ("tcpcrypt_sk", "sk", 0o666),
+    ("tcpcrypt_listen", "listen", 0o600),
+    ("tcpcrypt_pending", "pending", 0o600),
+    ("tcpcrypt_stats", "stats", 0o600),
+];
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where a cgroup v2 hierarchy is mounted when none is.
+const OWN_CGROUP2: &str = "/run/tcpcrypt/cgroup2";
+
+/// Counters kept by the program (`tcpcrypt kernel status`).
+pub const COUNTERS: [&str; 11] = [
+    "syn_sent_with_eno",
+    "synack_sent_with_eno",
+    "active_enabled",
+    "active_disabled_no_eno_in_synack",
+    "passive_enabled",
+    "passive_syn_without_eno",
+    "passive_no_common_tep",
+    "passive_offer_unsupported",
+    "syn_no_option_space",
+    "syn_cookie_left_plain",
+    "fast_open_left_plain",
+];
+
+/// Where the program is attached and what it counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Whether the program is loaded and pinned.
+    pub loaded: bool,
+    /// The cgroup directories it is attached to (their inode when the
+    /// directory is not found under a mounted cgroup v2 hierarchy).
+    pub attached: Vec<String>,
+    /// The counters, by name; `None` when they cannot be read (not root).
+    pub counters: Option<Vec<(&'static str, u64)>>,
+}
+
+fn require_root() -> Result<(), Error> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Error::NotRoot)
+    }
+}
+
+/// The BPF object built with this crate.
+fn object() -> Result<&'static [u8], Error> {
+    #[cfg(tcpcrypt_bpf_object)]
+    {
+        Ok(include_bytes!(concat!(env!("OUT_DIR"), "/eno.bpf.o")))
+    }
+    #[cfg(not(tcpcrypt_bpf_object))]
+    {
+        Err(Error::BuiltWithoutProgram)
+    }
+}
+
+fn fs_type(path: &Path) -> Result<i64, Error> {
+    let st = nix::sys::statfs::statfs(path).map_err(|e| Error::io(path, e.into()))?;
+    Ok(st.filesystem_type().0 as i64)
+}
+
+/// Mounts bpffs on /sys/fs/bpf when it is not there.
+fn ensure_bpffs() -> Result<(), Error> {
+    let dir = Path::new("/sys/fs/bpf");
+    if fs_type(dir)? == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::io(dir, e.into()))
+}
+
+/// The mount points of cgroup v2 hierarchies, from /proc/self/mountinfo.
+fn cgroup2_mounts() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
+/// The root of the cgroup v2 hierarchy, mounting one when none is.
+pub fn default_cgroup() -> Result<PathBuf, Error> {
+    if let Some(dir) = cgroup2_mounts().into_iter().next() {
+        return Ok(dir);
+    }
+    require_root()?;
+    let dir = Path::new(OWN_CGROUP2);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    nix::mount::mount(
+        Some("none"),
+        dir,
+        Some("cgroup2"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::io(dir, e.into()))?;
+    Ok(dir.to_path_buf())
+}
+
+fn link_pin(cgroup: &Path) -> Result<PathBuf, Error> {
+    if fs_type(cgroup)? != CGROUP2_SUPER_MAGIC {
+        return Err(Error::NotCgroup2(cgroup.to_path_buf()));
+    }
+    let ino = std::fs::metadata(cgroup)
+        .map_err(|e| Error::io(cgroup, e))?
+        .ino();
+    Ok(Path::new(PIN_DIR).join(format!("cgroup-{ino}")))
+}
+
+/// Loads and pins the program and its maps, unless they are pinned
+/// already; returns the program.
+fn pinned_program() -> Result<SockOps, Error> {
+    let dir = Path::new(PIN_DIR);
+    let prog_pin = dir.join("prog");
+    if prog_pin.exists() {
+        return SockOps::from_pin(&prog_pin).map_err(Error::bpf);
+    }
+    let object = object()?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io(dir, e))?;
+    let mut ebpf = aya::Ebpf::load(object).map_err(Error::bpf)?;
+    for (name, pin, mode) in MAPS {
+        let path = dir.join(pin);
+        let _ = std::fs::remove_file(&path);
+        ebpf.map_mut(name)
+            .ok_or(Error::Bpf(format!("map {name} missing from the object")))?
+            .pin(&path)
+            .map_err(Error::bpf)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    let program: &mut SockOps = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(Error::Bpf(format!(
+            "program {PROGRAM} missing from the object"
+        )))?
+        .try_into()
+        .map_err(Error::bpf)?;
+    program.load().map_err(Error::bpf)?;
+    program.pin(&prog_pin).map_err(Error::bpf)?;
+    std::fs::set_permissions(&prog_pin, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(&prog_pin, e))?;
+    // The pins keep the program and the maps; the object may go.
+    drop(ebpf);
+    SockOps::from_pin(&prog_pin).map_err(Error::bpf)
+}
+
+/// Attaches the program to `cgroup` (default: the root of the cgroup v2
+/// hierarchy). Idempotent: `Ok(false)` when it was attached already.
+pub fn enable(cgroup: Option<&Path>) -> Result<(PathBuf, bool), Error> {
+    require_root()?;
+    object()?;
+    ensure_bpffs()?;
+    let cgroup = match cgroup {
+        Some(c) => c.to_path_buf(),
+        None => default_cgroup()?,
+    };
+    let link = link_pin(&cgroup)?;
+    if link.exists() {
+        return Ok((cgroup, false));
+    }
+    let mut program = pinned_program()?;
+    let dir = std::fs::File::open(&cgroup).map_err(|e| Error::io(&cgroup, e))?;
+    // A link (no flags: the kernel takes none for cgroup links) lives
+    // beside other programs' links on the same cgroup.
+    let id = program
+        .attach(&dir, CgroupAttachMode::Single)
+        .map_err(Error::bpf)?;
+    let fd_link: FdLink = program
+        .take_link(id)
+        .map_err(Error::bpf)?
+        .try_into()
+        .map_err(Error::bpf)?;
+    fd_link.pin(&link).map_err(Error::bpf)?;
+    Ok((cgroup, true))
+}
+
+/// Detaches the program from `cgroup`; when it is attached nowhere else,
+/// unpins it and its maps. `Ok(false)` when it was not attached there.
+pub fn disable(cgroup: Option<&Path>) -> Result<(PathBuf, bool), Error> {
+    require_root()?;
+    let cgroup = match cgroup {
+        Some(c) => c.to_path_buf(),
+        None => match cgroup2_mounts().into_iter().next() {
+            Some(c) => c,
+            None => return Ok((PathBuf::from("(no cgroup v2 hierarchy)"), false)),
+        },
+    };
+    let link = link_pin(&cgroup)?;
+    let was = link.exists();
+    if was {
+        let pinned = PinnedLink::from_pin(&link).map_err(Error::bpf)?;
+        // Unpinned and dropped: the last reference, so the link goes.
+        drop(pinned.unpin().map_err(|e| Error::io(&link, e))?);
+    }
+    if attachments().is_empty() {
+        let dir = Path::new(PIN_DIR);
+        for pin in ["prog", "sk", "listen", "pending", "stats"] {
+            let _ = std::fs::remove_file(dir.join(pin));
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok((cgroup, was))
+}
+
+/// The inodes of the cgroups with a pinned link.
+fn attachments() -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(PIN_DIR) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("cgroup-")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Finds the directory with inode `ino` under the cgroup v2 mounts
+/// (breadth first, bounded).
+fn cgroup_path(ino: u64) -> Option<PathBuf> {
+    let mut queue: std::collections::VecDeque<PathBuf> = cgroup2_mounts().into();
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        seen += 1;
+        if seen > 20_000 {
+            return None;
+        }
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == ino) {
+            return Some(dir);
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            queue.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
+/// Where the program is attached, and its counters when readable.
+pub fn status() -> Status {
+    let dir = Path::new(PIN_DIR);
+    let loaded = dir.join("prog").exists();
+    let attached = attachments()
+        .into_iter()
+        .map(|ino| match cgroup_path(ino) {
+            Some(p) => p.display().to_string(),
+            None => format!("cgroup inode {ino}"),
+        })
+        .collect();
+    let counters = loaded
+        .then(|| read_counters(&dir.join("stats")).ok())
+        .flatten();
+    Status {
+        loaded,
+        attached,
+        counters,
+    }
+}
+
+fn read_counters(pin: &Path) -> Result<Vec<(&'static str, u64)>, Error> {
+    let map =
+        Map::from_map_data(MapData::from_pin(pin).map_err(Error::bpf)?).map_err(Error::bpf)?;
+    let array: Array<MapData, u64> = map.try_into().map_err(Error::bpf)?;
+    COUNTERS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Ok((*name, array.get(&(i as u32), 0).map_err(Error::bpf)?)))
+        .collect()
+}
