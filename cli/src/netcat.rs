@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::options::Negotiation;
@@ -179,7 +179,8 @@ pub async fn listen(args: ListenArgs) -> i32 {
             return 2;
         }
     };
-    let listener = match TcpListener::bind(addr).await {
+    let config = args.negotiation.config();
+    let listener = match tcpcrypt_tokio::bind_tcp(addr, &config).await {
         Ok(l) => l,
         Err(e) => return failed(&format!("listening on {addr}"), &e),
     };
@@ -190,12 +191,12 @@ pub async fn listen(args: ListenArgs) -> i32 {
         eprintln!("tcpcrypt: listening on {local}");
     }
     if args.check_responder {
-        return crate::pathcheck::respond(listener, &args.negotiation.config()).await;
+        return crate::pathcheck::respond(listener, &config).await;
     }
     // Handshakes run concurrently, each bounded by its deadline: a slow or
     // idle client delays nobody's handshake, even while one connection is
     // being served.
-    let mut listener = match TcpcryptListener::from_listener(listener, &args.negotiation.config()) {
+    let mut listener = match TcpcryptListener::from_listener(listener, &config) {
         Ok(l) => l,
         Err(e) => return failed("listening", &e),
     };

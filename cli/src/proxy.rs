@@ -108,7 +108,14 @@ pub async fn proxy(args: Args) -> i32 {
         eprintln!("tcpcrypt: --proxy-protocol and --http-header belong to --mode server");
         return 2;
     }
-    let listener = match TcpListener::bind(args.listen).await {
+    let config = args.negotiation.config();
+    // Server mode answers ENO in the SYN-ACK where the kernel carriage is
+    // enabled; client mode serves plain local clients.
+    let bound = match args.mode {
+        Mode::Server => tcpcrypt_tokio::bind_tcp(args.listen, &config).await,
+        Mode::Client => TcpListener::bind(args.listen).await,
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             eprintln!("tcpcrypt: listening on {}: {e}", args.listen);
@@ -125,7 +132,6 @@ pub async fn proxy(args: Args) -> i32 {
         args.to
     );
     let args = Arc::new(args);
-    let config = args.negotiation.config();
     match args.mode {
         Mode::Server => serve(listener, &config, args).await,
         Mode::Client => carry_all(listener, &config, args).await,

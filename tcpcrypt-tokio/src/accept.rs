@@ -12,7 +12,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, FallbackReason};
-use crate::negotiate::{self, ServerEnd};
+use crate::kernel;
+use crate::negotiate::{self, ServerEnd, ServerStart};
 use crate::stream::{AbortFn, TcpcryptStream, abort_tcp};
 use crate::{Config, Policy};
 
@@ -45,7 +46,7 @@ impl TcpcryptAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.accept_with(io, None).await
+        self.accept_with(io, None, ServerStart::InBand).await
     }
 
     /// [`accept`](Self::accept), answering a protocol error with `abort`
@@ -54,6 +55,7 @@ impl TcpcryptAcceptor {
         &self,
         mut io: IO,
         abort: Option<AbortFn<IO>>,
+        start: ServerStart,
     ) -> io::Result<TcpcryptStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -67,7 +69,7 @@ impl TcpcryptAcceptor {
             ));
         }
         let started = std::time::Instant::now();
-        let end = match negotiate::server(&mut io, config).await {
+        let end = match negotiate::server(&mut io, config, start).await {
             Ok(end) => end,
             Err(e) => {
                 if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
@@ -110,8 +112,14 @@ impl TcpcryptAcceptor {
     /// ```
     pub async fn accept_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
         let peer = tcp.peer_addr().ok();
-        let mut stream = self.accept_with(tcp, Some(abort_tcp)).await?;
+        // ENO in the SYNs (the kernel carriage), or the in-band hello.
+        let (start, kernel_carried) = match kernel::accepted(&tcp, &self.config) {
+            Some((syn, synack)) => (ServerStart::Kernel { syn, synack }, true),
+            None => (ServerStart::InBand, false),
+        };
+        let mut stream = self.accept_with(tcp, Some(abort_tcp), start).await?;
         stream.peer = peer;
+        stream.kernel_carried = kernel_carried && stream.is_encrypted();
         Ok(stream)
     }
 }
@@ -159,7 +167,7 @@ impl TcpcryptListener {
     /// Like [`TcpcryptStream::connect`](crate::TcpcryptStream::connect), it
     /// borrows the configuration (and keeps a reference-counted copy).
     pub async fn bind(addr: impl ToSocketAddrs, config: &Arc<Config>) -> io::Result<Self> {
-        Self::from_listener(TcpListener::bind(addr).await?, config)
+        Self::from_listener(bind_tcp(addr, config).await?, config)
     }
 
     /// Serves an existing listener.
@@ -218,6 +226,39 @@ impl TcpcryptListener {
             None => Err(io::Error::other("the listener stopped")),
         }
     }
+}
+
+/// Binds a TCP listener for tcpcrypt: like `tokio::net::TcpListener::bind`,
+/// and where the kernel carriage may be used (`Carriage::Auto` or
+/// `Kernel`, and `tcpcrypt kernel enable`), it answers ENO in its SYN-ACKs
+/// as `config` would. For servers that hand the listener to
+/// [`TcpcryptListener::from_listener`] or accept with a
+/// [`TcpcryptAcceptor`] themselves.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tcpcrypt_tokio::{Config, TcpcryptAcceptor, bind_tcp};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let config = Arc::new(Config::default());
+/// let listener = bind_tcp("0.0.0.0:7777", &config).await?;
+/// let (tcp, _) = listener.accept().await?;
+/// let stream = TcpcryptAcceptor::new(config).accept_tcp(tcp).await?;
+/// println!("carried by {:?}", stream.carriage());
+/// # Ok(()) }
+/// ```
+pub async fn bind_tcp(addr: impl ToSocketAddrs, config: &Config) -> io::Result<TcpListener> {
+    // Each address in turn, as tokio's bind does.
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        match kernel::listen(addr, config) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind to")))
 }
 
 /// An incoming connection's peer and how its handshake ended.

@@ -22,6 +22,24 @@ pub enum Policy {
     Off,
 }
 
+/// How the ENO negotiation travels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Carriage {
+    /// The kernel's when this socket's cgroup has the ENO program
+    /// (`tcpcrypt kernel enable`); the in-band hello otherwise, or when the
+    /// peer's SYN-ACK carried no ENO (it may be an in-band-only host).
+    #[default]
+    Auto,
+    /// RFC 8547 proper: ENO in the SYN, and a SYN-ACK without it means
+    /// plain TCP at once (no hello, no second connection, not one byte of
+    /// ours to a legacy server). An error where the kernel program is not
+    /// attached.
+    Kernel,
+    /// The in-band hello only (`docs/PROTOCOL.md` section 3).
+    InBand,
+}
+
 /// Shared configuration (`Arc<Config>`), built with [`Config::builder`].
 ///
 /// ```
@@ -39,6 +57,7 @@ pub enum Policy {
 pub struct Config {
     pub(crate) handshake: Arc<HandshakeConfig>,
     pub(crate) policy: Policy,
+    pub(crate) carriage: Carriage,
     pub(crate) handshake_timeout: Duration,
     pub(crate) server_hello_timeout: Duration,
     pub(crate) client_hello_wait: Duration,
@@ -60,6 +79,11 @@ impl Config {
     /// A builder starting from the defaults.
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder::default()
+    }
+
+    /// How the ENO negotiation travels.
+    pub fn carriage(&self) -> Carriage {
+        self.carriage
     }
 
     /// The fallback policy.
@@ -89,6 +113,7 @@ impl Config {
 pub struct ConfigBuilder {
     handshake: HandshakeConfig,
     policy: Policy,
+    carriage: Carriage,
     handshake_timeout: Duration,
     server_hello_timeout: Duration,
     client_hello_wait: Duration,
@@ -105,6 +130,7 @@ impl Default for ConfigBuilder {
         ConfigBuilder {
             handshake: HandshakeConfig::default(),
             policy: Policy::Opportunistic,
+            carriage: Carriage::Auto,
             handshake_timeout: Duration::from_secs(10),
             server_hello_timeout: Duration::from_secs(2),
             client_hello_wait: Duration::from_millis(300),
@@ -137,6 +163,13 @@ impl ConfigBuilder {
     /// The crypto backend (default: aws-lc-rs when compiled in).
     pub fn backend(mut self, backend: &'static dyn CryptoBackend) -> Self {
         self.handshake.backend = backend;
+        self
+    }
+
+    /// How the ENO negotiation travels (default [`Carriage::Auto`]: in the
+    /// SYN where the kernel program is attached, in band otherwise).
+    pub fn carriage(mut self, carriage: Carriage) -> Self {
+        self.carriage = carriage;
         self
     }
 
@@ -258,6 +291,7 @@ impl ConfigBuilder {
         Ok(Config {
             handshake: Arc::new(self.handshake),
             policy: self.policy,
+            carriage: self.carriage,
             handshake_timeout: self.handshake_timeout,
             server_hello_timeout: self.server_hello_timeout,
             client_hello_wait: self.client_hello_wait,

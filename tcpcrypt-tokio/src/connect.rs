@@ -9,7 +9,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs, lookup_host};
 
 use crate::error::{Error, FallbackReason};
-use crate::negotiate::{self, ClientEnd};
+use crate::kernel;
+use crate::negotiate::{self, ClientEnd, ClientStart};
+use crate::proto::ClientHandshake;
 use crate::stream::{AbortFn, TcpcryptStream, abort_tcp};
 use crate::{Config, Policy};
 
@@ -63,7 +65,7 @@ impl TcpcryptConnector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let connected = self.connect_with(io, peer, None).await?;
+        let connected = self.connect_with(io, peer, None, None).await?;
         if let Connected::Reconnect(reason) = &connected {
             self.conclude_fallback(peer, reason)?;
         }
@@ -102,7 +104,10 @@ impl TcpcryptConnector {
         let mut tcp = tcp;
         let mut retried = false;
         loop {
-            match self.connect_with(tcp, Some(peer), Some(abort_tcp)).await? {
+            match self
+                .connect_with(tcp, Some(peer), Some(abort_tcp), None)
+                .await?
+            {
                 Connected::Stream(mut s) => {
                     s.peer = Some(peer);
                     return Ok(s);
@@ -130,14 +135,66 @@ impl TcpcryptConnector {
         }
     }
 
+    /// A connection whose SYNs the kernel carried ENO in (or offered it
+    /// in): the handshake goes on from Init1, or the connection is plain
+    /// at once (`Carriage::Kernel` and a SYN-ACK without ENO), or the
+    /// in-band hello is tried on it (`Carriage::Auto`: the server may be an
+    /// in-band-only host).
+    async fn connect_kernel(
+        &self,
+        tcp: TcpStream,
+        connected: kernel::Connected,
+    ) -> io::Result<TcpcryptStream<TcpStream>> {
+        let peer = tcp.peer_addr()?;
+        match connected {
+            kernel::Connected::Negotiated(hs) => {
+                match self
+                    .connect_with(tcp, Some(peer), Some(abort_tcp), Some(hs))
+                    .await?
+                {
+                    Connected::Stream(mut s) => {
+                        s.peer = Some(peer);
+                        s.kernel_carried = s.is_encrypted();
+                        Ok(s)
+                    }
+                    Connected::Reconnect(reason) => {
+                        // ENO disabled by a rule the server cannot know:
+                        // the server may be waiting for Init1, so this
+                        // connection is spoiled; a plain socket offers
+                        // nothing in its SYN.
+                        self.conclude_fallback(Some(peer), &reason)?;
+                        let mut s = TcpcryptStream::plain(
+                            TcpStream::connect(peer).await?,
+                            reason,
+                            Vec::new(),
+                        );
+                        s.peer = Some(peer);
+                        Ok(s)
+                    }
+                }
+            }
+            kernel::Connected::PeerSentNone if self.config.carriage == crate::Carriage::Kernel => {
+                let reason = FallbackReason::NoEnoInSynAck;
+                self.check_fallback(Some(peer), &reason)?;
+                let mut s = TcpcryptStream::plain(tcp, reason, Vec::new());
+                s.peer = Some(peer);
+                Ok(s)
+            }
+            kernel::Connected::PeerSentNone | kernel::Connected::NotCarried => {
+                self.connect_tcp(tcp).await
+            }
+        }
+    }
+
     /// [`connect_with_peer`](Self::connect_with_peer), answering a protocol
     /// error with `abort` (RFC 8548 3.3), during the handshake as
-    /// afterwards.
+    /// afterwards; `kernel` is a handshake the kernel carriage started.
     async fn connect_with<IO>(
         &self,
         mut io: IO,
         peer: Option<SocketAddr>,
         abort: Option<AbortFn<IO>>,
+        kernel: Option<Box<ClientHandshake>>,
     ) -> io::Result<Connected<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -150,9 +207,12 @@ impl TcpcryptConnector {
                 Vec::new(),
             )));
         }
-        let ticket = peer.and_then(|p| config.client_cache.take_ticket(p));
+        let start = match kernel {
+            Some(hs) => ClientStart::Kernel(hs),
+            None => ClientStart::InBand(peer.and_then(|p| config.client_cache.take_ticket(p))),
+        };
         let started = std::time::Instant::now();
-        let end = match negotiate::client(&mut io, config, ticket).await {
+        let end = match negotiate::client(&mut io, config, start).await {
             Ok(end) => end,
             Err(e) => {
                 if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
@@ -256,9 +316,26 @@ impl TcpcryptStream<TcpStream> {
     /// byte has been sent.
     pub async fn connect(addr: impl ToSocketAddrs, config: &Arc<Config>) -> io::Result<Self> {
         let addrs: Vec<SocketAddr> = lookup_host(addr).await?.collect();
+        let connector = TcpcryptConnector::new(config.clone());
+        // The kernel carriage first, where it may be used: ENO in the SYN.
+        let mut last = None;
+        for &addr in &addrs {
+            if config.policy == Policy::Opportunistic && config.client_cache.is_legacy(addr) {
+                break;
+            }
+            match kernel::connect(addr, config).await {
+                Ok(Some((tcp, connected))) => {
+                    return connector.connect_kernel(tcp, connected).await;
+                }
+                Ok(None) => break,
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last.filter(|_| config.carriage == crate::Carriage::Kernel) {
+            return Err(e);
+        }
         let tcp = tcp_connect(&addrs).await?;
-        TcpcryptConnector::new(config.clone())
-            .connect_tcp(tcp)
-            .await
+        connector.connect_tcp(tcp).await
     }
 }

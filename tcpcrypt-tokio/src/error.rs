@@ -37,6 +37,9 @@ pub enum FallbackReason {
     PlainClient,
     /// The client sent nothing before the wait ended.
     ClientSilent,
+    /// Kernel carriage: the server's SYN-ACK carried no ENO option (RFC
+    /// 8547: the peer does not speak ENO, or not for this service).
+    NoEnoInSynAck,
 }
 
 impl FallbackReason {
@@ -72,6 +75,9 @@ impl fmt::Display for FallbackReason {
             FallbackReason::Disabled(r) => write!(f, "negotiation disabled: {r}"),
             FallbackReason::PlainClient => f.write_str("the client does not speak tcpcrypt"),
             FallbackReason::ClientSilent => f.write_str("the client sent nothing"),
+            FallbackReason::NoEnoInSynAck => {
+                f.write_str("the server's SYN-ACK carried no ENO option")
+            }
         }
     }
 }

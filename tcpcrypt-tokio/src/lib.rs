@@ -58,6 +58,7 @@ mod config;
 mod connect;
 mod copy;
 mod error;
+mod kernel;
 mod negotiate;
 mod record;
 mod session_addr;
@@ -69,9 +70,9 @@ mod axum_listener;
 #[cfg(feature = "hyper")]
 mod http_connector;
 
-pub use accept::{Attempt, TcpcryptAcceptor, TcpcryptListener};
+pub use accept::{Attempt, TcpcryptAcceptor, TcpcryptListener, bind_tcp};
 pub use cache::ClientCache;
-pub use config::{Config, ConfigBuilder, Policy};
+pub use config::{Carriage, Config, ConfigBuilder, Policy};
 pub use connect::{Connected, TcpcryptConnector};
 pub use copy::{PlainSource, VectoredBufRead, copy, copy_bidirectional};
 pub use error::{Error, FallbackReason};

@@ -54,16 +54,47 @@ async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>) -> io::Res
     Ok(())
 }
 
+/// How the connecting side's handshake starts.
+pub(crate) enum ClientStart {
+    /// With the in-band hello, offering this resumption ticket.
+    InBand(Option<ResumptionSecret>),
+    /// After the kernel carried the ENO options: the handshake has B's
+    /// SYN-ACK option, and Init1 is the first payload byte.
+    Kernel(Box<ClientHandshake>),
+}
+
+/// How the accepting side's handshake starts.
+pub(crate) enum ServerStart {
+    /// With the in-band hello (or a plain client's first bytes).
+    InBand,
+    /// After the kernel carried the ENO options: A's SYN option and the
+    /// SYN-ACK answer; A's Init1 is the first payload byte.
+    Kernel { syn: Vec<u8>, synack: Vec<u8> },
+}
+
 /// Runs the connecting side's handshake on `io`.
 pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     config: &Config,
-    ticket: Option<ResumptionSecret>,
+    start: ClientStart,
 ) -> io::Result<ClientEnd> {
     let deadline = Instant::now() + config.handshake_timeout;
     let first_deadline = deadline.min(Instant::now() + config.server_hello_timeout);
-    let mut hs = ClientHandshake::new(config.handshake.clone(), ticket, Box::new(OsRandom))
-        .map_err(Error::from)?;
+    // Over the kernel carriage the server is known to speak tcpcrypt: only
+    // the handshake's deadline applies.
+    let (mut hs, mut heard) = match start {
+        ClientStart::InBand(ticket) => (
+            ClientHandshake::new(config.handshake.clone(), ticket, Box::new(OsRandom))
+                .map_err(Error::from)?,
+            false,
+        ),
+        ClientStart::Kernel(hs) => (*hs, true),
+    };
+    if let Some(outcome) = hs.outcome() {
+        // B declined in its SYN-ACK: plain on this connection, nothing of
+        // ours sent.
+        return Ok(client_end(outcome, Vec::new()));
+    }
     let mut out = Vec::new();
     hs.write_to(&mut out);
     if let Err(e) = send(io, &mut out).await {
@@ -75,7 +106,6 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         };
     }
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut heard = false;
     loop {
         let limit = if heard { deadline } else { first_deadline };
         let n = match timeout_at(limit, io.read(&mut buf)).await {
@@ -100,23 +130,24 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         hs.write_to(&mut out);
         send(io, &mut out).await?;
         if let Some(outcome) = hs.outcome() {
-            let rest = buf[used..n].to_vec();
-            return Ok(match outcome {
-                ClientOutcome::Encrypted(s) => ClientEnd::Encrypted(s, rest),
-                ClientOutcome::Declined(r) => {
-                    ClientEnd::PlainHere(FallbackReason::Declined(r), rest)
-                }
-                ClientOutcome::Disabled(r) => ClientEnd::Reconnect(FallbackReason::Disabled(r)),
-                ClientOutcome::Legacy(LegacyEvidence::Bytes(_)) => {
-                    ClientEnd::Reconnect(FallbackReason::ServerSentOtherBytes)
-                }
-                ClientOutcome::Legacy(LegacyEvidence::Eof) => {
-                    ClientEnd::Reconnect(FallbackReason::ServerClosed)
-                }
-                ClientOutcome::Legacy(LegacyEvidence::Silence) => {
-                    ClientEnd::Reconnect(FallbackReason::ServerSilent)
-                }
-            });
+            return Ok(client_end(outcome, buf[used..n].to_vec()));
+        }
+    }
+}
+
+fn client_end(outcome: ClientOutcome, rest: Vec<u8>) -> ClientEnd {
+    match outcome {
+        ClientOutcome::Encrypted(s) => ClientEnd::Encrypted(s, rest),
+        ClientOutcome::Declined(r) => ClientEnd::PlainHere(FallbackReason::Declined(r), rest),
+        ClientOutcome::Disabled(r) => ClientEnd::Reconnect(FallbackReason::Disabled(r)),
+        ClientOutcome::Legacy(LegacyEvidence::Bytes(_)) => {
+            ClientEnd::Reconnect(FallbackReason::ServerSentOtherBytes)
+        }
+        ClientOutcome::Legacy(LegacyEvidence::Eof) => {
+            ClientEnd::Reconnect(FallbackReason::ServerClosed)
+        }
+        ClientOutcome::Legacy(LegacyEvidence::Silence) => {
+            ClientEnd::Reconnect(FallbackReason::ServerSilent)
         }
     }
 }
@@ -125,18 +156,33 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     config: &Config,
+    start: ServerStart,
 ) -> io::Result<ServerEnd> {
     let deadline = Instant::now() + config.handshake_timeout;
     let first_deadline = deadline.min(Instant::now() + config.client_hello_wait);
-    let mut hs = ServerHandshake::new(
-        config.handshake.clone(),
-        Some(config.server_cache.clone()),
-        Box::new(OsRandom),
-    )
-    .map_err(Error::from)?;
+    let cache = Some(config.server_cache.clone());
+    // Over the kernel carriage A must send Init1: no wait for a plain
+    // client, only the handshake's deadline.
+    let (mut hs, mut heard) = match start {
+        ServerStart::InBand => (
+            ServerHandshake::new(config.handshake.clone(), cache, Box::new(OsRandom))
+                .map_err(Error::from)?,
+            false,
+        ),
+        ServerStart::Kernel { syn, synack } => (
+            ServerHandshake::kernel(
+                config.handshake.clone(),
+                cache,
+                &syn,
+                &synack,
+                Box::new(OsRandom),
+            )
+            .map_err(Error::from)?,
+            true,
+        ),
+    };
     let mut out = Vec::new();
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut heard = false;
     loop {
         let limit = if heard { deadline } else { first_deadline };
         let (n, silent) = match timeout_at(limit, io.read(&mut buf)).await {

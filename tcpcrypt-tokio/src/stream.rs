@@ -55,6 +55,8 @@ pub struct TcpcryptStream<IO = TcpStream> {
     pub(crate) config: Option<Arc<crate::Config>>,
     /// How long the negotiation took.
     pub(crate) handshake: std::time::Duration,
+    /// The kernel carried the ENO negotiation (in the SYNs).
+    pub(crate) kernel_carried: bool,
 }
 
 pub(crate) enum Mode {
@@ -129,6 +131,7 @@ impl<IO> TcpcryptStream<IO> {
             peer: None,
             config: None,
             handshake: std::time::Duration::ZERO,
+            kernel_carried: false,
         }
     }
 
@@ -148,6 +151,18 @@ impl<IO> TcpcryptStream<IO> {
             peer: None,
             config: None,
             handshake: std::time::Duration::ZERO,
+            kernel_carried: false,
+        }
+    }
+
+    /// How the ENO negotiation of an encrypted stream travelled:
+    /// [`Carriage::Kernel`](crate::Carriage::Kernel) (in the SYNs) or
+    /// [`Carriage::InBand`](crate::Carriage::InBand). `None` when plain.
+    pub fn carriage(&self) -> Option<crate::Carriage> {
+        match (self.is_encrypted(), self.kernel_carried) {
+            (false, _) => None,
+            (true, true) => Some(crate::Carriage::Kernel),
+            (true, false) => Some(crate::Carriage::InBand),
         }
     }
 
