@@ -68,7 +68,7 @@ async fn negotiate(tcp: TcpStream, peer: std::net::SocketAddr, args: &Args) -> R
     let took = started.elapsed();
     match outcome {
         Ok(Connected::Stream(mut s)) => {
-            let report = Report::new(peer, s.session(), s.fallback_reason(), took);
+            let report = Report::of(&s, peer, took);
             // A clean close (FINp) so that the server sees no error.
             let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
             report

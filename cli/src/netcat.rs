@@ -131,12 +131,7 @@ pub async fn connect_reported(
     let started = Instant::now();
     let stream = TcpcryptStream::connect(destination, config).await?;
     let peer = stream.peer_addr().ok_or(io::ErrorKind::NotConnected)?;
-    let report = Report::new(
-        peer,
-        stream.session(),
-        stream.fallback_reason(),
-        started.elapsed(),
-    );
+    let report = Report::of(&stream, peer, started.elapsed());
     Ok((stream, report))
 }
 
@@ -213,13 +208,7 @@ pub async fn listen(args: ListenArgs) -> i32 {
             Err(e) => return failed("accept", &e),
         };
         let peer = stream.peer_addr().expect("accepted over TCP");
-        Report::new(
-            peer,
-            stream.session(),
-            stream.fallback_reason(),
-            stream.handshake_duration(),
-        )
-        .print_stderr(args.json);
+        Report::of(&stream, peer, stream.handshake_duration()).print_stderr(args.json);
         let code = match pump(stream, &mut input).await {
             Ok(()) => 0,
             Err(e) => failed(&peer.to_string(), &e),

@@ -23,6 +23,19 @@ pub struct Negotiation {
     /// a silent client for a plain one that waits for the server to speak.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "300ms")]
     pub client_hello_wait: Duration,
+    /// How ENO travels: auto (in the SYN where `tcpcrypt kernel enable`
+    /// attached its program, else the in-band hello), kernel (the SYN only:
+    /// a SYN-ACK without ENO means plain TCP at once), in-band.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub carriage: CarriageArg,
+}
+
+/// `--carriage`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CarriageArg {
+    Auto,
+    Kernel,
+    InBand,
 }
 
 impl Negotiation {
@@ -45,5 +58,10 @@ impl Negotiation {
             .handshake_timeout(self.handshake_timeout)
             .server_hello_timeout(self.server_hello_timeout)
             .client_hello_wait(self.client_hello_wait)
+            .carriage(match self.carriage {
+                CarriageArg::Auto => tcpcrypt_tokio::Carriage::Auto,
+                CarriageArg::Kernel => tcpcrypt_tokio::Carriage::Kernel,
+                CarriageArg::InBand => tcpcrypt_tokio::Carriage::InBand,
+            })
     }
 }

@@ -197,12 +197,7 @@ async fn carry_all(listener: TcpListener, config: &Arc<Config>, args: Arc<Args>)
 async fn serve_client(mut client: TcpcryptStream<TcpStream>, args: &Args) -> io::Result<()> {
     let local = client.get_ref().local_addr()?;
     let peer = client.get_ref().peer_addr()?;
-    let report = Report::new(
-        peer,
-        client.session(),
-        client.fallback_reason(),
-        client.handshake_duration(),
-    );
+    let report = Report::of(&client, peer, client.handshake_duration());
     log(&report, args.json);
     let mut backend = TcpStream::connect(&args.to).await?;
     backend.set_nodelay(true)?;

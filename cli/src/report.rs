@@ -27,6 +27,9 @@ pub struct Report {
     pub session_id: Option<String>,
     /// Whether the session was resumed from an earlier one.
     pub resumed: bool,
+    /// How the ENO negotiation travelled: "kernel" (in the SYNs) or
+    /// "in-band" (the hello); none when plain.
+    pub carriage: Option<&'static str>,
     /// From the start of the connection (connect or accept) to the end of
     /// negotiation; `check` counts from its first byte instead, beside
     /// `connect_ms`.
@@ -56,6 +59,7 @@ impl Report {
             aead: session.map(|s| s.aead.name().to_string()),
             session_id: session.map(|s| s.session_id.to_string()),
             resumed: session.is_some_and(|s| s.resumed),
+            carriage: None,
             handshake_ms: millis(handshake),
             reason: match (session, fallback) {
                 (Some(_), _) => None,
@@ -63,6 +67,20 @@ impl Report {
                 (None, None) => Some("not negotiated".into()),
             },
         }
+    }
+
+    /// The report of a stream, with how its negotiation travelled.
+    pub fn of<IO>(
+        stream: &tcpcrypt_tokio::TcpcryptStream<IO>,
+        peer: SocketAddr,
+        took: Duration,
+    ) -> Self {
+        let mut report = Report::new(peer, stream.session(), stream.fallback_reason(), took);
+        report.carriage = stream.carriage().map(|c| match c {
+            tcpcrypt_tokio::Carriage::Kernel => "kernel",
+            _ => "in-band",
+        });
+        report
     }
 
     /// One line for a person: the outcome, the algorithms and the session

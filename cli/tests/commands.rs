@@ -12,7 +12,7 @@ use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{BIN, build_shim};
+use common::{BIN, build_shim, next_json};
 
 /// A child process killed when the test ends, however it ends.
 struct Running(Child);
@@ -35,21 +35,6 @@ fn start(args: &[&str]) -> Running {
             .spawn()
             .unwrap(),
     )
-}
-
-/// Reads stderr lines until one parses as a JSON object; returns it and
-/// the reader for later lines.
-fn next_json(lines: &mut impl BufRead) -> Value {
-    for _ in 0..50 {
-        let mut line = String::new();
-        if lines.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Ok(v @ Value::Object(_)) = serde_json::from_str(&line) {
-            return v;
-        }
-    }
-    panic!("no JSON line on stderr");
 }
 
 /// Starts `tcpcrypt listen --json ARGS 127.0.0.1:0`: the process, its

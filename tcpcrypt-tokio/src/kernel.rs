@@ -24,6 +24,10 @@ pub(crate) enum Connected {
 }
 
 /// What the BPF program recorded for a socket.
+#[cfg_attr(
+    not(all(feature = "kernel", target_os = "linux")),
+    allow(dead_code, reason = "only the kernel build records negotiations")
+)]
 enum Recorded {
     /// ENO in both SYNs: A's SYN option, then B's SYN-ACK option.
     Negotiated(Vec<u8>, Vec<u8>),
