@@ -2,7 +2,10 @@
 //! AES-128-GCM, X25519, aws-lc-rs) on loopback, in one process and one run,
 //! printed as ratios: bulk throughput, bulk throughput through a proxy
 //! that decrypts in front of a plain server, full and resumed handshakes
-//! per second, and user-space heap bytes per idle connection pair.
+//! per second, and user-space heap bytes per idle connection pair. As
+//! root, where BPF allows, also the kernel carriage (ENO in the SYN) beside
+//! the in-band one: full handshakes, and the first connection to a server
+//! that does not speak tcpcrypt, against plain TCP.
 //!
 //! `cargo bench -p tcpcrypt-tokio --bench stream` (`BULK_MIB=256` for a
 //! shorter run; the default moves 1 GiB per contender).
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tcpcrypt_tokio::{Config, PlainSource, TcpcryptListener, TcpcryptStream};
+use tcpcrypt_tokio::{Carriage, Config, PlainSource, TcpcryptListener, TcpcryptStream};
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
     copy_bidirectional_with_sizes as copy_with_sizes,
@@ -309,7 +312,18 @@ async fn handshakes(kind: &str, tls: &Tls, n: usize) -> f64 {
         }
         _ => {
             let resume = kind == "tcpcrypt-resumed";
-            let config = Arc::new(Config::builder().resumption(resume).build().unwrap());
+            let carriage = if kind == "tcpcrypt-kernel" {
+                Carriage::Kernel
+            } else {
+                Carriage::InBand
+            };
+            let config = Arc::new(
+                Config::builder()
+                    .resumption(resume)
+                    .carriage(carriage)
+                    .build()
+                    .unwrap(),
+            );
             let mut l = TcpcryptListener::bind("127.0.0.1:0", &config)
                 .await
                 .unwrap();
@@ -333,6 +347,81 @@ async fn handshakes(kind: &str, tls: &Tls, n: usize) -> f64 {
             }
             n as f64 / start.elapsed().as_secs_f64()
         }
+    }
+}
+
+/// Connections per second to a server that does not speak tcpcrypt and
+/// answers anything with an HTTP error, each client new to it (no
+/// verdict remembered): plain TCP, the in-band hello (a second connection
+/// after the server's answer), or the kernel carriage (`Carriage::Kernel`:
+/// the SYN-ACK says it at once).
+async fn legacy_first_contact(kind: &str, n: usize) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut answer = Vec::new();
+        if kind == "tcp" {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(request).await.unwrap();
+            s.read_to_end(&mut answer).await.unwrap();
+        } else {
+            let carriage = if kind == "tcpcrypt-kernel" {
+                Carriage::Kernel
+            } else {
+                Carriage::InBand
+            };
+            let config = Arc::new(Config::builder().carriage(carriage).build().unwrap());
+            let mut s = TcpcryptStream::connect(addr, &config).await.unwrap();
+            assert!(!s.is_encrypted());
+            s.write_all(request).await.unwrap();
+            s.read_to_end(&mut answer).await.unwrap();
+        }
+        assert!(answer.starts_with(b"HTTP/1.0 400"));
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// This process in a cgroup of its own with the kernel carriage's program
+/// attached, while it lives (root and BPF needed).
+struct KernelCgroup {
+    root: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl KernelCgroup {
+    fn enter() -> Result<Self, String> {
+        use tcpcrypt_kernel::attach;
+        let root = attach::default_cgroup().map_err(|e| e.to_string())?;
+        let dir = root.join(format!("tcpcrypt-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let cg = KernelCgroup { root, dir };
+        attach::enable(Some(&cg.dir)).map_err(|e| e.to_string())?;
+        std::fs::write(cg.dir.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(cg)
+    }
+}
+
+impl Drop for KernelCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.root.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        let _ = tcpcrypt_kernel::attach::disable(Some(&self.dir));
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -467,6 +556,32 @@ fn main() {
         let resumed = handshakes("tcpcrypt-resumed", &tls, n).await;
         line("full handshakes", "/s", full, tcp, tls_full, "(target >= 2.5x TLS)");
         line("resumed handshakes", "/s", resumed, tcp, tls_resumed, "(target >= 0.8x plain connect+accept; TLS column: resumed TLS)");
+        match KernelCgroup::enter() {
+            Ok(cgroup) => {
+                let kernel = handshakes("tcpcrypt-kernel", &tls, n).await;
+                println!(
+                    "kernel carriage        full handshakes {kernel:>8.1} /s   in-band {full:>8.1} /s   plain {tcp:>8.1} /s   vs in-band {:>5.2}x   vs plain {:>5.2}x   (target >= 1.00x in-band)",
+                    kernel / full,
+                    kernel / tcp
+                );
+                let m = n.min(200);
+                let first = [
+                    legacy_first_contact("tcp", m).await,
+                    legacy_first_contact("tcpcrypt", m).await,
+                    legacy_first_contact("tcpcrypt-kernel", m).await,
+                ];
+                println!(
+                    "legacy first contact   kernel {:>8.1} /s   in-band {:>8.1} /s   plain {:>8.1} /s   kernel vs plain {:>5.2}x   in-band vs plain {:>5.2}x   (target: kernel costs <= 1.05x plain, i.e. >= 0.95x the rate)",
+                    first[2],
+                    first[1],
+                    first[0],
+                    first[2] / first[0],
+                    first[1] / first[0]
+                );
+                drop(cgroup);
+            }
+            Err(why) => println!("kernel carriage        not measured: {why}"),
+        }
         let p = sizes.idle_pairs;
         // The runtime's threads keep up to two spare receive buffers each:
         // a fixed cost per thread, not per connection. Fill them first.
