@@ -325,6 +325,21 @@ def build_inputs():
     vs.append(vector("multi-tep-all-four-p521", P521,
                      [CHACHA, AES128], AES128,
                      "450624232221", "4505012422", ba, bb, (4, 6, ra, rb)))
+
+    # The kernel carriage (docs/PROTOCOL.md 3.5): the options are the SYN's
+    # and the SYN-ACK's (A offers P-256 and X25519 with no global
+    # suboption; B answers with its global suboption and one TEP), no
+    # hello precedes Init1, and each direction's frame offsets count from
+    # its first payload byte, so A's first frame sits right after Init1
+    # and B's right after Init2.
+    for name, tep, opt_b, aead in (
+            ("kernel-carriage-x25519-aes128gcm", X25519, "45040123", AES128),
+            ("kernel-carriage-p256-chacha20poly1305", P256, "45040121",
+             CHACHA)):
+        v = vector(name, tep, [AES128, AES256, CHACHA], aead,
+                   "45042123", opt_b, ba, bb)
+        v["carriage"] = "kernel"
+        vs.append(v)
     return vs
 
 

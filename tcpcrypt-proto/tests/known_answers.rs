@@ -515,3 +515,84 @@ fn state_machines_put_the_vector_bytes_on_the_wire() {
     // Rekeyed and FINp vectors went through the sealer, not only plain ones.
     assert!(sealed >= 40, "only {sealed} frames compared");
 }
+
+/// The kernel carriage's vectors: the options are the SYN's and SYN-ACK's,
+/// A's first payload byte is Init1's first (no hello), and the frames
+/// follow at offsets counted from each direction's first payload byte.
+#[test]
+fn kernel_carriage_vectors_start_with_init1_and_count_offsets_from_it() {
+    let vs: Vec<Value> = load()
+        .into_iter()
+        .filter(|v| v["carriage"] == "kernel")
+        .collect();
+    assert_eq!(vs.len(), 2, "kernel-carriage vectors");
+    for backend in crypto::all_backends() {
+        for v in &vs {
+            let tep = Tep::from_id(v["tep"].as_u64().unwrap() as u8).unwrap();
+            let aeads = |field: &str| -> Vec<AeadAlgorithm> {
+                match &v[field] {
+                    Value::Array(list) => list
+                        .iter()
+                        .map(|c| AeadAlgorithm::from_id(c.as_u64().unwrap() as u16).unwrap())
+                        .collect(),
+                    one => vec![AeadAlgorithm::from_id(one.as_u64().unwrap() as u16).unwrap()],
+                }
+            };
+            let client_config = Arc::new(HandshakeConfig {
+                backend,
+                aeads: aeads("sym_cipher_list"),
+                ..HandshakeConfig::default()
+            });
+            let server_config = Arc::new(HandshakeConfig {
+                backend,
+                teps: vec![tep],
+                aeads: aeads("sym_cipher"),
+                ..HandshakeConfig::default()
+            });
+            let syn = hex_field(v, "eno_option_a").unwrap();
+            let synack = hex_field(v, "eno_option_b").unwrap();
+            let mut client = ClientHandshake::kernel(
+                client_config,
+                scripted(vec![
+                    hex_field(v, "priv_a").unwrap(),
+                    hex_field(v, "n_a").unwrap(),
+                ]),
+            )
+            .unwrap();
+            // What our client puts in its SYN is the vector's option.
+            assert_eq!(client.syn_option(), &syn[..], "{}", v["name"]);
+            client.kernel_synack(&synack).unwrap();
+            let mut server = ServerHandshake::kernel(
+                server_config,
+                None,
+                &syn,
+                &synack,
+                scripted(vec![
+                    hex_field(v, "priv_b").unwrap(),
+                    hex_field(v, "n_b").unwrap(),
+                ]),
+            )
+            .unwrap();
+            let (c_wire, s_wire) = run(&mut client, &mut server);
+            assert_eq!(c_wire, hex_field(v, "init1").unwrap(), "{}", v["name"]);
+            assert_eq!(s_wire, hex_field(v, "init2").unwrap(), "{}", v["name"]);
+            let Some(ClientOutcome::Encrypted(mut a)) = client.outcome() else {
+                panic!("client not encrypted")
+            };
+            let Some(ServerOutcome::Encrypted(mut b)) = server.outcome() else {
+                panic!("server not encrypted")
+            };
+            assert_eq!(
+                hex::encode(a.info.session_id.as_bytes()),
+                v["session_id_0"].as_str().unwrap()
+            );
+            assert_eq!(
+                hex::encode(&b.info.transcript),
+                v["eno_transcript"].as_str().unwrap()
+            );
+            let frames = |d: &str| v["frames"][d].as_array().unwrap().clone();
+            assert!(seal_and_compare(&mut a, &frames("a_to_b")) > 0);
+            assert!(seal_and_compare(&mut b, &frames("b_to_a")) > 0);
+        }
+    }
+}
