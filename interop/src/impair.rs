@@ -7,7 +7,8 @@
 //! and runs one handler per namespace. Behaviours:
 //!
 //! * `reorder:N`: every Nth segment is held back and released after the
-//!   one that follows it.
+//!   one that follows it, or after 5 ms when none follows (the last
+//!   segment of a flow must not wait for the next flow).
 //! * `duplicate:N`: every Nth segment is sent twice (the copy through a raw
 //!   socket, marked so that it is not queued again).
 //! * `corrupt:N`: every Nth full-sized data segment (at least 1200 bytes of
@@ -62,6 +63,8 @@ impl std::str::FromStr for Behaviour {
 
 /// Smallest payload of a segment `corrupt` may touch.
 const FULL_SIZED: usize = 1200;
+/// Longest a reordered segment waits for one to overtake it.
+const REORDER_HOLD: Duration = Duration::from_millis(5);
 /// Most segments held at once (delay); beyond it, segments pass at once.
 const MAX_HELD: usize = 100_000;
 
@@ -72,11 +75,11 @@ pub fn run(num: u16, behaviour: Behaviour) -> std::io::Result<()> {
     queue.set_queue_max_len(num, 65536)?;
     let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255)))?;
     raw.set_mark(OWN_MARK)?;
-    if let Behaviour::Delay(_) = behaviour {
+    if matches!(behaviour, Behaviour::Delay(_) | Behaviour::Reorder(_)) {
         queue.set_nonblocking(true);
     }
     let mut count = 0u64;
-    let mut held: Option<nfq::Message> = None;
+    let mut held: Option<(Instant, nfq::Message)> = None;
     let mut delayed: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let send_copy = |packet: &mut Vec<u8>| -> std::io::Result<()> {
         if let Some(dst) = ipv4_destination(packet) {
@@ -88,6 +91,10 @@ pub fn run(num: u16, behaviour: Behaviour) -> std::io::Result<()> {
         Ok(())
     };
     loop {
+        if held.as_ref().is_some_and(|(at, _)| at.elapsed() >= REORDER_HOLD) {
+            let (_, msg) = held.take().expect("checked");
+            queue.verdict(msg)?;
+        }
         if let Behaviour::Delay(_) = behaviour {
             let now = Instant::now();
             while delayed.front().is_some_and(|(due, _)| *due <= now) {
@@ -107,12 +114,12 @@ pub fn run(num: u16, behaviour: Behaviour) -> std::io::Result<()> {
         match behaviour {
             Behaviour::Reorder(n) => {
                 count += 1;
-                if let Some(earlier) = held.take() {
+                if let Some((_, earlier)) = held.take() {
                     // The later segment first, then the one held back.
                     queue.verdict(msg)?;
                     queue.verdict(earlier)?;
                 } else if count.is_multiple_of(n) {
-                    held = Some(msg);
+                    held = Some((Instant::now(), msg));
                 } else {
                     queue.verdict(msg)?;
                 }
