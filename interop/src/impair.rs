@@ -91,7 +91,10 @@ pub fn run(num: u16, behaviour: Behaviour) -> std::io::Result<()> {
         Ok(())
     };
     loop {
-        if held.as_ref().is_some_and(|(at, _)| at.elapsed() >= REORDER_HOLD) {
+        if held
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() >= REORDER_HOLD)
+        {
             let (_, msg) = held.take().expect("checked");
             queue.verdict(msg)?;
         }

@@ -369,6 +369,12 @@ async fn legacy_first_contact(kind: &str, n: usize) -> f64 {
         }
     });
     let request = b"GET / HTTP/1.0\r\n\r\n";
+    let carriage = if kind == "tcpcrypt-kernel" {
+        Carriage::Kernel
+    } else {
+        Carriage::InBand
+    };
+    let config = Arc::new(Config::builder().carriage(carriage).build().unwrap());
     let start = Instant::now();
     for _ in 0..n {
         let mut answer = Vec::new();
@@ -377,12 +383,8 @@ async fn legacy_first_contact(kind: &str, n: usize) -> f64 {
             s.write_all(request).await.unwrap();
             s.read_to_end(&mut answer).await.unwrap();
         } else {
-            let carriage = if kind == "tcpcrypt-kernel" {
-                Carriage::Kernel
-            } else {
-                Carriage::InBand
-            };
-            let config = Arc::new(Config::builder().carriage(carriage).build().unwrap());
+            // Every contact is a first one: nothing remembered.
+            config.client_cache().clear();
             let mut s = TcpcryptStream::connect(addr, &config).await.unwrap();
             assert!(!s.is_encrypted());
             s.write_all(request).await.unwrap();
