@@ -132,9 +132,26 @@ impl Setup {
         child
     }
 
+    /// `tcpcrypt listen` on ADDR:PORT, answering with `answer`.
+    fn listen_on(&self, inside: bool, addr: &str, answer: &[u8]) -> Server {
+        let mut child = self
+            .command(inside, BIN, &["listen", "--json", addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(answer).unwrap();
+        Self::listening(child)
+    }
+
     /// `tcpcrypt listen` answering with `answer`.
     fn listen(&self, inside: bool, port: u16, extra: &[&str], answer: &[u8]) -> Server {
-        let mut child = self.tcpcrypt(inside, "listen", extra, port, answer);
+        let child = self.tcpcrypt(inside, "listen", extra, port, answer);
+        Self::listening(child)
+    }
+
+    fn listening(mut child: Child) -> Server {
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let listening = next_json(&mut err);
         assert!(listening["listening"].is_string(), "{listening}");
@@ -431,6 +448,70 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
     assert_eq!(client["carriage"], "in-band", "{client}");
     assert_eq!(server["session_id"], client["session_id"]);
     assert_eq!(got, b"s");
+
+    // 6. A dual-stack listener ([::]) and an IPv4 client: the answer is
+    // found for the accepted socket, whose addresses are IPv4-mapped.
+    let server = setup.listen_on(true, "[::]:7006", b"s");
+    let (client, _) = setup.connect(true, 7006, &[], b"c");
+    let (server, _) = server.finish();
+    assert_eq!(client["carriage"], "kernel", "{client}");
+    assert_eq!(server["carriage"], "kernel", "{server}");
+    assert_eq!(server["session_id"], client["session_id"]);
+
+    // 7. The first SYN-ACK lost: the retransmitted one carries the same
+    // answer (RFC 8547 4.6), though the SYN is no longer at hand.
+    let drop_first_synack = |op: &str| {
+        setup
+            .command(
+                false,
+                "iptables",
+                &[
+                    op,
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "--sport",
+                    "7007",
+                    "--tcp-flags",
+                    "SYN,ACK",
+                    "SYN,ACK",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "nth",
+                    "--every",
+                    "1000",
+                    "--packet",
+                    "0",
+                    "-j",
+                    "DROP",
+                ],
+            )
+            .status()
+            .unwrap()
+    };
+    assert!(drop_first_synack("-A").success());
+    let capture = setup.capture(7007);
+    let server = setup.listen(true, 7007, &[], b"s");
+    let (client, _) = setup.connect(true, 7007, &[], b"c");
+    let (server, _) = server.finish();
+    let segments = capture.segments();
+    assert!(drop_first_synack("-D").success());
+    assert_eq!(client["carriage"], "kernel", "{client}");
+    assert_eq!(server["session_id"], client["session_id"]);
+    let synacks: Vec<_> = segments
+        .iter()
+        .filter(|s| s.flags & (SYN | ACK) == SYN | ACK)
+        .collect();
+    assert!(
+        synacks.len() >= 2,
+        "the first SYN-ACK was retransmitted: {synacks:?}"
+    );
+    let answers: Vec<_> = synacks.iter().map(|s| s.eno()).collect();
+    assert!(
+        answers.iter().all(|a| *a == answers[0] && a.is_some()),
+        "{answers:?}"
+    );
 
     // The counters saw it all.
     let status = Command::new(BIN)

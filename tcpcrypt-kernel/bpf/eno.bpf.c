@@ -27,12 +27,18 @@
  */
 #include <linux/bpf.h>
 #include <linux/types.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #define ENO_KIND 69
+#define TFO_KIND 34
 #define MAX_OPTION 20 /* Linux's own SYN options take the other 20 bytes */
 #define MAX_PREFS 8
 #define TCP_LISTEN_STATE 10
+
+/* errno values (Linux), as the helpers return them negated. */
+#define ENOENT_ 2
+#define EINVAL_ 22
 
 #define TCPHDR_SYN 0x02
 #define TCPHDR_ACK 0x10
@@ -45,6 +51,10 @@ enum {
 	OUTCOME_NO_ENO,     /* the peer sent no ENO option */
 	OUTCOME_NO_SPACE,   /* the SYN had no room for the offer */
 	OUTCOME_FAST_OPEN,  /* a SYN with data: ENO left out */
+	OUTCOME_UNANSWERED, /* accepted: A's ACK carried ENO, but no answer of
+			     * ours is known (lost, evicted): never plain */
+	OUTCOME_REJECTED,   /* the SYN-ACK's option is not a valid answer (no
+			     * b bit, no TEP, a v bit): ENO disabled */
 };
 
 struct eno_sk {
@@ -67,13 +77,17 @@ struct {
 	__type(value, struct eno_sk);
 } tcpcrypt_sk SEC(".maps");
 
+/* A listener's address; the wildcard (all zero) answers for any. IPv4
+ * addresses, mapped or not, are kept as IPv4. */
 struct listen_key {
 	__u64 netns;
+	__u32 family;
 	__u32 port;
-	__u32 pad;
+	__u32 ip[4];
 };
 
 struct listen_tmpl {
+	__u64 owner; /* the listener's socket cookie: only it removes the entry */
 	__u8 len;
 	__u8 bytes[16];
 };
@@ -146,33 +160,79 @@ static __always_inline struct eno_sk *storage(struct bpf_sock_ops *skops, __u64 
 	return bpf_sk_storage_get(&tcpcrypt_sk, sk, 0, flags);
 }
 
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+/* An address as (family, 4 words): IPv4-mapped IPv6 becomes IPv4, so that
+ * a dual-stack socket and its IPv4 request agree. */
+static __always_inline __u32 addr_of(struct bpf_sock_ops *skops, int local, __u32 *ip)
+{
+	__u32 w0, w1, w2, w3;
+	if (skops->family == AF_INET_) {
+		ip[0] = local ? skops->local_ip4 : skops->remote_ip4;
+		return AF_INET_;
+	}
+	if (local) {
+		w0 = skops->local_ip6[0];
+		w1 = skops->local_ip6[1];
+		w2 = skops->local_ip6[2];
+		w3 = skops->local_ip6[3];
+	} else {
+		w0 = skops->remote_ip6[0];
+		w1 = skops->remote_ip6[1];
+		w2 = skops->remote_ip6[2];
+		w3 = skops->remote_ip6[3];
+	}
+	if (w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff)) {
+		ip[0] = w3;
+		return AF_INET_;
+	}
+	ip[0] = w0;
+	ip[1] = w1;
+	ip[2] = w2;
+	ip[3] = w3;
+	return AF_INET6_;
+}
+
 static __always_inline void conn_key_of(struct bpf_sock_ops *skops, struct conn_key *k)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->netns = bpf_get_netns_cookie(skops);
-	k->family = skops->family;
+	k->family = addr_of(skops, 1, k->local_ip);
+	addr_of(skops, 0, k->remote_ip);
 	k->local_port = skops->local_port;
 	k->remote_port = skops->remote_port;
-	if (skops->family == 2 /* AF_INET */) {
-		k->local_ip[0] = skops->local_ip4;
-		k->remote_ip[0] = skops->remote_ip4;
-	} else {
-		k->local_ip[0] = skops->local_ip6[0];
-		k->local_ip[1] = skops->local_ip6[1];
-		k->local_ip[2] = skops->local_ip6[2];
-		k->local_ip[3] = skops->local_ip6[3];
-		k->remote_ip[0] = skops->remote_ip6[0];
-		k->remote_ip[1] = skops->remote_ip6[1];
-		k->remote_ip[2] = skops->remote_ip6[2];
-		k->remote_ip[3] = skops->remote_ip6[3];
-	}
 }
 
+/* The listener's own key (its bound address, maybe the wildcard). */
 static __always_inline void listen_key_of(struct bpf_sock_ops *skops, struct listen_key *k)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->netns = bpf_get_netns_cookie(skops);
+	k->family = addr_of(skops, 1, k->ip);
 	k->port = skops->local_port;
+}
+
+/* The template answering a SYN to this address: the exact one, else the
+ * wildcard of either family. */
+static __always_inline struct listen_tmpl *template_for(struct bpf_sock_ops *skops)
+{
+	struct listen_key k;
+	struct listen_tmpl *t;
+	listen_key_of(skops, &k);
+	t = bpf_map_lookup_elem(&tcpcrypt_listen, &k);
+	if (t)
+		return t;
+	k.ip[0] = 0;
+	k.ip[1] = 0;
+	k.ip[2] = 0;
+	k.ip[3] = 0;
+	t = bpf_map_lookup_elem(&tcpcrypt_listen, &k);
+	if (t)
+		return t;
+	/* A dual-stack wildcard listener ([::]) answers IPv4 SYNs too. */
+	k.family = k.family == AF_INET_ ? AF_INET6_ : AF_INET_;
+	return bpf_map_lookup_elem(&tcpcrypt_listen, &k);
 }
 
 /* 1 when x == 0, else 0, for x in 0..255, without a branch. */
@@ -188,21 +248,24 @@ static __always_inline __u32 is_zero(__u32 x)
  * answer. Branch-free over the option's bytes, so that the verifier walks
  * one path, not one per byte value.
  */
-static __always_inline int answer(const __u8 *a, int a_len, const struct listen_tmpl *t,
-				  __u8 *out)
+static __attribute__((noinline)) int answer(const __u8 *a, int a_len,
+					     const struct listen_tmpl *t, __u8 *out)
 {
-	__u32 variable = 0, claims_b = 0;
+	__u32 variable = 0, claims_b = 0, seen_global = 0;
 	int i, j;
 
 	if (a_len < 2 || a_len > MAX_OPTION || t->len < 2 || t->len > 1 + MAX_PREFS)
 		return 0;
 	/* Bytes past the option are zero: a harmless global suboption. */
-#pragma unroll
+#pragma clang loop unroll(disable)
 	for (i = 2; i < MAX_OPTION; i++) {
 		__u32 c = a[i];
+		__u32 global = is_zero(c & 0xe0);
 		variable |= c & 0x80;
-		/* A's global suboption must not claim role B. */
-		claims_b |= is_zero(c & 0xe0) & c & 0x01;
+		/* A's first global suboption (RFC 8547 4.2: only the first
+		 * counts) must not claim role B. */
+		claims_b |= global & (seen_global ^ 1) & c & 0x01;
+		seen_global |= global;
 	}
 	if (variable) {
 		count(STAT_PASSIVE_UNSUPPORTED_OFFER);
@@ -210,19 +273,22 @@ static __always_inline int answer(const __u8 *a, int a_len, const struct listen_
 	}
 	if (claims_b)
 		return 0;
-#pragma unroll
+#pragma clang loop unroll(disable)
 	for (j = 1; j <= MAX_PREFS; j++) {
 		__u32 p, n = 0;
 		if (j >= t->len)
 			break;
 		p = t->bytes[j];
-#pragma unroll
+#pragma clang loop unroll(disable)
 		for (i = 2; i < MAX_OPTION; i++)
 			n += is_zero(a[i] ^ p);
 		if (n == 1) {
+			if (p < 0x20 || p > 0x7f)
+				return 0;
 			out[0] = ENO_KIND;
 			out[1] = 4;
-			out[2] = t->bytes[0];
+			/* B's global suboption: b = 1 whatever the template. */
+			out[2] = (t->bytes[0] & 0x1e) | 0x01;
 			out[3] = p;
 			return 4;
 		}
@@ -231,7 +297,7 @@ static __always_inline int answer(const __u8 *a, int a_len, const struct listen_
 	return 0;
 }
 
-static __always_inline void on_connect(struct bpf_sock_ops *skops)
+static __attribute__((noinline)) void on_connect(struct bpf_sock_ops *skops)
 {
 	struct eno_sk *st = storage(skops, 0);
 	if (!st || st->state != STATE_OFFER)
@@ -241,7 +307,7 @@ static __always_inline void on_connect(struct bpf_sock_ops *skops)
 					 BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 }
 
-static __always_inline void on_listen(struct bpf_sock_ops *skops)
+static __attribute__((noinline)) void on_listen(struct bpf_sock_ops *skops)
 {
 	struct listen_key k;
 	struct listen_tmpl t = {};
@@ -254,58 +320,83 @@ static __always_inline void on_listen(struct bpf_sock_ops *skops)
 	if (len < 2 || len > sizeof(t.bytes))
 		return;
 	t.len = len;
+	t.owner = bpf_get_socket_cookie(skops);
 	__builtin_memcpy(t.bytes, st->tmpl, sizeof(t.bytes));
 	listen_key_of(skops, &k);
-	bpf_map_update_elem(&tcpcrypt_listen, &k, &t, BPF_ANY);
+	/* A listener bound to the same address and port (SO_REUSEPORT)
+	 * replaces the entry; it is removed by whichever owns it. */
+	if (bpf_map_update_elem(&tcpcrypt_listen, &k, &t, BPF_ANY))
+		return;
 	/* Answer SYNs with options; notice when the listener closes. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 					 BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
 					 BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-static __always_inline void on_state(struct bpf_sock_ops *skops)
+static __attribute__((noinline)) void on_state(struct bpf_sock_ops *skops)
 {
 	struct listen_key k;
+	struct listen_tmpl *t;
 	if (skops->args[0] != TCP_LISTEN_STATE)
 		return;
 	listen_key_of(skops, &k);
-	bpf_map_delete_elem(&tcpcrypt_listen, &k);
+	t = bpf_map_lookup_elem(&tcpcrypt_listen, &k);
+	if (t && t->owner == bpf_get_socket_cookie(skops))
+		bpf_map_delete_elem(&tcpcrypt_listen, &k);
 }
 
-/* The SYN-ACK's answer: computed once per SYN, kept for the accept. */
-static __always_inline struct pending *synack_answer(struct bpf_sock_ops *skops)
+/* The SYN-ACK's answer: computed from the SYN, kept for the accept and
+ * for retransmitted SYN-ACKs (which no longer see the SYN: the same
+ * answer again, RFC 8547 4.6). */
+static __attribute__((noinline)) struct pending *synack_answer(struct bpf_sock_ops *skops)
 {
-	struct listen_key lk;
 	struct conn_key ck;
 	struct listen_tmpl *t;
 	struct pending p = {};
+	struct pending *known;
 	__u8 buf[40] = {};
+	__u8 tfo[4] = {};
 	int n;
 
-	listen_key_of(skops, &lk);
-	t = bpf_map_lookup_elem(&tcpcrypt_listen, &lk);
+	t = template_for(skops);
 	if (!t)
 		return 0;
 	conn_key_of(skops, &ck);
 	buf[0] = ENO_KIND;
 	buf[1] = 0;
 	n = bpf_load_hdr_opt(skops, buf, sizeof(buf), BPF_LOAD_HDR_OPT_TCP_SYN);
+	if (n == -ENOENT_ || n == -EINVAL_) {
+		/* No SYN at hand (a retransmission): what was answered. */
+		known = bpf_map_lookup_elem(&tcpcrypt_pending, &ck);
+		if (known)
+			return known;
+	}
 	if (n <= 0) {
 		count(STAT_PASSIVE_NO_ENO);
-		return 0;
+		goto none;
 	}
 	if (n > MAX_OPTION)
-		return 0;
+		goto none;
+	/* SYN data (Fast Open) and ENO must not meet (RFC 8547 4.7). */
+	tfo[0] = TFO_KIND;
+	if (bpf_load_hdr_opt(skops, tfo, sizeof(tfo), BPF_LOAD_HDR_OPT_TCP_SYN) > 0) {
+		count(STAT_FAST_OPEN);
+		goto none;
+	}
 	p.syn_len = n;
 	__builtin_memcpy(p.syn, buf, sizeof(p.syn));
 	p.answer_len = answer(buf, n, t, p.answer);
 	if (!p.answer_len)
-		return 0;
+		goto none;
 	bpf_map_update_elem(&tcpcrypt_pending, &ck, &p, BPF_ANY);
 	return bpf_map_lookup_elem(&tcpcrypt_pending, &ck);
+none:
+	/* Nothing of an earlier connection on this 4-tuple may stay. */
+	bpf_map_delete_elem(&tcpcrypt_pending, &ck);
+	return 0;
 }
 
-static __always_inline void on_hdr_len(struct bpf_sock_ops *skops)
+static __attribute__((noinline)) void on_hdr_len(struct bpf_sock_ops *skops)
 {
 	__u8 flags = skops->skb_tcp_flags;
 	struct eno_sk *st;
@@ -331,11 +422,13 @@ static __always_inline void on_hdr_len(struct bpf_sock_ops *skops)
 		if (skops->skb_len > 0) {
 			st->outcome = OUTCOME_FAST_OPEN;
 			count(STAT_FAST_OPEN);
+			bpf_sock_ops_cb_flags_set(skops, 0);
 			return;
 		}
 		if (bpf_reserve_hdr_opt(skops, len, 0)) {
 			st->outcome = OUTCOME_NO_SPACE;
 			count(STAT_NO_SPACE);
+			bpf_sock_ops_cb_flags_set(skops, 0);
 		}
 		return;
 	}
@@ -344,7 +437,7 @@ static __always_inline void on_hdr_len(struct bpf_sock_ops *skops)
 		bpf_reserve_hdr_opt(skops, 2, 0);
 }
 
-static __always_inline void on_hdr_write(struct bpf_sock_ops *skops)
+static __attribute__((noinline)) void on_hdr_write(struct bpf_sock_ops *skops)
 {
 	__u8 flags = skops->skb_tcp_flags;
 	struct eno_sk *st;
@@ -379,7 +472,28 @@ static __always_inline void on_hdr_write(struct bpf_sock_ops *skops)
 	}
 }
 
-static __always_inline void on_active_established(struct bpf_sock_ops *skops)
+/* B's SYN-ACK option can enable ENO: its first global suboption has
+ * b = 1, and it names a TEP. A v bit (resumption) or a length byte is not
+ * something A offered in the kernel carriage. The library judges the rest
+ * (which TEP, whether A offered it). */
+static __attribute__((noinline)) int valid_answer(const __u8 *b)
+{
+	__u32 seen_global = 0, b_bit = 0, teps = 0, variable = 0;
+	int i;
+	/* Bytes past the option are zero: they change nothing below. */
+#pragma clang loop unroll(disable)
+	for (i = 2; i < MAX_OPTION; i++) {
+		__u32 c = b[i];
+		__u32 global = is_zero(c & 0xe0);
+		b_bit |= global & (seen_global ^ 1) & c & 0x01;
+		seen_global |= global;
+		teps += (c >= 0x20) & (c < 0x80);
+		variable |= c & 0x80;
+	}
+	return b_bit && teps > 0 && !variable;
+}
+
+static __attribute__((noinline)) void on_active_established(struct bpf_sock_ops *skops)
 {
 	struct eno_sk *st = storage(skops, 0);
 	__u8 buf[40] = {};
@@ -393,6 +507,13 @@ static __always_inline void on_active_established(struct bpf_sock_ops *skops)
 	if (n >= 2 && n <= 40) {
 		st->synack_len = n;
 		__builtin_memcpy(st->synack, buf, sizeof(st->synack));
+		if (!valid_answer(buf)) {
+			/* ENO disabled: no further option (RFC 8547 4.6). */
+			st->outcome = OUTCOME_REJECTED;
+			count(STAT_ACTIVE_NO_ENO);
+			bpf_sock_ops_cb_flags_set(skops, 0);
+			return;
+		}
 		st->outcome = OUTCOME_ENO;
 		count(STAT_ACTIVE_ENABLED);
 		/* Keep writing the non-SYN form; watch for B's first
@@ -406,27 +527,42 @@ static __always_inline void on_active_established(struct bpf_sock_ops *skops)
 	}
 }
 
-static __always_inline void on_parse(struct bpf_sock_ops *skops)
+static __attribute__((noinline)) void on_parse(struct bpf_sock_ops *skops)
 {
 	/* B's first non-SYN segment: A's duty to repeat the option ends. */
 	if (!(skops->skb_tcp_flags & TCPHDR_SYN))
 		bpf_sock_ops_cb_flags_set(skops, 0);
 }
 
-static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
+static __attribute__((noinline)) void on_passive_established(struct bpf_sock_ops *skops)
 {
 	struct conn_key ck;
 	struct pending *p;
 	struct eno_sk *st;
 	__u8 buf[4] = {};
 	__u8 syn_len, answer_len;
+	int ack_eno;
 
 	/* The accepted socket inherited the listener's callbacks. */
 	bpf_sock_ops_cb_flags_set(skops, 0);
 	conn_key_of(skops, &ck);
+	buf[0] = ENO_KIND;
+	buf[1] = 0;
+	ack_eno = bpf_load_hdr_opt(skops, buf, sizeof(buf), 0) > 0;
 	p = bpf_map_lookup_elem(&tcpcrypt_pending, &ck);
-	if (!p)
+	if (!p) {
+		/* A believes ENO is on, and we know no answer of ours: the
+		 * library must not take this connection for a plain one. */
+		if (ack_eno) {
+			st = storage(skops, BPF_SK_STORAGE_GET_F_CREATE);
+			if (st) {
+				st->state = STATE_ACCEPTED;
+				st->outcome = OUTCOME_UNANSWERED;
+				st->ack_eno = 1;
+			}
+		}
 		return;
+	}
 	st = storage(skops, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		goto out;
@@ -440,9 +576,7 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
 	st->synack_len = answer_len;
 	__builtin_memcpy(st->syn, p->syn, sizeof(st->syn));
 	__builtin_memcpy(st->synack, p->answer, sizeof(p->answer));
-	buf[0] = ENO_KIND;
-	buf[1] = 0;
-	st->ack_eno = bpf_load_hdr_opt(skops, buf, sizeof(buf), 0) > 0;
+	st->ack_eno = ack_eno;
 	count(STAT_PASSIVE_ENABLED);
 out:
 	bpf_map_delete_elem(&tcpcrypt_pending, &ck);

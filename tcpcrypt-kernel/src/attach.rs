@@ -79,7 +79,8 @@ fn fs_type(path: &Path) -> Result<i64, Error> {
     Ok(st.filesystem_type().0 as i64)
 }
 
-/// Mounts bpffs on /sys/fs/bpf when it is not there.
+/// Mounts bpffs on /sys/fs/bpf when it is not there: writable by root
+/// only, so that no other user can plant anything where the pins go.
 fn ensure_bpffs() -> Result<(), Error> {
     let dir = Path::new("/sys/fs/bpf");
     if fs_type(dir)? == BPF_FS_MAGIC {
@@ -90,9 +91,34 @@ fn ensure_bpffs() -> Result<(), Error> {
         dir,
         Some("bpf"),
         nix::mount::MsFlags::empty(),
-        None::<&str>,
+        Some("mode=0755"),
     )
     .map_err(|e| Error::io(dir, e.into()))
+}
+
+/// The pin directory, created if missing, and checked: a directory (not a
+/// link) of root's that no one else may write into. Another user could
+/// otherwise have made it first (bpffs is often writable by all) and swap
+/// the pins root creates and chmods for links to files of root's.
+fn pin_dir() -> Result<&'static Path, Error> {
+    let dir = Path::new(PIN_DIR);
+    match std::fs::create_dir(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(dir, e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(dir, e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "not a directory of root's that only root may write: remove it and enable again",
+            ),
+        ));
+    }
+    Ok(dir)
 }
 
 /// The mount points of cgroup v2 hierarchies, from /proc/self/mountinfo.
@@ -141,15 +167,12 @@ fn link_pin(cgroup: &Path) -> Result<PathBuf, Error> {
 /// Loads and pins the program and its maps, unless they are pinned
 /// already; returns the program.
 fn pinned_program() -> Result<SockOps, Error> {
-    let dir = Path::new(PIN_DIR);
+    let dir = pin_dir()?;
     let prog_pin = dir.join("prog");
     if prog_pin.exists() {
         return SockOps::from_pin(&prog_pin).map_err(Error::bpf);
     }
     let object = object()?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| Error::io(dir, e))?;
     let mut ebpf = aya::Ebpf::load(object).map_err(Error::bpf)?;
     for (name, pin, mode) in MAPS {
         let path = dir.join(pin);
@@ -187,11 +210,11 @@ pub fn enable(cgroup: Option<&Path>) -> Result<(PathBuf, bool), Error> {
         Some(c) => c.to_path_buf(),
         None => default_cgroup()?,
     };
+    let mut program = pinned_program()?;
     let link = link_pin(&cgroup)?;
-    if link.exists() {
+    if PinnedLink::from_pin(&link).is_ok() {
         return Ok((cgroup, false));
     }
-    let mut program = pinned_program()?;
     let dir = std::fs::File::open(&cgroup).map_err(|e| Error::io(&cgroup, e))?;
     // A link (no flags: the kernel takes none for cgroup links) lives
     // beside other programs' links on the same cgroup.

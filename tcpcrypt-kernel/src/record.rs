@@ -27,6 +27,8 @@ const OUTCOME_ENO: u8 = 1;
 const OUTCOME_NO_ENO: u8 = 2;
 const OUTCOME_NO_SPACE: u8 = 3;
 const OUTCOME_FAST_OPEN: u8 = 4;
+const OUTCOME_UNANSWERED: u8 = 5;
+const OUTCOME_REJECTED: u8 = 6;
 
 /// A connecting socket's offer: its SYN-form ENO option.
 pub fn offer(syn_option: &[u8]) -> [u8; LEN] {
@@ -71,6 +73,13 @@ pub enum Outcome {
     NoSpace,
     /// The SYN carried data (TCP Fast Open); ENO was left out.
     FastOpen,
+    /// Accepting side: A's third segment carried ENO, but no answer of
+    /// ours is known (it was lost or evicted). A believes ENO is on: the
+    /// connection must not be taken for a plain one.
+    Unanswered,
+    /// Connecting side: the SYN-ACK's option cannot enable ENO (no b bit,
+    /// no TEP, or a suboption A did not offer); ENO is disabled.
+    Rejected,
 }
 
 /// Reads a record as the program left it.
@@ -86,6 +95,8 @@ pub fn outcome(r: &[u8; LEN]) -> Outcome {
         (_, OUTCOME_NO_ENO) => Outcome::PeerSentNone,
         (_, OUTCOME_NO_SPACE) => Outcome::NoSpace,
         (_, OUTCOME_FAST_OPEN) => Outcome::FastOpen,
+        (_, OUTCOME_UNANSWERED) => Outcome::Unanswered,
+        (_, OUTCOME_REJECTED) => Outcome::Rejected,
         (_, OUTCOME_PENDING) | (_, _) => Outcome::Pending,
     }
 }

@@ -114,8 +114,14 @@ impl TcpcryptAcceptor {
         let peer = tcp.peer_addr().ok();
         // ENO in the SYNs (the kernel carriage), or the in-band hello.
         let (start, kernel_carried) = match kernel::accepted(&tcp, &self.config) {
-            Some((syn, synack)) => (ServerStart::Kernel { syn, synack }, true),
-            None => (ServerStart::InBand, false),
+            kernel::Accepted::Negotiated(syn, synack) => {
+                (ServerStart::Kernel { syn, synack }, true)
+            }
+            kernel::Accepted::Unusable(why) => {
+                abort_tcp(&tcp);
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, why));
+            }
+            kernel::Accepted::InBand => (ServerStart::InBand, false),
         };
         let mut stream = self.accept_with(tcp, Some(abort_tcp), start).await?;
         stream.peer = peer;

@@ -161,8 +161,9 @@ impl TcpcryptConnector {
                         // ENO disabled by a rule the server cannot know:
                         // the server may be waiting for Init1, so this
                         // connection is spoiled; a plain socket offers
-                        // nothing in its SYN.
-                        self.conclude_fallback(Some(peer), &reason)?;
+                        // nothing in its SYN. The server answered ENO: no
+                        // legacy verdict is remembered.
+                        self.check_fallback(Some(peer), &reason)?;
                         let mut s = TcpcryptStream::plain(
                             TcpStream::connect(peer).await?,
                             reason,

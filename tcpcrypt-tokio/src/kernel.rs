@@ -29,9 +29,16 @@ pub(crate) enum Connected {
     allow(dead_code, reason = "only the kernel build records negotiations")
 )]
 enum Recorded {
-    /// ENO in both SYNs: A's SYN option, then B's SYN-ACK option.
-    Negotiated(Vec<u8>, Vec<u8>),
+    /// ENO in both SYNs: A's SYN option, then B's SYN-ACK option; whether
+    /// A's third segment carried ENO (accepting side).
+    Negotiated(Vec<u8>, Vec<u8>, bool),
+    /// No ENO in the SYN-ACK, or one that cannot enable it.
     PeerSentNone,
+    /// Accepting side: A believes ENO is on and no answer of ours is
+    /// known.
+    Unanswered,
+    /// The SYN went without ENO (no room, Fast Open).
+    LeftOut(&'static str),
     NotCarried,
 }
 
@@ -72,8 +79,15 @@ mod imp {
 
     pub fn recorded(socket: &impl AsRawFd) -> Recorded {
         match sockets().map(|s| s.outcome(socket)) {
-            Some(Outcome::Negotiated { syn, synack, .. }) => Recorded::Negotiated(syn, synack),
-            Some(Outcome::PeerSentNone) => Recorded::PeerSentNone,
+            Some(Outcome::Negotiated {
+                syn,
+                synack,
+                ack_had_eno,
+            }) => Recorded::Negotiated(syn, synack, ack_had_eno),
+            Some(Outcome::PeerSentNone | Outcome::Rejected) => Recorded::PeerSentNone,
+            Some(Outcome::Unanswered) => Recorded::Unanswered,
+            Some(Outcome::NoSpace) => Recorded::LeftOut("the SYN had no room for the ENO option"),
+            Some(Outcome::FastOpen) => Recorded::LeftOut("the SYN carried data (Fast Open)"),
             _ => Recorded::NotCarried,
         }
     }
@@ -145,18 +159,21 @@ pub(crate) async fn connect(
     }
     let tcp = socket.connect(addr).await?;
     let connected = match imp::recorded(&tcp) {
-        Recorded::Negotiated(_, synack) => {
+        Recorded::Negotiated(_, synack, _) => {
             hs.kernel_synack(&synack).map_err(crate::Error::from)?;
             Connected::Negotiated(Box::new(hs))
         }
         Recorded::PeerSentNone => Connected::PeerSentNone,
+        Recorded::LeftOut(why) if config.carriage == Carriage::Kernel => {
+            return Err(io::Error::other(format!("kernel carriage: {why}")));
+        }
         Recorded::NotCarried if config.carriage == Carriage::Kernel => {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "the kernel's ENO program is not attached to this process's cgroup",
             ));
         }
-        Recorded::NotCarried => Connected::NotCarried,
+        Recorded::LeftOut(_) | Recorded::NotCarried | Recorded::Unanswered => Connected::NotCarried,
     };
     Ok(Some((tcp, connected)))
 }
@@ -171,10 +188,15 @@ pub(crate) fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListene
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    if wants_kernel(config) {
+    // The kernel answers with a fixed template: a listener that requires
+    // the peer's application-aware bit decides in band instead.
+    if wants_kernel(config) && !config.handshake.require_application_aware {
         if imp::available() {
             let (global, teps) = ServerHandshake::kernel_template(&config.handshake);
             if let Err(e) = imp::listen(&socket, global, &teps) {
+                if config.carriage == Carriage::Kernel {
+                    return Err(io::Error::other(e));
+                }
                 tracing::debug!(error = %e, "the kernel carriage refused the template");
             }
         } else if config.carriage == Carriage::Kernel {
@@ -184,14 +206,34 @@ pub(crate) fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListene
     socket.listen(1024)
 }
 
-/// A's SYN option and the answer the kernel sent, for an accepted socket
-/// whose SYNs carried ENO.
-pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Option<(Vec<u8>, Vec<u8>)> {
-    if !wants_kernel(config) || !imp::available() {
-        return None;
+/// What the kernel did for an accepted socket.
+pub(crate) enum Accepted {
+    /// ENO in both SYNs and in A's third segment: A's SYN option and the
+    /// answer the kernel sent.
+    Negotiated(Vec<u8>, Vec<u8>),
+    /// A believes ENO is on but this side cannot go on with it (the answer
+    /// was lost, or this configuration does not negotiate): the
+    /// connection must be reset, never taken for plain.
+    Unusable(&'static str),
+    /// The in-band path decides.
+    InBand,
+}
+
+/// Whatever the configuration says: the listener may have answered ENO
+/// (a listener bound for another configuration).
+pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
+    if !imp::available() {
+        return Accepted::InBand;
     }
     match imp::recorded(tcp) {
-        Recorded::Negotiated(syn, synack) => Some((syn, synack)),
-        _ => None,
+        Recorded::Negotiated(..) if !wants_kernel(config) => {
+            Accepted::Unusable("the kernel negotiated ENO for a listener whose policy is off")
+        }
+        // RFC 8547 4.6: A's first ACK without ENO disables it.
+        Recorded::Negotiated(syn, synack, true) => Accepted::Negotiated(syn, synack),
+        Recorded::Unanswered => {
+            Accepted::Unusable("the client negotiated ENO in its SYN and our answer is lost")
+        }
+        _ => Accepted::InBand,
     }
 }
