@@ -513,6 +513,41 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         "{answers:?}"
     );
 
+    // 8. Ordinary users: the per-socket records are theirs to use.
+    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups", BIN];
+    let mut listen_args = nobody.to_vec();
+    listen_args.extend(["listen", "--json", "127.0.0.1:7008"]);
+    let mut child = setup
+        .command(true, "setpriv", &listen_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s").unwrap();
+    let server = Setup::listening(child);
+    let mut connect_args = nobody.to_vec();
+    connect_args.extend([
+        "connect",
+        "--json",
+        "--carriage",
+        "kernel",
+        "127.0.0.1:7008",
+    ]);
+    let mut child = setup
+        .command(true, "setpriv", &connect_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"c").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (server, _) = server.finish();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#""carriage":"kernel""#), "{err}");
+    assert_eq!(server["carriage"], "kernel", "{server}");
+
     // The counters saw it all.
     let status = Command::new(BIN)
         .args(["kernel", "status", "--json"])

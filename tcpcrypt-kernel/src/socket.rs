@@ -28,8 +28,16 @@ impl Sockets {
     /// when it is not there.
     pub fn open() -> Result<Self, Error> {
         let pin = Path::new(PIN_DIR).join("sk");
-        if !pin.exists() {
-            return Err(Error::NotEnabled);
+        // Missing means not enabled; a permission error is reported as one.
+        match std::fs::symlink_metadata(&pin) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotEnabled),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: pin,
+                    source: e,
+                });
+            }
+            Ok(_) => {}
         }
         let data = MapData::from_pin(&pin).map_err(Error::bpf)?;
         let map: SkStorage<MapData, [u8; LEN]> = Map::from_map_data(data)

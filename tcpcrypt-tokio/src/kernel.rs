@@ -54,17 +54,26 @@ mod imp {
     static SOCKETS: OnceLock<Sockets> = OnceLock::new();
 
     /// The pinned per-socket map, when the kernel carriage is enabled on
-    /// this machine (looked for again on each call until it is).
-    fn sockets() -> Option<&'static Sockets> {
+    /// this machine (looked for again on each call until it is); why not
+    /// otherwise (not enabled, or no permission to open it).
+    fn open() -> Result<&'static Sockets, String> {
         if let Some(s) = SOCKETS.get() {
-            return Some(s);
+            return Ok(s);
         }
-        let opened = Sockets::open().ok()?;
-        Some(SOCKETS.get_or_init(|| opened))
+        let opened = Sockets::open().map_err(|e| e.to_string())?;
+        Ok(SOCKETS.get_or_init(|| opened))
+    }
+
+    fn sockets() -> Option<&'static Sockets> {
+        open().ok()
     }
 
     pub fn available() -> bool {
         sockets().is_some()
+    }
+
+    pub fn unavailable_because() -> String {
+        open().err().unwrap_or_default()
     }
 
     pub fn offer(socket: &impl AsRawFd, option: &[u8]) -> Result<(), String> {
@@ -104,6 +113,10 @@ mod imp {
         false
     }
 
+    pub fn unavailable_because() -> String {
+        "this build has no kernel carriage (feature `kernel`, Linux)".into()
+    }
+
     pub fn offer(_: &impl AsRawFd, _: &[u8]) -> Result<(), String> {
         Err("built without the kernel carriage".into())
     }
@@ -124,7 +137,10 @@ fn wants_kernel(config: &Config) -> bool {
 fn unavailable() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        "the kernel carriage is not enabled on this machine (tcpcrypt kernel enable)",
+        format!(
+            "kernel carriage unavailable: {}",
+            imp::unavailable_because()
+        ),
     )
 }
 
