@@ -15,6 +15,8 @@ use crate::{Error, PIN_DIR};
 /// The pinned per-socket map, opened once.
 pub struct Sockets {
     map: Mutex<SkStorage<MapData, [u8; LEN]>>,
+    /// The pin's inode when opened: a disable and enable make a new map.
+    pin_inode: u64,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -29,7 +31,7 @@ impl Sockets {
     pub fn open() -> Result<Self, Error> {
         let pin = Path::new(PIN_DIR).join("sk");
         // Missing means not enabled; a permission error is reported as one.
-        match std::fs::symlink_metadata(&pin) {
+        let pin_inode = match std::fs::symlink_metadata(&pin) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotEnabled),
             Err(e) => {
                 return Err(Error::Io {
@@ -37,8 +39,8 @@ impl Sockets {
                     source: e,
                 });
             }
-            Ok(_) => {}
-        }
+            Ok(m) => std::os::unix::fs::MetadataExt::ino(&m),
+        };
         let data = MapData::from_pin(&pin).map_err(Error::bpf)?;
         let map: SkStorage<MapData, [u8; LEN]> = Map::from_map_data(data)
             .map_err(Error::bpf)?
@@ -46,7 +48,16 @@ impl Sockets {
             .map_err(Error::bpf)?;
         Ok(Sockets {
             map: Mutex::new(map),
+            pin_inode,
         })
+    }
+
+    /// Whether this is still the pinned map (not one that a `tcpcrypt
+    /// kernel disable` unpinned, and an `enable` replaced): a long-running
+    /// process opens it again when not.
+    pub fn is_current(&self) -> bool {
+        std::fs::symlink_metadata(Path::new(PIN_DIR).join("sk"))
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == self.pin_inode)
     }
 
     fn put(&self, socket: &impl AsRawFd, r: [u8; LEN]) -> Result<(), Error> {

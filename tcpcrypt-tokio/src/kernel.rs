@@ -45,26 +45,29 @@ enum Recorded {
 #[cfg(all(feature = "kernel", target_os = "linux"))]
 mod imp {
     use std::os::fd::AsRawFd;
-    use std::sync::OnceLock;
+    use std::sync::{Arc, Mutex};
 
     use tcpcrypt_kernel::{Outcome, Sockets};
 
     use super::Recorded;
 
-    static SOCKETS: OnceLock<Sockets> = OnceLock::new();
+    static SOCKETS: Mutex<Option<Arc<Sockets>>> = Mutex::new(None);
 
     /// The pinned per-socket map, when the kernel carriage is enabled on
-    /// this machine (looked for again on each call until it is); why not
-    /// otherwise (not enabled, or no permission to open it).
-    fn open() -> Result<&'static Sockets, String> {
-        if let Some(s) = SOCKETS.get() {
-            return Ok(s);
+    /// this machine, opened again when it was replaced (a disable and an
+    /// enable); why not otherwise (not enabled, or no permission).
+    fn open() -> Result<Arc<Sockets>, String> {
+        let mut held = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = held.as_ref().filter(|s| s.is_current()) {
+            return Ok(s.clone());
         }
-        let opened = Sockets::open().map_err(|e| e.to_string())?;
-        Ok(SOCKETS.get_or_init(|| opened))
+        *held = None;
+        let opened = Arc::new(Sockets::open().map_err(|e| e.to_string())?);
+        *held = Some(opened.clone());
+        Ok(opened)
     }
 
-    fn sockets() -> Option<&'static Sockets> {
+    fn sockets() -> Option<Arc<Sockets>> {
         open().ok()
     }
 
