@@ -333,7 +333,9 @@ impl TcpcryptStream<TcpStream> {
                 Err(e) => last = Some(e),
             }
         }
-        if let Some(e) = last.filter(|_| config.carriage == crate::Carriage::Kernel) {
+        // Every address refused the kernel path's connect: connecting
+        // again in band would only meet the same refusals.
+        if let Some(e) = last {
             return Err(e);
         }
         let tcp = tcp_connect(&addrs).await?;

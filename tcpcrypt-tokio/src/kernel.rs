@@ -53,54 +53,47 @@ mod imp {
 
     static SOCKETS: Mutex<Option<Arc<Sockets>>> = Mutex::new(None);
 
-    /// The pinned per-socket map, when the kernel carriage is enabled on
-    /// this machine, opened again when it was replaced (a disable and an
-    /// enable); why not otherwise (not enabled, or no permission).
-    fn open() -> Result<Arc<Sockets>, String> {
+    /// The pinned per-socket map, taken once per connection.
+    pub struct Kernel(Arc<Sockets>);
+
+    /// The map, when the kernel carriage is enabled on this machine, opened
+    /// again when it was replaced (a disable and an enable); why not
+    /// otherwise (not enabled, or no permission).
+    pub fn open() -> Result<Kernel, String> {
         let mut held = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = held.as_ref().filter(|s| s.is_current()) {
-            return Ok(s.clone());
+            return Ok(Kernel(s.clone()));
         }
         *held = None;
         let opened = Arc::new(Sockets::open().map_err(|e| e.to_string())?);
         *held = Some(opened.clone());
-        Ok(opened)
+        Ok(Kernel(opened))
     }
 
-    fn sockets() -> Option<Arc<Sockets>> {
-        open().ok()
-    }
+    impl Kernel {
+        pub fn offer(&self, socket: &impl AsRawFd, option: &[u8]) -> Result<(), String> {
+            self.0.offer(socket, option).map_err(|e| e.to_string())
+        }
 
-    pub fn available() -> bool {
-        sockets().is_some()
-    }
+        pub fn listen(&self, socket: &impl AsRawFd, global: u8, teps: &[u8]) -> Result<(), String> {
+            self.0
+                .listen(socket, global, teps)
+                .map_err(|e| e.to_string())
+        }
 
-    pub fn unavailable_because() -> String {
-        open().err().unwrap_or_default()
-    }
-
-    pub fn offer(socket: &impl AsRawFd, option: &[u8]) -> Result<(), String> {
-        let s = sockets().ok_or("the kernel carriage is not enabled")?;
-        s.offer(socket, option).map_err(|e| e.to_string())
-    }
-
-    pub fn listen(socket: &impl AsRawFd, global: u8, teps: &[u8]) -> Result<(), String> {
-        let s = sockets().ok_or("the kernel carriage is not enabled")?;
-        s.listen(socket, global, teps).map_err(|e| e.to_string())
-    }
-
-    pub fn recorded(socket: &impl AsRawFd) -> Recorded {
-        match sockets().map(|s| s.outcome(socket)) {
-            Some(Outcome::Negotiated {
-                syn,
-                synack,
-                ack_had_eno,
-            }) => Recorded::Negotiated(syn, synack, ack_had_eno),
-            Some(Outcome::PeerSentNone | Outcome::Rejected) => Recorded::PeerSentNone,
-            Some(Outcome::Unanswered) => Recorded::Unanswered,
-            Some(Outcome::NoSpace) => Recorded::LeftOut("the SYN had no room for the ENO option"),
-            Some(Outcome::FastOpen) => Recorded::LeftOut("the SYN carried data (Fast Open)"),
-            _ => Recorded::NotCarried,
+        pub fn recorded(&self, socket: &impl AsRawFd) -> Recorded {
+            match self.0.outcome(socket) {
+                Outcome::Negotiated {
+                    syn,
+                    synack,
+                    ack_had_eno,
+                } => Recorded::Negotiated(syn, synack, ack_had_eno),
+                Outcome::PeerSentNone | Outcome::Rejected => Recorded::PeerSentNone,
+                Outcome::Unanswered => Recorded::Unanswered,
+                Outcome::NoSpace => Recorded::LeftOut("the SYN had no room for the ENO option"),
+                Outcome::FastOpen => Recorded::LeftOut("the SYN carried data (Fast Open)"),
+                _ => Recorded::NotCarried,
+            }
         }
     }
 }
@@ -112,24 +105,25 @@ mod imp {
 
     use super::Recorded;
 
-    pub fn available() -> bool {
-        false
+    /// Never made: there is no map to open.
+    pub enum Kernel {}
+
+    pub fn open() -> Result<Kernel, String> {
+        Err("this build has no kernel carriage (feature `kernel`, Linux)".into())
     }
 
-    pub fn unavailable_because() -> String {
-        "this build has no kernel carriage (feature `kernel`, Linux)".into()
-    }
+    impl Kernel {
+        pub fn offer(&self, _: &impl AsRawFd, _: &[u8]) -> Result<(), String> {
+            match *self {}
+        }
 
-    pub fn offer(_: &impl AsRawFd, _: &[u8]) -> Result<(), String> {
-        Err("built without the kernel carriage".into())
-    }
+        pub fn listen(&self, _: &impl AsRawFd, _: u8, _: &[u8]) -> Result<(), String> {
+            match *self {}
+        }
 
-    pub fn listen(_: &impl AsRawFd, _: u8, _: &[u8]) -> Result<(), String> {
-        Err("built without the kernel carriage".into())
-    }
-
-    pub fn recorded(_: &impl AsRawFd) -> Recorded {
-        Recorded::NotCarried
+        pub fn recorded(&self, _: &impl AsRawFd) -> Recorded {
+            match *self {}
+        }
     }
 }
 
@@ -137,13 +131,10 @@ fn wants_kernel(config: &Config) -> bool {
     config.carriage != Carriage::InBand && config.policy != Policy::Off
 }
 
-fn unavailable() -> io::Error {
+fn unavailable(why: String) -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        format!(
-            "kernel carriage unavailable: {}",
-            imp::unavailable_because()
-        ),
+        format!("kernel carriage unavailable: {why}"),
     )
 }
 
@@ -156,12 +147,11 @@ pub(crate) async fn connect(
     if !wants_kernel(config) {
         return Ok(None);
     }
-    if !imp::available() {
-        return match config.carriage {
-            Carriage::Kernel => Err(unavailable()),
-            _ => Ok(None),
-        };
-    }
+    let kernel = match imp::open() {
+        Ok(k) => k,
+        Err(why) if config.carriage == Carriage::Kernel => return Err(unavailable(why)),
+        Err(_) => return Ok(None),
+    };
     let mut hs = ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
         .map_err(crate::Error::from)?;
     let socket = if addr.is_ipv4() {
@@ -169,7 +159,7 @@ pub(crate) async fn connect(
     } else {
         TcpSocket::new_v6()?
     };
-    if let Err(e) = imp::offer(&socket, hs.syn_option()) {
+    if let Err(e) = kernel.offer(&socket, hs.syn_option()) {
         tracing::debug!(error = %e, "the kernel carriage refused the offer");
         return match config.carriage {
             Carriage::Kernel => Err(io::Error::other(e)),
@@ -177,7 +167,7 @@ pub(crate) async fn connect(
         };
     }
     let tcp = socket.connect(addr).await?;
-    let connected = match imp::recorded(&tcp) {
+    let connected = match kernel.recorded(&tcp) {
         Recorded::Negotiated(_, synack, _) => {
             hs.kernel_synack(&synack).map_err(crate::Error::from)?;
             Connected::Negotiated(Box::new(hs))
@@ -210,16 +200,18 @@ pub(crate) fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListene
     // The kernel answers with a fixed template: a listener that requires
     // the peer's application-aware bit decides in band instead.
     if wants_kernel(config) && !config.handshake.require_application_aware {
-        if imp::available() {
-            let (global, teps) = ServerHandshake::kernel_template(&config.handshake);
-            if let Err(e) = imp::listen(&socket, global, &teps) {
-                if config.carriage == Carriage::Kernel {
-                    return Err(io::Error::other(e));
+        match imp::open() {
+            Ok(kernel) => {
+                let (global, teps) = ServerHandshake::kernel_template(&config.handshake);
+                if let Err(e) = kernel.listen(&socket, global, &teps) {
+                    if config.carriage == Carriage::Kernel {
+                        return Err(io::Error::other(e));
+                    }
+                    tracing::debug!(error = %e, "the kernel carriage refused the template");
                 }
-                tracing::debug!(error = %e, "the kernel carriage refused the template");
             }
-        } else if config.carriage == Carriage::Kernel {
-            return Err(unavailable());
+            Err(why) if config.carriage == Carriage::Kernel => return Err(unavailable(why)),
+            Err(_) => {}
         }
     }
     socket.listen(1024)
@@ -241,10 +233,10 @@ pub(crate) enum Accepted {
 /// Whatever the configuration says: the listener may have answered ENO
 /// (a listener bound for another configuration).
 pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
-    if !imp::available() {
+    let Ok(kernel) = imp::open() else {
         return Accepted::InBand;
-    }
-    match imp::recorded(tcp) {
+    };
+    match kernel.recorded(tcp) {
         Recorded::Negotiated(..) if !wants_kernel(config) => {
             Accepted::Unusable("the kernel negotiated ENO for a listener whose policy is off")
         }
