@@ -209,12 +209,19 @@ pub async fn listen(args: ListenArgs) -> i32 {
         };
         let peer = stream.peer_addr().expect("accepted over TCP");
         Report::of(&stream, peer, stream.handshake_duration()).print_stderr(args.json);
-        let code = match pump(stream, &mut input).await {
-            Ok(()) => 0,
-            Err(e) => failed(&peer.to_string(), &e),
-        };
         if !args.keep_open {
-            return code;
+            // One connection, as `nc -l`: the listening socket closes before
+            // it is served, so that a client connecting again (a fallback
+            // after its hello was taken for data) is refused, and knows it,
+            // instead of writing into a backlog nobody will read.
+            drop(listener);
+            return match pump(stream, &mut input).await {
+                Ok(()) => 0,
+                Err(e) => failed(&peer.to_string(), &e),
+            };
+        }
+        if let Err(e) = pump(stream, &mut input).await {
+            failed(&peer.to_string(), &e);
         }
     }
 }
