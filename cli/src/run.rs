@@ -22,6 +22,11 @@ pub struct Args {
     /// --exclude still applies). Repeatable.
     #[arg(long, value_name = "RULE")]
     include: Vec<String>,
+    /// How ENO travels (TCPCRYPT_CARRIAGE): auto (in the SYN where
+    /// `tcpcrypt kernel enable` attached its program, else the in-band
+    /// hello), kernel (the SYN only), in-band.
+    #[arg(long, value_enum)]
+    carriage: Option<crate::options::CarriageArg>,
     /// Start your shell ($SHELL, or /bin/sh) with everything run from it
     /// preloaded; TCPCRYPT_SHELL=1 is set inside, for a prompt to show it.
     #[arg(long, conflicts_with = "command")]
@@ -240,6 +245,15 @@ pub fn run(mut args: Args) -> i32 {
     }
     if !args.include.is_empty() {
         cmd.env("TCPCRYPT_INCLUDE", args.include.join(","));
+    }
+    if let Some(carriage) = args.carriage {
+        use crate::options::CarriageArg;
+        let value = match carriage {
+            CarriageArg::Auto => "auto",
+            CarriageArg::Kernel => "kernel",
+            CarriageArg::InBand => "in-band",
+        };
+        cmd.env("TCPCRYPT_CARRIAGE", value);
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,

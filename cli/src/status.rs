@@ -66,8 +66,8 @@ pub fn status(args: Args) -> i32 {
         return 0;
     }
     println!(
-        "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} SESSION ID",
-        "PID", "PROGRAM", "PEER", "ROLE", "TEP", "AEAD"
+        "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {:<8} SESSION ID",
+        "PID", "PROGRAM", "PEER", "ROLE", "TEP", "AEAD", "CARRIAGE"
     );
     for r in &records {
         let encrypted = r["encrypted"] == true;
@@ -76,7 +76,7 @@ pub fn status(args: Args) -> i32 {
             .map(|t| format!("0x{t:02x}"))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {}",
+            "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {:<8} {}",
             field(r, "pid"),
             field(r, "program"),
             field(r, "peer"),
@@ -90,6 +90,11 @@ pub fn status(args: Args) -> i32 {
                 field(r, "aead")
             } else {
                 "plain".into()
+            },
+            if encrypted {
+                field(r, "carriage")
+            } else {
+                "-".into()
             },
             if encrypted {
                 field(r, "session_id")

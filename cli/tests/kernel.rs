@@ -175,6 +175,27 @@ impl Setup {
         (report, out.stdout)
     }
 
+    /// A plain server that accepts one connection and reads it to its
+    /// end; listening when this returns.
+    fn one_shot_plain_server(&self, inside: bool, port: u16) -> OneShot {
+        let program = format!(
+            "import socket,sys\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\nl.bind(('127.0.0.1',{port})); l.listen(1)\nprint('ready',flush=True)\nc,_=l.accept(); d=b''\nwhile True:\n    b=c.recv(65536)\n    if not b: break\n    d+=b\nsys.stdout.buffer.write(d)"
+        );
+        let mut child = self
+            .command(inside, "python3", &["-c", &program])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut ready)
+            .unwrap();
+        OneShot(child)
+    }
+
     /// A packet capture on the namespace's loopback.
     fn capture(&self, port: u16) -> Capture {
         let file = std::env::temp_dir().join(format!("tck-{}-{port}.pcap", std::process::id()));
@@ -203,6 +224,90 @@ impl Setup {
         let _ = err.read_line(&mut line); // "listening on lo ..."
         assert!(line.contains("listening"), "tcpdump: {line}");
         Capture { child, file }
+    }
+}
+
+struct OneShot(Child);
+
+impl OneShot {
+    /// Everything the connection brought.
+    fn received(mut self) -> Vec<u8> {
+        let mut got = Vec::new();
+        self.0.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+        let _ = self.0.wait();
+        got
+    }
+}
+
+impl Drop for OneShot {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Shimmed programs (`tcpcrypt run`) in the test's cgroup and namespace,
+/// with a runtime directory of their own; their relay daemon is stopped
+/// on drop, so that the cgroup empties.
+struct ShimDaemon<'a> {
+    setup: &'a Setup,
+    dir: PathBuf,
+}
+
+impl<'a> ShimDaemon<'a> {
+    fn new(setup: &'a Setup) -> Self {
+        let dir = std::env::temp_dir().join(format!("tck-shim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        ShimDaemon { setup, dir }
+    }
+
+    fn env(&self) -> Vec<String> {
+        vec![
+            format!("TCPCRYPT_RUNTIME_DIR={}", self.dir.join("run").display()),
+            "TCPCRYPT_DAEMON_IDLE_EXIT=60s".into(),
+        ]
+    }
+
+    /// `program` under the shim with `--carriage carriage`, in the
+    /// cgroup.
+    fn shimmed(&self, carriage: &str, program: &[&str]) -> Command {
+        let mut args = self.env();
+        args.extend([BIN.to_string(), "run".into(), "--carriage".into()]);
+        args.extend([carriage.to_string(), "--".into()]);
+        args.extend(program.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.setup.command(true, "env", &args)
+    }
+
+    /// `tcpcrypt status --json`: the daemon's live connections.
+    fn status(&self) -> Vec<Value> {
+        let mut args = self.env();
+        args.extend([BIN.to_string(), "status".into(), "--json".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.setup.command(false, "env", &args).output().unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl Drop for ShimDaemon<'_> {
+    fn drop(&mut self) {
+        let mut args = self.env();
+        args.extend([BIN.to_string(), "daemon".into(), "--stop".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = self.setup.command(false, "env", &args).status();
+        // Until the daemon has left the cgroup.
+        let procs = self.setup.cgroup.join("cgroup.procs");
+        for _ in 0..100 {
+            if std::fs::read_to_string(&procs).is_ok_and(|p| p.trim().is_empty()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -396,30 +501,14 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
 
     // 4. --carriage kernel against a plain one-shot server: not one byte
     // of ours, only the application's, and no second connection.
-    let mut plain = setup
-        .command(
-            true,
-            "python3",
-            &[
-                "-c",
-                "import socket,sys\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\nl.bind(('127.0.0.1',7004)); l.listen(1)\nprint('ready',flush=True)\nc,_=l.accept(); d=b''\nwhile True:\n    b=c.recv(65536)\n    if not b: break\n    d+=b\nsys.stdout.buffer.write(d)",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = plain.stdout.take().unwrap();
-    let mut ready = [0u8; 6];
-    out.read_exact(&mut ready).unwrap();
+    let plain = setup.one_shot_plain_server(true, 7004);
     let (client, _) = setup.connect(
         true,
         7004,
         &["--carriage", "kernel"],
         b"exactly these bytes",
     );
-    let mut received = Vec::new();
-    out.read_to_end(&mut received).unwrap();
-    let _ = plain.wait();
+    let received = plain.received();
     assert_eq!(client["encrypted"], false, "{client}");
     assert!(
         client["reason"].as_str().unwrap().contains("SYN-ACK"),
@@ -547,6 +636,122 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(r#""carriage":"kernel""#), "{err}");
     assert_eq!(server["carriage"], "kernel", "{server}");
+
+    // 9. Unmodified programs under the shim, through the relay daemon: a
+    // shimmed HTTP server and shimmed curl negotiate in the SYNs.
+    common::build_shim();
+    let daemon = ShimDaemon::new(&setup);
+    let site = daemon.dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let page: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(site.join("page"), &page).unwrap();
+    let capture = setup.capture(7009);
+    let mut http = daemon
+        .shimmed(
+            "auto",
+            &[
+                "python3",
+                "-u",
+                "-m",
+                "http.server",
+                "7009",
+                "--bind",
+                "127.0.0.1",
+            ],
+        )
+        .current_dir(&site)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(http.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("Serving HTTP"), "{line}");
+    // A connection held open while `tcpcrypt status` asks the daemon.
+    let mut held = daemon
+        .shimmed(
+            "auto",
+            &[
+                "python3",
+                "-c",
+                "import socket,sys\ns=socket.create_connection(('127.0.0.1',7009))\nprint('up',flush=True)\nsys.stdin.read()",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = [0u8; 3];
+    held.stdout.as_mut().unwrap().read_exact(&mut up).unwrap();
+    let status = daemon.status();
+    drop(held.stdin.take());
+    let _ = held.wait();
+    let curl = daemon
+        .shimmed("auto", &["curl", "-sS", "http://127.0.0.1:7009/page"])
+        .output()
+        .unwrap();
+    // `tcpcrypt run` passes SIGTERM on to the server.
+    let _ = Command::new("kill")
+        .args(["-TERM", &http.id().to_string()])
+        .status();
+    let http_out = http.wait_with_output().unwrap();
+    let segments = capture.segments();
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert!(curl.stdout == page, "curl received the page, every byte");
+    let log = String::from_utf8_lossy(&http_out.stderr);
+    assert!(log.contains("\"GET /page HTTP/1.1\" 200"), "{log}");
+    assert!(!log.contains(" 400 "), "no hello reached the server: {log}");
+    for role in ["A", "B"] {
+        assert!(
+            status
+                .iter()
+                .any(|c| c["role"] == role && c["carriage"] == "kernel" && c["encrypted"] == true),
+            "{role}: {status:?}"
+        );
+    }
+    let syns: Vec<_> = segments.iter().filter(|s| s.flags & SYN != 0).collect();
+    assert!(syns.len() >= 4, "{syns:?}");
+    assert!(
+        syns.iter().all(|s| s.eno().is_some()),
+        "ENO in every SYN and SYN-ACK"
+    );
+    assert!(
+        segments
+            .iter()
+            .all(|s| !s.payload.starts_with(&[0xe5, b'E', b'N', b'O'])
+                && !s.payload.windows(9).any(|w| w == b"GET /page")),
+        "no hello, no plaintext request"
+    );
+
+    // 10. --carriage kernel: a shimmed client against a plain
+    // one-shot server sends it exactly the program's bytes, and ends as
+    // it would without the shim.
+    let plain = setup.one_shot_plain_server(false, 7010);
+    let sent = daemon
+        .shimmed(
+            "kernel",
+            &[
+                "python3",
+                "-c",
+                "import socket,os\ns=socket.create_connection(('127.0.0.1',7010))\ns.sendall(bytes(range(256))*4096)\ns.close()\nos._exit(0)",
+            ],
+        )
+        .status()
+        .unwrap();
+    let received = plain.received();
+    assert!(sent.success());
+    assert!(
+        received == (0..=255u8).collect::<Vec<_>>().repeat(4096),
+        "the plain server received {} bytes, not the program's 1 MiB",
+        received.len()
+    );
+    drop(daemon);
 
     // The counters saw it all.
     let status = Command::new(BIN)

@@ -14,6 +14,9 @@
 //!   handshake; a client's wait for a server's hello before deciding it is
 //!   legacy; a server's wait for a silent client's hello), sent to the
 //!   daemon with each connection.
+//! * `TCPCRYPT_CARRIAGE`: `auto` (default), `kernel` or `in-band`, in any
+//!   case: where ENO travels (`docs/SHIM.md`, "The kernel carriage"). Any
+//!   other value is logged and taken as `auto`.
 //! * `TCPCRYPT_DAEMON`: the `tcpcrypt` executable that runs the daemon
 //!   (default: the one beside this library).
 //! * `TCPCRYPT_RUNTIME_DIR`: the daemon's directory (see `wire`).
@@ -24,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::wire::{Deadlines, WirePolicy};
+use crate::wire::{Deadlines, Profile, WireCarriage, WirePolicy};
 
 /// What the shim does with a program's TCP connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +103,7 @@ pub(crate) struct Settings {
     pub handshake_timeout: Option<Duration>,
     pub server_hello_timeout: Option<Duration>,
     pub client_hello_wait: Option<Duration>,
+    pub carriage: WireCarriage,
 }
 
 fn millis(name: &str) -> Option<Duration> {
@@ -135,7 +139,15 @@ impl Settings {
             rules
         };
         let (include, exclude) = (rules("TCPCRYPT_INCLUDE"), rules("TCPCRYPT_EXCLUDE"));
+        let carriage = match std::env::var("TCPCRYPT_CARRIAGE") {
+            Err(_) => WireCarriage::Auto,
+            Ok(text) => parse_carriage(&text).unwrap_or_else(|| {
+                rejected.push(format!("TCPCRYPT_CARRIAGE: {text} (taken as auto)"));
+                WireCarriage::Auto
+            }),
+        };
         Settings {
+            carriage,
             policy,
             include,
             exclude,
@@ -146,9 +158,9 @@ impl Settings {
         }
     }
 
-    /// The policy and deadlines the daemon applies to this program's
-    /// connections.
-    pub fn wire(&self) -> (WirePolicy, Deadlines) {
+    /// The policy, deadlines and carriage the daemon applies to this
+    /// program's connections.
+    pub fn wire(&self) -> Profile {
         let ms = |d: Option<Duration>| {
             d.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32)
         };
@@ -162,7 +174,19 @@ impl Settings {
             server_hello_ms: ms(self.server_hello_timeout),
             client_hello_wait_ms: ms(self.client_hello_wait),
         };
-        (policy, deadlines)
+        Profile {
+            policy,
+            deadlines,
+            carriage: self.carriage,
+        }
+    }
+
+    /// Whether connections may negotiate in the SYN: the carriage allows
+    /// it and `tcpcrypt kernel enable` has run on this machine (one
+    /// `lstat`; the daemon decides the rest).
+    pub fn kernel_carriage(&self) -> bool {
+        self.carriage != WireCarriage::InBand
+            && std::fs::symlink_metadata(crate::wire::KERNEL_SOCKET_MAP).is_ok()
     }
 
     /// Whether no application byte may travel unencrypted.
@@ -184,6 +208,16 @@ fn parse_policy(text: &str) -> Option<Policy> {
         "" | "opportunistic" => Some(Policy::Opportunistic),
         "mandatory" => Some(Policy::Mandatory),
         "off" => Some(Policy::Off),
+        _ => None,
+    }
+}
+
+/// `auto` (also an empty value), `kernel` or `in-band`, in any case.
+fn parse_carriage(text: &str) -> Option<WireCarriage> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => Some(WireCarriage::Auto),
+        "kernel" => Some(WireCarriage::Kernel),
+        "in-band" | "inband" => Some(WireCarriage::InBand),
         _ => None,
     }
 }
@@ -213,6 +247,7 @@ mod tests {
             handshake_timeout: None,
             server_hello_timeout: None,
             client_hello_wait: None,
+            carriage: WireCarriage::Auto,
         }
     }
 
@@ -250,6 +285,14 @@ mod tests {
         assert_eq!(parse_policy("opportunistic"), Some(Policy::Opportunistic));
         assert_eq!(parse_policy(""), Some(Policy::Opportunistic));
         assert_eq!(parse_policy("mandatroy"), None);
+    }
+
+    #[test]
+    fn carriages_parse_in_any_case_and_nothing_else_does() {
+        assert_eq!(parse_carriage(" Kernel "), Some(WireCarriage::Kernel));
+        assert_eq!(parse_carriage("IN-BAND"), Some(WireCarriage::InBand));
+        assert_eq!(parse_carriage(""), Some(WireCarriage::Auto));
+        assert_eq!(parse_carriage("kernal"), None);
     }
 
     #[test]

@@ -61,11 +61,18 @@ impl Entry {
 /// At most this many identities of sockets known not to be relayed.
 const NOT_RELAYED_KEPT: usize = 4096;
 
+/// At most this many listeners remembered as answering in the SYN-ACK.
+const KERNEL_LISTENERS_KEPT: usize = 4096;
+
 #[derive(Default)]
 struct Table {
     by_fd: HashMap<i32, Entry>,
     /// Connected loopback sockets the daemon does not relay.
     not_relayed: HashSet<u64>,
+    /// Listening sockets whose SYN-ACKs answer ENO (the kernel carriage):
+    /// a connection they accept may expect Init1 and must never reach the
+    /// application as plain TCP.
+    kernel_listeners: HashSet<u64>,
 }
 
 fn table() -> &'static Mutex<Table> {
@@ -138,6 +145,22 @@ pub(crate) fn mark_not_relayed(id: u64) {
         }
         t.not_relayed.insert(id);
     }
+}
+
+/// `id` listens with the kernel carriage. Past the bound the oldest
+/// identities are kept; an identity reused by a later socket errs on the
+/// safe side (its connections are reset, not handed out plain, when no
+/// daemon takes them).
+pub(crate) fn mark_kernel_listener(id: u64) {
+    if let Some(mut t) = lock()
+        && t.kernel_listeners.len() < KERNEL_LISTENERS_KEPT
+    {
+        t.kernel_listeners.insert(id);
+    }
+}
+
+pub(crate) fn is_kernel_listener(id: u64) -> bool {
+    lock().is_some_and(|t| t.kernel_listeners.contains(&id))
 }
 
 #[cfg(test)]

@@ -15,6 +15,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+/// The kernel carriage's per-socket map, pinned by `tcpcrypt kernel
+/// enable` (`tcpcrypt_kernel::PIN_DIR`): while it is absent no socket can
+/// negotiate in the SYN, and the shim asks the daemon nothing about it.
+pub const KERNEL_SOCKET_MAP: &str = "/sys/fs/bpf/tcpcrypt/sk";
+
 /// The largest message either side sends or accepts, length included.
 pub const MAX_MESSAGE: usize = 16 * 1024;
 
@@ -29,6 +34,19 @@ pub type Setting = (i32, i32, Vec<u8>);
 pub enum WirePolicy {
     Opportunistic,
     Mandatory,
+}
+
+/// How a program's connections negotiate: where ENO travels
+/// (`TCPCRYPT_CARRIAGE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WireCarriage {
+    /// In the SYN where the kernel carriage is enabled, else in band.
+    #[default]
+    Auto,
+    /// In the SYN only: a SYN-ACK without ENO means plain TCP at once.
+    Kernel,
+    /// The in-band hello only.
+    InBand,
 }
 
 /// The library deadlines a program asked for (milliseconds; 0: default).
@@ -49,6 +67,15 @@ pub struct Pending {
     pub lowat: i32,
 }
 
+/// What a program asks of the daemon for its connections: one library
+/// configuration per distinct profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Profile {
+    pub policy: WirePolicy,
+    pub deadlines: Deadlines,
+    pub carriage: WireCarriage,
+}
+
 /// A connection handed to the daemon. Descriptors attached: the daemon's
 /// end of the loopback connection to the application's socket, the real
 /// connection, and (for a pending connect) a copy of the application's
@@ -59,8 +86,7 @@ pub struct Handover {
     pub id: u64,
     pub local: SocketAddr,
     pub peer: SocketAddr,
-    pub policy: WirePolicy,
-    pub deadlines: Deadlines,
+    pub profile: Profile,
     pub pending: Option<Pending>,
     /// Options for the real connection (again after a fallback reconnect).
     pub settings: Vec<Setting>,
@@ -69,6 +95,12 @@ pub struct Handover {
 /// A request to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// Before the real connect (the real socket attached): offer ENO in
+    /// its SYN, through the kernel carriage.
+    Offer(Profile),
+    /// Before the application's `listen` (its bound socket attached):
+    /// answer ENO in its SYN-ACKs, through the kernel carriage.
+    Listen(Profile),
     /// The application connected: negotiate as the client.
     Connect(Handover),
     /// The application accepted: negotiate as the server.
@@ -258,11 +290,8 @@ fn get_setting(r: &mut Reader) -> io::Result<Setting> {
 /// At most this many options in one handover (the shim mirrors nine).
 const MAX_SETTINGS: u32 = 32;
 
-impl Handover {
+impl Profile {
     fn put(&self, w: &mut Writer) {
-        w.u64(self.id);
-        w.addr(self.local);
-        w.addr(self.peer);
         w.u8(match self.policy {
             WirePolicy::Opportunistic => 0,
             WirePolicy::Mandatory => 1,
@@ -270,6 +299,44 @@ impl Handover {
         w.u32(self.deadlines.handshake_ms);
         w.u32(self.deadlines.server_hello_ms);
         w.u32(self.deadlines.client_hello_wait_ms);
+        w.u8(match self.carriage {
+            WireCarriage::Auto => 0,
+            WireCarriage::Kernel => 1,
+            WireCarriage::InBand => 2,
+        });
+    }
+
+    fn get(r: &mut Reader) -> io::Result<Profile> {
+        let policy = match r.u8()? {
+            0 => WirePolicy::Opportunistic,
+            1 => WirePolicy::Mandatory,
+            _ => return Err(bad("unknown policy")),
+        };
+        let deadlines = Deadlines {
+            handshake_ms: r.u32()?,
+            server_hello_ms: r.u32()?,
+            client_hello_wait_ms: r.u32()?,
+        };
+        let carriage = match r.u8()? {
+            0 => WireCarriage::Auto,
+            1 => WireCarriage::Kernel,
+            2 => WireCarriage::InBand,
+            _ => return Err(bad("unknown carriage")),
+        };
+        Ok(Profile {
+            policy,
+            deadlines,
+            carriage,
+        })
+    }
+}
+
+impl Handover {
+    fn put(&self, w: &mut Writer) {
+        w.u64(self.id);
+        w.addr(self.local);
+        w.addr(self.peer);
+        self.profile.put(w);
         match self.pending {
             None => w.u8(0),
             Some(p) => {
@@ -288,16 +355,7 @@ impl Handover {
         let id = r.u64()?;
         let local = r.addr()?;
         let peer = r.addr()?;
-        let policy = match r.u8()? {
-            0 => WirePolicy::Opportunistic,
-            1 => WirePolicy::Mandatory,
-            _ => return Err(bad("unknown policy")),
-        };
-        let deadlines = Deadlines {
-            handshake_ms: r.u32()?,
-            server_hello_ms: r.u32()?,
-            client_hello_wait_ms: r.u32()?,
-        };
+        let profile = Profile::get(r)?;
         let pending = match r.u8()? {
             0 => None,
             1 => Some(Pending {
@@ -315,8 +373,7 @@ impl Handover {
             id,
             local,
             peer,
-            policy,
-            deadlines,
+            profile,
             pending,
             settings,
         })
@@ -378,6 +435,14 @@ impl Request {
                 w.u8(9);
                 w.addr(*peer);
             }
+            Request::Offer(p) => {
+                w.u8(10);
+                p.put(&mut w);
+            }
+            Request::Listen(p) => {
+                w.u8(11);
+                p.put(&mut w);
+            }
         }
         framed(w)
     }
@@ -398,6 +463,8 @@ impl Request {
             7 => Request::Status,
             8 => Request::Shutdown,
             9 => Request::SkipHello { peer: r.addr()? },
+            10 => Request::Offer(Profile::get(&mut r)?),
+            11 => Request::Listen(Profile::get(&mut r)?),
             _ => return Err(bad("unknown request")),
         };
         r.end()?;
@@ -408,6 +475,7 @@ impl Request {
     pub fn fds(&self) -> usize {
         match self {
             Request::Connect(h) | Request::Accept(h) => 2 + usize::from(h.pending.is_some()),
+            Request::Offer(_) | Request::Listen(_) => 1,
             _ => 0,
         }
     }
@@ -669,7 +737,7 @@ pub fn network_namespace() -> String {
 /// The version of this format, in the daemon's socket name: a library of
 /// another version never talks to a daemon that would misread it (after
 /// an upgrade, it starts a daemon of its own version beside the old one).
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The socket of the daemon in `dir` for the caller's network namespace.
 pub fn socket_path(dir: &Path) -> PathBuf {
@@ -690,17 +758,24 @@ mod tests {
             id: 77,
             local: "10.0.0.1:4000".parse().unwrap(),
             peer: SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 3, 9)),
+            profile: profile(),
+            pending: Some(Pending {
+                filler: 160_000,
+                lowat: -1,
+            }),
+            settings: vec![(1, 9, vec![1, 0, 0, 0]), (6, 13, b"cubic".to_vec())],
+        }
+    }
+
+    fn profile() -> Profile {
+        Profile {
             policy: WirePolicy::Mandatory,
             deadlines: Deadlines {
                 handshake_ms: 1,
                 server_hello_ms: 2,
                 client_hello_wait_ms: 3,
             },
-            pending: Some(Pending {
-                filler: 160_000,
-                lowat: -1,
-            }),
-            settings: vec![(1, 9, vec![1, 0, 0, 0]), (6, 13, b"cubic".to_vec())],
+            carriage: WireCarriage::Kernel,
         }
     }
 
@@ -718,6 +793,11 @@ mod tests {
             }),
             Request::Query { id: 5 },
             Request::TakeError { id: 6 },
+            Request::Offer(profile()),
+            Request::Listen(Profile {
+                carriage: WireCarriage::InBand,
+                ..profile()
+            }),
             Request::SetOption {
                 id: 7,
                 setting: (6, 18, vec![0, 1, 0, 0]),

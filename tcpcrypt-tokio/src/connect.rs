@@ -78,6 +78,8 @@ impl TcpcryptConnector {
     /// now is connected again in plain TCP (under
     /// [`Policy::Opportunistic`]); a protocol error, in the handshake or
     /// later, resets the connection; the stream knows its peer's address.
+    /// A socket whose SYN offered ENO ([`offer_in_syn`](crate::offer_in_syn)
+    /// before its `connect`) goes on as the kernel negotiated it.
     ///
     /// ```no_run
     /// use std::sync::Arc;
@@ -91,6 +93,15 @@ impl TcpcryptConnector {
     /// # Ok(()) }
     /// ```
     pub async fn connect_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
+        match kernel::connected(&tcp, &self.config)? {
+            Some(connected) => self.connect_kernel(tcp, connected).await,
+            None => self.connect_in_band(tcp).await,
+        }
+    }
+
+    /// [`connect_tcp`](Self::connect_tcp) on a socket the kernel carried
+    /// nothing for: the in-band hello.
+    async fn connect_in_band(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
         let peer = tcp.peer_addr()?;
         let config = &self.config;
         let plain = |tcp: TcpStream, reason| {
@@ -182,7 +193,7 @@ impl TcpcryptConnector {
                 Ok(s)
             }
             kernel::Connected::PeerSentNone | kernel::Connected::NotCarried => {
-                self.connect_tcp(tcp).await
+                self.connect_in_band(tcp).await
             }
         }
     }

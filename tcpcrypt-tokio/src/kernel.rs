@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -138,37 +139,62 @@ fn unavailable(why: String) -> io::Error {
     )
 }
 
-/// Connects to `addr` offering ENO in the SYN when the kernel carriage
-/// may be used; `None` when it may not (the caller connects as before).
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    config: &Config,
-) -> io::Result<Option<(TcpStream, Connected)>> {
+/// The kernel carriage's map, where `config` may use it: `None` where it
+/// may not or is not enabled, an error where `Carriage::Kernel` needs it.
+fn open_for(config: &Config) -> io::Result<Option<imp::Kernel>> {
     if !wants_kernel(config) {
         return Ok(None);
     }
-    let kernel = match imp::open() {
-        Ok(k) => k,
-        Err(why) if config.carriage == Carriage::Kernel => return Err(unavailable(why)),
-        Err(_) => return Ok(None),
-    };
-    let mut hs = ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
-        .map_err(crate::Error::from)?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Err(e) = kernel.offer(&socket, hs.syn_option()) {
-        tracing::debug!(error = %e, "the kernel carriage refused the offer");
-        return match config.carriage {
-            Carriage::Kernel => Err(io::Error::other(e)),
-            _ => Ok(None),
-        };
+    match imp::open() {
+        Ok(k) => Ok(Some(k)),
+        Err(why) if config.carriage == Carriage::Kernel => Err(unavailable(why)),
+        Err(_) => Ok(None),
     }
-    let tcp = socket.connect(addr).await?;
-    let connected = match kernel.recorded(&tcp) {
-        Recorded::Negotiated(_, synack, _) => {
+}
+
+/// Writes the SYN-form ENO option `config` offers into `socket`'s record,
+/// before its `connect`: `Ok(true)` when the kernel will carry it (if the
+/// program is attached to the socket's cgroup: [`connected`] tells),
+/// `Ok(false)` when the kernel carriage may not be used.
+pub(crate) fn offer(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
+    let Some(kernel) = open_for(config)? else {
+        return Ok(false);
+    };
+    let hs = ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
+        .map_err(crate::Error::from)?;
+    match kernel.offer(socket, hs.syn_option()) {
+        Ok(()) => Ok(true),
+        Err(e) if config.carriage == Carriage::Kernel => Err(io::Error::other(e)),
+        Err(e) => {
+            tracing::debug!(error = %e, "the kernel carriage refused the offer");
+            Ok(false)
+        }
+    }
+}
+
+/// What the kernel negotiated for a connected socket whose SYN offered ENO
+/// (made by [`offer`]); `None` when the kernel carried nothing for it (no
+/// offer, or the program is not attached to its cgroup) and the in-band
+/// path decides.
+pub(crate) fn connected(tcp: &TcpStream, config: &Config) -> io::Result<Option<Connected>> {
+    let Some(kernel) = open_for(config)? else {
+        return Ok(None);
+    };
+    let recorded = kernel.recorded(tcp);
+    let hs = || {
+        ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
+            .map_err(crate::Error::from)
+    };
+    Ok(Some(match recorded {
+        Recorded::Negotiated(syn, synack, _) => {
+            let mut hs = hs()?;
+            // The offer was made for another configuration: its transcript
+            // is not this one's.
+            if hs.syn_option() != syn.as_slice() {
+                return Err(io::Error::other(
+                    "the socket's SYN offered ENO for another configuration",
+                ));
+            }
             hs.kernel_synack(&synack).map_err(crate::Error::from)?;
             Connected::Negotiated(Box::new(hs))
         }
@@ -179,12 +205,56 @@ pub(crate) async fn connect(
         Recorded::NotCarried if config.carriage == Carriage::Kernel => {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "the kernel's ENO program is not attached to this process's cgroup",
+                "the kernel's ENO program is not attached to this socket's cgroup",
             ));
         }
-        Recorded::LeftOut(_) | Recorded::NotCarried | Recorded::Unanswered => Connected::NotCarried,
+        Recorded::LeftOut(_) | Recorded::NotCarried | Recorded::Unanswered => return Ok(None),
+    }))
+}
+
+/// Connects to `addr` offering ENO in the SYN when the kernel carriage
+/// may be used; `None` when it may not (the caller connects as before).
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    config: &Config,
+) -> io::Result<Option<(TcpStream, Connected)>> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
     };
+    if !offer(&socket, config)? {
+        return Ok(None);
+    }
+    let tcp = socket.connect(addr).await?;
+    let connected = connected(&tcp, config)?.unwrap_or(Connected::NotCarried);
     Ok(Some((tcp, connected)))
+}
+
+/// Writes the answer template of `config` into a bound listening
+/// socket's record, before its `listen`: `Ok(true)` when the kernel will
+/// answer ENO in its SYN-ACKs (if the program is attached to its cgroup).
+pub(crate) fn answer(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
+    // The kernel answers with a fixed template: a listener that requires
+    // the peer's application-aware bit decides in band instead.
+    if !wants_kernel(config) || config.handshake.require_application_aware {
+        return Ok(false);
+    }
+    match imp::open() {
+        Ok(kernel) => {
+            let (global, teps) = ServerHandshake::kernel_template(&config.handshake);
+            match kernel.listen(socket, global, &teps) {
+                Ok(()) => Ok(true),
+                Err(e) if config.carriage == Carriage::Kernel => Err(io::Error::other(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the kernel carriage refused the template");
+                    Ok(false)
+                }
+            }
+        }
+        Err(why) if config.carriage == Carriage::Kernel => Err(unavailable(why)),
+        Err(_) => Ok(false),
+    }
 }
 
 /// A listener on `addr` that answers ENO in the SYN-ACK when the kernel
@@ -197,23 +267,7 @@ pub(crate) fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListene
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    // The kernel answers with a fixed template: a listener that requires
-    // the peer's application-aware bit decides in band instead.
-    if wants_kernel(config) && !config.handshake.require_application_aware {
-        match imp::open() {
-            Ok(kernel) => {
-                let (global, teps) = ServerHandshake::kernel_template(&config.handshake);
-                if let Err(e) = kernel.listen(&socket, global, &teps) {
-                    if config.carriage == Carriage::Kernel {
-                        return Err(io::Error::other(e));
-                    }
-                    tracing::debug!(error = %e, "the kernel carriage refused the template");
-                }
-            }
-            Err(why) if config.carriage == Carriage::Kernel => return Err(unavailable(why)),
-            Err(_) => {}
-        }
-    }
+    answer(&socket, config)?;
     socket.listen(1024)
 }
 
@@ -247,4 +301,57 @@ pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
         }
         _ => Accepted::InBand,
     }
+}
+
+/// Prepares a socket that its owner will `connect` itself (a relay that
+/// receives the sockets of other programs, a runtime of its own): where
+/// the kernel carriage may be used, its SYN offers ENO as `config` would.
+/// [`TcpcryptConnector::connect_tcp`](crate::TcpcryptConnector::connect_tcp)
+/// on the connected socket then goes on as the kernel negotiated.
+///
+/// `Ok(false)`: the socket offers nothing (the carriage is
+/// [`Carriage::InBand`], the policy is off, or `tcpcrypt kernel enable`
+/// has not run); the in-band hello is used as before. Under
+/// [`Carriage::Kernel`] that is an error instead.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tcpcrypt_tokio::{Config, TcpcryptConnector, offer_in_syn};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let config = Arc::new(Config::default());
+/// let socket = tokio::net::TcpSocket::new_v4()?;
+/// offer_in_syn(&socket, &config)?;
+/// let tcp = socket.connect("127.0.0.1:8080".parse().unwrap()).await?;
+/// let stream = TcpcryptConnector::new(config).connect_tcp(tcp).await?;
+/// println!("carried by {:?}", stream.carriage());
+/// # Ok(()) }
+/// ```
+pub fn offer_in_syn(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
+    offer(socket, config)
+}
+
+/// Prepares a bound socket that its owner will `listen` on itself: where
+/// the kernel carriage may be used, its SYN-ACKs answer ENO as `config`
+/// would, and
+/// [`TcpcryptAcceptor::accept_tcp`](crate::TcpcryptAcceptor::accept_tcp)
+/// on each accepted socket goes on as the kernel negotiated.
+/// [`bind_tcp`](crate::bind_tcp) does this for a socket it makes.
+///
+/// `Ok(false)`: nothing is answered in the SYN-ACK (as for
+/// [`offer_in_syn`]); a listener that requires the application-aware bit
+/// always decides in band.
+///
+/// ```no_run
+/// use tcpcrypt_tokio::{Config, answer_in_synack};
+///
+/// # fn run() -> std::io::Result<()> {
+/// let socket = tokio::net::TcpSocket::new_v4()?;
+/// socket.bind("127.0.0.1:7777".parse().unwrap())?;
+/// answer_in_synack(&socket, &Config::default())?;
+/// let listener = socket.listen(1024)?;
+/// # Ok(()) }
+/// ```
+pub fn answer_in_synack(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
+    answer(socket, config)
 }

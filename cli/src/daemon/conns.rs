@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tcpcrypt_tokio::SessionInfo;
+use tcpcrypt_tokio::{Carriage, SessionInfo};
 
 use crate::wire::{ConnState, SessionFacts, Setting};
 
@@ -33,6 +33,8 @@ pub struct Conn {
     local: Mutex<SocketAddr>,
     state: Mutex<ConnState>,
     resumed: AtomicBool,
+    /// Whether ENO travelled in the SYNs (the kernel carriage).
+    kernel_carried: AtomicBool,
     aead_name: Mutex<&'static str>,
     /// Whether a failed connect's errno has been reported.
     reported: AtomicBool,
@@ -63,6 +65,7 @@ impl Conn {
             local: Mutex::new(local),
             state: Mutex::new(state),
             resumed: AtomicBool::new(false),
+            kernel_carried: AtomicBool::new(false),
             aead_name: Mutex::new(""),
             reported: AtomicBool::new(false),
             options: Mutex::new((settings, None)),
@@ -83,9 +86,17 @@ impl Conn {
         *lock(&self.state) = s;
     }
 
-    /// Records the negotiation's outcome (`None`: plain TCP).
-    pub fn negotiated(&self, info: Option<&SessionInfo>, local: SocketAddr) {
+    /// Records the negotiation's outcome (`None`: plain TCP) and how it
+    /// travelled.
+    pub fn negotiated(
+        &self,
+        info: Option<&SessionInfo>,
+        carriage: Option<Carriage>,
+        local: SocketAddr,
+    ) {
         *lock(&self.local) = local;
+        self.kernel_carried
+            .store(carriage == Some(Carriage::Kernel), Ordering::Relaxed);
         let state = match info {
             Some(i) => {
                 self.resumed.store(i.resumed, Ordering::Relaxed);
@@ -157,6 +168,11 @@ impl Conn {
             "state": state_name(&state),
             "encrypted": encrypted,
             "resumed": self.resumed.load(Ordering::Relaxed),
+            "carriage": match (encrypted, self.kernel_carried.load(Ordering::Relaxed)) {
+                (false, _) => serde_json::Value::Null,
+                (true, true) => serde_json::json!("kernel"),
+                (true, false) => serde_json::json!("in-band"),
+            },
             "tep": tep,
             "aead": aead,
             "session_id": sid,

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcpcrypt_tokio::{Config, Policy};
+use tcpcrypt_tokio::{Carriage, Config, Policy};
 use tokio::net::UnixListener;
 
-use crate::wire::{self, ConnState, Deadlines, Handover, Reply, Request, WirePolicy};
+use crate::wire::{self, ConnState, Handover, Profile, Reply, Request, WireCarriage, WirePolicy};
 use conns::{Conn, Conns};
 
 pub use control::ask;
@@ -219,7 +219,7 @@ struct Daemon {
     /// One library configuration per policy and set of deadlines the
     /// programs asked for; each holds its verdict cache and resumption
     /// tickets, shared by every process that asks for the same.
-    configs: Mutex<HashMap<(WirePolicy, Deadlines), Arc<Config>>>,
+    configs: Mutex<HashMap<Profile, Arc<Config>>>,
     /// Destinations whose path breaks tcpcrypt (`check --path --remember`),
     /// for configurations made later; bounded like the caches.
     broken_paths: Mutex<HashMap<SocketAddr, std::time::Instant>>,
@@ -227,15 +227,22 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn config(&self, policy: WirePolicy, d: Deadlines) -> io::Result<Arc<Config>> {
+    fn config(&self, profile: Profile) -> io::Result<Arc<Config>> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = configs.get(&(policy, d)) {
+        if let Some(c) = configs.get(&profile) {
             return Ok(c.clone());
         }
-        let mut b = Config::builder().policy(match policy {
-            WirePolicy::Opportunistic => Policy::Opportunistic,
-            WirePolicy::Mandatory => Policy::Mandatory,
-        });
+        let d = profile.deadlines;
+        let mut b = Config::builder()
+            .policy(match profile.policy {
+                WirePolicy::Opportunistic => Policy::Opportunistic,
+                WirePolicy::Mandatory => Policy::Mandatory,
+            })
+            .carriage(match profile.carriage {
+                WireCarriage::Auto => Carriage::Auto,
+                WireCarriage::Kernel => Carriage::Kernel,
+                WireCarriage::InBand => Carriage::InBand,
+            });
         let ms = |v: u32| Duration::from_millis(u64::from(v));
         if d.handshake_ms != 0 {
             b = b.handshake_timeout(ms(d.handshake_ms));
@@ -253,7 +260,7 @@ impl Daemon {
                 config.client_cache().mark_path_broken(*peer);
             }
         }
-        configs.insert((policy, d), config.clone());
+        configs.insert(profile, config.clone());
         Ok(config)
     }
 
@@ -351,7 +358,7 @@ fn start(
     server: bool,
     pid: u32,
 ) -> io::Result<()> {
-    let config = daemon.config(h.policy, h.deadlines)?;
+    let config = daemon.config(h.profile)?;
     let mut fds = fds.into_iter();
     let (Some(app), Some(real)) = (fds.next(), fds.next()) else {
         return Err(io::Error::new(
@@ -389,16 +396,40 @@ fn start(
 }
 
 impl Daemon {
+    /// The kernel carriage for a program's socket: ENO offered in its SYN
+    /// (before the program connects it), or answered in its SYN-ACKs (a
+    /// bound socket, before the program listens on it). `Ok` only when the
+    /// kernel will carry it.
+    fn prepare(&self, profile: Profile, fds: &[OwnedFd], listener: bool) -> Reply {
+        let Some(socket) = fds.first() else {
+            return Reply::Refused("descriptor missing".into());
+        };
+        let prepared = self.config(profile).and_then(|config| {
+            if listener {
+                tcpcrypt_tokio::answer_in_synack(socket, &config)
+            } else {
+                tcpcrypt_tokio::offer_in_syn(socket, &config)
+            }
+        });
+        match prepared {
+            Ok(true) => Reply::Ok,
+            Ok(false) => Reply::Refused("the kernel carriage is not available".into()),
+            Err(e) => Reply::Refused(e.to_string()),
+        }
+    }
+
     /// Answers one request from a process of this user.
     fn handle(self: &Arc<Self>, req: Request, fds: Vec<OwnedFd>, pid: u32) -> Reply {
         self.conns.touch();
-        let handover = |h: Handover, server: bool| match start(self, h, fds, server, pid) {
+        let handover = |h: Handover, fds, server: bool| match start(self, h, fds, server, pid) {
             Ok(()) => Reply::Ok,
             Err(e) => Reply::Refused(e.to_string()),
         };
         match req {
-            Request::Connect(h) => handover(h, false),
-            Request::Accept(h) => handover(h, true),
+            Request::Offer(profile) => self.prepare(profile, &fds, false),
+            Request::Listen(profile) => self.prepare(profile, &fds, true),
+            Request::Connect(h) => handover(h, fds, false),
+            Request::Accept(h) => handover(h, fds, true),
             Request::Query { id } => match self.conns.get(id) {
                 Some(c) => Reply::Known {
                     local: c.local(),
@@ -432,5 +463,16 @@ impl Daemon {
                 Reply::Ok
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The shim looks for the kernel carriage where `tcpcrypt kernel
+    /// enable` pins it.
+    #[test]
+    fn the_shim_looks_for_the_map_the_kernel_carriage_pins() {
+        let pinned = std::path::Path::new(tcpcrypt_kernel::PIN_DIR).join("sk");
+        assert_eq!(std::path::Path::new(super::wire::KERNEL_SOCKET_MAP), pinned);
     }
 }

@@ -112,7 +112,11 @@ pub async fn outbound(
     {
         Ok(real) => {
             let _ = real.get_ref().set_nodelay(true);
-            conn.negotiated(real.session(), real.get_ref().local_addr()?);
+            conn.negotiated(
+                real.session(),
+                real.carriage(),
+                real.get_ref().local_addr()?,
+            );
             splice(app, real, conn).await
         }
         Err(e) => {
@@ -186,7 +190,7 @@ pub async fn inbound(
     let local = tcp.local_addr()?;
     match TcpcryptAcceptor::new(config.clone()).accept_tcp(tcp).await {
         Ok(real) => {
-            conn.negotiated(real.session(), local);
+            conn.negotiated(real.session(), real.carriage(), local);
             splice(app, real, conn).await
         }
         Err(e) => {

@@ -44,6 +44,13 @@ pub(super) fn intercept_accept(
     }
     let link = match Link::open() {
         Ok(l) => l,
+        // The client may have negotiated ENO in its SYN and be sending
+        // Init1: never the application's data.
+        Err(e) if socket_id(listener).is_some_and(registry::is_kernel_listener) => {
+            crate::log::log!(Warn, "accepted connection reset: no daemon: {e}");
+            reset(c);
+            return Ok(-1);
+        }
         Err(e) => return Err(refuse_accepted_if_mandatory(c, &format!("no daemon: {e}"))),
     };
     // SAFETY: plain system call; the result is checked.
@@ -76,13 +83,11 @@ pub(super) fn intercept_accept(
         reset(real);
         return Ok(-1);
     };
-    let (policy, deadlines) = crate::env::settings().wire();
     let req = Request::Accept(Handover {
         id,
         local: canonical(local),
         peer: canonical(peer),
-        policy,
-        deadlines,
+        profile: crate::env::settings().wire(),
         pending: None,
         // The real socket has the listener's options already; the daemon
         // gets those the application sets later.
@@ -134,4 +139,31 @@ pub(super) fn intercept_accept(
     let app = std::os::fd::IntoRawFd::into_raw_fd(app);
     registry::insert(app, Entry::new(id, false));
     Ok(app)
+}
+
+/// `listen` on a bound TCP socket the shim handles, before the real one:
+/// with the kernel carriage, the daemon writes the listener's answer
+/// template into its record, so that its SYN-ACKs answer ENO
+/// (`docs/SHIM.md`, "The kernel carriage"). Nothing changes otherwise;
+/// the real `listen` follows whatever happens here.
+pub(super) fn prepare_listen(fd: c_int) {
+    let settings = crate::env::settings();
+    if tcp_family(fd).is_none() || !settings.kernel_carriage() {
+        return;
+    }
+    // An unbound socket gets its port from `listen` itself: answered in
+    // band, as the address is unknown here.
+    let Some(local) = local_addr(fd).filter(|a| a.port() != 0) else {
+        return;
+    };
+    if settings.excluded(canonical(local)) {
+        return;
+    }
+    let Some(id) = socket_id(fd) else {
+        return;
+    };
+    match Link::open().and_then(|l| l.ask(&Request::Listen(settings.wire()), &[fd])) {
+        Ok(Reply::Ok) => registry::mark_kernel_listener(id),
+        other => crate::log::log!(Debug, "no ENO in the SYN-ACKs of {local}: {other:?}"),
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::daemon::Link;
-use crate::wire::{Handover, Pending};
+use crate::wire::{Handover, Pending, WireCarriage};
 
 /// A connection the shim cannot carry: under the mandatory policy
 /// `connect` fails with `EPERM`, as when a local firewall rule refuses it,
@@ -149,13 +149,11 @@ fn hand_over(
         app_copy = Some(unsafe { OwnedFd::from_raw_fd(dup) });
         wire_pending = Some(Pending { filler, lowat });
     }
-    let (policy, deadlines) = crate::env::settings().wire();
     let req = Request::Connect(Handover {
         id,
         local,
         peer: dest,
-        policy,
-        deadlines,
+        profile: crate::env::settings().wire(),
         pending: wire_pending,
         settings,
     });
@@ -215,6 +213,7 @@ fn start_real_connect(
     for s in settings {
         apply_option(sock.as_raw_fd(), s);
     }
+    offer_in_syn(&sock)?;
     let (st, l) = encode_addr(dest, family);
     // SAFETY: `st` holds `l` bytes of address.
     let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
@@ -222,6 +221,32 @@ fn start_real_connect(
         return Err(errno());
     }
     Ok(sock)
+}
+
+/// The kernel carriage: the daemon writes the ENO option the SYN offers
+/// into the real socket's record (`docs/SHIM.md`, "The kernel carriage").
+/// Under `TCPCRYPT_CARRIAGE=kernel` a socket that cannot offer it is not
+/// connected (`EPERM`, as the library's `Carriage::Kernel` refuses);
+/// otherwise the in-band hello decides as before.
+fn offer_in_syn(sock: &std::net::TcpStream) -> Result<(), c_int> {
+    let settings = crate::env::settings();
+    let profile = settings.wire();
+    let strict = profile.carriage == WireCarriage::Kernel;
+    let why = if !settings.kernel_carriage() {
+        "the kernel carriage is not enabled (tcpcrypt kernel enable)".to_string()
+    } else {
+        match Link::open().and_then(|l| l.ask(&Request::Offer(profile), &[sock.as_raw_fd()])) {
+            Ok(Reply::Ok) => return Ok(()),
+            Ok(other) => format!("the daemon did not offer ENO in the SYN: {other:?}"),
+            Err(e) => format!("no daemon: {e}"),
+        }
+    };
+    if strict {
+        crate::log::log!(Warn, "connection refused (TCPCRYPT_CARRIAGE=kernel): {why}");
+        return Err(libc::EPERM);
+    }
+    crate::log::log!(Debug, "no ENO in the SYN: {why}");
+    Ok(())
 }
 
 /// Waits in the calling thread, as a blocking `connect` does, for the

@@ -76,6 +76,7 @@ type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_in
 type Accept4Fn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
 type NameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
 type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
+type ListenFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 type GetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *mut c_void, *mut socklen_t) -> c_int;
 type SetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int;
 type SendtoFn =
@@ -88,6 +89,7 @@ struct Real {
     getpeername: NameFn,
     getsockname: NameFn,
     close: CloseFn,
+    listen: ListenFn,
     getsockopt: GetsockoptFn,
     setsockopt: SetsockoptFn,
     sendto: SendtoFn,
@@ -119,6 +121,10 @@ unsafe extern "C" fn sys_getsockname(fd: c_int, a: *mut sockaddr, l: *mut sockle
 unsafe extern "C" fn sys_close(fd: c_int) -> c_int {
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close, fd) as c_int }
+}
+unsafe extern "C" fn sys_listen(fd: c_int, backlog: c_int) -> c_int {
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_listen, fd, backlog) as c_int }
 }
 unsafe extern "C" fn sys_setsockopt(
     fd: c_int,
@@ -211,6 +217,7 @@ fn real() -> &'static Real {
             getpeername: next(c"getpeername", sys_getpeername as NameFn),
             getsockname: next(c"getsockname", sys_getsockname as NameFn),
             close: next(c"close", sys_close as CloseFn),
+            listen: next(c"listen", sys_listen as ListenFn),
             getsockopt: next(c"getsockopt", sys_getsockopt as GetsockoptFn),
             setsockopt: next(c"setsockopt", sys_setsockopt as SetsockoptFn),
             sendto: next(c"sendto", sys_sendto as SendtoFn),
@@ -303,6 +310,17 @@ pub unsafe extern "C" fn accept4(
     // SAFETY: the caller passes room for `*len` bytes at `addr`.
     unsafe { copy_addr(&st, l, addr, len) };
     fd_out
+}
+
+/// # Safety
+/// As libc's `listen`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    if let Some(_guard) = Guard::enter() {
+        let _ = catch_unwind(|| prepare_listen(fd));
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { (real().listen)(fd, backlog) }
 }
 
 /// # Safety
