@@ -196,6 +196,18 @@ impl Setup {
         OneShot(child)
     }
 
+    /// Adds (`-A`) or deletes (`-D`) a rule of the namespace's OUTPUT
+    /// chain dropping TCP segments from `port` that match `matches`.
+    fn iptables_output(&self, op: &str, port: u16, matches: &[&str]) -> bool {
+        let port = port.to_string();
+        let mut args = vec![op, "OUTPUT", "-p", "tcp", "--sport", &port];
+        args.extend_from_slice(matches);
+        args.extend(["-j", "DROP"]);
+        self.command(false, "iptables", &args)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// A packet capture on the namespace's loopback.
     fn capture(&self, port: u16) -> Capture {
         let file = std::env::temp_dir().join(format!("tck-{}-{port}.pcap", std::process::id()));
@@ -382,19 +394,7 @@ impl Capture {
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
             let tcp = &ip[ihl..];
             let doff = usize::from(tcp[12] >> 4) * 4;
-            let mut options = Vec::new();
-            let mut i = 20;
-            while i < doff {
-                match tcp[i] {
-                    0 => break,
-                    1 => i += 1,
-                    kind => {
-                        let len = usize::from(tcp[i + 1]);
-                        options.push((kind, tcp[i..i + len].to_vec()));
-                        i += len.max(2);
-                    }
-                }
-            }
+            let options = tcp_options(&tcp[20..doff]);
             let payload_end = (total - ihl).min(tcp.len());
             segments.push(Segment {
                 flags: tcp[13],
@@ -404,6 +404,39 @@ impl Capture {
         }
         segments
     }
+}
+
+/// TCP options as (kind, the whole option).
+fn tcp_options(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut options = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(bytes.get(i + 1).copied().unwrap_or(0));
+                let Some(option) = bytes.get(i..i + len) else {
+                    break;
+                };
+                options.push((kind, option.to_vec()));
+                i += len.max(2);
+            }
+        }
+    }
+    options
+}
+
+/// A counter of `tcpcrypt kernel status`.
+fn kernel_counter(name: &str) -> u64 {
+    let out = Command::new(BIN)
+        .args(["kernel", "status", "--json"])
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}: {status}"))
 }
 
 const SYN: u8 = 0x02;
@@ -446,12 +479,12 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         .find(|s| s.flags & (SYN | ACK) == SYN | ACK)
         .unwrap();
     let third = segments.iter().find(|s| s.flags & SYN == 0).unwrap();
-    let syn_eno = syn.eno().expect("ENO in the SYN");
+    let syn_eno = syn.eno().expect("ENO in the SYN").to_vec();
     assert!(
         syn_eno[1] as usize == syn_eno.len() && syn_eno.len() <= 20,
         "{syn_eno:02x?}"
     );
-    let synack_eno = synack.eno().expect("ENO in the SYN-ACK");
+    let synack_eno = synack.eno().expect("ENO in the SYN-ACK").to_vec();
     // B's global suboption (b = 1) and one TEP that A offered.
     assert_eq!(synack_eno.len(), 4, "{synack_eno:02x?}");
     assert_eq!(synack_eno[2] & 0x01, 0x01);
@@ -550,42 +583,31 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
     // 7. The first SYN-ACK lost: the retransmitted one carries the same
     // answer (RFC 8547 4.6), though the SYN is no longer at hand.
     let drop_first_synack = |op: &str| {
-        setup
-            .command(
-                false,
-                "iptables",
-                &[
-                    op,
-                    "OUTPUT",
-                    "-p",
-                    "tcp",
-                    "--sport",
-                    "7007",
-                    "--tcp-flags",
-                    "SYN,ACK",
-                    "SYN,ACK",
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "nth",
-                    "--every",
-                    "1000",
-                    "--packet",
-                    "0",
-                    "-j",
-                    "DROP",
-                ],
-            )
-            .status()
-            .unwrap()
+        setup.iptables_output(
+            op,
+            7007,
+            &[
+                "--tcp-flags",
+                "SYN,ACK",
+                "SYN,ACK",
+                "-m",
+                "statistic",
+                "--mode",
+                "nth",
+                "--every",
+                "1000",
+                "--packet",
+                "0",
+            ],
+        )
     };
-    assert!(drop_first_synack("-A").success());
+    assert!(drop_first_synack("-A"));
     let capture = setup.capture(7007);
     let server = setup.listen(true, 7007, &[], b"s");
     let (client, _) = setup.connect(true, 7007, &[], b"c");
     let (server, _) = server.finish();
     let segments = capture.segments();
-    assert!(drop_first_synack("-D").success());
+    assert!(drop_first_synack("-D"));
     assert_eq!(client["carriage"], "kernel", "{client}");
     assert_eq!(server["session_id"], client["session_id"]);
     let synacks: Vec<_> = segments
@@ -752,6 +774,66 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         received.len()
     );
     drop(daemon);
+
+    // 11. A SYN, or a SYN-ACK, with two ENO options counts as one with
+    // none (RFC 8547 4.1): hand-made segments.
+    let raw_tcp = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/raw_tcp.py");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let duplicates = kernel_counter("duplicate_eno_left_plain");
+    let server = setup.listen(true, 7011, &[], b"");
+    let synack_options = |options: Vec<u8>| {
+        let out = setup
+            .command(false, "python3", &[raw_tcp, "syn", "7011", &hex(&options)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let bytes: Vec<u8> = (0..text.trim().len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text.trim()[i..i + 2], 16).unwrap())
+            .collect();
+        tcp_options(&bytes)
+    };
+    let once = synack_options(syn_eno.clone());
+    assert!(once.iter().any(|(k, _)| *k == 69), "answered: {once:?}");
+    let twice = synack_options([syn_eno.clone(), syn_eno.clone()].concat());
+    assert!(
+        twice.iter().all(|(k, _)| *k != 69),
+        "not answered: {twice:?}"
+    );
+    drop(server);
+    let drop_resets = |op: &str| setup.iptables_output(op, 7012, &["--tcp-flags", "RST", "RST"]);
+    assert!(drop_resets("-A"));
+    let doubled = [synack_eno.clone(), synack_eno.clone()].concat();
+    let mut fake = setup
+        .command(
+            false,
+            "python3",
+            &[raw_tcp, "synack", "7012", &hex(&doubled)],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut fake_out = BufReader::new(fake.stdout.take().unwrap());
+    let mut line = String::new();
+    fake_out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let (client, _) = setup.connect(true, 7012, &["--carriage", "kernel"], b"plain bytes");
+    line.clear();
+    fake_out.read_line(&mut line).unwrap();
+    let _ = fake.wait();
+    assert!(drop_resets("-D"));
+    assert_eq!(client["encrypted"], false, "{client}");
+    assert!(
+        client["reason"].as_str().unwrap().contains("SYN-ACK"),
+        "{client}"
+    );
+    assert_eq!(
+        line.trim(),
+        hex(b"plain bytes"),
+        "the application's bytes, in plain"
+    );
+    assert_eq!(kernel_counter("duplicate_eno_left_plain"), duplicates + 2);
 
     // The counters saw it all.
     let status = Command::new(BIN)

@@ -23,7 +23,8 @@
  * ENO), SYNs with data (TCP Fast Open: RFC 8547 4.7), SYN cookies (the
  * answer could not be recovered with the connection), and offers with
  * variable-length suboptions (resumption), which the in-band carriage
- * handles.
+ * handles, and SYNs or SYN-ACKs with two ENO options (RFC 8547 4.1: as
+ * though they had none).
  */
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -35,6 +36,9 @@
 #define MAX_OPTION 20 /* Linux's own SYN options take the other 20 bytes */
 #define MAX_PREFS 8
 #define TCP_LISTEN_STATE 10
+#define MAX_TCP_HEADER 60
+#define SOL_TCP_ 6
+#define TCP_BPF_SYN_ 1005 /* bpf_getsockopt: the SYN's TCP header */
 
 /* errno values (Linux), as the helpers return them negated. */
 #define ENOENT_ 2
@@ -135,6 +139,7 @@ enum {
 	STAT_NO_SPACE,
 	STAT_SYN_COOKIE,
 	STAT_FAST_OPEN,
+	STAT_DUPLICATE_ENO,
 	STAT_COUNT,
 };
 
@@ -236,6 +241,12 @@ static __always_inline struct listen_tmpl *template_for(struct bpf_sock_ops *sko
 }
 
 /* 1 when x == 0, else 0, for x in 0..255, without a branch. */
+/* 1 when x (a byte) is at least 2, else 0. */
+static __always_inline __u32 at_least_2(__u32 x)
+{
+	return ((x + 254) >> 8) & 1;
+}
+
 static __always_inline __u32 is_zero(__u32 x)
 {
 	return ((x - 1) >> 8) & 1;
@@ -345,6 +356,56 @@ static __attribute__((noinline)) void on_state(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&tcpcrypt_listen, &k);
 }
 
+/* How many ENO options a TCP header holds: `h` is the header, zero-padded
+ * past its end. The option list is walked byte by byte (a count of bytes
+ * still to skip), up to an end-of-list or an impossible length. */
+static __attribute__((noinline)) __u32 eno_options_in(const __u8 *h)
+{
+	__u32 skip = 0, done = 0, n = 0;
+	int i;
+	/* Arithmetic only, no branch on the bytes: every path through the
+	 * loop is the same one for the verifier. The bytes past the header
+	 * are zero, an end-of-list: no need to read its data offset. */
+#pragma clang loop unroll(disable)
+	for (i = 20; i < MAX_TCP_HEADER; i++) {
+		__u32 c = h[i], len = h[i + 1];
+		__u32 at = (done ^ 1) & is_zero(skip);
+		__u32 multi = at_least_2(c);
+		__u32 next = (len - 1) & -multi;
+		__u32 left = skip - 1 + is_zero(skip);
+		done |= at & (is_zero(c) | (multi & (at_least_2(len) ^ 1)));
+		n += at & is_zero(c ^ ENO_KIND) & at_least_2(len);
+		skip = (next & -at) | (left & ~(-at));
+	}
+	return n;
+}
+
+/* RFC 8547 4.1: a SYN segment with more than one ENO option counts as one
+ * with none. The received SYN's header, on the passive side. */
+static __attribute__((noinline)) int syn_repeats_eno(struct bpf_sock_ops *skops)
+{
+	__u8 h[64] = {};
+	if (bpf_getsockopt(skops, SOL_TCP_, TCP_BPF_SYN_, h, MAX_TCP_HEADER) <= 0)
+		return 0;
+	return eno_options_in(h) > 1;
+}
+
+/* The same for the segment at hand (A's received SYN-ACK). */
+static __attribute__((noinline)) int segment_repeats_eno(struct bpf_sock_ops *skops)
+{
+	__u8 h[64] = {};
+	__u8 *data = (__u8 *)(long)skops->skb_data;
+	__u8 *end = (__u8 *)(long)skops->skb_data_end;
+	int i;
+#pragma clang loop unroll(disable)
+	for (i = 0; i < MAX_TCP_HEADER; i++) {
+		if (data + i + 1 > end)
+			break;
+		h[i] = data[i];
+	}
+	return eno_options_in(h) > 1;
+}
+
 /* The SYN-ACK's answer: computed from the SYN, kept for the accept and
  * for retransmitted SYN-ACKs (which no longer see the SYN: the same
  * answer again, RFC 8547 4.6). */
@@ -377,6 +438,10 @@ static __attribute__((noinline)) struct pending *synack_answer(struct bpf_sock_o
 	}
 	if (n > MAX_OPTION)
 		goto none;
+	if (syn_repeats_eno(skops)) {
+		count(STAT_DUPLICATE_ENO);
+		goto none;
+	}
 	/* SYN data (Fast Open) and ENO must not meet (RFC 8547 4.7). */
 	tfo[0] = TFO_KIND;
 	if (bpf_load_hdr_opt(skops, tfo, sizeof(tfo), BPF_LOAD_HDR_OPT_TCP_SYN) > 0) {
@@ -504,6 +569,13 @@ static __attribute__((noinline)) void on_active_established(struct bpf_sock_ops 
 	buf[0] = ENO_KIND;
 	buf[1] = 0;
 	n = bpf_load_hdr_opt(skops, buf, sizeof(buf), 0);
+	if (n >= 2 && segment_repeats_eno(skops)) {
+		/* As though the SYN-ACK had none (RFC 8547 4.1). */
+		st->outcome = OUTCOME_NO_ENO;
+		count(STAT_DUPLICATE_ENO);
+		bpf_sock_ops_cb_flags_set(skops, 0);
+		return;
+	}
 	if (n >= 2 && n <= 40) {
 		st->synack_len = n;
 		__builtin_memcpy(st->synack, buf, sizeof(st->synack));
