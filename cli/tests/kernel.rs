@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{BIN, next_json};
 use serde_json::Value;
+use tcpcrypt_kernel::{Outcome, Sockets};
 
 /// A cgroup v2 directory with the ENO program attached, and a network
 /// namespace; both removed on drop.
@@ -98,7 +99,34 @@ fn nix_is_root() -> bool {
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
+/// This test process in the test's cgroup, until dropped: sockets it
+/// makes then belong to the cgroup.
+struct InCgroup(PathBuf);
+
+impl Drop for InCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.procs"), std::process::id().to_string());
+    }
+}
+
 impl Setup {
+    /// Moves this process into the cgroup; back where it was on drop.
+    fn enter_cgroup(&self) -> InCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup v2 membership");
+        let root = self.cgroup.parent().unwrap();
+        let back = InCgroup(root.join(path.trim_start_matches('/')));
+        std::fs::write(
+            self.cgroup.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .unwrap();
+        back
+    }
+
     /// `program args` in the namespace, and in the cgroup when `inside`.
     fn command(&self, inside: bool, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
@@ -373,6 +401,16 @@ impl Segment {
     }
 }
 
+impl Drop for Capture {
+    /// A test that failed midway stops its capture too (the cgroup and
+    /// the namespace can only go once it has).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
 impl Capture {
     /// Stops the capture and parses it (pcap, Ethernet framing on lo).
     fn segments(mut self) -> Vec<Segment> {
@@ -382,7 +420,6 @@ impl Capture {
             .status();
         let _ = self.child.wait();
         let data = std::fs::read(&self.file).unwrap();
-        let _ = std::fs::remove_file(&self.file);
         let mut segments = Vec::new();
         let mut at = 24;
         while at + 16 <= data.len() {
@@ -437,6 +474,75 @@ fn kernel_counter(name: &str) -> u64 {
     status["counters"][name]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name}: {status}"))
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter_netns(path: &str) {
+    let ns = std::fs::File::open(path).unwrap();
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}
+
+/// Two connections with TCP_FASTOPEN_CONNECT to a plain listener on port
+/// 7013, each socket offering `offer` in its SYN: their outcomes.
+fn fast_open(offer: &[u8]) -> Vec<Outcome> {
+    use nix::sys::socket::{setsockopt, sockopt::TcpFastOpenConnect};
+    let sockets = Sockets::open().unwrap();
+    let mut outcomes = Vec::new();
+    for data in [&b"first"[..], b"second"] {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sockets.offer(&sock, offer).unwrap();
+        setsockopt(&sock, TcpFastOpenConnect, &true).unwrap();
+        sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], 7013)).into())
+            .unwrap();
+        let mut stream = std::net::TcpStream::from(sock);
+        stream.write_all(data).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        outcomes.push(sockets.outcome(&stream));
+    }
+    outcomes
+}
+
+/// Two sockets on ports 7101 and 7102, both offering `offer`, connecting
+/// to each other at once (the caller holds their first SYNs back): their
+/// outcomes once connected.
+fn simultaneous_open(offer: &[u8]) -> Vec<Outcome> {
+    let sockets = Sockets::open().unwrap();
+    let ends: Vec<_> = [(7101u16, 7102u16), (7102, 7101)]
+        .iter()
+        .map(|&(from, to)| {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_reuse_address(true).unwrap();
+            let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p)).into();
+            sock.bind(&addr(from)).unwrap();
+            sockets.offer(&sock, offer).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            match sock.connect(&addr(to)) {
+                Err(e) if e.raw_os_error() == Some(libc_einprogress()) => {}
+                other => panic!("connect: {other:?}"),
+            }
+            sock
+        })
+        .collect();
+    for sock in &ends {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if sock.peer_addr().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no simultaneous open");
+            assert_eq!(sock.take_error().unwrap().map(|e| e.to_string()), None);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    ends.iter().map(|s| sockets.outcome(s)).collect()
+}
+
+fn libc_einprogress() -> i32 {
+    nix::errno::Errno::EINPROGRESS as i32
 }
 
 const SYN: u8 = 0x02;
@@ -834,6 +940,93 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         "the application's bytes, in plain"
     );
     assert_eq!(kernel_counter("duplicate_eno_left_plain"), duplicates + 2);
+
+    // 12 and 13: sockets of this test's own, offering ENO, in the cgroup
+    // and the namespace.
+    let simultaneous = kernel_counter("simultaneous_open_left_plain");
+    let fast_open_syns = {
+        let _inside = setup.enter_cgroup();
+        assert!(
+            setup
+                .command(false, "sysctl", &["-qw", "net.ipv4.tcp_fastopen=3"])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let capture = setup.capture(7013);
+        // A plain listener that takes data in SYNs (TCP_FASTOPEN).
+        let mut server = setup
+            .command(
+                false,
+                "python3",
+                &[
+                    "-c",
+                    "import socket\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\nl.bind(('127.0.0.1',7013))\nl.setsockopt(socket.IPPROTO_TCP,socket.TCP_FASTOPEN,16)\nl.listen(4)\nprint('ready',flush=True)\nfor _ in range(2):\n    c,_=l.accept(); d=b''\n    while True:\n        b=c.recv(65536)\n        if not b: break\n        d+=b\n    print(d.decode(),flush=True); c.close()",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        let netns = format!("/run/netns/{}", setup.netns);
+        let offer = syn_eno.clone();
+        let outcomes = std::thread::spawn(move || {
+            enter_netns(&netns);
+            fast_open(&offer)
+        })
+        .join()
+        .unwrap();
+        let received: Vec<String> = lines.map(|l| l.unwrap()).collect();
+        let _ = server.wait();
+        // 12. TCP Fast Open: the first connection asks for a cookie (no
+        // data in its SYN: ENO goes, and a plain listener answers none);
+        // the second sends data in its SYN, and ENO is left out.
+        assert!(
+            matches!(outcomes[..], [Outcome::PeerSentNone, Outcome::FastOpen]),
+            "{outcomes:?}"
+        );
+        assert_eq!(received, ["first", "second"]);
+        let syns: Vec<_> = capture
+            .segments()
+            .into_iter()
+            .filter(|s| s.flags & (SYN | ACK) == SYN)
+            .collect();
+        assert!(syns.iter().any(|s| !s.payload.is_empty()), "{syns:?}");
+        assert!(
+            syns.iter()
+                .all(|s| s.payload.is_empty() || s.eno().is_none()),
+            "ENO and SYN data never meet: {syns:?}"
+        );
+
+        // 13. A simultaneous open of two sockets that both offer ENO (b =
+        // 0 at both ends): plain TCP at both ends (RFC 8547 3.1).
+        let drop_syns = |op: &str| {
+            [7101, 7102]
+                .iter()
+                .all(|&p| setup.iptables_output(op, p, &["--tcp-flags", "SYN,ACK", "SYN"]))
+        };
+        assert!(drop_syns("-A"));
+        let netns = format!("/run/netns/{}", setup.netns);
+        let offer = syn_eno.clone();
+        let opening = std::thread::spawn(move || {
+            enter_netns(&netns);
+            simultaneous_open(&offer)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(drop_syns("-D"));
+        let outcomes = opening.join().unwrap();
+        assert!(
+            matches!(outcomes[..], [Outcome::PeerSentNone, Outcome::PeerSentNone]),
+            "{outcomes:?}"
+        );
+        syns.len()
+    };
+    assert!(fast_open_syns >= 2);
+    assert_eq!(
+        kernel_counter("simultaneous_open_left_plain"),
+        simultaneous + 2
+    );
 
     // The counters saw it all.
     let status = Command::new(BIN)

@@ -140,6 +140,7 @@ enum {
 	STAT_SYN_COOKIE,
 	STAT_FAST_OPEN,
 	STAT_DUPLICATE_ENO,
+	STAT_SIMULTANEOUS_OPEN,
 	STAT_COUNT,
 };
 
@@ -617,6 +618,18 @@ static __attribute__((noinline)) void on_passive_established(struct bpf_sock_ops
 
 	/* The accepted socket inherited the listener's callbacks. */
 	bpf_sock_ops_cb_flags_set(skops, 0);
+	st = storage(skops, 0);
+	if (st && st->state == STATE_OFFER) {
+		/* A connecting socket established as a passive one: a
+		 * simultaneous open. Its SYN-ACK carried no ENO (allowed to an
+		 * active opener, RFC 8547 4.6), so ENO is off at both ends, as
+		 * the b bits of two active openers require anyway (3.1). */
+		if (st->outcome == OUTCOME_PENDING) {
+			st->outcome = OUTCOME_NO_ENO;
+			count(STAT_SIMULTANEOUS_OPEN);
+		}
+		return;
+	}
 	conn_key_of(skops, &ck);
 	buf[0] = ENO_KIND;
 	buf[1] = 0;

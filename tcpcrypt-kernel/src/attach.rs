@@ -28,7 +28,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const OWN_CGROUP2: &str = "/run/tcpcrypt/cgroup2";
 
 /// Counters kept by the program (`tcpcrypt kernel status`).
-pub const COUNTERS: [&str; 12] = [
+pub const COUNTERS: [&str; 13] = [
     "syn_sent_with_eno",
     "synack_sent_with_eno",
     "active_enabled",
@@ -41,6 +41,7 @@ pub const COUNTERS: [&str; 12] = [
     "syn_cookie_left_plain",
     "fast_open_left_plain",
     "duplicate_eno_left_plain",
+    "simultaneous_open_left_plain",
 ];
 
 /// Where the program is attached and what it counted.
