@@ -243,26 +243,38 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(good && got == bytes && trailer == bytes && rest.is_empty())
 }
 
-async fn client(to: SocketAddr, mode: Mode, bytes: u64, config: &Arc<Config>) -> Outcome {
+/// One transfer's outcome, and how long its connection took to be ready
+/// for data (TCP's handshake, and tcpcrypt's negotiation or fallback).
+async fn client(
+    to: SocketAddr,
+    mode: Mode,
+    bytes: u64,
+    config: &Arc<Config>,
+) -> (Outcome, Option<Duration>) {
+    let started = Instant::now();
+    let mut ready = None;
     let run = async {
         match mode {
             Mode::Plain => {
                 let mut s = TcpStream::connect(to).await?;
+                ready = Some(started.elapsed());
                 Ok::<_, std::io::Error>((exchange(&mut s, bytes).await?, false))
             }
             Mode::Tcpcrypt => {
                 let mut s = TcpcryptStream::connect(to, config).await?;
+                ready = Some(started.elapsed());
                 let encrypted = s.is_encrypted();
                 Ok((exchange(&mut s, bytes).await?, encrypted))
             }
         }
     };
-    match tokio::time::timeout(LIMIT, run).await {
+    let outcome = match tokio::time::timeout(LIMIT, run).await {
         Ok(Ok((false, _))) => Outcome::Corrupt,
         Ok(Ok((true, true))) => Outcome::Encrypted,
         Ok(Ok((true, false))) => Outcome::Plain,
         _ => Outcome::Error,
-    }
+    };
+    (outcome, ready)
 }
 
 #[tokio::main]
@@ -278,10 +290,11 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Transfer { to, mode, bytes } => {
             let started = Instant::now();
-            let outcome = client(to, mode, bytes, &config).await;
+            let (outcome, ready) = client(to, mode, bytes, &config).await;
             let report = serde_json::json!({
                 "outcome": outcome.name(),
                 "secs": started.elapsed().as_secs_f64(),
+                "ready_secs": ready.map(|d| d.as_secs_f64()),
                 "bytes": bytes,
             });
             println!("{report}");
@@ -336,7 +349,7 @@ async fn main() -> std::process::ExitCode {
             let mut outcomes = std::collections::BTreeMap::new();
             for _ in 0..honest {
                 let started = Instant::now();
-                let o = client(to, Mode::Tcpcrypt, 1000, &config).await;
+                let (o, _) = client(to, Mode::Tcpcrypt, 1000, &config).await;
                 times.push(started.elapsed().as_secs_f64() * 1000.0);
                 *outcomes.entry(o.name()).or_insert(0) += 1;
             }
@@ -361,7 +374,7 @@ async fn main() -> std::process::ExitCode {
                 let permit = sem.clone().acquire_owned().await.expect("open");
                 let config = config.clone();
                 tasks.push(tokio::spawn(async move {
-                    let o = client(to, Mode::Tcpcrypt, 1000, &config).await;
+                    let (o, _) = client(to, Mode::Tcpcrypt, 1000, &config).await;
                     drop(permit);
                     o
                 }));
