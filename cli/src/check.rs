@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tcpcrypt_tokio::{Config, Connected, TcpcryptConnector};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::report::Report;
 
@@ -37,6 +37,11 @@ pub struct Args {
     /// destination then skip the hello (for 10 minutes).
     #[arg(long, requires = "path")]
     remember: bool,
+    /// How ENO travels: auto (in the SYN where `tcpcrypt kernel enable`
+    /// attached its program to this process's cgroup, else the in-band
+    /// hello), kernel (the SYN only), in-band. The report says which.
+    #[arg(long, value_enum, default_value = "auto")]
+    carriage: crate::options::CarriageArg,
 }
 
 /// The finding, as `--json` prints it.
@@ -54,17 +59,34 @@ struct Finding {
     error: Option<String>,
 }
 
-/// Negotiates on a fresh connection and closes it: the report.
-async fn negotiate(tcp: TcpStream, peer: std::net::SocketAddr, args: &Args) -> Report {
+/// The probe's configuration: nothing of it outlives the probe (no
+/// verdict, no ticket is kept).
+fn probe_config(args: &Args) -> std::sync::Arc<Config> {
     let config = Config::builder()
         .server_hello_timeout(args.server_hello_timeout)
         .resumption(false)
+        .carriage(args.carriage.into())
         .build()
         .expect("valid configuration");
-    let connector = TcpcryptConnector::new(std::sync::Arc::new(config));
+    std::sync::Arc::new(config)
+}
+
+/// Negotiates on a fresh connection and closes it: the report. A socket
+/// whose SYN offered ENO (`kernel`) goes on as the kernel negotiated.
+async fn negotiate(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    config: std::sync::Arc<Config>,
+    kernel: bool,
+) -> Report {
+    let connector = TcpcryptConnector::new(config);
     let started = Instant::now();
-    // No peer given: a probe leaves no verdict and no ticket behind.
-    let outcome = connector.connect(tcp).await;
+    let outcome = if kernel {
+        connector.connect_tcp(tcp).await.map(Connected::Stream)
+    } else {
+        // No peer given: the in-band probe reconnects nowhere.
+        connector.connect(tcp).await
+    };
     let took = started.elapsed();
     match outcome {
         Ok(Connected::Stream(mut s)) => {
@@ -82,30 +104,50 @@ async fn negotiate(tcp: TcpStream, peer: std::net::SocketAddr, args: &Args) -> R
     }
 }
 
+/// Connects to the first address of `destination` that answers, its SYN
+/// offering ENO where the kernel carriage may be used: the connection,
+/// and whether it offered.
+async fn connect(destination: &str, config: &Config) -> io::Result<(TcpStream, bool)> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(destination).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        let offered = tcpcrypt_tokio::offer_in_syn(&socket, config)?;
+        match socket.connect(addr).await {
+            Ok(tcp) => return Ok((tcp, offered)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
+}
+
 /// `tcpcrypt check`: exit 0 when the probe ran, whatever it found; 1 when
 /// the destination could not be reached.
 pub async fn check(args: Args) -> i32 {
     if args.path {
         return crate::pathcheck::check_path(&args.destination, args.json, args.remember).await;
     }
+    let config = probe_config(&args);
     let started = Instant::now();
-    let connected =
-        tokio::time::timeout(args.connect_timeout, TcpStream::connect(&args.destination))
-            .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connection timed out",
-                ))
-            })
-            .and_then(|tcp| Ok((tcp.peer_addr()?, tcp)));
+    let connected = tokio::time::timeout(args.connect_timeout, connect(&args.destination, &config))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            ))
+        })
+        .and_then(|(tcp, offered)| Ok((tcp.peer_addr()?, tcp, offered)));
     let connect_time = started.elapsed();
     let finding = match connected {
-        Ok((peer, tcp)) => Finding {
+        Ok((peer, tcp, offered)) => Finding {
             destination: args.destination.clone(),
             reachable: true,
             connect_ms: Some((connect_time.as_secs_f64() * 1e6).round() / 1e3),
-            report: Some(negotiate(tcp, peer, &args).await),
+            report: Some(negotiate(tcp, peer, config, offered).await),
             error: None,
         },
         Err(e) => Finding {

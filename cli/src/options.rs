@@ -38,6 +38,16 @@ pub enum CarriageArg {
     InBand,
 }
 
+impl From<CarriageArg> for tcpcrypt_tokio::Carriage {
+    fn from(c: CarriageArg) -> Self {
+        match c {
+            CarriageArg::Auto => tcpcrypt_tokio::Carriage::Auto,
+            CarriageArg::Kernel => tcpcrypt_tokio::Carriage::Kernel,
+            CarriageArg::InBand => tcpcrypt_tokio::Carriage::InBand,
+        }
+    }
+}
+
 impl Negotiation {
     /// The library configuration these options describe.
     pub fn config(&self) -> Arc<Config> {
@@ -58,10 +68,6 @@ impl Negotiation {
             .handshake_timeout(self.handshake_timeout)
             .server_hello_timeout(self.server_hello_timeout)
             .client_hello_wait(self.client_hello_wait)
-            .carriage(match self.carriage {
-                CarriageArg::Auto => tcpcrypt_tokio::Carriage::Auto,
-                CarriageArg::Kernel => tcpcrypt_tokio::Carriage::Kernel,
-                CarriageArg::InBand => tcpcrypt_tokio::Carriage::InBand,
-            })
+            .carriage(self.carriage.into())
     }
 }

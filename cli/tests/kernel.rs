@@ -765,6 +765,18 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
     assert!(err.contains(r#""carriage":"kernel""#), "{err}");
     assert_eq!(server["carriage"], "kernel", "{server}");
 
+    // 8b. `tcpcrypt check` probes through the kernel carriage where it
+    // can, and says so.
+    let server = setup.listen(true, 7014, &[], b"");
+    let out = setup
+        .command(true, BIN, &["check", "--json", "127.0.0.1:7014"])
+        .output()
+        .unwrap();
+    drop(server);
+    let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(probe["encrypted"], true, "{probe}");
+    assert_eq!(probe["carriage"], "kernel", "{probe}");
+
     // 9. Unmodified programs under the shim, through the relay daemon: a
     // shimmed HTTP server and shimmed curl negotiate in the SYNs.
     common::build_shim();

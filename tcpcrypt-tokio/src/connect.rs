@@ -94,7 +94,10 @@ impl TcpcryptConnector {
     /// ```
     pub async fn connect_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
         match kernel::connected(&tcp, &self.config)? {
-            Some(connected) => self.connect_kernel(tcp, connected).await,
+            Some(connected) => {
+                let peer = tcp.peer_addr()?;
+                self.connect_kernel(tcp, peer, connected).await
+            }
             None => self.connect_in_band(tcp).await,
         }
     }
@@ -154,9 +157,9 @@ impl TcpcryptConnector {
     async fn connect_kernel(
         &self,
         tcp: TcpStream,
+        peer: SocketAddr,
         connected: kernel::Connected,
     ) -> io::Result<TcpcryptStream<TcpStream>> {
-        let peer = tcp.peer_addr()?;
         match connected {
             kernel::Connected::Negotiated(hs) => {
                 match self
@@ -337,7 +340,7 @@ impl TcpcryptStream<TcpStream> {
             }
             match kernel::connect(addr, config).await {
                 Ok(Some((tcp, connected))) => {
-                    return connector.connect_kernel(tcp, connected).await;
+                    return connector.connect_kernel(tcp, addr, connected).await;
                 }
                 Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => return Err(e),

@@ -47,27 +47,39 @@ enum Recorded {
 mod imp {
     use std::os::fd::AsRawFd;
     use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use tcpcrypt_kernel::{Outcome, Sockets};
 
     use super::Recorded;
 
-    static SOCKETS: Mutex<Option<Arc<Sockets>>> = Mutex::new(None);
+    /// The map, and when its pin was last found to be the same.
+    static SOCKETS: Mutex<Option<(Arc<Sockets>, Instant)>> = Mutex::new(None);
+
+    /// How often the pin is looked at again: a `stat` per connection was a
+    /// tenth of the cost of a connection to a legacy server.
+    const RECHECK: Duration = Duration::from_secs(1);
 
     /// The pinned per-socket map, taken once per connection.
     pub struct Kernel(Arc<Sockets>);
 
     /// The map, when the kernel carriage is enabled on this machine, opened
-    /// again when it was replaced (a disable and an enable); why not
-    /// otherwise (not enabled, or no permission).
+    /// again when it was replaced (a disable and an enable: noticed within
+    /// `RECHECK`); why not otherwise (not enabled, or no permission).
     pub fn open() -> Result<Kernel, String> {
         let mut held = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = held.as_ref().filter(|s| s.is_current()) {
-            return Ok(Kernel(s.clone()));
+        if let Some((s, checked)) = held.as_mut() {
+            if checked.elapsed() < RECHECK {
+                return Ok(Kernel(s.clone()));
+            }
+            if s.is_current() {
+                *checked = Instant::now();
+                return Ok(Kernel(s.clone()));
+            }
         }
         *held = None;
         let opened = Arc::new(Sockets::open().map_err(|e| e.to_string())?);
-        *held = Some(opened.clone());
+        *held = Some((opened.clone(), Instant::now()));
         Ok(Kernel(opened))
     }
 
@@ -157,17 +169,27 @@ fn open_for(config: &Config) -> io::Result<Option<imp::Kernel>> {
 /// program is attached to the socket's cgroup: [`connected`] tells),
 /// `Ok(false)` when the kernel carriage may not be used.
 pub(crate) fn offer(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
-    let Some(kernel) = open_for(config)? else {
-        return Ok(false);
-    };
+    match open_for(config)? {
+        Some(kernel) => Ok(offer_with(&kernel, socket, config)?.is_some()),
+        None => Ok(false),
+    }
+}
+
+/// [`offer`] through a map at hand: the handshake whose option the SYN
+/// will carry.
+fn offer_with(
+    kernel: &imp::Kernel,
+    socket: &impl AsRawFd,
+    config: &Config,
+) -> io::Result<Option<ClientHandshake>> {
     let hs = ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
         .map_err(crate::Error::from)?;
     match kernel.offer(socket, hs.syn_option()) {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok(Some(hs)),
         Err(e) if config.carriage == Carriage::Kernel => Err(io::Error::other(e)),
         Err(e) => {
             tracing::debug!(error = %e, "the kernel carriage refused the offer");
-            Ok(false)
+            Ok(None)
         }
     }
 }
@@ -177,17 +199,27 @@ pub(crate) fn offer(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> 
 /// offer, or the program is not attached to its cgroup) and the in-band
 /// path decides.
 pub(crate) fn connected(tcp: &TcpStream, config: &Config) -> io::Result<Option<Connected>> {
-    let Some(kernel) = open_for(config)? else {
-        return Ok(None);
-    };
-    let recorded = kernel.recorded(tcp);
-    let hs = || {
-        ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
-            .map_err(crate::Error::from)
-    };
-    Ok(Some(match recorded {
+    match open_for(config)? {
+        Some(kernel) => connected_with(&kernel, tcp, config, None),
+        None => Ok(None),
+    }
+}
+
+/// [`connected`] through a map at hand; `offered` is the handshake whose
+/// option the SYN carried, when known (made again otherwise).
+fn connected_with(
+    kernel: &imp::Kernel,
+    tcp: &TcpStream,
+    config: &Config,
+    offered: Option<ClientHandshake>,
+) -> io::Result<Option<Connected>> {
+    Ok(Some(match kernel.recorded(tcp) {
         Recorded::Negotiated(syn, synack, _) => {
-            let mut hs = hs()?;
+            let mut hs = match offered {
+                Some(hs) => hs,
+                None => ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
+                    .map_err(crate::Error::from)?,
+            };
             // The offer was made for another configuration: its transcript
             // is not this one's.
             if hs.syn_option() != syn.as_slice() {
@@ -214,20 +246,25 @@ pub(crate) fn connected(tcp: &TcpStream, config: &Config) -> io::Result<Option<C
 
 /// Connects to `addr` offering ENO in the SYN when the kernel carriage
 /// may be used; `None` when it may not (the caller connects as before).
+/// One look at the map's pin, one handshake, for the whole connection.
 pub(crate) async fn connect(
     addr: SocketAddr,
     config: &Config,
 ) -> io::Result<Option<(TcpStream, Connected)>> {
+    let Some(kernel) = open_for(config)? else {
+        return Ok(None);
+    };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    if !offer(&socket, config)? {
+    let Some(hs) = offer_with(&kernel, &socket, config)? else {
         return Ok(None);
-    }
+    };
     let tcp = socket.connect(addr).await?;
-    let connected = connected(&tcp, config)?.unwrap_or(Connected::NotCarried);
+    let connected =
+        connected_with(&kernel, &tcp, config, Some(hs))?.unwrap_or(Connected::NotCarried);
     Ok(Some((tcp, connected)))
 }
 
