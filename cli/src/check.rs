@@ -115,7 +115,9 @@ async fn connect(destination: &str, config: &Config) -> io::Result<(TcpStream, b
         } else {
             TcpSocket::new_v6()?
         };
-        let offered = tcpcrypt_tokio::offer_in_syn(&socket, config)?;
+        // Not the destination's fault: said apart from an unreachable one.
+        let offered = tcpcrypt_tokio::offer_in_syn(&socket, config)
+            .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
         match socket.connect(addr).await {
             Ok(tcp) => return Ok((tcp, offered)),
             Err(e) => last = Some(e),
@@ -142,6 +144,12 @@ pub async fn check(args: Args) -> i32 {
         })
         .and_then(|(tcp, offered)| Ok((tcp.peer_addr()?, tcp, offered)));
     let connect_time = started.elapsed();
+    if let Err(e) = &connected
+        && e.kind() == io::ErrorKind::Unsupported
+    {
+        eprintln!("tcpcrypt check: {e}");
+        return 2;
+    }
     let finding = match connected {
         Ok((peer, tcp, offered)) => Finding {
             destination: args.destination.clone(),

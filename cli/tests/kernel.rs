@@ -891,6 +891,30 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         "the plain server received {} bytes, not the program's 1 MiB",
         received.len()
     );
+    // 10b. An IPv6-only listener answering in its SYN-ACKs does not
+    // answer for an IPv4 listener of the same port, a plain one.
+    let mut v6 = daemon
+        .shimmed(
+            "auto",
+            &[
+                "python3",
+                "-c",
+                "import socket,sys\nl=socket.socket(socket.AF_INET6)\nl.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\nl.bind(('::',7015)); l.listen(1)\nprint('ready',flush=True)\nsys.stdin.read()",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    v6.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    let plain = setup.one_shot_plain_server(false, 7015);
+    let (client, _) = setup.connect(true, 7015, &["--carriage", "kernel"], b"to the IPv4 one");
+    let received = plain.received();
+    drop(v6.stdin.take());
+    let _ = v6.wait();
+    assert_eq!(client["encrypted"], false, "{client}");
+    assert_eq!(received, b"to the IPv4 one");
     drop(daemon);
 
     // 11. A SYN, or a SYN-ACK, with two ENO options counts as one with

@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tcpcrypt_tokio::{Config, Policy, TcpcryptListener, TcpcryptStream};
+
+#[path = "../tests/support/daemon_socket.rs"]
+mod daemon_socket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// libtcpcrypt.so, with the `tcpcrypt` that runs its daemon beside it.
@@ -188,9 +191,7 @@ sys.stdin.readline()
 
 /// The resident memory of the benchmark's daemon, in bytes.
 fn daemon_rss() -> f64 {
-    let ns = std::fs::read_link("/proc/self/ns/net").unwrap();
-    let ns = ns.to_string_lossy();
-    let socket = daemon_dir().join(format!("daemon.v1.{}.sock", &ns[5..ns.len() - 1]));
+    let socket = daemon_socket::daemon_socket(&daemon_dir());
     let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
     let pid = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
         .unwrap()

@@ -189,6 +189,14 @@ impl Settings {
             && std::fs::symlink_metadata(crate::wire::KERNEL_SOCKET_MAP).is_ok()
     }
 
+    /// Whether a rule names addresses (not only ports).
+    pub fn has_address_rules(&self) -> bool {
+        self.include
+            .iter()
+            .chain(&self.exclude)
+            .any(|r| matches!(r, Rule::Net(..)))
+    }
+
     /// Whether no application byte may travel unencrypted.
     pub fn mandatory(&self) -> bool {
         self.policy == Policy::Mandatory
@@ -304,6 +312,8 @@ mod tests {
         assert!(s.excluded("192.168.1.1:22".parse().unwrap()));
         assert!(s.excluded("[::1]:80".parse().unwrap()));
         assert!(!s.excluded("127.0.0.1:80".parse().unwrap()));
+        assert!(s.has_address_rules());
+        assert!(!settings(&[], &[":22"]).has_address_rules());
         assert!(!s.excluded("11.0.0.1:80".parse().unwrap()));
     }
 

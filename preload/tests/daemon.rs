@@ -15,7 +15,10 @@ use tcpcrypt_tokio::{Config, TcpcryptStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
+#[path = "support/daemon_socket.rs"]
+mod daemon_socket;
 use common::*;
+use daemon_socket::daemon_socket;
 
 const MIB: usize = 1 << 20;
 
@@ -413,27 +416,6 @@ fn daemon_pid(dir: &Path) -> Option<i32> {
     let s = std::os::unix::net::UnixStream::connect(daemon_socket(dir)).ok()?;
     let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
     Some(cred.pid())
-}
-
-/// The socket of the daemon of `dir` in this network namespace.
-fn daemon_socket(dir: &Path) -> PathBuf {
-    let ns = std::fs::read_link("/proc/self/ns/net").unwrap();
-    let ns = ns.to_str().unwrap();
-    let id = &ns["net:[".len()..ns.len() - 1];
-    // daemon.vVERSION.NETNS.sock, whatever the wire version.
-    let suffix = format!(".{id}.sock");
-    std::fs::read_dir(dir)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("daemon.v") && n.ends_with(&suffix))
-        })
-        .unwrap_or_else(|| dir.join(format!("daemon.v0{suffix}")))
 }
 
 /// How many daemons serve `dir`.

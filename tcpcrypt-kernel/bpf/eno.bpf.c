@@ -68,7 +68,8 @@ struct eno_sk {
 	__u8 synack_len; /* B's SYN-ACK option */
 	__u8 tmpl_len;   /* listener: global byte, then TEPs by preference */
 	__u8 ack_eno;    /* accepted: A's third segment carried ENO */
-	__u8 pad[2];
+	__u8 dual_stack; /* listener: an IPv6 one that takes IPv4 too */
+	__u8 pad;
 	__u8 syn[40];
 	__u8 synack[40];
 	__u8 tmpl[16];
@@ -93,6 +94,7 @@ struct listen_key {
 struct listen_tmpl {
 	__u64 owner; /* the listener's socket cookie: only it removes the entry */
 	__u8 len;
+	__u8 dual_stack; /* [::] without IPV6_V6ONLY: answers IPv4 SYNs too */
 	__u8 bytes[16];
 };
 
@@ -220,7 +222,8 @@ static __always_inline void listen_key_of(struct bpf_sock_ops *skops, struct lis
 }
 
 /* The template answering a SYN to this address: the exact one, else the
- * wildcard of either family. */
+ * wildcard of its family, else (an IPv4 SYN) a dual-stack IPv6 wildcard:
+ * only a listener that can accept the connection answers for it. */
 static __always_inline struct listen_tmpl *template_for(struct bpf_sock_ops *skops)
 {
 	struct listen_key k;
@@ -236,17 +239,20 @@ static __always_inline struct listen_tmpl *template_for(struct bpf_sock_ops *sko
 	t = bpf_map_lookup_elem(&tcpcrypt_listen, &k);
 	if (t)
 		return t;
-	/* A dual-stack wildcard listener ([::]) answers IPv4 SYNs too. */
-	k.family = k.family == AF_INET_ ? AF_INET6_ : AF_INET_;
-	return bpf_map_lookup_elem(&tcpcrypt_listen, &k);
+	if (k.family != AF_INET_)
+		return 0;
+	k.family = AF_INET6_;
+	t = bpf_map_lookup_elem(&tcpcrypt_listen, &k);
+	return t && t->dual_stack ? t : 0;
 }
 
-/* 1 when x == 0, else 0, for x in 0..255, without a branch. */
 /* 1 when x (a byte) is at least 2, else 0. */
 static __always_inline __u32 at_least_2(__u32 x)
 {
 	return ((x + 254) >> 8) & 1;
 }
+
+/* 1 when x == 0, else 0, for x in 0..255, without a branch. */
 
 static __always_inline __u32 is_zero(__u32 x)
 {
@@ -333,6 +339,7 @@ static __attribute__((noinline)) void on_listen(struct bpf_sock_ops *skops)
 		return;
 	t.len = len;
 	t.owner = bpf_get_socket_cookie(skops);
+	t.dual_stack = st->dual_stack;
 	__builtin_memcpy(t.bytes, st->tmpl, sizeof(t.bytes));
 	listen_key_of(skops, &k);
 	/* A listener bound to the same address and port (SO_REUSEPORT)
@@ -443,9 +450,11 @@ static __attribute__((noinline)) struct pending *synack_answer(struct bpf_sock_o
 		count(STAT_DUPLICATE_ENO);
 		goto none;
 	}
-	/* SYN data (Fast Open) and ENO must not meet (RFC 8547 4.7). */
+	/* SYN data (Fast Open) and ENO must not meet (RFC 8547 4.7): a SYN
+	 * with a cookie may carry data; a cookie request (the empty option)
+	 * carries none and is answered. */
 	tfo[0] = TFO_KIND;
-	if (bpf_load_hdr_opt(skops, tfo, sizeof(tfo), BPF_LOAD_HDR_OPT_TCP_SYN) > 0) {
+	if (bpf_load_hdr_opt(skops, tfo, sizeof(tfo), BPF_LOAD_HDR_OPT_TCP_SYN) > 2) {
 		count(STAT_FAST_OPEN);
 		goto none;
 	}

@@ -14,6 +14,7 @@ const SYN_LEN: usize = 2;
 const SYNACK_LEN: usize = 3;
 const TMPL_LEN: usize = 4;
 const ACK_ENO: usize = 5;
+const DUAL_STACK: usize = 6;
 const SYN: usize = 8;
 const SYNACK: usize = 48;
 const TMPL: usize = 88;
@@ -40,10 +41,13 @@ pub fn offer(syn_option: &[u8]) -> [u8; LEN] {
 }
 
 /// A listening socket's answer template: B's global suboption byte, then
-/// its TEP identifiers, most preferred first.
-pub fn listen(global: u8, teps_by_preference: &[u8]) -> [u8; LEN] {
+/// its TEP identifiers, most preferred first; whether it is an IPv6
+/// socket that accepts IPv4 too (only then does it answer IPv4 SYNs to
+/// its port).
+pub fn listen(global: u8, teps_by_preference: &[u8], dual_stack: bool) -> [u8; LEN] {
     let mut r = [0u8; LEN];
     r[STATE] = STATE_LISTEN;
+    r[DUAL_STACK] = u8::from(dual_stack);
     r[TMPL_LEN] = 1 + teps_by_preference.len() as u8;
     r[TMPL] = global;
     r[TMPL + 1..TMPL + 1 + teps_by_preference.len()].copy_from_slice(teps_by_preference);
@@ -125,7 +129,7 @@ mod tests {
 
     #[test]
     fn a_template_lays_out_global_then_teps() {
-        let r = listen(0x01, &[0x23, 0x21]);
+        let r = listen(0x01, &[0x23, 0x21], true);
         assert_eq!(r[STATE], STATE_LISTEN);
         assert_eq!(&r[TMPL_LEN..TMPL_LEN + 1], &[3]);
         assert_eq!(&r[TMPL..TMPL + 3], &[0x01, 0x23, 0x21]);

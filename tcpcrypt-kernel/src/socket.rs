@@ -3,11 +3,12 @@
 //! through the pinned per-socket map. Any user may do this for the sockets
 //! it holds.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::Mutex;
 
 use aya::maps::{Map, MapData, SkStorage};
+use nix::sys::socket::{getsockopt, sockopt::Ipv6V6Only};
 
 use crate::record::{self, LEN, MAX_SYN_OPTION, MAX_TEMPLATE, Outcome};
 use crate::{Error, PIN_DIR};
@@ -75,11 +76,18 @@ impl Sockets {
 
     /// Between `bind` and `listen`: how this listener answers a SYN with
     /// ENO (its global suboption byte, its TEPs most preferred first).
-    pub fn listen(&self, socket: &impl AsRawFd, global: u8, teps: &[u8]) -> Result<(), Error> {
+    pub fn listen(
+        &self,
+        socket: &(impl AsRawFd + AsFd),
+        global: u8,
+        teps: &[u8],
+    ) -> Result<(), Error> {
         if teps.is_empty() || 1 + teps.len() > MAX_TEMPLATE {
             return Err(Error::OptionTooLong(1 + teps.len()));
         }
-        self.put(socket, record::listen(global, teps))
+        // An IPv4 socket has no such option: it answers for IPv4 only.
+        let dual_stack = matches!(getsockopt(socket, Ipv6V6Only), Ok(false));
+        self.put(socket, record::listen(global, teps, dual_stack))
     }
 
     /// What the kernel negotiated for this socket; `Pending` when the

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -45,7 +45,7 @@ enum Recorded {
 
 #[cfg(all(feature = "kernel", target_os = "linux"))]
 mod imp {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, BorrowedFd};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
@@ -88,9 +88,14 @@ mod imp {
             self.0.offer(socket, option).map_err(|e| e.to_string())
         }
 
-        pub fn listen(&self, socket: &impl AsRawFd, global: u8, teps: &[u8]) -> Result<(), String> {
+        pub fn listen(
+            &self,
+            socket: BorrowedFd<'_>,
+            global: u8,
+            teps: &[u8],
+        ) -> Result<(), String> {
             self.0
-                .listen(socket, global, teps)
+                .listen(&socket, global, teps)
                 .map_err(|e| e.to_string())
         }
 
@@ -114,7 +119,7 @@ mod imp {
 /// No kernel carriage in this build (feature `kernel` off, or not Linux).
 #[cfg(not(all(feature = "kernel", target_os = "linux")))]
 mod imp {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, BorrowedFd};
 
     use super::Recorded;
 
@@ -130,7 +135,7 @@ mod imp {
             match *self {}
         }
 
-        pub fn listen(&self, _: &impl AsRawFd, _: u8, _: &[u8]) -> Result<(), String> {
+        pub fn listen(&self, _: BorrowedFd<'_>, _: u8, _: &[u8]) -> Result<(), String> {
             match *self {}
         }
 
@@ -271,7 +276,7 @@ pub(crate) async fn connect(
 /// Writes the answer template of `config` into a bound listening
 /// socket's record, before its `listen`: `Ok(true)` when the kernel will
 /// answer ENO in its SYN-ACKs (if the program is attached to its cgroup).
-pub(crate) fn answer(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
+pub(crate) fn answer(socket: BorrowedFd<'_>, config: &Config) -> io::Result<bool> {
     // The kernel answers with a fixed template: a listener that requires
     // the peer's application-aware bit decides in band instead.
     if !wants_kernel(config) || config.handshake.require_application_aware {
@@ -304,7 +309,7 @@ pub(crate) fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListene
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    answer(&socket, config)?;
+    answer(socket.as_fd(), config)?;
     socket.listen(1024)
 }
 
@@ -364,8 +369,8 @@ pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
 /// println!("carried by {:?}", stream.carriage());
 /// # Ok(()) }
 /// ```
-pub fn offer_in_syn(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
-    offer(socket, config)
+pub fn offer_in_syn(socket: &impl AsFd, config: &Config) -> io::Result<bool> {
+    offer(&socket.as_fd(), config)
 }
 
 /// Prepares a bound socket that its owner will `listen` on itself: where
@@ -389,6 +394,6 @@ pub fn offer_in_syn(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> 
 /// let listener = socket.listen(1024)?;
 /// # Ok(()) }
 /// ```
-pub fn answer_in_synack(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
-    answer(socket, config)
+pub fn answer_in_synack(socket: &impl AsFd, config: &Config) -> io::Result<bool> {
+    answer(socket.as_fd(), config)
 }

@@ -42,24 +42,26 @@ pub(super) fn intercept_accept(
     if crate::env::settings().excluded(canonical(local)) {
         return Err(std::os::fd::IntoRawFd::into_raw_fd(c));
     }
+    // A listener answering in the SYN-ACK may have negotiated ENO with
+    // this client, which then sends Init1: never the application's data.
+    let kernel = socket_id(listener).is_some_and(registry::is_kernel_listener);
+    let not_carried = |c: OwnedFd, why: &str| {
+        if kernel {
+            crate::log::log!(Warn, "accepted connection reset: {why}");
+            reset(c);
+            Ok(-1)
+        } else {
+            Err(refuse_accepted_if_mandatory(c, why))
+        }
+    };
     let link = match Link::open() {
         Ok(l) => l,
-        // The client may have negotiated ENO in its SYN and be sending
-        // Init1: never the application's data.
-        Err(e) if socket_id(listener).is_some_and(registry::is_kernel_listener) => {
-            crate::log::log!(Warn, "accepted connection reset: no daemon: {e}");
-            reset(c);
-            return Ok(-1);
-        }
-        Err(e) => return Err(refuse_accepted_if_mandatory(c, &format!("no daemon: {e}"))),
+        Err(e) => return not_carried(c, &format!("no daemon: {e}")),
     };
     // SAFETY: plain system call; the result is checked.
     let app = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if app < 0 {
-        return Err(refuse_accepted_if_mandatory(
-            c,
-            "no descriptor for the application",
-        ));
+        return not_carried(c, "no descriptor for the application");
     }
     // SAFETY: `app` was just made and is owned by no one else.
     let app = unsafe { OwnedFd::from_raw_fd(app) };
@@ -156,7 +158,12 @@ pub(super) fn prepare_listen(fd: c_int) {
     let Some(local) = local_addr(fd).filter(|a| a.port() != 0) else {
         return;
     };
-    if settings.excluded(canonical(local)) {
+    // A wildcard listener's connections arrive on addresses the rules may
+    // leave alone: those would be handed out plain while the kernel
+    // answered ENO for them.
+    if settings.excluded(canonical(local))
+        || (local.ip().is_unspecified() && settings.has_address_rules())
+    {
         return;
     }
     let Some(id) = socket_id(fd) else {
