@@ -170,18 +170,9 @@ fn open_for(config: &Config) -> io::Result<Option<imp::Kernel>> {
 }
 
 /// Writes the SYN-form ENO option `config` offers into `socket`'s record,
-/// before its `connect`: `Ok(true)` when the kernel will carry it (if the
-/// program is attached to the socket's cgroup: [`connected`] tells),
-/// `Ok(false)` when the kernel carriage may not be used.
-pub(crate) fn offer(socket: &impl AsRawFd, config: &Config) -> io::Result<bool> {
-    match open_for(config)? {
-        Some(kernel) => Ok(offer_with(&kernel, socket, config)?.is_some()),
-        None => Ok(false),
-    }
-}
-
-/// [`offer`] through a map at hand: the handshake whose option the SYN
-/// will carry.
+/// before its `connect`, through a map at hand: the handshake whose option
+/// the SYN will carry (if the program is attached to the socket's cgroup:
+/// [`connected`] tells); `None` when the map refused it.
 fn offer_with(
     kernel: &imp::Kernel,
     socket: &impl AsRawFd,
@@ -200,7 +191,7 @@ fn offer_with(
 }
 
 /// What the kernel negotiated for a connected socket whose SYN offered ENO
-/// (made by [`offer`]); `None` when the kernel carried nothing for it (no
+/// (made by [`offer_with`]); `None` when the kernel carried nothing for it (no
 /// offer, or the program is not attached to its cgroup) and the in-band
 /// path decides.
 pub(crate) fn connected(tcp: &TcpStream, config: &Config) -> io::Result<Option<Connected>> {
@@ -370,7 +361,10 @@ pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
 /// # Ok(()) }
 /// ```
 pub fn offer_in_syn(socket: &impl AsFd, config: &Config) -> io::Result<bool> {
-    offer(&socket.as_fd(), config)
+    match open_for(config)? {
+        Some(kernel) => Ok(offer_with(&kernel, &socket.as_fd(), config)?.is_some()),
+        None => Ok(false),
+    }
 }
 
 /// Prepares a bound socket that its owner will `listen` on itself: where
