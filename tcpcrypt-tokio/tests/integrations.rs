@@ -3,18 +3,24 @@
 //! keeps one session (HTTP/1.1 and HTTP/2), and the mandatory policy
 //! refuses a plain server.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
+use hyper::Uri;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tcpcrypt_tokio::{
-    Config, FallbackReason, Policy, SessionAddr, TcpcryptHttpConnector, TcpcryptListener,
+    Config, FallbackReason, HttpStream, Policy, SessionAddr, TcpcryptHttpConnector,
+    TcpcryptListener,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -45,10 +51,48 @@ async fn serve_axum(config: Config) -> SocketAddr {
     addr
 }
 
+/// A connector that connects once: a second attempt never completes.
+/// hyper-util's pool returns an HTTP/1 connection in a task of its own, so
+/// a request sent before that task ran would otherwise race a new
+/// connection against the idle one; with this, the second request waits
+/// for the first connection and the test sees reuse, every time.
+#[derive(Clone)]
+struct OneConnection {
+    inner: TcpcryptHttpConnector,
+    used: Arc<AtomicBool>,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = std::io::Result<HttpStream>> + Send>>;
+
+impl tower_service::Service<Uri> for OneConnection {
+    type Response = HttpStream;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        if self.used.swap(true, Ordering::SeqCst) {
+            Box::pin(std::future::pending())
+        } else {
+            self.inner.call(uri)
+        }
+    }
+}
+
+fn one_connection() -> OneConnection {
+    OneConnection {
+        inner: TcpcryptHttpConnector::new(Arc::new(Config::default())),
+        used: Arc::default(),
+    }
+}
+
 /// GETs `/session` twice through one client; returns the two bodies and
 /// the sessions the responses carry.
 async fn get_twice(
-    client: &Client<TcpcryptHttpConnector, Empty<Bytes>>,
+    client: &Client<OneConnection, Empty<Bytes>>,
     addr: SocketAddr,
 ) -> Vec<(String, Option<SessionAddr>)> {
     let mut seen = Vec::new();
@@ -89,18 +133,16 @@ fn assert_one_session(seen: &[(String, Option<SessionAddr>)], server: SocketAddr
 #[tokio::test]
 async fn http1_client_and_axum_server_share_one_session_across_requests() {
     let addr = serve_axum(Config::default()).await;
-    let connector = TcpcryptHttpConnector::new(Arc::new(Config::default()));
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let client = Client::builder(TokioExecutor::new()).build(one_connection());
     assert_one_session(&get_twice(&client, addr).await, addr);
 }
 
 #[tokio::test]
 async fn http2_client_and_axum_server_share_one_session_across_requests() {
     let addr = serve_axum(Config::default()).await;
-    let connector = TcpcryptHttpConnector::new(Arc::new(Config::default()));
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build(connector);
+        .build(one_connection());
     assert_one_session(&get_twice(&client, addr).await, addr);
 }
 

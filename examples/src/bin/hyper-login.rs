@@ -8,29 +8,74 @@
 //!
 //! Prints one line per step: the status, the body and the session ID each
 //! response came over.
+//!
+//! A login bound to the session holds only on the connection it was made
+//! on, and hyper-util's pool does not promise to reuse one: an HTTP/1
+//! connection goes back to the pool in a task of its own after the
+//! response, and a request sent before that task has run opens a new
+//! connection. Alice's client therefore uses a connector that connects
+//! once ([`OneConnection`]): her later requests wait for that connection.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper::Uri;
 use hyper::body::Bytes;
 use hyper::header;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tcpcrypt_tokio::{Config, Policy, SessionAddr, TcpcryptHttpConnector};
+use tcpcrypt_tokio::{Config, HttpStream, Policy, SessionAddr, TcpcryptHttpConnector};
 
-type HttpClient = Client<TcpcryptHttpConnector, Full<Bytes>>;
+type HttpClient = Client<OneConnection, Full<Bytes>>;
 
-/// A client that encrypts or fails: a login over plain TCP would be
-/// refused by the server anyway.
+/// A connector that opens one connection and no more: a second attempt
+/// never completes, so the pool hands out the first connection once it is
+/// idle again rather than racing a new one against it.
+#[derive(Clone)]
+struct OneConnection {
+    inner: TcpcryptHttpConnector,
+    used: Arc<AtomicBool>,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = std::io::Result<HttpStream>> + Send>>;
+
+impl tower_service::Service<Uri> for OneConnection {
+    type Response = HttpStream;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        if self.used.swap(true, Ordering::SeqCst) {
+            Box::pin(std::future::pending())
+        } else {
+            self.inner.call(uri)
+        }
+    }
+}
+
+/// A client that encrypts or fails (a login over plain TCP would be
+/// refused by the server anyway) over one connection.
 fn client(http2: bool) -> HttpClient {
     let config = Config::builder()
         .policy(Policy::Mandatory)
         .build()
         .expect("a valid configuration");
+    let connector = OneConnection {
+        inner: TcpcryptHttpConnector::new(Arc::new(config)),
+        used: Arc::default(),
+    };
     Client::builder(TokioExecutor::new())
         .http2_only(http2)
-        .build(TcpcryptHttpConnector::new(Arc::new(config)))
+        .build(connector)
 }
 
 /// Sends `request`; prints and returns its status, cookie and session ID.
