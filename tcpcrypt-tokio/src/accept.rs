@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, FallbackReason};
 use crate::kernel;
 use crate::negotiate::{self, ServerEnd, ServerStart};
+use crate::path::PathProbe;
 use crate::stream::{AbortFn, TcpcryptStream, abort_tcp};
 use crate::{Config, Policy};
 
@@ -46,16 +47,18 @@ impl TcpcryptAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.accept_with(io, None, ServerStart::InBand).await
+        self.accept_with(io, None, ServerStart::InBand, None).await
     }
 
     /// [`accept`](Self::accept), answering a protocol error with `abort`
-    /// (RFC 8548 3.3), during the handshake as afterwards.
+    /// (RFC 8548 3.3), during the handshake as afterwards; `probe` reads
+    /// the path's figures of a TCP connection.
     async fn accept_with<IO>(
         &self,
         mut io: IO,
         abort: Option<AbortFn<IO>>,
         start: ServerStart,
+        probe: Option<PathProbe>,
     ) -> io::Result<TcpcryptStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -69,7 +72,7 @@ impl TcpcryptAcceptor {
             ));
         }
         let started = std::time::Instant::now();
-        let end = match negotiate::server(&mut io, config, start).await {
+        let end = match negotiate::server(&mut io, config, start, probe).await {
             Ok(end) => end,
             Err(e) => {
                 if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
@@ -123,7 +126,8 @@ impl TcpcryptAcceptor {
             }
             kernel::Accepted::InBand => (ServerStart::InBand, false),
         };
-        let mut stream = self.accept_with(tcp, Some(abort_tcp), start).await?;
+        let probe = PathProbe::of(&tcp);
+        let mut stream = self.accept_with(tcp, Some(abort_tcp), start, probe).await?;
         stream.peer = peer;
         stream.kernel_carried = kernel_carried && stream.is_encrypted();
         Ok(stream)

@@ -206,7 +206,9 @@ impl ConfigBuilder {
     }
 
     /// How long a client waits for the server's first bytes before it
-    /// decides the server is legacy (default 2 s).
+    /// decides the server is legacy (default 2 s). Over TCP it counts from
+    /// the moment the server had the hello (its acknowledgement): a hello
+    /// lost on the way is waited for, within the handshake timeout.
     pub fn server_hello_timeout(mut self, d: Duration) -> Self {
         self.server_hello_timeout = d;
         self
@@ -214,7 +216,9 @@ impl ConfigBuilder {
 
     /// How long a server waits for a silent client's hello before treating
     /// it as plain, so that server-speaks-first applications can send their
-    /// banner (default 300 ms).
+    /// banner (default 300 ms). Over TCP the wait is at least the path's
+    /// retransmission timeout and a round trip, when a hello lost once
+    /// would come back later than this.
     pub fn client_hello_wait(mut self, d: Duration) -> Self {
         self.client_hello_wait = d;
         self

@@ -11,6 +11,7 @@ use tokio::net::{TcpStream, ToSocketAddrs, lookup_host};
 use crate::error::{Error, FallbackReason};
 use crate::kernel;
 use crate::negotiate::{self, ClientEnd, ClientStart};
+use crate::path::PathProbe;
 use crate::proto::ClientHandshake;
 use crate::stream::{AbortFn, TcpcryptStream, abort_tcp};
 use crate::{Config, Policy};
@@ -65,7 +66,7 @@ impl TcpcryptConnector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let connected = self.connect_with(io, peer, None, None).await?;
+        let connected = self.connect_with(io, peer, None, None, None).await?;
         if let Connected::Reconnect(reason) = &connected {
             self.conclude_fallback(peer, reason)?;
         }
@@ -118,8 +119,9 @@ impl TcpcryptConnector {
         let mut tcp = tcp;
         let mut retried = false;
         loop {
+            let probe = PathProbe::of(&tcp);
             match self
-                .connect_with(tcp, Some(peer), Some(abort_tcp), None)
+                .connect_with(tcp, Some(peer), Some(abort_tcp), None, probe)
                 .await?
             {
                 Connected::Stream(mut s) => {
@@ -163,7 +165,7 @@ impl TcpcryptConnector {
         match connected {
             kernel::Connected::Negotiated(hs) => {
                 match self
-                    .connect_with(tcp, Some(peer), Some(abort_tcp), Some(hs))
+                    .connect_with(tcp, Some(peer), Some(abort_tcp), Some(hs), None)
                     .await?
                 {
                     Connected::Stream(mut s) => {
@@ -210,6 +212,7 @@ impl TcpcryptConnector {
         peer: Option<SocketAddr>,
         abort: Option<AbortFn<IO>>,
         kernel: Option<Box<ClientHandshake>>,
+        probe: Option<PathProbe>,
     ) -> io::Result<Connected<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -227,7 +230,7 @@ impl TcpcryptConnector {
             None => ClientStart::InBand(peer.and_then(|p| config.client_cache.take_ticket(p))),
         };
         let started = std::time::Instant::now();
-        let end = match negotiate::client(&mut io, config, start).await {
+        let end = match negotiate::client(&mut io, config, start, probe).await {
             Ok(end) => end,
             Err(e) => {
                 if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {

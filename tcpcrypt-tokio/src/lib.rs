@@ -60,6 +60,7 @@ mod copy;
 mod error;
 mod kernel;
 mod negotiate;
+mod path;
 mod record;
 mod session_addr;
 mod split;

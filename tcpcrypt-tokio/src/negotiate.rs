@@ -8,6 +8,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::Config;
 use crate::error::{Error, FallbackReason};
+use crate::path::{self, PathInfo, PathProbe};
 use crate::proto::{
     ClientHandshake, ClientOutcome, LegacyEvidence, OsRandom, ResumptionSecret, ServerHandshake,
     ServerOutcome, Session,
@@ -72,14 +73,34 @@ pub(crate) enum ServerStart {
     Kernel { syn: Vec<u8>, synack: Vec<u8> },
 }
 
-/// Runs the connecting side's handshake on `io`.
+/// A later end for the wait for the peer's first bytes, when the path
+/// says the peer could not have answered yet (`rule`, from
+/// [`path`]); never past the handshake's `deadline`.
+fn wait_longer(
+    probe: Option<&PathProbe>,
+    deadline: Instant,
+    rule: impl FnOnce(Instant, &PathInfo) -> Option<Instant>,
+) -> Option<Instant> {
+    let now = Instant::now();
+    if now >= deadline {
+        return None;
+    }
+    let info = probe?.read()?;
+    let until = rule(now, &info)?.min(deadline);
+    tracing::debug!(?info, wait = ?until - now, "the peer could not have answered yet");
+    Some(until)
+}
+
+/// Runs the connecting side's handshake on `io`; `probe` reads the path's
+/// figures when `io` is a TCP connection.
 pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     config: &Config,
     start: ClientStart,
+    probe: Option<PathProbe>,
 ) -> io::Result<ClientEnd> {
     let deadline = Instant::now() + config.handshake_timeout;
-    let first_deadline = deadline.min(Instant::now() + config.server_hello_timeout);
+    let mut first_deadline = deadline.min(Instant::now() + config.server_hello_timeout);
     // Over the kernel carriage the server is known to speak tcpcrypt: only
     // the handshake's deadline applies.
     let (mut hs, mut heard) = match start {
@@ -110,6 +131,14 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         let limit = if heard { deadline } else { first_deadline };
         let n = match timeout_at(limit, io.read(&mut buf)).await {
             Err(_) if !heard => {
+                // Silence counts from the hello's acknowledgement.
+                let wait = config.server_hello_timeout;
+                if let Some(later) = wait_longer(probe.as_ref(), deadline, |now, info| {
+                    path::client_wait(now, info, wait)
+                }) {
+                    first_deadline = later;
+                    continue;
+                }
                 hs.peer_silent().map_err(Error::from)?;
                 0
             }
@@ -152,14 +181,17 @@ fn client_end(outcome: ClientOutcome, rest: Vec<u8>) -> ClientEnd {
     }
 }
 
-/// Runs the accepting side's handshake on `io`.
+/// Runs the accepting side's handshake on `io`; `probe` reads the path's
+/// figures when `io` is a TCP connection.
 pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     config: &Config,
     start: ServerStart,
+    probe: Option<PathProbe>,
 ) -> io::Result<ServerEnd> {
-    let deadline = Instant::now() + config.handshake_timeout;
-    let first_deadline = deadline.min(Instant::now() + config.client_hello_wait);
+    let accepted = Instant::now();
+    let deadline = accepted + config.handshake_timeout;
+    let mut first_deadline = deadline.min(accepted + config.client_hello_wait);
     let cache = Some(config.server_cache.clone());
     // Over the kernel carriage A must send Init1: no wait for a plain
     // client, only the handshake's deadline.
@@ -187,6 +219,15 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         let limit = if heard { deadline } else { first_deadline };
         let (n, silent) = match timeout_at(limit, io.read(&mut buf)).await {
             Err(_) if !heard => {
+                // A client's hello lost once comes back a retransmission
+                // timeout later.
+                let wait = config.client_hello_wait;
+                if let Some(later) = wait_longer(probe.as_ref(), deadline, |now, info| {
+                    path::server_wait(accepted, now, info, wait)
+                }) {
+                    first_deadline = later;
+                    continue;
+                }
                 hs.peer_silent().map_err(Error::from)?;
                 (0, true)
             }

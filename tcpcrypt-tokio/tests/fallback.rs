@@ -27,8 +27,9 @@ fn first_flight() -> Vec<u8> {
     out
 }
 
-/// A listener that takes a client for plain after 100 ms of silence, and
-/// its application: reads to the end, and returns what it got.
+/// A listener that takes a client for plain after 100 ms of silence (or,
+/// as here on loopback, the path's retransmission timeout and a round
+/// trip if longer: about 200 ms), and its application: reads to the end, and returns what it got.
 async fn impatient_server() -> (
     std::net::SocketAddr,
     tokio::task::JoinHandle<(Option<FallbackReason>, std::io::Result<Vec<u8>>)>,
