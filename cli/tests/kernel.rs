@@ -1064,6 +1064,72 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         simultaneous + 2
     );
 
+    // 14. Resumption in the SYN (RFC 8548 3.5): a library client and
+    // listener in the cgroup, one process. The second and third
+    // connections name the previous session's identifier in their SYN,
+    // the SYN-ACK answers with B's half, and no Init message crosses; a
+    // forged entry in the kernel's map (B's half altered) never makes a
+    // connection plain: A connects again with a fresh exchange.
+    let resumed_before = kernel_counter("passive_resumed");
+    let (clients, servers, segments) = {
+        let _inside = setup.enter_cgroup();
+        let capture = setup.capture(7014);
+        let netns = format!("/run/netns/{}", setup.netns);
+        let (clients, servers) = std::thread::spawn(move || {
+            enter_netns(&netns);
+            resumption_in_the_syn(7014)
+        })
+        .join()
+        .unwrap();
+        (clients, servers, capture.segments())
+    };
+    assert_eq!(clients, servers, "each end saw the same sessions");
+    let kinds: Vec<(&str, bool)> = clients
+        .iter()
+        .map(|(_, carriage, resumed)| (carriage.as_str(), *resumed))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("kernel", false),
+            ("kernel", true),
+            ("kernel", true),
+            ("in-band", false)
+        ],
+        "{clients:?}"
+    );
+    assert_eq!(kernel_counter("passive_resumed"), resumed_before + 3);
+    let syns: Vec<&Segment> = segments
+        .iter()
+        .filter(|s| s.flags & (SYN | ACK) == SYN)
+        .collect();
+    let synacks: Vec<&Segment> = segments
+        .iter()
+        .filter(|s| s.flags & (SYN | ACK) == SYN | ACK)
+        .collect();
+    // Five SYNs: three connections, the forged one, and its fresh retry.
+    assert_eq!((syns.len(), synacks.len()), (5, 5), "{segments:?}");
+    for i in 1..4 {
+        let (syn, synack) = (syns[i].eno().unwrap(), synacks[i].eno().unwrap());
+        // A: the TEP with v = 1, its half and an 8-byte nonce (20 bytes);
+        // B: b = 1, the TEP with v = 1, its half and a 7-byte nonce.
+        assert_eq!(syn.len(), 20, "{syn:02x?}");
+        assert!(syn[2] >= 0xa0, "{syn:02x?}");
+        assert_eq!(synack.len(), 20, "{synack:02x?}");
+        assert_eq!((synack[2] & 1, synack[3]), (1, syn[2]), "{synack:02x?}");
+    }
+    // Init1 crossed once, on the first connection; never on a resumed one.
+    let init1s = segments
+        .iter()
+        .filter(|s| s.payload.starts_with(&[0x15, 0x10, 0x1a, 0x0e]))
+        .count();
+    assert_eq!(init1s, 1, "one Init1, for the first connection only");
+    // The forged answer's connection carried no byte of the application.
+    assert!(
+        syns[4].eno().is_none(),
+        "the retry offers nothing in its SYN"
+    );
+
     // The counters saw it all.
     let status = Command::new(BIN)
         .args(["kernel", "status", "--json"])
@@ -1092,4 +1158,90 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         "{status}"
     );
     println!("kernel carriage scenarios took {:?}", started.elapsed());
+}
+
+/// A session as one end saw it: its ID, its carriage, whether resumed.
+type Seen = (String, String, bool);
+
+/// Four connections from one library client to one library listener on
+/// `port` (this thread in the test's namespace, the process in its
+/// cgroup), each echoing five bytes: the first fresh, the next two
+/// resuming in the SYN, and the fourth after the kernel's entry for it was
+/// forged (B's half altered), which A must not take for plain. Returns
+/// (session ID, carriage, resumed) as the clients saw them and as the
+/// server did.
+fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
+    use std::sync::Arc;
+    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn seen(stream: &TcpcryptStream<tokio::net::TcpStream>) -> Seen {
+        let info = stream.session().expect("encrypted");
+        let carriage = match stream.carriage() {
+            Some(Carriage::Kernel) => "kernel",
+            _ => "in-band",
+        };
+        (info.session_id.to_string(), carriage.into(), info.resumed)
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let config = Arc::new(Config::default());
+        let addr = format!("127.0.0.1:{port}");
+        let mut listener = TcpcryptListener::bind(addr.as_str(), &config)
+            .await
+            .unwrap();
+        let server = tokio::spawn(async move {
+            let mut seen_here = Vec::new();
+            while seen_here.len() < 4 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue; // the forged answer's connection, refused
+                };
+                let mut buf = [0u8; 5];
+                if s.read_exact(&mut buf).await.is_err() {
+                    continue; // the forged answer's connection, refused
+                }
+                s.write_all(&buf).await.unwrap();
+                s.shutdown().await.unwrap();
+                seen_here.push(seen(&s));
+            }
+            seen_here
+        });
+        let mut clients = Vec::new();
+        for i in 0..4 {
+            if i == 3 {
+                forge_resumption_entries();
+            }
+            let mut c = TcpcryptStream::connect(addr.as_str(), &config)
+                .await
+                .unwrap();
+            c.write_all(b"hello").await.unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"hello");
+            clients.push(seen(&c));
+        }
+        (clients, server.await.unwrap())
+    })
+}
+
+/// Gives every identifier in the kernel's resumption map another B half,
+/// as any local user may (the pin is world-writable).
+fn forge_resumption_entries() {
+    use aya::maps::{HashMap, Map, MapData};
+    let data = MapData::from_pin(Path::new(tcpcrypt_kernel::PIN_DIR).join("resume")).unwrap();
+    let mut map: HashMap<MapData, [u8; 16], [u8; 40]> =
+        Map::from_map_data(data).unwrap().try_into().unwrap();
+    let keys: Vec<[u8; 16]> = map.keys().map(Result::unwrap).collect();
+    assert!(
+        !keys.is_empty(),
+        "the listener gave the kernel its identifier"
+    );
+    for k in keys {
+        let mut v = map.get(&k, 0).unwrap();
+        v[17] ^= 0xff; // the first byte of B's half
+        map.insert(k, v, 0).unwrap();
+    }
 }

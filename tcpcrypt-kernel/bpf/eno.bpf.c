@@ -18,13 +18,20 @@
  *    most preferred TEP that A offered exactly once; the accepted socket's
  *    storage receives A's option and the answer (state ACCEPTED).
  *
+ *  - Resumption (RFC 8548 3.5): user space gives the map tcpcrypt_resume
+ *    the identifier halves its cached secrets answer to (A's half, the
+ *    listener it belongs to, B's half, B's nonce, an expiry). A SYN whose
+ *    last suboption names one gets B's resumption suboption in the
+ *    SYN-ACK, and the entry is deleted: single use. Any other resumption
+ *    offer is answered as a fresh one for its TEP.
+ *
  * What it leaves alone: sockets with no storage (programs that did not
  * ask), listeners with no template (plain servers: their SYN-ACKs carry no
  * ENO), SYNs with data (TCP Fast Open: RFC 8547 4.7), SYN cookies (the
- * answer could not be recovered with the connection), and offers with
- * variable-length suboptions (resumption), which the in-band carriage
- * handles, and SYNs or SYN-ACKs with two ENO options (RFC 8547 4.1: as
- * though they had none).
+ * answer could not be recovered with the connection), offers with length
+ * bytes (a suboption with data before another), which the in-band
+ * carriage handles, and SYNs or SYN-ACKs with two ENO options (RFC 8547
+ * 4.1: as though they had none).
  */
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -73,6 +80,7 @@ struct eno_sk {
 	__u8 syn[40];
 	__u8 synack[40];
 	__u8 tmpl[16];
+	__u64 listener; /* accepted: the listener's socket cookie */
 };
 
 struct {
@@ -116,6 +124,7 @@ struct conn_key {
 };
 
 struct pending {
+	__u64 listener;
 	__u8 syn_len;
 	__u8 answer_len;
 	__u8 syn[40];
@@ -128,6 +137,30 @@ struct {
 	__type(key, struct conn_key);
 	__type(value, struct pending);
 } tcpcrypt_pending SEC(".maps");
+
+/* Resumption: A's identifier half (RFC 8548 3.5), zero-padded. */
+struct resume_key {
+	__u8 half[9];
+	__u8 pad[7];
+};
+
+#define RESUME_NONCE 7 /* B's nonce: what the SYN-ACK's 20 bytes leave */
+
+struct resume_val {
+	__u64 owner;      /* the listener's socket cookie */
+	__u64 expires_ns; /* CLOCK_MONOTONIC */
+	__u8 tep;         /* the TEP identifier, v = 0 */
+	__u8 half[9];     /* B's identifier half */
+	__u8 nonce[RESUME_NONCE];
+	__u8 pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct resume_key);
+	__type(value, struct resume_val);
+} tcpcrypt_resume SEC(".maps");
 
 enum {
 	STAT_SYN_SENT,
@@ -143,6 +176,7 @@ enum {
 	STAT_FAST_OPEN,
 	STAT_DUPLICATE_ENO,
 	STAT_SIMULTANEOUS_OPEN,
+	STAT_RESUMED,
 	STAT_COUNT,
 };
 
@@ -260,17 +294,63 @@ static __always_inline __u32 is_zero(__u32 x)
 }
 
 /*
+ * B's resumption answer, if A's suboption at `r` (TEP byte with v = 1,
+ * then data to the option's end) names an identifier half that user space
+ * gave for this listener and that has not expired: the global byte, the
+ * TEP with v = 1, B's half and nonce (20 bytes). The entry is deleted:
+ * single use.
+ */
+static __attribute__((noinline)) int resume_answer(const __u8 *a, int a_len, __u32 r,
+						    const struct listen_tmpl *t, __u8 *out)
+{
+	struct resume_key k = {};
+	struct resume_val *v;
+	__u32 data_len, i;
+
+	if (r < 2 || r >= MAX_OPTION)
+		return 0;
+	data_len = a_len - r - 1;
+	if (data_len < 9 || data_len > 17)
+		return 0;
+#pragma clang loop unroll(disable)
+	for (i = 0; i < 9; i++) {
+		__u32 at = r + 1 + i;
+		if (at >= MAX_OPTION)
+			return 0;
+		k.half[i] = a[at];
+	}
+	v = bpf_map_lookup_elem(&tcpcrypt_resume, &k);
+	if (!v)
+		return 0;
+	if (v->owner != t->owner || v->expires_ns < bpf_ktime_get_ns() ||
+	    (v->tep | 0x80) != a[r]) {
+		return 0;
+	}
+	out[0] = ENO_KIND;
+	out[1] = 20;
+	out[2] = (t->bytes[0] & 0x1e) | 0x01;
+	out[3] = v->tep | 0x80;
+	__builtin_memcpy(out + 4, v->half, 9);
+	__builtin_memcpy(out + 13, v->nonce, RESUME_NONCE);
+	bpf_map_delete_elem(&tcpcrypt_resume, &k);
+	count(STAT_RESUMED);
+	return 20;
+}
+
+/*
  * B's answer to A's option `a` (a_len bytes, kind and length included,
- * zero beyond): the template's global byte, then its most preferred TEP
- * that A offered exactly once. Returns the answer's length, or 0 for no
- * answer. Branch-free over the option's bytes, so that the verifier walks
- * one path, not one per byte value.
+ * zero beyond): a resumption it holds (resume_answer), else the template's
+ * global byte and its most preferred TEP that A offered exactly once (a
+ * resumption suboption offers its TEP too, RFC 8548 3.5). Returns the
+ * answer's length, or 0 for no answer. Branch-free over the option's
+ * bytes, so that the verifier walks one path, not one per byte value.
  */
 static __attribute__((noinline)) int answer(const __u8 *a, int a_len,
 					     const struct listen_tmpl *t, __u8 *out)
 {
-	__u32 variable = 0, claims_b = 0, seen_global = 0;
-	int i, j;
+	__u32 claims_b = 0, seen_global = 0, length_byte = 0;
+	__u32 r = MAX_OPTION, found = 0, rtep = 0;
+	int i, j, n;
 
 	if (a_len < 2 || a_len > MAX_OPTION || t->len < 2 || t->len > 1 + MAX_PREFS)
 		return 0;
@@ -278,29 +358,44 @@ static __attribute__((noinline)) int answer(const __u8 *a, int a_len,
 #pragma clang loop unroll(disable)
 	for (i = 2; i < MAX_OPTION; i++) {
 		__u32 c = a[i];
-		__u32 global = is_zero(c & 0xe0);
-		variable |= c & 0x80;
+		__u32 before = found ^ 1;
+		__u32 global = is_zero(c & 0xe0) & before;
+		__u32 high = (c >> 7) & 1;
+		__u32 first = high & before;
 		/* A's first global suboption (RFC 8547 4.2: only the first
 		 * counts) must not claim role B. */
 		claims_b |= global & (seen_global ^ 1) & c & 0x01;
 		seen_global |= global;
+		/* The first byte with the high bit: a length byte (0x80 to
+		 * 0x9f, not supported here) or a TEP with v = 1, whose data
+		 * runs to the end of the option. */
+		length_byte |= first & is_zero((c & 0xe0) ^ 0x80);
+		r = (r & ~(-first)) | (i & -first);
+		rtep = (rtep & ~(-first)) | ((c & 0x7f) & -first);
+		found |= high;
 	}
-	if (variable) {
+	if (length_byte) {
 		count(STAT_PASSIVE_UNSUPPORTED_OFFER);
 		return 0;
 	}
 	if (claims_b)
 		return 0;
+	if (found) {
+		n = resume_answer(a, a_len, r, t, out);
+		if (n)
+			return n;
+	}
 #pragma clang loop unroll(disable)
 	for (j = 1; j <= MAX_PREFS; j++) {
-		__u32 p, n = 0;
+		__u32 p, m = 0;
 		if (j >= t->len)
 			break;
 		p = t->bytes[j];
 #pragma clang loop unroll(disable)
 		for (i = 2; i < MAX_OPTION; i++)
-			n += is_zero(a[i] ^ p);
-		if (n == 1) {
+			m += is_zero(a[i] ^ p) & (((__u32)i - r) >> 31);
+		m += found & is_zero(rtep ^ p);
+		if (m == 1) {
 			if (p < 0x20 || p > 0x7f)
 				return 0;
 			out[0] = ENO_KIND;
@@ -459,6 +554,7 @@ static __attribute__((noinline)) struct pending *synack_answer(struct bpf_sock_o
 		goto none;
 	}
 	p.syn_len = n;
+	p.listener = t->owner;
 	__builtin_memcpy(p.syn, buf, sizeof(p.syn));
 	p.answer_len = answer(buf, n, t, p.answer);
 	if (!p.answer_len)
@@ -483,8 +579,8 @@ static __attribute__((noinline)) void on_hdr_len(struct bpf_sock_ops *skops)
 			return;
 		}
 		p = synack_answer(skops);
-		if (p && p->answer_len == 4)
-			bpf_reserve_hdr_opt(skops, 4, 0);
+		if (p && (p->answer_len == 4 || p->answer_len == 20))
+			bpf_reserve_hdr_opt(skops, p->answer_len, 0);
 		return;
 	}
 	st = storage(skops, 0);
@@ -524,7 +620,11 @@ static __attribute__((noinline)) void on_hdr_write(struct bpf_sock_ops *skops)
 			return;
 		conn_key_of(skops, &ck);
 		p = bpf_map_lookup_elem(&tcpcrypt_pending, &ck);
-		if (p && p->answer_len == 4 && !bpf_store_hdr_opt(skops, p->answer, 4, 0))
+		if (!p)
+			return;
+		if (p->answer_len == 4 && !bpf_store_hdr_opt(skops, p->answer, 4, 0))
+			count(STAT_SYNACK_SENT);
+		if (p->answer_len == 20 && !bpf_store_hdr_opt(skops, p->answer, 20, 0))
 			count(STAT_SYNACK_SENT);
 		return;
 	}
@@ -548,12 +648,11 @@ static __attribute__((noinline)) void on_hdr_write(struct bpf_sock_ops *skops)
 }
 
 /* B's SYN-ACK option can enable ENO: its first global suboption has
- * b = 1, and it names a TEP. A v bit (resumption) or a length byte is not
- * something A offered in the kernel carriage. The library judges the rest
- * (which TEP, whether A offered it). */
+ * b = 1, and it names a TEP (with v = 1 for a resumption). The library
+ * judges the rest (which TEP, whether A offered it, the identifier half). */
 static __attribute__((noinline)) int valid_answer(const __u8 *b)
 {
-	__u32 seen_global = 0, b_bit = 0, teps = 0, variable = 0;
+	__u32 seen_global = 0, b_bit = 0, teps = 0;
 	int i;
 	/* Bytes past the option are zero: they change nothing below. */
 #pragma clang loop unroll(disable)
@@ -562,10 +661,9 @@ static __attribute__((noinline)) int valid_answer(const __u8 *b)
 		__u32 global = is_zero(c & 0xe0);
 		b_bit |= global & (seen_global ^ 1) & c & 0x01;
 		seen_global |= global;
-		teps += (c >= 0x20) & (c < 0x80);
-		variable |= c & 0x80;
+		teps += (c >= 0x20);
 	}
-	return b_bit && teps > 0 && !variable;
+	return b_bit && teps > 0;
 }
 
 static __attribute__((noinline)) void on_active_established(struct bpf_sock_ops *skops)
@@ -666,6 +764,7 @@ static __attribute__((noinline)) void on_passive_established(struct bpf_sock_ops
 		goto out;
 	st->state = STATE_ACCEPTED;
 	st->outcome = OUTCOME_ENO;
+	st->listener = p->listener;
 	st->syn_len = syn_len;
 	st->synack_len = answer_len;
 	__builtin_memcpy(st->syn, p->syn, sizeof(st->syn));

@@ -15,9 +15,12 @@ use crate::{Error, PIN_DIR};
 const PROGRAM: &str = "tcpcrypt_eno";
 /// Map names in the object, and their pins' modes: every user may read and
 /// write the per-socket records (a record is reached only through a socket
-/// the caller holds); the rest is the program's own.
-const MAPS: [(&str, &str, u32); 4] = [
+/// the caller holds) and the resumption identifiers its servers answer to
+/// (`docs/PROTOCOL.md` 3.5 says what another user can and cannot do with
+/// them); the rest is the program's own.
+const MAPS: [(&str, &str, u32); 5] = [
     ("tcpcrypt_sk", "sk", 0o666),
+    ("tcpcrypt_resume", "resume", 0o666),
     ("tcpcrypt_listen", "listen", 0o600),
     ("tcpcrypt_pending", "pending", 0o600),
     ("tcpcrypt_stats", "stats", 0o600),
@@ -28,7 +31,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const OWN_CGROUP2: &str = "/run/tcpcrypt/cgroup2";
 
 /// Counters kept by the program (`tcpcrypt kernel status`).
-pub const COUNTERS: [&str; 13] = [
+pub const COUNTERS: [&str; 14] = [
     "syn_sent_with_eno",
     "synack_sent_with_eno",
     "active_enabled",
@@ -42,6 +45,7 @@ pub const COUNTERS: [&str; 13] = [
     "fast_open_left_plain",
     "duplicate_eno_left_plain",
     "simultaneous_open_left_plain",
+    "passive_resumed",
 ];
 
 /// Where the program is attached and what it counted.
@@ -252,7 +256,8 @@ pub fn disable(cgroup: Option<&Path>) -> Result<(PathBuf, bool), Error> {
     }
     if attachments().is_empty() {
         let dir = Path::new(PIN_DIR);
-        for pin in ["prog", "sk", "listen", "pending", "stats"] {
+        let pins = MAPS.iter().map(|(_, pin, _)| *pin);
+        for pin in std::iter::once("prog").chain(pins) {
             let _ = std::fs::remove_file(dir.join(pin));
         }
         let _ = std::fs::remove_dir(dir);

@@ -2,7 +2,7 @@
 //! eno_sk` in `bpf/eno.bpf.c`): one layout, mirrored here byte for byte.
 
 /// The record's size.
-pub const LEN: usize = 104;
+pub const LEN: usize = 112;
 /// The longest ENO option a SYN can carry beside Linux's own options.
 pub const MAX_SYN_OPTION: usize = 20;
 /// The longest answer template: B's global byte and eight TEPs.
@@ -18,6 +18,7 @@ const DUAL_STACK: usize = 6;
 const SYN: usize = 8;
 const SYNACK: usize = 48;
 const TMPL: usize = 88;
+const LISTENER: usize = 104;
 
 const STATE_OFFER: u8 = 1;
 const STATE_LISTEN: u8 = 2;
@@ -70,6 +71,9 @@ pub enum Outcome {
         synack: Vec<u8>,
         /// Accepting side: A's third segment carried an ENO option.
         ack_had_eno: bool,
+        /// Accepting side: the socket cookie of the listener that answered
+        /// (the owner of the resumption identifiers it may answer to).
+        listener: Option<u64>,
     },
     /// The SYN-ACK (or, accepting, the SYN) carried no ENO option.
     PeerSentNone,
@@ -95,6 +99,9 @@ pub fn outcome(r: &[u8; LEN]) -> Outcome {
             syn: syn(),
             synack: synack(),
             ack_had_eno: r[STATE] == STATE_ACCEPTED && r[ACK_ENO] != 0,
+            listener: (r[STATE] == STATE_ACCEPTED).then(|| {
+                u64::from_ne_bytes(r[LISTENER..LISTENER + 8].try_into().expect("8 bytes"))
+            }),
         },
         (_, OUTCOME_NO_ENO) => Outcome::PeerSentNone,
         (_, OUTCOME_NO_SPACE) => Outcome::NoSpace,
@@ -123,6 +130,7 @@ mod tests {
                 syn: vec![69, 4, 0x00, 0x23],
                 synack: vec![69, 4, 0x01, 0x23],
                 ack_had_eno: false,
+                listener: None,
             }
         );
     }

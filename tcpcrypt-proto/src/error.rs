@@ -88,6 +88,12 @@ pub enum Error {
     /// The configuration cannot be used (for example no TEP or no AEAD).
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
+    /// The kernel carriage answered a resumption in the SYN-ACK whose
+    /// secret this side no longer holds (evicted, or taken by another
+    /// connection in between): the connection must be aborted, and the
+    /// peer connects again with a fresh exchange.
+    #[error("the kernel answered a resumption whose secret is gone")]
+    ResumptionForgotten,
 }
 
 /// Whose fault an [`Error`](enum@Error) is.
@@ -135,6 +141,7 @@ impl Error {
             | Error::Truncated
             | Error::LateHello
             | Error::HandshakeEof => ErrorClass::PeerMisbehaved,
+            Error::ResumptionForgotten => ErrorClass::Environment,
             Error::NoAcceptableAead => ErrorClass::PeerIncompatible,
             Error::FrameTooLarge(_)
             | Error::SendAfterFin

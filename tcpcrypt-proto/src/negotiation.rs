@@ -136,6 +136,46 @@ pub fn client_offer(
     })
 }
 
+/// The most ENO option bytes a SYN or SYN-ACK has room for beside Linux's
+/// own options (MSS, SACK-permitted, timestamps, window scale: 20 of the
+/// 40 bytes). The kernel carriage keeps its options within it.
+pub const KERNEL_OPTION_ROOM: usize = 20;
+
+/// The connecting side's offer in at most `room` option bytes (the kernel
+/// carriage: [`KERNEL_OPTION_ROOM`]). An offer with resumption that does
+/// not fit is sent with the resumption suboption alone (it is a fresh
+/// offer for its TEP too, RFC 8548 3.5); if even that does not fit (a
+/// global suboption and an 8-byte nonce: 21 bytes), the offer is fresh and
+/// the secret goes unused. A fresh offer longer than `room` is returned as
+/// it is, for the caller to refuse.
+pub fn client_offer_within(
+    config: &HandshakeConfig,
+    resumption: Option<(ResumptionSecret, Vec<u8>)>,
+    room: usize,
+) -> Result<ClientOffer, Error> {
+    let full = client_offer(config, resumption)?;
+    if full.option.as_bytes().len() <= room {
+        return Ok(full);
+    }
+    let Some((secret, data)) = full.resumption else {
+        return Ok(full);
+    };
+    let global = config.global(false);
+    let option = EnoOption::encode(
+        (global != 0).then_some(global),
+        &[data.suboption(secret.tep)],
+    )?;
+    if option.as_bytes().len() <= room {
+        return Ok(ClientOffer {
+            option,
+            fresh: vec![secret.tep],
+            resumption: Some((secret, data)),
+            pipelined: None,
+        });
+    }
+    client_offer(config, None)
+}
+
 /// What the accepting side decided.
 #[derive(Debug)]
 pub enum ServerChoice {

@@ -91,7 +91,14 @@ pub struct ResumptionCache {
     capacity: usize,
     expiry: Option<(Duration, Clock)>,
     inner: Mutex<CacheInner>,
+    removal: std::sync::OnceLock<RemovalHook>,
 }
+
+/// Told of each identifier half whose secret leaves the cache (taken,
+/// evicted, expired or flushed), so that a copy of it kept elsewhere (the
+/// kernel carriage's map of identifiers it may answer in a SYN-ACK) leaves
+/// with it. Called without the cache's lock held.
+pub type RemovalHook = Arc<dyn Fn(&ResumeHalf) + Send + Sync>;
 
 #[derive(Default)]
 struct CacheInner {
@@ -115,6 +122,7 @@ impl ResumptionCache {
             capacity,
             expiry: None,
             inner: Mutex::new(CacheInner::default()),
+            removal: std::sync::OnceLock::new(),
         }
     }
 
@@ -125,6 +133,30 @@ impl ResumptionCache {
             expiry: Some((max_age, clock)),
             ..ResumptionCache::new(capacity)
         }
+    }
+
+    /// Sets the [`RemovalHook`] (once; a second call is ignored).
+    pub fn on_removal(&self, hook: RemovalHook) {
+        let _ = self.removal.set(hook);
+    }
+
+    fn removed(&self, halves: &[ResumeHalf]) {
+        if let Some(hook) = self.removal.get() {
+            halves.iter().for_each(|h| hook(h));
+        }
+    }
+
+    /// The TEP and this side's identifier half of the secret stored under
+    /// `half` (the peer's), without taking it: what this side answers
+    /// when the peer names it.
+    pub fn answer_for(
+        &self,
+        backend: &dyn CryptoBackend,
+        half: &ResumeHalf,
+    ) -> Option<(Tep, ResumeHalf)> {
+        let inner = self.lock();
+        let (secret, _) = inner.entries.get(half)?;
+        Some((secret.tep, secret.own_half(backend)))
     }
 
     fn now(&self) -> Duration {
@@ -152,27 +184,36 @@ impl ResumptionCache {
             return None;
         }
         let now = self.now();
-        let mut inner = self.lock();
-        if inner.entries.len() >= self.capacity {
-            if let Some((max_age, _)) = &self.expiry {
-                inner
-                    .entries
-                    .retain(|_, (_, at)| now.saturating_sub(*at) <= *max_age);
-                let CacheInner { entries, order } = &mut *inner;
-                order.retain(|k| entries.contains_key(k));
-            }
-        }
-        if inner.entries.insert(key, (secret, now)).is_none() {
-            inner.order.push_back(key);
-        }
-        while inner.entries.len() > self.capacity {
-            match inner.order.pop_front() {
-                Some(old) => {
-                    inner.entries.remove(&old);
+        let mut gone = Vec::new();
+        {
+            let mut inner = self.lock();
+            if inner.entries.len() >= self.capacity {
+                if let Some((max_age, _)) = &self.expiry {
+                    inner.entries.retain(|k, (_, at)| {
+                        let keep = now.saturating_sub(*at) <= *max_age;
+                        if !keep {
+                            gone.push(*k);
+                        }
+                        keep
+                    });
+                    let CacheInner { entries, order } = &mut *inner;
+                    order.retain(|k| entries.contains_key(k));
                 }
-                None => break,
+            }
+            if inner.entries.insert(key, (secret, now)).is_none() {
+                inner.order.push_back(key);
+            }
+            while inner.entries.len() > self.capacity {
+                match inner.order.pop_front() {
+                    Some(old) => {
+                        inner.entries.remove(&old);
+                        gone.push(old);
+                    }
+                    None => break,
+                }
             }
         }
+        self.removed(&gone);
         Some(key)
     }
 
@@ -192,9 +233,13 @@ impl ResumptionCache {
     /// Removes and returns the secret a peer named, if any: single use.
     pub fn take(&self, half: &ResumeHalf) -> Option<ResumptionSecret> {
         let now = self.now();
-        let mut inner = self.lock();
-        let (found, inserted) = inner.entries.remove(half)?;
-        inner.order.retain(|k| k != half);
+        let (found, inserted) = {
+            let mut inner = self.lock();
+            let entry = inner.entries.remove(half)?;
+            inner.order.retain(|k| k != half);
+            entry
+        };
+        self.removed(std::slice::from_ref(half));
         match &self.expiry {
             Some((max_age, _)) if now.saturating_sub(inserted) > *max_age => None,
             _ => Some(found),
@@ -209,9 +254,12 @@ impl ResumptionCache {
 
     /// Flushes everything.
     pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.entries.clear();
-        inner.order.clear();
+        let gone: Vec<ResumeHalf> = {
+            let mut inner = self.lock();
+            inner.order.clear();
+            inner.entries.drain().map(|(k, _)| k).collect()
+        };
+        self.removed(&gone);
     }
 
     /// Number of cached secrets.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use common::*;
 use tcpcrypt_proto::init::INIT1_MAGIC;
 use tcpcrypt_proto::{
-    AeadAlgorithm, ClientHandshake, ClientOutcome, Error, HandshakeConfig, OsRandom,
-    ServerHandshake, Tep,
+    AeadAlgorithm, ClientHandshake, ClientOutcome, DisableReason, Error, HandshakeConfig, OsRandom,
+    ResumptionCache, ResumptionSecret, ServerHandshake, ServerOutcome, Tep,
 };
 
 /// What the BPF program answers (`bpf/eno.bpf.c`): the template's global
@@ -27,7 +27,7 @@ fn kernel_pair(
     a_cfg: &Arc<HandshakeConfig>,
     b_cfg: &Arc<HandshakeConfig>,
 ) -> (ClientHandshake, ServerHandshake, Vec<u8>) {
-    let mut a = ClientHandshake::kernel(a_cfg.clone(), Box::new(OsRandom)).unwrap();
+    let mut a = ClientHandshake::kernel(a_cfg.clone(), None, Box::new(OsRandom)).unwrap();
     let syn = a.syn_option().to_vec();
     assert!(syn.len() <= 20, "fits in a SYN beside Linux's options");
     let synack = kernel_answer(&syn, &ServerHandshake::kernel_template(b_cfg)).unwrap();
@@ -116,7 +116,7 @@ fn b_preference_decides_over_the_kernel_carriage_too() {
 #[test]
 fn an_answer_that_is_not_the_configuration_s_choice_is_refused() {
     let cfg = Arc::new(HandshakeConfig::default());
-    let a = ClientHandshake::kernel(cfg.clone(), Box::new(OsRandom)).unwrap();
+    let a = ClientHandshake::kernel(cfg.clone(), None, Box::new(OsRandom)).unwrap();
     let syn = a.syn_option().to_vec();
     let (global, teps) = ServerHandshake::kernel_template(&cfg);
     // The least preferred TEP: a template out of step with the config.
@@ -128,7 +128,7 @@ fn an_answer_that_is_not_the_configuration_s_choice_is_refused() {
 #[test]
 fn a_vacuous_synack_means_plain_tcp_on_this_connection() {
     let cfg = Arc::new(HandshakeConfig::default());
-    let mut a = ClientHandshake::kernel(cfg, Box::new(OsRandom)).unwrap();
+    let mut a = ClientHandshake::kernel(cfg, None, Box::new(OsRandom)).unwrap();
     // B's global suboption with b = 1 and no TEP: it declines.
     a.kernel_synack(&[69, 3, 0x01]).unwrap();
     assert!(!a.wants_write(), "nothing of ours in the stream");
@@ -138,6 +138,153 @@ fn a_vacuous_synack_means_plain_tcp_on_this_connection() {
 #[test]
 fn reading_before_the_synack_is_misuse() {
     let cfg = Arc::new(HandshakeConfig::default());
-    let mut a = ClientHandshake::kernel(cfg, Box::new(OsRandom)).unwrap();
+    let mut a = ClientHandshake::kernel(cfg, None, Box::new(OsRandom)).unwrap();
     assert!(matches!(a.read(b"x"), Err(Error::InvalidState(_))));
+}
+
+/// What the BPF program answers to a SYN whose last suboption names a
+/// resumption identifier it holds (`bpf/eno.bpf.c`, `resume_answer`): B's
+/// global byte, the TEP with `v = 1`, B's identifier half and a 7-byte
+/// nonce (the SYN-ACK's 20 bytes of room).
+fn kernel_resume_answer(
+    syn: &[u8],
+    cfg: &HandshakeConfig,
+    cache: &ResumptionCache,
+    nonce_b: [u8; 7],
+) -> Option<Vec<u8>> {
+    let last = syn[2..].iter().position(|b| *b >= 0xa0)? + 2;
+    let half: [u8; 9] = syn.get(last + 1..last + 10)?.try_into().ok()?;
+    let (tep, own) = cache.answer_for(cfg.backend, &half)?;
+    (tep.id() | 0x80 == syn[last]).then_some(())?;
+    let (global, _) = ServerHandshake::kernel_template(cfg);
+    let mut answer = vec![69, 20, global, syn[last]];
+    answer.extend_from_slice(&own);
+    answer.extend_from_slice(&nonce_b);
+    Some(answer)
+}
+
+/// A first session over the kernel carriage: A's ticket, and B's cache
+/// holding the next secret.
+fn first_session(cfg: &Arc<HandshakeConfig>) -> (ResumptionSecret, Arc<ResumptionCache>) {
+    let cache = Arc::new(ResumptionCache::new(16));
+    let mut a = ClientHandshake::kernel(cfg.clone(), None, Box::new(OsRandom)).unwrap();
+    let syn = a.syn_option().to_vec();
+    let synack = kernel_answer(&syn, &ServerHandshake::kernel_template(cfg)).unwrap();
+    let b = ServerHandshake::kernel(
+        cfg.clone(),
+        Some(cache.clone()),
+        &syn,
+        &synack,
+        Box::new(OsRandom),
+    )
+    .unwrap();
+    a.kernel_synack(&synack).unwrap();
+    let (mut a, b) = encrypted(drive(a, b));
+    assert!(b.info.cached_resumption.is_some());
+    (a.resumption.take().expect("a ticket"), cache)
+}
+
+#[test]
+fn resumption_in_the_syn_needs_no_init_message_and_is_single_use() {
+    let cfg = Arc::new(HandshakeConfig::default());
+    let (ticket, cache) = first_session(&cfg);
+    let mut a = ClientHandshake::kernel(cfg.clone(), Some(ticket), Box::new(OsRandom)).unwrap();
+    let syn = a.syn_option().to_vec();
+    // The resumption suboption, alone and last: kind, length, TEP with
+    // v = 1, A's half (9 bytes) and an 8-byte nonce, in the SYN's 20 bytes.
+    assert_eq!(syn.len(), 20, "{syn:02x?}");
+    assert!(a.offered_resumption());
+    let synack = kernel_resume_answer(&syn, &cfg, &cache, [7; 7]).expect("B holds the secret");
+    let b = ServerHandshake::kernel(
+        cfg.clone(),
+        Some(cache.clone()),
+        &syn,
+        &synack,
+        Box::new(OsRandom),
+    )
+    .unwrap();
+    a.kernel_synack(&synack).unwrap();
+    // Nothing to send: A's first frame is the first payload byte.
+    assert!(!a.wants_write());
+    let (mut a_s, mut b_s) = match (a.outcome(), { b }.outcome()) {
+        (Some(ClientOutcome::Encrypted(a)), Some(ServerOutcome::Encrypted(b))) => (*a, *b),
+        other => panic!("not resumed at once: {other:?}"),
+    };
+    assert!(a_s.info.resumed && b_s.info.resumed);
+    assert_eq!(a_s.info.session_id, b_s.info.session_id);
+    assert_eq!(a_s.info.transcript, [syn.clone(), synack.clone()].concat());
+    assert_eq!((a_s.sealer.offset(), b_s.opener.offset()), (0, 0));
+    let (got, _) = transfer(&mut a_s, &mut b_s, b"resumed in the SYN", false);
+    assert_eq!(got, b"resumed in the SYN");
+    // The secret was taken: the same SYN again finds nothing to resume.
+    assert!(kernel_resume_answer(&syn, &cfg, &cache, [7; 7]).is_none());
+    let again = ServerHandshake::kernel(cfg, Some(cache), &syn, &synack, Box::new(OsRandom));
+    assert!(
+        matches!(again, Err(Error::ResumptionForgotten)),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_resumption_answer_with_another_half_disables_eno_at_a() {
+    let cfg = Arc::new(HandshakeConfig::default());
+    let (ticket, cache) = first_session(&cfg);
+    let mut a = ClientHandshake::kernel(cfg.clone(), Some(ticket), Box::new(OsRandom)).unwrap();
+    let syn = a.syn_option().to_vec();
+    let mut synack = kernel_resume_answer(&syn, &cfg, &cache, [7; 7]).unwrap();
+    synack[5] ^= 1; // a half that is not ours: forged, or a stale entry
+    a.kernel_synack(&synack).unwrap();
+    assert!(matches!(
+        a.outcome(),
+        Some(ClientOutcome::Disabled(DisableReason::ResumptionMismatch))
+    ));
+    // B refuses it too (its user space checks what its kernel answered).
+    let b = ServerHandshake::kernel(cfg, Some(cache), &syn, &synack, Box::new(OsRandom));
+    assert!(b.is_err());
+}
+
+#[test]
+fn a_declined_resumption_in_the_syn_is_a_fresh_exchange_with_its_tep() {
+    let cfg = Arc::new(HandshakeConfig::default());
+    let (ticket, _) = first_session(&cfg);
+    let a = ClientHandshake::kernel(cfg.clone(), Some(ticket), Box::new(OsRandom)).unwrap();
+    let syn = a.syn_option().to_vec();
+    // A B that lost the secret answers the TEP without v: fresh.
+    let tep = syn[2..].iter().find(|b| **b >= 0xa0).unwrap() & 0x7f;
+    let (global, _) = ServerHandshake::kernel_template(&cfg);
+    let synack = vec![69, 4, global, tep];
+    let b = ServerHandshake::kernel(cfg, None, &syn, &synack, Box::new(OsRandom)).unwrap();
+    let mut a = a;
+    a.kernel_synack(&synack).unwrap();
+    let mut first = Vec::new();
+    a.write_to(&mut first);
+    assert_eq!(first[..4], INIT1_MAGIC);
+    let (a_s, b_s) = encrypted(drive_with_written(a, b, first));
+    assert!(!a_s.info.resumed);
+    assert_eq!(a_s.info.session_id, b_s.info.session_id);
+}
+
+#[test]
+fn a_resumption_that_does_not_fit_a_syn_is_sent_alone_or_not_at_all() {
+    use tcpcrypt_proto::negotiation::{KERNEL_OPTION_ROOM, client_offer_within};
+    // Several TEPs and an 8-byte nonce: the other TEPs are left out.
+    let cfg = Arc::new(HandshakeConfig {
+        teps: vec![Tep::EcdheCurve25519, Tep::EcdheP256, Tep::EcdheP521],
+        ..HandshakeConfig::default()
+    });
+    let (ticket, _) = first_session(&cfg);
+    let offer =
+        client_offer_within(&cfg, Some((ticket.clone(), vec![1; 8])), KERNEL_OPTION_ROOM).unwrap();
+    assert_eq!(offer.option.as_bytes().len(), 20);
+    assert_eq!(offer.option.teps().len(), 1);
+    assert!(offer.resumption.is_some());
+    // With a global suboption (application-aware) it needs 21: fresh.
+    let aware = Arc::new(HandshakeConfig {
+        application_aware: true,
+        ..(*cfg).clone()
+    });
+    let offer =
+        client_offer_within(&aware, Some((ticket, vec![1; 8])), KERNEL_OPTION_ROOM).unwrap();
+    assert!(offer.resumption.is_none());
+    assert!(offer.option.as_bytes().len() <= KERNEL_OPTION_ROOM);
 }

@@ -553,6 +553,7 @@ fn kernel_carriage_vectors_start_with_init1_and_count_offsets_from_it() {
             let synack = hex_field(v, "eno_option_b").unwrap();
             let mut client = ClientHandshake::kernel(
                 client_config,
+                None,
                 scripted(vec![
                     hex_field(v, "priv_a").unwrap(),
                     hex_field(v, "n_a").unwrap(),

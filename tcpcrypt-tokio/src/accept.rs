@@ -116,20 +116,29 @@ impl TcpcryptAcceptor {
     pub async fn accept_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
         let peer = tcp.peer_addr().ok();
         // ENO in the SYNs (the kernel carriage), or the in-band hello.
-        let (start, kernel_carried) = match kernel::accepted(&tcp, &self.config) {
-            kernel::Accepted::Negotiated(syn, synack) => {
-                (ServerStart::Kernel { syn, synack }, true)
+        let (start, kernel_carried, listener) = match kernel::accepted(&tcp, &self.config) {
+            kernel::Accepted::Negotiated(syn, synack, listener) => {
+                (ServerStart::Kernel { syn, synack }, true, listener)
             }
             kernel::Accepted::Unusable(why) => {
                 abort_tcp(&tcp);
                 return Err(io::Error::new(io::ErrorKind::ConnectionAborted, why));
             }
-            kernel::Accepted::InBand => (ServerStart::InBand, false),
+            kernel::Accepted::InBand => (ServerStart::InBand, false, None),
         };
         let probe = PathProbe::of(&tcp);
         let mut stream = self.accept_with(tcp, Some(abort_tcp), start, probe).await?;
         stream.peer = peer;
         stream.kernel_carried = kernel_carried && stream.is_encrypted();
+        // A's next connection may resume in its SYN: the kernel learns the
+        // identifier it may answer to.
+        if let (true, Some(listener), Some(info)) =
+            (stream.kernel_carried, listener, stream.session())
+        {
+            if let Some(half) = info.cached_resumption {
+                kernel::remember_resumption(&self.config, listener, &half);
+            }
+        }
         Ok(stream)
     }
 }

@@ -65,6 +65,9 @@ pub struct Config {
     pub(crate) max_pending_handshakes: usize,
     pub(crate) client_cache: Arc<ClientCache>,
     pub(crate) server_cache: Arc<ResumptionCache>,
+    /// How long a cached secret lives (the kernel carriage's copy of its
+    /// identifier lives a little less).
+    pub(crate) resumption_ttl: Duration,
 }
 
 impl Default for Config {
@@ -311,6 +314,7 @@ impl ConfigBuilder {
                 self.resumption_ttl,
                 clock,
             )),
+            resumption_ttl: self.resumption_ttl,
         })
     }
 }

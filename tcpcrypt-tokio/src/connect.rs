@@ -173,6 +173,17 @@ impl TcpcryptConnector {
                         s.kernel_carried = s.is_encrypted();
                         Ok(s)
                     }
+                    Connected::Reconnect(FallbackReason::Disabled(
+                        crate::proto::DisableReason::ResumptionMismatch,
+                    )) => {
+                        // B answered our resumption with another half: a
+                        // stale or forged entry in its kernel's map. Never
+                        // plain for that: a fresh exchange on a new
+                        // connection (the ticket is spent).
+                        tracing::warn!(%peer, "resumption in the SYN answered with another identifier; connecting again without it");
+                        let tcp = TcpStream::connect(peer).await?;
+                        self.connect_in_band(tcp).await
+                    }
                     Connected::Reconnect(reason) => {
                         // ENO disabled by a rule the server cannot know:
                         // the server may be waiting for Init1, so this

@@ -117,7 +117,9 @@ impl Error {
     /// closed gracefully (RFC 8548 3.3).
     pub(crate) fn aborts(e: &io::Error) -> bool {
         match Error::from_io(e) {
-            Some(Error::Protocol(p)) => p.is_peer_fault(),
+            Some(Error::Protocol(p)) => {
+                p.is_peer_fault() || matches!(p, proto::Error::ResumptionForgotten)
+            }
             Some(Error::HandshakeTimeout) => true,
             _ => false,
         }

@@ -10,7 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::proto::{ClientHandshake, OsRandom, ServerHandshake};
+use crate::proto::resumption::ResumeHalf;
+use crate::proto::{ClientHandshake, OsRandom, ResumptionSecret, ServerHandshake};
 use crate::{Carriage, Config, Policy};
 
 /// What the kernel negotiated for a connected socket.
@@ -31,8 +32,9 @@ pub(crate) enum Connected {
 )]
 enum Recorded {
     /// ENO in both SYNs: A's SYN option, then B's SYN-ACK option; whether
-    /// A's third segment carried ENO (accepting side).
-    Negotiated(Vec<u8>, Vec<u8>, bool),
+    /// A's third segment carried ENO, and the listener's socket cookie
+    /// (accepting side).
+    Negotiated(Vec<u8>, Vec<u8>, bool, Option<u64>),
     /// No ENO in the SYN-ACK, or one that cannot enable it.
     PeerSentNone,
     /// Accepting side: A believes ENO is on and no answer of ours is
@@ -49,9 +51,56 @@ mod imp {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    use tcpcrypt_kernel::{Outcome, Sockets};
+    use tcpcrypt_kernel::{Outcome, RESUME_NONCE, ResumeEntry, Resumptions, Sockets};
 
     use super::Recorded;
+    use crate::proto::resumption::ResumeHalf;
+    use crate::proto::{OsRandom, RandomSource};
+
+    /// The resumption identifiers' map, once opened (dropped on a failure,
+    /// to be opened again: a disable and an enable replace it).
+    static RESUMPTIONS: Mutex<Option<Arc<Resumptions>>> = Mutex::new(None);
+
+    fn resumptions() -> Option<Arc<Resumptions>> {
+        let mut held = RESUMPTIONS.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            *held = Resumptions::open().ok().map(Arc::new);
+        }
+        held.clone()
+    }
+
+    /// Lets the program answer A's half `peer` for `listener` with this
+    /// side's half `own` until `ttl` from now.
+    pub fn remember(listener: u64, peer: &ResumeHalf, tep: u8, own: &ResumeHalf, ttl: Duration) {
+        let Some(map) = resumptions() else { return };
+        let mut nonce = [0u8; RESUME_NONCE];
+        if OsRandom.fill(&mut nonce).is_err() {
+            return;
+        }
+        let entry = ResumeEntry {
+            peer_half: *peer,
+            listener,
+            tep,
+            own_half: *own,
+            nonce,
+            ttl,
+        };
+        if let Err(e) = map.insert(&entry) {
+            tracing::debug!(error = %e, "the kernel carriage refused a resumption identifier");
+            *RESUMPTIONS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// The program stops answering to A's half `peer`.
+    pub fn forget(peer: &ResumeHalf) {
+        if let Some(map) = RESUMPTIONS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            map.remove(peer);
+        }
+    }
 
     /// The map, and when its pin was last found to be the same.
     static SOCKETS: Mutex<Option<(Arc<Sockets>, Instant)>> = Mutex::new(None);
@@ -105,7 +154,8 @@ mod imp {
                     syn,
                     synack,
                     ack_had_eno,
-                } => Recorded::Negotiated(syn, synack, ack_had_eno),
+                    listener,
+                } => Recorded::Negotiated(syn, synack, ack_had_eno, listener),
                 Outcome::PeerSentNone | Outcome::Rejected => Recorded::PeerSentNone,
                 Outcome::Unanswered => Recorded::Unanswered,
                 Outcome::NoSpace => Recorded::LeftOut("the SYN had no room for the ENO option"),
@@ -143,6 +193,17 @@ mod imp {
             match *self {}
         }
     }
+
+    pub fn remember(
+        _: u64,
+        _: &crate::proto::resumption::ResumeHalf,
+        _: u8,
+        _: &crate::proto::resumption::ResumeHalf,
+        _: std::time::Duration,
+    ) {
+    }
+
+    pub fn forget(_: &crate::proto::resumption::ResumeHalf) {}
 }
 
 fn wants_kernel(config: &Config) -> bool {
@@ -177,8 +238,9 @@ fn offer_with(
     kernel: &imp::Kernel,
     socket: &impl AsRawFd,
     config: &Config,
+    ticket: Option<ResumptionSecret>,
 ) -> io::Result<Option<ClientHandshake>> {
-    let hs = ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
+    let hs = ClientHandshake::kernel(config.handshake.clone(), ticket, Box::new(OsRandom))
         .map_err(crate::Error::from)?;
     match kernel.offer(socket, hs.syn_option()) {
         Ok(()) => Ok(Some(hs)),
@@ -196,24 +258,26 @@ fn offer_with(
 /// path decides.
 pub(crate) fn connected(tcp: &TcpStream, config: &Config) -> io::Result<Option<Connected>> {
     match open_for(config)? {
-        Some(kernel) => connected_with(&kernel, tcp, config, None),
+        Some(kernel) => connected_with(&kernel, tcp, config, &mut None),
         None => Ok(None),
     }
 }
 
 /// [`connected`] through a map at hand; `offered` is the handshake whose
-/// option the SYN carried, when known (made again otherwise).
+/// option the SYN carried, when known (made again otherwise: a fresh
+/// offer is the same bytes), and is left in place unless the kernel
+/// negotiated.
 fn connected_with(
     kernel: &imp::Kernel,
     tcp: &TcpStream,
     config: &Config,
-    offered: Option<ClientHandshake>,
+    offered: &mut Option<ClientHandshake>,
 ) -> io::Result<Option<Connected>> {
     Ok(Some(match kernel.recorded(tcp) {
-        Recorded::Negotiated(syn, synack, _) => {
-            let mut hs = match offered {
+        Recorded::Negotiated(syn, synack, _, _) => {
+            let mut hs = match offered.take() {
                 Some(hs) => hs,
-                None => ClientHandshake::kernel(config.handshake.clone(), Box::new(OsRandom))
+                None => ClientHandshake::kernel(config.handshake.clone(), None, Box::new(OsRandom))
                     .map_err(crate::Error::from)?,
             };
             // The offer was made for another configuration: its transcript
@@ -255,13 +319,24 @@ pub(crate) async fn connect(
     } else {
         TcpSocket::new_v6()?
     };
-    let Some(hs) = offer_with(&kernel, &socket, config)? else {
+    // A resumption ticket for this destination goes in the SYN (RFC 8548
+    // 3.5 as written), when it fits.
+    let ticket = match config.policy {
+        Policy::Off => None,
+        _ => config.client_cache.take_ticket(addr),
+    };
+    let Some(hs) = offer_with(&kernel, &socket, config, ticket)? else {
         return Ok(None);
     };
     let tcp = socket.connect(addr).await?;
-    let connected =
-        connected_with(&kernel, &tcp, config, Some(hs))?.unwrap_or(Connected::NotCarried);
-    Ok(Some((tcp, connected)))
+    let mut offered = Some(hs);
+    let connected = connected_with(&kernel, &tcp, config, &mut offered)?;
+    // A SYN that carried no ENO (the program is not attached to this
+    // cgroup, no room, Fast Open) used no ticket: it may be offered again.
+    if let Some(ticket) = offered.and_then(ClientHandshake::into_unsent_resumption) {
+        config.client_cache.store_ticket(addr, ticket);
+    }
+    Ok(Some((tcp, connected.unwrap_or(Connected::NotCarried))))
 }
 
 /// Writes the answer template of `config` into a bound listening
@@ -306,9 +381,9 @@ pub(crate) fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListene
 
 /// What the kernel did for an accepted socket.
 pub(crate) enum Accepted {
-    /// ENO in both SYNs and in A's third segment: A's SYN option and the
-    /// answer the kernel sent.
-    Negotiated(Vec<u8>, Vec<u8>),
+    /// ENO in both SYNs and in A's third segment: A's SYN option, the
+    /// answer the kernel sent, and the listener's socket cookie.
+    Negotiated(Vec<u8>, Vec<u8>, Option<u64>),
     /// A believes ENO is on but this side cannot go on with it (the answer
     /// was lost, or this configuration does not negotiate): the
     /// connection must be reset, never taken for plain.
@@ -328,7 +403,9 @@ pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
             Accepted::Unusable("the kernel negotiated ENO for a listener whose policy is off")
         }
         // RFC 8547 4.6: A's first ACK without ENO disables it.
-        Recorded::Negotiated(syn, synack, true) => Accepted::Negotiated(syn, synack),
+        Recorded::Negotiated(syn, synack, true, listener) => {
+            Accepted::Negotiated(syn, synack, listener)
+        }
         Recorded::Unanswered => {
             Accepted::Unusable("the client negotiated ENO in its SYN and our answer is lost")
         }
@@ -361,8 +438,11 @@ pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
 /// # Ok(()) }
 /// ```
 pub fn offer_in_syn(socket: &impl AsFd, config: &Config) -> io::Result<bool> {
+    // The handshake is made again from the configuration when the socket
+    // is connected: only a fresh offer is the same bytes again, so no
+    // ticket goes in this SYN.
     match open_for(config)? {
-        Some(kernel) => Ok(offer_with(&kernel, &socket.as_fd(), config)?.is_some()),
+        Some(kernel) => Ok(offer_with(&kernel, &socket.as_fd(), config, None)?.is_some()),
         None => Ok(false),
     }
 }
@@ -390,4 +470,22 @@ pub fn offer_in_syn(socket: &impl AsFd, config: &Config) -> io::Result<bool> {
 /// ```
 pub fn answer_in_synack(socket: &impl AsFd, config: &Config) -> io::Result<bool> {
     answer(socket.as_fd(), config)
+}
+
+/// After a session accepted over the kernel carriage: the secret the
+/// server cache now holds under `peer` (A's half of the next identifier)
+/// may be answered by the kernel in the SYN-ACK of A's next connection to
+/// `listener`. Its entry leaves the kernel's map when the secret leaves the
+/// cache (the cache's removal hook, set here once), and a little before
+/// the cache's own expiry.
+pub(crate) fn remember_resumption(config: &Config, listener: u64, peer: &ResumeHalf) {
+    let cache = &config.server_cache;
+    let Some((tep, own)) = cache.answer_for(config.handshake.backend, peer) else {
+        return;
+    };
+    cache.on_removal(std::sync::Arc::new(|half: &ResumeHalf| imp::forget(half)));
+    let ttl = config
+        .resumption_ttl
+        .saturating_sub(std::time::Duration::from_secs(1));
+    imp::remember(listener, peer, tep.id(), &own, ttl);
 }

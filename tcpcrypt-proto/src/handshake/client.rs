@@ -170,24 +170,37 @@ impl ClientHandshake {
     /// carriage"). Nothing is sent in the byte stream until B's option is
     /// known: give [`syn_option`](Self::syn_option) to the kernel before
     /// connecting, then B's answer to [`kernel_synack`](Self::kernel_synack);
-    /// Init1 is then the first payload byte, and frame offsets count from
-    /// it. Resumption is not offered in the SYN (a full exchange).
+    /// Init1 is then the first payload byte (or, resumed, A's first frame),
+    /// and frame offsets count from it. `resume` is offered in the SYN when
+    /// its suboption fits the SYN's room
+    /// ([`client_offer_within`](crate::negotiation::client_offer_within));
+    /// it is spent either way.
     ///
     /// ```
     /// use std::sync::Arc;
     /// use tcpcrypt_proto::{ClientHandshake, HandshakeConfig, OsRandom};
     ///
     /// let config = Arc::new(HandshakeConfig::default());
-    /// let mut hs = ClientHandshake::kernel(config, Box::new(OsRandom)).unwrap();
+    /// let mut hs = ClientHandshake::kernel(config, None, Box::new(OsRandom)).unwrap();
     /// assert_eq!(hs.syn_option()[0], 69); // kind 69: ENO
     /// assert!(!hs.wants_write()); // no hello in the stream
     /// ```
     pub fn kernel(
         config: Arc<HandshakeConfig>,
-        rng: Box<dyn RandomSource + Send>,
+        resume: Option<ResumptionSecret>,
+        mut rng: Box<dyn RandomSource + Send>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let offer = negotiation::client_offer(&config, None)?;
+        let resume = match resume {
+            Some(secret) => {
+                let mut nonce = vec![0u8; config.resumption.nonce_len];
+                rng.fill(&mut nonce)?;
+                Some((secret, nonce))
+            }
+            None => None,
+        };
+        let offer =
+            negotiation::client_offer_within(&config, resume, negotiation::KERNEL_OPTION_ROOM)?;
         Ok(ClientHandshake {
             config,
             rng,
@@ -243,6 +256,17 @@ impl ClientHandshake {
     /// Takes the outcome, once the handshake has one.
     pub fn outcome(&mut self) -> Option<ClientOutcome> {
         self.outcome.take()
+    }
+
+    /// The resumption secret of a kernel-carriage offer whose SYN never
+    /// carried it (the program was not attached to the socket, or left the
+    /// option out): it was not used, so it may be offered again (RFC 8548
+    /// 3.5 counts the offers made). `None` once the SYN-ACK was handed in.
+    pub fn into_unsent_resumption(self) -> Option<ResumptionSecret> {
+        match self.state {
+            State::AwaitSynAck => self.offer.resumption.map(|(secret, _)| secret),
+            _ => None,
+        }
     }
 
     /// Whether a resumption secret was offered (it is spent either way).

@@ -133,10 +133,15 @@ impl ServerHandshake {
     }
 
     /// The accepting side of a handshake whose ENO options the kernel
-    /// carried: A's SYN option and the SYN-ACK answer the kernel sent. The
-    /// answer is checked against this configuration's own choice (they
-    /// differ only when the listener's template and this configuration
-    /// disagree: an error). A's Init1 is then the first payload byte.
+    /// carried: A's SYN option and the SYN-ACK answer the kernel sent. A
+    /// fresh answer is checked against this configuration's own choice
+    /// (they differ only when the listener's template and this
+    /// configuration disagree: an error); A's Init1 is then the first
+    /// payload byte. A resumption answer (the kernel found A's identifier
+    /// half among those this side gave it) takes the secret from `cache`
+    /// and checks the answer's half against it: the session is ready at
+    /// once, and A's first frame is the first payload byte. A secret the
+    /// cache no longer holds is [`Error::ResumptionForgotten`].
     pub fn kernel(
         config: Arc<HandshakeConfig>,
         cache: Option<Arc<ResumptionCache>>,
@@ -148,27 +153,62 @@ impl ServerHandshake {
         let mismatch =
             Error::InvalidConfig("the kernel's SYN-ACK answer is not this configuration's choice");
         let a_option = EnoOption::parse(syn_option).map_err(|_| mismatch.clone())?;
-        let tep = match negotiation::server_choose(&config, &a_option, None) {
-            Ok(ServerChoice::Fresh(tep)) => tep,
-            _ => return Err(mismatch),
-        };
-        let b_option = negotiation::server_option(&config, Some((tep, None)))?;
-        if b_option.as_bytes() != synack_option {
-            return Err(mismatch);
-        }
-        Ok(ServerHandshake {
+        let answer = EnoOption::parse(synack_option).map_err(|_| mismatch.clone())?;
+        let resumed = answer
+            .teps()
+            .last()
+            .and_then(|s| Some((s.id(), ResumptionData::from_suboption(s)?)));
+        let mut hs = ServerHandshake {
             config,
             cache,
             rng,
-            state: State::AwaitInit1 { tep },
+            state: State::Done,
             acc: Accumulator::default(),
             output: Vec::new(),
-            a_option: Some(a_option),
-            b_option: Some(b_option),
+            a_option: None,
+            b_option: None,
             pipelined: None,
             received_after_hello: 0,
             outcome: None,
-        })
+        };
+        if let Some((tep_id, ours)) = resumed {
+            let theirs = a_option
+                .teps()
+                .iter()
+                .filter(|s| s.id() == tep_id)
+                .find_map(ResumptionData::from_suboption)
+                .ok_or(mismatch.clone())?;
+            let tep = Tep::from_id(tep_id).ok_or(mismatch.clone())?;
+            let secret = hs
+                .cache
+                .as_ref()
+                .and_then(|c| c.take_for(&theirs.half, tep))
+                .ok_or(Error::ResumptionForgotten)?;
+            if secret.own_half(hs.config.backend) != ours.half {
+                return Err(mismatch);
+            }
+            let expected = negotiation::server_option(&hs.config, Some((tep, Some(&ours))))?;
+            if expected.as_bytes() != synack_option {
+                return Err(mismatch);
+            }
+            let sn = session_nonce(secret.original_role, &ours.nonce, &theirs.nonce);
+            hs.a_option = Some(a_option);
+            hs.b_option = Some(expected);
+            hs.finish_resumed(secret, &sn);
+            return Ok(hs);
+        }
+        let tep = match negotiation::server_choose(&hs.config, &a_option, None) {
+            Ok(ServerChoice::Fresh(tep)) => tep,
+            _ => return Err(mismatch),
+        };
+        let b_option = negotiation::server_option(&hs.config, Some((tep, None)))?;
+        if b_option.as_bytes() != synack_option {
+            return Err(mismatch);
+        }
+        hs.state = State::AwaitInit1 { tep };
+        hs.a_option = Some(a_option);
+        hs.b_option = Some(b_option);
+        Ok(hs)
     }
 
     /// Appends the bytes to send to `out`.
