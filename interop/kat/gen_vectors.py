@@ -340,6 +340,18 @@ def build_inputs():
                    "45042123", opt_b, ba, bb)
         v["carriage"] = "kernel"
         vs.append(v)
+
+    # Resumption in the SYN (docs/PROTOCOL.md 3.5): A's SYN carries the
+    # resumption suboption alone (its 8-byte nonce fills the 20 bytes of
+    # room), B's SYN-ACK its global suboption and its half with a 7-byte
+    # nonce (what the SYN-ACK's room leaves); the resumed frames count
+    # from each direction's first payload byte. Appended, so that the
+    # vectors above stay byte-identical.
+    v = vector("kernel-carriage-resumption-x25519-aes128gcm", X25519,
+               [AES128, AES256, CHACHA], AES128, "45042123", "45040123",
+               ba, bb, (8, 7, ra, rb))
+    v["carriage"] = "kernel"
+    vs.append(v)
     return vs
 
 

@@ -525,7 +525,8 @@ fn kernel_carriage_vectors_start_with_init1_and_count_offsets_from_it() {
         .into_iter()
         .filter(|v| v["carriage"] == "kernel")
         .collect();
-    assert_eq!(vs.len(), 2, "kernel-carriage vectors");
+    assert_eq!(vs.len(), 3, "kernel-carriage vectors");
+    let mut resumed = 0;
     for backend in crypto::all_backends() {
         for v in &vs {
             let tep = Tep::from_id(v["tep"].as_u64().unwrap() as u8).unwrap();
@@ -552,7 +553,7 @@ fn kernel_carriage_vectors_start_with_init1_and_count_offsets_from_it() {
             let syn = hex_field(v, "eno_option_a").unwrap();
             let synack = hex_field(v, "eno_option_b").unwrap();
             let mut client = ClientHandshake::kernel(
-                client_config,
+                client_config.clone(),
                 None,
                 scripted(vec![
                     hex_field(v, "priv_a").unwrap(),
@@ -563,9 +564,10 @@ fn kernel_carriage_vectors_start_with_init1_and_count_offsets_from_it() {
             // What our client puts in its SYN is the vector's option.
             assert_eq!(client.syn_option(), &syn[..], "{}", v["name"]);
             client.kernel_synack(&synack).unwrap();
+            let cache = Arc::new(ResumptionCache::new(16));
             let mut server = ServerHandshake::kernel(
-                server_config,
-                None,
+                server_config.clone(),
+                Some(cache.clone()),
                 &syn,
                 &synack,
                 scripted(vec![
@@ -594,6 +596,56 @@ fn kernel_carriage_vectors_start_with_init1_and_count_offsets_from_it() {
             let frames = |d: &str| v["frames"][d].as_array().unwrap().clone();
             assert!(seal_and_compare(&mut a, &frames("a_to_b")) > 0);
             assert!(seal_and_compare(&mut b, &frames("b_to_a")) > 0);
+
+            // Resumption in the SYN: A's option is its resumption
+            // suboption alone; B's answer (the kernel's) its global
+            // suboption and its half with B's nonce; no Init message.
+            let Some(r) = v.get("resumption").filter(|r| r.is_object()) else {
+                continue;
+            };
+            let ticket = a.resumption.take().expect("client keeps ss[1]");
+            let mut client = ClientHandshake::kernel(
+                client_config.clone(),
+                Some(ticket),
+                scripted(vec![hex_field(r, "nonce_a").unwrap()]),
+            )
+            .unwrap();
+            let sub_a = hex_field(r, "suboption_from_orig_A").unwrap();
+            let sub_b = hex_field(r, "suboption_from_orig_B").unwrap();
+            let syn = [&[0x45, 2 + sub_a.len() as u8][..], &sub_a].concat();
+            let synack = [&[0x45, 3 + sub_b.len() as u8, 0x01][..], &sub_b].concat();
+            assert_eq!(
+                (syn.len(), synack.len()),
+                (20, 20),
+                "both fill a SYN's room"
+            );
+            assert_eq!(client.syn_option(), &syn[..], "{}", v["name"]);
+            client.kernel_synack(&synack).unwrap();
+            let mut server = ServerHandshake::kernel(
+                server_config,
+                Some(cache.clone()),
+                &syn,
+                &synack,
+                scripted(vec![]),
+            )
+            .unwrap();
+            assert!(!client.wants_write() && !server.wants_write());
+            let Some(ClientOutcome::Encrypted(mut a)) = client.outcome() else {
+                panic!("client not resumed")
+            };
+            let Some(ServerOutcome::Encrypted(mut b)) = server.outcome() else {
+                panic!("server not resumed")
+            };
+            assert!(a.info.resumed && b.info.resumed);
+            assert_eq!(
+                hex::encode(a.info.session_id.as_bytes()),
+                r["session_id_1"].as_str().unwrap()
+            );
+            assert_eq!(a.info.session_id, b.info.session_id);
+            assert!(seal_and_compare(&mut a, r["frames"]["a_to_b"].as_array().unwrap()) > 0);
+            assert!(seal_and_compare(&mut b, r["frames"]["b_to_a"].as_array().unwrap()) > 0);
+            resumed += 1;
         }
     }
+    assert_eq!(resumed, crypto::all_backends().len(), "one resumption vector");
 }
