@@ -1165,7 +1165,7 @@ type Seen = (String, String, bool);
 
 /// Four connections from one library client to one library listener on
 /// `port` (this thread in the test's namespace, the process in its
-/// cgroup), each echoing five bytes: the first fresh, the next two
+/// cgroup), the server greeting first, then echoing five bytes: the first fresh, the next two
 /// resuming in the SYN, and the fourth after the kernel's entry for it was
 /// forged (B's half altered), which A must not take for plain. Returns
 /// (session ID, carriage, resumed) as the clients saw them and as the
@@ -1199,9 +1199,12 @@ fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
                 let Ok((mut s, _)) = listener.accept().await else {
                     continue; // the forged answer's connection, refused
                 };
+                // The server speaks first: a resumed connection is ready
+                // at both ends without a byte from A.
+                s.write_all(b"hi").await.unwrap();
                 let mut buf = [0u8; 5];
                 if s.read_exact(&mut buf).await.is_err() {
-                    continue; // the forged answer's connection, refused
+                    continue;
                 }
                 s.write_all(&buf).await.unwrap();
                 s.shutdown().await.unwrap();
@@ -1217,6 +1220,9 @@ fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
             let mut c = TcpcryptStream::connect(addr.as_str(), &config)
                 .await
                 .unwrap();
+            let mut hi = [0u8; 2];
+            c.read_exact(&mut hi).await.unwrap();
+            assert_eq!(&hi, b"hi");
             c.write_all(b"hello").await.unwrap();
             let mut back = Vec::new();
             c.read_to_end(&mut back).await.unwrap();

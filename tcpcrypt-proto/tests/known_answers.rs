@@ -647,5 +647,9 @@ fn kernel_carriage_vectors_start_with_init1_and_count_offsets_from_it() {
             resumed += 1;
         }
     }
-    assert_eq!(resumed, crypto::all_backends().len(), "one resumption vector");
+    assert_eq!(
+        resumed,
+        crypto::all_backends().len(),
+        "one resumption vector"
+    );
 }

@@ -213,6 +213,11 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
             true,
         ),
     };
+    // A resumption the kernel answered in the SYN-ACK: keyed already, and
+    // A may wait for this side to speak first.
+    if let Some(outcome) = hs.outcome() {
+        return Ok(server_end(outcome, &[], false));
+    }
     let mut out = Vec::new();
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -249,22 +254,23 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         send(io, &mut out).await?;
         let used = used.map_err(Error::from)?;
         if let Some(outcome) = hs.outcome() {
-            let rest = &buf[used..n];
-            return Ok(match outcome {
-                ServerOutcome::Encrypted(s) => ServerEnd::Encrypted(s, rest.to_vec()),
-                ServerOutcome::Declined(r) => {
-                    ServerEnd::Plain(FallbackReason::Declined(r), rest.to_vec())
-                }
-                ServerOutcome::PlainClient { mut prefix } => {
-                    prefix.extend_from_slice(rest);
-                    let reason = if silent {
-                        FallbackReason::ClientSilent
-                    } else {
-                        FallbackReason::PlainClient
-                    };
-                    ServerEnd::Plain(reason, prefix)
-                }
-            });
+            return Ok(server_end(outcome, &buf[used..n], silent));
+        }
+    }
+}
+
+fn server_end(outcome: ServerOutcome, rest: &[u8], silent: bool) -> ServerEnd {
+    match outcome {
+        ServerOutcome::Encrypted(s) => ServerEnd::Encrypted(s, rest.to_vec()),
+        ServerOutcome::Declined(r) => ServerEnd::Plain(FallbackReason::Declined(r), rest.to_vec()),
+        ServerOutcome::PlainClient { mut prefix } => {
+            prefix.extend_from_slice(rest);
+            let reason = if silent {
+                FallbackReason::ClientSilent
+            } else {
+                FallbackReason::PlainClient
+            };
+            ServerEnd::Plain(reason, prefix)
         }
     }
 }
