@@ -868,6 +868,20 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
                 && !s.payload.windows(9).any(|w| w == b"GET /page")),
         "no hello, no plaintext request"
     );
+    // curl, a new process, resumed the held connection's session in its
+    // SYN (the daemon keeps the ticket and the offer): the SYN and SYN-ACK
+    // name it (v = 1), and only the first connection carried an Init1.
+    let opening: Vec<_> = syns.iter().filter(|s| s.flags & ACK == 0).collect();
+    let answers: Vec<_> = syns.iter().filter(|s| s.flags & ACK != 0).collect();
+    assert_eq!((opening.len(), answers.len()), (2, 2), "{syns:?}");
+    let (syn, synack) = (opening[1].eno().unwrap(), answers[1].eno().unwrap());
+    assert!(syn[2..].iter().any(|b| *b >= 0xa0), "{syn:02x?}");
+    assert!(synack.len() == 20 && synack[3] >= 0xa0, "{synack:02x?}");
+    let init1s = segments
+        .iter()
+        .filter(|s| s.payload.starts_with(&[0x15, 0x10, 0x1a, 0x0e]))
+        .count();
+    assert_eq!(init1s, 1, "curl's connection resumed without Init messages");
 
     // 10. --carriage kernel: a shimmed client against a plain
     // one-shot server sends it exactly the program's bytes, and ends as

@@ -95,9 +95,10 @@ pub struct Handover {
 /// A request to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Before the real connect (the real socket attached): offer ENO in
-    /// its SYN, through the kernel carriage.
-    Offer(Profile),
+    /// Before the real connect to `peer` (the real socket attached): offer
+    /// ENO in its SYN, through the kernel carriage, with the resumption
+    /// ticket the daemon holds for `peer`.
+    Offer { profile: Profile, peer: SocketAddr },
     /// Before the application's `listen` (its bound socket attached):
     /// answer ENO in its SYN-ACKs, through the kernel carriage.
     Listen(Profile),
@@ -435,9 +436,10 @@ impl Request {
                 w.u8(9);
                 w.addr(*peer);
             }
-            Request::Offer(p) => {
+            Request::Offer { profile, peer } => {
                 w.u8(10);
-                p.put(&mut w);
+                profile.put(&mut w);
+                w.addr(*peer);
             }
             Request::Listen(p) => {
                 w.u8(11);
@@ -463,7 +465,10 @@ impl Request {
             7 => Request::Status,
             8 => Request::Shutdown,
             9 => Request::SkipHello { peer: r.addr()? },
-            10 => Request::Offer(Profile::get(&mut r)?),
+            10 => Request::Offer {
+                profile: Profile::get(&mut r)?,
+                peer: r.addr()?,
+            },
             11 => Request::Listen(Profile::get(&mut r)?),
             _ => return Err(bad("unknown request")),
         };
@@ -475,7 +480,7 @@ impl Request {
     pub fn fds(&self) -> usize {
         match self {
             Request::Connect(h) | Request::Accept(h) => 2 + usize::from(h.pending.is_some()),
-            Request::Offer(_) | Request::Listen(_) => 1,
+            Request::Offer { .. } | Request::Listen(_) => 1,
             _ => 0,
         }
     }
@@ -737,7 +742,7 @@ pub fn network_namespace() -> String {
 /// The version of this format, in the daemon's socket name: a library of
 /// another version never talks to a daemon that would misread it (after
 /// an upgrade, it starts a daemon of its own version beside the old one).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The socket of the daemon in `dir` for the caller's network namespace.
 pub fn socket_path(dir: &Path) -> PathBuf {
@@ -793,7 +798,10 @@ mod tests {
             }),
             Request::Query { id: 5 },
             Request::TakeError { id: 6 },
-            Request::Offer(profile()),
+            Request::Offer {
+                profile: profile(),
+                peer: "[fe80::1%3]:443".parse().unwrap(),
+            },
             Request::Listen(Profile {
                 carriage: WireCarriage::InBand,
                 ..profile()

@@ -103,6 +103,24 @@ impl TcpcryptConnector {
         }
     }
 
+    /// [`connect_tcp`](Self::connect_tcp) on a socket whose SYN carried
+    /// `offer` ([`offer_in_syn_to`](crate::offer_in_syn_to) before its
+    /// `connect`): the handshake goes on from that offer, a resumption in
+    /// the SYN included.
+    pub async fn connect_offered(
+        &self,
+        tcp: TcpStream,
+        offer: kernel::SynOffer,
+    ) -> io::Result<TcpcryptStream<TcpStream>> {
+        match kernel::connected_offered(&tcp, &self.config, offer)? {
+            Some(connected) => {
+                let peer = tcp.peer_addr()?;
+                self.connect_kernel(tcp, peer, connected).await
+            }
+            None => self.connect_in_band(tcp).await,
+        }
+    }
+
     /// [`connect_tcp`](Self::connect_tcp) on a socket the kernel carried
     /// nothing for: the in-band hello.
     async fn connect_in_band(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {

@@ -329,14 +329,27 @@ pub(crate) async fn connect(
         return Ok(None);
     };
     let tcp = socket.connect(addr).await?;
-    let mut offered = Some(hs);
-    let connected = connected_with(&kernel, &tcp, config, &mut offered)?;
-    // A SYN that carried no ENO (the program is not attached to this
-    // cgroup, no room, Fast Open) used no ticket: it may be offered again.
-    if let Some(ticket) = offered.and_then(ClientHandshake::into_unsent_resumption) {
-        config.client_cache.store_ticket(addr, ticket);
-    }
+    let connected = settle(&kernel, &tcp, config, hs, addr)?;
     Ok(Some((tcp, connected.unwrap_or(Connected::NotCarried))))
+}
+
+/// [`connected_with`] for the handshake `hs` whose option the SYN to
+/// `peer` carried. A SYN that carried no ENO after all (the program is not
+/// attached to this cgroup, no room, Fast Open) used no ticket: it goes
+/// back to the cache, to be offered again.
+fn settle(
+    kernel: &imp::Kernel,
+    tcp: &TcpStream,
+    config: &Config,
+    hs: ClientHandshake,
+    peer: SocketAddr,
+) -> io::Result<Option<Connected>> {
+    let mut offered = Some(hs);
+    let connected = connected_with(kernel, tcp, config, &mut offered)?;
+    if let Some(ticket) = offered.and_then(ClientHandshake::into_unsent_resumption) {
+        config.client_cache.store_ticket(peer, ticket);
+    }
+    Ok(connected)
 }
 
 /// Writes the answer template of `config` into a bound listening
@@ -445,6 +458,74 @@ pub fn offer_in_syn(socket: &impl AsFd, config: &Config) -> io::Result<bool> {
         Some(kernel) => Ok(offer_with(&kernel, &socket.as_fd(), config, None)?.is_some()),
         None => Ok(false),
     }
+}
+
+/// ENO offered in a socket's SYN by [`offer_in_syn_to`], resumption ticket
+/// included: the handshake it started, for
+/// [`TcpcryptConnector::connect_offered`](crate::TcpcryptConnector::connect_offered)
+/// once the socket is connected (only this handshake can go on from a SYN
+/// that named a ticket: its nonce was random).
+#[derive(Debug)]
+pub struct SynOffer {
+    pub(crate) hs: Box<ClientHandshake>,
+    pub(crate) peer: SocketAddr,
+}
+
+/// [`offer_in_syn`] for a socket its owner will connect to `peer`: the
+/// SYN names the resumption ticket held for `peer` too (RFC 8548 3.5), and
+/// the connected socket goes to
+/// [`TcpcryptConnector::connect_offered`](crate::TcpcryptConnector::connect_offered)
+/// with the returned offer. `Ok(None)`: nothing offered (as for
+/// [`offer_in_syn`]). An offer that is never used spends its ticket: the
+/// next connection makes a fresh exchange.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tcpcrypt_tokio::{Config, TcpcryptConnector, offer_in_syn_to};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let config = Arc::new(Config::default());
+/// let peer = "127.0.0.1:8080".parse().unwrap();
+/// let socket = tokio::net::TcpSocket::new_v4()?;
+/// let offer = offer_in_syn_to(&socket, &config, peer)?;
+/// let tcp = socket.connect(peer).await?;
+/// let connector = TcpcryptConnector::new(config);
+/// let stream = match offer {
+///     Some(offer) => connector.connect_offered(tcp, offer).await?,
+///     None => connector.connect_tcp(tcp).await?,
+/// };
+/// println!("resumed: {:?}", stream.session().map(|s| s.resumed));
+/// # Ok(()) }
+/// ```
+pub fn offer_in_syn_to(
+    socket: &impl AsFd,
+    config: &Config,
+    peer: SocketAddr,
+) -> io::Result<Option<SynOffer>> {
+    let Some(kernel) = open_for(config)? else {
+        return Ok(None);
+    };
+    let ticket = config.client_cache.take_ticket(peer);
+    Ok(
+        offer_with(&kernel, &socket.as_fd(), config, ticket)?.map(|hs| SynOffer {
+            hs: Box::new(hs),
+            peer,
+        }),
+    )
+}
+
+/// What the kernel negotiated for a socket connected after
+/// [`offer_in_syn_to`]; `None` when it carried nothing (the ticket then
+/// goes back to the cache: it was never offered).
+pub(crate) fn connected_offered(
+    tcp: &TcpStream,
+    config: &Config,
+    offer: SynOffer,
+) -> io::Result<Option<Connected>> {
+    let Some(kernel) = open_for(config)? else {
+        return Ok(None);
+    };
+    settle(&kernel, tcp, config, *offer.hs, offer.peer)
 }
 
 /// Prepares a bound socket that its owner will `listen` on itself: where

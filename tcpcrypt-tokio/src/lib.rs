@@ -79,7 +79,7 @@ pub use copy::{PlainSource, VectoredBufRead, copy, copy_bidirectional};
 pub use error::{Error, FallbackReason};
 #[cfg(feature = "hyper")]
 pub use http_connector::{HttpStream, TcpcryptHttpConnector};
-pub use kernel::{answer_in_synack, offer_in_syn};
+pub use kernel::{SynOffer, answer_in_synack, offer_in_syn, offer_in_syn_to};
 pub use proto::{AeadAlgorithm, Role, SessionId, SessionInfo, Tep};
 pub use session_addr::SessionAddr;
 pub use split::{ReadHalf, WriteHalf};

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcpcrypt_tokio::{Carriage, Config, Policy};
+use tcpcrypt_tokio::{Carriage, Config, Policy, SynOffer};
 use tokio::net::UnixListener;
 
 use crate::wire::{self, ConnState, Handover, Profile, Reply, Request, WireCarriage, WirePolicy};
@@ -223,7 +223,21 @@ struct Daemon {
     /// Destinations whose path breaks tcpcrypt (`check --path --remember`),
     /// for configurations made later; bounded like the caches.
     broken_paths: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    /// ENO offered in the SYN of a program's socket (`Offer`), by the
+    /// socket's inode, until the connected socket is handed over: only that
+    /// handshake can go on from a SYN that named a resumption ticket.
+    offers: Mutex<HashMap<u64, (SynOffer, std::time::Instant)>>,
     shutdown: tokio::sync::Notify,
+}
+
+/// Most offers kept for sockets not handed over yet, and how long one is
+/// kept (a connect that never completes, a program that died).
+const MAX_OFFERS: usize = 4096;
+const OFFER_KEPT: Duration = Duration::from_secs(120);
+
+/// A socket's inode: its identity across descriptors and processes.
+fn inode(fd: &OwnedFd) -> Option<u64> {
+    nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino)
 }
 
 impl Daemon {
@@ -310,6 +324,7 @@ async fn serve(dir: PathBuf, idle_exit: Duration) -> i32 {
         conns: Conns::default(),
         configs: Mutex::default(),
         broken_paths: Mutex::default(),
+        offers: Mutex::default(),
         shutdown: tokio::sync::Notify::new(),
     });
     daemon.conns.touch();
@@ -367,6 +382,11 @@ fn start(
         ));
     };
     let app_socket = fds.next();
+    let offer = if server {
+        None
+    } else {
+        inode(&real).and_then(|ino| daemon.take_offer(ino))
+    };
     let app = relay::app_end(app)?;
     let real = relay::real(real)?;
     let state = if h.pending.is_some() {
@@ -383,9 +403,9 @@ fn start(
         let result = match (server, h.pending, app_socket) {
             (true, _, _) => relay::inbound(app, real, &config, &conn).await,
             (false, Some(p), Some(socket)) => {
-                relay::connecting(app, real, p, socket, &config, &conn).await
+                relay::connecting(app, real, p, socket, offer, &config, &conn).await
             }
-            (false, _, _) => relay::outbound(app, real, &config, &conn).await,
+            (false, _, _) => relay::outbound(app, real, offer, &config, &conn).await,
         };
         if let Err(e) = result {
             tracing::debug!(peer = %conn.peer, error = %e, "relay ended with an error");
@@ -396,19 +416,47 @@ fn start(
 }
 
 impl Daemon {
+    /// Keeps the offer made for the socket of inode `ino`, dropping those
+    /// kept too long (and the oldest, beyond the bound).
+    fn keep_offer(&self, ino: u64, offer: SynOffer) {
+        let mut offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
+        offers.retain(|_, (_, at)| at.elapsed() < OFFER_KEPT);
+        if offers.len() >= MAX_OFFERS {
+            if let Some(oldest) = offers
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k)
+            {
+                offers.remove(&oldest);
+            }
+        }
+        offers.insert(ino, (offer, std::time::Instant::now()));
+    }
+
+    /// The offer made for the socket of inode `ino`, if any.
+    fn take_offer(&self, ino: u64) -> Option<SynOffer> {
+        let mut offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
+        offers.remove(&ino).map(|(offer, _)| offer)
+    }
+
     /// The kernel carriage for a program's socket: ENO offered in its SYN
     /// (before the program connects it), or answered in its SYN-ACKs (a
     /// bound socket, before the program listens on it). `Ok` only when the
     /// kernel will carry it.
-    fn prepare(&self, profile: Profile, fds: &[OwnedFd], listener: bool) -> Reply {
+    fn prepare(&self, profile: Profile, fds: &[OwnedFd], peer: Option<SocketAddr>) -> Reply {
         let Some(socket) = fds.first() else {
             return Reply::Refused("descriptor missing".into());
         };
-        let prepared = self.config(profile).and_then(|config| {
-            if listener {
-                tcpcrypt_tokio::answer_in_synack(socket, &config)
-            } else {
-                tcpcrypt_tokio::offer_in_syn(socket, &config)
+        let prepared = self.config(profile).and_then(|config| match peer {
+            None => tcpcrypt_tokio::answer_in_synack(socket, &config),
+            Some(peer) => {
+                let offer = tcpcrypt_tokio::offer_in_syn_to(socket, &config, peer)?;
+                let Some(offer) = offer else {
+                    return Ok(false);
+                };
+                let ino = inode(socket).ok_or_else(io::Error::last_os_error)?;
+                self.keep_offer(ino, offer);
+                Ok(true)
             }
         });
         match prepared {
@@ -426,8 +474,8 @@ impl Daemon {
             Err(e) => Reply::Refused(e.to_string()),
         };
         match req {
-            Request::Offer(profile) => self.prepare(profile, &fds, false),
-            Request::Listen(profile) => self.prepare(profile, &fds, true),
+            Request::Offer { profile, peer } => self.prepare(profile, &fds, Some(peer)),
+            Request::Listen(profile) => self.prepare(profile, &fds, None),
             Request::Connect(h) => handover(h, fds, false),
             Request::Accept(h) => handover(h, fds, true),
             Request::Query { id } => match self.conns.get(id) {

@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tcpcrypt_tokio::{Config, PlainSource, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream};
+use tcpcrypt_tokio::{
+    Config, PlainSource, SynOffer, TcpcryptAcceptor, TcpcryptConnector, TcpcryptStream,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -103,13 +105,16 @@ async fn splice(
 pub async fn outbound(
     app: TcpStream,
     tcp: TcpStream,
+    offer: Option<SynOffer>,
     config: &Arc<Config>,
     conn: &Conn,
 ) -> io::Result<()> {
-    match TcpcryptConnector::new(config.clone())
-        .connect_tcp(tcp)
-        .await
-    {
+    let connector = TcpcryptConnector::new(config.clone());
+    let negotiated = match offer {
+        Some(offer) => connector.connect_offered(tcp, offer).await,
+        None => connector.connect_tcp(tcp).await,
+    };
+    match negotiated {
         Ok(real) => {
             let _ = real.get_ref().set_nodelay(true);
             conn.negotiated(
@@ -136,6 +141,7 @@ pub async fn connecting(
     real: TcpStream,
     pending: Pending,
     app_socket: OwnedFd,
+    offer: Option<SynOffer>,
     config: &Arc<Config>,
     conn: &Conn,
 ) -> io::Result<()> {
@@ -168,7 +174,7 @@ pub async fn connecting(
     if discarded != pending.filler {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    outbound(app, real, config, conn).await
+    outbound(app, real, offer, config, conn).await
 }
 
 /// Waits for a connecting socket's TCP handshake: its error, if any.

@@ -213,7 +213,7 @@ fn start_real_connect(
     for s in settings {
         apply_option(sock.as_raw_fd(), s);
     }
-    offer_in_syn(&sock)?;
+    offer_in_syn(&sock, dest)?;
     let (st, l) = encode_addr(dest, family);
     // SAFETY: `st` holds `l` bytes of address.
     let r = unsafe { (real().connect)(fd, &st as *const sockaddr_storage as *const sockaddr, l) };
@@ -228,14 +228,15 @@ fn start_real_connect(
 /// Under `TCPCRYPT_CARRIAGE=kernel` a socket that cannot offer it is not
 /// connected (`EPERM`, as the library's `Carriage::Kernel` refuses);
 /// otherwise the in-band hello decides as before.
-fn offer_in_syn(sock: &std::net::TcpStream) -> Result<(), c_int> {
+fn offer_in_syn(sock: &std::net::TcpStream, peer: SocketAddr) -> Result<(), c_int> {
     let settings = crate::env::settings();
     let profile = settings.wire();
     let strict = profile.carriage == WireCarriage::Kernel;
     let why = if !settings.kernel_carriage() {
         "the kernel carriage is not enabled (tcpcrypt kernel enable)".to_string()
     } else {
-        match Link::open().and_then(|l| l.ask(&Request::Offer(profile), &[sock.as_raw_fd()])) {
+        let offer = Request::Offer { profile, peer };
+        match Link::open().and_then(|l| l.ask(&offer, &[sock.as_raw_fd()])) {
             Ok(Reply::Ok) => return Ok(()),
             Ok(other) => format!("the daemon did not offer ENO in the SYN: {other:?}"),
             Err(e) => format!("no daemon: {e}"),
