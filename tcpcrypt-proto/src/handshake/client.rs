@@ -172,9 +172,8 @@ impl ClientHandshake {
     /// connecting, then B's answer to [`kernel_synack`](Self::kernel_synack);
     /// Init1 is then the first payload byte (or, resumed, A's first frame),
     /// and frame offsets count from it. `resume` is offered in the SYN when
-    /// its suboption fits the SYN's room
-    /// ([`client_offer_within`](crate::negotiation::client_offer_within));
-    /// it is spent either way.
+    /// its suboption fits the SYN's 20 bytes of room (alone if need be;
+    /// `docs/PROTOCOL.md` 3.5); it is spent either way.
     ///
     /// ```
     /// use std::sync::Arc;
