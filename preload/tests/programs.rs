@@ -49,6 +49,7 @@ fn wait_listening(port: u16) {
 fn serve(mut cmd: Command, shimmed: bool, port: u16) -> Server {
     if shimmed {
         cmd.envs(shim_env())
+            .envs(daemon_log_env())
             .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000");
     }
     let server = Server::spawn(cmd.stdin(Stdio::null()));
@@ -62,9 +63,30 @@ fn client(shimmed: bool, line: &str) -> Output {
     cmd.args(["-c", line]).stdin(Stdio::null());
     if shimmed {
         cmd.envs(shim_env())
+            .envs(daemon_log_env())
             .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "3000");
     }
     cmd.output().unwrap()
+}
+
+/// The daemon these programs start logs its negotiations (programs that
+/// do not read RUST_LOG themselves): a failure's message can quote them.
+fn daemon_log_env() -> [(&'static str, std::ffi::OsString); 2] {
+    [
+        ("TCPCRYPT_DAEMON_LOG", daemon_log().into()),
+        ("RUST_LOG", "debug".into()),
+    ]
+}
+
+fn daemon_log() -> std::path::PathBuf {
+    daemon_dir().join("daemon.log")
+}
+
+/// The last lines of the daemon's log, for a failure's message.
+fn daemon_log_tail() -> String {
+    let log = std::fs::read_to_string(daemon_log()).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn text(o: &Output) -> String {
@@ -510,8 +532,9 @@ fn openssh_server_and_client() {
             .collect();
         assert!(
             out.status.success(),
-            "client shimmed {shimmed}, port {port}: {}\nsshd logs: {logs}",
-            String::from_utf8_lossy(&out.stderr)
+            "client shimmed {shimmed}, port {port}: {}\nsshd logs: {logs}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            daemon_log_tail()
         );
         assert_eq!(text(&out), "secret-ssh\n");
     };
