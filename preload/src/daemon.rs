@@ -60,19 +60,26 @@ impl Link {
         Ok(Link(s))
     }
 
-    /// Sends `req` with `fds` attached and reads the reply.
+    /// Sends `req` with `fds` attached and reads the reply. A signal that
+    /// interrupts either (a forking server's SIGCHLD) is not a failure:
+    /// the call is made again, as the kernel restarts the program's own.
     pub fn ask(mut self, req: &Request, fds: &[RawFd]) -> io::Result<Reply> {
         let bytes = req.encode();
         let iov = [IoSlice::new(&bytes)];
         let rights = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-        let sent = sendmsg::<UnixAddr>(
-            self.0.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
+        let sent = loop {
+            match sendmsg::<UnixAddr>(
+                self.0.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                sent => break sent?,
+            }
+        };
         if sent != bytes.len() {
             // Requests are far below a socket buffer: a short send means
             // the daemon went away.
@@ -84,7 +91,10 @@ impl Link {
             if let Some(body) = wire::unframe(&buf)? {
                 return Reply::decode(body);
             }
-            let n = self.0.read(&mut chunk)?;
+            let n = match self.0.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                n => n?,
+            };
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }

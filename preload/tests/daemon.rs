@@ -300,6 +300,66 @@ fn a_forking_server_closes_each_connection_as_without_the_shim() {
     drop(socat);
 }
 
+/// A server whose signals keep interrupting it (an interval timer, as a
+/// forking server's SIGCHLD does): the shim's requests to the daemon,
+/// made inside its `accept` and `connect`, go on after each interruption;
+/// every connection is carried, none reset. (A socket timeout makes the
+/// kernel interrupt such calls even under SA_RESTART.)
+#[test]
+fn signals_that_interrupt_the_program_do_not_lose_its_connections() {
+    let port = free_port();
+    let program = format!(
+        "import signal,socket\nsignal.signal(signal.SIGALRM, lambda *a: None)\nsignal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\nl.bind(('127.0.0.1',{port}))\nl.listen(64)\nprint('ready',flush=True)\nwhile True:\n    c,_=l.accept()\n    d=c.recv(64)\n    c.sendall(d)\n    c.close()"
+    );
+    let mut server = Command::new("python3")
+        .args(["-c", &program])
+        .envs(shim_env())
+        .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(server.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let server = Py(server, port);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = Arc::new(Config::default());
+        for i in 0..40u32 {
+            let mut c = TcpcryptStream::connect(("127.0.0.1", port), &config)
+                .await
+                .unwrap();
+            assert!(c.session().is_some(), "connection {i} encrypted");
+            let msg = format!("message {i}\n");
+            c.write_all(msg.as_bytes()).await.unwrap();
+            let mut echo = Vec::new();
+            c.read_to_end(&mut echo)
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            assert_eq!(echo, msg.as_bytes(), "connection {i}");
+        }
+    });
+    // A shimmed client interrupted as often: its connect's requests and
+    // pairing go on too, and every exchange comes back whole.
+    let client = format!(
+        "import signal,socket\nsignal.signal(signal.SIGALRM, lambda *a: None)\nsignal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)\nfor i in range(40):\n    s=socket.create_connection(('127.0.0.1',{port}))\n    m=b'client %d' % i\n    s.sendall(m)\n    d=b''\n    while True:\n        b=s.recv(64)\n        if not b: break\n        d+=b\n    assert d==m, (i, d)\n    s.close()\nprint('all echoed')"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &client])
+        .envs(shim_env())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "all echoed",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+}
+
 #[test]
 fn a_second_process_resumes_the_first_ones_session() {
     let (tx, rx) = std::sync::mpsc::channel();

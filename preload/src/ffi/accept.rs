@@ -76,7 +76,8 @@ pub(super) fn intercept_accept(
     let real = c;
     let end = match pairing_for(app.as_raw_fd(), family).and_then(|p| pair(app.as_raw_fd(), p)) {
         Ok(end) => end,
-        Err(_) => {
+        Err(e) => {
+            crate::log::log!(Warn, "accepted connection reset: no pairing (errno {e})");
             reset(real);
             return Ok(-1);
         }

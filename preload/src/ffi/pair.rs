@@ -107,7 +107,9 @@ pub(super) fn pair(app: c_int, pairing: Pairing) -> Result<OwnedFd, c_int> {
     let (st, n) = encode_addr(at, family);
     // SAFETY: `st` holds `n` bytes of address.
     let r = unsafe { (real().connect)(app, &st as *const sockaddr_storage as *const sockaddr, n) };
-    if r != 0 && errno() != libc::EINPROGRESS {
+    // Interrupted by a signal, the connect goes on in the kernel, as when
+    // in progress: the listener's accept below waits for it.
+    if r != 0 && !matches!(errno(), libc::EINPROGRESS | libc::EINTR) {
         return Err(errno());
     }
     let me = local_addr(app).map(canonical).ok_or(libc::EADDRNOTAVAIL)?;
@@ -124,6 +126,9 @@ pub(super) fn pair(app: c_int, pairing: Pairing) -> Result<OwnedFd, c_int> {
                 libc::SOCK_CLOEXEC,
             )
         };
+        if c < 0 && errno() == libc::EINTR {
+            continue;
+        }
         if c < 0 {
             return Err(errno());
         }
