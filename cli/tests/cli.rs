@@ -253,7 +253,7 @@ import signal, sys, time
 def on(sig, _):
     print("got", signal.Signals(sig).name, flush=True)
     sys.exit(7)
-for s in (signal.SIGTERM, signal.SIGUSR1):
+for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGQUIT):
     signal.signal(s, on)
 print("ready", flush=True)
 time.sleep(30)
@@ -262,6 +262,9 @@ print("not signalled", flush=True)
     for (sig, want, code) in [
         (nix::sys::signal::Signal::SIGTERM, "got SIGTERM", Some(7)),
         (nix::sys::signal::Signal::SIGUSR1, "got SIGUSR1", Some(7)),
+        (nix::sys::signal::Signal::SIGUSR2, "got SIGUSR2", Some(7)),
+        (nix::sys::signal::Signal::SIGINT, "got SIGINT", Some(7)),
+        (nix::sys::signal::Signal::SIGQUIT, "got SIGQUIT", Some(7)),
         // Not handled: the program dies of it, and the launcher says so.
         (nix::sys::signal::Signal::SIGHUP, "", Some(128 + 1)),
     ] {

@@ -64,11 +64,19 @@ fn sink(encrypted: bool) -> (SocketAddr, std::sync::mpsc::Receiver<(bool, Vec<u8
 fn bytes_written_before_the_program_ends_are_delivered() {
     let want = body(MIB);
     for encrypted in [true, false] {
-        for end in ["os._exit(0)", "os.kill(os.getpid(), signal.SIGKILL)"] {
+        // `_exit`, `exit` (atexit handlers, buffers flushed), a crash
+        // (SIGSEGV through ctypes, SIGABRT) and SIGKILL.
+        for end in [
+            "os._exit(0)",
+            "sys.exit(0)",
+            "ctypes.string_at(0)",
+            "os.abort()",
+            "os.kill(os.getpid(), signal.SIGKILL)",
+        ] {
             let (addr, got) = sink(encrypted);
             let script = format!(
                 r#"
-import os, signal, socket
+import ctypes, os, signal, socket, sys
 s = socket.create_connection(("127.0.0.1", {port}))
 s.sendall({data})
 {end}
@@ -105,11 +113,17 @@ s.sendall({data})
 #[test]
 fn bytes_a_server_writes_before_it_ends_are_delivered() {
     let want = body(MIB);
-    for end in ["os._exit(0)", "os.kill(os.getpid(), signal.SIGKILL)"] {
+    for end in [
+        "os._exit(0)",
+        "sys.exit(0)",
+        "ctypes.string_at(0)",
+        "os.abort()",
+        "os.kill(os.getpid(), signal.SIGKILL)",
+    ] {
         for encrypted in [true, false] {
             let server = format!(
                 r#"
-import os, signal, socket
+import ctypes, os, signal, socket, sys
 l = socket.socket()
 l.bind(("127.0.0.1", 0))
 l.listen()
