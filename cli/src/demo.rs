@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::daemon;
-use crate::wire::{self, Reply, Request};
+use crate::wire::{self, Request};
 
 const PAGE: &str = "hello from a tcpcrypt server";
 
@@ -62,11 +62,8 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
 /// (waits up to 5 s for the negotiation to finish).
 async fn client_session_id(daemon_dir: &Path, peer: SocketAddr) -> Option<String> {
     for _ in 0..500 {
-        if let Ok(Reply::Status(text)) = daemon::ask(daemon_dir, &Request::Status) {
-            for record in text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            {
+        if let Ok(records) = crate::status::records_in(daemon_dir) {
+            for record in records {
                 if record["peer"] == peer.to_string().as_str() && record["encrypted"] == true {
                     return record["session_id"].as_str().map(str::to_string);
                 }

@@ -27,12 +27,8 @@ pub fn records() -> Result<Vec<serde_json::Value>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.to_string()),
     };
-    match daemon::ask(&dir, &Request::Status) {
-        Ok(Reply::Status(text)) => Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()),
-        Ok(other) => Err(format!("unexpected answer from the daemon: {other:?}")),
+    match records_in(&dir) {
+        Ok(r) => Ok(r),
         Err(e)
             if matches!(
                 e.kind(),
@@ -46,6 +42,32 @@ pub fn records() -> Result<Vec<serde_json::Value>, String> {
             dir.display()
         )),
     }
+}
+
+/// Every record the daemon in `dir` holds, asked page by page: a reply
+/// holds what fits in one message, and says how many there are in all.
+pub fn records_in(dir: &std::path::Path) -> std::io::Result<Vec<serde_json::Value>> {
+    let mut records = Vec::new();
+    let mut from = 0u32;
+    // Bounded: every page but the last brings at least one record.
+    for _ in 0..1_000_000 {
+        match daemon::ask(dir, &Request::Status { from })? {
+            Reply::Status { text, total } => {
+                let lines: Vec<&str> = text.lines().collect();
+                records.extend(lines.iter().filter_map(|l| serde_json::from_str(l).ok()));
+                from = from.saturating_add(u32::try_from(lines.len()).unwrap_or(u32::MAX));
+                if lines.is_empty() || from >= total {
+                    break;
+                }
+            }
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "unexpected answer from the daemon: {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(records)
 }
 
 pub fn status(args: Args) -> i32 {

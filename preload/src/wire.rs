@@ -114,8 +114,10 @@ pub enum Request {
     SetOption { id: u64, setting: Setting },
     /// The application closed a socket whose connect is under way.
     Abandon { id: u64 },
-    /// Every live connection, as JSON lines (`tcpcrypt status`).
-    Status,
+    /// The live connections from the `from`th on, as JSON lines
+    /// (`tcpcrypt status`): as many as one message holds; the caller asks
+    /// again from where the reply stopped.
+    Status { from: u32 },
     /// Stop now (tests, `tcpcrypt daemon --stop`).
     Shutdown,
     /// The path to `peer` breaks tcpcrypt while plain TCP gets through
@@ -169,8 +171,12 @@ pub enum Reply {
     Unknown,
     /// The answer to `TakeError`.
     Error(Option<i32>),
-    /// The answer to `Status`.
-    Status(String),
+    /// The answer to `Status`: JSON lines, cut at a line to fit a
+    /// message, and how many connections there are in all.
+    Status {
+        text: String,
+        total: u32,
+    },
 }
 
 fn bad(what: &str) -> io::Error {
@@ -430,7 +436,10 @@ impl Request {
                 w.u8(6);
                 w.u64(*id);
             }
-            Request::Status => w.u8(7),
+            Request::Status { from } => {
+                w.u8(7);
+                w.u32(*from);
+            }
             Request::Shutdown => w.u8(8),
             Request::SkipHello { peer } => {
                 w.u8(9);
@@ -462,7 +471,7 @@ impl Request {
                 setting: get_setting(&mut r)?,
             },
             6 => Request::Abandon { id: r.u64()? },
-            7 => Request::Status,
+            7 => Request::Status { from: r.u32()? },
             8 => Request::Shutdown,
             9 => Request::SkipHello { peer: r.addr()? },
             10 => Request::Offer {
@@ -560,8 +569,9 @@ impl Reply {
                     }
                 }
             }
-            Reply::Status(text) => {
+            Reply::Status { text, total } => {
                 w.u8(6);
+                w.u32(*total);
                 // A status longer than a message is cut at a line.
                 let room = MAX_MESSAGE - 16;
                 let text = if text.len() > room {
@@ -596,7 +606,11 @@ impl Reply {
                 1 => Some(r.i32()?),
                 _ => return Err(bad("bad error flag")),
             }),
-            6 => Reply::Status(String::from_utf8_lossy(&r.bytes()?).into_owned()),
+            6 => {
+                let total = r.u32()?;
+                let text = String::from_utf8_lossy(&r.bytes()?).into_owned();
+                Reply::Status { text, total }
+            }
             _ => return Err(bad("unknown reply")),
         };
         r.end()?;
@@ -811,7 +825,7 @@ mod tests {
                 setting: (6, 18, vec![0, 1, 0, 0]),
             },
             Request::Abandon { id: 8 },
-            Request::Status,
+            Request::Status { from: 3 },
             Request::Shutdown,
             Request::SkipHello {
                 peer: "[2001:db8::1]:443".parse().unwrap(),
@@ -849,7 +863,10 @@ mod tests {
             Reply::Unknown,
             Reply::Error(Some(111)),
             Reply::Error(None),
-            Reply::Status("{}\n".into()),
+            Reply::Status {
+                text: "{}\n".into(),
+                total: 9,
+            },
         ] {
             assert_eq!(Reply::decode(body(&reply.encode())).unwrap(), reply);
         }
@@ -874,7 +891,11 @@ mod tests {
     fn a_long_status_is_cut_at_a_line() {
         let text = "é".repeat(50) + "\n";
         let long = text.repeat(MAX_MESSAGE / 50);
-        let Reply::Status(cut) = Reply::decode(body(&Reply::Status(long).encode())).unwrap() else {
+        let reply = Reply::Status {
+            text: long,
+            total: 7,
+        };
+        let Reply::Status { text: cut, .. } = Reply::decode(body(&reply.encode())).unwrap() else {
             panic!("not a status");
         };
         assert!(cut.len() < MAX_MESSAGE && cut.ends_with('\n'));

@@ -623,6 +623,41 @@ except ConnectionAbortedError:
     assert!(child.0.wait().unwrap().success());
 }
 
+/// More connections than one status message holds (about 50): `tcpcrypt
+/// status` asks page by page and lists every one.
+#[test]
+fn the_status_lists_every_connection_however_many() {
+    let (server, _seen) = tcpcrypt_http(b"x".to_vec());
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                r#"
+import json, os, socket, subprocess, sys, time
+held = [socket.create_connection(("127.0.0.1", {port})) for _ in range(150)]
+for _ in range(500):
+    out = subprocess.run([sys.argv[1], "status", "--json"], capture_output=True, check=True).stdout
+    mine = [c for c in json.loads(out) if c["pid"] == os.getpid() and c["encrypted"]]
+    if len(mine) >= 150: break
+    time.sleep(0.02)
+print(len(mine), len(set(c["local"] for c in mine)))
+"#,
+                port = server.port()
+            ),
+            tcpcrypt_bin().to_str().unwrap(),
+        ])
+        .envs(shim_env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), "150 150", "every connection, each once");
+}
+
 #[test]
 fn the_daemon_lists_live_connections_with_their_process() {
     let (server, seen) = tcpcrypt_http(b"x".to_vec());

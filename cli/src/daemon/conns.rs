@@ -290,10 +290,18 @@ impl Conns {
     }
 
     /// The live connections, one JSON line each, oldest first.
-    pub fn status(&self) -> String {
+    /// The status lines of the live connections from the `from`th on
+    /// (oldest first), and how many there are in all.
+    pub fn status(&self, from: u32) -> (String, u32) {
         let mut conns: Vec<_> = lock(&self.inner).live.values().cloned().collect();
         conns.sort_by_key(|c| c.started);
-        conns.iter().map(|c| c.status_line()).collect()
+        let total = u32::try_from(conns.len()).unwrap_or(u32::MAX);
+        let lines = conns
+            .iter()
+            .skip(from as usize)
+            .map(|c| c.status_line())
+            .collect();
+        (lines, total)
     }
 }
 
@@ -334,7 +342,21 @@ mod tests {
         let last = conns.get(ENDED_KEPT as u64 + 9).expect("recent kept");
         assert_eq!(last.state(), ConnState::Closed);
         assert_eq!(conns.live_count(), 0);
-        assert!(conns.status().is_empty());
+        assert_eq!(conns.status(0), (String::new(), 0));
+    }
+
+    #[test]
+    fn status_pages_start_where_the_caller_asks() {
+        let conns = Conns::default();
+        for id in 0..5 {
+            conns.insert(conn(id));
+        }
+        let (all, total) = conns.status(0);
+        assert_eq!((all.lines().count(), total), (5, 5));
+        let (rest, total) = conns.status(3);
+        assert_eq!((rest.lines().count(), total), (2, 5));
+        assert!(all.ends_with(&rest));
+        assert_eq!(conns.status(9), (String::new(), 5));
     }
 
     #[test]

@@ -142,7 +142,7 @@ fn raise_descriptor_limit() {
 /// streams on /dev/null) unless one answers already, and returns once one
 /// answers: the caller can hand it connections at once.
 fn detach(dir: &Path, args: &Args) -> i32 {
-    if control::ask(dir, &Request::Status).is_ok() {
+    if control::ask(dir, &Request::Status { from: 0 }).is_ok() {
         return 0;
     }
     let exe = match std::env::current_exe() {
@@ -180,7 +180,7 @@ fn detach(dir: &Path, args: &Args) -> i32 {
     }
     // Bounded: 5 s in steps of 2 ms.
     for _ in 0..2500 {
-        if control::ask(dir, &Request::Status).is_ok() {
+        if control::ask(dir, &Request::Status { from: 0 }).is_ok() {
             return 0;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -501,7 +501,10 @@ impl Daemon {
                 }
                 Reply::Ok
             }
-            Request::Status => Reply::Status(self.conns.status()),
+            Request::Status { from } => {
+                let (text, total) = self.conns.status(from);
+                Reply::Status { text, total }
+            }
             Request::Shutdown => {
                 self.shutdown.notify_one();
                 Reply::Ok
