@@ -110,6 +110,67 @@ s.sendall({data})
     }
 }
 
+/// A program killed with bytes it never read: the kernel resets its peer
+/// (RFC 793's abort). Under the shim the peer, here a tcpcrypt server,
+/// sees the same: a reset, not a clean end nor a truncation.
+#[test]
+fn a_death_with_unread_bytes_resets_the_peer_as_without_the_shim() {
+    // What the peer's read says after the program's five bytes.
+    fn after_hello(first: std::io::Result<usize>, next: std::io::Result<usize>) -> String {
+        match (first, next) {
+            (Ok(5), Ok(0)) => "end".into(),
+            (Ok(5), Ok(_)) => "more bytes".into(),
+            (Ok(5), Err(e)) => format!("{:?}", e.kind()),
+            (first, _) => format!("before the program's bytes: {first:?}"),
+        }
+    }
+    let killed = |port: u16, shimmed: bool| {
+        let script = format!(
+            "import os,signal,socket,time\ns=socket.create_connection(('127.0.0.1',{port}))\ns.sendall(b'hello')\ntime.sleep(0.5)\nos.kill(os.getpid(),signal.SIGKILL)"
+        );
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", &script]);
+        if shimmed {
+            cmd.envs(shim_env());
+        }
+        let _ = cmd.status().unwrap();
+    };
+    // Without the shim: a plain server.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let plain = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(&[7u8; 4096]).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 5];
+        let first = c.read_exact(&mut buf).map(|()| 5);
+        after_hello(first, c.read(&mut [0u8; 64]))
+    });
+    killed(port, false);
+    let without = plain.join().unwrap();
+    assert_eq!(without, "ConnectionReset", "the kernel's own behaviour");
+    // With it: a tcpcrypt server, the same program shimmed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let addr = tcpcrypt_server("127.0.0.1:0", move |mut s| {
+        let tx = tx.lock().unwrap().clone();
+        async move {
+            assert!(s.session().is_some(), "encrypted");
+            s.write_all(&[7u8; 4096]).await.unwrap();
+            s.flush().await.unwrap();
+            let mut buf = [0u8; 5];
+            let first = s.read_exact(&mut buf).await.map(|_| 5);
+            let next = tokio::time::timeout(Duration::from_secs(20), s.read(&mut [0u8; 64]))
+                .await
+                .unwrap_or(Ok(999));
+            let _ = tx.send(after_hello(first, next));
+        }
+    });
+    killed(addr.port(), true);
+    let with = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(with, without);
+}
+
 #[test]
 fn bytes_a_server_writes_before_it_ends_are_delivered() {
     let want = body(MIB);
