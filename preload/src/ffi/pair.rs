@@ -209,3 +209,57 @@ pub(super) fn reset(fd: OwnedFd) {
     let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
     drop(fd);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// Another local user who finds a pairing port while a program's
+    /// socket is being paired (here: connected before the program's own
+    /// socket, the worst case) is turned away: the shim keeps the
+    /// connection whose peer is the program's socket, and the stranger
+    /// gets no byte of it.
+    #[test]
+    fn another_user_cannot_take_over_a_pairing() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test switches users: run it as root (CI does)"
+        );
+        let app = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let pairing = pairing_for(app.as_raw_fd(), AF_INET).unwrap();
+        let port = pairing.at.port();
+        // `nobody` connects, says so, and reports what it then receives.
+        let stranger = format!(
+            "import os,socket\nos.setgid(65534)\nos.setuid(65534)\ns=socket.create_connection(('127.0.0.1',{port}))\nprint('connected',flush=True)\ns.settimeout(10)\ntry:\n    d=s.recv(100)\n    print('received',len(d),flush=True)\nexcept Exception as e:\n    print('error',type(e).__name__,flush=True)"
+        );
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", &stranger])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "connected");
+        let end = pair(app.as_raw_fd(), pairing).expect("paired despite the stranger");
+        // The pair carries the program's bytes, both ways.
+        let mut end = std::net::TcpStream::from(end);
+        let mut app = std::net::TcpStream::from(app);
+        app.write_all(b"to the daemon").unwrap();
+        let mut got = [0u8; 13];
+        end.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"to the daemon");
+        end.write_all(b"back").unwrap();
+        let mut back = [0u8; 4];
+        app.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"back");
+        // The stranger's connection ended without a byte.
+        let said = lines.next().unwrap().unwrap();
+        assert!(
+            said == "received 0" || said == "error ConnectionResetError",
+            "{said}"
+        );
+        child.wait().unwrap();
+    }
+}
