@@ -304,9 +304,12 @@ fn socat_one_way_with_one_shot_servers() {
             listen,
             format!("OPEN:{},creat,append", out_file.display()),
         );
+        // Shimmed to shimmed through a tap: encrypted on the wire.
+        let tapped = (server_shimmed && client_shimmed).then(|| tap(port));
+        let to = tapped.as_ref().map_or(port, |(p, _)| *p);
         let out = client(
             client_shimmed,
-            &format!("echo secret-socat | socat -u - TCP:127.0.0.1:{port},retry=50,interval=0.1"),
+            &format!("echo secret-socat | socat -u - TCP:127.0.0.1:{to},retry=50,interval=0.1"),
         );
         assert!(out.status.success());
         let start = Instant::now();
@@ -320,7 +323,28 @@ fn socat_one_way_with_one_shot_servers() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        if let Some((_, wire)) = tapped {
+            assert_encrypted(&wire, &[b"secret-socat"]);
+        }
     }
+    // A closed port: the same exit status and error, with and without the
+    // shim (socat's messages start with the time and its pid).
+    let line = format!("echo x | socat -u - TCP:127.0.0.1:{}", closed_port());
+    let (with, without) = (client(true, &line), client(false, &line));
+    assert_eq!(with.status.code(), without.status.code());
+    assert_ne!(with.status.code(), Some(0));
+    let error = |o: &Output| {
+        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+        text.split_once(" E ")
+            .map(|(_, e)| e.to_owned())
+            .unwrap_or(text)
+    };
+    assert_eq!(error(&with), error(&without));
+    assert!(
+        error(&with).contains("Connection refused"),
+        "{}",
+        error(&with)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
