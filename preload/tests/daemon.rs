@@ -569,6 +569,47 @@ fn daemons_of(dir: &Path) -> usize {
         .count()
 }
 
+/// `TCPCRYPT_DAEMON` names the daemon's program: the shim starts that one.
+/// And the daemon's directory holds only its socket and its lock: nothing
+/// of a session (no secret, no ticket) is ever written to disk.
+#[test]
+fn tcpcrypt_daemon_names_the_program_and_nothing_of_a_session_is_on_disk() {
+    let dir = OwnDir::new("named-daemon");
+    let elsewhere = std::env::temp_dir().join(format!("tcpcrypt-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let copy = elsewhere.join("tcpcrypt-copy");
+    std::fs::copy(tcpcrypt_bin(), &copy).unwrap();
+    let (server, seen) = tcpcrypt_http(b"x".to_vec());
+    let script = format!(
+        "import socket\ns=socket.create_connection(('127.0.0.1',{port}))\ns.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nwhile s.recv(100): pass\nprint('done')",
+        port = server.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .envs(dir.env())
+        .env("TCPCRYPT_DAEMON", &copy)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    assert!(seen.lock().unwrap()[0].is_some(), "encrypted");
+    let pid = daemon_pid(&dir.0).expect("a daemon answers");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, copy, "the daemon is the named program");
+    let mut files: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(
+        files[0].ends_with(".lock") && files[1].ends_with(".sock"),
+        "{files:?}"
+    );
+    drop(dir);
+    let _ = std::fs::remove_dir_all(&elsewhere);
+}
+
 #[test]
 fn concurrent_first_connections_start_one_daemon_which_exits_when_idle() {
     let dir = OwnDir::new("one-daemon");

@@ -117,6 +117,8 @@ def attempt(how):
     try:
         if how == "sendto":
             s.sendto(b"secret-" + how.encode(), socket.MSG_FASTOPEN, ("127.0.0.1", {port}))
+        elif how == "sendmsg":
+            s.sendmsg([b"secret-" + how.encode()], [], socket.MSG_FASTOPEN, ("127.0.0.1", {port}))
         else:
             s.setsockopt(socket.IPPROTO_TCP, 30, 1)  # TCP_FASTOPEN_CONNECT
             s.connect(("127.0.0.1", {port}))
@@ -125,7 +127,7 @@ def attempt(how):
         print(how, "read", s.recv(10))
     except OSError as e:
         print(how, "error")
-for how in ("sendto", "connect"):
+for how in ("sendto", "sendmsg", "connect"):
     attempt(how)
 "#
     );
@@ -136,7 +138,7 @@ for how in ("sendto", "connect"):
             ("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "300"),
         ],
     );
-    assert_eq!(lines, ["sendto error", "connect error"]);
+    assert_eq!(lines, ["sendto error", "sendmsg error", "connect error"]);
     std::thread::sleep(Duration::from_millis(200));
     let got = got.lock().unwrap();
     assert!(
