@@ -610,6 +610,67 @@ fn tcpcrypt_daemon_names_the_program_and_nothing_of_a_session_is_on_disk() {
     let _ = std::fs::remove_dir_all(&elsewhere);
 }
 
+/// The systemd user unit's commands, as systemd runs them: `ExecStart`
+/// runs the daemon in the foreground, shimmed programs use that one (none
+/// of their own), and `ExecStop` stops it.
+#[test]
+fn the_systemd_unit_runs_the_daemon_that_programs_use_and_stops_it() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/tcpcrypt-daemon.service"),
+    )
+    .unwrap();
+    let command = |key: &str| -> Vec<String> {
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in the unit"));
+        let mut words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        assert_eq!(words[0], "/usr/bin/tcpcrypt", "{line}");
+        words.remove(0);
+        words
+    };
+    let dir = OwnDir::new("unit-daemon");
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir.0)
+        .unwrap();
+    let mut daemon = Command::new(tcpcrypt_bin())
+        .args(command("ExecStart="))
+        .env("TCPCRYPT_RUNTIME_DIR", &dir.0)
+        .spawn()
+        .unwrap();
+    wait_until("the unit's daemon answers", Duration::from_secs(10), || {
+        daemon_pid(&dir.0).is_some()
+    });
+    let (server, seen) = tcpcrypt_http(b"x".to_vec());
+    let script = format!(
+        "import socket\ns=socket.create_connection(('127.0.0.1',{port}))\ns.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nwhile s.recv(100): pass",
+        port = server.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .envs(dir.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(seen.lock().unwrap()[0].is_some(), "encrypted");
+    assert_eq!(
+        daemon_pid(&dir.0),
+        Some(daemon.id() as i32),
+        "the unit's daemon"
+    );
+    let stop = Command::new(tcpcrypt_bin())
+        .args(command("ExecStop="))
+        .env("TCPCRYPT_RUNTIME_DIR", &dir.0)
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    let mut exited = None;
+    wait_until("the unit's daemon exits", Duration::from_secs(10), || {
+        exited = daemon.try_wait().unwrap();
+        exited.is_some()
+    });
+}
+
 #[test]
 fn concurrent_first_connections_start_one_daemon_which_exits_when_idle() {
     let dir = OwnDir::new("one-daemon");
