@@ -671,6 +671,40 @@ fn the_systemd_unit_runs_the_daemon_that_programs_use_and_stops_it() {
     });
 }
 
+/// The daemon's log (`TCPCRYPT_DAEMON_LOG`) is never opened through a
+/// symbolic link: one planted there leaves its target untouched.
+#[test]
+fn the_daemon_log_is_not_written_through_a_symbolic_link() {
+    let dir = OwnDir::new("log-link");
+    let scratch = std::env::temp_dir().join(format!("tcpcrypt-log-victim-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let target = scratch.join("victim");
+    std::fs::write(&target, b"precious").unwrap();
+    let link = scratch.join("daemon.log");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (server, seen) = tcpcrypt_http(b"x".to_vec());
+    let script = format!(
+        "import socket\ns=socket.create_connection(('127.0.0.1',{port}))\ns.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nwhile s.recv(100): pass",
+        port = server.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .envs(dir.env())
+        .env("TCPCRYPT_DAEMON_LOG", &link)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        seen.lock().unwrap()[0].is_some(),
+        "encrypted: the daemon ran"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    drop(dir);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 #[test]
 fn concurrent_first_connections_start_one_daemon_which_exits_when_idle() {
     let dir = OwnDir::new("one-daemon");
