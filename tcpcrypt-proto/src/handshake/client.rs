@@ -100,6 +100,21 @@ impl std::fmt::Debug for ClientHandshake {
     }
 }
 
+/// A resumption offer's secret with a fresh nonce of the configured length.
+fn with_nonce(
+    config: &HandshakeConfig,
+    resume: Option<ResumptionSecret>,
+    rng: &mut dyn RandomSource,
+) -> Result<Option<(ResumptionSecret, Vec<u8>)>, Error> {
+    resume
+        .map(|secret| {
+            let mut nonce = vec![0u8; config.resumption.nonce_len];
+            rng.fill(&mut nonce)?;
+            Ok((secret, nonce))
+        })
+        .transpose()
+}
+
 fn make_init1(
     config: &HandshakeConfig,
     tep: Tep,
@@ -127,14 +142,7 @@ impl ClientHandshake {
         mut rng: Box<dyn RandomSource + Send>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let resume = match resume {
-            Some(secret) => {
-                let mut nonce = vec![0u8; config.resumption.nonce_len];
-                rng.fill(&mut nonce)?;
-                Some((secret, nonce))
-            }
-            None => None,
-        };
+        let resume = with_nonce(&config, resume, &mut *rng)?;
         let offer = negotiation::client_offer(&config, resume)?;
         let mut output = Vec::new();
         let pipelined = match offer.pipelined {
@@ -190,14 +198,7 @@ impl ClientHandshake {
         mut rng: Box<dyn RandomSource + Send>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let resume = match resume {
-            Some(secret) => {
-                let mut nonce = vec![0u8; config.resumption.nonce_len];
-                rng.fill(&mut nonce)?;
-                Some((secret, nonce))
-            }
-            None => None,
-        };
+        let resume = with_nonce(&config, resume, &mut *rng)?;
         let offer =
             negotiation::client_offer_within(&config, resume, negotiation::KERNEL_OPTION_ROOM)?;
         Ok(ClientHandshake {
