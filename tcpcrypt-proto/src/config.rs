@@ -52,6 +52,12 @@ pub struct HandshakeConfig {
     /// As A, send Init1 for the preferred TEP together with the hello,
     /// saving a round trip when B picks that TEP.
     pub pipeline_init1: bool,
+    /// 0-RTT data on resumed connections (docs/PROTOCOL.md 3.6): as A, send
+    /// the first application bytes under the resumed secret with the
+    /// hello; as B, accept them. With `false`, A sends none and B answers
+    /// an offer that carries them with a fresh exchange (A then sends the
+    /// same bytes again after it).
+    pub early_data: bool,
     /// Resumption controls.
     pub resumption: ResumptionSettings,
 }
@@ -65,6 +71,7 @@ impl Default for HandshakeConfig {
             application_aware: false,
             require_application_aware: false,
             pipeline_init1: true,
+            early_data: true,
             resumption: ResumptionSettings::default(),
         }
     }

@@ -94,6 +94,11 @@ pub enum Error {
     /// peer connects again with a fresh exchange.
     #[error("the kernel answered a resumption whose secret is gone")]
     ResumptionForgotten,
+    /// 0-RTT data that breaks its rules (docs/PROTOCOL.md 3.6): more than
+    /// [`EARLY_DATA_LIMIT`](crate::frame::EARLY_DATA_LIMIT) bytes before the
+    /// end-of-early-data mark, a rekey or FINp among the early frames.
+    #[error("0-RTT data: {0}")]
+    EarlyData(&'static str),
 }
 
 /// Whose fault an [`Error`](enum@Error) is.
@@ -140,7 +145,8 @@ impl Error {
             | Error::DataAfterFin
             | Error::Truncated
             | Error::LateHello
-            | Error::HandshakeEof => ErrorClass::PeerMisbehaved,
+            | Error::HandshakeEof
+            | Error::EarlyData(_) => ErrorClass::PeerMisbehaved,
             Error::ResumptionForgotten => ErrorClass::Environment,
             Error::NoAcceptableAead => ErrorClass::PeerIncompatible,
             Error::FrameTooLarge(_)

@@ -47,6 +47,14 @@ pub const REKEY_AFTER_FRAMES: u64 = 1 << 24;
 /// 64-bit offset far from wrapping under one key.
 pub const REKEY_AFTER_BYTES: u64 = 1 << 62;
 
+/// Most bytes of 0-RTT frames the connecting side sends before the
+/// end-of-early-data mark, and the accepting side accepts or skips
+/// (docs/PROTOCOL.md 3.6): one initial congestion window's worth.
+pub const EARLY_DATA_LIMIT: usize = 16 * 1024;
+/// The end-of-early-data mark: a frame header with `clen = 0`, which no
+/// frame has (the smallest is [`MIN_FRAME_LEN`]).
+pub const END_OF_EARLY_DATA: [u8; HEADER_LEN] = [0, 0, 0];
+
 /// The AEAD nonce for a frame at `offset`: the frame ID XOR NR.
 pub fn frame_nonce(nr: &[u8; NONCE_LEN], offset: u64) -> [u8; NONCE_LEN] {
     let mut n = *nr;
@@ -400,6 +408,8 @@ pub struct FrameOpener {
     offset: u64,
     fin_received: bool,
     failed: Option<Error>,
+    /// The peer's 0-RTT key, until its end-of-early-data mark.
+    early: Option<GenerationKey>,
 }
 
 impl std::fmt::Debug for FrameOpener {
@@ -445,7 +455,27 @@ impl FrameOpener {
             offset,
             fin_received: false,
             failed: None,
+            early: None,
         }
+    }
+
+    /// Opens 0-RTT frames under `early` (from offset 0, generation 0, no
+    /// rekey, no FINp, at most [`EARLY_DATA_LIMIT`] bytes) until the
+    /// end-of-early-data mark, then the session's frames from the offset
+    /// after the mark.
+    pub(crate) fn expect_early(&mut self, early: MasterKey) {
+        self.early = Some(GenerationKey::new(
+            self.backend,
+            early,
+            self.direction,
+            self.aead,
+        ));
+    }
+
+    /// Whether 0-RTT frames are still being opened (the end-of-early-data
+    /// mark has not arrived).
+    pub fn in_early_data(&self) -> bool {
+        self.early.is_some()
     }
 
     /// The whole length of the frame that starts `buf`, once its header has
@@ -481,8 +511,28 @@ impl FrameOpener {
             return Ok(None);
         };
         let clen = frame_len - HEADER_LEN;
+        if self.early.is_some() && buf[..HEADER_LEN] == END_OF_EARLY_DATA {
+            // The session's own keys from here on.
+            self.early = None;
+            self.offset += HEADER_LEN as u64;
+            return Ok(Some(OpenedFrame {
+                frame_len: HEADER_LEN,
+                data: HEADER_LEN..HEADER_LEN,
+                fin: false,
+                urgent: None,
+                rekeyed: false,
+            }));
+        }
         if clen < 1 + TAG_LEN {
             return Err(Error::FrameTooShort(clen as u16));
+        }
+        if self.early.is_some() {
+            if self.offset + frame_len as u64 > EARLY_DATA_LIMIT as u64 {
+                return Err(Error::EarlyData("more than the limit before the end mark"));
+            }
+            if buf[0] & CONTROL_REKEY != 0 {
+                return Err(Error::EarlyData("a rekey among the early frames"));
+            }
         }
         if buf.len() < frame_len {
             return Ok(None);
@@ -496,12 +546,15 @@ impl FrameOpener {
         let (header, rest) = buf[..frame_len].split_at_mut(HEADER_LEN);
         let (ciphertext, tag) = rest.split_at_mut(clen - TAG_LEN);
         let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("tag length");
-        let nonce = frame_nonce(&self.current.nr, self.offset);
-        self.current
-            .key
+        let key = self.early.as_ref().unwrap_or(&self.current);
+        let nonce = frame_nonce(&key.nr, self.offset);
+        key.key
             .open_in_place(&nonce, header, ciphertext, tag)
             .map_err(|_| Error::AuthenticationFailed)?;
         let flags = ciphertext[0];
+        if self.early.is_some() && flags & FLAG_FIN != 0 {
+            return Err(Error::EarlyData("FINp among the early frames"));
+        }
         let (urgent, data_start) = if flags & FLAG_URG != 0 {
             let u = ciphertext
                 .get(1..3)

@@ -5,7 +5,7 @@
 //! hello  = marker(8) | ENO option (kind 0x45, length, suboptions)
 //! marker = E5 'E' 'N' 'O' 01 kind '\r' '\n'
 //! kind   = 'A' (connecting side), 'P' (connecting side, an Init1 follows),
-//!          'B' (accepting side)
+//!          'E' (connecting side, 0-RTT frames follow), 'B' (accepting side)
 //! ```
 //!
 //! The first byte above 0x7F starts no text protocol, no TLS record and no
@@ -30,6 +30,10 @@ pub enum HelloKind {
     A,
     /// The connecting side's hello followed by a pipelined Init1.
     Pipelined,
+    /// The connecting side's hello offering resumption, followed by 0-RTT
+    /// frames and, once the accepting side's hello has arrived, the
+    /// end-of-early-data mark (docs/PROTOCOL.md 3.6).
+    Early,
     /// The accepting side's answer.
     B,
 }
@@ -40,6 +44,7 @@ impl HelloKind {
         match self {
             HelloKind::A => b'A',
             HelloKind::Pipelined => b'P',
+            HelloKind::Early => b'E',
             HelloKind::B => b'B',
         }
     }
@@ -48,11 +53,15 @@ impl HelloKind {
         match b {
             b'A' => Some(HelloKind::A),
             b'P' => Some(HelloKind::Pipelined),
+            b'E' => Some(HelloKind::Early),
             b'B' => Some(HelloKind::B),
             _ => None,
         }
     }
 }
+
+/// The kinds a connecting side sends.
+pub const CLIENT_KINDS: &[HelloKind] = &[HelloKind::A, HelloKind::Pipelined, HelloKind::Early];
 
 /// The marker for a hello kind.
 pub const fn marker(kind: HelloKind) -> [u8; MARKER_LEN] {
@@ -133,7 +142,7 @@ pub fn scan(buf: &[u8], expected: &[HelloKind]) -> Result<HelloScan, Error> {
 /// never application data: the caller aborts instead of delivering it
 /// (`docs/PROTOCOL.md`, "Fallback").
 pub fn is_late_client_marker(buf: &[u8]) -> Option<bool> {
-    match scan(buf, &[HelloKind::A, HelloKind::Pipelined]) {
+    match scan(buf, CLIENT_KINDS) {
         Ok(HelloScan::NotAHello { .. }) => Some(false),
         Ok(HelloScan::Incomplete) if buf.len() < MARKER_LEN => None,
         // The whole marker matched (a broken option after it included).
@@ -153,6 +162,7 @@ mod tests {
         assert_eq!(is_late_client_marker(&hello[..7]), None);
         assert_eq!(is_late_client_marker(&hello), Some(true));
         assert_eq!(is_late_client_marker(&marker(HelloKind::A)), Some(true));
+        assert_eq!(is_late_client_marker(&marker(HelloKind::Early)), Some(true));
         assert_eq!(is_late_client_marker(b"\xE5ENO\x01A\r\n\x00"), Some(true));
         assert_eq!(is_late_client_marker(b"GET / HTTP/1.1"), Some(false));
         assert_eq!(is_late_client_marker(b"\xE5EN"), None);
@@ -166,6 +176,7 @@ mod tests {
         assert_eq!(marker(HelloKind::A), *b"\xE5ENO\x01A\r\n");
         assert_eq!(marker(HelloKind::Pipelined), *b"\xE5ENO\x01P\r\n");
         assert_eq!(marker(HelloKind::B), *b"\xE5ENO\x01B\r\n");
+        assert_eq!(marker(HelloKind::Early), *b"\xE5ENO\x01E\r\n");
     }
 
     #[test]

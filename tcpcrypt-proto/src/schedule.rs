@@ -22,6 +22,10 @@ pub const CONST_KEY_A: u8 = 0x04;
 pub const CONST_KEY_B: u8 = 0x05;
 /// CONST_RESUME.
 pub const CONST_RESUME: u8 = 0x06;
+/// CONST_EARLY: not an RFC 8548 constant (0x01 to 0x06 are). It keys the
+/// connecting side's 0-RTT frames, sent before the accepting side's
+/// resumption nonce is known (docs/PROTOCOL.md 3.6).
+pub const CONST_EARLY: u8 = 0x07;
 /// K_LEN for every tcpcrypt TEP (RFC 8548 5).
 pub const K_LEN: usize = 32;
 /// Length of a resumption identifier.
@@ -113,6 +117,15 @@ impl SessionSecret {
     /// `mk[0] = CPRF(ss[i], CONST_REKEY | sn[i], K_LEN)`.
     pub fn master_key(&self, backend: &dyn CryptoBackend, sn: &[u8]) -> MasterKey {
         MasterKey(cprf(backend, &self.0, &[&[CONST_REKEY], sn]))
+    }
+
+    /// The master key of the connecting side's 0-RTT frames:
+    /// `mk_early = CPRF(ss[i], CONST_EARLY | nonce, K_LEN)`, with `nonce`
+    /// the connecting side's resumption nonce of this connection. Its
+    /// traffic key is derived as `k_ab[0]`/`k_ba[0]` are, for the
+    /// connecting side's original role.
+    pub fn early_master_key(&self, backend: &dyn CryptoBackend, nonce: &[u8]) -> MasterKey {
+        MasterKey(cprf(backend, &self.0, &[&[CONST_EARLY], nonce]))
     }
 
     /// `resume[i] = CPRF(ss[i], CONST_RESUME, 18)`.

@@ -77,6 +77,10 @@ pub struct SessionInfo {
     pub peer_global: u8,
     /// Whether the session was resumed from a cached secret.
     pub resumed: bool,
+    /// Whether the connecting side's 0-RTT data was accepted: sent (A) or
+    /// received (B) under the early key before the handshake's round trip
+    /// (docs/PROTOCOL.md 3.6).
+    pub zero_rtt: bool,
     /// Where the accepting side cached the secret for this peer's next
     /// resumption (the key for a flush), if it did.
     pub cached_resumption: Option<ResumeHalf>,
@@ -159,6 +163,7 @@ impl Session {
             local_global: n.local_global,
             peer_global: n.peer_global,
             resumed: n.resumed,
+            zero_rtt: false,
             cached_resumption: None,
         };
         let send = k.original_role.sending_direction();

@@ -8,6 +8,7 @@ use crate::config::HandshakeConfig;
 use crate::eno::EnoOption;
 use crate::eno::V_BIT;
 use crate::error::Error;
+use crate::frame::{EARLY_DATA_LIMIT, END_OF_EARLY_DATA, FrameSealer, MIN_FRAME_LEN};
 use crate::hello::{self, HelloKind, HelloScan};
 use crate::init::{Init1, Init2, InitKind, NONCE_LEN};
 use crate::negotiation::{self, ClientOffer, ClientResult, DisableReason};
@@ -91,6 +92,10 @@ pub struct ClientHandshake {
     sent_after_hello: u64,
     /// The pipelined Init1 and its key, if one was sent.
     pipelined: Option<(EphemeralKey, Vec<u8>, [u8; NONCE_LEN])>,
+    /// Application bytes sealed as 0-RTT frames after an `'E'` hello; the
+    /// end-of-early-data mark is still to be sent while `early_open`.
+    early_data_len: usize,
+    early_open: bool,
     outcome: Option<ClientOutcome>,
 }
 
@@ -139,6 +144,33 @@ impl ClientHandshake {
     pub fn new(
         config: Arc<HandshakeConfig>,
         resume: Option<ResumptionSecret>,
+        rng: Box<dyn RandomSource + Send>,
+    ) -> Result<Self, Error> {
+        Self::with_early_data(config, resume, &[], rng)
+    }
+
+    /// Like [`new`](Self::new), with the application's first bytes. When
+    /// `resume` is offered and 0-RTT is on (`HandshakeConfig::early_data`),
+    /// up to [`EARLY_DATA_LIMIT`] bytes of frames carry the start of `data`
+    /// under the resumed secret right after the hello (`docs/PROTOCOL.md`
+    /// 3.6); [`early_data_len`](Self::early_data_len) says how many bytes
+    /// of `data` that is. They were delivered if the outcome is a session
+    /// whose `info.zero_rtt` is set; in every other outcome the caller
+    /// sends them again, after the handshake or on the new connection.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tcpcrypt_proto::{ClientHandshake, HandshakeConfig, OsRandom};
+    ///
+    /// let config = Arc::new(HandshakeConfig::default());
+    /// // Without a resumption secret nothing can be sent before the handshake.
+    /// let hs = ClientHandshake::with_early_data(config, None, b"GET /", Box::new(OsRandom)).unwrap();
+    /// assert_eq!(hs.early_data_len(), 0);
+    /// ```
+    pub fn with_early_data(
+        config: Arc<HandshakeConfig>,
+        resume: Option<ResumptionSecret>,
+        data: &[u8],
         mut rng: Box<dyn RandomSource + Send>,
     ) -> Result<Self, Error> {
         config.validate()?;
@@ -149,7 +181,13 @@ impl ClientHandshake {
             Some(tep) => Some(make_init1(&config, tep, &mut *rng)?),
             None => None,
         };
-        let kind = if pipelined.is_some() {
+        let early = offer
+            .resumption
+            .as_ref()
+            .filter(|_| config.early_data && !data.is_empty());
+        let kind = if early.is_some() {
+            HelloKind::Early
+        } else if pipelined.is_some() {
             HelloKind::Pipelined
         } else {
             HelloKind::A
@@ -160,6 +198,19 @@ impl ClientHandshake {
             output.extend_from_slice(init1);
             sent_after_hello = init1.len() as u64;
         }
+        let mut early_data_len = 0;
+        if let Some((secret, ours)) = early {
+            // One frame: the limit is far below a frame's largest size.
+            early_data_len = data.len().min(EARLY_DATA_LIMIT - MIN_FRAME_LEN);
+            let key = secret
+                .secret
+                .early_master_key(config.backend, &ours.nonce);
+            let direction = secret.original_role.sending_direction();
+            let mut sealer = FrameSealer::new(config.backend, key, direction, secret.aead, 0);
+            let before = output.len();
+            sealer.seal(&data[..early_data_len], false, &mut output)?;
+            sent_after_hello = (output.len() - before) as u64;
+        }
         Ok(ClientHandshake {
             config,
             rng,
@@ -169,8 +220,17 @@ impl ClientHandshake {
             output,
             sent_after_hello,
             pipelined,
+            early_data_len,
+            early_open: early_data_len > 0,
             outcome: None,
         })
+    }
+
+    /// How many bytes of the data given to
+    /// [`with_early_data`](Self::with_early_data) were sent as 0-RTT
+    /// frames (0 when no resumption was offered or 0-RTT is off).
+    pub fn early_data_len(&self) -> usize {
+        self.early_data_len
     }
 
     /// Starts a handshake whose ENO options the kernel carries in the SYN
@@ -210,6 +270,8 @@ impl ClientHandshake {
             output: Vec::new(),
             sent_after_hello: 0,
             pipelined: None,
+            early_data_len: 0,
+            early_open: false,
             outcome: None,
         })
     }
@@ -395,7 +457,16 @@ impl ClientHandshake {
                 return Ok(());
             }
         };
-        match negotiation::client_interpret(&self.config, &self.offer, &b_option) {
+        let result = negotiation::client_interpret(&self.config, &self.offer, &b_option);
+        if matches!(
+            result,
+            Ok(_) | Err(DisableReason::PeerDeclined)
+        ) {
+            // B goes on with this connection: it learns where the 0-RTT
+            // frames end (docs/PROTOCOL.md 3.6).
+            self.end_early_data();
+        }
+        match result {
             Err(DisableReason::PeerDeclined) => {
                 self.finish(ClientOutcome::Declined(DisableReason::PeerDeclined));
             }
@@ -431,6 +502,8 @@ impl ClientHandshake {
                     },
                     negotiated,
                 );
+                let mut session = session;
+                session.info.zero_rtt = self.early_data_len > 0;
                 self.finish(ClientOutcome::Encrypted(Box::new(session)));
             }
             Ok(ClientResult::Fresh(tep, tep_byte)) => {
@@ -454,6 +527,14 @@ impl ClientHandshake {
             }
         }
         Ok(())
+    }
+
+    /// Sends the end-of-early-data mark after 0-RTT frames.
+    fn end_early_data(&mut self) {
+        if std::mem::take(&mut self.early_open) {
+            self.output.extend_from_slice(&END_OF_EARLY_DATA);
+            self.sent_after_hello += END_OF_EARLY_DATA.len() as u64;
+        }
     }
 
     fn on_init2(&mut self, bytes: Vec<u8>) -> Result<(), Error> {

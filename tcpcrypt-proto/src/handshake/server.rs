@@ -7,6 +7,7 @@ use crate::aead::AeadAlgorithm;
 use crate::config::HandshakeConfig;
 use crate::eno::EnoOption;
 use crate::error::Error;
+use crate::frame::{EARLY_DATA_LIMIT, END_OF_EARLY_DATA, FrameOpener, HEADER_LEN, MIN_FRAME_LEN};
 use crate::hello::{self, HelloKind, HelloScan};
 use crate::init::{Init1, Init2, InitKind, NONCE_LEN};
 use crate::negotiation::{self, DisableReason, ResumptionData, ServerChoice};
@@ -51,6 +52,9 @@ enum State {
         tep: Tep,
     },
     SkipInit1(AfterSkip),
+    /// Skipping 0-RTT frames this side did not accept, up to A's
+    /// end-of-early-data mark; our hello is sent.
+    SkipEarly(AfterSkip),
     Done,
     Failed(Error),
 }
@@ -320,6 +324,11 @@ impl ServerHandshake {
                         }
                     }
                 }
+                State::SkipEarly(_) => {
+                    if !self.skip_early_frame(input, pos)? {
+                        return Ok(());
+                    }
+                }
                 State::AwaitInit1 { .. } => {
                     let Some(init1) = self.acc.init_message(InitKind::Init1, input, pos)? else {
                         return Ok(());
@@ -333,7 +342,7 @@ impl ServerHandshake {
 
     /// Returns `true` when the state moved on.
     fn read_hello(&mut self, input: &[u8], pos: &mut usize) -> Result<bool, Error> {
-        const EXPECTED: &[HelloKind] = &[HelloKind::A, HelloKind::Pipelined];
+        const EXPECTED: &[HelloKind] = hello::CLIENT_KINDS;
         loop {
             let before = self.acc.buf.len();
             let need = if before < hello::MARKER_LEN {
@@ -361,6 +370,9 @@ impl ServerHandshake {
     }
 
     fn on_hello(&mut self, kind: HelloKind, option: &[u8]) -> Result<(), Error> {
+        if kind == HelloKind::Early {
+            return self.on_early_hello(option);
+        }
         let pipelined = kind == HelloKind::Pipelined;
         let choice = match EnoOption::parse(option) {
             Err(_) => Err(DisableReason::IllFormedOption),
@@ -414,6 +426,82 @@ impl ServerHandshake {
         Ok(())
     }
 
+    /// A hello followed by 0-RTT frames (docs/PROTOCOL.md 3.6). Our hello
+    /// goes out at once whatever the choice, since A ends its early frames
+    /// only once it has it: a resumption this side honours opens them under
+    /// the early key; otherwise they are skipped up to the mark, and A
+    /// sends the same bytes again after a fresh exchange or in plain.
+    fn on_early_hello(&mut self, option: &[u8]) -> Result<(), Error> {
+        let choice = match EnoOption::parse(option) {
+            Err(_) => Err(DisableReason::IllFormedOption),
+            Ok(a_option) => {
+                let choice =
+                    negotiation::server_choose(&self.config, &a_option, self.cache.as_deref());
+                self.a_option = Some(a_option);
+                choice
+            }
+        };
+        let after = match choice {
+            Ok(ServerChoice::Resume(secret, theirs)) if self.config.early_data => {
+                let sn = self.answer_resumption(&secret, &theirs)?;
+                let early = secret
+                    .secret
+                    .early_master_key(self.config.backend, &theirs.nonce);
+                self.finish_resumed_with(secret, &sn, Some(early));
+                return Ok(());
+            }
+            // 0-RTT refused: the secret is spent, the same TEP goes fresh.
+            Ok(ServerChoice::Resume(secret, _)) => {
+                self.send_hello(Some((secret.tep, None)))?;
+                AfterSkip::AwaitInit1(secret.tep)
+            }
+            Ok(ServerChoice::Fresh(tep)) => {
+                self.send_hello(Some((tep, None)))?;
+                AfterSkip::AwaitInit1(tep)
+            }
+            Err(reason) => {
+                self.send_hello(None)?;
+                AfterSkip::Declined(reason)
+            }
+        };
+        self.state = State::SkipEarly(after);
+        Ok(())
+    }
+
+    /// Skips one 0-RTT frame, or the end-of-early-data mark (then the state
+    /// moves on). Returns `true` when a whole one was consumed.
+    fn skip_early_frame(&mut self, input: &[u8], pos: &mut usize) -> Result<bool, Error> {
+        if !self.acc.fill(HEADER_LEN, input, pos) {
+            return Ok(false);
+        }
+        if self.acc.buf[..HEADER_LEN] == END_OF_EARLY_DATA {
+            self.acc.buf.clear();
+            self.received_after_hello += HEADER_LEN as u64;
+            let State::SkipEarly(after) = std::mem::replace(&mut self.state, State::Done) else {
+                unreachable!("skip_early_frame is called in SkipEarly")
+            };
+            match after {
+                AfterSkip::Declined(r) => self.finish(ServerOutcome::Declined(r)),
+                AfterSkip::AwaitInit1(tep) => self.state = State::AwaitInit1 { tep },
+                AfterSkip::Resumed { secret, sn } => self.finish_resumed(secret, &sn),
+            }
+            return Ok(true);
+        }
+        let len = FrameOpener::frame_len(&self.acc.buf).expect("a whole header");
+        if len < MIN_FRAME_LEN {
+            return Err(Error::FrameTooShort((len - HEADER_LEN) as u16));
+        }
+        if self.received_after_hello + len as u64 > EARLY_DATA_LIMIT as u64 {
+            return Err(Error::EarlyData("more than the limit before the end mark"));
+        }
+        if !self.acc.fill(len, input, pos) {
+            return Ok(false);
+        }
+        self.acc.buf.clear();
+        self.received_after_hello += len as u64;
+        Ok(true)
+    }
+
     fn send_hello(&mut self, choice: Option<(Tep, Option<&ResumptionData>)>) -> Result<(), Error> {
         let option = negotiation::server_option(&self.config, choice)?;
         hello::encode(HelloKind::B, &option, &mut self.output);
@@ -460,8 +548,19 @@ impl ServerHandshake {
     /// Keys a resumed session once A's frames can start (after any skipped
     /// pipelined Init1).
     fn finish_resumed(&mut self, secret: ResumptionSecret, sn: &[u8]) {
+        self.finish_resumed_with(secret, sn, None);
+    }
+
+    /// Keys a resumed session whose opener first opens A's 0-RTT frames
+    /// under `early`, when given.
+    fn finish_resumed_with(
+        &mut self,
+        secret: ResumptionSecret,
+        sn: &[u8],
+        early: Option<crate::schedule::MasterKey>,
+    ) {
         let negotiated = self.negotiated(secret.tep, secret.aead, true);
-        let session = Session::key(
+        let mut session = Session::key(
             Keying {
                 backend: self.config.backend,
                 secret: &secret.secret,
@@ -474,6 +573,10 @@ impl ServerHandshake {
             },
             negotiated,
         );
+        if let Some(early) = early {
+            session.opener.expect_early(early);
+            session.info.zero_rtt = true;
+        }
         let session = self.cache_next(session);
         self.finish(ServerOutcome::Encrypted(Box::new(session)));
     }
