@@ -37,6 +37,10 @@ CONST_REKEY = 0x03
 CONST_KEY_A = 0x04
 CONST_KEY_B = 0x05
 CONST_RESUME = 0x06
+# Not an RFC 8548 constant: the key of 0-RTT frames (docs/PROTOCOL.md 3.6).
+CONST_EARLY = 0x07
+# The end-of-early-data mark: a frame header with clen = 0.
+END_OF_EARLY_DATA = b"\x00\x00\x00"
 INIT1_MAGIC = bytes.fromhex("15101a0e")
 INIT2_MAGIC = bytes.fromhex("097105e0")
 
@@ -545,6 +549,27 @@ def compute(vec):
             # Original roles are kept: the host that was A sends with k_ab.
             "frames": seal_frames(res.get("frames"), sched1),
         })
+        early = res.get("early")
+        if early is not None:
+            # 0-RTT: the connecting host (here the original A) seals its
+            # first frames, from offset 0, under a key from ss[1] and its
+            # own nonce alone; the end mark follows them, and the resumed
+            # session's frames follow the mark.
+            mk_early = cprf(ss1, c(CONST_EARLY, nonce_a), K_LEN)
+            sched_early = KeySchedule(mk_early, cipher)
+            frames = seal_direction(early.get("frames", []), sched_early.k_ab,
+                                    cipher)
+            end = (frames[-1]["offset"] + len(unhex(frames[-1]["frame"]))
+                   if frames else 0)
+            e = dict(early)
+            e.update({
+                "mk_early": mk_early.hex(),
+                "k_early": sched_early.k_ab(0).hex(),
+                "frames": frames,
+                "end_mark": END_OF_EARLY_DATA.hex(),
+                "end_mark_offset": end,
+            })
+            r["early"] = e
         out["resumption"] = r
     return out
 

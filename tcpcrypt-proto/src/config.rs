@@ -52,7 +52,7 @@ pub struct HandshakeConfig {
     /// As A, send Init1 for the preferred TEP together with the hello,
     /// saving a round trip when B picks that TEP.
     pub pipeline_init1: bool,
-    /// 0-RTT data on resumed connections (docs/PROTOCOL.md 3.6): as A, send
+    /// 0-RTT data on resumed connections (docs/PROTOCOL.md 7.1): as A, send
     /// the first application bytes under the resumed secret with the
     /// hello; as B, accept them. With `false`, A sends none and B answers
     /// an offer that carries them with a fresh exchange (A then sends the

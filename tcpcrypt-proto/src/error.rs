@@ -94,7 +94,7 @@ pub enum Error {
     /// peer connects again with a fresh exchange.
     #[error("the kernel answered a resumption whose secret is gone")]
     ResumptionForgotten,
-    /// 0-RTT data that breaks its rules (docs/PROTOCOL.md 3.6): more than
+    /// 0-RTT data that breaks its rules (docs/PROTOCOL.md 7.1): more than
     /// [`EARLY_DATA_LIMIT`](crate::frame::EARLY_DATA_LIMIT) bytes before the
     /// end-of-early-data mark, a rekey or FINp among the early frames.
     #[error("0-RTT data: {0}")]

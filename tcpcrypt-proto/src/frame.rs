@@ -49,7 +49,7 @@ pub const REKEY_AFTER_BYTES: u64 = 1 << 62;
 
 /// Most bytes of 0-RTT frames the connecting side sends before the
 /// end-of-early-data mark, and the accepting side accepts or skips
-/// (docs/PROTOCOL.md 3.6): one initial congestion window's worth.
+/// (docs/PROTOCOL.md 7.1): one initial congestion window's worth.
 pub const EARLY_DATA_LIMIT: usize = 16 * 1024;
 /// The end-of-early-data mark: a frame header with `clen = 0`, which no
 /// frame has (the smallest is [`MIN_FRAME_LEN`]).

@@ -32,7 +32,7 @@ pub enum HelloKind {
     Pipelined,
     /// The connecting side's hello offering resumption, followed by 0-RTT
     /// frames and, once the accepting side's hello has arrived, the
-    /// end-of-early-data mark (docs/PROTOCOL.md 3.6).
+    /// end-of-early-data mark (docs/PROTOCOL.md 7.1).
     Early,
     /// The accepting side's answer.
     B,

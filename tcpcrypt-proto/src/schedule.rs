@@ -24,7 +24,7 @@ pub const CONST_KEY_B: u8 = 0x05;
 pub const CONST_RESUME: u8 = 0x06;
 /// CONST_EARLY: not an RFC 8548 constant (0x01 to 0x06 are). It keys the
 /// connecting side's 0-RTT frames, sent before the accepting side's
-/// resumption nonce is known (docs/PROTOCOL.md 3.6).
+/// resumption nonce is known (docs/PROTOCOL.md 7.1).
 pub const CONST_EARLY: u8 = 0x07;
 /// K_LEN for every tcpcrypt TEP (RFC 8548 5).
 pub const K_LEN: usize = 32;

@@ -79,7 +79,7 @@ pub struct SessionInfo {
     pub resumed: bool,
     /// Whether the connecting side's 0-RTT data was accepted: sent (A) or
     /// received (B) under the early key before the handshake's round trip
-    /// (docs/PROTOCOL.md 3.6).
+    /// (docs/PROTOCOL.md 7.1).
     pub zero_rtt: bool,
     /// Where the accepting side cached the secret for this peer's next
     /// resumption (the key for a flush), if it did.

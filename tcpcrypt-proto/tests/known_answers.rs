@@ -55,6 +55,10 @@ fn inputs_of(v: &Value) -> Value {
         "mk0_session1",
         "k_ab0_session1",
         "k_ba0_session1",
+        "mk_early",
+        "k_early",
+        "end_mark",
+        "end_mark_offset",
         "frame",
     ];
     match v {
@@ -128,6 +132,10 @@ fn vectors_cover_what_they_must() {
         "URGp"
     );
     assert!(has(&|x| x["resumption"].is_object()), "resumption");
+    assert!(
+        has(&|x| x["resumption"]["early"]["frames"].is_array()),
+        "0-RTT data"
+    );
 }
 
 #[test]
@@ -297,7 +305,9 @@ fn run(client: &mut ClientHandshake, server: &mut ServerHandshake) -> (Vec<u8>, 
         let mut out = Vec::new();
         client.write_to(&mut out);
         let used = server.read(&out).expect("server reads");
-        assert_eq!(used, out.len());
+        // A server done with a 0-RTT hello leaves the early frames to its
+        // session.
+        assert!(used == out.len() || server.is_done());
         c_wire.extend_from_slice(&out);
         let mut back = Vec::new();
         server.write_to(&mut back);
@@ -464,26 +474,59 @@ fn state_machines_put_the_vector_bytes_on_the_wire() {
                 hex::encode(ticket.secret.dangerous_as_bytes()),
                 v["ss1"].as_str().unwrap()
             );
-            let mut client = ClientHandshake::new(
+            // A 0-RTT vector: A's first frames go with its 'E' hello, and
+            // its end-of-early-data mark follows once B's hello is in.
+            let early = r.get("early").filter(|e| e.is_object());
+            let early_frames =
+                early.map_or(Vec::new(), |e| e["frames"].as_array().unwrap().clone());
+            let early_data: Vec<u8> = early_frames
+                .iter()
+                .flat_map(|f| hex_field(f, "plaintext").unwrap())
+                .collect();
+            let mut client = ClientHandshake::with_early_data(
                 client_config,
                 Some(ticket),
+                &early_data,
                 scripted(vec![hex_field(r, "nonce_a").unwrap()]),
             )
             .unwrap();
+            assert_eq!(client.early_data_len(), early_data.len());
             let mut server = ServerHandshake::new(
                 server_config,
                 Some(cache.clone()),
                 scripted(vec![hex_field(r, "nonce_b").unwrap()]),
             )
             .unwrap();
-            let (c_wire, s_wire) = run(&mut client, &mut server);
+            let (mut c_wire, s_wire) = run(&mut client, &mut server);
+            // What A sends once B's hello is in (the 0-RTT end mark).
+            client.write_to(&mut c_wire);
             let sub_a = hex_field(r, "suboption_from_orig_A").unwrap();
             let sub_b = hex_field(r, "suboption_from_orig_B").unwrap();
             let opt_a = [&[0x45, 2 + sub_a.len() as u8][..], &sub_a].concat();
             let opt_b = [&[0x45, 3 + sub_b.len() as u8, 0x01][..], &sub_b].concat();
+            let expect_c = match early {
+                None => [&marker(HelloKind::A)[..], &opt_a].concat(),
+                Some(e) => {
+                    let frames: Vec<u8> = early_frames
+                        .iter()
+                        .flat_map(|f| hex_field(f, "frame").unwrap())
+                        .collect();
+                    assert_eq!(
+                        frames.len() as u64,
+                        int_field(e, "end_mark_offset").unwrap()
+                    );
+                    [
+                        &marker(HelloKind::Early)[..],
+                        &opt_a,
+                        &frames,
+                        &hex_field(e, "end_mark").unwrap(),
+                    ]
+                    .concat()
+                }
+            };
             assert_eq!(
-                c_wire,
-                [&marker(HelloKind::A)[..], &opt_a].concat(),
+                hex::encode(&c_wire),
+                hex::encode(&expect_c),
                 "{}",
                 v["name"]
             );
@@ -500,6 +543,33 @@ fn state_machines_put_the_vector_bytes_on_the_wire() {
                 panic!("server not resumed")
             };
             assert!(a.info.resumed && b.info.resumed);
+            assert_eq!(
+                (a.info.zero_rtt, b.info.zero_rtt),
+                (early.is_some(), early.is_some())
+            );
+            if early.is_some() {
+                // B opens the early frames, the mark, and A's resumed frames.
+                let mut stream = c_wire[8 + opt_a.len()..].to_vec();
+                let resumed = r["frames"]["a_to_b"].as_array().unwrap();
+                let mut later: Vec<u8> = resumed
+                    .iter()
+                    .flat_map(|f| hex_field(f, "frame").unwrap())
+                    .collect();
+                stream.append(&mut later);
+                let mut got = Vec::new();
+                let mut pos = 0;
+                while pos < stream.len() {
+                    let f = b.opener.open_in_place(&mut stream[pos..]).unwrap().unwrap();
+                    got.extend_from_slice(&stream[pos + f.data.start..pos + f.data.end]);
+                    pos += f.frame_len;
+                }
+                let want: Vec<u8> = early_frames
+                    .iter()
+                    .chain(resumed)
+                    .flat_map(|f| hex_field(f, "plaintext").unwrap())
+                    .collect();
+                assert_eq!(got, want);
+            }
             assert_eq!(
                 hex::encode(a.info.session_id.as_bytes()),
                 r["session_id_1"].as_str().unwrap()

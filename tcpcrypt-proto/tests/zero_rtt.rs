@@ -1,4 +1,4 @@
-//! 0-RTT data on resumed connections (docs/PROTOCOL.md 3.6): the
+//! 0-RTT data on resumed connections (docs/PROTOCOL.md 7.1): the
 //! connecting side's first bytes travel with its hello under a key from
 //! the resumed secret; the accepting side opens them at once when it
 //! honours the resumption, and otherwise skips them up to the
@@ -49,9 +49,7 @@ fn accepted_early_data_is_delivered_before_the_handshake_round_trip() {
     let early_len = first_flight.len() - hello_len;
     assert_eq!(early_len, MIN_FRAME_LEN + REQUEST.len(), "one frame");
     assert!(
-        !first_flight
-            .windows(REQUEST.len())
-            .any(|w| w == REQUEST),
+        !first_flight.windows(REQUEST.len()).any(|w| w == REQUEST),
         "the request is encrypted"
     );
 
@@ -109,7 +107,10 @@ fn a_spent_secret_neither_resumes_nor_delivers_its_early_data() {
     let a2 = early_client(&cfg, Some(replayed), REQUEST);
     assert_eq!(a2.early_data_len(), REQUEST.len());
     let e = drive(a2, server(&cfg, Some(&cache)));
-    assert!(e.server_rest.is_empty(), "B consumed the skipped frame and the mark");
+    assert!(
+        e.server_rest.is_empty(),
+        "B consumed the skipped frame and the mark"
+    );
     let (mut a, mut b) = encrypted(e);
     assert!(!a.info.resumed && !a.info.zero_rtt && !b.info.zero_rtt);
     let (got, _) = transfer(&mut a, &mut b, REQUEST, false);
@@ -137,7 +138,10 @@ fn a_replayed_connection_is_refused_and_delivers_nothing() {
         panic!("resumed");
     };
     a.write_to(&mut recorded);
-    a_session.sealer.seal(b"pay 100", true, &mut recorded).unwrap();
+    a_session
+        .sealer
+        .seal(b"pay 100", true, &mut recorded)
+        .unwrap();
 
     // The whole recording, played to the same server again: nothing is
     // resumed and nothing delivered; the handshake fails on the frames
@@ -176,7 +180,10 @@ fn a_server_that_refuses_0rtt_runs_a_fresh_exchange() {
     );
     let (a, b) = encrypted(e);
     assert!(!a.info.resumed && !b.info.resumed && !a.info.zero_rtt);
-    assert!(cache.len() == 1, "the spent secret is gone, the new one cached");
+    assert!(
+        cache.len() == 1,
+        "the spent secret is gone, the new one cached"
+    );
 }
 
 #[test]
@@ -212,7 +219,10 @@ fn a_declining_server_skips_the_early_frames_and_goes_plain_after_the_mark() {
         e.server,
         ServerOutcome::Declined(DisableReason::NoCommonTep)
     ));
-    assert!(e.server_rest.is_empty(), "frames and mark consumed, not data");
+    assert!(
+        e.server_rest.is_empty(),
+        "frames and mark consumed, not data"
+    );
 }
 
 #[test]

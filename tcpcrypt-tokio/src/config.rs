@@ -202,6 +202,19 @@ impl ConfigBuilder {
         self
     }
 
+    /// 0-RTT data on resumed connections (default: on;
+    /// `docs/PROTOCOL.md` 7.1). As a client, the bytes given to
+    /// [`TcpcryptStream::connect_with_data`](crate::TcpcryptStream::connect_with_data)
+    /// leave with the hello under the resumed secret; as a server, such
+    /// bytes are accepted. Off, a client sends them after the handshake and
+    /// a server answers an offer carrying them with a fresh exchange. A
+    /// resumption secret is used once either way, so a replayed connection
+    /// neither resumes nor delivers its data.
+    pub fn early_data(mut self, on: bool) -> Self {
+        self.handshake.early_data = on;
+        self
+    }
+
     /// The whole handshake must end within this time (default 10 s).
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.handshake_timeout = d;

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs, lookup_host};
 
 use crate::error::{Error, FallbackReason};
@@ -66,7 +66,7 @@ impl TcpcryptConnector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let connected = self.connect_with(io, peer, None, None, None).await?;
+        let connected = self.connect_with(io, peer, None, None, None, &[]).await?;
         if let Connected::Reconnect(reason) = &connected {
             self.conclude_fallback(peer, reason)?;
         }
@@ -94,13 +94,41 @@ impl TcpcryptConnector {
     /// # Ok(()) }
     /// ```
     pub async fn connect_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
-        match kernel::connected(&tcp, &self.config)? {
+        self.connect_tcp_with_data(tcp, &[]).await
+    }
+
+    /// [`connect_tcp`](Self::connect_tcp), then `data` sent as the
+    /// application's first bytes: as 0-RTT data with the hello when a
+    /// resumption is offered in band (`docs/PROTOCOL.md` 7.1), otherwise
+    /// right after the handshake. Whatever the negotiation's outcome (a
+    /// fresh exchange, plain TCP on this or a new connection), the peer's
+    /// application receives `data` exactly once, or this is an error.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use tcpcrypt_tokio::{Config, TcpcryptConnector};
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let connector = TcpcryptConnector::new(Arc::new(Config::default()));
+    /// let tcp = tokio::net::TcpStream::connect("127.0.0.1:8080").await?;
+    /// let stream = connector.connect_tcp_with_data(tcp, b"GET / HTTP/1.0\r\n\r\n").await?;
+    /// println!("0-RTT: {}", stream.session().is_some_and(|s| s.zero_rtt));
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_tcp_with_data(
+        &self,
+        tcp: TcpStream,
+        data: &[u8],
+    ) -> io::Result<TcpcryptStream<TcpStream>> {
+        let mut stream = match kernel::connected(&tcp, &self.config)? {
             Some(connected) => {
                 let peer = tcp.peer_addr()?;
-                self.connect_kernel(tcp, peer, connected).await
+                self.connect_kernel(tcp, peer, connected).await?
             }
-            None => self.connect_in_band(tcp).await,
-        }
+            None => self.connect_in_band(tcp, data).await?,
+        };
+        send_rest(&mut stream, data).await?;
+        Ok(stream)
     }
 
     /// [`connect_tcp`](Self::connect_tcp) on a socket whose SYN carried
@@ -117,13 +145,18 @@ impl TcpcryptConnector {
                 let peer = tcp.peer_addr()?;
                 self.connect_kernel(tcp, peer, connected).await
             }
-            None => self.connect_in_band(tcp).await,
+            None => self.connect_in_band(tcp, &[]).await,
         }
     }
 
     /// [`connect_tcp`](Self::connect_tcp) on a socket the kernel carried
-    /// nothing for: the in-band hello.
-    async fn connect_in_band(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
+    /// nothing for: the in-band hello, with `early` as 0-RTT data when a
+    /// resumption is offered (the stream says how much was delivered).
+    async fn connect_in_band(
+        &self,
+        tcp: TcpStream,
+        early: &[u8],
+    ) -> io::Result<TcpcryptStream<TcpStream>> {
         let peer = tcp.peer_addr()?;
         let config = &self.config;
         let plain = |tcp: TcpStream, reason| {
@@ -139,7 +172,7 @@ impl TcpcryptConnector {
         loop {
             let probe = PathProbe::of(&tcp);
             match self
-                .connect_with(tcp, Some(peer), Some(abort_tcp), None, probe)
+                .connect_with(tcp, Some(peer), Some(abort_tcp), None, probe, early)
                 .await?
             {
                 Connected::Stream(mut s) => {
@@ -183,7 +216,7 @@ impl TcpcryptConnector {
         match connected {
             kernel::Connected::Negotiated(hs) => {
                 match self
-                    .connect_with(tcp, Some(peer), Some(abort_tcp), Some(hs), None)
+                    .connect_with(tcp, Some(peer), Some(abort_tcp), Some(hs), None, &[])
                     .await?
                 {
                     Connected::Stream(mut s) => {
@@ -200,7 +233,7 @@ impl TcpcryptConnector {
                         // connection (the ticket is spent).
                         tracing::warn!(%peer, "resumption in the SYN answered with another identifier; connecting again without it");
                         let tcp = TcpStream::connect(peer).await?;
-                        self.connect_in_band(tcp).await
+                        self.connect_in_band(tcp, &[]).await
                     }
                     Connected::Reconnect(reason) => {
                         // ENO disabled by a rule the server cannot know:
@@ -227,14 +260,15 @@ impl TcpcryptConnector {
                 Ok(s)
             }
             kernel::Connected::PeerSentNone | kernel::Connected::NotCarried => {
-                self.connect_in_band(tcp).await
+                self.connect_in_band(tcp, &[]).await
             }
         }
     }
 
     /// [`connect_with_peer`](Self::connect_with_peer), answering a protocol
     /// error with `abort` (RFC 8548 3.3), during the handshake as
-    /// afterwards; `kernel` is a handshake the kernel carriage started.
+    /// afterwards; `kernel` is a handshake the kernel carriage started;
+    /// `early`, the application's first bytes for 0-RTT data.
     async fn connect_with<IO>(
         &self,
         mut io: IO,
@@ -242,6 +276,7 @@ impl TcpcryptConnector {
         abort: Option<AbortFn<IO>>,
         kernel: Option<Box<ClientHandshake>>,
         probe: Option<PathProbe>,
+        early: &[u8],
     ) -> io::Result<Connected<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -259,7 +294,7 @@ impl TcpcryptConnector {
             None => ClientStart::InBand(peer.and_then(|p| config.client_cache.take_ticket(p))),
         };
         let started = std::time::Instant::now();
-        let end = match negotiate::client(&mut io, config, start, probe).await {
+        let end = match negotiate::client(&mut io, config, start, probe, early).await {
             Ok(end) => end,
             Err(e) => {
                 if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
@@ -269,7 +304,7 @@ impl TcpcryptConnector {
             }
         };
         match end {
-            ClientEnd::Encrypted(mut session, leftover) => {
+            ClientEnd::Encrypted(mut session, leftover, early_delivered) => {
                 if let Some(p) = peer {
                     config.client_cache.mark_encrypted(p);
                     if let Some(ticket) = session.resumption.take() {
@@ -281,6 +316,7 @@ impl TcpcryptConnector {
                 stream.abort = abort;
                 stream.config = Some(self.config.clone());
                 stream.handshake = started.elapsed();
+                stream.early_delivered = early_delivered;
                 Ok(Connected::Stream(stream))
             }
             ClientEnd::PlainHere(reason, leftover) => {
@@ -339,6 +375,16 @@ impl TcpcryptConnector {
     }
 }
 
+/// Sends what 0-RTT data did not deliver of the application's first
+/// bytes.
+async fn send_rest(stream: &mut TcpcryptStream<TcpStream>, data: &[u8]) -> io::Result<()> {
+    let rest = &data[stream.early_delivered.min(data.len())..];
+    if !rest.is_empty() {
+        stream.write_all(rest).await?;
+    }
+    Ok(())
+}
+
 async fn tcp_connect(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut last = None;
     for &addr in addrs {
@@ -362,6 +408,33 @@ impl TcpcryptStream<TcpStream> {
     /// [`Policy::Mandatory`] that is an error instead, and no application
     /// byte has been sent.
     pub async fn connect(addr: impl ToSocketAddrs, config: &Arc<Config>) -> io::Result<Self> {
+        Self::connect_with_data(addr, config, &[]).await
+    }
+
+    /// [`connect`](Self::connect), then `data` sent as the application's
+    /// first bytes: as 0-RTT data with the hello when a resumption secret
+    /// for the destination is at hand (the server may answer before the
+    /// handshake's round trip is over), otherwise right after the
+    /// handshake. Whatever the outcome, the server's application receives
+    /// `data` exactly once, or this is an error (`docs/PROTOCOL.md` 7.1).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use tcpcrypt_tokio::{Config, TcpcryptStream};
+    /// use tokio::io::AsyncReadExt;
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let config = Arc::new(Config::default());
+    /// let mut s = TcpcryptStream::connect_with_data("127.0.0.1:8080", &config, b"PING\r\n").await?;
+    /// let mut reply = [0u8; 6];
+    /// s.read_exact(&mut reply).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with_data(
+        addr: impl ToSocketAddrs,
+        config: &Arc<Config>,
+        data: &[u8],
+    ) -> io::Result<Self> {
         let addrs: Vec<SocketAddr> = lookup_host(addr).await?.collect();
         let connector = TcpcryptConnector::new(config.clone());
         // The kernel carriage first, where it may be used: ENO in the SYN.
@@ -372,7 +445,9 @@ impl TcpcryptStream<TcpStream> {
             }
             match kernel::connect(addr, config).await {
                 Ok(Some((tcp, connected))) => {
-                    return connector.connect_kernel(tcp, addr, connected).await;
+                    let mut stream = connector.connect_kernel(tcp, addr, connected).await?;
+                    send_rest(&mut stream, data).await?;
+                    return Ok(stream);
                 }
                 Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => return Err(e),
@@ -385,6 +460,6 @@ impl TcpcryptStream<TcpStream> {
             return Err(e);
         }
         let tcp = tcp_connect(&addrs).await?;
-        connector.connect_tcp(tcp).await
+        connector.connect_tcp_with_data(tcp, data).await
     }
 }

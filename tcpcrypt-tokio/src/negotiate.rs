@@ -20,8 +20,9 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// How the client's negotiation ended.
 pub(crate) enum ClientEnd {
-    /// Encrypted; bytes received after the handshake.
-    Encrypted(Box<Session>, Vec<u8>),
+    /// Encrypted; bytes received after the handshake, and how many of the
+    /// early data the session carried as 0-RTT data.
+    Encrypted(Box<Session>, Vec<u8>, usize),
     /// Plain on this same connection; bytes received after the server's
     /// hello are application data.
     PlainHere(FallbackReason, Vec<u8>),
@@ -92,12 +93,16 @@ fn wait_longer(
 }
 
 /// Runs the connecting side's handshake on `io`; `probe` reads the path's
-/// figures when `io` is a TCP connection.
+/// figures when `io` is a TCP connection. `early` is the application's
+/// first bytes: a resumed in-band handshake sends what it can of them as
+/// 0-RTT data in its first flight, and [`ClientEnd::Encrypted`] says how
+/// much was delivered that way; the caller sends the rest.
 pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     config: &Config,
     start: ClientStart,
     probe: Option<PathProbe>,
+    early: &[u8],
 ) -> io::Result<ClientEnd> {
     let deadline = Instant::now() + config.handshake_timeout;
     let mut first_deadline = deadline.min(Instant::now() + config.server_hello_timeout);
@@ -105,8 +110,13 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     // the handshake's deadline applies.
     let (mut hs, mut heard) = match start {
         ClientStart::InBand(ticket) => (
-            ClientHandshake::new(config.handshake.clone(), ticket, Box::new(OsRandom))
-                .map_err(Error::from)?,
+            ClientHandshake::with_early_data(
+                config.handshake.clone(),
+                ticket,
+                early,
+                Box::new(OsRandom),
+            )
+            .map_err(Error::from)?,
             false,
         ),
         ClientStart::Kernel(hs) => (*hs, true),
@@ -114,7 +124,7 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     if let Some(outcome) = hs.outcome() {
         // B declined in its SYN-ACK: plain on this connection, nothing of
         // ours sent.
-        return Ok(client_end(outcome, Vec::new()));
+        return Ok(client_end(outcome, Vec::new(), 0));
     }
     let mut out = Vec::new();
     hs.write_to(&mut out);
@@ -159,14 +169,18 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         hs.write_to(&mut out);
         send(io, &mut out).await?;
         if let Some(outcome) = hs.outcome() {
-            return Ok(client_end(outcome, buf[used..n].to_vec()));
+            let early = hs.early_data_len();
+            return Ok(client_end(outcome, buf[used..n].to_vec(), early));
         }
     }
 }
 
-fn client_end(outcome: ClientOutcome, rest: Vec<u8>) -> ClientEnd {
+fn client_end(outcome: ClientOutcome, rest: Vec<u8>, early: usize) -> ClientEnd {
     match outcome {
-        ClientOutcome::Encrypted(s) => ClientEnd::Encrypted(s, rest),
+        ClientOutcome::Encrypted(s) => {
+            let delivered = if s.info.zero_rtt { early } else { 0 };
+            ClientEnd::Encrypted(s, rest, delivered)
+        }
         ClientOutcome::Declined(r) => ClientEnd::PlainHere(FallbackReason::Declined(r), rest),
         ClientOutcome::Disabled(r) => ClientEnd::Reconnect(FallbackReason::Disabled(r)),
         ClientOutcome::Legacy(LegacyEvidence::Bytes(_)) => {

@@ -57,6 +57,8 @@ pub struct TcpcryptStream<IO = TcpStream> {
     pub(crate) handshake: std::time::Duration,
     /// The kernel carried the ENO negotiation (in the SYNs).
     pub(crate) kernel_carried: bool,
+    /// Bytes of the application's first data delivered as 0-RTT data.
+    pub(crate) early_delivered: usize,
 }
 
 pub(crate) enum Mode {
@@ -132,6 +134,7 @@ impl<IO> TcpcryptStream<IO> {
             config: None,
             handshake: std::time::Duration::ZERO,
             kernel_carried: false,
+            early_delivered: 0,
         }
     }
 
@@ -152,6 +155,7 @@ impl<IO> TcpcryptStream<IO> {
             config: None,
             handshake: std::time::Duration::ZERO,
             kernel_carried: false,
+            early_delivered: 0,
         }
     }
 

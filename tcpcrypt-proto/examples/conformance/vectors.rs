@@ -298,5 +298,41 @@ fn resumption(
         "frames".into(),
         seal_both(backend, &mk0, aead, field(r, "frames")?)?,
     );
+    if let Some(e) = r.get("early").filter(|e| !e.is_null()) {
+        // 0-RTT frames: the connecting host (here the original A) seals
+        // them under the early key from ss[1] and its own nonce.
+        let mk_early = ss1.early_master_key(backend, &nonce_a);
+        let frames = seal_frames(
+            backend,
+            &mk_early,
+            KeyDirection::AToB,
+            aead,
+            field(e, "frames")?,
+        )?;
+        let end = frames
+            .as_array()
+            .and_then(|f| f.last())
+            .map(|f| -> Result<u64> {
+                Ok(int_field(f, "offset")? + hex_field(f, "frame")?.len() as u64)
+            })
+            .transpose()?
+            .unwrap_or(0);
+        let mut early = e.as_object().cloned().ok_or("early is not an object")?;
+        early.insert(
+            "mk_early".into(),
+            json!(hex::encode(mk_early.dangerous_as_bytes())),
+        );
+        early.insert(
+            "k_early".into(),
+            json!(traffic_hex(backend, &mk_early, KeyDirection::AToB, aead)),
+        );
+        early.insert("frames".into(), frames);
+        early.insert(
+            "end_mark".into(),
+            json!(hex::encode(frame::END_OF_EARLY_DATA)),
+        );
+        early.insert("end_mark_offset".into(), json!(end));
+        out.insert("early".into(), Value::Object(early));
+    }
     Ok(Value::Object(out))
 }

@@ -153,7 +153,7 @@ impl ClientHandshake {
     /// `resume` is offered and 0-RTT is on (`HandshakeConfig::early_data`),
     /// up to [`EARLY_DATA_LIMIT`] bytes of frames carry the start of `data`
     /// under the resumed secret right after the hello (`docs/PROTOCOL.md`
-    /// 3.6); [`early_data_len`](Self::early_data_len) says how many bytes
+    /// 7.1); [`early_data_len`](Self::early_data_len) says how many bytes
     /// of `data` that is. They were delivered if the outcome is a session
     /// whose `info.zero_rtt` is set; in every other outcome the caller
     /// sends them again, after the handshake or on the new connection.
@@ -202,9 +202,7 @@ impl ClientHandshake {
         if let Some((secret, ours)) = early {
             // One frame: the limit is far below a frame's largest size.
             early_data_len = data.len().min(EARLY_DATA_LIMIT - MIN_FRAME_LEN);
-            let key = secret
-                .secret
-                .early_master_key(config.backend, &ours.nonce);
+            let key = secret.secret.early_master_key(config.backend, &ours.nonce);
             let direction = secret.original_role.sending_direction();
             let mut sealer = FrameSealer::new(config.backend, key, direction, secret.aead, 0);
             let before = output.len();
@@ -458,12 +456,9 @@ impl ClientHandshake {
             }
         };
         let result = negotiation::client_interpret(&self.config, &self.offer, &b_option);
-        if matches!(
-            result,
-            Ok(_) | Err(DisableReason::PeerDeclined)
-        ) {
+        if matches!(result, Ok(_) | Err(DisableReason::PeerDeclined)) {
             // B goes on with this connection: it learns where the 0-RTT
-            // frames end (docs/PROTOCOL.md 3.6).
+            // frames end (docs/PROTOCOL.md 7.1).
             self.end_early_data();
         }
         match result {

@@ -426,7 +426,7 @@ impl ServerHandshake {
         Ok(())
     }
 
-    /// A hello followed by 0-RTT frames (docs/PROTOCOL.md 3.6). Our hello
+    /// A hello followed by 0-RTT frames (docs/PROTOCOL.md 7.1). Our hello
     /// goes out at once whatever the choice, since A ends its early frames
     /// only once it has it: a resumption this side honours opens them under
     /// the early key; otherwise they are skipped up to the mark, and A

@@ -1,0 +1,217 @@
+//! 0-RTT data over real sockets (docs/PROTOCOL.md 7.1): the first bytes of
+//! a resumed connection reach the server's application with the hello, a
+//! recorded connection replayed to the server delivers nothing, and every
+//! other outcome (a server that refuses 0-RTT, one that forgot the secret,
+//! one that stopped speaking tcpcrypt) still delivers the bytes exactly
+//! once.
+
+mod net;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use net::*;
+use tcpcrypt_tokio::proto::hello::{HelloKind, marker};
+use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+/// What the server's application saw of each connection: whether its
+/// first bytes came as 0-RTT data, and the request line.
+type Seen = Arc<Mutex<Vec<(bool, String)>>>;
+
+/// A tcpcrypt server that reads one request line per connection and
+/// answers `OK <line>`.
+async fn line_server(cfg: Arc<Config>) -> (SocketAddr, Seen, JoinHandle<()>) {
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
+    let addr = listener.local_addr();
+    let seen: Seen = Arc::default();
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let zero_rtt = s.session().is_some_and(|i| i.zero_rtt);
+                let mut s = BufReader::new(s);
+                let mut line = String::new();
+                if s.read_line(&mut line).await.is_ok() && line.ends_with('\n') {
+                    seen.lock().unwrap().push((zero_rtt, line.clone()));
+                    let _ = s.write_all(format!("OK {line}").as_bytes()).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+async fn request(addr: SocketAddr, cfg: &Arc<Config>, line: &str) -> (TcpcryptStream, String) {
+    let mut s = timeout(
+        LIMIT,
+        TcpcryptStream::connect_with_data(addr, cfg, line.as_bytes()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut reply = String::new();
+    timeout(LIMIT, s.read_to_string(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    (s, reply)
+}
+
+#[tokio::test]
+async fn resumed_connections_carry_their_first_bytes_with_the_hello() {
+    let server_cfg = default_config();
+    let (addr, seen, _task) = line_server(server_cfg).await;
+    let (relay_addr, rec) = relay(addr, Relay::Pass).await;
+    let cfg = default_config();
+    // The first contact has nothing to resume: the request follows the
+    // handshake.
+    let (s, reply) = request(relay_addr, &cfg, "GET /1\n").await;
+    assert_eq!(reply, "OK GET /1\n");
+    assert!(!s.session().unwrap().zero_rtt);
+    for i in 2..5 {
+        let start = rec.lock().unwrap().to_server.len();
+        let line = format!("GET /{i}\n");
+        let (s, reply) = request(relay_addr, &cfg, &line).await;
+        assert_eq!(reply, format!("OK {line}"));
+        let info = s.session().unwrap();
+        assert!(info.resumed && info.zero_rtt, "connection {i}");
+        // (The recording may hold the end of the previous connection
+        // first.)
+        let sent = rec.lock().unwrap().to_server[start..].to_vec();
+        assert!(sent.windows(8).any(|w| w == marker(HelloKind::Early)));
+        assert!(
+            !sent.windows(line.len()).any(|w| w == line.as_bytes()),
+            "never in the clear"
+        );
+    }
+    let seen = seen.lock().unwrap().clone();
+    let zero_rtt: Vec<bool> = seen.iter().map(|(z, _)| *z).collect();
+    assert_eq!(zero_rtt, [false, true, true, true]);
+}
+
+#[tokio::test]
+async fn a_replayed_0rtt_connection_delivers_nothing() {
+    let (addr, seen, _task) = line_server(default_config()).await;
+    let (relay_addr, rec) = relay(addr, Relay::Pass).await;
+    let cfg = default_config();
+    request(relay_addr, &cfg, "warm up\n").await;
+    let start = rec.lock().unwrap().to_server.len();
+    let (s, _) = request(relay_addr, &cfg, "transfer 100 to mallory\n").await;
+    assert!(s.session().unwrap().zero_rtt);
+    drop(s);
+    let recorded = rec.lock().unwrap().to_server[start..].to_vec();
+
+    // The attacker plays the recorded client bytes to the server again, in
+    // one piece and as they were segmented: the server never resumes.
+    for _ in 0..2 {
+        let mut replay = TcpStream::connect(addr).await.unwrap();
+        replay.write_all(&recorded).await.unwrap();
+        let _ = replay.shutdown().await;
+        // At most the server's hello for a fresh exchange, then a reset
+        // when the frames after the mark turn out to be no Init1.
+        let answer = timeout(LIMIT, read_until_closed(&mut replay))
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        assert!(!answer.windows(2).any(|w| w == b"OK"), "{answer:?}");
+    }
+    let lines: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, l)| l.clone())
+        .collect();
+    assert_eq!(
+        lines,
+        ["warm up\n", "transfer 100 to mallory\n"],
+        "delivered once"
+    );
+}
+
+#[tokio::test]
+async fn refused_or_forgotten_0rtt_still_delivers_exactly_once() {
+    // A server that refuses 0-RTT data.
+    let refusing = config(|b| b.early_data(false));
+    let (addr, seen, _t) = line_server(refusing).await;
+    let cfg = default_config();
+    request(addr, &cfg, "one\n").await;
+    let (s, reply) = request(addr, &cfg, "two\n").await;
+    assert_eq!(reply, "OK two\n");
+    assert!(!s.session().unwrap().zero_rtt && !s.session().unwrap().resumed);
+
+    // A server that forgot the secret (restarted, cache flushed).
+    let server_cfg = default_config();
+    let (addr2, seen2, _t2) = line_server(server_cfg.clone()).await;
+    request(addr2, &cfg, "three\n").await;
+    server_cfg.resumption_cache().clear();
+    let (s, reply) = request(addr2, &cfg, "four\n").await;
+    assert_eq!(reply, "OK four\n");
+    assert!(!s.session().unwrap().zero_rtt);
+
+    // A client that sends no 0-RTT data.
+    let off = config(|b| b.early_data(false));
+    request(addr2, &off, "five\n").await;
+    let (s, reply) = request(addr2, &off, "six\n").await;
+    assert_eq!(reply, "OK six\n");
+    assert!(s.session().unwrap().resumed && !s.session().unwrap().zero_rtt);
+
+    let lines =
+        |s: &Seen| -> Vec<String> { s.lock().unwrap().iter().map(|(_, l)| l.clone()).collect() };
+    assert_eq!(lines(&seen), ["one\n", "two\n"]);
+    assert_eq!(lines(&seen2), ["three\n", "four\n", "five\n", "six\n"]);
+}
+
+#[tokio::test]
+async fn a_server_that_stopped_speaking_tcpcrypt_gets_the_bytes_in_plain_once() {
+    let server_cfg = default_config();
+    let (addr, _, task) = line_server(server_cfg).await;
+    let cfg = default_config();
+    request(addr, &cfg, "hello\n").await;
+    assert!(cfg.client_cache().has_ticket(addr));
+    task.abort();
+    let _ = task.await;
+    // A plain server on the same port now: it answers a line it cannot
+    // parse with an error, and a request with `OK`.
+    let plain = TcpListener::bind(addr).await.unwrap();
+    let lines: Seen = Arc::default();
+    let lines2 = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = plain.accept().await {
+            let lines = lines2.clone();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let mut line = Vec::new();
+                let _ = s.read_until(b'\n', &mut line).await;
+                let text = String::from_utf8_lossy(&line).into_owned();
+                let answer = if text.starts_with("GET") {
+                    format!("OK {text}")
+                } else {
+                    "ERR\n".to_string()
+                };
+                lines.lock().unwrap().push((false, text));
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let (s, reply) = request(addr, &cfg, "GET /plain\n").await;
+    assert_eq!(reply, "OK GET /plain\n");
+    assert!(!s.is_encrypted());
+    let got: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, l)| l.clone())
+        .collect();
+    assert_eq!(
+        got.iter().filter(|l| l.as_str() == "GET /plain\n").count(),
+        1,
+        "{got:?}"
+    );
+}
