@@ -1,9 +1,13 @@
 //! What a host offers and accepts in a handshake.
 
+use std::sync::Arc;
+
 use super::aead::AeadAlgorithm;
 use super::crypto::{self, CryptoBackend};
 use super::error::Error;
-use super::tep::Tep;
+use super::key_pairs::KeyPairPool;
+use super::random::RandomSource;
+use super::tep::{EphemeralKey, Tep};
 
 /// The longest resumption nonce (RFC 8548 3.5).
 pub const MAX_RESUMPTION_NONCE_LEN: usize = 8;
@@ -60,6 +64,9 @@ pub struct HandshakeConfig {
     pub early_data: bool,
     /// Resumption controls.
     pub resumption: ResumptionSettings,
+    /// Key pairs made ahead of time (`None`: each handshake makes its
+    /// own). Pairs made with another backend than `backend` are not used.
+    pub key_pairs: Option<Arc<KeyPairPool>>,
 }
 
 impl Default for HandshakeConfig {
@@ -73,6 +80,7 @@ impl Default for HandshakeConfig {
             pipeline_init1: true,
             early_data: true,
             resumption: ResumptionSettings::default(),
+            key_pairs: None,
         }
     }
 }
@@ -97,6 +105,24 @@ impl HandshakeConfig {
             seen.push(*t);
         }
         Ok(())
+    }
+
+    /// An ephemeral key pair for one handshake: from the pool when it has
+    /// one, otherwise made now.
+    pub(crate) fn ephemeral_key(
+        &self,
+        tep: Tep,
+        rng: &mut dyn RandomSource,
+    ) -> Result<EphemeralKey, Error> {
+        let pooled = self
+            .key_pairs
+            .as_ref()
+            .filter(|p| p.backend().name() == self.backend.name())
+            .and_then(|p| p.take(tep));
+        match pooled {
+            Some(key) => Ok(key),
+            None => EphemeralKey::generate(tep, self.backend, rng),
+        }
     }
 
     /// The global suboption this host sends.

@@ -47,6 +47,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hello;
 pub mod init;
+pub mod key_pairs;
 #[cfg(feature = "dangerous")]
 pub mod negotiation;
 #[cfg(not(feature = "dangerous"))]
@@ -60,6 +61,7 @@ pub mod session;
 
 pub use config::{HandshakeConfig, ResumptionSettings};
 pub use frame::{FrameOpener, FrameSealer, OpenedFrame};
+pub use key_pairs::KeyPairPool;
 pub use handshake::{
     ClientHandshake, ClientOutcome, LegacyEvidence, ServerHandshake, ServerOutcome,
 };

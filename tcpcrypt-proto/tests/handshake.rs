@@ -934,3 +934,36 @@ fn init1_with_trailing_bytes_up_to_64_kib_is_accepted() {
         "{err:?}"
     );
 }
+
+#[test]
+fn handshakes_take_key_pairs_made_ahead_and_make_their_own_when_none_is_left() {
+    use tcpcrypt_proto::KeyPairPool;
+    let pool = Arc::new(KeyPairPool::new(crypto::default_backend(), 2));
+    pool.refill(&mut tcpcrypt_proto::OsRandom).unwrap();
+    assert_eq!(pool.len(Tep::EcdheCurve25519), 2);
+    let cfg = Arc::new(HandshakeConfig {
+        key_pairs: Some(pool.clone()),
+        ..HandshakeConfig::default()
+    });
+    let (a, b) = encrypted(drive(client(&cfg, None), server(&cfg, None)));
+    assert_eq!(a.info.session_id, b.info.session_id);
+    assert_eq!(pool.len(Tep::EcdheCurve25519), 0, "one pair for each side");
+    // An empty pool: each side makes its own pair, as without one.
+    let (a2, b2) = encrypted(drive(client(&cfg, None), server(&cfg, None)));
+    assert_eq!(a2.info.session_id, b2.info.session_id);
+    assert_ne!(a.info.session_id, a2.info.session_id);
+    // Pairs of another backend are never used.
+    for other in crypto::all_backends() {
+        if other.name() == crypto::default_backend().name() {
+            continue;
+        }
+        let foreign = Arc::new(KeyPairPool::new(other, 2));
+        foreign.refill(&mut tcpcrypt_proto::OsRandom).unwrap();
+        let cfg = Arc::new(HandshakeConfig {
+            key_pairs: Some(foreign.clone()),
+            ..HandshakeConfig::default()
+        });
+        encrypted(drive(client(&cfg, None), server(&cfg, None)));
+        assert_eq!(foreign.len(Tep::EcdheCurve25519), 2);
+    }
+}

@@ -126,6 +126,7 @@ pub struct ConfigBuilder {
     client_cache_size: usize,
     resumption_ttl: Duration,
     resumption_cache_size: usize,
+    key_pair_pool: usize,
 }
 
 impl Default for ConfigBuilder {
@@ -143,6 +144,7 @@ impl Default for ConfigBuilder {
             client_cache_size: 4096,
             resumption_ttl: Duration::from_secs(3600),
             resumption_cache_size: 16384,
+            key_pair_pool: 8,
         }
     }
 }
@@ -212,6 +214,16 @@ impl ConfigBuilder {
     /// neither resumes nor delivers its data.
     pub fn early_data(mut self, on: bool) -> Self {
         self.handshake.early_data = on;
+        self
+    }
+
+    /// Ephemeral key pairs made ahead of time, per TEP in use (default 8;
+    /// 0 turns it off): a handshake then computes only its key agreement
+    /// while the peer waits. A background thread refills the pool after
+    /// each handshake and empties it after 30 s without one; each pair
+    /// serves one handshake and is zeroized when dropped.
+    pub fn key_pair_pool(mut self, per_tep: usize) -> Self {
+        self.key_pair_pool = per_tep;
         self
     }
 
@@ -304,8 +316,10 @@ impl ConfigBuilder {
     }
 
     /// Builds the configuration.
-    pub fn build(self) -> Result<Config, crate::proto::Error> {
+    pub fn build(mut self) -> Result<Config, crate::proto::Error> {
         self.handshake.validate()?;
+        self.handshake.key_pairs = (self.key_pair_pool > 0)
+            .then(|| crate::key_refill::pool(self.handshake.backend, self.key_pair_pool));
         let origin = Instant::now();
         let clock: Clock = Arc::new(move || origin.elapsed());
         Ok(Config {

@@ -59,6 +59,7 @@ mod connect;
 mod copy;
 mod error;
 mod kernel;
+mod key_refill;
 mod negotiate;
 mod path;
 mod record;

@@ -125,7 +125,7 @@ fn make_init1(
     tep: Tep,
     rng: &mut dyn RandomSource,
 ) -> Result<(EphemeralKey, Vec<u8>, [u8; NONCE_LEN]), Error> {
-    let key = EphemeralKey::generate(tep, config.backend, rng)?;
+    let key = config.ephemeral_key(tep, rng)?;
     let mut n_a = [0u8; NONCE_LEN];
     rng.fill(&mut n_a)?;
     let init1 = Init1 {

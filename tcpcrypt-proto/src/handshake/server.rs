@@ -15,7 +15,7 @@ use crate::random::RandomSource;
 use crate::resumption::{ResumptionCache, ResumptionSecret, session_nonce};
 use crate::schedule::SessionSecret;
 use crate::session::{Keying, Negotiated, Role, Session};
-use crate::tep::{EphemeralKey, Tep};
+use crate::tep::Tep;
 
 /// How the accepting side's handshake ended.
 #[derive(Debug)]
@@ -606,7 +606,7 @@ impl ServerHandshake {
             .rev()
             .find(|a| offered.contains(a))
             .ok_or(Error::NoAcceptableAead)?;
-        let key = EphemeralKey::generate(tep, self.config.backend, &mut *self.rng)?;
+        let key = self.config.ephemeral_key(tep, &mut *self.rng)?;
         let es = key.agree(&init1.pub_field, self.config.backend)?;
         let mut n_b = [0u8; NONCE_LEN];
         self.rng.fill(&mut n_b)?;
