@@ -72,8 +72,10 @@ impl KeyPairPool {
         }
     }
 
-    /// Calls `notify` after every [`take`](Self::take): the owner's cue to
-    /// refill.
+    /// Calls `notify` after a [`take`](Self::take) that left half the
+    /// pool's size or less for that TEP (or found none): the owner's cue
+    /// to refill. Refilling in batches keeps the wake-ups of whoever
+    /// refills off most handshakes.
     pub fn with_notify(mut self, notify: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_take = Some(Box::new(notify));
         self
@@ -92,12 +94,12 @@ impl KeyPairPool {
 
     /// Takes a pair for `tep`, if one is ready, and marks `tep` as wanted.
     pub fn take(&self, tep: Tep) -> Option<EphemeralKey> {
-        let key = {
+        let (key, left) = {
             let mut slots = self.slots();
             match slots.iter_mut().find(|s| s.tep == tep) {
                 Some(slot) => {
                     slot.wanted = true;
-                    slot.keys.pop_front()
+                    (slot.keys.pop_front(), slot.keys.len())
                 }
                 None => {
                     slots.push(Slot {
@@ -105,12 +107,14 @@ impl KeyPairPool {
                         keys: VecDeque::new(),
                         wanted: true,
                     });
-                    None
+                    (None, 0)
                 }
             }
         };
-        if let Some(notify) = &self.on_take {
-            notify();
+        if key.is_none() || left <= self.per_tep / 2 {
+            if let Some(notify) = &self.on_take {
+                notify();
+            }
         }
         key
     }
@@ -200,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_is_bounded_and_notifies_on_take() {
+    fn the_pool_is_bounded_and_asks_for_a_refill_at_half() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
         let takes = Arc::new(AtomicUsize::new(0));
@@ -211,8 +215,13 @@ mod tests {
         pool.refill(&mut OsRandom).unwrap();
         assert_eq!(pool.len(Tep::EcdheCurve25519), MAX_POOLED_PER_TEP);
         assert_eq!(pool.refill(&mut OsRandom).unwrap(), 0, "full");
-        pool.take(Tep::EcdheCurve25519);
-        pool.take(Tep::EcdheCurve448);
-        assert_eq!(takes.load(Ordering::Relaxed), 2);
+        for _ in 0..MAX_POOLED_PER_TEP / 2 - 1 {
+            pool.take(Tep::EcdheCurve25519).unwrap();
+        }
+        assert_eq!(takes.load(Ordering::Relaxed), 0, "more than half left");
+        pool.take(Tep::EcdheCurve25519).unwrap();
+        assert_eq!(takes.load(Ordering::Relaxed), 1, "half left");
+        assert!(pool.take(Tep::EcdheCurve448).is_none());
+        assert_eq!(takes.load(Ordering::Relaxed), 2, "none for X448");
     }
 }

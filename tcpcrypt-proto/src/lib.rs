@@ -61,10 +61,10 @@ pub mod session;
 
 pub use config::{HandshakeConfig, ResumptionSettings};
 pub use frame::{FrameOpener, FrameSealer, OpenedFrame};
-pub use key_pairs::KeyPairPool;
 pub use handshake::{
     ClientHandshake, ClientOutcome, LegacyEvidence, ServerHandshake, ServerOutcome,
 };
+pub use key_pairs::KeyPairPool;
 pub use negotiation::DisableReason;
 pub use random::{OsRandom, RandomSource};
 pub use resumption::{ResumptionCache, ResumptionSecret};

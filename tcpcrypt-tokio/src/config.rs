@@ -144,7 +144,7 @@ impl Default for ConfigBuilder {
             client_cache_size: 4096,
             resumption_ttl: Duration::from_secs(3600),
             resumption_cache_size: 16384,
-            key_pair_pool: 8,
+            key_pair_pool: 16,
         }
     }
 }
@@ -217,11 +217,11 @@ impl ConfigBuilder {
         self
     }
 
-    /// Ephemeral key pairs made ahead of time, per TEP in use (default 8;
+    /// Ephemeral key pairs made ahead of time, per TEP in use (default 16;
     /// 0 turns it off): a handshake then computes only its key agreement
-    /// while the peer waits. A background thread refills the pool after
-    /// each handshake and empties it after 30 s without one; each pair
-    /// serves one handshake and is zeroized when dropped.
+    /// while the peer waits. A background thread refills the pool when it
+    /// is half empty and empties it after 30 s without a handshake; each
+    /// pair serves one handshake and is zeroized when dropped.
     pub fn key_pair_pool(mut self, per_tep: usize) -> Self {
         self.key_pair_pool = per_tep;
         self

@@ -1,10 +1,10 @@
 //! Refills a [`KeyPairPool`] on a background thread, so that handshakes
 //! take key pairs made ahead of time (`Config::key_pair_pool`).
 //!
-//! The thread starts at the pool's first use, refills after every take
-//! (several takes in a burst coalesce into one refill), empties the pool
-//! when no handshake has taken from it for [`IDLE`] (an idle process holds
-//! no key material), and ends when the pool is dropped.
+//! The thread starts at the pool's first use, refills when a take leaves
+//! the pool half empty (takes in a burst coalesce into one refill), empties
+//! the pool when no handshake has taken from it for [`IDLE`] (an idle
+//! process holds no key material), and ends when the pool is dropped.
 
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, OnceLock, Weak};
@@ -86,7 +86,11 @@ mod tests {
         while pool.len(Tep::EcdheCurve25519) < 4 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(pool.len(Tep::EcdheCurve25519), 4, "refilled in the background");
+        assert_eq!(
+            pool.len(Tep::EcdheCurve25519),
+            4,
+            "refilled in the background"
+        );
         assert!(pool.take(Tep::EcdheCurve25519).is_some());
         let weak = Arc::downgrade(&pool);
         drop(pool);
