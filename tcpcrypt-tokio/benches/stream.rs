@@ -1,20 +1,27 @@
 //! `TcpcryptStream` against plain tokio TCP and tokio-rustls (TLS 1.3,
-//! AES-128-GCM, X25519, aws-lc-rs) on loopback, in one process and one run,
-//! printed as ratios: bulk throughput, bulk throughput through a proxy
-//! that decrypts in front of a plain server, full and resumed handshakes
-//! per second, and user-space heap bytes per idle connection pair. As
+//! AES-128-GCM, X25519, an ECDSA P-256 certificate, aws-lc-rs) on
+//! loopback, in one process and one run, printed as ratios: bulk
+//! throughput and the CPU time it costs both ends per GiB, bulk throughput
+//! through a proxy that decrypts in front of a plain server, full and
+//! resumed handshakes per second, handshake capacity (many concurrent
+//! clients: handshakes per CPU-second of both ends), 0-RTT resumed
+//! requests (a request with the hello, the answer's first byte) against
+//! plain TCP's, and user-space heap bytes per idle connection pair. As
 //! root, where BPF allows, also the kernel carriage (ENO in the SYN) beside
 //! the in-band one: full handshakes, and the first connection to a server
 //! that does not speak tcpcrypt, against plain TCP.
 //!
 //! `cargo bench -p tcpcrypt-tokio --bench stream` (`BULK_MIB=256` for a
-//! shorter run; the default moves 1 GiB per contender).
+//! shorter run; the default moves 1 GiB per contender). With `-- --json`
+//! the table goes to stderr and stdout gets one JSON object with every
+//! figure and ratio.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -50,6 +57,45 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 const CHUNK: usize = 64 * 1024;
+
+/// With `--json`, the table goes to stderr and every figure into `REPORT`.
+static JSON: AtomicBool = AtomicBool::new(false);
+static REPORT: Mutex<Vec<(String, serde_json::Value)>> = Mutex::new(Vec::new());
+
+/// Prints a line of the table for people.
+fn say(text: String) {
+    if JSON.load(Ordering::Relaxed) {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+}
+
+/// Records figures for `--json`.
+fn record(name: &str, value: serde_json::Value) {
+    REPORT.lock().unwrap().push((name.to_string(), value));
+}
+
+/// CPU seconds this process has used, user and system: both ends of every
+/// contender run in it. From `/proc/self/stat` (clock ticks of 1/100 s on
+/// Linux), so figures are read over runs of a second or more.
+fn cpu_seconds() -> f64 {
+    let (user, system) = cpu_split();
+    user + system
+}
+
+/// User and system CPU seconds of this process.
+fn cpu_split() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 of the file (utime, stime), counted after `comm`.
+    let tick = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
+    (tick(11), tick(12))
+}
 /// Sizes of a run: `cargo bench` passes `--bench`; `cargo test --benches`
 /// does not, and gets a quick smoke run that checks every path works.
 struct Sizes {
@@ -57,6 +103,9 @@ struct Sizes {
     rounds: usize,
     handshakes: usize,
     idle_pairs: usize,
+    /// Handshakes per contender in the capacity run, and its clients.
+    capacity: usize,
+    clients: usize,
 }
 
 fn sizes() -> Sizes {
@@ -69,6 +118,8 @@ fn sizes() -> Sizes {
             rounds: 3,
             handshakes: 400,
             idle_pairs: 200,
+            capacity: 3000,
+            clients: 32,
         }
     } else {
         Sizes {
@@ -76,6 +127,8 @@ fn sizes() -> Sizes {
             rounds: 1,
             handshakes: 5,
             idle_pairs: 5,
+            capacity: 8,
+            clients: 4,
         }
     }
 }
@@ -148,10 +201,12 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: u64) -> io::Re
     Ok(())
 }
 
-/// Bytes per second of a one-way transfer.
-async fn bulk(kind: &str, bytes: u64, tls: &Tls) -> f64 {
+/// Bytes per second of a one-way transfer, and the CPU seconds per GiB it
+/// cost both ends.
+async fn bulk(kind: &str, bytes: u64, tls: &Tls) -> (f64, f64) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let received = match kind {
         "tcp" => {
@@ -195,7 +250,11 @@ async fn bulk(kind: &str, bytes: u64, tls: &Tls) -> f64 {
         }
     };
     assert_eq!(received, bytes, "{kind}: bytes lost");
-    bytes as f64 / start.elapsed().as_secs_f64()
+    let rate = bytes as f64 / start.elapsed().as_secs_f64();
+    (
+        rate,
+        (cpu_seconds() - cpu) / (bytes as f64 / (1u64 << 30) as f64),
+    )
 }
 
 /// Copy buffers of the plain and TLS proxies: large, so that they do not
@@ -515,15 +574,184 @@ async fn idle_read(kind: &str, pair: &mut Box<dyn std::any::Any + Send>) {
     }
 }
 
+/// Handshake capacity: `clients` concurrent clients make `n` full
+/// handshakes in all (each connection closed after the server's first
+/// byte). Returns handshakes per CPU-second of the process (both ends),
+/// per second of wall time, and the share of the CPU time spent in the
+/// kernel.
+async fn capacity(kind: &str, tls: &Tls, n: usize, clients: usize) -> (f64, f64, f64) {
+    let (addr, server) = match kind {
+        "tls" => {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let acceptor = tls.acceptor.clone();
+            let server = tokio::spawn(async move {
+                while let Ok((s, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut s) = acceptor.accept(s).await {
+                            let _ = s.write_all(b"k").await;
+                            let _ = s.shutdown().await;
+                        }
+                    });
+                }
+            });
+            (addr, server)
+        }
+        _ => {
+            let config = Arc::new(Config::builder().resumption(false).build().unwrap());
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", &config)
+                .await
+                .unwrap();
+            let addr = l.local_addr();
+            let server = tokio::spawn(async move {
+                while let Ok((mut s, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let _ = s.write_all(b"k").await;
+                        let _ = s.shutdown().await;
+                    });
+                }
+            });
+            (addr, server)
+        }
+    };
+    let client_config = Arc::new(
+        Config::builder()
+            .resumption(false)
+            .carriage(Carriage::InBand)
+            .build()
+            .unwrap(),
+    );
+    let connector = tls.connector.clone();
+    let (user0, sys0) = cpu_split();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let count = n / clients + usize::from(i < n % clients);
+        let kind = kind.to_string();
+        let (config, connector) = (client_config.clone(), connector.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..count {
+                let mut b = [0u8; 1];
+                if kind == "tls" {
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    let mut s = connector
+                        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                        .await
+                        .unwrap();
+                    s.read_exact(&mut b).await.unwrap();
+                } else {
+                    let mut s = TcpcryptStream::connect(addr, &config).await.unwrap();
+                    assert!(s.is_encrypted() && !s.session().unwrap().resumed);
+                    s.read_exact(&mut b).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let (user, sys) = cpu_split();
+    let (user, sys) = (user - user0, sys - sys0);
+    server.abort();
+    (n as f64 / (user + sys), n as f64 / wall, sys / (user + sys))
+}
+
+/// Requests of one connection each, one at a time: the client connects,
+/// sends `ping\n`, reads the answer's first byte (the time to it is kept)
+/// and the rest. `tcp`: plain TCP; `tcpcrypt-0rtt`: a resumed connection
+/// with the request as 0-RTT data
+/// (`TcpcryptStream::connect_with_data`). Returns requests per second and
+/// the median time to the first byte, in microseconds.
+async fn requests(kind: &str, n: usize) -> (f64, f64) {
+    let config = Arc::new(
+        Config::builder()
+            .carriage(Carriage::InBand)
+            .build()
+            .unwrap(),
+    );
+    let addr = if kind == "tcp" {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut req = [0u8; 5];
+                    if s.read_exact(&mut req).await.is_ok() {
+                        let _ = s.write_all(b"pong\n").await;
+                    }
+                });
+            }
+        });
+        addr
+    } else {
+        let mut l = TcpcryptListener::bind("127.0.0.1:0", &config)
+            .await
+            .unwrap();
+        let addr = l.local_addr();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut req = [0u8; 5];
+                    if s.read_exact(&mut req).await.is_ok() {
+                        let _ = s.write_all(b"pong\n").await;
+                        let _ = s.shutdown().await;
+                    }
+                });
+            }
+        });
+        // A first connection leaves the ticket the others resume with.
+        let mut s = TcpcryptStream::connect_with_data(addr, &config, b"ping\n")
+            .await
+            .unwrap();
+        s.read_to_end(&mut Vec::new()).await.unwrap();
+        addr
+    };
+    let mut firsts = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut answer = [0u8; 5];
+        if kind == "tcp" {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"ping\n").await.unwrap();
+            s.read_exact(&mut answer[..1]).await.unwrap();
+            firsts.push(t.elapsed());
+            s.read_exact(&mut answer[1..]).await.unwrap();
+        } else {
+            let mut s = TcpcryptStream::connect_with_data(addr, &config, b"ping\n")
+                .await
+                .unwrap();
+            s.read_exact(&mut answer[..1]).await.unwrap();
+            firsts.push(t.elapsed());
+            assert!(s.session().unwrap().zero_rtt, "0-RTT");
+            s.read_exact(&mut answer[1..]).await.unwrap();
+        }
+        assert_eq!(&answer, b"pong\n");
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    firsts.sort();
+    (rate, firsts[n / 2].as_secs_f64() * 1e6)
+}
+
 fn line(name: &str, unit: &str, tc: f64, tcp: f64, tls: f64, target: &str) {
-    println!(
+    say(format!(
         "{name:<22} tcpcrypt {tc:>10.1} {unit:<6} plain {tcp:>10.1}  tls {tls:>10.1}   vs plain {:>5.2}x   vs TLS {:>5.2}x   {target}",
         tc / tcp,
         tc / tls
+    ));
+    record(
+        name,
+        serde_json::json!({
+            "unit": unit, "tcpcrypt": tc, "plain": tcp, "tls": tls,
+            "vs_plain": tc / tcp, "vs_tls": tc / tls, "target": target,
+        }),
     );
 }
 
 fn main() {
+    JSON.store(std::env::args().any(|a| a == "--json"), Ordering::Relaxed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -533,16 +761,20 @@ fn main() {
         let sizes = sizes();
         let mib = sizes.bulk_mib;
         let tls = tls();
-        println!("tcpcrypt vs plain TCP vs TLS 1.3 (tokio-rustls, AES-128-GCM, X25519), loopback, one run");
+        say("tcpcrypt vs plain TCP vs TLS 1.3 (tokio-rustls, AES-128-GCM, X25519, ECDSA P-256), loopback, one run".into());
         // Interleave the contenders over three rounds and keep each best.
         let mut best = [0f64; 3];
+        let mut cpu = [f64::MAX; 3];
         for _ in 0..sizes.rounds {
             for (i, k) in ["tcp", "tls", "tcpcrypt"].iter().enumerate() {
-                best[i] = best[i].max(bulk(k, mib << 20, &tls).await);
+                let (rate, per_gib) = bulk(k, mib << 20, &tls).await;
+                best[i] = best[i].max(rate);
+                cpu[i] = cpu[i].min(per_gib);
             }
         }
         let gb = |x: f64| x / 1e9;
-        line(&format!("bulk {mib} MiB"), "GB/s", gb(best[2]), gb(best[0]), gb(best[1]), "(targets >= 0.95x plain, >= 1.10x TLS)");
+        line(&format!("bulk {mib} MiB"), "GB/s", gb(best[2]), gb(best[0]), gb(best[1]), "(targets >= 0.95x plain, >= 1.30x TLS)");
+        line("bulk CPU, both ends", "s/GiB", cpu[2], cpu[0], cpu[1], "(target: vs TLS <= 1.00x)");
         let mut best = [0f64; 3];
         for _ in 0..sizes.rounds {
             for (i, k) in ["tcp", "tls", "tcpcrypt"].iter().enumerate() {
@@ -557,22 +789,58 @@ fn main() {
         let full = handshakes("tcpcrypt", &tls, n).await;
         let resumed = handshakes("tcpcrypt-resumed", &tls, n).await;
         line("full handshakes", "/s", full, tcp, tls_full, "(target >= 2.5x TLS)");
-        line("resumed handshakes", "/s", resumed, tcp, tls_resumed, "(target >= 0.8x plain connect+accept; TLS column: resumed TLS)");
+        line("resumed handshakes", "/s", resumed, tcp, tls_resumed, "(TLS column: resumed TLS)");
+        // Many clients at once: CPU-bound, so CPU per handshake decides.
+        let (c, cl) = (sizes.capacity, sizes.clients);
+        let (tls_cpu, tls_wall, tls_sys) = capacity("tls", &tls, c, cl).await;
+        let (tc_cpu, tc_wall, tc_sys) = capacity("tcpcrypt", &tls, c, cl).await;
+        say(format!(
+            "handshake capacity     tcpcrypt {tc_cpu:>8.0} /CPU-s ({tc_wall:>6.0} /s, {:.0} us CPU each, {:.0} % in the kernel)   tls {tls_cpu:>8.0} /CPU-s ({tls_wall:>6.0} /s, {:.0} us, {:.0} %)   vs TLS {:>5.2}x   ({cl} clients; target >= 4x TLS)",
+            1e6 / tc_cpu,
+            100.0 * tc_sys,
+            1e6 / tls_cpu,
+            100.0 * tls_sys,
+            tc_cpu / tls_cpu
+        ));
+        record("handshake capacity", serde_json::json!({
+            "unit": "handshakes per CPU-second", "clients": cl,
+            "tcpcrypt": tc_cpu, "tls": tls_cpu, "vs_tls": tc_cpu / tls_cpu,
+            "tcpcrypt_per_s": tc_wall, "tls_per_s": tls_wall,
+            "tcpcrypt_kernel_share": tc_sys, "tls_kernel_share": tls_sys,
+            "target": "vs TLS >= 4x",
+        }));
+        // One request per connection, the request with the hello.
+        let m = n.max(1);
+        let (plain_rate, plain_first) = requests("tcp", m).await;
+        let (zero_rate, zero_first) = requests("tcpcrypt-0rtt", m).await;
+        say(format!(
+            "0-RTT resumed requests tcpcrypt {zero_rate:>8.1} /s   plain {plain_rate:>8.1} /s   vs plain {:>5.2}x   vs plain connect+accept {:>5.2}x   first byte {zero_first:>6.1} us vs plain {plain_first:>6.1} us (+{:.1} us)   (targets >= 0.8x plain connect+accept, <= plain + 30 us)",
+            zero_rate / plain_rate,
+            zero_rate / tcp,
+            zero_first - plain_first
+        ));
+        record("0-RTT resumed requests", serde_json::json!({
+            "tcpcrypt_per_s": zero_rate, "plain_per_s": plain_rate, "vs_plain": zero_rate / plain_rate,
+            "plain_connect_accept_per_s": tcp, "vs_plain_connect_accept": zero_rate / tcp,
+            "tcpcrypt_first_byte_us": zero_first, "plain_first_byte_us": plain_first,
+            "first_byte_extra_us": zero_first - plain_first,
+            "target": "vs plain connect+accept >= 0.8x; first byte <= plain + 30 us",
+        }));
         match KernelCgroup::enter() {
             Ok(cgroup) => {
                 let kernel = handshakes("tcpcrypt-kernel", &tls, n).await;
-                println!(
+                say(format!(
                     "kernel carriage        full handshakes {kernel:>8.1} /s   in-band {full:>8.1} /s   plain {tcp:>8.1} /s   vs in-band {:>5.2}x   vs plain {:>5.2}x   (target >= 1.00x in-band)",
                     kernel / full,
                     kernel / tcp
-                );
+                ));
                 // Resumption in the SYN: no Init message, no hello.
                 let kernel_resumed = handshakes("tcpcrypt-kernel-resumed", &tls, n).await;
-                println!(
+                say(format!(
                     "kernel carriage     resumed handshakes {kernel_resumed:>8.1} /s   in-band {resumed:>8.1} /s   plain {tcp:>8.1} /s   vs in-band {:>5.2}x   vs plain {:>5.2}x   (target >= 1.00x in-band)",
                     kernel_resumed / resumed,
                     kernel_resumed / tcp
-                );
+                ));
                 // Rounds of each kind in turn: the machine's state (its
                 // sockets in TIME_WAIT, its clock speed) weighs on all alike.
                 let m = n.min(300);
@@ -584,26 +852,43 @@ fn main() {
                     }
                 }
                 let first = secs.map(|s| 5.0 * m as f64 / s);
-                println!(
+                say(format!(
                     "legacy first contact   kernel {:>8.1} /s   in-band {:>8.1} /s   plain {:>8.1} /s   kernel vs plain {:>5.2}x   in-band vs plain {:>5.2}x   (target: kernel costs <= 1.05x plain, i.e. >= 0.95x the rate)",
                     first[2],
                     first[1],
                     first[0],
                     first[2] / first[0],
                     first[1] / first[0]
-                );
+                ));
+                record("kernel carriage", serde_json::json!({
+                    "full_per_s": kernel, "full_vs_in_band": kernel / full,
+                    "resumed_per_s": kernel_resumed, "resumed_vs_in_band": kernel_resumed / resumed,
+                    "legacy_first_contact_per_s": first[2], "in_band_legacy_first_contact_per_s": first[1],
+                    "plain_per_s": first[0], "legacy_first_contact_vs_plain": first[2] / first[0],
+                }));
                 drop(cgroup);
             }
-            Err(why) => println!("kernel carriage        not measured: {why}"),
+            Err(why) => {
+                say(format!("kernel carriage        not measured: {why}"));
+                record("kernel carriage", serde_json::json!({ "not_measured": why }));
+            }
         }
         let p = sizes.idle_pairs;
         // The runtime's threads keep up to two spare receive buffers each:
         // a fixed cost per thread, not per connection. Fill them first.
         idle_bytes("tcpcrypt", &tls, 4).await;
         let idle = [idle_bytes("tcp", &tls, p).await, idle_bytes("tls", &tls, p).await, idle_bytes("tcpcrypt", &tls, p).await];
-        println!(
+        say(format!(
             "idle pair heap bytes   tcpcrypt {:>8.0}        plain {:>8.0}       tls {:>8.0}   (target <= 9216)",
             idle[2], idle[0], idle[1]
-        );
+        ));
+        record("idle pair heap bytes", serde_json::json!({
+            "tcpcrypt": idle[2], "plain": idle[0], "tls": idle[1], "target": "<= 9216",
+        }));
     });
+    if JSON.load(Ordering::Relaxed) {
+        let report: serde_json::Map<String, serde_json::Value> =
+            REPORT.lock().unwrap().drain(..).collect();
+        println!("{}", serde_json::Value::Object(report));
+    }
 }
