@@ -466,6 +466,64 @@ print(s.recv(5).decode())
 }
 
 #[test]
+fn a_resumed_process_sends_its_first_bytes_with_the_hello() {
+    // (resumed, zero_rtt, request) for each connection the server saw.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let addr = tcpcrypt_server("127.0.0.1:0", move |mut s| {
+        let info = s.session().map(|i| (i.resumed, i.zero_rtt));
+        let tx = tx.lock().unwrap().clone();
+        async move {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            let _ = tx.send((info, String::from_utf8_lossy(&line).into_owned()));
+            let _ = s.write_all(&[b"OK ", &line[..]].concat()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    // The program writes its request as soon as `connect` returns, as
+    // HTTP clients do.
+    let script = |n: usize| {
+        format!(
+            r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"request {n}\n")
+print(s.recv(100).decode())
+"#,
+            port = addr.port()
+        )
+    };
+    for n in 0..4 {
+        assert_eq!(python_shimmed(&script(n)), [format!("OK request {n}")]);
+    }
+    let seen: Vec<_> = rx.try_iter().collect();
+    let requests: Vec<&str> = seen.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(
+        requests,
+        ["request 0", "request 1", "request 2", "request 3"],
+        "each request delivered once"
+    );
+    assert_eq!(seen[0].0, Some((false, false)));
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|(i, _)| i.is_some_and(|(resumed, _)| resumed))
+    );
+    // The daemon waits briefly for the first bytes; on a loaded machine a
+    // program can miss that, so not every connection must carry them.
+    assert!(
+        seen[1..]
+            .iter()
+            .any(|(i, _)| i.is_some_and(|(_, zero_rtt)| zero_rtt)),
+        "no resumed connection carried its request as 0-RTT data: {seen:?}"
+    );
+}
+
+#[test]
 fn a_legacy_verdict_serves_every_process() {
     // A plain server that waits for its client to speak: the first process
     // pays the wait for a hello answer and a reconnect; the second goes

@@ -22,6 +22,17 @@ use crate::wire::{ConnState, Pending};
 /// towards the application lets the relay hand over more per wakeup.
 const APP_SEND_BUFFER: usize = 4 << 20;
 
+/// How long the daemon waits for a client's first bytes before it
+/// negotiates a resumed connection, so that they leave with the hello as
+/// 0-RTT data: long enough for a program that writes its request as soon
+/// as `connect` returns, short enough not to matter to one that waits for
+/// the server to speak first.
+const EARLY_WAIT: Duration = Duration::from_millis(2);
+
+/// Most of a client's first bytes taken for 0-RTT data (the core sends
+/// what fits in its early limit, and the rest right after the handshake).
+const EARLY_READ: usize = 16 * 1024;
+
 /// How long a pending connect may take before the daemon gives up on it
 /// (the kernel's own SYN retries end sooner, after about 130 s).
 const CONNECT_LIMIT: Duration = Duration::from_secs(180);
@@ -112,7 +123,10 @@ pub async fn outbound(
     let connector = TcpcryptConnector::new(config.clone());
     let negotiated = match offer {
         Some(offer) => connector.connect_offered(tcp, offer).await,
-        None => connector.connect_tcp(tcp).await,
+        None => {
+            let early = first_bytes(&app, &tcp, config).await;
+            connector.connect_tcp_with_data(tcp, &early).await
+        }
     };
     match negotiated {
         Ok(real) => {
@@ -129,6 +143,34 @@ pub async fn outbound(
             Err(e)
         }
     }
+}
+
+/// The client's first bytes, when a resumption secret for its destination
+/// is at hand and they come within [`EARLY_WAIT`]: the library sends them
+/// as 0-RTT data with the hello, or after the handshake, exactly once
+/// either way (`docs/PROTOCOL.md` 7.1). Over the kernel carriage the
+/// resumption needs no round trip of its own, so nothing is waited for.
+async fn first_bytes(app: &TcpStream, tcp: &TcpStream, config: &Config) -> Vec<u8> {
+    let resumable = config.handshake_config().early_data
+        && config.carriage() != tcpcrypt_tokio::Carriage::Kernel
+        && tcp
+            .peer_addr()
+            .is_ok_and(|p| config.client_cache().has_ticket(p));
+    if !resumable
+        || tokio::time::timeout(EARLY_WAIT, app.readable())
+            .await
+            .is_err()
+    {
+        return Vec::new();
+    }
+    let mut buf = vec![0u8; EARLY_READ];
+    match app.try_read(&mut buf) {
+        Ok(n) => buf.truncate(n),
+        // Nothing after all (a spurious wake-up), or an error the relay
+        // meets again.
+        Err(_) => buf.clear(),
+    }
+    buf
 }
 
 /// Finishes a non-blocking connect: waits for the real TCP handshake (or
