@@ -1,6 +1,6 @@
 //! The accepting side's state machine fed arbitrary client bytes in
-//! arbitrary pieces. Most inputs are given a genuine A or P marker so that the
-//! option, Init1 and key paths are reached.
+//! arbitrary pieces. Most inputs are given a genuine A, P or E marker so that
+//! the option, Init1, key and 0-RTT skipping paths are reached.
 #![no_main]
 
 use std::sync::Arc;
@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
     let cache = Arc::new(ResumptionCache::new(2));
     let mut hs = ServerHandshake::new(config, Some(cache), Box::new(Counter(mode))).unwrap();
     hs.write_to(&mut Vec::new());
-    let kind = if mode & 1 != 0 { HelloKind::Pipelined } else { HelloKind::A };
+    let kinds = [HelloKind::A, HelloKind::Pipelined, HelloKind::Early];
+    let kind = kinds[usize::from(mode & 1) + usize::from(mode >> 7)];
     let input = if mode & 2 != 0 { [&marker(kind)[..], rest].concat() } else { rest.to_vec() };
     let piece = 1 + (mode as usize >> 2);
     let mut consumed = 0;
