@@ -140,15 +140,18 @@ enum Conn {
 }
 
 impl Client {
-    async fn connect(&self, to: &str) -> std::io::Result<Conn> {
+    /// Connects and sends the request's header: over tcpcrypt with the
+    /// hello as 0-RTT data when the connection resumes an earlier session.
+    async fn connect(&self, to: &str, header: &[u8]) -> std::io::Result<Conn> {
         Ok(match self {
             Client::Plain => {
-                let s = TcpStream::connect(to).await?;
+                let mut s = TcpStream::connect(to).await?;
                 s.set_nodelay(true)?;
+                s.write_all(header).await?;
                 Conn::Plain(s)
             }
             Client::Tcpcrypt(config) => {
-                let s = TcpcryptStream::connect(to, config).await?;
+                let s = TcpcryptStream::connect_with_data(to, config, header).await?;
                 s.get_ref().set_nodelay(true)?;
                 Conn::Tcpcrypt(Box::new(s))
             }
@@ -156,17 +159,22 @@ impl Client {
     }
 }
 
-/// Runs one request on a connection: bytes moved.
+/// A request's header: the operation and its byte count.
+fn header(op: u8, n: u64) -> [u8; 9] {
+    let mut req = [0u8; 9];
+    req[0] = op;
+    req[1..].copy_from_slice(&n.to_be_bytes());
+    req
+}
+
+/// Runs the rest of one request on a connection whose header is sent:
+/// bytes moved.
 async fn request(conn: Conn, op: u8, n: u64) -> std::io::Result<u64> {
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         mut s: S,
         op: u8,
         n: u64,
     ) -> std::io::Result<u64> {
-        let mut req = [0u8; 9];
-        req[0] = op;
-        req[1..].copy_from_slice(&n.to_be_bytes());
-        s.write_all(&req).await?;
         let mut moved = 0u64;
         if op == UPLOAD {
             let buf = vec![0xa5; CHUNK];
@@ -210,7 +218,7 @@ async fn measure(client: &Client, to: &str, test: Test, args: &Args) -> std::io:
             } else {
                 UPLOAD
             };
-            let conn = client.connect(to).await?;
+            let conn = client.connect(to, &header(op, args.bytes)).await?;
             let started = Instant::now();
             let moved = request(conn, op, args.bytes).await?;
             Ok(moved as f64 / started.elapsed().as_secs_f64() / 1e6)
@@ -218,7 +226,7 @@ async fn measure(client: &Client, to: &str, test: Test, args: &Args) -> std::io:
         Test::Connections | Test::Resumed => {
             let started = Instant::now();
             for _ in 0..args.connections {
-                let conn = client.connect(to).await?;
+                let conn = client.connect(to, &header(PING, 0)).await?;
                 request(conn, PING, 0).await?;
             }
             Ok(args.connections as f64 / started.elapsed().as_secs_f64())

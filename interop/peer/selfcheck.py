@@ -12,6 +12,9 @@
 4. tamper:    a man-in-the-middle proxy flips one byte (option, Init,
               frame), truncates, or appends after FINp; the receiver must
               fail.
+5. resume:    --connections N against one server: resumption, 0-RTT data,
+              servers that refuse either or were restarted, replays, and
+              the limits on 0-RTT frames.
 
     python3 selfcheck.py            # everything
     python3 selfcheck.py kat matrix # some parts
@@ -80,8 +83,8 @@ def kat_one(v):
         opt_a, opt_b = h(v["eno_option_a"]), h(v["eno_option_b"])
         _, subs_a = tp.parse_option(opt_a)
         a_teps = [glt for (_, glt, _) in subs_a]
-        tep_byte, tep = tp.client_choose(a_teps, opt_b)
-        ok = tep == v["tep"]
+        tep_byte, tep, nonce_b = tp.client_choose(a_teps, opt_b)
+        ok = tep == v["tep"] and nonce_b is None
         # The server side of the choice, when B's option is one we would
         # have produced (a single TEP).
         _, subs_b = tp.parse_option(opt_b)
@@ -132,6 +135,75 @@ def kat_one(v):
                 ok = False
             except tp.ProtocolError as e:
                 ok = ok and e.kind == "AuthenticationFailed"
+    if v.get("resumption") is not None:
+        ok = ok and kat_resumption(v, tep, cipher)
+    return ok
+
+
+def kat_resumption(v, tep, cipher):
+    """The connection resumed with ss[1] (and its 0-RTT frames, if any)
+    through the peer's own resumption code."""
+    h = bytes.fromhex
+    r = v["resumption"]
+    ss0, ss1 = h(v["ss0"]), h(v["ss1"])
+    nonce_a, nonce_b = h(r["nonce_a"]), h(r["nonce_b"])
+    ok = tp.next_secret(ss0) == ss1 and tp.next_secret(ss1) == h(v["ss2"])
+    ok = ok and tp.resume_id(ss1).hex() == r["resume_1"]
+    ta = tp.Ticket(ss1, tep, cipher, "A")      # what the client keeps
+    tb = tp.Ticket(ss1, tep, cipher, "B")      # what the server caches
+    sub_a, sub_b = h(r["suboption_from_orig_A"]), h(r["suboption_from_orig_B"])
+    ok = ok and tp.encode_resumption(tep, ta.own_half(), nonce_a) == sub_a
+    ok = ok and tp.encode_resumption(tep, tb.own_half(), nonce_b) == sub_b
+    ok = ok and ta.peer_half() == tb.own_half() and \
+        tb.peer_half() == ta.own_half()
+    # Both sides reach the same sn, session ID and mk[0].
+    sn_a = tp.session_nonce("A", nonce_a, nonce_b)
+    sn_b = tp.session_nonce("B", nonce_b, nonce_a)
+    ok = ok and sn_a == sn_b == h(r["sn_1"])
+    sid, mk0 = tp.derive_from_secret(tep | 0x80, ss1, sn_a)
+    ok = ok and sid.hex() == r["session_id_1"] and \
+        mk0.hex() == r["mk0_session1"]
+    # The server's side of the offer, from A's option.
+    opt_a = tp.encode_option_a([], sub_a)
+    _, subs = tp.parse_option(opt_a)
+    offer = tp.resumption_offer(subs)
+    ok = ok and offer == (tep, ta.own_half(), nonce_a)
+    # A reads B's answer as a resumption with B's nonce.
+    opt_b = tp.encode_option_b_resumed(sub_b)
+    byte, glt, nb = tp.client_choose([tep], opt_b, (tep, ta.peer_half()))
+    ok = ok and byte == tep | 0x80 and glt == tep and nb == nonce_b
+    early = r.get("early")
+    a_first = 0
+    if early is not None:
+        mk_early = tp.early_master(ss1, nonce_a)
+        ok = ok and mk_early.hex() == early["mk_early"]
+        opener = tp.Opener(tp.Keyed("B", tep, cipher, b"", mk_early, 0, 0,
+                                    orig_role="B"))
+        for f in early["frames"]:
+            raw = h(f["frame"])
+            ok = ok and opener.offset == f["offset"]
+            rekey, fin, _, data = opener.open(raw[:3], raw[3:])
+            ok = ok and not rekey and not fin and data.hex() == f["plaintext"]
+        ok = ok and opener.offset == early["end_mark_offset"] and \
+            early["end_mark"] == tp.END_OF_EARLY_DATA.hex()
+        if len(early["frames"]) == 1:
+            f = early["frames"][0]
+            ok = ok and tp.seal_early(ta, nonce_a, h(f["plaintext"])) == \
+                h(f["frame"])
+        a_first = early["end_mark_offset"] + 3
+    for direction, recv_role, first in (("a_to_b", "B", a_first),
+                                        ("b_to_a", "A", 0)):
+        frames = r["frames"][direction]
+        if not frames:
+            continue
+        ok = ok and frames[0]["offset"] == first
+        opener = tp.Opener(tp.Keyed(recv_role, tep, cipher, sid, mk0, 0,
+                                    first, orig_role=recv_role))
+        for f in frames:
+            raw = h(f["frame"])
+            ok = ok and opener.offset == f["offset"]
+            _, _, _, data = opener.open(raw[:3], raw[3:])
+            ok = ok and data.hex() == f["plaintext"]
     return ok
 
 
@@ -147,6 +219,12 @@ class Server:
                                   stderr=subprocess.PIPE)
         line = self.p.stderr.readline().decode()
         self.port = json.loads(line)["listening"]
+
+    def stop(self):
+        """A server without --once: end it and collect its output."""
+        self.p.terminate()
+        out, err = self.p.communicate(timeout=30)
+        return self.p.returncode, out, err.decode()
 
     def finish(self, timeout=60):
         try:
@@ -522,8 +600,406 @@ def tamper():
               % (what, who, kind or "an error", errs_c, crc, errs_s, src))
 
 
+# ---------------------------------------------------------------------------
+# 5. Resumption and 0-RTT data
+# ---------------------------------------------------------------------------
+
+class Relay:
+    """Forwards the k-th connection it accepts to ports[k] (the last port
+    for any further one), recording both directions: c2s[k], s2c[k]."""
+
+    def __init__(self, ports):
+        self.ports = list(ports)
+        self.c2s, self.s2c = [], []
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.port = self.ls.getsockname()[1]
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        k = 0
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            port = self.ports[min(k, len(self.ports) - 1)]
+            up, down = bytearray(), bytearray()
+            self.c2s.append(up)
+            self.s2c.append(down)
+            threading.Thread(target=self.serve, args=(c, port, up, down),
+                             daemon=True).start()
+            k += 1
+
+    def serve(self, c, port, up, down):
+        s = socket.create_connection(("127.0.0.1", port))
+        a = threading.Thread(target=self.pipe, args=(c, s, up), daemon=True)
+        b = threading.Thread(target=self.pipe, args=(s, c, down), daemon=True)
+        a.start()
+        b.start()
+        a.join()
+        b.join()
+        c.close()
+        s.close()
+
+    @staticmethod
+    def pipe(src, dst, record):
+        try:
+            while True:
+                d = src.recv(65536)
+                if not d:
+                    break
+                record += d
+                dst.sendall(d)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for sock in (src, dst):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.ls.close()
+
+
+def keyed_lines(lines):
+    return [l for l in lines if l.get("encrypted") is True]
+
+
+def closed_lines(lines):
+    return [l for l in lines if l.get("closed")]
+
+
+def connections(data, n, server_args=(), client_args=()):
+    """n connections of one client against one long-lived server."""
+    srv = Server(*server_args)
+    crc, cout, cerr = run_client(srv.port, data, "--connections", str(n),
+                                 *client_args)
+    _, _, serr = srv.stop()
+    return crc, cout, json_lines(cerr), json_lines(serr)
+
+
+def flags(lines, key):
+    return [l.get(key) for l in lines]
+
+
+def read_until_closed(sock):
+    got, reset = b"", False
+    try:
+        while True:
+            d = sock.recv(65536)
+            if not d:
+                break
+            got += d
+    except ConnectionResetError:
+        reset = True
+    return got, reset
+
+
+def resume():
+    print("resume: --connections, resumption and 0-RTT data")
+    data = os.urandom(100 * 1024)
+
+    # Resumption accepted, no 0-RTT: three connections, one chain.
+    crc, cout, cl, sl = connections(data, 3, (), ["--no-early-data"])
+    ck, sk = keyed_lines(cl), keyed_lines(sl)
+    sids = flags(ck, "session_id")
+    check(crc == 0 and cout == data * 3 and len(ck) == 3 and len(sk) == 3
+          and flags(ck, "resumed") == [False, True, True]
+          and flags(sk, "resumed") == [False, True, True]
+          and flags(ck, "zero_rtt") == [False] * 3
+          and flags(sk, "zero_rtt") == [False] * 3
+          and len(set(sids)) == 3 and sids == flags(sk, "session_id")
+          and [x[:2] for x in sids] == ["23", "a3", "a3"]
+          and flags(ck, "aead") == [1, 1, 1],
+          "resumption over 3 connections: resumed false, true, true; "
+          "session IDs differ, byte 0 0x23 then 0xa3; data echoed intact")
+
+    # The AEAD of the original session is kept; another TEP resumes too.
+    crc, cout, cl, sl = connections(data, 3, ["--tep", "0x21,0x24",
+                                              "--aead", "16"],
+                                    ["--tep", "0x24,0x21", "--aead",
+                                     "1,16"])
+    ck = keyed_lines(cl)
+    check(crc == 0 and cout == data * 3
+          and flags(ck, "resumed") == [False, True, True]
+          and flags(ck, "zero_rtt") == [False, True, True]
+          and flags(ck, "aead") == [16] * 3 and flags(ck, "tep") == [0x24] * 3
+          and [x[:2] for x in flags(ck, "session_id")] == ["24", "a4", "a4"],
+          "X448 and ChaCha20-Poly1305: resumed with the original AEAD")
+
+    # 0-RTT accepted, for inputs around the early limit (16364 data bytes
+    # fit in the early frame) and larger, with and without rekeys.
+    m = tp.MAX_EARLY_DATA
+    for size, extra in ((1, ()), (1000, ()), (m, ()), (m + 1, ()),
+                        (300 * 1024, ()), (300 * 1024, ("--rekey-after", "1"))):
+        d = os.urandom(size)
+        crc, cout, cl, sl = connections(d, 3, extra, extra)
+        ck, sk, sc = keyed_lines(cl), keyed_lines(sl), closed_lines(sl)
+        sids = flags(ck, "session_id")
+        check(crc == 0 and cout == d * 3
+              and flags(ck, "resumed") == [False, True, True]
+              and flags(ck, "zero_rtt") == [False, True, True]
+              and flags(sk, "resumed") == [False, True, True]
+              and flags(sk, "zero_rtt") == [False, True, True]
+              and len(set(sids)) == 3 and sids == flags(sk, "session_id")
+              and flags(sc, "bytes_in") == [size] * 3,
+              "0-RTT accepted, %d bytes%s: resumed and zero_rtt false, "
+              "true, true on both sides, echo intact" % (
+                  size, " " + " ".join(extra) if extra else ""))
+
+    # The wire of a 0-RTT connection, and a replay of it.
+    srv = Server()
+    relay = Relay([srv.port])
+    crc, cout, cerr = run_client(relay.port, data, "--connections", "2")
+    relay.close()
+    up, down = bytes(relay.c2s[1]), bytes(relay.s2c[1])
+    tail = up[tp.EARLY_DATA_LIMIT + 21:]
+    ok = (crc == 0 and cout == data * 2
+          and up[:8] == b"\xe5ENO\x01E\r\n"
+          and up[8:12] == bytes([0x45, 0x15, 0x21, 0xa3])
+          and up[29:32] == bytes([0, 0x40, 0x00])      # clen 16364 + 20 - 3
+          and up[32 + 0x4000 - 3 + 3 - 3:][:0] == b""
+          and up[29 + tp.EARLY_DATA_LIMIT:29 + tp.EARLY_DATA_LIMIT + 3]
+          == tp.END_OF_EARLY_DATA
+          and down[:8] == b"\xe5ENO\x01B\r\n"
+          and down[8:12] == bytes([0x45, 0x15, 0x01, 0xa3])
+          and up[12:21] != down[12:21] and len(tail) > 0)
+    check(ok, "0-RTT wire: hello 'E' [45 15 21 a3 half nonce], one early "
+          "frame of 16384 bytes, end mark, B answers [45 15 01 a3 ...]")
+    # Replayed into the same server: the secret is spent, so the early
+    # frame is skipped unread, and what follows the mark is no Init1.
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(up)
+    got, reset = read_until_closed(s)
+    s.close()
+    time.sleep(0.3)
+    _, _, serr = srv.stop()
+    sl = json_lines(serr)
+    check(reset and got[:8] == b"\xe5ENO\x01B\r\n"
+          and got[8:] == bytes([0x45, 0x04, 0x01, 0x23])
+          and any(l.get("error") == "BadMagic" for l in sl)
+          and flags(keyed_lines(sl), "resumed") == [False, True],
+          "a replayed 0-RTT connection resumes nothing: fresh answer, early "
+          "frame skipped, aborted at the recorded frames (BadMagic)")
+
+    # A server with --no-early-data: the 0-RTT offer becomes a fresh
+    # exchange (the secret is spent), the data is delivered once.
+    for n in (2, 3):
+        crc, cout, cl, sl = connections(data, n, ["--no-early-data"])
+        ck, sk, sc = keyed_lines(cl), keyed_lines(sl), closed_lines(sl)
+        check(crc == 0 and cout == data * n
+              and flags(ck, "resumed") == [False] * n
+              and flags(sk, "resumed") == [False] * n
+              and flags(ck, "zero_rtt") == [False] * n
+              and flags(sk, "zero_rtt") == [False] * n
+              and flags(sc, "bytes_in") == [len(data)] * n,
+              "0-RTT against a server with --no-early-data, %d connections: "
+              "fresh exchanges, each echo equals the input exactly" % n)
+    # ... while it still honours a resumption offered without 0-RTT.
+    crc, cout, cl, sl = connections(data, 2, ["--no-early-data"],
+                                    ["--no-early-data"])
+    check(crc == 0 and cout == data * 2
+          and flags(keyed_lines(cl), "resumed") == [False, True]
+          and flags(keyed_lines(sl), "resumed") == [False, True],
+          "a server with --no-early-data resumes a hello 'A' offer")
+
+    # A small input against --no-early-data (all of it in the early frame).
+    d = b"GET / HTTP/1.0\r\n\r\n"
+    crc, cout, cl, sl = connections(d, 2, ["--no-early-data"])
+    check(crc == 0 and cout == d * 2
+          and flags(closed_lines(sl), "bytes_in") == [len(d)] * 2,
+          "a request refused as 0-RTT is sent again after Init2, once")
+
+    # A server restarted between connections: its cache is gone.
+    for cargs, what in (((), "0-RTT offer"),
+                        (("--no-early-data",), "resumption offer")):
+        s1, s2 = Server("--once"), Server("--once")
+        relay = Relay([s1.port, s2.port])
+        crc, cout, cerr = run_client(relay.port, data, "--connections", "2",
+                                     *cargs)
+        relay.close()
+        r1, _, e1 = s1.finish()
+        r2, _, e2 = s2.finish()
+        ck = keyed_lines(json_lines(cerr))
+        k2, c2 = keyed_lines(json_lines(e2)), closed_lines(json_lines(e2))
+        hello = bytes(relay.c2s[1][:8])
+        check(crc == 0 and r1 == 0 and r2 == 0 and cout == data * 2
+              and hello[5:6] == (b"A" if cargs else b"E")
+              and flags(ck, "resumed") == [False, False]
+              and flags(k2, "resumed") == [False]
+              and flags(c2, "bytes_in") == [len(data)]
+              and ck[1]["session_id"] == k2[0]["session_id"],
+              "server restarted between connections (%s): fresh exchange, "
+              "data delivered once" % what)
+
+    # --no-resume on either side.
+    crc, cout, cl, sl = connections(data, 2, (), ["--no-resume"])
+    ck = keyed_lines(cl)
+    check(crc == 0 and cout == data * 2
+          and flags(ck, "resumed") == [False, False],
+          "client --no-resume: two fresh exchanges")
+    crc, cout, cl, sl = connections(data, 2, ["--no-resume"])
+    ck, sk = keyed_lines(cl), keyed_lines(sl)
+    check(crc == 0 and cout == data * 2
+          and flags(ck, "resumed") == [False, False]
+          and flags(sk, "resumed") == [False, False]
+          and flags(sk, "zero_rtt") == [False, False],
+          "server --no-resume: the 0-RTT offer is answered fresh")
+    crc, cout, cl, sl = connections(b"", 2)
+    check(crc == 0 and cout == b""
+          and flags(keyed_lines(cl), "resumed") == [False, True]
+          and flags(keyed_lines(cl), "zero_rtt") == [False, False],
+          "empty input: resumption without 0-RTT (hello 'A')")
+
+    # A declined 0-RTT offer (no common TEP left): vacuous answer, the
+    # early frame skipped, plain on the same connection.
+    srv = Server("--tep", "0x23", "--allow-plain")
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    fake = tp.Ticket(os.urandom(32), 0x21, 1, "A")
+    opt = tp.encode_option_a([], tp.encode_resumption(
+        0x21, fake.own_half(), os.urandom(8)))
+    s.sendall(tp.encode_hello(tp.KIND_E, opt)
+              + tp.seal_early(fake, b"12345678", b"early") +
+              tp.END_OF_EARLY_DATA + b"plain bytes")
+    s.shutdown(socket.SHUT_WR)
+    got, reset = read_until_closed(s)
+    s.close()
+    _, _, serr = srv.stop()
+    check(got == tp.encode_hello(tp.KIND_B, tp.VACUOUS_B) + b"plain bytes",
+          "0-RTT offer with no common TEP: vacuous answer, early frame "
+          "skipped, the rest echoed plain")
+
+    resume_negotiation_units()
+    early_frame_limits()
+
+
+def resume_negotiation_units():
+    """A's and B's reading of resumption suboptions (PROTOCOL.md 3.2)."""
+    t = tp.Ticket(os.urandom(32), 0x23, 1, "A")
+    half_b = t.peer_half()
+    nb = os.urandom(8)
+
+    def a_reads(opt_b, teps=(0x21, 0x23), offer=(0x23, half_b)):
+        try:
+            return tp.client_choose(list(teps), opt_b, offer)
+        except tp.NotEncrypted as e:
+            return e.reason
+    answer = tp.encode_option_b_resumed(tp.encode_resumption(0x23, half_b,
+                                                             nb))
+    check(a_reads(answer) == (0xa3, 0x23, nb), "A accepts B's other half")
+    wrong = tp.encode_option_b_resumed(tp.encode_resumption(
+        0x23, bytes(9), nb))
+    check(a_reads(wrong) == "disabled",
+          "A ignores a mismatched half: ENO disabled")
+    check(a_reads(answer, offer=None) == "disabled",
+          "A ignores resumption data it did not ask for")
+    short = tp.encode_option_b_resumed(bytes([0xa3]) + bytes(4))
+    check(a_reads(short) == (0xa3, 0x23, None),
+          "v = 1 with 4 data bytes from B: a fresh choice, byte 0 keeps v")
+    check(a_reads(tp.encode_option_b(0x23)) == (0x23, 0x23, None),
+          "B's fresh answer for the TEP offered by resumption is valid")
+
+    sub = tp.encode_resumption(0x23, t.own_half(), nb)
+    for opt, want, what in (
+            (tp.encode_option_a([0x21], sub), (0x23, t.own_half(), nb),
+             "B reads A's offer (last suboption)"),
+            (tp.encode_option_a([0x23], sub), None,
+             "B: a TEP named fresh and by resumption is invalid"),
+            (tp.encode_option_a([0x21], bytes([0xa3]) + bytes(8)), None,
+             "B: v = 1 with 8 data bytes is a fresh offer"),
+            (tp.encode_option_a([0x21], bytes([0xa3]) + bytes(18)), None,
+             "B: v = 1 with 18 data bytes is a fresh offer")):
+        _, subs = tp.parse_option(opt)
+        check(tp.resumption_offer(subs) == want, what)
+        chosen, decline, _ = tp.server_choose([0x23], opt)
+        check(want is not None or chosen == 0x23 or "named" in what
+              or decline is not None,
+              what + ": still a fresh offer for its TEP")
+
+    cache = tp.ResumptionCache(limit=2)
+    tickets = [tp.Ticket(os.urandom(32), 0x23, 1, "B") for _ in range(3)]
+    for x in tickets:
+        cache.put(x)
+    check(cache.take(tickets[0].peer_half()) is None
+          and cache.take(tickets[2].peer_half()) is tickets[2]
+          and cache.take(tickets[2].peer_half()) is None,
+          "server cache: single use, oldest evicted beyond its bound")
+
+
+def early_frame_limits():
+    """The data phase's reading of 0-RTT frames (PROTOCOL.md 7.1 rule 3)."""
+    ss = os.urandom(32)
+    na = os.urandom(8)
+    t = tp.Ticket(ss, 0x23, 1, "A")
+
+    def server_reads(wire):
+        a, b = socket.socketpair()
+        a.sendall(wire)
+        a.shutdown(socket.SHUT_WR)
+        keyed = tp.Keyed("B", 0x23, 1, b"", os.urandom(32), 0, 0)
+        keyed.early_mk = tp.early_master(ss, na)
+        got = []
+        dp = tp.DataPhase(b, tp.Stream(b), keyed)
+        try:
+            dp.receive_early(got.append)
+            result = ("mark", dp.opener.offset)
+        except tp.ProtocolError as e:
+            result = (e.kind,)
+        a.close()
+        b.close()
+        return result, b"".join(got)
+
+    def early_keyed():
+        return tp.Keyed("A", 0x23, 1, b"", tp.early_master(ss, na), 0, 0)
+    f = tp.seal_early(t, na, b"x" * 100)
+    check(server_reads(f + tp.END_OF_EARLY_DATA) ==
+          (("mark", len(f) + 3), b"x" * 100),
+          "early frame opened, the resumed frames start after the mark")
+    sealer = tp.Sealer(early_keyed())
+    two = sealer.seal(b"a" * 8000) + sealer.seal(b"b" * 8000)
+    check(server_reads(two + tp.END_OF_EARLY_DATA)[0] == ("mark", len(two) + 3),
+          "two early frames within 16384 bytes")
+    sealer = tp.Sealer(early_keyed())
+    over = sealer.seal(b"a" * 8000) + sealer.seal(b"b" * 8400)
+    check(server_reads(over + tp.END_OF_EARLY_DATA)[0] == ("EarlyData",),
+          "more than 16384 bytes before the mark: EarlyData")
+    sealer = tp.Sealer(early_keyed())
+    check(server_reads(sealer._seal(b"a", False, True))[0] == ("EarlyData",),
+          "rekey bit on an early frame: EarlyData")
+    sealer = tp.Sealer(early_keyed())
+    check(server_reads(sealer.seal(b"a", fin=True))[0] == ("EarlyData",),
+          "FINp on an early frame: EarlyData")
+    bad = bytearray(f)
+    bad[-1] ^= 1
+    check(server_reads(bytes(bad))[0] == ("AuthenticationFailed",),
+          "a tampered early frame fails authentication")
+    check(server_reads(f)[0] == ("Truncated",),
+          "an end of stream before the mark: Truncated")
+    # Skipping (B does not accept): by length only, same bound.
+    for wire, want, what in (
+            (f + tp.END_OF_EARLY_DATA + b"rest", len(f) + 3,
+             "skipped by length up to the mark"),
+            (over + tp.END_OF_EARLY_DATA, "EarlyData",
+             "skipping: more than 16384 bytes is an error too"),
+            (b"\x00\x00\x05" + bytes(5), "FrameTooShort",
+             "skipping: clen below 17 is an error")):
+        st = tp.Stream(None)
+        st.buf += wire
+        st.eof = True
+        try:
+            got = tp.skip_early(st, None)
+        except tp.ProtocolError as e:
+            got = e.kind
+        check(got == want, what)
+
+
 def main():
-    parts = sys.argv[1:] or ["kat", "matrix", "variants", "tamper"]
+    parts = sys.argv[1:] or ["kat", "matrix", "variants", "tamper", "resume"]
     t0 = time.time()
     for part in parts:
         globals()[part]()

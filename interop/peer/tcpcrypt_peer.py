@@ -6,11 +6,15 @@ Written from the RFC texts and docs/PROTOCOL.md only.  The key-agreement
 primitives, Extract/CPRF and the Init message builders come from
 interop/kat/tcpcrypt_ref.py (itself written from the RFC text on top of
 pyca/cryptography); everything on the wire (hello, ENO option, negotiation,
-pipelined Init1, frames, FINp, rekeying) is done here.
+pipelined Init1, frames, FINp, rekeying, resumption and 0-RTT data) is
+done here.
 
     tcpcrypt_peer.py client HOST PORT [--tep 0x23,0x21] [--aead 1,2,16]
                                       [--rekey-after N] [--no-pipeline]
+                                      [--connections N] [--no-resume]
+                                      [--no-early-data]
     tcpcrypt_peer.py server --port PORT [--tep ...] [--aead ...] [--once]
+                                        [--no-resume] [--no-early-data]
 
 See README.md in this folder.
 """
@@ -44,7 +48,9 @@ from cryptography.hazmat.primitives.ciphers.aead import (  # noqa: E402
 MARKER_HEAD = b"\xe5ENO\x01"
 KIND_A = 0x41  # connecting side, plain hello
 KIND_P = 0x50  # connecting side, hello followed by a pipelined Init1
+KIND_E = 0x45  # connecting side, resumption hello followed by 0-RTT frames
 KIND_B = 0x42  # accepting side
+KINDS_A = (KIND_A, KIND_P, KIND_E)
 ENO_KIND = 0x45
 
 TEP_P256, TEP_P521, TEP_X25519, TEP_X448 = 0x21, 0x22, 0x23, 0x24
@@ -72,6 +78,8 @@ DEFAULT_AEADS = [AEAD_AES128, AEAD_AES256, AEAD_CHACHA]
 
 CONST_NEXTK, CONST_SESSID, CONST_REKEY = 0x01, 0x02, 0x03
 CONST_KEY_A, CONST_KEY_B = 0x04, 0x05
+CONST_RESUME = ref.CONST_RESUME            # 0x06
+CONST_EARLY = ref.CONST_EARLY              # 0x07, PROTOCOL.md 7.1 (not RFC)
 INIT1_MAGIC = bytes.fromhex("15101a0e")
 INIT2_MAGIC = bytes.fromhex("097105e0")
 N_LEN = 32
@@ -94,6 +102,21 @@ AUTO_REKEY_FRAMES = 1 << 24
 AUTO_REKEY_BYTES = 1 << 62
 
 MOD64 = 1 << 64
+
+# RFC 8548 3.5: resume[i] is 18 bytes, two halves of 9; the nonce is 0 to 8
+# bytes, and we send 8.
+RESUME_ID_LEN = 18
+RESUME_HALF_LEN = 9
+RESUME_NONCE_LEN = 8
+# Server cache bound: the oldest entries go first beyond it.
+RESUME_CACHE_LIMIT = 4096
+
+# PROTOCOL.md 7.1: at most 16384 bytes of early frames precede the end mark
+# (a frame header with clen = 0).  We send one frame: header, flags, data,
+# tag.
+END_OF_EARLY_DATA = ref.END_OF_EARLY_DATA  # 00 00 00
+EARLY_DATA_LIMIT = 16384
+MAX_EARLY_DATA = EARLY_DATA_LIMIT - 3 - 1 - TAG_LEN   # 16364
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -312,14 +335,29 @@ def is_resumption_data(byte, data):
     return bool(byte & 0x80) and 9 <= len(data) <= 17
 
 
-def encode_option_a(teps):
+def encode_option_a(teps, resumption=b""):
+    """A's option: its fresh TEPs, then (optionally) one resumption
+    suboption, last, so that it needs no length byte (PROTOCOL.md 3.1)."""
     # Implicit global suboption 0x00 (b = 0, a = 0): none sent.
-    body = bytes(teps)
+    body = bytes(teps) + resumption
     return bytes([ENO_KIND, 2 + len(body)]) + body
 
 
 def encode_option_b(tep):
     return bytes([ENO_KIND, 4, 0x01, tep])
+
+
+def encode_option_b_resumed(suboption):
+    """B's answer resuming a session: b = 1, then its resumption
+    suboption."""
+    return bytes([ENO_KIND, 3 + len(suboption), 0x01]) + suboption
+
+
+def encode_resumption(tep, half, nonce):
+    """RFC 8548 3.5, figures 2 and 3: TEP byte with v = 1, an identifier
+    half, a nonce."""
+    assert len(half) == RESUME_HALF_LEN and len(nonce) <= RESUME_NONCE_LEN
+    return bytes([tep | 0x80]) + half + nonce
 
 
 VACUOUS_B = bytes([ENO_KIND, 3, 0x01])
@@ -408,37 +446,166 @@ def make_init1(tep, aeads):
     return init1, priv, n_a
 
 
-def derive_session(tep_byte, transcript, init1, init2, es, n_a):
-    """PRK, the session ID and mk[0] (RFC 8548 3.3, 3.4; sn[0] empty)."""
-    prk = ref.extract(n_a, transcript + init1 + init2 + es)
-    session_id = bytes([tep_byte]) + ref.cprf(prk, bytes([CONST_SESSID]),
-                                              K_LEN)
-    mk0 = ref.cprf(prk, bytes([CONST_REKEY]), K_LEN)
+def fresh_secret(transcript, init1, init2, es, n_a):
+    """ss[0] = PRK (RFC 8548 3.3)."""
+    return ref.extract(n_a, transcript + init1 + init2 + es)
+
+
+def derive_from_secret(tep_byte, ss, sn=b""):
+    """The session ID and mk[0] from ss[i] and sn[i] (RFC 8548 3.3, 3.4)."""
+    session_id = bytes([tep_byte]) + ref.cprf(
+        ss, bytes([CONST_SESSID]) + sn, K_LEN)
+    mk0 = ref.cprf(ss, bytes([CONST_REKEY]) + sn, K_LEN)
     return session_id, mk0
 
 
-class Keyed:
-    """What a completed handshake hands to the data phase."""
+def derive_session(tep_byte, transcript, init1, init2, es, n_a):
+    """PRK, the session ID and mk[0] (RFC 8548 3.3, 3.4; sn[0] empty)."""
+    prk = fresh_secret(transcript, init1, init2, es, n_a)
+    return derive_from_secret(tep_byte, prk)
 
-    def __init__(self, role, tep, aead, session_id, mk0, send_off, recv_off):
+
+def next_secret(ss):
+    """ss[i+1] = CPRF(ss[i], CONST_NEXTK, K_LEN)."""
+    return ref.cprf(ss, bytes([CONST_NEXTK]), K_LEN)
+
+
+def resume_id(ss):
+    """resume[i] = CPRF(ss[i], CONST_RESUME, 18) (RFC 8548 3.5)."""
+    return ref.cprf(ss, bytes([CONST_RESUME]), RESUME_ID_LEN)
+
+
+def resume_half(ss, orig_role):
+    """The identifier half a host sends: the first if it was A in the
+    original session, the second if it was B."""
+    rid = resume_id(ss)
+    return rid[:RESUME_HALF_LEN] if orig_role == "A" \
+        else rid[RESUME_HALF_LEN:]
+
+
+def other_role(role):
+    return "B" if role == "A" else "A"
+
+
+def session_nonce(orig_role, own_nonce, peer_nonce):
+    """sn[i] = nonce_a | nonce_b, nonce_a from the host that was A in the
+    original session, whatever the roles are now (PROTOCOL.md 7)."""
+    if orig_role == "A":
+        return own_nonce + peer_nonce
+    return peer_nonce + own_nonce
+
+
+def early_master(ss, nonce):
+    """mk_early = CPRF(ss[i], CONST_EARLY | nonce, K_LEN), nonce the
+    connecting side's resumption nonce of this hello (PROTOCOL.md 7.1)."""
+    return ref.cprf(ss, bytes([CONST_EARLY]) + nonce, K_LEN)
+
+
+def key_const(orig_role):
+    """The traffic-key constant a host sends with: by its original role."""
+    return CONST_KEY_A if orig_role == "A" else CONST_KEY_B
+
+
+class Keyed:
+    """What a completed handshake hands to the data phase.
+
+    role is the role on this connection; orig_role the role in the session
+    that made ss[0], which decides the key directions (RFC 8548 3.5).
+    ss_next is ss[i+1], for the next resumption.  early_mk, when set, is
+    the key of 0-RTT frames the peer sends before its end mark."""
+
+    def __init__(self, role, tep, aead, session_id, mk0, send_off, recv_off,
+                 orig_role=None, ss_next=None, resumed=False):
         self.role = role
+        self.orig_role = orig_role or role
         self.tep = tep
         self.aead = aead
         self.session_id = session_id
         self.mk0 = mk0
-        self.send_const = CONST_KEY_A if role == "A" else CONST_KEY_B
-        self.recv_const = CONST_KEY_B if role == "A" else CONST_KEY_A
+        self.send_const = key_const(self.orig_role)
+        self.recv_const = key_const(other_role(self.orig_role))
         self.send_off = send_off
         self.recv_off = recv_off
+        self.ss_next = ss_next
+        self.resumed = resumed
+        self.zero_rtt = False
+        self.early_mk = None
+        self.early_bytes = 0       # bytes of ours the peer took as 0-RTT
 
     def report(self):
         return {"encrypted": True, "tep": self.tep, "aead": self.aead,
-                "session_id": self.session_id.hex(), "role": self.role}
+                "session_id": self.session_id.hex(), "role": self.role,
+                "resumed": self.resumed, "zero_rtt": self.zero_rtt}
 
 
-def client_choose(teps, opt_b):
+# ---------------------------------------------------------------------------
+# Resumption state (RFC 8548 3.5, PROTOCOL.md 7)
+# ---------------------------------------------------------------------------
+
+class Ticket:
+    """A cached session secret ss[i] with what the resumed session needs:
+    the TEP, the AEAD of the original session and this host's original
+    role.  The client keeps one per server; the server's cache holds
+    many."""
+
+    def __init__(self, ss, tep, aead, orig_role):
+        self.ss = ss
+        self.tep = tep
+        self.aead = aead
+        self.orig_role = orig_role
+
+    @classmethod
+    def after(cls, keyed):
+        """ss[i+1] of a keyed session."""
+        return cls(keyed.ss_next, keyed.tep, keyed.aead, keyed.orig_role)
+
+    def own_half(self):
+        return resume_half(self.ss, self.orig_role)
+
+    def peer_half(self):
+        return resume_half(self.ss, other_role(self.orig_role))
+
+
+class ResumptionCache:
+    """The server's secrets, keyed by the identifier half the peer will
+    send, for the life of the process.  Single use: take() removes."""
+
+    def __init__(self, limit=RESUME_CACHE_LIMIT):
+        self.lock = threading.Lock()
+        self.entries = collections.OrderedDict()
+        self.limit = limit
+
+    def put(self, ticket):
+        with self.lock:
+            self.entries[ticket.peer_half()] = ticket
+            while len(self.entries) > self.limit:
+                self.entries.popitem(last=False)
+
+    def take(self, half):
+        with self.lock:
+            return self.entries.pop(bytes(half), None)
+
+
+def resumption_offer(subs):
+    """A's resumption offer: its last suboption when it carries resumption
+    data for a TEP named once.  Returns (TEP, half, nonce) or None."""
+    if not subs:
+        return None
+    byte, glt, data = subs[-1]
+    if not is_resumption_data(byte, data):
+        return None
+    if sum(1 for (_, g, _) in subs if g == glt) != 1:
+        return None                       # named twice: invalid
+    return glt, data[:RESUME_HALF_LEN], data[RESUME_HALF_LEN:]
+
+
+def client_choose(teps, opt_b, offer=None):
     """Host A's reading of B's option (RFC 8547 4.5, PROTOCOL.md 3.2, 3.3).
-    Returns (TEP byte as B sent it, TEP id) or raises NotEncrypted."""
+
+    teps: every TEP A offered (fresh or by resumption).  offer: (TEP, the
+    identifier half B must send) of A's resumption offer, or None.
+    Returns (TEP byte as B sent it, TEP id, B's resumption nonce or None
+    for a fresh exchange) or raises NotEncrypted."""
     try:
         gsub, subs = parse_option(opt_b)
     except IllFormedOption as e:
@@ -457,9 +624,15 @@ def client_choose(teps, opt_b):
     for byte, glt, data in subs:          # the last valid one wins
         if glt not in teps or counts[glt] != 1:
             continue
+        nonce_b = None
         if is_resumption_data(byte, data):
-            continue                      # we offered no resumption
-        chosen = (byte, glt)
+            # Valid only for the TEP we offered resumption with, and with
+            # the other half of our identifier (RFC 8548 3.5): else ignored.
+            if offer is None or glt != offer[0] \
+                    or data[:RESUME_HALF_LEN] != offer[1]:
+                continue
+            nonce_b = data[RESUME_HALF_LEN:]
+        chosen = (byte, glt, nonce_b)
     if chosen is None:
         raise NotEncrypted("disabled", "no valid TEP in B's option %s"
                            % opt_b.hex())
@@ -467,9 +640,10 @@ def client_choose(teps, opt_b):
 
 
 def server_choose(teps, opt_a):
-    """Host B's choice (PROTOCOL.md 3.2): (chosen TEP or None, decline reason
-    or None, suboptions).  A resumption offer counts as a fresh offer: we
-    hold no cache (RFC 8548 3.2: v = 1 implies willingness to go fresh)."""
+    """Host B's fresh choice (PROTOCOL.md 3.2): (chosen TEP or None, decline
+    reason or None, suboptions).  A resumption offer counts as a fresh offer
+    too (RFC 8548 3.2: v = 1 implies willingness to go fresh); whether it
+    is honoured instead is decided by the caller (resumption_offer)."""
     try:
         gsub, subs = parse_option(opt_a)
     except IllFormedOption as e:
@@ -488,14 +662,33 @@ def server_choose(teps, opt_a):
 # Host A (the connecting side)
 # ---------------------------------------------------------------------------
 
-def client_handshake(sock, stream, teps, aeads, pipeline, deadline):
-    opt_a = encode_option_a(teps)
+def client_handshake(sock, stream, teps, aeads, pipeline, deadline,
+                     ticket=None, early=b""):
+    """Host A's handshake.  With a ticket, offers resumption (no pipelined
+    Init1) and, with early bytes, sends them as one 0-RTT frame after hello
+    'E'.  Returns Keyed (early_bytes: how many of them B took) or raises
+    NotEncrypted / ProtocolError."""
     pipelined = None
-    if pipeline:
+    offer = None
+    early_frame = b""
+    if ticket is not None:
+        nonce_a = os.urandom(RESUME_NONCE_LEN)
+        offer = (ticket.tep, ticket.peer_half(), nonce_a)
+        fresh = [t for t in teps if t != ticket.tep]
+        opt_a = encode_option_a(fresh, encode_resumption(
+            ticket.tep, ticket.own_half(), nonce_a))
+        if early:
+            early_frame = seal_early(ticket, nonce_a, early)
+            sock.sendall(encode_hello(KIND_E, opt_a) + early_frame)
+        else:
+            sock.sendall(encode_hello(KIND_A, opt_a))
+    elif pipeline:
+        opt_a = encode_option_a(teps)
         # Init1 for the most preferred TEP, the last v = 0 suboption.
         pipelined = (teps[-1],) + make_init1(teps[-1], aeads)
         sock.sendall(encode_hello(KIND_P, opt_a) + pipelined[1])
     else:
+        opt_a = encode_option_a(teps)
         sock.sendall(encode_hello(KIND_A, opt_a))
 
     st = scan_marker(stream, (KIND_B,), deadline)
@@ -509,15 +702,30 @@ def client_handshake(sock, stream, teps, aeads, pipeline, deadline):
     del stream.buf[:8]
     opt_b = read_option(stream, deadline)
 
-    tep_byte, tep = client_choose(teps, opt_b)
-
+    try:
+        tep_byte, tep, nonce_b = client_choose(teps, opt_b, offer and
+                                               offer[:2])
+    except NotEncrypted as e:
+        # PROTOCOL.md 7.1 rule 4: the end mark goes out whatever B
+        # answered, unless the connection is spoiled.
+        if early_frame and e.same_connection:
+            sock.sendall(END_OF_EARLY_DATA)
+        raise
     sent = 0
+    if early_frame:
+        sock.sendall(END_OF_EARLY_DATA)
+        sent = len(early_frame) + len(END_OF_EARLY_DATA)
+
+    if nonce_b is not None:
+        return client_resumed(ticket, tep_byte, offer[2], nonce_b, sent,
+                              len(early) if early_frame else 0)
+
     if pipelined is not None and pipelined[0] == tep:
         _, init1, priv, n_a = pipelined
-        sent = len(init1)
+        sent += len(init1)
     else:
         if pipelined is not None:
-            sent = len(pipelined[1])      # discarded by B, still counted
+            sent += len(pipelined[1])     # discarded by B, still counted
         init1, priv, n_a = make_init1(tep, aeads)
         sock.sendall(init1)
         sent += len(init1)
@@ -529,16 +737,47 @@ def client_handshake(sock, stream, teps, aeads, pipeline, deadline):
                             "Init2 chose AEAD 0x%04x, offered %s"
                             % (cipher, aeads))
     es = agree(tep, priv, pub_b)
-    sid, mk0 = derive_session(tep_byte, opt_a + opt_b, init1, init2, es, n_a)
-    return Keyed("A", tep, cipher, sid, mk0, sent, len(init2))
+    ss = fresh_secret(opt_a + opt_b, init1, init2, es, n_a)
+    sid, mk0 = derive_from_secret(tep_byte, ss)
+    return Keyed("A", tep, cipher, sid, mk0, sent, len(init2),
+                 ss_next=next_secret(ss))
+
+
+def seal_early(ticket, nonce, data):
+    """The one 0-RTT frame: data under the key derived from mk_early as
+    k_ab[0] / k_ba[0] are from mk[0], for our original role, at offset 0
+    (PROTOCOL.md 7.1 rules 2 and 3)."""
+    assert 0 < len(data) <= MAX_EARLY_DATA
+    keyed = Keyed("A", ticket.tep, ticket.aead, b"",
+                  early_master(ticket.ss, nonce), 0, 0,
+                  orig_role=ticket.orig_role)
+    return Sealer(keyed).seal(data)
+
+
+def client_resumed(ticket, tep_byte, nonce_a, nonce_b, sent, early_bytes):
+    """B resumed: key from ss[i] and sn = nonce_a | nonce_b, no Init
+    messages (RFC 8548 3.5).  B's offsets start at 0; ours after the early
+    frame and the end mark, if any."""
+    sn = session_nonce(ticket.orig_role, nonce_a, nonce_b)
+    sid, mk0 = derive_from_secret(tep_byte, ticket.ss, sn)
+    keyed = Keyed("A", ticket.tep, ticket.aead, sid, mk0, sent, 0,
+                  orig_role=ticket.orig_role,
+                  ss_next=next_secret(ticket.ss), resumed=True)
+    if early_bytes:
+        keyed.zero_rtt = True
+        keyed.early_bytes = early_bytes
+    return keyed
 
 
 # ---------------------------------------------------------------------------
 # Host B (the accepting side)
 # ---------------------------------------------------------------------------
 
-def server_handshake(sock, stream, teps, aeads, hello_deadline, deadline):
-    st = scan_marker(stream, (KIND_A, KIND_P), hello_deadline)
+def server_handshake(sock, stream, teps, aeads, hello_deadline, deadline,
+                     cache=None, early_data=True):
+    """Host B's handshake.  cache: the ResumptionCache, or None when
+    resumption is off; early_data: whether 0-RTT frames are accepted."""
+    st = scan_marker(stream, KINDS_A, hello_deadline)
     if st == "departed":
         raise NotEncrypted("plain-client", "first bytes %s are not a hello"
                            % bytes(stream.buf[:8]).hex(),
@@ -563,18 +802,33 @@ def server_handshake(sock, stream, teps, aeads, hello_deadline, deadline):
             if not byte & 0x80:
                 pipelined_tep = glt       # the last v = 0 suboption
 
+    resumed = None
+    offer = resumption_offer(subs) if decline is None else None
+    if offer is not None and cache is not None:
+        entry = cache.take(offer[1])      # named: spent, whatever follows
+        if entry is not None and entry.tep == offer[0] \
+                and (kind != KIND_E or early_data):
+            resumed = entry
+
     if decline is not None:
         if kind == KIND_P:
             # Skip the pipelined Init1 whole before answering (3.3).
             read_init(stream, INIT1_MAGIC, deadline, "pipelined Init1")
         sock.sendall(encode_hello(KIND_B, VACUOUS_B))
+        if kind == KIND_E:
+            skip_early(stream, deadline)  # answered at once (7.1 rule 6)
         raise NotEncrypted("declined", decline, same_connection=True)
+
+    if resumed is not None:
+        return server_resumed(sock, stream, kind, resumed, offer, deadline)
 
     opt_b = encode_option_b(chosen)
     sock.sendall(encode_hello(KIND_B, opt_b))
 
     received = 0
-    if kind == KIND_P and pipelined_tep != chosen:
+    if kind == KIND_E:
+        received += skip_early(stream, deadline)
+    elif kind == KIND_P and pipelined_tep != chosen:
         skipped = read_init(stream, INIT1_MAGIC, deadline,
                             "pipelined Init1 (discarded)")
         received += len(skipped)
@@ -593,8 +847,73 @@ def server_handshake(sock, stream, teps, aeads, hello_deadline, deadline):
     init2 = ref.build_init2(cipher, os.urandom(N_LEN),
                             ref.pub_field(chosen, priv))
     sock.sendall(init2)
-    sid, mk0 = derive_session(chosen, opt_a + opt_b, init1, init2, es, n_a)
-    return Keyed("B", chosen, cipher, sid, mk0, len(init2), received)
+    ss = fresh_secret(opt_a + opt_b, init1, init2, es, n_a)
+    sid, mk0 = derive_from_secret(chosen, ss)
+    return Keyed("B", chosen, cipher, sid, mk0, len(init2), received,
+                 ss_next=next_secret(ss))
+
+
+def server_resumed(sock, stream, kind, entry, offer, deadline):
+    """Answer with our resumption suboption (the other half, our nonce) and
+    key from ss[i] with sn = nonce_a | nonce_b: no Init messages, offsets
+    from 0.  After hello 'E' the peer's 0-RTT frames come first, under
+    mk_early; the data phase opens them (early_mk)."""
+    tep, _, peer_nonce = offer
+    nonce = os.urandom(RESUME_NONCE_LEN)
+    suboption = encode_resumption(tep, entry.own_half(), nonce)
+    sock.sendall(encode_hello(KIND_B, encode_option_b_resumed(suboption)))
+    received = 0
+    if kind == KIND_P:
+        # Another implementation may pipeline an Init1 beside a
+        # resumption offer: skipped, and counted like a discarded one.
+        received += len(read_init(stream, INIT1_MAGIC, deadline,
+                                  "pipelined Init1 (discarded)"))
+    sn = session_nonce(entry.orig_role, nonce, peer_nonce)
+    sid, mk0 = derive_from_secret(suboption[0], entry.ss, sn)
+    keyed = Keyed("B", tep, entry.aead, sid, mk0, 0, received,
+                  orig_role=entry.orig_role, ss_next=next_secret(entry.ss),
+                  resumed=True)
+    if kind == KIND_E:
+        keyed.zero_rtt = True
+        keyed.early_mk = early_master(entry.ss, peer_nonce)
+    return keyed
+
+
+# ---------------------------------------------------------------------------
+# 0-RTT frames before the end mark (PROTOCOL.md 7.1)
+# ---------------------------------------------------------------------------
+
+def read_early_frame(stream, offset, deadline=None):
+    """The next early frame at offset (counted from the first byte after
+    the hello), or None at the end mark.  More than EARLY_DATA_LIMIT bytes
+    of frames before the mark is an error."""
+    try:
+        header = stream.read_exact(3, deadline, "0-RTT data")
+        if header == END_OF_EARLY_DATA:
+            return None
+        clen = int.from_bytes(header[1:3], "big")
+        if clen < MIN_CLEN:
+            raise ProtocolError("FrameTooShort", "clen %d among the 0-RTT "
+                                "frames" % clen)
+        if offset + 3 + clen > EARLY_DATA_LIMIT:
+            raise ProtocolError("EarlyData", "more than %d bytes of 0-RTT "
+                                "frames before the end mark"
+                                % EARLY_DATA_LIMIT)
+        return header, stream.read_exact(clen, deadline, "a 0-RTT frame")
+    except HandshakeTimeout:
+        raise ProtocolError("Timeout", "stalled handshake inside 0-RTT data")
+
+
+def skip_early(stream, deadline):
+    """Skip 0-RTT frames we do not accept, by their length and unread, up
+    to the end mark.  Returns the bytes consumed, mark included (they
+    count in the peer's offsets)."""
+    offset = 0
+    while True:
+        frame = read_early_frame(stream, offset, deadline)
+        if frame is None:
+            return offset + len(END_OF_EARLY_DATA)
+        offset += 3 + len(frame[1])
 
 
 # ---------------------------------------------------------------------------
@@ -748,6 +1067,13 @@ class DataPhase:
         self.stream = stream
         self.sealer = Sealer(keyed, rekey_after)
         self.opener = Opener(keyed)
+        self.early = None
+        if keyed.early_mk is not None:
+            # The peer's 0-RTT frames: from offset 0, under mk_early, in
+            # the peer's key direction (PROTOCOL.md 7.1).
+            self.early = Opener(Keyed(keyed.role, keyed.tep, keyed.aead, b"",
+                                      keyed.early_mk, 0, 0,
+                                      orig_role=keyed.orig_role))
         self.echo = echo
         self.queue_limit = queue_limit
         self.cond = threading.Condition()
@@ -839,9 +1165,41 @@ class DataPhase:
         del s.buf[:3 + clen]
         return header, ct
 
+    def _handle_data(self, data, deliver):
+        if data:
+            if self.echo:
+                self.send(data)
+            elif deliver is not None:
+                deliver(data)
+
+    def receive_early(self, deliver=None):
+        """The peer's 0-RTT frames up to its end mark, each handed on at
+        once; then the resumed session's frames start after the mark."""
+        offset = 0
+        while True:
+            frame = read_early_frame(self.stream, offset)
+            if frame is None:
+                break
+            header, ct = frame
+            if header[0] & CONTROL_REKEY:
+                raise ProtocolError("EarlyData", "rekey bit on a 0-RTT "
+                                    "frame")
+            _rekey, fin, _urgent, data = self.early.open(header, ct)
+            if fin:
+                raise ProtocolError("EarlyData", "FINp on a 0-RTT frame")
+            offset = self.early.offset
+            self.frames_in += 1
+            self.bytes_in += len(data)
+            self._handle_data(data, deliver)
+        self.opener.offset = (offset + len(END_OF_EARLY_DATA)) % MOD64
+        self.early = None
+
     def receive_until_fin(self, deliver=None):
-        """Open frames until the peer's FINp.  Rekeys are answered at once;
-        data goes to deliver() or, echoing, back to the peer."""
+        """Open frames until the peer's FINp (0-RTT frames first, if any).
+        Rekeys are answered at once; data goes to deliver() or, echoing,
+        back to the peer."""
+        if self.early is not None:
+            self.receive_early(deliver)
         while True:
             header, ct = self._read_frame()
             rekey, fin, _urgent, data = self.opener.open(header, ct)
@@ -889,23 +1247,38 @@ class DataPhase:
 # Plain fallbacks
 # ---------------------------------------------------------------------------
 
-def pump_stdin_to_socket(sock, errors):
+def stdin_chunks(size):
+    """stdin as it comes."""
+    while True:
+        chunk = os.read(0, size)
+        if not chunk:
+            return
+        yield chunk
+
+
+def memory_chunks(data, size, start=0):
+    """Data read before the first connection, from start on."""
+    for i in range(start, len(data), size):
+        yield data[i:i + size]
+
+
+def pump_to_socket(sock, chunks, errors):
     try:
-        while True:
-            chunk = os.read(0, 65536)
-            if not chunk:
-                break
+        for chunk in chunks:
             sock.sendall(chunk)
         sock.shutdown(socket.SHUT_WR)
     except OSError as e:
         errors.append(e)
 
 
-def plain_client(sock, leftover):
-    """Plain TCP: stdin to the socket, the socket to stdout until EOF."""
+def plain_client(sock, leftover, data=None):
+    """Plain TCP: stdin (or data, when read up front) to the socket, the
+    socket to stdout until EOF."""
     out = sys.stdout.buffer
     errors = []
-    t = threading.Thread(target=pump_stdin_to_socket, args=(sock, errors),
+    chunks = stdin_chunks(65536) if data is None \
+        else memory_chunks(data, 65536)
+    t = threading.Thread(target=pump_to_socket, args=(sock, chunks, errors),
                          daemon=True)
     t.start()
     if leftover:
@@ -927,10 +1300,10 @@ def plain_echo(sock, stream, late_hello_possible):
     if late_hello_possible:
         # PROTOCOL.md 3.4 rule 1: a hello that comes after the wait is
         # never data.  Hold the bytes until they tell.
-        while marker_status(stream.buf, (KIND_A, KIND_P)) == "prefix":
+        while marker_status(stream.buf, KINDS_A) == "prefix":
             if not stream.fill():
                 break
-        if marker_status(stream.buf, (KIND_A, KIND_P)) == "hello":
+        if marker_status(stream.buf, KINDS_A) == "hello":
             raise ProtocolError("LateHello", "the client's hello came after "
                                 "the hello wait")
     pending = stream.take_all()
@@ -959,6 +1332,23 @@ def fatal(kind, detail, code=EXIT_ERROR, sock=None):
 
 
 def run_client(args):
+    """One connection (stdin streamed), or --connections N made one after
+    another with stdin read up front, each sending it all; from the second
+    on, resumption is offered with the ticket the previous one left."""
+    if args.connections == 1:
+        return client_connection(args, None, None)[0]
+    data = b"".join(stdin_chunks(65536))
+    ticket = None
+    for _ in range(args.connections):
+        code, ticket = client_connection(args, data, ticket)
+        if code != EXIT_OK:
+            return code
+    return EXIT_OK
+
+
+def client_connection(args, data, ticket):
+    """One connection.  data: the whole input, or None to stream stdin.
+    Returns (exit code, the ticket for the next connection or None)."""
     deadline = time.monotonic() + args.timeout
     try:
         sock = socket.create_connection((args.host, args.port),
@@ -967,9 +1357,15 @@ def run_client(args):
         fatal("ConnectFailed", str(e))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stream = Stream(sock)
+    if args.no_resume:
+        ticket = None
+    early = b""
+    if ticket is not None and data and not args.no_early_data:
+        early = data[:MAX_EARLY_DATA]
     try:
         keyed = client_handshake(sock, stream, args.tep, args.aead,
-                                 not args.no_pipeline, deadline)
+                                 not args.no_pipeline, deadline,
+                                 ticket, early)
     except ProtocolError as e:
         fatal(e.kind, e.detail, sock=sock)
     except NotEncrypted as e:
@@ -979,26 +1375,32 @@ def run_client(args):
                 sock.close()
             else:
                 abort_socket(sock)
-            return EXIT_NOT_ENCRYPTED
+            return EXIT_NOT_ENCRYPTED, None
         try:
             if e.same_connection:
                 sock.settimeout(args.timeout or None)
-                plain_client(sock, stream.take_all())
+                plain_client(sock, stream.take_all(), data)
             else:
                 abort_socket(sock)
                 sock = socket.create_connection((args.host, args.port),
                                                 timeout=args.timeout or None)
-                plain_client(sock, b"")
+                plain_client(sock, b"", data)
         except OSError as e2:
             fatal("PlainFailed", str(e2), sock=sock)
-        return EXIT_OK
+        return EXIT_OK, None
     except OSError as e:
         fatal("HandshakeFailed", str(e), sock=sock)
 
     emit(keyed.report())
+    next_ticket = None if args.no_resume else Ticket.after(keyed)
     sock.settimeout(args.timeout or None)
     dp = DataPhase(sock, stream, keyed, rekey_after=args.rekey_after)
     dp.start()
+    if data is None:
+        chunks = stdin_chunks(MAX_DATA)
+    else:
+        # What B took as 0-RTT data is not sent again (PROTOCOL.md 7.1).
+        chunks = memory_chunks(data, MAX_DATA, keyed.early_bytes)
     out = sys.stdout.buffer
     peer_fin = threading.Event()
     reader_done = threading.Event()
@@ -1028,10 +1430,7 @@ def run_client(args):
 
     def writer():
         try:
-            while True:
-                chunk = os.read(0, MAX_DATA)
-                if not chunk:
-                    break
+            for chunk in chunks:
                 dp.send(chunk)
             dp.send(b"", fin=True)
         except ProtocolError as e:
@@ -1068,15 +1467,16 @@ def run_client(args):
     if err is not None:
         fatal(err.kind, err.detail, sock=sock)
     sock.close()
-    return EXIT_OK
+    return EXIT_OK, next_ticket
 
 
 # ---------------------------------------------------------------------------
 # Server
 # ---------------------------------------------------------------------------
 
-def serve_connection(conn, peer, args):
-    """Returns an exit code for this connection."""
+def serve_connection(conn, peer, args, cache=None):
+    """Returns an exit code for this connection.  cache: the process's
+    ResumptionCache (None: resumption off)."""
     accepted = time.monotonic()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stream = Stream(conn)
@@ -1086,7 +1486,8 @@ def serve_connection(conn, peer, args):
             keyed = server_handshake(conn, stream, args.tep, args.aead,
                                      accepted + args.hello_wait,
                                      accepted + args.hello_wait
-                                     + args.timeout)
+                                     + args.timeout, cache,
+                                     not args.no_early_data)
         except NotEncrypted as e:
             emit({"encrypted": False, "reason": e.reason, "detail": e.detail,
                   "peer": "%s:%d" % peer[:2]})
@@ -1095,6 +1496,9 @@ def serve_connection(conn, peer, args):
             emit({"closed": True, "ok": True, "encrypted": False,
                   "peer": "%s:%d" % peer[:2]})
             return EXIT_OK if args.allow_plain else EXIT_NOT_ENCRYPTED
+        if cache is not None:
+            # Once keyed: ss[i+1] for the next resumption (RFC 8548 3.5).
+            cache.put(Ticket.after(keyed))
         report = keyed.report()
         report["peer"] = "%s:%d" % peer[:2]
         emit(report)
@@ -1150,13 +1554,15 @@ def run_server(args):
     lsock.listen(64)
     port = lsock.getsockname()[1]
     emit({"listening": port})
+    cache = None if args.no_resume else ResumptionCache()
     if args.once:
         conn, peer = lsock.accept()
         lsock.close()
-        return serve_connection(conn, peer, args)
+        return serve_connection(conn, peer, args, cache)
     while True:
         conn, peer = lsock.accept()
-        threading.Thread(target=serve_connection, args=(conn, peer, args),
+        threading.Thread(target=serve_connection,
+                         args=(conn, peer, args, cache),
                          daemon=True).start()
 
 
@@ -1214,6 +1620,13 @@ def main(argv=None):
         sp.add_argument("--allow-plain", action="store_true",
                         help="carry on in plain TCP when ENO fails, and "
                              "count it a success")
+        sp.add_argument("--no-resume", action="store_true",
+                        help="never offer (client) or honour (server) "
+                             "session resumption; cache nothing")
+        sp.add_argument("--no-early-data", action="store_true",
+                        help="client: offer resumption without 0-RTT data; "
+                             "server: refuse 0-RTT data (a resumption "
+                             "offered with it becomes a fresh exchange)")
 
     c = sub.add_parser("client")
     c.add_argument("host")
@@ -1221,6 +1634,10 @@ def main(argv=None):
     common(c)
     c.add_argument("--no-pipeline", action="store_true",
                    help="hello 'A', Init1 only after B's answer")
+    c.add_argument("--connections", type=int, default=1, metavar="N",
+                   help="make N connections one after another, each "
+                        "sending all of stdin (read up front when N > 1); "
+                        "from the second on, offer resumption (default 1)")
 
     s = sub.add_parser("server")
     s.add_argument("--port", type=int, required=True)
@@ -1237,6 +1654,8 @@ def main(argv=None):
         args.timeout = 3600.0 * 24
     if args.rekey_after < 0:
         p.error("--rekey-after must be >= 0")
+    if args.mode == "client" and args.connections < 1:
+        p.error("--connections must be >= 1")
     try:
         if args.mode == "client":
             return run_client(args)

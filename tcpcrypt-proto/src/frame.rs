@@ -190,6 +190,8 @@ pub struct FrameSealer {
     /// An empty rekey frame was sent and the peer has not caught up.
     empty_rekey_outstanding: bool,
     fin_sent: bool,
+    /// The end-of-early-data mark goes out just before the next frame.
+    owe_end_of_early_data: bool,
 }
 
 impl std::fmt::Debug for FrameSealer {
@@ -239,11 +241,23 @@ impl FrameSealer {
             peer_generation: 0,
             empty_rekey_outstanding: false,
             fin_sent: false,
+            owe_end_of_early_data: false,
         }
     }
 
+    /// Puts the end-of-early-data mark in front of the next frame (its 3
+    /// bytes sit just before this sealer's starting offset): after an
+    /// accepted 0-RTT resumption the connecting side sends it with its
+    /// first frame of the session, not on its own, so that a server that
+    /// answered the early data and closed at once receives nothing after
+    /// its close (docs/PROTOCOL.md 7.1).
+    pub(crate) fn owe_end_of_early_data(&mut self) {
+        self.owe_end_of_early_data = true;
+    }
+
     /// Seals `data` (at most [`MAX_DATA`] bytes) as one frame appended to
-    /// `out`, with FINp when `fin`. Returns the frame's length.
+    /// `out`, with FINp when `fin`. Returns the bytes appended: the frame's
+    /// length (and the end-of-early-data mark's, when one was owed).
     pub fn seal(&mut self, data: &[u8], fin: bool, out: &mut Vec<u8>) -> Result<usize, Error> {
         self.check_send(data.len())?;
         let start = out.len();
@@ -256,7 +270,8 @@ impl FrameSealer {
     /// Seals, without copying, a frame whose data the caller has already
     /// written into `buf` after [`DATA_OFFSET`] reserved bytes at `start`
     /// (`buf[start + DATA_OFFSET..]` is the data). Returns the frame's
-    /// length; the tag is appended. On error `buf` is left as it was.
+    /// length (with the end-of-early-data mark in front of it, when one was
+    /// owed); the tag is appended. On error `buf` is left as it was.
     pub fn seal_in_place(
         &mut self,
         buf: &mut Vec<u8>,
@@ -268,6 +283,13 @@ impl FrameSealer {
             .checked_sub(start + DATA_OFFSET)
             .ok_or(Error::InvalidState("no room reserved for the frame header"))?;
         self.check_send(data_len)?;
+        let mut start = start;
+        let mut mark = 0;
+        if std::mem::take(&mut self.owe_end_of_early_data) {
+            buf.splice(start..start, END_OF_EARLY_DATA);
+            start += HEADER_LEN;
+            mark = HEADER_LEN;
+        }
         // An exhausted key is replaced even while an empty rekey is
         // unanswered, as long as this frame carries data (only a second
         // empty rekey is forbidden).
@@ -303,7 +325,7 @@ impl FrameSealer {
         if rekey && data_len == 0 && self.generation > self.peer_generation {
             self.empty_rekey_outstanding = true;
         }
-        Ok(len)
+        Ok(mark + len)
     }
 
     fn check_send(&self, data_len: usize) -> Result<(), Error> {

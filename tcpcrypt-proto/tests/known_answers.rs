@@ -515,13 +515,8 @@ fn state_machines_put_the_vector_bytes_on_the_wire() {
                         frames.len() as u64,
                         int_field(e, "end_mark_offset").unwrap()
                     );
-                    [
-                        &marker(HelloKind::Early)[..],
-                        &opt_a,
-                        &frames,
-                        &hex_field(e, "end_mark").unwrap(),
-                    ]
-                    .concat()
+                    // The mark goes with A's first frame of the session.
+                    [&marker(HelloKind::Early)[..], &opt_a, &frames].concat()
                 }
             };
             assert_eq!(
@@ -550,6 +545,7 @@ fn state_machines_put_the_vector_bytes_on_the_wire() {
             if early.is_some() {
                 // B opens the early frames, the mark, and A's resumed frames.
                 let mut stream = c_wire[8 + opt_a.len()..].to_vec();
+                stream.extend_from_slice(&hex_field(&r["early"], "end_mark").unwrap());
                 let resumed = r["frames"]["a_to_b"].as_array().unwrap();
                 let mut later: Vec<u8> = resumed
                     .iter()
@@ -575,7 +571,19 @@ fn state_machines_put_the_vector_bytes_on_the_wire() {
                 r["session_id_1"].as_str().unwrap()
             );
             assert_eq!(a.info.session_id, b.info.session_id);
-            sealed += seal_and_compare(&mut a, r["frames"]["a_to_b"].as_array().unwrap());
+            let mut a_to_b = r["frames"]["a_to_b"].as_array().unwrap().as_slice();
+            if let (Some(e), Some((first, rest))) = (early, a_to_b.split_first()) {
+                // A's first frame of the session carries the mark before it.
+                let mut out = Vec::new();
+                a.sealer
+                    .seal(&hex_field(first, "plaintext").unwrap(), false, &mut out)
+                    .unwrap();
+                let want = [hex_field(e, "end_mark").unwrap(), hex_field(first, "frame").unwrap()];
+                assert_eq!(hex::encode(out), hex::encode(want.concat()));
+                a_to_b = rest;
+                sealed += 1;
+            }
+            sealed += seal_and_compare(&mut a, a_to_b);
             sealed += seal_and_compare(&mut b, r["frames"]["b_to_a"].as_array().unwrap());
             // The secret was used once: the server no longer holds ss[1],
             // only ss[2] for the next time.

@@ -33,6 +33,8 @@ pub struct Conn {
     local: Mutex<SocketAddr>,
     state: Mutex<ConnState>,
     resumed: AtomicBool,
+    /// Whether the client's first bytes went as 0-RTT data.
+    zero_rtt: AtomicBool,
     /// Whether ENO travelled in the SYNs (the kernel carriage).
     kernel_carried: AtomicBool,
     aead_name: Mutex<&'static str>,
@@ -65,6 +67,7 @@ impl Conn {
             local: Mutex::new(local),
             state: Mutex::new(state),
             resumed: AtomicBool::new(false),
+            zero_rtt: AtomicBool::new(false),
             kernel_carried: AtomicBool::new(false),
             aead_name: Mutex::new(""),
             reported: AtomicBool::new(false),
@@ -100,6 +103,7 @@ impl Conn {
         let state = match info {
             Some(i) => {
                 self.resumed.store(i.resumed, Ordering::Relaxed);
+                self.zero_rtt.store(i.zero_rtt, Ordering::Relaxed);
                 *lock(&self.aead_name) = i.aead.name();
                 ConnState::Encrypted(facts(i))
             }
@@ -168,6 +172,7 @@ impl Conn {
             "state": state_name(&state),
             "encrypted": encrypted,
             "resumed": self.resumed.load(Ordering::Relaxed),
+            "zero_rtt": self.zero_rtt.load(Ordering::Relaxed),
             "carriage": match (encrypted, self.kernel_carried.load(Ordering::Relaxed)) {
                 (false, _) => serde_json::Value::Null,
                 (true, true) => serde_json::json!("kernel"),

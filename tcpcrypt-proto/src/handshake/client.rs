@@ -456,9 +456,13 @@ impl ClientHandshake {
             }
         };
         let result = negotiation::client_interpret(&self.config, &self.offer, &b_option);
-        if matches!(result, Ok(_) | Err(DisableReason::PeerDeclined)) {
-            // B goes on with this connection: it learns where the 0-RTT
-            // frames end (docs/PROTOCOL.md 7.1).
+        if matches!(
+            result,
+            Ok(ClientResult::Fresh(..)) | Err(DisableReason::PeerDeclined)
+        ) {
+            // B skipped the 0-RTT frames and waits for the mark before
+            // Init1 or plain bytes (docs/PROTOCOL.md 7.1). After an
+            // accepted resumption it goes with the session's first frame.
             self.end_early_data();
         }
         match result {
@@ -473,6 +477,10 @@ impl ClientHandshake {
                     .take()
                     .expect("resumption was offered");
                 let sn = session_nonce(secret.original_role, &ours.nonce, &theirs.nonce);
+                let owe_mark = std::mem::take(&mut self.early_open);
+                if owe_mark {
+                    self.sent_after_hello += END_OF_EARLY_DATA.len() as u64;
+                }
                 let tep_byte = secret.tep.id() | V_BIT;
                 let negotiated = Negotiated {
                     role: Role::A,
@@ -499,6 +507,9 @@ impl ClientHandshake {
                 );
                 let mut session = session;
                 session.info.zero_rtt = self.early_data_len > 0;
+                if owe_mark {
+                    session.sealer.owe_end_of_early_data();
+                }
                 self.finish(ClientOutcome::Encrypted(Box::new(session)));
             }
             Ok(ClientResult::Fresh(tep, tep_byte)) => {
