@@ -578,7 +578,10 @@ fn state_machines_put_the_vector_bytes_on_the_wire() {
                 a.sealer
                     .seal(&hex_field(first, "plaintext").unwrap(), false, &mut out)
                     .unwrap();
-                let want = [hex_field(e, "end_mark").unwrap(), hex_field(first, "frame").unwrap()];
+                let want = [
+                    hex_field(e, "end_mark").unwrap(),
+                    hex_field(first, "frame").unwrap(),
+                ];
                 assert_eq!(hex::encode(out), hex::encode(want.concat()));
                 a_to_b = rest;
                 sealed += 1;

@@ -215,3 +215,59 @@ async fn a_server_that_stopped_speaking_tcpcrypt_gets_the_bytes_in_plain_once() 
         "{got:?}"
     );
 }
+
+#[tokio::test]
+async fn a_0rtt_client_that_only_reads_sends_nothing_after_its_first_flight() {
+    // A server that reads the early request, answers and closes at once
+    // must receive nothing afterwards: a byte arriving after its close makes
+    // its kernel reset the connection, and a reset can destroy the answer
+    // before the client reads it. So the end-of-early-data mark waits for
+    // the client's next frame.
+    let cfg = default_config();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
+    let server = listener.local_addr();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut req = [0u8; 4];
+                if s.read_exact(&mut req).await.is_ok() {
+                    let _ = s.write_all(b"pong").await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    });
+    let (addr, rec) = relay(server, Relay::Pass).await;
+    let client = default_config();
+    let (s, reply) = request_bytes(addr, &client, b"ping").await;
+    assert_eq!(reply, b"pong");
+    drop(s);
+    let start = rec.lock().unwrap().to_server.len();
+    let (s, reply) = request_bytes(addr, &client, b"ping").await;
+    assert_eq!(reply, b"pong");
+    assert!(s.session().unwrap().zero_rtt);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let sent = rec.lock().unwrap().to_server[start..].to_vec();
+    // The 'E' hello (marker and option) and one early frame, nothing more.
+    assert!(sent.starts_with(&marker(HelloKind::Early)));
+    let hello = 8 + sent[9] as usize;
+    assert_eq!(sent.len(), hello + 20 + 4, "{sent:?}");
+    drop(s);
+}
+
+async fn request_bytes(
+    addr: SocketAddr,
+    cfg: &Arc<Config>,
+    data: &[u8],
+) -> (TcpcryptStream, Vec<u8>) {
+    let mut s = timeout(LIMIT, TcpcryptStream::connect_with_data(addr, cfg, data))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut reply = Vec::new();
+    timeout(LIMIT, s.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    (s, reply)
+}
