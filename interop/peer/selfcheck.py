@@ -735,8 +735,9 @@ def resume():
     # 0-RTT accepted, for inputs around the early limit (16364 data bytes
     # fit in the early frame) and larger, with and without rekeys.
     m = tp.MAX_EARLY_DATA
+    big = 300 * 1024
     for size, extra in ((1, ()), (1000, ()), (m, ()), (m + 1, ()),
-                        (300 * 1024, ()), (300 * 1024, ("--rekey-after", "1"))):
+                        (big, ()), (big, ("--rekey-after", "1"))):
         d = os.urandom(size)
         crc, cout, cl, sl = connections(d, 3, extra, extra)
         ck, sk, sc = keyed_lines(cl), keyed_lines(sl), closed_lines(sl)
@@ -758,17 +759,17 @@ def resume():
     crc, cout, cerr = run_client(relay.port, data, "--connections", "2")
     relay.close()
     up, down = bytes(relay.c2s[1]), bytes(relay.s2c[1])
-    tail = up[tp.EARLY_DATA_LIMIT + 21:]
+    # Hello 8 + option 21 bytes; the early frame: 3 + 1 + 16364 + 16.
+    mark = 29 + tp.EARLY_DATA_LIMIT
     ok = (crc == 0 and cout == data * 2
           and up[:8] == b"\xe5ENO\x01E\r\n"
           and up[8:12] == bytes([0x45, 0x15, 0x21, 0xa3])
-          and up[29:32] == bytes([0, 0x40, 0x00])      # clen 16364 + 20 - 3
-          and up[32 + 0x4000 - 3 + 3 - 3:][:0] == b""
-          and up[29 + tp.EARLY_DATA_LIMIT:29 + tp.EARLY_DATA_LIMIT + 3]
-          == tp.END_OF_EARLY_DATA
+          and up[29:32] == bytes([0, 0x3f, 0xfd])      # clen 16381
+          and up[mark:mark + 3] == tp.END_OF_EARLY_DATA
+          and up[mark + 3] == 0 and len(up) > mark + 3 + 17
           and down[:8] == b"\xe5ENO\x01B\r\n"
           and down[8:12] == bytes([0x45, 0x15, 0x01, 0xa3])
-          and up[12:21] != down[12:21] and len(tail) > 0)
+          and up[12:21] != down[12:21])
     check(ok, "0-RTT wire: hello 'E' [45 15 21 a3 half nonce], one early "
           "frame of 16384 bytes, end mark, B answers [45 15 01 a3 ...]")
     # Replayed into the same server: the secret is spent, so the early
@@ -874,8 +875,61 @@ def resume():
           "0-RTT offer with no common TEP: vacuous answer, early frame "
           "skipped, the rest echoed plain")
 
+    early_echo_before_the_mark()
     resume_negotiation_units()
     early_frame_limits()
+    mark_with_the_first_frame()
+
+
+def early_echo_before_the_mark():
+    """The server hands 0-RTT data on at once: its echo arrives while the
+    client still withholds its end mark (PROTOCOL.md 7.1 rule 5)."""
+    srv = Server()
+    deadline = time.monotonic() + 20
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    st = tp.Stream(s)
+    keyed = tp.client_handshake(s, st, [0x23], [1], True, deadline)
+    dp = tp.DataPhase(s, st, keyed)
+    dp.start()
+    dp.send(b"first", fin=True)
+    got = []
+    dp.receive_until_fin(got.append)
+    s.close()
+    ticket = tp.Ticket.after(keyed)
+
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    st = tp.Stream(s)
+    na = os.urandom(8)
+    opt = tp.encode_option_a([], tp.encode_resumption(
+        0x23, ticket.own_half(), na))
+    request = b"early request"
+    early = tp.seal_early(ticket, na, request)
+    s.sendall(tp.encode_hello(tp.KIND_E, opt) + early)
+    echo = None
+    try:
+        st.read_exact(8, deadline)
+        opt_b = tp.read_option(st, deadline)
+        byte, _, nb = tp.client_choose([0x23], opt_b,
+                                       (0x23, ticket.peer_half()))
+        resumed = tp.client_resumed(ticket, byte, na, nb,
+                                    len(early) + 3, len(request))
+        dp = tp.DataPhase(s, st, resumed)
+        header, ct = dp._read_frame()         # no mark sent yet
+        echo = dp.opener.open(header, ct)[3]
+        dp.start()
+        dp.send(b"", fin=True)                # the mark goes with FINp
+        dp.receive_until_fin()
+        dp.sender_done.wait(5)
+    except (tp.ProtocolError, tp.NotEncrypted, OSError) as e:
+        print("       %r" % e)
+    s.close()
+    time.sleep(0.2)
+    _, _, serr = srv.stop()
+    sl = json_lines(serr)
+    check(got == [b"first"] and echo == request
+          and flags(keyed_lines(sl), "zero_rtt") == [False, True]
+          and len(closed_lines(sl)) == 2,
+          "the server echoes 0-RTT data before the client's end mark")
 
 
 def resume_negotiation_units():
@@ -905,21 +959,19 @@ def resume_negotiation_units():
           "B's fresh answer for the TEP offered by resumption is valid")
 
     sub = tp.encode_resumption(0x23, t.own_half(), nb)
-    for opt, want, what in (
+    for opt, want, fresh, what in (
             (tp.encode_option_a([0x21], sub), (0x23, t.own_half(), nb),
-             "B reads A's offer (last suboption)"),
-            (tp.encode_option_a([0x23], sub), None,
+             0x23, "B reads A's offer (last suboption)"),
+            (tp.encode_option_a([0x23], sub), None, None,
              "B: a TEP named fresh and by resumption is invalid"),
             (tp.encode_option_a([0x21], bytes([0xa3]) + bytes(8)), None,
-             "B: v = 1 with 8 data bytes is a fresh offer"),
+             0x23, "B: v = 1 with 8 data bytes is a fresh offer"),
             (tp.encode_option_a([0x21], bytes([0xa3]) + bytes(18)), None,
-             "B: v = 1 with 18 data bytes is a fresh offer")):
+             0x23, "B: v = 1 with 18 data bytes is a fresh offer")):
         _, subs = tp.parse_option(opt)
-        check(tp.resumption_offer(subs) == want, what)
-        chosen, decline, _ = tp.server_choose([0x23], opt)
-        check(want is not None or chosen == 0x23 or "named" in what
-              or decline is not None,
-              what + ": still a fresh offer for its TEP")
+        chosen, _, _ = tp.server_choose([0x23], opt)
+        check(tp.resumption_offer(subs) == want and chosen == fresh,
+              "%s (fresh choice: %s)" % (what, fresh and hex(fresh)))
 
     cache = tp.ResumptionCache(limit=2)
     tickets = [tp.Ticket(os.urandom(32), 0x23, 1, "B") for _ in range(3)]
@@ -962,8 +1014,8 @@ def early_frame_limits():
           "early frame opened, the resumed frames start after the mark")
     sealer = tp.Sealer(early_keyed())
     two = sealer.seal(b"a" * 8000) + sealer.seal(b"b" * 8000)
-    check(server_reads(two + tp.END_OF_EARLY_DATA)[0] == ("mark", len(two) + 3),
-          "two early frames within 16384 bytes")
+    check(server_reads(two + tp.END_OF_EARLY_DATA)[0] ==
+          ("mark", len(two) + 3), "two early frames within 16384 bytes")
     sealer = tp.Sealer(early_keyed())
     over = sealer.seal(b"a" * 8000) + sealer.seal(b"b" * 8400)
     check(server_reads(over + tp.END_OF_EARLY_DATA)[0] == ("EarlyData",),
@@ -996,6 +1048,46 @@ def early_frame_limits():
         except tp.ProtocolError as e:
             got = e.kind
         check(got == want, what)
+
+
+def mark_with_the_first_frame():
+    """After accepted 0-RTT data the client's end mark is written together
+    with its first frame of the resumed session, whichever it is, and only
+    then (PROTOCOL.md 7.1 rule 4)."""
+    t = tp.Ticket(os.urandom(32), 0x23, 1, "A")
+    na, nb = os.urandom(8), os.urandom(8)
+    frame_len = len(tp.seal_early(t, na, b"req"))
+
+    def queued(first):
+        a, b = socket.socketpair()
+        keyed = tp.client_resumed(t, 0xa3, na, nb, frame_len + 3, 3)
+        dp = tp.DataPhase(a, tp.Stream(a), keyed)   # sender not started
+        first(dp)
+        if not dp.sealer.fin_sent:
+            dp.send(b"more")
+        items = list(dp.queue)
+        a.close()
+        b.close()
+        return items, frame_len + 3
+
+    def answer_rekey(dp):
+        dp.sealer.remote_gen += 1
+        frames, _ = dp.sealer.seal_answers()
+        with dp.cond:
+            dp._enqueue(frames)
+    for first, what in ((lambda dp: dp.send(b"data"), "data"),
+                        (lambda dp: dp.send(b"", fin=True), "FINp"),
+                        (answer_rekey, "a rekey answer")):
+        items, off = queued(first)
+        ok = len(items) >= 2 and items[0][:3] == tp.END_OF_EARLY_DATA \
+            and items[0][3] in (0, 1) and \
+            int.from_bytes(items[0][4:6], "big") == len(items[0]) - 6 and \
+            not any(i and i[:3] == tp.END_OF_EARLY_DATA for i in items[1:])
+        check(ok, "the end mark leaves in one write with the first frame "
+              "(%s), once" % what)
+    keyed = tp.client_resumed(t, 0xa3, na, nb, 0, 0)
+    check(not keyed.mark_pending and not keyed.zero_rtt,
+          "a resumption without 0-RTT data has no mark")
 
 
 def main():

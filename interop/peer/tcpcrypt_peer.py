@@ -512,7 +512,9 @@ class Keyed:
     role is the role on this connection; orig_role the role in the session
     that made ss[0], which decides the key directions (RFC 8548 3.5).
     ss_next is ss[i+1], for the next resumption.  early_mk, when set, is
-    the key of 0-RTT frames the peer sends before its end mark."""
+    the key of 0-RTT frames the peer sends before its end mark;
+    mark_pending, that our own end mark is still to be written, in front
+    of our first frame (send_off already counts it)."""
 
     def __init__(self, role, tep, aead, session_id, mk0, send_off, recv_off,
                  orig_role=None, ss_next=None, resumed=False):
@@ -531,6 +533,7 @@ class Keyed:
         self.zero_rtt = False
         self.early_mk = None
         self.early_bytes = 0       # bytes of ours the peer took as 0-RTT
+        self.mark_pending = False  # our end mark goes with our first frame
 
     def report(self):
         return {"encrypted": True, "tep": self.tep, "aead": self.aead,
@@ -706,19 +709,23 @@ def client_handshake(sock, stream, teps, aeads, pipeline, deadline,
         tep_byte, tep, nonce_b = client_choose(teps, opt_b, offer and
                                                offer[:2])
     except NotEncrypted as e:
-        # PROTOCOL.md 7.1 rule 4: the end mark goes out whatever B
-        # answered, unless the connection is spoiled.
+        # PROTOCOL.md 7.1 rule 4: B declined, so the end mark goes out at
+        # once; a spoiled connection gets none.
         if early_frame and e.same_connection:
             sock.sendall(END_OF_EARLY_DATA)
         raise
     sent = 0
     if early_frame:
-        sock.sendall(END_OF_EARLY_DATA)
+        # The mark counts in our offsets wherever it is written.
         sent = len(early_frame) + len(END_OF_EARLY_DATA)
 
     if nonce_b is not None:
+        # Accepted: the mark goes in the same write as our first frame of
+        # the resumed session (the data phase prepends it), not before.
         return client_resumed(ticket, tep_byte, offer[2], nonce_b, sent,
                               len(early) if early_frame else 0)
+    if early_frame:
+        sock.sendall(END_OF_EARLY_DATA)   # not accepted: at once
 
     if pipelined is not None and pipelined[0] == tep:
         _, init1, priv, n_a = pipelined
@@ -766,6 +773,7 @@ def client_resumed(ticket, tep_byte, nonce_a, nonce_b, sent, early_bytes):
     if early_bytes:
         keyed.zero_rtt = True
         keyed.early_bytes = early_bytes
+        keyed.mark_pending = True
     return keyed
 
 
@@ -803,10 +811,10 @@ def server_handshake(sock, stream, teps, aeads, hello_deadline, deadline,
                 pipelined_tep = glt       # the last v = 0 suboption
 
     resumed = None
-    offer = resumption_offer(subs) if decline is None else None
+    offer = resumption_offer(subs)
     if offer is not None and cache is not None:
         entry = cache.take(offer[1])      # named: spent, whatever follows
-        if entry is not None and entry.tep == offer[0] \
+        if entry is not None and entry.tep == offer[0] and decline is None \
                 and (kind != KIND_E or early_data):
             resumed = entry
 
@@ -1074,6 +1082,9 @@ class DataPhase:
             self.early = Opener(Keyed(keyed.role, keyed.tep, keyed.aead, b"",
                                       keyed.early_mk, 0, 0,
                                       orig_role=keyed.orig_role))
+        # PROTOCOL.md 7.1 rule 4: after accepted 0-RTT data our end mark
+        # leaves in the same write as our first frame, whichever it is.
+        self.prefix = END_OF_EARLY_DATA if keyed.mark_pending else b""
         self.echo = echo
         self.queue_limit = queue_limit
         self.cond = threading.Condition()
@@ -1118,6 +1129,9 @@ class DataPhase:
             self.sender_done.set()
 
     def _enqueue(self, frames):
+        if self.prefix and frames:
+            frames = [self.prefix + frames[0]] + list(frames[1:])
+            self.prefix = b""
         for f in frames:
             self.queue.append(f)
             self.queued += len(f)
