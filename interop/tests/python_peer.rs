@@ -181,3 +181,122 @@ async fn the_python_client_connects_to_the_library_with_every_tep_and_aead() {
         }
     }
 }
+
+/// The JSON lines of a peer's stderr that describe a keyed session.
+fn keyed_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["encrypted"] == true)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_library_resumes_with_0rtt_data_against_the_python_server() {
+    let mut server = Running(
+        Command::new("python3")
+            .args([PEER, "server", "--port", "0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = BufReader::new(server.0.stderr.take().unwrap());
+    let port = line_with(&mut err, "listening")["listening"]
+        .as_u64()
+        .unwrap() as u16;
+    let cfg = Arc::new(Config::default());
+    // Below and above the early limit: the rest follows the handshake.
+    for (i, len) in [1000, 1000, 1000, 40_000].into_iter().enumerate() {
+        let sent = data(len, i as u8);
+        let exchange = async {
+            let mut s = TcpcryptStream::connect_with_data(("127.0.0.1", port), &cfg, &sent).await?;
+            s.shutdown().await?;
+            let mut echo = Vec::new();
+            s.read_to_end(&mut echo).await?;
+            Ok::<_, std::io::Error>((s.session().unwrap().clone(), echo))
+        };
+        let (info, echo) = tokio::time::timeout(LIMIT, exchange)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(echo == sent, "connection {i}: the echo, intact");
+        assert_eq!(
+            (info.resumed, info.zero_rtt),
+            (i > 0, i > 0),
+            "connection {i}"
+        );
+        let theirs = line_with(&mut err, "encrypted");
+        assert_eq!(theirs["session_id"], info.session_id.to_string());
+        assert_eq!(theirs["resumed"], i > 0, "{theirs}");
+        assert_eq!(theirs["zero_rtt"], i > 0, "{theirs}");
+    }
+}
+
+#[tokio::test]
+async fn the_python_client_resumes_with_0rtt_data_against_the_library() {
+    for early in [true, false] {
+        let cfg = Arc::new(Config::builder().early_data(early).build().unwrap());
+        let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
+        let port = listener.local_addr().port();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let info = s.session().unwrap().clone();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                s.write_all(&got).await.unwrap();
+                s.shutdown().await.unwrap();
+                seen.push((
+                    info.session_id.to_string(),
+                    info.resumed,
+                    info.zero_rtt,
+                    got.len(),
+                ));
+            }
+            seen
+        });
+        let sent = data(5000, 7);
+        let mut client = tokio::process::Command::new("python3");
+        client
+            .args([
+                PEER,
+                "client",
+                "127.0.0.1",
+                &port.to_string(),
+                "--connections",
+                "3",
+            ])
+            .kill_on_drop(true)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut client = client.spawn().unwrap();
+        let mut stdin = client.stdin.take().unwrap();
+        let input = sent.clone();
+        let writer = tokio::spawn(async move {
+            stdin.write_all(&input).await?;
+            stdin.shutdown().await
+        });
+        let out = tokio::time::timeout(LIMIT, client.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        writer.await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(out.stdout == sent.repeat(3), "three echoes, intact");
+        let seen = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+        let lines = keyed_lines(&stderr);
+        assert_eq!(lines.len(), 3, "{stderr}");
+        for (i, ((id, resumed, zero_rtt, got), line)) in seen.iter().zip(&lines).enumerate() {
+            assert_eq!(*got, sent.len(), "connection {i}: delivered once");
+            assert_eq!(line["session_id"], id.as_str());
+            // A library server with 0-RTT off answers a fresh exchange.
+            assert_eq!(*resumed, i > 0 && early, "connection {i}");
+            assert_eq!(*zero_rtt, i > 0 && early, "connection {i}");
+            assert_eq!(line["resumed"], *resumed);
+            assert_eq!(line["zero_rtt"], *zero_rtt);
+        }
+    }
+}
