@@ -524,6 +524,55 @@ print(s.recv(100).decode())
 }
 
 #[test]
+fn a_program_that_resets_at_once_is_a_reset_to_the_server_too() {
+    // The daemon looks for a resuming program's first bytes; a reset found
+    // there is reported once by the kernel, and must reach the server as
+    // an error, never as a clean and empty stream.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let addr = tcpcrypt_server("127.0.0.1:0", move |mut s| {
+        let tx = tx.lock().unwrap().clone();
+        async move {
+            let mut got = Vec::new();
+            let clean = s.read_to_end(&mut got).await.is_ok();
+            let _ = tx.send((clean, got.len()));
+        }
+    });
+    let script = |reset: bool| {
+        format!(
+            r#"
+import socket, struct
+s = socket.create_connection(("127.0.0.1", {port}))
+if {reset}:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+else:
+    s.sendall(b"first")
+s.close()
+print("done")
+"#,
+            port = addr.port(),
+            reset = if reset { "True" } else { "False" }
+        )
+    };
+    assert_eq!(python_shimmed(&script(false)), ["done"]);
+    assert_eq!(python_shimmed(&script(true)), ["done"]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = Vec::new();
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(v);
+        }
+    }
+    // The reset connection reaches the server's application as an error,
+    // or not at all (reset before its handshake ended).
+    assert_eq!(seen[0], (true, 5));
+    assert!(
+        !seen[1..].iter().any(|(clean, _)| *clean),
+        "a reset taken for a clean end: {seen:?}"
+    );
+}
+
+#[test]
 fn a_legacy_verdict_serves_every_process() {
     // A plain server that waits for its client to speak: the first process
     // pays the wait for a hello answer and a reconnect; the second goes

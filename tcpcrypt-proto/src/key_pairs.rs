@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::crypto::CryptoBackend;
 use super::error::Error;
@@ -48,6 +49,10 @@ pub struct KeyPairPool {
     per_tep: usize,
     slots: Mutex<Vec<Slot>>,
     on_take: Option<Box<dyn Fn() + Send + Sync>>,
+    /// The process that made the pairs: a child forked from it has copies
+    /// of them, which must not serve a second handshake.
+    owner: u32,
+    takes: AtomicU64,
 }
 
 impl fmt::Debug for KeyPairPool {
@@ -69,6 +74,8 @@ impl KeyPairPool {
             per_tep: per_tep.min(MAX_POOLED_PER_TEP),
             slots: Mutex::new(Vec::new()),
             on_take: None,
+            owner: std::process::id(),
+            takes: AtomicU64::new(0),
         }
     }
 
@@ -93,7 +100,13 @@ impl KeyPairPool {
     }
 
     /// Takes a pair for `tep`, if one is ready, and marks `tep` as wanted.
+    /// In a process forked from the one that made the pool, never: its
+    /// pairs are copies of the parent's.
     pub fn take(&self, tep: Tep) -> Option<EphemeralKey> {
+        if std::process::id() != self.owner {
+            return None;
+        }
+        self.takes.fetch_add(1, Ordering::Relaxed);
         let (key, left) = {
             let mut slots = self.slots();
             match slots.iter_mut().find(|s| s.tep == tep) {
@@ -117,6 +130,12 @@ impl KeyPairPool {
             }
         }
         key
+    }
+
+    /// How many times a handshake asked the pool for a pair: the owner
+    /// tells an idle pool from a busy one by it.
+    pub fn takes(&self) -> u64 {
+        self.takes.load(Ordering::Relaxed)
     }
 
     /// Pairs ready for `tep`.
@@ -201,6 +220,17 @@ mod tests {
         assert_eq!(pool.len(Tep::EcdheP521), 0, "never asked for");
         pool.clear();
         assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn a_forked_child_never_takes_its_parents_pairs() {
+        let mut pool = KeyPairPool::new(default_backend(), 2);
+        pool.refill(&mut OsRandom).unwrap();
+        assert_eq!(pool.len(Tep::EcdheCurve25519), 2);
+        // As seen from another process: the pairs are copies.
+        pool.owner = std::process::id().wrapping_add(1);
+        assert!(pool.take(Tep::EcdheCurve25519).is_none());
+        assert_eq!(pool.takes(), 0);
     }
 
     #[test]

@@ -102,7 +102,11 @@ impl TcpcryptConnector {
     /// resumption is offered in band (`docs/PROTOCOL.md` 7.1), otherwise
     /// right after the handshake. Whatever the negotiation's outcome (a
     /// fresh exchange, plain TCP on this or a new connection), the peer's
-    /// application receives `data` exactly once, or this is an error.
+    /// application receives `data` exactly once, or this is an error; when
+    /// the connection fails after 0-RTT data left and before the server
+    /// said whether it took it, the error is
+    /// [`Error::EarlyDataUnconfirmed`](crate::Error::EarlyDataUnconfirmed)
+    /// and `data` is not sent again.
     ///
     /// ```no_run
     /// use std::sync::Arc;
@@ -300,6 +304,17 @@ impl TcpcryptConnector {
                 if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
                     abort(&io);
                 }
+                // A server that answered with other bytes is legacy all the
+                // same: later connections go plain at once.
+                if let (Some(Error::EarlyDataUnconfirmed(reason)), Some(p)) =
+                    (Error::from_io(&e), peer)
+                {
+                    if *reason == FallbackReason::ServerSentOtherBytes
+                        && config.policy == Policy::Opportunistic
+                    {
+                        config.client_cache.mark_legacy(p, true);
+                    }
+                }
                 return Err(e);
             }
         };
@@ -416,7 +431,11 @@ impl TcpcryptStream<TcpStream> {
     /// for the destination is at hand (the server may answer before the
     /// handshake's round trip is over), otherwise right after the
     /// handshake. Whatever the outcome, the server's application receives
-    /// `data` exactly once, or this is an error (`docs/PROTOCOL.md` 7.1).
+    /// `data` exactly once, or this is an error (`docs/PROTOCOL.md` 7.1):
+    /// [`Error::EarlyDataUnconfirmed`](crate::Error::EarlyDataUnconfirmed)
+    /// when the connection failed after 0-RTT data left and before the
+    /// server said whether it took it (it may have: `data` is not sent
+    /// again).
     ///
     /// ```no_run
     /// use std::sync::Arc;

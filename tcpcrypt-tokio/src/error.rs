@@ -104,6 +104,16 @@ pub enum Error {
     /// The handshake did not finish in time.
     #[error("tcpcrypt handshake timed out")]
     HandshakeTimeout,
+    /// The first bytes went as 0-RTT data, and the connection failed before
+    /// the server confirmed or refused them (it reset, closed, stayed
+    /// silent, or answered with something else): the server may have
+    /// received them. They are not sent again on another connection, so
+    /// that they are never delivered twice; the caller decides whether
+    /// repeating them is safe (`docs/PROTOCOL.md` 7.1).
+    #[error(
+        "the first bytes went as 0-RTT data and the connection failed before the server confirmed them ({0}): they may have been delivered and were not sent again"
+    )]
+    EarlyDataUnconfirmed(FallbackReason),
 }
 
 impl Error {
@@ -144,6 +154,7 @@ impl Error {
                 io::ErrorKind::ConnectionRefused
             }
             Error::HandshakeTimeout => io::ErrorKind::TimedOut,
+            Error::EarlyDataUnconfirmed(_) => io::ErrorKind::ConnectionAborted,
         }
     }
 }

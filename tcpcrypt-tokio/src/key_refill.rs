@@ -43,6 +43,7 @@ fn spawn(pool: Weak<KeyPairPool>) -> SyncSender<()> {
                 }
                 None => false,
             };
+            let mut takes = 0;
             loop {
                 match rx.recv_timeout(IDLE) {
                     Ok(()) => {
@@ -52,6 +53,13 @@ fn spawn(pool: Weak<KeyPairPool>) -> SyncSender<()> {
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         match pool.upgrade() {
+                            // Taken from since the last look (takes that
+                            // leave it more than half full ask for no
+                            // refill): in use, kept.
+                            Some(p) if p.takes() != takes => {
+                                takes = p.takes();
+                                continue;
+                            }
                             Some(p) => p.clear(),
                             None => return,
                         }

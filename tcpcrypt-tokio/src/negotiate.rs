@@ -126,12 +126,21 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         // ours sent.
         return Ok(client_end(outcome, Vec::new(), 0));
     }
+    // 0-RTT data that a failed connection may have delivered is never sent
+    // again on another one: that is an error instead.
+    let early_sent = hs.early_data_len() > 0;
+    let unconfirmed = |end: ClientEnd| match end {
+        ClientEnd::Reconnect(reason) if early_sent => {
+            Err(Error::EarlyDataUnconfirmed(reason).into())
+        }
+        end => Ok(end),
+    };
     let mut out = Vec::new();
     hs.write_to(&mut out);
     if let Err(e) = send(io, &mut out).await {
         // A server that resets at once is legacy, not an error.
         return if is_reset(&e) {
-            Ok(ClientEnd::Reconnect(FallbackReason::ServerClosed))
+            unconfirmed(ClientEnd::Reconnect(FallbackReason::ServerClosed))
         } else {
             Err(e)
         };
@@ -170,7 +179,7 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         send(io, &mut out).await?;
         if let Some(outcome) = hs.outcome() {
             let early = hs.early_data_len();
-            return Ok(client_end(outcome, buf[used..n].to_vec(), early));
+            return unconfirmed(client_end(outcome, buf[used..n].to_vec(), early));
         }
     }
 }

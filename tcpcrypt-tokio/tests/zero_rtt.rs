@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use net::*;
 use tcpcrypt_tokio::proto::hello::{HelloKind, marker};
-use tcpcrypt_tokio::{Config, TcpcryptListener, TcpcryptStream};
+use tcpcrypt_tokio::{Config, Error, FallbackReason, TcpcryptListener, TcpcryptStream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -168,7 +168,7 @@ async fn refused_or_forgotten_0rtt_still_delivers_exactly_once() {
 }
 
 #[tokio::test]
-async fn a_server_that_stopped_speaking_tcpcrypt_gets_the_bytes_in_plain_once() {
+async fn a_server_that_stopped_speaking_tcpcrypt_gets_the_bytes_once() {
     let server_cfg = default_config();
     let (addr, _, task) = line_server(server_cfg).await;
     let cfg = default_config();
@@ -200,6 +200,22 @@ async fn a_server_that_stopped_speaking_tcpcrypt_gets_the_bytes_in_plain_once() 
             });
         }
     });
+    // The request went as 0-RTT data with the hello: the server answered
+    // with other bytes, so it is not sent again on a new connection (a
+    // tcpcrypt server may have taken it: never twice). The caller is told.
+    let err = TcpcryptStream::connect_with_data(addr, &cfg, b"GET /plain\n")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            Error::from_io(&err),
+            Some(Error::EarlyDataUnconfirmed(
+                FallbackReason::ServerSentOtherBytes
+            ))
+        ),
+        "{err}"
+    );
+    // The verdict is remembered: the same request now goes plain at once.
     let (s, reply) = request(addr, &cfg, "GET /plain\n").await;
     assert_eq!(reply, "OK GET /plain\n");
     assert!(!s.is_encrypted());
@@ -214,6 +230,7 @@ async fn a_server_that_stopped_speaking_tcpcrypt_gets_the_bytes_in_plain_once() 
         1,
         "{got:?}"
     );
+    assert_eq!(got.len(), 2, "the hello, then the request: {got:?}");
 }
 
 #[tokio::test]
@@ -270,4 +287,119 @@ async fn request_bytes(
         .unwrap()
         .unwrap();
     (s, reply)
+}
+
+/// What a relay does to the `nth` connection (from 1); the others pass.
+#[derive(Clone, Copy)]
+enum Spoil {
+    /// Resets the client's connection 100 ms after the server's first
+    /// bytes, without passing them on.
+    ResetAfterAnswer,
+    /// Flips a bit of the server's identifier half in its hello.
+    FlipServerHalf,
+    /// Holds the server's bytes back for 1 s.
+    SlowAnswer,
+}
+
+async fn spoiling_relay(target: SocketAddr, nth: usize, spoil: Spoil) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut count = 0;
+        while let Ok((client, _)) = listener.accept().await {
+            count += 1;
+            let server = TcpStream::connect(target).await.unwrap();
+            let spoiled = count == nth;
+            client.set_nodelay(true).unwrap();
+            if spoiled && matches!(spoil, Spoil::ResetAfterAnswer) {
+                // Closing the client's side resets it.
+                client.set_zero_linger().unwrap();
+            }
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let mut buf = vec![0u8; 65536];
+                let mut first = true;
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if spoiled && first {
+                        match spoil {
+                            Spoil::ResetAfterAnswer => {
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                                up.abort();
+                                return;
+                            }
+                            // marker(8), 0x45, len, global, TEP byte: the
+                            // half starts at byte 12.
+                            Spoil::FlipServerHalf => buf[14] ^= 0x01,
+                            Spoil::SlowAnswer => {
+                                tokio::time::sleep(std::time::Duration::from_secs(1)).await
+                            }
+                        }
+                    }
+                    first = false;
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = cw.shutdown().await;
+                let _ = up.await;
+            });
+        }
+    });
+    addr
+}
+
+/// A request whose connection fails after its 0-RTT data left: an error
+/// naming the uncertainty, and the server's application got it at most
+/// once.
+async fn unconfirmed_once(cfg: Arc<Config>, spoil: Spoil) {
+    let (addr, seen, _task) = line_server(default_config()).await;
+    let relay_addr = spoiling_relay(addr, 2, spoil).await;
+    request(relay_addr, &cfg, "warm up\n").await;
+    let result = timeout(
+        LIMIT,
+        TcpcryptStream::connect_with_data(relay_addr, &cfg, b"transfer 100 to mallory\n"),
+    )
+    .await
+    .unwrap();
+    let err = result.expect_err("the request's fate is unknown");
+    assert!(
+        matches!(Error::from_io(&err), Some(Error::EarlyDataUnconfirmed(_))),
+        "{err}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let seen = seen.lock().unwrap().clone();
+    let copies = seen
+        .iter()
+        .filter(|(_, l)| l == "transfer 100 to mallory\n")
+        .count();
+    assert!(copies <= 1, "delivered {copies} times: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_reset_after_0rtt_data_left_is_an_error_and_nothing_is_sent_twice() {
+    unconfirmed_once(default_config(), Spoil::ResetAfterAnswer).await;
+    unconfirmed_once(mandatory(), Spoil::ResetAfterAnswer).await;
+}
+
+#[tokio::test]
+async fn a_tampered_answer_after_0rtt_data_left_never_sends_it_again_in_plain() {
+    unconfirmed_once(default_config(), Spoil::FlipServerHalf).await;
+}
+
+#[tokio::test]
+async fn a_slow_answer_after_0rtt_data_left_is_an_error_and_nothing_is_sent_twice() {
+    let cfg = config(|b| {
+        b.policy(tcpcrypt_tokio::Policy::Mandatory)
+            .server_hello_timeout(std::time::Duration::from_millis(200))
+    });
+    unconfirmed_once(cfg, Spoil::SlowAnswer).await;
 }

@@ -123,10 +123,15 @@ pub async fn outbound(
     let connector = TcpcryptConnector::new(config.clone());
     let negotiated = match offer {
         Some(offer) => connector.connect_offered(tcp, offer).await,
-        None => {
-            let early = first_bytes(&app, &tcp, config).await;
-            connector.connect_tcp_with_data(tcp, &early).await
-        }
+        None => match first_bytes(&app, &tcp, config).await {
+            Ok(early) => connector.connect_tcp_with_data(tcp, &early).await,
+            Err(e) => {
+                // The application reset its connection: so does the relay.
+                reset_on_close(&tcp, true);
+                abort(app);
+                return Err(e);
+            }
+        },
     };
     match negotiated {
         Ok(real) => {
@@ -147,10 +152,13 @@ pub async fn outbound(
 
 /// The client's first bytes, when a resumption secret for its destination
 /// is at hand and they come within [`EARLY_WAIT`]: the library sends them
-/// as 0-RTT data with the hello, or after the handshake, exactly once
-/// either way (`docs/PROTOCOL.md` 7.1). Over the kernel carriage the
+/// as 0-RTT data with the hello, or after the handshake, never twice
+/// (`docs/PROTOCOL.md` 7.1: a connection that fails before the server's
+/// answer is an error, and the relay resets the program's connection).
+/// An error of the program's socket is returned: the kernel reports it
+/// once only. Over the kernel carriage the
 /// resumption needs no round trip of its own, so nothing is waited for.
-async fn first_bytes(app: &TcpStream, tcp: &TcpStream, config: &Config) -> Vec<u8> {
+async fn first_bytes(app: &TcpStream, tcp: &TcpStream, config: &Config) -> io::Result<Vec<u8>> {
     let resumable = config.handshake_config().early_data
         && config.carriage() != tcpcrypt_tokio::Carriage::Kernel
         && tcp
@@ -161,16 +169,18 @@ async fn first_bytes(app: &TcpStream, tcp: &TcpStream, config: &Config) -> Vec<u
             .await
             .is_err()
     {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut buf = vec![0u8; EARLY_READ];
     match app.try_read(&mut buf) {
         Ok(n) => buf.truncate(n),
-        // Nothing after all (a spurious wake-up), or an error the relay
-        // meets again.
-        Err(_) => buf.clear(),
+        // Nothing after all: a spurious wake-up.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.clear(),
+        // Reported once only (a reset, say): the relay must not take the
+        // next read's clean end for the application's.
+        Err(e) => return Err(e),
     }
-    buf
+    Ok(buf)
 }
 
 /// Finishes a non-blocking connect: waits for the real TCP handshake (or
