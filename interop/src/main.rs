@@ -235,6 +235,33 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<bool> {
     s.write_u64(bytes).await?;
     send_pattern(s, CLIENT_SEED, bytes).await?;
+    finish_exchange(s, bytes).await
+}
+
+/// A short exchange's whole request (the length, then the pattern), for
+/// `connect_with_data`: a resumed connection carries it as 0-RTT data.
+fn short_request(bytes: u64) -> Option<Vec<u8>> {
+    let n = usize::try_from(bytes)
+        .ok()
+        .filter(|n| *n <= SHORT_REQUEST)?;
+    let mut req = bytes.to_be_bytes().to_vec();
+    let mut body = vec![0u8; n];
+    Pattern::new(CLIENT_SEED).fill(&mut body);
+    req.extend_from_slice(&body);
+    Some(req)
+}
+
+/// Largest exchange whose request goes with `connect_with_data`.
+const SHORT_REQUEST: usize = 16 * 1024;
+
+/// Connections whose request went as 0-RTT data, for the reports.
+static ZERO_RTT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The rest of the client's half once its request is sent.
+async fn finish_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    bytes: u64,
+) -> std::io::Result<bool> {
     s.shutdown().await?;
     let (got, good) = check_pattern(s, SERVER_SEED, Some(bytes)).await?;
     let trailer = s.read_u64().await?;
@@ -260,12 +287,25 @@ async fn client(
                 ready = Some(started.elapsed());
                 Ok::<_, std::io::Error>((exchange(&mut s, bytes).await?, false))
             }
-            Mode::Tcpcrypt => {
-                let mut s = TcpcryptStream::connect(to, config).await?;
-                ready = Some(started.elapsed());
-                let encrypted = s.is_encrypted();
-                Ok((exchange(&mut s, bytes).await?, encrypted))
-            }
+            Mode::Tcpcrypt => match short_request(bytes) {
+                // A short request leaves with the connection: as 0-RTT
+                // data when the connection resumes.
+                Some(req) => {
+                    let mut s = TcpcryptStream::connect_with_data(to, config, &req).await?;
+                    ready = Some(started.elapsed());
+                    if s.session().is_some_and(|i| i.zero_rtt) {
+                        ZERO_RTT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let encrypted = s.is_encrypted();
+                    Ok((finish_exchange(&mut s, bytes).await?, encrypted))
+                }
+                None => {
+                    let mut s = TcpcryptStream::connect(to, config).await?;
+                    ready = Some(started.elapsed());
+                    let encrypted = s.is_encrypted();
+                    Ok((exchange(&mut s, bytes).await?, encrypted))
+                }
+            },
         }
     };
     let outcome = match tokio::time::timeout(LIMIT, run).await {
@@ -390,6 +430,7 @@ async fn main() -> std::process::ExitCode {
             }
             let report = serde_json::json!({
                 "encrypted": enc, "plain": plain, "corrupt": corrupt, "errors": err,
+                "zero_rtt": ZERO_RTT.load(std::sync::atomic::Ordering::Relaxed),
                 "secs": started.elapsed().as_secs_f64(),
             });
             println!("{report}");

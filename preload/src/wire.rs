@@ -646,12 +646,13 @@ pub fn existing_runtime_dir() -> io::Result<PathBuf> {
 
 /// The environment variables that say where the daemon lives and how it
 /// runs.
-const DAEMON_ENVIRONMENT: [&str; 6] = [
+const DAEMON_ENVIRONMENT: [&str; 7] = [
     "TCPCRYPT_RUNTIME_DIR",
     "XDG_RUNTIME_DIR",
     "TCPCRYPT_DAEMON",
     "TCPCRYPT_DAEMON_IDLE_EXIT",
     "TCPCRYPT_DAEMON_LOG",
+    "TCPCRYPT_ZERO_RTT",
     "RUST_LOG",
 ];
 

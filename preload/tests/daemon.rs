@@ -465,6 +465,20 @@ print(s.recv(5).decode())
     );
 }
 
+/// The environment of programs whose daemon sends 0-RTT data
+/// (`TCPCRYPT_ZERO_RTT`): a runtime directory, so a daemon, of their own.
+fn zero_rtt_daemon() -> [(&'static str, &'static str); 2] {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = daemon_dir().with_extension("zero-rtt");
+        d.to_string_lossy().into_owned()
+    });
+    [
+        ("TCPCRYPT_RUNTIME_DIR", dir.as_str()),
+        ("TCPCRYPT_ZERO_RTT", "1"),
+    ]
+}
+
 #[test]
 fn a_resumed_process_sends_its_first_bytes_with_the_hello() {
     // (resumed, zero_rtt, request) for each connection the server saw.
@@ -497,8 +511,13 @@ print(s.recv(100).decode())
             port = addr.port()
         )
     };
+    // A daemon of its own, started with 0-RTT on.
+    let env = zero_rtt_daemon();
     for n in 0..4 {
-        assert_eq!(python_shimmed(&script(n)), [format!("OK request {n}")]);
+        assert_eq!(
+            python_shimmed_with(&script(n), &env),
+            [format!("OK request {n}")]
+        );
     }
     let seen: Vec<_> = rx.try_iter().collect();
     let requests: Vec<&str> = seen.iter().map(|(_, r)| r.as_str()).collect();
@@ -554,8 +573,9 @@ print("done")
             reset = if reset { "True" } else { "False" }
         )
     };
-    assert_eq!(python_shimmed(&script(false)), ["done"]);
-    assert_eq!(python_shimmed(&script(true)), ["done"]);
+    let env = zero_rtt_daemon();
+    assert_eq!(python_shimmed_with(&script(false), &env), ["done"]);
+    assert_eq!(python_shimmed_with(&script(true), &env), ["done"]);
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut seen = Vec::new();
     while seen.len() < 2 && Instant::now() < deadline {

@@ -52,6 +52,17 @@ pub struct Args {
     /// its own (no terminal), and `/` as working directory.
     #[arg(long, hide = true, requires = "foreground")]
     detached: bool,
+    /// Send a resuming program's first bytes with the hello, as 0-RTT data
+    /// (`docs/SHIM.md`). Off by default: a connection that fails before the
+    /// server answers (two losses of the first segment in a row, say) must
+    /// then be reset, since the bytes may have been taken, where plain TCP
+    /// would have carried on.
+    #[arg(
+        long,
+        env = "TCPCRYPT_ZERO_RTT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    zero_rtt: bool,
 }
 
 pub fn daemon(args: Args) -> i32 {
@@ -103,7 +114,7 @@ pub fn daemon(args: Args) -> i32 {
             return 2;
         }
     };
-    let code = rt.block_on(serve(dir, args.idle_exit));
+    let code = rt.block_on(serve(dir, args.idle_exit, args.zero_rtt));
     drop(lock);
     code
 }
@@ -168,6 +179,7 @@ fn detach(dir: &Path, args: &Args) -> i32 {
     let spawned = std::process::Command::new(exe)
         .args(["daemon", "--foreground", "--detached", "--idle-exit"])
         .arg(humantime::format_duration(args.idle_exit).to_string())
+        .args(args.zero_rtt.then_some("--zero-rtt"))
         .env_remove("LD_PRELOAD")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -227,6 +239,8 @@ struct Daemon {
     /// socket's inode, until the connected socket is handed over: only that
     /// handshake can go on from a SYN that named a resumption ticket.
     offers: Mutex<HashMap<u64, (SynOffer, std::time::Instant)>>,
+    /// Resuming clients' first bytes go as 0-RTT data (`--zero-rtt`).
+    zero_rtt: bool,
     shutdown: tokio::sync::Notify,
 }
 
@@ -300,7 +314,7 @@ const BROKEN_PATH_TTL: Duration = Duration::from_secs(600);
 /// Most broken paths remembered at once.
 const MAX_BROKEN_PATHS: usize = 4096;
 
-async fn serve(dir: PathBuf, idle_exit: Duration) -> i32 {
+async fn serve(dir: PathBuf, idle_exit: Duration, zero_rtt: bool) -> i32 {
     let path = wire::socket_path(&dir);
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {
@@ -325,6 +339,7 @@ async fn serve(dir: PathBuf, idle_exit: Duration) -> i32 {
         configs: Mutex::default(),
         broken_paths: Mutex::default(),
         offers: Mutex::default(),
+        zero_rtt,
         shutdown: tokio::sync::Notify::new(),
     });
     daemon.conns.touch();
@@ -398,14 +413,18 @@ fn start(
         h.id, pid, server, h.local, h.peer, state, h.settings,
     ));
     daemon.conns.insert(conn.clone());
+    let start = relay::ClientStart {
+        offer,
+        zero_rtt: daemon.zero_rtt,
+    };
     let daemon = daemon.clone();
     tokio::spawn(async move {
         let result = match (server, h.pending, app_socket) {
             (true, _, _) => relay::inbound(app, real, &config, &conn).await,
             (false, Some(p), Some(socket)) => {
-                relay::connecting(app, real, p, socket, offer, &config, &conn).await
+                relay::connecting(app, real, p, socket, start, &config, &conn).await
             }
-            (false, _, _) => relay::outbound(app, real, offer, &config, &conn).await,
+            (false, _, _) => relay::outbound(app, real, start, &config, &conn).await,
         };
         if let Err(e) = result {
             tracing::debug!(peer = %conn.peer, error = %e, "relay ended with an error");

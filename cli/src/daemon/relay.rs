@@ -109,6 +109,15 @@ async fn splice(
     }
 }
 
+/// How a client connection starts its negotiation.
+pub struct ClientStart {
+    /// The ENO offer its SYN carried (the kernel carriage), if any.
+    pub offer: Option<SynOffer>,
+    /// Whether the program's first bytes may go as 0-RTT data
+    /// (`tcpcrypt daemon --zero-rtt`).
+    pub zero_rtt: bool,
+}
+
 /// The client side: negotiates on the real connection with the library's
 /// connect path (a destination known to be legacy goes plain at once, one
 /// found not to speak tcpcrypt gets a new plain connection when the policy
@@ -116,14 +125,14 @@ async fn splice(
 pub async fn outbound(
     app: TcpStream,
     tcp: TcpStream,
-    offer: Option<SynOffer>,
+    start: ClientStart,
     config: &Arc<Config>,
     conn: &Conn,
 ) -> io::Result<()> {
     let connector = TcpcryptConnector::new(config.clone());
-    let negotiated = match offer {
+    let negotiated = match start.offer {
         Some(offer) => connector.connect_offered(tcp, offer).await,
-        None => match first_bytes(&app, &tcp, config).await {
+        None => match first_bytes(start.zero_rtt, &app, &tcp, config).await {
             Ok(early) => connector.connect_tcp_with_data(tcp, &early).await,
             Err(e) => {
                 // The application reset its connection: so does the relay.
@@ -150,16 +159,23 @@ pub async fn outbound(
     }
 }
 
-/// The client's first bytes, when a resumption secret for its destination
-/// is at hand and they come within [`EARLY_WAIT`]: the library sends them
+/// The client's first bytes, when 0-RTT is on (`--zero-rtt`), a resumption
+/// secret for its destination is at hand and they come within
+/// [`EARLY_WAIT`]: the library sends them
 /// as 0-RTT data with the hello, or after the handshake, never twice
 /// (`docs/PROTOCOL.md` 7.1: a connection that fails before the server's
 /// answer is an error, and the relay resets the program's connection).
 /// An error of the program's socket is returned: the kernel reports it
 /// once only. Over the kernel carriage the
 /// resumption needs no round trip of its own, so nothing is waited for.
-async fn first_bytes(app: &TcpStream, tcp: &TcpStream, config: &Config) -> io::Result<Vec<u8>> {
-    let resumable = config.handshake_config().early_data
+async fn first_bytes(
+    zero_rtt: bool,
+    app: &TcpStream,
+    tcp: &TcpStream,
+    config: &Config,
+) -> io::Result<Vec<u8>> {
+    let resumable = zero_rtt
+        && config.handshake_config().early_data
         && config.carriage() != tcpcrypt_tokio::Carriage::Kernel
         && tcp
             .peer_addr()
@@ -193,7 +209,7 @@ pub async fn connecting(
     real: TcpStream,
     pending: Pending,
     app_socket: OwnedFd,
-    offer: Option<SynOffer>,
+    start: ClientStart,
     config: &Arc<Config>,
     conn: &Conn,
 ) -> io::Result<()> {
@@ -226,7 +242,7 @@ pub async fn connecting(
     if discarded != pending.filler {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    outbound(app, real, offer, config, conn).await
+    outbound(app, real, start, config, conn).await
 }
 
 /// Waits for a connecting socket's TCP handshake: its error, if any.
