@@ -48,19 +48,8 @@ async fn line_server(cfg: Arc<Config>) -> (SocketAddr, Seen, JoinHandle<()>) {
 }
 
 async fn request(addr: SocketAddr, cfg: &Arc<Config>, line: &str) -> (TcpcryptStream, String) {
-    let mut s = timeout(
-        LIMIT,
-        TcpcryptStream::connect_with_data(addr, cfg, line.as_bytes()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let mut reply = String::new();
-    timeout(LIMIT, s.read_to_string(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
-    (s, reply)
+    let (s, reply) = request_bytes(addr, cfg, line.as_bytes()).await;
+    (s, String::from_utf8(reply).unwrap())
 }
 
 #[tokio::test]
