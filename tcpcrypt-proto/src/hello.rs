@@ -5,7 +5,8 @@
 //! hello  = marker(8) | ENO option (kind 0x45, length, suboptions)
 //! marker = E5 'E' 'N' 'O' 01 kind '\r' '\n'
 //! kind   = 'A' (connecting side), 'P' (connecting side, an Init1 follows),
-//!          'E' (connecting side, 0-RTT frames follow), 'B' (accepting side)
+//!          'E' (connecting side, 0-RTT frames follow), 'B' (accepting side),
+//!          'L' (accepting side: your hello came late; the marker alone)
 //! ```
 //!
 //! The first byte above 0x7F starts no text protocol, no TLS record and no
@@ -36,6 +37,11 @@ pub enum HelloKind {
     Early,
     /// The accepting side's answer.
     B,
+    /// The accepting side's answer to a hello that came after it had taken
+    /// the client for plain (its hello was lost and sent again): nothing
+    /// of the client's was delivered and nothing else was sent; connect
+    /// again (docs/PROTOCOL.md 3.4). The marker alone, no option.
+    Late,
 }
 
 impl HelloKind {
@@ -46,6 +52,7 @@ impl HelloKind {
             HelloKind::Pipelined => b'P',
             HelloKind::Early => b'E',
             HelloKind::B => b'B',
+            HelloKind::Late => b'L',
         }
     }
 
@@ -55,6 +62,7 @@ impl HelloKind {
             b'P' => Some(HelloKind::Pipelined),
             b'E' => Some(HelloKind::Early),
             b'B' => Some(HelloKind::B),
+            b'L' => Some(HelloKind::Late),
             _ => None,
         }
     }
@@ -62,6 +70,9 @@ impl HelloKind {
 
 /// The kinds a connecting side sends.
 pub const CLIENT_KINDS: &[HelloKind] = &[HelloKind::A, HelloKind::Pipelined, HelloKind::Early];
+
+/// The kinds an accepting side sends.
+pub const SERVER_KINDS: &[HelloKind] = &[HelloKind::B, HelloKind::Late];
 
 /// The marker for a hello kind.
 pub const fn marker(kind: HelloKind) -> [u8; MARKER_LEN] {
@@ -91,7 +102,8 @@ pub enum HelloScan {
     Hello {
         /// The kind in the marker.
         kind: HelloKind,
-        /// The option bytes (kind 0x45 and length included).
+        /// The option bytes (kind 0x45 and length included); empty for
+        /// [`HelloKind::Late`], which has none.
         option: Vec<u8>,
         /// Bytes the hello occupies.
         len: usize,
@@ -116,10 +128,20 @@ pub fn scan(buf: &[u8], expected: &[HelloKind]) -> Result<HelloScan, Error> {
             return Ok(HelloScan::NotAHello { at: i });
         }
     }
-    if buf.len() < MARKER_LEN + 2 {
+    if buf.len() < MARKER_LEN {
         return Ok(HelloScan::Incomplete);
     }
     let kind = HelloKind::from_byte(buf[5]).expect("checked above");
+    if kind == HelloKind::Late {
+        return Ok(HelloScan::Hello {
+            kind,
+            option: Vec::new(),
+            len: MARKER_LEN,
+        });
+    }
+    if buf.len() < MARKER_LEN + 2 {
+        return Ok(HelloScan::Incomplete);
+    }
     let opt_kind = buf[MARKER_LEN];
     let opt_len = buf[MARKER_LEN + 1] as usize;
     if opt_kind != ENO_KIND || opt_len < 2 {
@@ -167,8 +189,33 @@ mod tests {
         assert_eq!(is_late_client_marker(b"GET / HTTP/1.1"), Some(false));
         assert_eq!(is_late_client_marker(b"\xE5EN"), None);
         assert_eq!(is_late_client_marker(b"\xE5ENX"), Some(false));
-        // The server's own kind is not a client's hello.
+        // The server's own kinds are not a client's hello.
         assert_eq!(is_late_client_marker(&marker(HelloKind::B)), Some(false));
+        assert_eq!(is_late_client_marker(&marker(HelloKind::Late)), Some(false));
+    }
+
+    #[test]
+    fn the_late_answer_is_the_marker_alone() {
+        let m = marker(HelloKind::Late);
+        assert_eq!(m, *b"\xE5ENO\x01L\r\n");
+        for n in 0..MARKER_LEN {
+            assert_eq!(scan(&m[..n], SERVER_KINDS).unwrap(), HelloScan::Incomplete);
+        }
+        let mut then_more = m.to_vec();
+        then_more.extend_from_slice(b"anything");
+        assert_eq!(
+            scan(&then_more, SERVER_KINDS).unwrap(),
+            HelloScan::Hello {
+                kind: HelloKind::Late,
+                option: Vec::new(),
+                len: MARKER_LEN
+            }
+        );
+        // Only a connecting side expects it.
+        assert_eq!(
+            scan(&m, CLIENT_KINDS).unwrap(),
+            HelloScan::NotAHello { at: 5 }
+        );
     }
 
     #[test]

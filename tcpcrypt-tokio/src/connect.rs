@@ -46,9 +46,17 @@ pub enum Connected<IO> {
     Stream(TcpcryptStream<IO>),
     /// The server does not speak tcpcrypt, or ENO had to be disabled after
     /// its answer: this transport is spoiled (the server has read our hello
-    /// as data, or may be encrypting). Connect again without tcpcrypt.
+    /// as data, or may be encrypting). Connect again without tcpcrypt;
+    /// except after [`FallbackReason::HelloLate`]: the server speaks
+    /// tcpcrypt and our hello came late, so connect again with a new one.
     Reconnect(FallbackReason),
 }
+
+/// How many times a hello is sent again on a new connection after the
+/// server said it came late (docs/PROTOCOL.md 3.4): each such hello was
+/// lost twice in a row, so a third in a row means a path that loses most
+/// of what it carries, or a forged answer.
+const LATE_HELLO_RETRIES: u32 = 2;
 
 impl TcpcryptConnector {
     /// A connector with this configuration.
@@ -68,7 +76,9 @@ impl TcpcryptConnector {
     {
         let connected = self.connect_with(io, peer, None, None, None, &[]).await?;
         if let Connected::Reconnect(reason) = &connected {
-            self.conclude_fallback(peer, reason)?;
+            if *reason != FallbackReason::HelloLate {
+                self.conclude_fallback(peer, reason)?;
+            }
         }
         Ok(connected)
     }
@@ -173,6 +183,7 @@ impl TcpcryptConnector {
         }
         let mut tcp = tcp;
         let mut retried = false;
+        let mut late = 0;
         loop {
             let probe = PathProbe::of(&tcp);
             match self
@@ -182,6 +193,14 @@ impl TcpcryptConnector {
                 Connected::Stream(mut s) => {
                     s.peer = Some(peer);
                     return Ok(s);
+                }
+                Connected::Reconnect(FallbackReason::HelloLate) if late < LATE_HELLO_RETRIES => {
+                    // The server speaks tcpcrypt; our hello was lost on
+                    // the way and came after its wait.
+                    tracing::debug!(%peer, "the hello came late; sending a new one");
+                    late += 1;
+                    tcp = TcpStream::connect(peer).await?;
+                    continue;
                 }
                 Connected::Reconnect(reason) => {
                     // A reset, a close or silence from a destination that

@@ -28,6 +28,12 @@ pub enum FallbackReason {
     ServerClosed,
     /// The server said nothing before the deadline.
     ServerSilent,
+    /// The server speaks tcpcrypt, but our hello reached it only after it
+    /// had taken us for a plain client (the hello was lost in transit
+    /// and sent again), and it said so. Not a verdict on the server: the
+    /// hello is tried again on a new connection, and only when it comes
+    /// late every time does the connection go plain, as on weak evidence.
+    HelloLate,
     /// The peer speaks tcpcrypt and negotiation failed in band.
     Declined(DisableReason),
     /// The client found that ENO must be disabled after the server's hello
@@ -53,6 +59,7 @@ impl FallbackReason {
             FallbackReason::ServerClosed
                 | FallbackReason::ServerSilent
                 | FallbackReason::ClientSilent
+                | FallbackReason::HelloLate
         )
     }
 }
@@ -71,6 +78,9 @@ impl fmt::Display for FallbackReason {
             FallbackReason::ServerSilent => {
                 f.write_str("the server did not answer the tcpcrypt hello")
             }
+            FallbackReason::HelloLate => f.write_str(
+                "the tcpcrypt hello kept reaching the server too late (lost in transit)",
+            ),
             FallbackReason::Declined(r) => write!(f, "negotiation declined: {r}"),
             FallbackReason::Disabled(r) => write!(f, "negotiation disabled: {r}"),
             FallbackReason::PlainClient => f.write_str("the client does not speak tcpcrypt"),

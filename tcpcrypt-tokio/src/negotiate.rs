@@ -201,6 +201,7 @@ fn client_end(outcome: ClientOutcome, rest: Vec<u8>, early: usize) -> ClientEnd 
         ClientOutcome::Legacy(LegacyEvidence::Silence) => {
             ClientEnd::Reconnect(FallbackReason::ServerSilent)
         }
+        ClientOutcome::HelloLate => ClientEnd::Reconnect(FallbackReason::HelloLate),
     }
 }
 

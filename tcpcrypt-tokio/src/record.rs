@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::protocol_error;
 use crate::proto::frame::{DATA_OFFSET, MAX_DATA, MAX_FRAME_LEN};
-use crate::proto::hello::is_late_client_marker;
+use crate::proto::hello::{HelloKind, is_late_client_marker, marker};
 use crate::proto::{Error as ProtoError, FrameOpener, FrameSealer};
 
 /// Receive buffer size: several frames of the largest size, so that a bulk
@@ -94,7 +94,27 @@ pub(crate) struct PlainRecv {
     /// The first bytes are held until they tell a client's late hello
     /// from data (see [`PlainRecv::watching_for_late_hello`]).
     watch: bool,
+    /// A client's hello came late and this side has sent nothing yet: it
+    /// is answered with the late marker before the reset.
+    late_answer: LateAnswer,
 }
+
+/// Whether a late hello is answered (docs/PROTOCOL.md 3.4, rule 1).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LateAnswer {
+    /// No hello came late, and this side has sent nothing.
+    NotNeeded,
+    /// This side has sent bytes of its own: the client has taken them
+    /// for a plain server's, and a marker after them would be data.
+    Spoke,
+    /// A hello came late and the marker is to be sent.
+    Due,
+    /// Sent, or given up.
+    Done,
+}
+
+/// The accepting side's answer to a late hello.
+pub(crate) const LATE_MARKER: [u8; 8] = marker(HelloKind::Late);
 
 impl PlainRecv {
     pub(crate) fn new(bytes: Vec<u8>) -> Self {
@@ -105,7 +125,26 @@ impl PlainRecv {
             end,
             read_len: RECV_BUF_LEN,
             watch: false,
+            late_answer: LateAnswer::NotNeeded,
         }
+    }
+
+    /// This side sent bytes of its own: a late hello is then only reset.
+    pub(crate) fn note_sent(&mut self) {
+        if self.late_answer == LateAnswer::NotNeeded {
+            self.late_answer = LateAnswer::Spoke;
+        }
+    }
+
+    /// The late marker, once, when a client's hello came late and this
+    /// side had sent nothing: the client then knows to send a new hello
+    /// rather than take the reset for a plain server's.
+    pub(crate) fn take_late_answer(&mut self) -> Option<&'static [u8]> {
+        if self.late_answer != LateAnswer::Due {
+            return None;
+        }
+        self.late_answer = LateAnswer::Done;
+        Some(&LATE_MARKER[..])
     }
 
     /// The receiving direction of a client the accepting side took for
@@ -129,7 +168,12 @@ impl PlainRecv {
     ) -> Poll<io::Result<()>> {
         while self.watch {
             match is_late_client_marker(self.pending()) {
-                Some(true) => return Poll::Ready(Err(protocol_error(ProtoError::LateHello))),
+                Some(true) => {
+                    if self.late_answer == LateAnswer::NotNeeded {
+                        self.late_answer = LateAnswer::Due;
+                    }
+                    return Poll::Ready(Err(protocol_error(ProtoError::LateHello)));
+                }
                 Some(false) => self.watch = false,
                 None => {
                     if self.start > 0 {

@@ -52,6 +52,9 @@ struct Shared {
     /// A protocol error aborted the connection: writes fail, and dropping
     /// the write half sends no FIN (the reset comes when the socket closes).
     aborted: AtomicBool,
+    /// The write half of a plain stream has sent something (a late hello
+    /// is then only reset, never answered).
+    plain_sent: AtomicBool,
     /// Rekey answers are owed or unwritten (`SendState::answers_waiting`),
     /// published by whoever held the sending side last, so that the read
     /// half learns it without taking the lock on every read.
@@ -157,6 +160,7 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
         abortable,
         aborted: AtomicBool::new(stream.aborted),
         answers_waiting: AtomicBool::new(false),
+        plain_sent: AtomicBool::new(false),
     });
     (
         ReadHalf {
@@ -215,7 +219,11 @@ impl WriteHalf {
         self.shared.check_aborted()?;
         let io = self.io.as_mut().expect("present until dropped");
         let Some(mut sender) = self.shared.sender() else {
-            return plain(Pin::new(io), cx);
+            let result = plain(Pin::new(io), cx);
+            if result.is_ready() && !self.shared.plain_sent.load(Ordering::Relaxed) {
+                self.shared.plain_sent.store(true, Ordering::Release);
+            }
+            return result;
         };
         let before = sender.send.written();
         let result = op(&mut sender.send, io, cx);
@@ -277,6 +285,18 @@ fn poll_answer(
 
 /// Aborts the connection when `result` is a protocol error, as the whole
 /// stream would.
+/// Sends the late marker when a client's hello came late and neither half
+/// has sent anything (docs/PROTOCOL.md 3.4, rule 1), as
+/// [`TcpcryptStream`] does.
+fn answer_late_hello(shared: &Shared, recv: &mut PlainRecv, io: &OwnedReadHalf) {
+    if shared.plain_sent.load(Ordering::Acquire) {
+        recv.note_sent();
+    }
+    if let Some(marker) = recv.take_late_answer() {
+        let _ = io.as_ref().try_write(marker);
+    }
+}
+
 fn abort_on_error(
     shared: &Shared,
     io: &OwnedReadHalf,
@@ -311,6 +331,7 @@ impl ReadHalf {
         let recv = match inner {
             ReadInner::Plain(recv) => {
                 let result = recv.poll_fill(io, cx);
+                answer_late_hello(shared, recv, io);
                 return abort_on_error(shared, io, result);
             }
             ReadInner::Encrypted(recv) => recv,
@@ -361,6 +382,7 @@ impl AsyncRead for ReadHalf {
         let this = &mut *self;
         if let ReadInner::Plain(recv) = &mut this.inner {
             let result = recv.poll_read(&mut this.io, cx, buf);
+            answer_late_hello(&this.shared, recv, &this.io);
             return abort_on_error(&this.shared, &this.io, result);
         }
         this.poll_recv(cx, |recv, io, cx, on_event| {

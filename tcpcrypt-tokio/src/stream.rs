@@ -305,6 +305,20 @@ impl TcpcryptStream<TcpStream> {
     }
 }
 
+/// Sends the late marker when a client's hello came late and nothing has
+/// been sent (docs/PROTOCOL.md 3.4, rule 1), before the reset. At most
+/// once, and never waited for: the send buffer of a connection that has
+/// sent nothing takes eight bytes at once.
+fn answer_late_hello<IO: AsyncWrite + Unpin>(
+    recv: &mut PlainRecv,
+    io: &mut IO,
+    cx: &mut Context<'_>,
+) {
+    if let Some(marker) = recv.take_late_answer() {
+        let _ = Pin::new(io).poll_write(cx, marker);
+    }
+}
+
 /// Sets `SO_LINGER` to zero so that closing the socket sends RST: the
 /// RFC 793 ABORT that RFC 8548 asks for on a protocol error.
 pub(crate) fn abort_tcp(stream: &TcpStream) {
@@ -336,6 +350,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
         let e = match &mut self.mode {
             Mode::Plain { recv, .. } => {
                 let result = recv.poll_fill(&mut self.io, cx);
+                answer_late_hello(recv, &mut self.io, cx);
                 return self.abort_on_error(result);
             }
             Mode::Encrypted(e) => e,
@@ -404,6 +419,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
         let this = &mut *self;
         if let Mode::Plain { recv, .. } = &mut this.mode {
             let result = recv.poll_read(&mut this.io, cx, buf);
+            answer_late_hello(recv, &mut this.io, cx);
             return this.abort_on_error(result);
         }
         this.poll_recv(cx, |recv, io, cx, on_event| {
@@ -457,7 +473,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
         let this = &mut *self;
         this.check_aborted()?;
         match &mut this.mode {
-            Mode::Plain { .. } => Pin::new(&mut this.io).poll_write(cx, data),
+            Mode::Plain { recv, .. } => {
+                let written = ready!(Pin::new(&mut this.io).poll_write(cx, data))?;
+                if written > 0 {
+                    recv.note_sent();
+                }
+                Poll::Ready(Ok(written))
+            }
             Mode::Encrypted(e) => {
                 e.wake_reader_after(cx, |send, cx| send.poll_write(&mut this.io, cx, data))
             }
@@ -479,7 +501,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
         let this = &mut *self;
         this.check_aborted()?;
         match &mut this.mode {
-            Mode::Plain { .. } => Pin::new(&mut this.io).poll_shutdown(cx),
+            Mode::Plain { recv, .. } => {
+                recv.note_sent();
+                Pin::new(&mut this.io).poll_shutdown(cx)
+            }
             Mode::Encrypted(e) => {
                 e.wake_reader_after(cx, |send, cx| send.poll_shutdown(&mut this.io, cx))
             }

@@ -14,6 +14,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+/// Asserts that `err` is the accepting side's read error for a hello that
+/// came after its wait.
+fn assert_late_hello(err: &std::io::Error) {
+    assert!(
+        matches!(
+            Error::from_io(err),
+            Some(Error::Protocol(tcpcrypt_tokio::proto::Error::LateHello))
+        ),
+        "{err:?}"
+    );
+}
+
 /// A connecting side's first flight: its hello and pipelined Init1.
 fn first_flight() -> Vec<u8> {
     let mut hs = ClientHandshake::new(
@@ -58,14 +70,41 @@ async fn a_hello_that_comes_after_the_wait_is_never_data() {
     assert_eq!(reason, Some(FallbackReason::ClientSilent));
     let err = got.expect_err("the application never reads the hello");
     assert_eq!(err.kind(), ErrorKind::InvalidData);
-    assert!(
-        matches!(
-            Error::from_io(&err),
-            Some(Error::Protocol(tcpcrypt_tokio::proto::Error::LateHello))
-        ),
-        "{err:?}"
-    );
-    // The client learns of it by a reset, not by a plain answer.
+    assert_late_hello(&err);
+    // The client learns of it by the late marker (the server had sent
+    // nothing), then a reset: never by a plain answer.
+    let mut answer = [0u8; 8];
+    timeout(LIMIT, tcp.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer, b"\xE5ENO\x01L\r\n");
+    let end = read_until_closed(&mut tcp).await;
+    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+}
+
+#[tokio::test]
+async fn a_late_hello_after_the_server_spoke_is_only_reset() {
+    // A server that speaks first (a banner) has been read by the client as
+    // a plain server's: a marker after its bytes would be data to it.
+    let cfg = config(|b| b.client_hello_wait(Duration::from_millis(100)));
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
+    let addr = listener.local_addr();
+    let app = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"220 banner\r\n").await.unwrap();
+        let mut got = Vec::new();
+        timeout(LIMIT, s.read_to_end(&mut got)).await.unwrap()
+    });
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut banner = [0u8; 12];
+    timeout(LIMIT, tcp.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
+    tcp.write_all(&first_flight()).await.unwrap();
+    let err = timeout(LIMIT, app).await.unwrap().unwrap().unwrap_err();
+    assert_late_hello(&err);
     let end = read_until_closed(&mut tcp).await;
     assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
 }
@@ -206,4 +245,194 @@ async fn an_altered_hello_never_ends_in_success_with_data_lost() {
             assert_eq!(answer, b"20000", "byte {at} altered");
         }
     }
+}
+
+/// A relay to `target` that holds the client's first bytes of the
+/// connections numbered in `late` (counting from 1) for `delay`, as a path
+/// that lost the hello's segment twice would; it passes every other byte
+/// at once. Returns its address and how many connections it has seen.
+async fn late_hello_relay(
+    target: std::net::SocketAddr,
+    late: std::ops::RangeInclusive<usize>,
+    delay: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let i = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let late = late.contains(&i);
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                if late {
+                    let mut first = vec![0u8; 64 * 1024];
+                    let Ok(Ok(n)) = timeout(LIMIT, client.read(&mut first)).await else {
+                        return;
+                    };
+                    tokio::time::sleep(delay).await;
+                    if server.write_all(&first[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = timeout(
+                    LIMIT,
+                    tokio::io::copy_bidirectional(&mut client, &mut server),
+                )
+                .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A listener that takes a client for plain after 100 ms of silence and
+/// echoes what each connection sends; returns how each accepted
+/// connection ended: `Ok(encrypted)`, or the error.
+async fn impatient_echo() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<std::io::Result<bool>>,
+) {
+    let cfg = config(|b| b.client_hello_wait(Duration::from_millis(100)));
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
+    let addr = listener.local_addr();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let encrypted = s.is_encrypted();
+                let mut buf = vec![0u8; 4096];
+                let ended = async {
+                    loop {
+                        let n = s.read(&mut buf).await?;
+                        if n == 0 {
+                            s.shutdown().await?;
+                            return Ok(encrypted);
+                        }
+                        s.write_all(&buf[..n]).await?;
+                    }
+                };
+                let _ = tx.send(
+                    timeout(LIMIT, ended)
+                        .await
+                        .unwrap_or_else(|e| Err(e.into())),
+                );
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The tcpcrypt error of a connection to `addr` that must fail.
+async fn connect_error(
+    addr: std::net::SocketAddr,
+    cfg: &std::sync::Arc<tcpcrypt_tokio::Config>,
+    data: &[u8],
+) -> Error {
+    let err = timeout(
+        LIMIT,
+        tcpcrypt_tokio::TcpcryptStream::connect_with_data(addr, cfg, data),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    let inner = err.into_inner().expect("a tcpcrypt error");
+    *inner.downcast::<Error>().expect("a tcpcrypt error")
+}
+
+#[tokio::test]
+async fn a_client_whose_hello_came_late_sends_a_new_one() {
+    let (server, mut ended) = impatient_echo().await;
+    let (relay_addr, seen) = late_hello_relay(server, 1..=1, Duration::from_millis(400)).await;
+    // A fresh destination: a reset alone would be weak evidence, enough
+    // to fall back. The late marker says the server speaks tcpcrypt.
+    let cfg = default_config();
+    let s = timeout(
+        LIMIT,
+        tcpcrypt_tokio::TcpcryptStream::connect(relay_addr, &cfg),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(s.is_encrypted(), "{:?}", s.fallback_reason());
+    let data = pattern(10_000, 7);
+    assert_eq!(echo_roundtrip(s, data.clone()).await.unwrap(), data);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The server's application saw the late connection fail, never data.
+    let first = ended.recv().await.unwrap().unwrap_err();
+    assert_late_hello(&first);
+    assert!(
+        ended.recv().await.unwrap().unwrap(),
+        "the second is encrypted"
+    );
+    assert!(!cfg.client_cache().is_legacy(relay_addr));
+}
+
+#[tokio::test]
+async fn hellos_that_keep_coming_late_end_like_weak_evidence() {
+    let (server, _ended) = impatient_echo().await;
+    // Every connection's hello comes late: two new hellos, then the
+    // marker counts as weak evidence (a plain connection, never a
+    // conclusive verdict), or an error under the mandatory policy.
+    let (relay, seen) = late_hello_relay(server, 1..=3, Duration::from_millis(400)).await;
+    let cfg = default_config();
+    let s = timeout(LIMIT, tcpcrypt_tokio::TcpcryptStream::connect(relay, &cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.fallback_reason(), Some(&FallbackReason::HelloLate));
+    // Three hellos, then the plain connection (which the relay may not
+    // have accepted yet).
+    for _ in 0..100 {
+        if seen.load(std::sync::atomic::Ordering::SeqCst) == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert!(!FallbackReason::HelloLate.is_conclusive());
+
+    let (relay, _) = late_hello_relay(server, 1..=3, Duration::from_millis(400)).await;
+    let err = connect_error(relay, &mandatory(), b"").await;
+    assert!(
+        matches!(err, Error::EncryptionRequired(FallbackReason::HelloLate)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_late_marker_never_sends_0rtt_data_again() {
+    let (server, mut ended) = impatient_echo().await;
+    // The first connection leaves a resumption secret; the second's hello,
+    // carrying its request as 0-RTT data, comes late.
+    let (relay, _) = late_hello_relay(server, 2..=2, Duration::from_millis(400)).await;
+    let cfg = default_config();
+    let s = timeout(LIMIT, tcpcrypt_tokio::TcpcryptStream::connect(relay, &cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.is_encrypted());
+    assert_eq!(echo_roundtrip(s, b"one".to_vec()).await.unwrap(), b"one");
+    assert!(ended.recv().await.unwrap().unwrap());
+    // The marker is not authenticated: the request may have been
+    // delivered for all the client can prove, so it is not sent again.
+    let err = connect_error(relay, &cfg, b"pay 100\n").await;
+    assert!(
+        matches!(err, Error::EarlyDataUnconfirmed(FallbackReason::HelloLate)),
+        "{err:?}"
+    );
+    // And the server's application got none of it.
+    let late = ended.recv().await.unwrap().unwrap_err();
+    assert_late_hello(&late);
 }

@@ -49,6 +49,14 @@ pub enum ClientOutcome {
     /// application-aware mode, no valid TEP). B may already be encrypting,
     /// so this connection is spoiled and the caller connects again.
     Disabled(DisableReason),
+    /// The server speaks tcpcrypt, but our hello reached it after it had
+    /// taken us for a plain client (the hello was lost, and lost again):
+    /// it answered with the late marker instead of a hello, delivered
+    /// nothing and sent nothing else. The connection is spoiled; the
+    /// caller connects again with a new hello (docs/PROTOCOL.md 3.4). The
+    /// marker is not authenticated: 0-RTT data that left may still have
+    /// been delivered, as after any failure before B's hello.
+    HelloLate,
 }
 
 enum State {
@@ -430,7 +438,7 @@ impl ClientHandshake {
                 need
             };
             self.acc.fill(step.min(need), input, pos);
-            match hello::scan(&self.acc.buf, &[HelloKind::B])? {
+            match hello::scan(&self.acc.buf, hello::SERVER_KINDS)? {
                 HelloScan::NotAHello { .. } => {
                     let bytes = std::mem::take(&mut self.acc.buf);
                     self.finish(ClientOutcome::Legacy(LegacyEvidence::Bytes(bytes)));
@@ -438,6 +446,14 @@ impl ClientHandshake {
                 }
                 HelloScan::Incomplete if self.acc.buf.len() == before => return Ok(false),
                 HelloScan::Incomplete => continue,
+                HelloScan::Hello {
+                    kind: HelloKind::Late,
+                    ..
+                } => {
+                    self.acc.buf.clear();
+                    self.finish(ClientOutcome::HelloLate);
+                    return Ok(true);
+                }
                 HelloScan::Hello { option, .. } => {
                     self.acc.buf.clear();
                     self.on_hello(&option)?;
