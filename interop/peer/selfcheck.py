@@ -15,6 +15,9 @@
 5. resume:    --connections N against one server: resumption, 0-RTT data,
               servers that refuse either or were restarted, replays, and
               the limits on 0-RTT frames.
+6. late:      hellos that come after the server's hello wait: the late
+              marker and the reset, the client's new hellos (at most two),
+              banners, and 0-RTT data that is never sent twice.
 
     python3 selfcheck.py            # everything
     python3 selfcheck.py kat matrix # some parts
@@ -399,7 +402,8 @@ def variants():
     check(got == b"GET / HTTP/1.0\r\n\r\n" and src == 0,
           "plain client gets its bytes echoed, nothing lost")
 
-    # A silent client whose hello comes late: reset, never data.
+    # A silent client whose hello comes late: the late marker, then a
+    # reset; never data.
     srv = Server("--once", "--hello-wait", "0.3")
     s = socket.create_connection(("127.0.0.1", srv.port))
     time.sleep(0.8)
@@ -414,8 +418,10 @@ def variants():
     except ConnectionResetError:
         reset = True
     src, _, serr = srv.finish()
-    check(reset and got == b"" and src == 1 and "LateHello" in serr,
-          "late hello: the server resets (LateHello), echoes nothing")
+    check(reset and got == tp.LATE_MARKER and src == 1
+          and "LateHello" in serr,
+          "late hello: the server sends the late marker and resets "
+          "(LateHello), echoes nothing")
 
     # Legacy (plain echo) server: it echoes our hello, kind 'P' is not 'B'.
     port, t = plain_echo_server(1)
@@ -1090,8 +1096,227 @@ def mark_with_the_first_frame():
           "a resumption without 0-RTT data has no mark")
 
 
+# ---------------------------------------------------------------------------
+# 6. Late hellos (PROTOCOL.md 3.4 rule 1)
+# ---------------------------------------------------------------------------
+
+# The server's hello wait and the client's delay: the delay is well past
+# the wait, and the wait long enough for an undelayed hello on a busy
+# machine.
+LATE_WAIT = "0.25"
+LATE_DELAY = "0.8"
+
+
+def late_raw(first, rest, server_args=(), pause=0.8):
+    """A hand-made client: `first` at once, `rest` after `pause` s, against
+    a --once server with a short hello wait.  Returns (bytes received
+    until the end, reset seen, server exit code, server JSON lines)."""
+    srv = Server("--once", "--hello-wait", LATE_WAIT, *server_args)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    if first:
+        s.sendall(first)
+    time.sleep(pause)
+    try:
+        s.sendall(rest)
+        s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    got, reset = read_until_closed(s)
+    s.close()
+    src, _, serr = srv.finish()
+    return got, reset, src, json_lines(serr)
+
+
+def late_errors(lines):
+    return [l for l in lines if l.get("error") == "LateHello"]
+
+
+def late_server_side():
+    """The accepting side: the marker alone, then the reset, only when it
+    has sent nothing; plain clients are unaffected."""
+    opt = tp.encode_option_a([0x21, 0x23])
+    init1 = tp.make_init1(0x23, [1, 2, 16])[0]
+    t = tp.Ticket(os.urandom(32), 0x23, 1, "A")
+    na = os.urandom(8)
+    e_opt = tp.encode_option_a([0x21], tp.encode_resumption(
+        0x23, t.own_half(), na))
+    hellos = (
+        ("'A'", tp.encode_hello(tp.KIND_A, opt)),
+        ("'P' with its Init1", tp.encode_hello(tp.KIND_P, opt) + init1),
+        ("'E' with a 0-RTT frame", tp.encode_hello(tp.KIND_E, e_opt)
+         + tp.seal_early(t, na, b"request") + tp.END_OF_EARLY_DATA),
+    )
+    for what, hello in hellos:
+        got, reset, src, sl = late_raw(b"", hello)
+        le = late_errors(sl)
+        check(got == tp.LATE_MARKER and reset and src == 1 and len(le) == 1
+              and le[0].get("late_marker") is True
+              and keyed_line(sl) is None,
+              "late hello %s: exactly the 8-byte late marker %s, then a "
+              "reset (got %r, reset %s)" % (what, tp.LATE_MARKER.hex(), got,
+                                            reset))
+    check(tp.LATE_MARKER == b"\xe5ENO\x01L\r\n",
+          "the late marker is E5 'E' 'N' 'O' 01 'L' CR LF")
+
+    # Part of the marker before the wait, the rest after: still a hello.
+    hello = hellos[0][1]
+    got, reset, src, sl = late_raw(hello[:3], hello[3:])
+    check(got == tp.LATE_MARKER and reset and src == 1,
+          "a hello split across the wait (3 bytes before): late marker, "
+          "reset")
+
+    # Silent plain clients are echoed, marker or not.
+    for what, first in (("text", b"HELO example\r\n"),
+                        ("a marker of another kind",
+                         b"\xe5ENO\x01X\r\n and more")):
+        got, reset, src, sl = late_raw(b"", first, ["--allow-plain"])
+        check(got == first and not reset and src == 0
+              and not late_errors(sl),
+              "a plain client silent past the wait, then %s: echoed whole, "
+              "no late marker" % what)
+
+    # A server that spoke first (a banner) only resets.
+    banner = "220 ready\r\n"
+    got, reset, src, sl = late_raw(b"", hello, ["--banner", banner])
+    le = late_errors(sl)
+    check(got == banner.encode() and reset and src == 1 and len(le) == 1
+          and le[0].get("late_marker") is False,
+          "late hello after the server's banner: no marker, only the reset "
+          "(got %r)" % got)
+    got, reset, src, sl = late_raw(b"", b"QUIT\r\n",
+                                   ["--banner", banner, "--allow-plain"])
+    check(got == banner.encode() + b"QUIT\r\n" and src == 0,
+          "the banner goes first to a plain client, then its echo")
+
+
+def late_client(data, n_delayed, client_args=(), server_args=()):
+    """The peer's client with its first n_delayed hellos late against a
+    long-lived server with a short hello wait."""
+    srv = Server("--hello-wait", LATE_WAIT, *server_args)
+    on = ",".join(str(i + 1) for i in range(n_delayed))
+    crc, cout, cerr = run_client(srv.port, data, "--hello-delay", LATE_DELAY,
+                                 "--hello-delay-on", on, *client_args)
+    time.sleep(0.3)
+    _, _, serr = srv.stop()
+    return crc, cout, json_lines(cerr), json_lines(serr)
+
+
+def late_client_side():
+    """The connecting side on the marker: new hellos, at most two."""
+    data = os.urandom(50 * 1024)
+    for n in (1, 2):
+        crc, cout, cl, sl = late_client(data, n)
+        ck, sk = keyed_line(cl), keyed_lines(sl)
+        notes = [l for l in cl if l.get("hello_late")]
+        check(crc == 0 and cout == data and ck is not None
+              and ck.get("late_retries") == n and ck.get("late_markers") == n
+              and len(notes) == n and all(l["resend"] for l in notes)
+              and len(late_errors(sl)) == n and len(sk) == 1
+              and sk[0]["session_id"] == ck["session_id"],
+              "%d late hello%s: the client connects again with a new hello "
+              "and succeeds (late_retries %s)"
+              % (n, "s" if n > 1 else "", ck and ck.get("late_retries")))
+    for pipe in ((), ("--no-pipeline",)):
+        crc, cout, cl, sl = late_client(data, 1, pipe)
+        ck = keyed_line(cl)
+        check(crc == 0 and cout == data and ck
+              and ck.get("late_retries") == 1,
+              "late hello %s: one new hello, success"
+              % ("'A'" if pipe else "'P' with its Init1"))
+
+    # Three markers: the client stops; the third is weak evidence.
+    crc, cout, cl, sl = late_client(data, 3)
+    ne = [l for l in cl if l.get("encrypted") is False]
+    check(crc == 3 and cout == b"" and len(ne) == 1
+          and ne[0]["reason"] == "hello-late"
+          and ne[0].get("late_retries") == 2
+          and ne[0].get("late_markers") == 3
+          and len(late_errors(sl)) == 3 and not keyed_lines(sl)
+          and len([l for l in sl if l.get("reason") == "plain-client"]) == 3,
+          "three late markers: the client stops after 3 connections "
+          "(reason hello-late, late_retries 2), exit 3")
+    crc, cout, cl, sl = late_client(data, 3, ["--allow-plain"],
+                                    ["--allow-plain"])
+    check(crc == 0 and cout == data and len(late_errors(sl)) == 3
+          and len(closed_lines(sl)) == 1 and not keyed_lines(sl),
+          "three late markers with --allow-plain: a fourth connection, "
+          "plain, data intact")
+
+    # A forged marker on every connection: never more than three.
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    ls.settimeout(0.5)
+    accepted = []
+
+    def forge():
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                c, _ = ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            accepted.append(c)
+            c.settimeout(5)
+            try:
+                c.recv(65536)
+                c.sendall(tp.LATE_MARKER)
+                time.sleep(0.05)
+            except OSError:
+                pass
+            tp.abort_socket(c)
+    t = threading.Thread(target=forge, daemon=True)
+    t.start()
+    crc, cout, cerr = run_client(ls.getsockname()[1], data)
+    ls.close()
+    t.join(5)
+    cl = json_lines(cerr)
+    check(crc == 3 and len(accepted) == 3
+          and [l.get("late_retries") for l in cl if "encrypted" in l] == [2],
+          "a marker on every connection: exactly 3 connections, then the "
+          "client stops (%d connections)" % len(accepted))
+
+    # 0-RTT data outstanding: the marker allows no new hello.
+    crc, cout, cl, sl = late_client(data, 0, ["--connections", "2",
+                                              "--hello-delay-on", "2"])
+    errs = [l for l in cl if "error" in l]
+    sc = closed_lines(sl)
+    check(crc == 1 and cout == data and len(errs) == 1
+          and errs[0]["error"] == "EarlyDataUnconfirmed"
+          and errs[0].get("late_retries") == 0
+          and errs[0].get("late_markers") == 1
+          and len(late_errors(sl)) == 1 and len(keyed_lines(sl)) == 1
+          and flags(sc, "bytes_in") == [len(data)]
+          and len([l for l in sl if l.get("reason") == "plain-client"]) == 1,
+          "late marker on a 0-RTT hello: EarlyDataUnconfirmed, no new "
+          "connection, the early data delivered nowhere")
+    # Without 0-RTT data the resumption offer is made again, and honoured
+    # (the server never read the late one).
+    for extra, d, what in ((("--no-early-data",), data, "hello 'A' offer"),
+                           ((), b"", "empty input")):
+        crc, cout, cl, sl = late_client(d, 0, ["--connections", "2",
+                                               "--hello-delay-on", "2"]
+                                        + list(extra))
+        ck, sk = keyed_lines(cl), keyed_lines(sl)
+        check(crc == 0 and cout == d * 2
+              and flags(ck, "late_retries") == [0, 1]
+              and flags(ck, "resumed") == [False, True]
+              and flags(sk, "resumed") == [False, True],
+              "late resumption %s without 0-RTT data: offered again on a "
+              "new connection and resumed" % what)
+
+
+def late():
+    print("late: the late marker (PROTOCOL.md 3.4 rule 1)")
+    late_server_side()
+    late_client_side()
+
+
 def main():
-    parts = sys.argv[1:] or ["kat", "matrix", "variants", "tamper", "resume"]
+    parts = sys.argv[1:] or ["kat", "matrix", "variants", "tamper", "resume",
+                             "late"]
     t0 = time.time()
     for part in parts:
         globals()[part]()

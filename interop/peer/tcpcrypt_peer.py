@@ -13,14 +13,21 @@ done here.
                                       [--rekey-after N] [--no-pipeline]
                                       [--connections N] [--no-resume]
                                       [--no-early-data]
+                                      [--hello-delay S] [--hello-delay-on N,..]
     tcpcrypt_peer.py server --port PORT [--tep ...] [--aead ...] [--once]
                                         [--no-resume] [--no-early-data]
+                                        [--hello-wait S] [--banner TEXT]
 
 See README.md in this folder.
 """
 
 import argparse
 import collections
+try:
+    import fcntl
+    import termios
+except ImportError:                      # not a POSIX system
+    fcntl = termios = None
 import json
 import os
 import socket
@@ -50,8 +57,16 @@ KIND_A = 0x41  # connecting side, plain hello
 KIND_P = 0x50  # connecting side, hello followed by a pipelined Init1
 KIND_E = 0x45  # connecting side, resumption hello followed by 0-RTT frames
 KIND_B = 0x42  # accepting side
+KIND_L = 0x4C  # accepting side: "your hello came late", no option after it
 KINDS_A = (KIND_A, KIND_P, KIND_E)
 ENO_KIND = 0x45
+# PROTOCOL.md 3.4 rule 1: the late marker, and how many new hellos the
+# connecting side sends on it per connection asked for.
+LATE_MARKER = MARKER_HEAD + bytes([KIND_L]) + b"\r\n"
+LATE_HELLO_RETRIES = 2
+# How long the accepting side waits for its late marker to be acknowledged
+# before the reset, which would discard it from the send queue.
+LATE_MARKER_LINGER = 1.0
 
 TEP_P256, TEP_P521, TEP_X25519, TEP_X448 = 0x21, 0x22, 0x23, 0x24
 TEP_NAMES = {
@@ -164,6 +179,31 @@ class NotEncrypted(Exception):
 
 class IllFormedOption(Exception):
     pass
+
+
+class HelloLate(Exception):
+    """The server answered our hello with the late marker (PROTOCOL.md 3.4
+    rule 1): it took us for a plain client, delivered none of our bytes and
+    resets the connection.  The connection is spoiled; a new one may carry
+    a new hello."""
+
+
+def wait_acknowledged(sock, limit):
+    """Wait, at most limit seconds, until everything sent on sock has been
+    acknowledged by the peer (Linux: TIOCOUTQ counts unsent and
+    unacknowledged bytes), so that an abort right after does not discard
+    it.  Without that ioctl it returns at once."""
+    if fcntl is None or not hasattr(termios, "TIOCOUTQ"):
+        return
+    end = time.monotonic() + limit
+    while True:
+        try:
+            buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+        except (OSError, ValueError):
+            return
+        if struct.unpack("i", buf)[0] <= 0 or time.monotonic() >= end:
+            return
+        time.sleep(0.005)
 
 
 def abort_socket(sock):
@@ -666,14 +706,18 @@ def server_choose(teps, opt_a):
 # ---------------------------------------------------------------------------
 
 def client_handshake(sock, stream, teps, aeads, pipeline, deadline,
-                     ticket=None, early=b""):
+                     ticket=None, early=b"", hello_delay=0.0):
     """Host A's handshake.  With a ticket, offers resumption (no pipelined
     Init1) and, with early bytes, sends them as one 0-RTT frame after hello
-    'E'.  Returns Keyed (early_bytes: how many of them B took) or raises
-    NotEncrypted / ProtocolError."""
+    'E'.  hello_delay: seconds to stay silent after connecting before the
+    hello leaves (a hello that comes late, for tests).  Returns Keyed
+    (early_bytes: how many of them B took) or raises NotEncrypted /
+    ProtocolError, or HelloLate on B's late marker."""
     pipelined = None
     offer = None
     early_frame = b""
+    if hello_delay > 0:
+        time.sleep(hello_delay)
     if ticket is not None:
         nonce_a = os.urandom(RESUME_NONCE_LEN)
         offer = (ticket.tep, ticket.peer_half(), nonce_a)
@@ -694,7 +738,19 @@ def client_handshake(sock, stream, teps, aeads, pipeline, deadline,
         opt_a = encode_option_a(teps)
         sock.sendall(encode_hello(KIND_A, opt_a))
 
-    st = scan_marker(stream, (KIND_B,), deadline)
+    st = scan_marker(stream, (KIND_B, KIND_L), deadline)
+    if st == "hello" and stream.buf[5] == KIND_L:
+        # PROTOCOL.md 3.4 rule 1: B took us for a plain client and resets.
+        if early_frame:
+            # The marker is not authenticated: with 0-RTT data out it does
+            # not allow sending that data again (7.1 rule 7).
+            exc = ProtocolError("EarlyDataUnconfirmed", "the server "
+                                "answered the 'E' hello with the late "
+                                "marker; the 0-RTT data is not sent again")
+            exc.late_marker = True
+            raise exc
+        raise HelloLate("the server answered with the late marker %s"
+                        % bytes(stream.buf[:8]).hex())
     if st == "departed":
         raise NotEncrypted("legacy", "the server answered with bytes that "
                            "are not a hello: %s" % bytes(stream.buf[:8]).hex())
@@ -1310,7 +1366,9 @@ def plain_client(sock, leftover, data=None):
     sock.close()
 
 
-def plain_echo(sock, stream, late_hello_possible):
+def plain_echo(sock, stream, late_hello_possible, sent_before=False):
+    """Echo a plain connection.  sent_before: we have already sent bytes
+    of our own on it (a banner)."""
     if late_hello_possible:
         # PROTOCOL.md 3.4 rule 1: a hello that comes after the wait is
         # never data.  Hold the bytes until they tell.
@@ -1318,8 +1376,22 @@ def plain_echo(sock, stream, late_hello_possible):
             if not stream.fill():
                 break
         if marker_status(stream.buf, KINDS_A) == "hello":
-            raise ProtocolError("LateHello", "the client's hello came after "
-                                "the hello wait")
+            if sent_before:
+                # Our bytes were read as a plain server's: a marker after
+                # them would be data.  Only the reset.
+                exc = ProtocolError("LateHello", "the client's hello came "
+                                    "after the hello wait and our banner")
+                exc.late_marker = False
+                raise exc
+            # Nothing sent yet: the late marker, alone, then the reset
+            # (the caller aborts).  It must be acknowledged first, or the
+            # reset could discard it from our send queue.
+            sock.sendall(LATE_MARKER)
+            wait_acknowledged(sock, LATE_MARKER_LINGER)
+            exc = ProtocolError("LateHello", "the client's hello came after "
+                                "the hello wait; late marker sent")
+            exc.late_marker = True
+            raise exc
     pending = stream.take_all()
     if pending:
         sock.sendall(pending)
@@ -1336,10 +1408,12 @@ def plain_echo(sock, stream, late_hello_possible):
 # Client
 # ---------------------------------------------------------------------------
 
-def fatal(kind, detail, code=EXIT_ERROR, sock=None):
+def fatal(kind, detail, code=EXIT_ERROR, sock=None, extra=None):
     if sock is not None:
         abort_socket(sock)
-    emit({"error": kind, "detail": detail})
+    line = {"error": kind, "detail": detail}
+    line.update(extra or {})
+    emit(line)
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)
@@ -1361,51 +1435,91 @@ def run_client(args):
 
 
 def client_connection(args, data, ticket):
-    """One connection.  data: the whole input, or None to stream stdin.
+    """One connection asked for: data is the whole input, or None to
+    stream stdin.  The server's late marker makes it connect again with a
+    new hello, at most LATE_HELLO_RETRIES times (PROTOCOL.md 3.4 rule 1).
     Returns (exit code, the ticket for the next connection or None)."""
-    deadline = time.monotonic() + args.timeout
-    try:
-        sock = socket.create_connection((args.host, args.port),
-                                        timeout=args.timeout)
-    except OSError as e:
-        fatal("ConnectFailed", str(e))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    stream = Stream(sock)
     if args.no_resume:
         ticket = None
     early = b""
     if ticket is not None and data and not args.no_early_data:
         early = data[:MAX_EARLY_DATA]
-    try:
-        keyed = client_handshake(sock, stream, args.tep, args.aead,
-                                 not args.no_pipeline, deadline,
-                                 ticket, early)
-    except ProtocolError as e:
-        fatal(e.kind, e.detail, sock=sock)
-    except NotEncrypted as e:
-        emit({"encrypted": False, "reason": e.reason, "detail": e.detail})
-        if not args.allow_plain:
-            if e.same_connection:
-                sock.close()
-            else:
-                abort_socket(sock)
-            return EXIT_NOT_ENCRYPTED, None
+    late = {"late_retries": 0, "late_markers": 0}
+    while True:
+        deadline = time.monotonic() + args.timeout
         try:
-            if e.same_connection:
-                sock.settimeout(args.timeout or None)
-                plain_client(sock, stream.take_all(), data)
-            else:
+            sock = socket.create_connection((args.host, args.port),
+                                            timeout=args.timeout)
+        except OSError as e:
+            fatal("ConnectFailed", str(e), extra=late)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = Stream(sock)
+        args.hello_attempts += 1
+        delay = args.hello_delay \
+            if args.hello_attempts in args.hello_delay_on else 0.0
+        try:
+            try:
+                keyed = client_handshake(sock, stream, args.tep, args.aead,
+                                         not args.no_pipeline, deadline,
+                                         ticket, early, delay)
+            except HelloLate as e:
                 abort_socket(sock)
-                sock = socket.create_connection((args.host, args.port),
-                                                timeout=args.timeout or None)
-                plain_client(sock, b"", data)
-        except OSError as e2:
-            fatal("PlainFailed", str(e2), sock=sock)
-        return EXIT_OK, None
-    except OSError as e:
-        fatal("HandshakeFailed", str(e), sock=sock)
+                late["late_markers"] += 1
+                resend = late["late_markers"] <= LATE_HELLO_RETRIES
+                if resend:
+                    late["late_retries"] += 1
+                line = {"hello_late": True, "resend": resend,
+                        "detail": str(e)}
+                line.update(late)
+                emit(line)
+                if resend:
+                    # Nothing of ours was delivered: a new connection, a
+                    # new hello (the same resumption offer, if any: the
+                    # server never read it).
+                    continue
+                # A third marker is weak evidence, like a reset before any
+                # answer (PROTOCOL.md 3.4 rule 3).
+                raise NotEncrypted("hello-late", "the server answered %d "
+                                   "hellos with the late marker"
+                                   % late["late_markers"])
+        except ProtocolError as e:
+            if getattr(e, "late_marker", False):
+                late["late_markers"] += 1
+                line = {"hello_late": True, "resend": False,
+                        "detail": e.detail}
+                line.update(late)
+                emit(line)
+            fatal(e.kind, e.detail, sock=sock, extra=late)
+        except NotEncrypted as e:
+            line = {"encrypted": False, "reason": e.reason,
+                    "detail": e.detail}
+            line.update(late)
+            emit(line)
+            if not args.allow_plain:
+                if e.same_connection:
+                    sock.close()
+                else:
+                    abort_socket(sock)
+                return EXIT_NOT_ENCRYPTED, None
+            try:
+                if e.same_connection:
+                    sock.settimeout(args.timeout or None)
+                    plain_client(sock, stream.take_all(), data)
+                else:
+                    abort_socket(sock)
+                    sock = socket.create_connection(
+                        (args.host, args.port), timeout=args.timeout or None)
+                    plain_client(sock, b"", data)
+            except OSError as e2:
+                fatal("PlainFailed", str(e2), sock=sock, extra=late)
+            return EXIT_OK, None
+        except OSError as e:
+            fatal("HandshakeFailed", str(e), sock=sock, extra=late)
+        break
 
-    emit(keyed.report())
+    report = keyed.report()
+    report.update(late)
+    emit(report)
     next_ticket = None if args.no_resume else Ticket.after(keyed)
     sock.settimeout(args.timeout or None)
     dp = DataPhase(sock, stream, keyed, rekey_after=args.rekey_after)
@@ -1506,7 +1620,10 @@ def serve_connection(conn, peer, args, cache=None):
             emit({"encrypted": False, "reason": e.reason, "detail": e.detail,
                   "peer": "%s:%d" % peer[:2]})
             conn.settimeout(args.timeout or None)
-            plain_echo(conn, stream, getattr(e, "late_hello_possible", False))
+            if args.banner:
+                conn.sendall(args.banner)
+            plain_echo(conn, stream, getattr(e, "late_hello_possible", False),
+                       sent_before=bool(args.banner))
             emit({"closed": True, "ok": True, "encrypted": False,
                   "peer": "%s:%d" % peer[:2]})
             return EXIT_OK if args.allow_plain else EXIT_NOT_ENCRYPTED
@@ -1538,8 +1655,11 @@ def serve_connection(conn, peer, args, cache=None):
         if dp is not None:
             dp.fail(e)
         abort_socket(conn)
-        emit({"error": e.kind, "detail": e.detail,
-              "peer": "%s:%d" % peer[:2]})
+        line = {"error": e.kind, "detail": e.detail,
+                "peer": "%s:%d" % peer[:2]}
+        if hasattr(e, "late_marker"):
+            line["late_marker"] = e.late_marker
+        emit(line)
         return EXIT_ERROR
     except socket.timeout:
         if dp is not None:
@@ -1584,17 +1704,22 @@ def run_server(args):
 # Command line
 # ---------------------------------------------------------------------------
 
+def comma_ints(text, base, what):
+    """The integers of a comma-separated list (empty items skipped)."""
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            yield int(part, base)
+        except ValueError:
+            raise argparse.ArgumentTypeError("bad %s %r" % (what, part))
+
+
 def id_list(supported, what):
     def parse(text):
         out = []
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                v = int(part, 0)
-            except ValueError:
-                raise argparse.ArgumentTypeError("bad %s id %r" % (what, part))
+        for v in comma_ints(text, 0, "%s id" % what):
             if v not in supported:
                 raise argparse.ArgumentTypeError(
                     "unsupported %s 0x%02x (supported: %s)"
@@ -1607,6 +1732,15 @@ def id_list(supported, what):
             raise argparse.ArgumentTypeError("empty %s list" % what)
         return out
     return parse
+
+
+def attempt_list(text):
+    out = []
+    for v in comma_ints(text, 10, "attempt number"):
+        if v < 1:
+            raise argparse.ArgumentTypeError("attempts count from 1")
+        out.append(v)
+    return out
 
 
 def main(argv=None):
@@ -1652,6 +1786,16 @@ def main(argv=None):
                    help="make N connections one after another, each "
                         "sending all of stdin (read up front when N > 1); "
                         "from the second on, offer resumption (default 1)")
+    c.add_argument("--hello-delay", type=float, default=0.0, metavar="S",
+                   help="stay silent S seconds after connecting before "
+                        "sending the hello, on the attempts named by "
+                        "--hello-delay-on (a late hello, for tests)")
+    c.add_argument("--hello-delay-on", type=attempt_list, default=[1],
+                   metavar="N,M,...",
+                   help="which TCP connections carrying a hello get "
+                        "--hello-delay, counted from 1 over the whole run, "
+                        "new hellos after a late marker included "
+                        "(default 1)")
 
     s = sub.add_parser("server")
     s.add_argument("--port", type=int, required=True)
@@ -1662,6 +1806,11 @@ def main(argv=None):
     s.add_argument("--hello-wait", type=float, default=3.0,
                    help="seconds a client may take to send its 8-byte "
                         "marker before it is taken for plain (default 3)")
+    s.add_argument("--banner", type=lambda t: t.encode("utf-8"), default=b"",
+                   metavar="TEXT",
+                   help="send TEXT first on every connection that ends up "
+                        "unencrypted, before echoing (a server that speaks "
+                        "first); a late hello after it is only reset")
 
     args = p.parse_args(argv)
     if args.timeout <= 0:
@@ -1670,6 +1819,10 @@ def main(argv=None):
         p.error("--rekey-after must be >= 0")
     if args.mode == "client" and args.connections < 1:
         p.error("--connections must be >= 1")
+    if args.mode == "client":
+        if args.hello_delay < 0:
+            p.error("--hello-delay must be >= 0")
+        args.hello_attempts = 0        # TCP connections that carried a hello
     try:
         if args.mode == "client":
             return run_client(args)
