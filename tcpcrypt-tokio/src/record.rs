@@ -94,27 +94,26 @@ pub(crate) struct PlainRecv {
     /// The first bytes are held until they tell a client's late hello
     /// from data (see [`PlainRecv::watching_for_late_hello`]).
     watch: bool,
-    /// A client's hello came late and this side has sent nothing yet: it
-    /// is answered with the late marker before the reset.
+    /// Whether a client's late hello is answered with the late marker
+    /// before the reset: only while this side has sent nothing.
     late_answer: LateAnswer,
 }
 
 /// Whether a late hello is answered (docs/PROTOCOL.md 3.4, rule 1).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LateAnswer {
-    /// No hello came late, and this side has sent nothing.
-    NotNeeded,
-    /// This side has sent bytes of its own: the client has taken them
-    /// for a plain server's, and a marker after them would be data.
-    Spoke,
+    /// This side has sent nothing: a late hello would be answered.
+    Silent,
     /// A hello came late and the marker is to be sent.
     Due,
-    /// Sent, or given up.
-    Done,
+    /// This side has sent bytes of its own (the client has taken them for
+    /// a plain server's, and a marker after them would be data), or the
+    /// marker itself.
+    Spoken,
 }
 
 /// The accepting side's answer to a late hello.
-pub(crate) const LATE_MARKER: [u8; 8] = marker(HelloKind::Late);
+const LATE_MARKER: [u8; 8] = marker(HelloKind::Late);
 
 impl PlainRecv {
     pub(crate) fn new(bytes: Vec<u8>) -> Self {
@@ -125,14 +124,14 @@ impl PlainRecv {
             end,
             read_len: RECV_BUF_LEN,
             watch: false,
-            late_answer: LateAnswer::NotNeeded,
+            late_answer: LateAnswer::Silent,
         }
     }
 
     /// This side sent bytes of its own: a late hello is then only reset.
     pub(crate) fn note_sent(&mut self) {
-        if self.late_answer == LateAnswer::NotNeeded {
-            self.late_answer = LateAnswer::Spoke;
+        if self.late_answer == LateAnswer::Silent {
+            self.late_answer = LateAnswer::Spoken;
         }
     }
 
@@ -143,7 +142,7 @@ impl PlainRecv {
         if self.late_answer != LateAnswer::Due {
             return None;
         }
-        self.late_answer = LateAnswer::Done;
+        self.late_answer = LateAnswer::Spoken;
         Some(&LATE_MARKER[..])
     }
 
@@ -169,7 +168,7 @@ impl PlainRecv {
         while self.watch {
             match is_late_client_marker(self.pending()) {
                 Some(true) => {
-                    if self.late_answer == LateAnswer::NotNeeded {
+                    if self.late_answer == LateAnswer::Silent {
                         self.late_answer = LateAnswer::Due;
                     }
                     return Poll::Ready(Err(protocol_error(ProtoError::LateHello)));

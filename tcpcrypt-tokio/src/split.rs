@@ -283,8 +283,6 @@ fn poll_answer(
     result
 }
 
-/// Aborts the connection when `result` is a protocol error, as the whole
-/// stream would.
 /// Sends the late marker when a client's hello came late and neither half
 /// has sent anything (docs/PROTOCOL.md 3.4, rule 1), as
 /// [`TcpcryptStream`] does.
@@ -297,6 +295,8 @@ fn answer_late_hello(shared: &Shared, recv: &mut PlainRecv, io: &OwnedReadHalf) 
     }
 }
 
+/// Aborts the connection when `result` is a protocol error, as the whole
+/// stream would.
 fn abort_on_error(
     shared: &Shared,
     io: &OwnedReadHalf,
