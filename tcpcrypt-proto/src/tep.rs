@@ -5,7 +5,7 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
-use super::crypto::CryptoBackend;
+use super::crypto::{CryptoBackend, PreparedKey};
 use super::error::Error;
 use super::random::RandomSource;
 
@@ -162,6 +162,9 @@ impl fmt::Display for Tep {
 pub struct EphemeralKey {
     tep: Tep,
     private: Zeroizing<Vec<u8>>,
+    /// The private key as the backend that made the pair loaded it, when
+    /// that saves work in [`agree`](Self::agree).
+    prepared: Option<Box<dyn PreparedKey>>,
     pub_field: Vec<u8>,
 }
 
@@ -208,14 +211,15 @@ impl EphemeralKey {
 
     /// A key pair from given private key bytes.
     fn from_private(tep: Tep, private: &[u8], backend: &dyn CryptoBackend) -> Result<Self, Error> {
-        let public = backend
-            .public_key(tep, private)
+        let pair = backend
+            .key_pair(tep, private)
             .map_err(|_| Error::InvalidConfig("private key out of range"))?;
         let mut pub_field = Vec::with_capacity(tep.pub_field_len());
-        tep.encode_pub_field(&public, &mut pub_field);
+        tep.encode_pub_field(&pair.public, &mut pub_field);
         Ok(EphemeralKey {
             tep,
             private: Zeroizing::new(private.to_vec()),
+            prepared: pair.prepared,
             pub_field,
         })
     }
@@ -231,19 +235,63 @@ impl EphemeralKey {
     }
 
     /// Computes the shared secret ES with the peer's Pub field, validating
-    /// the peer's key and rejecting the all-zero X25519 result.
+    /// the peer's key and rejecting the all-zero X25519 result. A key
+    /// pair the backend keeps in its own form agrees through it (`backend`
+    /// is the one that made the pair).
     pub fn agree(
         &self,
         peer_pub_field: &[u8],
         backend: &dyn CryptoBackend,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let peer = self.tep.decode_pub_field(peer_pub_field)?;
-        let shared = backend
-            .agree(self.tep, &self.private, peer)
-            .map_err(|_| Error::BadPublicKey)?;
+        let shared = match &self.prepared {
+            Some(key) => key.agree(peer),
+            None => backend.agree(self.tep, &self.private, peer),
+        }
+        .map_err(|_| Error::BadPublicKey)?;
         if shared.iter().all(|&b| b == 0) {
             return Err(Error::BadPublicKey);
         }
         Ok(shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::all_backends;
+    use crate::random::OsRandom;
+
+    /// A key pair that keeps its private key in the backend's own form
+    /// agrees on the same secret as the private key's bytes do, with
+    /// either backend on the other side.
+    #[test]
+    fn a_prepared_key_agrees_as_its_bytes_do() {
+        for backend in all_backends() {
+            for tep in Tep::ALL {
+                let a = EphemeralKey::generate(tep, backend, &mut OsRandom).unwrap();
+                for other in all_backends() {
+                    let b = EphemeralKey::generate(tep, other, &mut OsRandom).unwrap();
+                    let from_prepared = a.agree(b.pub_field(), backend).unwrap();
+                    let peer = tep.decode_pub_field(b.pub_field()).unwrap();
+                    let from_bytes = backend.agree(tep, &a.private, peer).unwrap();
+                    assert_eq!(
+                        from_prepared,
+                        from_bytes,
+                        "{} {}",
+                        backend.name(),
+                        tep.name()
+                    );
+                    assert_eq!(
+                        from_prepared,
+                        b.agree(a.pub_field(), other).unwrap(),
+                        "{} with {}, {}",
+                        backend.name(),
+                        other.name(),
+                        tep.name()
+                    );
+                }
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use aws_lc_rs::encoding::{AsBigEndian, EcPublicKeyCompressedBin};
 use aws_lc_rs::{hkdf, hmac};
 use zeroize::Zeroizing;
 
-use super::{AeadKey, CryptoBackend, CryptoError};
+use super::{AeadKey, CryptoBackend, CryptoError, KeyPair, PreparedKey};
 use crate::aead::{AeadAlgorithm, NONCE_LEN, TAG_LEN};
 use crate::tep::Tep;
 
@@ -20,6 +20,46 @@ fn algorithm(tep: Tep) -> Option<&'static agreement::Algorithm> {
         Tep::EcdheP256 => Some(&agreement::ECDH_P256),
         Tep::EcdheP521 => Some(&agreement::ECDH_P521),
         Tep::EcdheCurve448 => None,
+    }
+}
+
+/// The public key of a loaded private key, in the form
+/// [`CryptoBackend::public_key`] returns.
+fn public_of(tep: Tep, key: &PrivateKey) -> Result<Vec<u8>, CryptoError> {
+    let public = key.compute_public_key().map_err(|_| CryptoError)?;
+    if tep == Tep::EcdheCurve25519 {
+        return Ok(public.as_ref().to_vec());
+    }
+    let compressed: EcPublicKeyCompressedBin<'_> = public.as_be_bytes().map_err(|_| CryptoError)?;
+    Ok(compressed.as_ref().to_vec())
+}
+
+/// Key agreement with a loaded private key; a NIST curve's peer key must
+/// be a compressed point, as its Pub field carries it.
+fn agree_with(
+    tep: Tep,
+    key: &PrivateKey,
+    peer_public: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if tep != Tep::EcdheCurve25519 && !matches!(peer_public.first(), Some(0x02 | 0x03)) {
+        return Err(CryptoError);
+    }
+    let peer = UnparsedPublicKey::new(key.algorithm(), peer_public);
+    agreement::agree(key, peer, CryptoError, |secret| {
+        Ok(Zeroizing::new(secret.to_vec()))
+    })
+}
+
+/// A private key aws-lc-rs has loaded (its public key computed once); aws-lc
+/// erases the key's memory when it frees it.
+struct Loaded {
+    tep: Tep,
+    key: PrivateKey,
+}
+
+impl PreparedKey for Loaded {
+    fn agree(&self, peer_public: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        agree_with(self.tep, &self.key, peer_public)
     }
 }
 
@@ -63,13 +103,21 @@ impl CryptoBackend for AwsLcRs {
             return super::x448::public_key(private);
         };
         let key = PrivateKey::from_private_key(alg, private).map_err(|_| CryptoError)?;
-        let public = key.compute_public_key().map_err(|_| CryptoError)?;
-        if tep == Tep::EcdheCurve25519 {
-            return Ok(public.as_ref().to_vec());
-        }
-        let compressed: EcPublicKeyCompressedBin<'_> =
-            public.as_be_bytes().map_err(|_| CryptoError)?;
-        Ok(compressed.as_ref().to_vec())
+        public_of(tep, &key)
+    }
+
+    fn key_pair(&self, tep: Tep, private: &[u8]) -> Result<KeyPair, CryptoError> {
+        let Some(alg) = algorithm(tep) else {
+            return Ok(KeyPair {
+                public: super::x448::public_key(private)?,
+                prepared: None,
+            });
+        };
+        let key = PrivateKey::from_private_key(alg, private).map_err(|_| CryptoError)?;
+        Ok(KeyPair {
+            public: public_of(tep, &key)?,
+            prepared: Some(Box::new(Loaded { tep, key })),
+        })
     }
 
     fn agree(
@@ -81,14 +129,8 @@ impl CryptoBackend for AwsLcRs {
         let Some(alg) = algorithm(tep) else {
             return super::x448::agree(private, peer_public);
         };
-        if tep != Tep::EcdheCurve25519 && !matches!(peer_public.first(), Some(0x02 | 0x03)) {
-            return Err(CryptoError);
-        }
         let key = PrivateKey::from_private_key(alg, private).map_err(|_| CryptoError)?;
-        let peer = UnparsedPublicKey::new(alg, peer_public);
-        agreement::agree(&key, peer, CryptoError, |secret| {
-            Ok(Zeroizing::new(secret.to_vec()))
-        })
+        agree_with(tep, &key, peer_public)
     }
 
     fn aead_key(&self, alg: AeadAlgorithm, key: &[u8]) -> Box<dyn AeadKey> {

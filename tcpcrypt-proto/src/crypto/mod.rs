@@ -50,6 +50,19 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug + 'static {
     /// X448, the compressed point (33 or 67 bytes) for P-256 or P-521.
     fn public_key(&self, tep: Tep, private: &[u8]) -> Result<Vec<u8>, CryptoError>;
 
+    /// The public key for a private key, with the private key in this
+    /// backend's own form when parsing it costs work that a later
+    /// [`agree`](Self::agree) would do again (aws-lc-rs computes the public
+    /// key whenever it loads a private one: as much as the agreement
+    /// itself). Key pairs made ahead of time keep it, so that a handshake
+    /// pays for the agreement alone. The default has no such form.
+    fn key_pair(&self, tep: Tep, private: &[u8]) -> Result<KeyPair, CryptoError> {
+        Ok(KeyPair {
+            public: self.public_key(tep, private)?,
+            prepared: None,
+        })
+    }
+
     /// Key agreement with a peer's public key (raw X25519 or X448 bytes, or
     /// a compressed P-256 or P-521 point, which is validated). Returns the
     /// shared secret (for the NIST curves the big-endian x-coordinate, 32
@@ -63,6 +76,21 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug + 'static {
 
     /// A keyed AEAD.
     fn aead_key(&self, alg: AeadAlgorithm, key: &[u8]) -> Box<dyn AeadKey>;
+}
+
+/// What [`CryptoBackend::key_pair`] makes of a private key.
+pub struct KeyPair {
+    /// As [`CryptoBackend::public_key`] returns it.
+    pub public: Vec<u8>,
+    /// The private key in the backend's own form, if it has one.
+    pub prepared: Option<Box<dyn PreparedKey>>,
+}
+
+/// A private key loaded into a backend, ready for key agreement. Its
+/// backend erases it when it is dropped.
+pub trait PreparedKey: Send + Sync {
+    /// [`CryptoBackend::agree`] with this key.
+    fn agree(&self, peer_public: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
 }
 
 /// An AEAD key ready to seal and open.
