@@ -6,7 +6,7 @@ use aws_lc_rs::encoding::{AsBigEndian, EcPublicKeyCompressedBin};
 use aws_lc_rs::{hkdf, hmac};
 use zeroize::Zeroizing;
 
-use super::{AeadKey, CryptoBackend, CryptoError, KeyPair, PreparedKey};
+use super::{AeadKey, CryptoBackend, CryptoError, LoadedKey, PreparedKey};
 use crate::aead::{AeadAlgorithm, NONCE_LEN, TAG_LEN};
 use crate::tep::Tep;
 
@@ -50,8 +50,10 @@ fn agree_with(
     })
 }
 
-/// A private key aws-lc-rs has loaded (its public key computed once); aws-lc
-/// erases the key's memory when it frees it.
+/// A private key aws-lc-rs has loaded (its public key computed once). aws-lc
+/// wipes the key's memory when it frees it (`OPENSSL_free` runs
+/// `OPENSSL_cleanse`), unless the process installs allocator hooks of its
+/// own in aws-lc, which this crate never does.
 struct Loaded {
     tep: Tep,
     key: PrivateKey,
@@ -106,15 +108,15 @@ impl CryptoBackend for AwsLcRs {
         public_of(tep, &key)
     }
 
-    fn key_pair(&self, tep: Tep, private: &[u8]) -> Result<KeyPair, CryptoError> {
+    fn key_pair(&self, tep: Tep, private: &[u8]) -> Result<LoadedKey, CryptoError> {
         let Some(alg) = algorithm(tep) else {
-            return Ok(KeyPair {
+            return Ok(LoadedKey {
                 public: super::x448::public_key(private)?,
                 prepared: None,
             });
         };
         let key = PrivateKey::from_private_key(alg, private).map_err(|_| CryptoError)?;
-        Ok(KeyPair {
+        Ok(LoadedKey {
             public: public_of(tep, &key)?,
             prepared: Some(Box::new(Loaded { tep, key })),
         })

@@ -56,8 +56,8 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug + 'static {
     /// key whenever it loads a private one: as much as the agreement
     /// itself). Key pairs made ahead of time keep it, so that a handshake
     /// pays for the agreement alone. The default has no such form.
-    fn key_pair(&self, tep: Tep, private: &[u8]) -> Result<KeyPair, CryptoError> {
-        Ok(KeyPair {
+    fn key_pair(&self, tep: Tep, private: &[u8]) -> Result<LoadedKey, CryptoError> {
+        Ok(LoadedKey {
             public: self.public_key(tep, private)?,
             prepared: None,
         })
@@ -79,17 +79,18 @@ pub trait CryptoBackend: Send + Sync + fmt::Debug + 'static {
 }
 
 /// What [`CryptoBackend::key_pair`] makes of a private key.
-pub struct KeyPair {
+pub struct LoadedKey {
     /// As [`CryptoBackend::public_key`] returns it.
     pub public: Vec<u8>,
     /// The private key in the backend's own form, if it has one.
     pub prepared: Option<Box<dyn PreparedKey>>,
 }
 
-/// A private key loaded into a backend, ready for key agreement. Its
-/// backend erases it when it is dropped.
+/// A private key loaded into a backend, ready for key agreement.
+/// Implementations must erase the key when it is dropped.
 pub trait PreparedKey: Send + Sync {
-    /// [`CryptoBackend::agree`] with this key.
+    /// [`CryptoBackend::agree`] with this key: the same secret, and the
+    /// same peer keys refused.
     fn agree(&self, peer_public: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
 }
 
