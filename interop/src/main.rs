@@ -212,8 +212,8 @@ enum Outcome {
     Plain,
     /// The bytes that arrived were not the ones sent, on either side.
     Corrupt,
-    /// An error (an honest outcome, counted).
-    Error,
+    /// An error (an honest outcome, counted), and what it said.
+    Error(String),
 }
 
 impl Outcome {
@@ -222,7 +222,7 @@ impl Outcome {
             Outcome::Encrypted => "encrypted",
             Outcome::Plain => "plain",
             Outcome::Corrupt => "corrupt",
-            Outcome::Error => "error",
+            Outcome::Error(_) => "error",
         }
     }
 }
@@ -312,7 +312,8 @@ async fn client(
         Ok(Ok((false, _))) => Outcome::Corrupt,
         Ok(Ok((true, true))) => Outcome::Encrypted,
         Ok(Ok((true, false))) => Outcome::Plain,
-        _ => Outcome::Error,
+        Ok(Err(e)) => Outcome::Error(e.to_string()),
+        Err(_) => Outcome::Error(format!("no outcome within {LIMIT:?}")),
     };
     (outcome, ready)
 }
@@ -331,8 +332,13 @@ async fn main() -> std::process::ExitCode {
         Command::Transfer { to, mode, bytes } => {
             let started = Instant::now();
             let (outcome, ready) = client(to, mode, bytes, &config).await;
+            let error = match &outcome {
+                Outcome::Error(e) => Some(e.clone()),
+                _ => None,
+            };
             let report = serde_json::json!({
                 "outcome": outcome.name(),
+                "error": error,
                 "secs": started.elapsed().as_secs_f64(),
                 "ready_secs": ready.map(|d| d.as_secs_f64()),
                 "bytes": bytes,
@@ -420,16 +426,23 @@ async fn main() -> std::process::ExitCode {
                 }));
             }
             let (mut enc, mut plain, mut corrupt, mut err) = (0, 0, 0, 0);
+            // What the errors said, and how often: an error is an honest
+            // outcome, but the report says which.
+            let mut said = std::collections::BTreeMap::new();
             for t in tasks {
                 match t.await.expect("no panic") {
                     Outcome::Encrypted => enc += 1,
                     Outcome::Plain => plain += 1,
                     Outcome::Corrupt => corrupt += 1,
-                    Outcome::Error => err += 1,
+                    Outcome::Error(e) => {
+                        err += 1;
+                        *said.entry(e).or_insert(0) += 1;
+                    }
                 }
             }
             let report = serde_json::json!({
                 "encrypted": enc, "plain": plain, "corrupt": corrupt, "errors": err,
+                "error_kinds": said,
                 "zero_rtt": ZERO_RTT.load(std::sync::atomic::Ordering::Relaxed),
                 "secs": started.elapsed().as_secs_f64(),
             });
