@@ -15,7 +15,7 @@ use crate::error::{Error, FallbackReason};
 use crate::kernel;
 use crate::negotiate::{self, ServerEnd, ServerStart};
 use crate::path::PathProbe;
-use crate::stream::{AbortFn, TcpcryptStream, abort_tcp};
+use crate::stream::{AbortFn, Mode, TcpcryptStream, abort_tcp};
 use crate::{Config, Policy};
 
 /// Runs the accepting side's handshake over a transport the caller owns.
@@ -129,6 +129,17 @@ impl TcpcryptAcceptor {
         let probe = PathProbe::of(&tcp);
         let mut stream = self.accept_with(tcp, Some(abort_tcp), start, probe).await?;
         stream.peer = peer;
+        // A late marker, if this stream sends one (a client taken for
+        // plain because it was silent), waits for its acknowledgement on
+        // this connection before the reset.
+        if let Mode::Plain {
+            ack,
+            reason: FallbackReason::ClientSilent,
+            ..
+        } = &mut stream.mode
+        {
+            ack.arm(probe);
+        }
         stream.kernel_carried = kernel_carried && stream.is_encrypted();
         // A's next connection may resume in its SYN: the kernel learns the
         // identifier it may answer to.

@@ -60,6 +60,7 @@ mod copy;
 mod error;
 mod kernel;
 mod key_refill;
+mod late_ack;
 mod negotiate;
 mod path;
 mod record;

@@ -17,6 +17,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
+use crate::late_ack::LateAck;
+use crate::path::PathProbe;
 use crate::proto::SessionInfo;
 use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
 use crate::stream::{Mode, TcpcryptStream, abort_tcp};
@@ -27,6 +29,8 @@ pub struct ReadHalf {
     inner: ReadInner,
     info: Option<Arc<SessionInfo>>,
     shared: Arc<Shared>,
+    /// The late marker's wait for its acknowledgement (`late_ack.rs`).
+    ack: LateAck,
 }
 
 enum ReadInner {
@@ -139,7 +143,7 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
     let (r, w) = stream.io.into_split();
     let abortable = stream.abort.is_some();
     let (inner, send, info, fallback) = match stream.mode {
-        Mode::Plain { recv, reason } => (ReadInner::Plain(recv), None, None, Some(reason)),
+        Mode::Plain { recv, reason, .. } => (ReadInner::Plain(recv), None, None, Some(reason)),
         Mode::Encrypted(e) => {
             let e = *e;
             let sender = Sender {
@@ -168,6 +172,7 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
             inner,
             info: info.clone(),
             shared: shared.clone(),
+            ack: LateAck::default(),
         },
         WriteHalf {
             io: Some(w),
@@ -284,15 +289,29 @@ fn poll_answer(
 }
 
 /// Sends the late marker when a client's hello came late and neither half
-/// has sent anything (docs/PROTOCOL.md 3.4, rule 1), as
-/// [`TcpcryptStream`] does.
-fn answer_late_hello(shared: &Shared, recv: &mut PlainRecv, io: &OwnedReadHalf) {
+/// has sent anything (docs/PROTOCOL.md 3.4, rule 1), and holds the read's
+/// error until the marker is acknowledged, as [`TcpcryptStream`] does.
+fn answer_late_hello(
+    shared: &Shared,
+    recv: &mut PlainRecv,
+    ack: &mut LateAck,
+    io: &OwnedReadHalf,
+    cx: &mut Context<'_>,
+    result: Poll<io::Result<()>>,
+) -> Poll<io::Result<()>> {
     if shared.plain_sent.load(Ordering::Acquire) {
         recv.note_sent();
     }
     if let Some(marker) = recv.take_late_answer() {
-        let _ = io.as_ref().try_write(marker);
+        if io.as_ref().try_write(marker).is_ok() {
+            ack.arm(PathProbe::of(io.as_ref()));
+            ack.start();
+        }
     }
+    if let Poll::Ready(Err(_)) = result {
+        ready!(ack.poll(cx));
+    }
+    result
 }
 
 /// Aborts the connection when `result` is a protocol error, as the whole
@@ -326,12 +345,16 @@ impl ReadHalf {
         ) -> Poll<io::Result<()>>,
     ) -> Poll<io::Result<()>> {
         let ReadHalf {
-            io, inner, shared, ..
+            io,
+            inner,
+            shared,
+            ack,
+            ..
         } = self;
         let recv = match inner {
             ReadInner::Plain(recv) => {
                 let result = recv.poll_fill(io, cx);
-                answer_late_hello(shared, recv, io);
+                let result = answer_late_hello(shared, recv, ack, io, cx, result);
                 return abort_on_error(shared, io, result);
             }
             ReadInner::Encrypted(recv) => recv,
@@ -382,7 +405,7 @@ impl AsyncRead for ReadHalf {
         let this = &mut *self;
         if let ReadInner::Plain(recv) = &mut this.inner {
             let result = recv.poll_read(&mut this.io, cx, buf);
-            answer_late_hello(&this.shared, recv, &this.io);
+            let result = answer_late_hello(&this.shared, recv, &mut this.ack, &this.io, cx, result);
             return abort_on_error(&this.shared, &this.io, result);
         }
         this.poll_recv(cx, |recv, io, cx, on_event| {

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
+use crate::late_ack::LateAck;
 use crate::proto::{Session, SessionId, SessionInfo};
 use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
 
@@ -65,6 +66,9 @@ pub(crate) enum Mode {
     Plain {
         recv: PlainRecv,
         reason: FallbackReason,
+        /// The late marker's wait for its acknowledgement (`late_ack.rs`),
+        /// armed on the accepting side's TCP connections.
+        ack: LateAck,
     },
     Encrypted(Box<Encrypted>),
 }
@@ -148,7 +152,11 @@ impl<IO> TcpcryptStream<IO> {
         };
         TcpcryptStream {
             io,
-            mode: Mode::Plain { recv, reason },
+            mode: Mode::Plain {
+                recv,
+                reason,
+                ack: LateAck::default(),
+            },
             abort: None,
             aborted: false,
             peer: None,
@@ -306,17 +314,27 @@ impl TcpcryptStream<TcpStream> {
 }
 
 /// Sends the late marker when a client's hello came late and nothing has
-/// been sent (docs/PROTOCOL.md 3.4, rule 1), before the reset. At most
-/// once, and never waited for: the send buffer of a connection that has
-/// sent nothing takes eight bytes at once.
+/// been sent (docs/PROTOCOL.md 3.4, rule 1), before the reset: at most
+/// once, written at once (the send buffer of a connection that has sent
+/// nothing takes eight bytes). `result` is the read's; its error (the late
+/// hello) is held until the client has acknowledged the marker, so that
+/// the reset cannot overtake it (`late_ack.rs`).
 fn answer_late_hello<IO: AsyncWrite + Unpin>(
     recv: &mut PlainRecv,
+    ack: &mut LateAck,
     io: &mut IO,
     cx: &mut Context<'_>,
-) {
+    result: Poll<io::Result<()>>,
+) -> Poll<io::Result<()>> {
     if let Some(marker) = recv.take_late_answer() {
-        let _ = Pin::new(io).poll_write(cx, marker);
+        if let Poll::Ready(Ok(_)) = Pin::new(io).poll_write(cx, marker) {
+            ack.start();
+        }
     }
+    if let Poll::Ready(Err(_)) = result {
+        ready!(ack.poll(cx));
+    }
+    result
 }
 
 /// Sets `SO_LINGER` to zero so that closing the socket sends RST: the
@@ -348,10 +366,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
         ) -> Poll<io::Result<()>>,
     ) -> Poll<io::Result<()>> {
         let e = match &mut self.mode {
-            Mode::Plain { recv, .. } => {
+            Mode::Plain { recv, ack, .. } => {
                 let result = recv.poll_fill(&mut self.io, cx);
-                answer_late_hello(recv, &mut self.io, cx);
-                return self.abort_on_error(result);
+                let result = ready!(answer_late_hello(recv, ack, &mut self.io, cx, result));
+                return self.abort_on_error(Poll::Ready(result));
             }
             Mode::Encrypted(e) => e,
         };
@@ -417,10 +435,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Mode::Plain { recv, .. } = &mut this.mode {
+        if let Mode::Plain { recv, ack, .. } = &mut this.mode {
             let result = recv.poll_read(&mut this.io, cx, buf);
-            answer_late_hello(recv, &mut this.io, cx);
-            return this.abort_on_error(result);
+            let result = ready!(answer_late_hello(recv, ack, &mut this.io, cx, result));
+            return this.abort_on_error(Poll::Ready(result));
         }
         this.poll_recv(cx, |recv, io, cx, on_event| {
             recv.poll_read(io, cx, buf, on_event)
