@@ -7,8 +7,12 @@
 //!
 //! The wait reads the kernel's figures for the connection (`path.rs`), so
 //! it exists only where they can be read: on a TCP connection whose
-//! addresses are known. It ends when nothing sent is unacknowledged, when
-//! the figures cannot be read, or after [`MARKER_ACK_WAIT`].
+//! addresses are known, on Linux 5.4 or later. It ends when nothing sent
+//! is unacknowledged, when the figures cannot be read, or at its bound:
+//! long enough for the marker to be sent again once on this path (two
+//! retransmission timeouts and a round trip), at least [`MARKER_ACK_WAIT`]
+//! and at most [`MARKER_ACK_MAX`]. Writes fail from the marker on: the
+//! client has given the connection up.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -18,12 +22,19 @@ use tokio::time::{Instant, Sleep};
 
 use crate::path::PathProbe;
 
-/// The longest wait for the marker's acknowledgement: a marker lost on the
-/// way comes back a retransmission timeout later (200 ms and more).
+/// The shortest bound of the wait for the marker's acknowledgement: a
+/// marker lost on the way comes back a retransmission timeout later (200
+/// ms and more).
 pub(crate) const MARKER_ACK_WAIT: Duration = Duration::from_secs(1);
 
-/// How often the kernel's figures are looked at while waiting.
-const RECHECK: Duration = Duration::from_millis(10);
+/// The longest bound, whatever the path: the reset is not put off for
+/// longer than a handshake may last.
+pub(crate) const MARKER_ACK_MAX: Duration = Duration::from_secs(5);
+
+/// How often the kernel's figures are looked at while waiting: every half
+/// round trip, within these limits.
+const RECHECK_MIN: Duration = Duration::from_millis(10);
+const RECHECK_MAX: Duration = Duration::from_millis(100);
 
 /// The wait: boxed, since almost every stream never needs it.
 #[derive(Default)]
@@ -35,6 +46,7 @@ enum State {
     Waiting {
         probe: PathProbe,
         until: Instant,
+        recheck: Duration,
         sleep: Pin<Box<Sleep>>,
     },
 }
@@ -46,14 +58,34 @@ impl LateAck {
         self.0 = probe.map(|p| Box::new(State::Armed(p)));
     }
 
-    /// The marker was just written: the wait starts, if armed.
+    /// Whether a wait is armed or running.
+    pub(crate) fn is_armed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether a wait is running: the marker was sent and the reset is
+    /// still to come.
+    pub(crate) fn is_waiting(&self) -> bool {
+        matches!(self.0.as_deref(), Some(State::Waiting { .. }))
+    }
+
+    /// The marker was just written: the wait starts, if armed, bounded by
+    /// the path's figures as they are now.
     pub(crate) fn start(&mut self) {
         if let Some(state) = self.0.as_deref_mut() {
             if let State::Armed(probe) = *state {
                 let now = Instant::now();
+                let (bound, recheck) = match probe.read() {
+                    Some(info) => (
+                        (info.rto * 2 + info.rtt).clamp(MARKER_ACK_WAIT, MARKER_ACK_MAX),
+                        (info.rtt / 2).clamp(RECHECK_MIN, RECHECK_MAX),
+                    ),
+                    None => (MARKER_ACK_WAIT, RECHECK_MIN),
+                };
                 *state = State::Waiting {
                     probe,
-                    until: now + MARKER_ACK_WAIT,
+                    until: now + bound,
+                    recheck,
                     sleep: Box::pin(tokio::time::sleep_until(now)),
                 };
             }
@@ -65,6 +97,7 @@ impl LateAck {
         let Some(State::Waiting {
             probe,
             until,
+            recheck,
             sleep,
         }) = self.0.as_deref_mut()
         else {
@@ -77,7 +110,7 @@ impl LateAck {
                 self.0 = None;
                 return Poll::Ready(());
             }
-            sleep.as_mut().reset((now + RECHECK).min(*until));
+            sleep.as_mut().reset((now + *recheck).min(*until));
             ready!(sleep.as_mut().poll(cx));
         }
     }
@@ -99,7 +132,8 @@ mod tests {
 
     /// Bytes the peer has acknowledged end the wait at once; bytes it
     /// cannot acknowledge (its receive window closed) hold it for
-    /// `MARKER_ACK_WAIT`, no longer.
+    /// `MARKER_ACK_WAIT` on loopback (its figures are far below), no
+    /// longer.
     #[tokio::test]
     async fn the_wait_ends_at_the_acknowledgement_or_the_bound() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

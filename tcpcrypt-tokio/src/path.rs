@@ -7,7 +7,8 @@
 //!
 //! The figures come from the kernel's `tcp_info`, read through sock_diag
 //! netlink (the socket named by its addresses), which needs no `unsafe`
-//! here. They are read only when a deadline expires, never on the
+//! here. They are read only when a deadline expires, or while a late
+//! marker waits for its acknowledgement (`late_ack.rs`), never on the
 //! connection's fast path. Where they cannot be read (another platform, a
 //! transport that is not a TCP socket, a kernel whose `tcp_info` is older
 //! than 5.4), the deadlines stay as configured.

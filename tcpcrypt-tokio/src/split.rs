@@ -142,8 +142,10 @@ impl std::fmt::Debug for WriteHalf {
 pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) {
     let (r, w) = stream.io.into_split();
     let abortable = stream.abort.is_some();
-    let (inner, send, info, fallback) = match stream.mode {
-        Mode::Plain { recv, reason, .. } => (ReadInner::Plain(recv), None, None, Some(reason)),
+    let (inner, send, info, fallback, ack) = match stream.mode {
+        Mode::Plain { recv, reason, ack } => {
+            (ReadInner::Plain(recv), None, None, Some(reason), ack)
+        }
         Mode::Encrypted(e) => {
             let e = *e;
             let sender = Sender {
@@ -156,6 +158,7 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
                 Some(Mutex::new(sender)),
                 Some(e.info),
                 None,
+                LateAck::default(),
             )
         }
     };
@@ -172,7 +175,7 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
             inner,
             info: info.clone(),
             shared: shared.clone(),
-            ack: LateAck::default(),
+            ack,
         },
         WriteHalf {
             io: Some(w),
@@ -304,9 +307,15 @@ fn answer_late_hello(
     }
     if let Some(marker) = recv.take_late_answer() {
         if io.as_ref().try_write(marker).is_ok() {
-            ack.arm(PathProbe::of(io.as_ref()));
+            if !ack.is_armed() {
+                ack.arm(PathProbe::of(io.as_ref()));
+            }
             ack.start();
         }
+    }
+    // The client has given the connection up: no more writes.
+    if ack.is_waiting() {
+        shared.aborted.store(true, Ordering::Release);
     }
     if let Poll::Ready(Err(_)) = result {
         ready!(ack.poll(cx));

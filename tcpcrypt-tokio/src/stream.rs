@@ -318,7 +318,7 @@ impl TcpcryptStream<TcpStream> {
 /// once, written at once (the send buffer of a connection that has sent
 /// nothing takes eight bytes). `result` is the read's; its error (the late
 /// hello) is held until the client has acknowledged the marker, so that
-/// the reset cannot overtake it (`late_ack.rs`).
+/// the reset cannot overtake it (`late_ack.rs`); writes fail meanwhile.
 fn answer_late_hello<IO: AsyncWrite + Unpin>(
     recv: &mut PlainRecv,
     ack: &mut LateAck,
@@ -368,8 +368,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
         let e = match &mut self.mode {
             Mode::Plain { recv, ack, .. } => {
                 let result = recv.poll_fill(&mut self.io, cx);
-                let result = ready!(answer_late_hello(recv, ack, &mut self.io, cx, result));
-                return self.abort_on_error(Poll::Ready(result));
+                let result = answer_late_hello(recv, ack, &mut self.io, cx, result);
+                // The client has given the connection up: no more writes.
+                self.aborted |= ack.is_waiting();
+                return self.abort_on_error(result);
             }
             Mode::Encrypted(e) => e,
         };
@@ -437,8 +439,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TcpcryptStream<IO> {
         let this = &mut *self;
         if let Mode::Plain { recv, ack, .. } = &mut this.mode {
             let result = recv.poll_read(&mut this.io, cx, buf);
-            let result = ready!(answer_late_hello(recv, ack, &mut this.io, cx, result));
-            return this.abort_on_error(Poll::Ready(result));
+            let result = answer_late_hello(recv, ack, &mut this.io, cx, result);
+            // The client has given the connection up: no more writes.
+            this.aborted |= ack.is_waiting();
+            return this.abort_on_error(result);
         }
         this.poll_recv(cx, |recv, io, cx, on_event| {
             recv.poll_read(io, cx, buf, on_event)

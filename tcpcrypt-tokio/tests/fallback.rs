@@ -84,6 +84,36 @@ async fn a_hello_that_comes_after_the_wait_is_never_data() {
 }
 
 #[tokio::test]
+async fn split_halves_answer_a_late_hello_as_the_whole_stream_does() {
+    let cfg = config(|b| b.client_hello_wait(Duration::from_millis(100)));
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
+    let addr = listener.local_addr();
+    let app = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let mut got = Vec::new();
+        let read = timeout(LIMIT, r.read_to_end(&mut got)).await.unwrap();
+        // The connection is given up: the write half cannot send after it.
+        let write = w.write_all(b"too late").await;
+        (read, write)
+    });
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tcp.write_all(&first_flight()).await.unwrap();
+    let (read, write) = timeout(LIMIT, app).await.unwrap().unwrap();
+    assert_late_hello(&read.unwrap_err());
+    assert_eq!(write.unwrap_err().kind(), ErrorKind::ConnectionAborted);
+    let mut answer = [0u8; 8];
+    timeout(LIMIT, tcp.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer, b"\xE5ENO\x01L\r\n");
+    let end = read_until_closed(&mut tcp).await;
+    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+}
+
+#[tokio::test]
 async fn a_late_hello_after_the_server_spoke_is_only_reset() {
     // A server that speaks first (a banner) has been read by the client as
     // a plain server's: a marker after its bytes would be data to it.
