@@ -26,6 +26,18 @@ fn assert_late_hello(err: &std::io::Error) {
     );
 }
 
+/// Asserts that the connecting side receives the late marker, then a reset.
+async fn assert_late_marker_then_reset(tcp: &mut TcpStream) {
+    let mut answer = [0u8; 8];
+    timeout(LIMIT, tcp.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer, b"\xE5ENO\x01L\r\n");
+    let end = read_until_closed(tcp).await;
+    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+}
+
 /// A connecting side's first flight: its hello and pipelined Init1.
 fn first_flight() -> Vec<u8> {
     let mut hs = ClientHandshake::new(
@@ -73,14 +85,7 @@ async fn a_hello_that_comes_after_the_wait_is_never_data() {
     assert_late_hello(&err);
     // The client learns of it by the late marker (the server had sent
     // nothing), then a reset: never by a plain answer.
-    let mut answer = [0u8; 8];
-    timeout(LIMIT, tcp.read_exact(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&answer, b"\xE5ENO\x01L\r\n");
-    let end = read_until_closed(&mut tcp).await;
-    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+    assert_late_marker_then_reset(&mut tcp).await;
 }
 
 #[tokio::test]
@@ -103,14 +108,7 @@ async fn split_halves_answer_a_late_hello_as_the_whole_stream_does() {
     let (read, write) = timeout(LIMIT, app).await.unwrap().unwrap();
     assert_late_hello(&read.unwrap_err());
     assert_eq!(write.unwrap_err().kind(), ErrorKind::ConnectionAborted);
-    let mut answer = [0u8; 8];
-    timeout(LIMIT, tcp.read_exact(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&answer, b"\xE5ENO\x01L\r\n");
-    let end = read_until_closed(&mut tcp).await;
-    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+    assert_late_marker_then_reset(&mut tcp).await;
 }
 
 #[tokio::test]
