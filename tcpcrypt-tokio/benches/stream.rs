@@ -425,8 +425,10 @@ async fn interleaved_handshakes(a: &str, b: &str, tls: &Tls, n: usize) -> (f64, 
 /// Connections per second to a server that does not speak tcpcrypt and
 /// answers anything with an HTTP error, each client new to it (no
 /// verdict remembered): plain TCP, the in-band hello (a second connection
-/// after the server's answer), or the kernel carriage (`Carriage::Kernel`:
-/// the SYN-ACK says it at once).
+/// after the server's answer), the kernel carriage (`Carriage::Kernel`:
+/// the SYN-ACK says it at once), or `record-only`: a plain tokio socket
+/// whose record gets an offer before `connect` and is read after it,
+/// without the library. The last tells what the kernel's part costs.
 async fn legacy_first_contact(kind: &str, n: usize) -> f64 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -447,11 +449,27 @@ async fn legacy_first_contact(kind: &str, n: usize) -> f64 {
         Carriage::InBand
     };
     let config = Arc::new(Config::builder().carriage(carriage).build().unwrap());
+    let mut sockets = None;
     let start = Instant::now();
     for _ in 0..n {
         let mut answer = Vec::new();
         if kind == "tcp" {
             let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(request).await.unwrap();
+            s.read_to_end(&mut answer).await.unwrap();
+        } else if kind == "record-only" {
+            let sockets = sockets.get_or_insert_with(|| {
+                tcpcrypt_kernel::Sockets::open().expect("the kernel carriage is enabled")
+            });
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            // A fresh offer's option: ENO, a global suboption, one TEP.
+            sockets.offer(&socket, &[69, 4, 0x01, 0x21]).unwrap();
+            let mut s = socket.connect(addr).await.unwrap();
+            let outcome = sockets.outcome(&s);
+            assert!(
+                matches!(outcome, tcpcrypt_kernel::Outcome::PeerSentNone),
+                "{outcome:?}"
+            );
             s.write_all(request).await.unwrap();
             s.read_to_end(&mut answer).await.unwrap();
         } else {
@@ -868,8 +886,8 @@ fn main() {
                 // Rounds of each kind in turn: the machine's state (its
                 // sockets in TIME_WAIT, its clock speed) weighs on all alike.
                 let m = n.min(300);
-                let kinds = ["tcp", "tcpcrypt", "tcpcrypt-kernel"];
-                let mut secs = [0f64; 3];
+                let kinds = ["tcp", "tcpcrypt", "tcpcrypt-kernel", "record-only"];
+                let mut secs = [0f64; 4];
                 for _ in 0..5 {
                     for (i, kind) in kinds.iter().enumerate() {
                         secs[i] += m as f64 / legacy_first_contact(kind, m).await;
@@ -884,7 +902,15 @@ fn main() {
                     first[2] / first[0],
                     first[1] / first[0]
                 ));
+                // What the library cannot remove: the kernel's part alone.
+                say(format!(
+                    "                       the record alone (offer and outcome around a plain tokio connect, no library) {:>8.1} /s   vs plain {:>5.2}x",
+                    first[3],
+                    first[3] / first[0]
+                ));
                 record("kernel carriage", serde_json::json!({
+                    "record_only_first_contact_per_s": first[3],
+                    "record_only_first_contact_vs_plain": first[3] / first[0],
                     "full_per_s": kernel, "in_band_full_per_s": full, "full_vs_in_band": kernel / full,
                     "resumed_per_s": kernel_resumed, "in_band_resumed_per_s": resumed, "resumed_vs_in_band": kernel_resumed / resumed,
                     "legacy_first_contact_per_s": first[2], "in_band_legacy_first_contact_per_s": first[1],
