@@ -26,6 +26,12 @@ impl Known {
             ConnState::Encrypted(_) | ConnState::Plain | ConnState::Closed
         )
     }
+
+    /// Whether its addresses are final: the real connection is up (they
+    /// do not change while it negotiates).
+    pub fn has_final_names(&self) -> bool {
+        !matches!(self.state, ConnState::Connecting | ConnState::Failed(_))
+    }
 }
 
 /// One relayed socket, by descriptor.
@@ -41,6 +47,9 @@ pub(crate) struct Entry {
     pub reported: bool,
     /// The daemon's answer, once final.
     pub known: Option<Known>,
+    /// Its latest answer whose addresses are final, for `getpeername`
+    /// and `getsockname` while the connection still negotiates.
+    pub names: Option<Known>,
     /// The process that recorded it: a forked child's close of an
     /// inherited copy must not abandon its parent's connect.
     pub owner: u32,
@@ -53,6 +62,7 @@ impl Entry {
             pending,
             reported: false,
             known: None,
+            names: None,
             owner: std::process::id(),
         }
     }

@@ -209,3 +209,83 @@ print(addr[0], addr[3] == socket.if_nametoindex("lo"), c.getpeername()[3] == add
     );
     assert_eq!(text, "fe80::1 True True 33\n", "scope kept, and encrypted");
 }
+
+/// A process out of descriptors: `accept` fails with `EMFILE` and leaves
+/// the connection queued, so that it is accepted once descriptors are
+/// free again (what servers that back off and retry rely on). The shim
+/// needs a few descriptors more than the connection's own for its
+/// hand-over: it may say `EMFILE` sooner, but never accepts a connection
+/// it then loses. Blocking and non-blocking listeners, with 0 to 6
+/// descriptors free.
+#[test]
+fn accept_out_of_descriptors_leaves_the_connection_queued() {
+    let script = r#"
+import socket, os, sys, subprocess, errno, resource
+client = """
+import socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+print("connected", flush=True)
+c.sendall(b"hello")
+print(c.recv(2).decode(), flush=True)
+"""
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+for blocking in (True, False):
+    l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(8)
+    l.setblocking(blocking)
+    for free in range(7):
+        p = subprocess.Popen([sys.executable, "-c", client, str(l.getsockname()[1])],
+                             env=env, stdout=subprocess.PIPE)
+        assert p.stdout.readline() == b"connected\n"
+        held = []
+        while True:
+            try:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as e:
+                assert e.errno == errno.EMFILE, e
+                break
+        for fd in held[len(held) - free:]:
+            os.close(fd)
+        del held[len(held) - free:]
+        try:
+            c, _ = l.accept()
+            first = "accepted"
+        except OSError as e:
+            first = errno.errorcode[e.errno]
+            for fd in held:
+                os.close(fd)
+            held = []
+            # Still queued: accepted at once (a lost one would time out).
+            l.settimeout(20)
+            c, _ = l.accept()
+            l.setblocking(blocking)
+        for fd in held:
+            os.close(fd)
+        c.settimeout(20)
+        got = c.recv(5)
+        c.sendall(b"ok")
+        c.close()
+        print(blocking, free, first, got.decode(), p.stdout.readline().decode().strip())
+        p.wait()
+    l.close()
+"#;
+    let (shimmed, plain) = both_ways(script, &[]);
+    for out in [&shimmed, &plain] {
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 14, "{out}");
+        for line in &lines {
+            // Every connection reached the application, whole, and its
+            // answer the client.
+            assert!(line.ends_with(" hello ok"), "{out}");
+            let first = line.split(' ').nth(2).unwrap();
+            assert!(first == "accepted" || first == "EMFILE", "{out}");
+        }
+        // Nothing free: EMFILE, as the kernel says.
+        assert!(lines[0].starts_with("True 0 EMFILE"), "{out}");
+        assert!(lines[7].starts_with("False 0 EMFILE"), "{out}");
+    }
+    // The shim's extra descriptors are few: with six free, it accepts.
+    assert!(shimmed.contains("True 6 accepted"), "{shimmed}");
+    assert!(shimmed.contains("False 6 accepted"), "{shimmed}");
+}

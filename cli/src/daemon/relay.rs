@@ -180,21 +180,30 @@ async fn first_bytes(
         && tcp
             .peer_addr()
             .is_ok_and(|p| config.client_cache().has_ticket(p));
-    if !resumable
-        || tokio::time::timeout(EARLY_WAIT, app.readable())
-            .await
-            .is_err()
-    {
+    if !resumable {
         return Ok(Vec::new());
     }
     let mut buf = vec![0u8; EARLY_READ];
-    match app.try_read(&mut buf) {
-        Ok(n) => buf.truncate(n),
-        // Nothing after all: a spurious wake-up.
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.clear(),
-        // Reported once only (a reset, say): the relay must not take the
-        // next read's clean end for the application's.
-        Err(e) => return Err(e),
+    let read = tokio::time::timeout(EARLY_WAIT, async {
+        loop {
+            app.readable().await?;
+            match app.try_read(&mut buf) {
+                Ok(n) => return Ok(n),
+                // Not ready after all: readiness left over from an
+                // earlier read (the filler of a non-blocking connect was
+                // just drained from this socket). Wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // Reported once only (a reset, say): the relay must not
+                // take the next read's clean end for the application's.
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match read {
+        Ok(Ok(n)) => buf.truncate(n),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => buf.clear(),
     }
     Ok(buf)
 }

@@ -23,6 +23,69 @@ pub(super) fn refuse_accepted_if_mandatory(c: OwnedFd, why: &str) -> c_int {
     -1
 }
 
+/// How many descriptors an accepted connection takes with its hand-over:
+/// its own, the link to the daemon, the application's socket, and the
+/// pairing's listener and accepted end.
+const HANDOVER_FDS: usize = 5;
+
+/// Descriptors kept free for the hand-over of the connection an `accept`
+/// is about to take. Taken before the real `accept`: a process short of
+/// descriptors gets `EMFILE` (or `ENFILE`) with the connection still
+/// queued, as the kernel leaves it when no descriptor is free, never a
+/// connection accepted and then lost for want of one.
+pub(super) struct Reserved {
+    /// Closed when dropped: that is their whole use.
+    held: [Option<OwnedFd>; HANDOVER_FDS],
+}
+
+impl Reserved {
+    /// Frees the one the connection itself takes, just before `accept`.
+    pub(super) fn free_one(&mut self) {
+        self.held[0] = None;
+    }
+}
+
+/// Takes [`HANDOVER_FDS`] descriptors (copies of `listener`), or the
+/// error a process out of them gets.
+pub(super) fn reserve_for_handover(listener: c_int) -> Result<Reserved, c_int> {
+    let mut held = [const { None }; HANDOVER_FDS];
+    for slot in &mut held {
+        // SAFETY: plain system call on the caller's descriptor; the copy
+        // is owned here.
+        let d = unsafe { libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 0) };
+        if d < 0 {
+            return Err(errno());
+        }
+        // SAFETY: `d` was just made and is owned by no one else.
+        *slot = Some(unsafe { OwnedFd::from_raw_fd(d) });
+    }
+    Ok(Reserved { held })
+}
+
+/// `fd`, moved to the lowest free descriptor number if that is lower (its
+/// own counted as free): the number the kernel's `accept` gives, once the
+/// descriptors the hand-over used are closed. `cloexec`: the flag the
+/// caller asked for.
+pub(super) fn lowest_numbered(fd: OwnedFd, cloexec: bool) -> OwnedFd {
+    let cmd = if cloexec {
+        libc::F_DUPFD_CLOEXEC
+    } else {
+        libc::F_DUPFD
+    };
+    // SAFETY: plain system call on a descriptor owned here.
+    let d = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, 0) };
+    if d < 0 {
+        return fd;
+    }
+    // SAFETY: `d` was just made and is owned by no one else.
+    let d = unsafe { OwnedFd::from_raw_fd(d) };
+    if d.as_raw_fd() < fd.as_raw_fd() {
+        d
+    } else {
+        fd
+    }
+}
+
 /// `accept4` on a listening TCP socket the shim handles. `Err(c)`: not
 /// ours (or not carried), hand `c` out as it is. The hook owns `c` from the
 /// start, so that it is closed, never leaked nor closed twice, whatever
@@ -105,28 +168,12 @@ pub(super) fn intercept_accept(
             return Ok(-1);
         }
     }
-    drop(end);
-    // The application's socket takes the accepted socket's number (the
-    // lowest free one when the kernel accepted), as without the shim; the
-    // shim's reference to the real socket goes with it (the daemon has its
-    // own).
-    let cloexec = if flags & libc::SOCK_CLOEXEC != 0 {
-        libc::O_CLOEXEC
-    } else {
-        0
-    };
-    let number = std::os::fd::IntoRawFd::into_raw_fd(real);
-    // SAFETY: `number` was the real socket's descriptor, given up above;
-    // dup3 closes it and puts the application's socket there.
-    let app = if unsafe { libc::dup3(app.as_raw_fd(), number, cloexec) } == number {
-        drop(app);
-        // SAFETY: `number` now names the application's socket, owned here.
-        unsafe { OwnedFd::from_raw_fd(number) }
-    } else {
-        // SAFETY: dup3 failed: `number` still names the real socket, ours.
-        drop(unsafe { OwnedFd::from_raw_fd(number) });
-        app
-    };
+    // The daemon has its own reference to the real socket; the shim's
+    // descriptors for the hand-over go (the link went with its request).
+    drop((end, real));
+    // The application's socket takes the number the kernel would have
+    // given the connection without the shim: the lowest free one.
+    let app = lowest_numbered(app, flags & libc::SOCK_CLOEXEC != 0);
     crate::log::log!(Debug, "connection from {peer} handed to the daemon");
     if flags & libc::SOCK_NONBLOCK != 0 {
         // SAFETY: plain system calls on a descriptor this function owns.

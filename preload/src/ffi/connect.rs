@@ -363,6 +363,30 @@ pub(super) fn pending_outcome(fd: c_int, entry: &Entry) -> Outcome {
     }
 }
 
+/// How a pending connect of `fd` stands by the application's socket
+/// alone, without asking the daemon: `Some(Connected)` once it turned
+/// writable with no error (the daemon makes it writable only when the
+/// real connection is up), `Some(Connecting)` while neither writable nor
+/// failed, `None` when it has an error or a hang-up (a failure, whose
+/// errno only the daemon knows, or a connection that ended since).
+pub(super) fn settled_by_socket(fd: c_int) -> Option<Outcome> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; no wait.
+    let ready = unsafe { libc::poll(&mut p, 1, 0) };
+    if ready < 0 || p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        return None;
+    }
+    Some(if p.revents & libc::POLLOUT != 0 {
+        Outcome::Connected
+    } else {
+        Outcome::Connecting
+    })
+}
+
 /// Whether the kernel has an error or a hang-up pending on `fd`.
 fn has_error(fd: c_int) -> bool {
     let mut p = libc::pollfd {

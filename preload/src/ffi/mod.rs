@@ -274,6 +274,21 @@ pub unsafe extern "C" fn accept4(
 ) -> c_int {
     // Never skipped, as `connect`: the shim's own code calls the real one.
     let _guard = Guard::enter_always();
+    // The hand-over's descriptors, before the connection leaves the queue;
+    // held across a non-blocking accept (it returns at once), only checked
+    // before a blocking one (which may wait long while other threads need
+    // descriptors).
+    let reserved = match tcp_family(fd).map(|_| reserve_for_handover(fd)) {
+        Some(Err(e @ (libc::EMFILE | libc::ENFILE))) => {
+            set_errno(e);
+            return -1;
+        }
+        Some(Ok(mut r)) if is_nonblocking(fd) => {
+            r.free_one();
+            Some(r)
+        }
+        _ => None,
+    };
     // SAFETY: plain data; all zeroes is a valid value.
     let mut st: sockaddr_storage = unsafe { zeroed() };
     let mut l = size_of::<sockaddr_storage>() as socklen_t;
@@ -289,17 +304,30 @@ pub unsafe extern "C" fn accept4(
     if c < 0 {
         return c;
     }
+    // Free for the hand-over; the connection's number is made the lowest
+    // again whatever happens to it.
+    let renumber = reserved.is_some();
+    drop(reserved);
     // SAFETY: the kernel wrote `l` bytes of address to `st`.
     let peer = unsafe { read_addr(&st as *const sockaddr_storage as *const sockaddr, l) };
+    let untouched = |c: c_int| {
+        if !renumber {
+            return c;
+        }
+        // SAFETY: `c` is the connection just accepted, handed out as it is.
+        let c = unsafe { OwnedFd::from_raw_fd(c) };
+        let c = lowest_numbered(c, flags & libc::SOCK_CLOEXEC != 0);
+        std::os::fd::IntoRawFd::into_raw_fd(c)
+    };
     let fd_out = match peer {
         Some(p) => match catch_unwind(AssertUnwindSafe(|| intercept_accept(fd, c, p, flags))) {
             Ok(Ok(app)) => app,
-            Ok(Err(c)) => c,
+            Ok(Err(c)) => untouched(c),
             // The hook owned `c` and closed it while unwinding: the
             // caller gets the error of a connection that went away.
             Err(_) => -1,
         },
-        None => c,
+        None => untouched(c),
     };
     if fd_out < 0 {
         set_errno(libc::ECONNABORTED);
@@ -339,7 +367,7 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { (real().getpeername)(fd, addr, len) };
     };
-    match catch_unwind(|| relayed(fd)) {
+    match catch_unwind(|| relayed_names(fd)) {
         Ok(Some(k)) => match k.state {
             ConnState::Connecting | ConnState::Failed(_) => {
                 set_errno(libc::ENOTCONN);
@@ -361,7 +389,7 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { (real().getsockname)(fd, addr, len) };
     };
-    match catch_unwind(|| relayed(fd)) {
+    match catch_unwind(|| relayed_names(fd)) {
         // SAFETY: the caller passes room for `*len` bytes at `addr`.
         Ok(Some(k)) => unsafe { write_name(fd, k.local, addr, len) },
         // SAFETY: the caller's arguments, passed on unchanged.

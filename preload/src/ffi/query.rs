@@ -36,8 +36,24 @@ pub(super) fn relayed(fd: c_int) -> Option<Known> {
     let k = ask(id)?;
     if k.is_final() {
         registry::update(fd, |e| e.known = Some(k.clone()));
+    } else if k.has_final_names() {
+        registry::update(fd, |e| e.names = Some(k.clone()));
     }
     Some(k)
+}
+
+/// [`relayed`] for the socket's addresses only. They are final once the
+/// real connection is up, so the daemon is asked for them once: an HTTP
+/// client asks for both right after connecting, while its request, sooner
+/// written, could still go as 0-RTT data with the hello.
+pub(super) fn relayed_names(fd: c_int) -> Option<Known> {
+    if let Some(e) = registry::recorded(fd)
+        && let Some(k) = e.known.or(e.names)
+        && socket_id(fd) == Some(e.id)
+    {
+        return Some(k);
+    }
+    relayed(fd)
 }
 
 /// A connected loopback socket this process has no record of: a copy, an
@@ -75,7 +91,18 @@ pub(super) fn connect_error(fd: c_int) -> Option<c_int> {
     if !entry.pending || entry.reported || socket_id(fd) != Some(entry.id) {
         return None;
     }
-    match pending_outcome(fd, &entry) {
+    // Success needs no question to the daemon: an HTTP client asks right
+    // after its socket turns writable, and its request, sooner written,
+    // can go as 0-RTT data with the hello.
+    let outcome = match settled_by_socket(fd) {
+        Some(Outcome::Connected) => {
+            registry::update(fd, |en| en.pending = false);
+            Outcome::Connected
+        }
+        Some(Outcome::Connecting) => Outcome::Connecting,
+        _ => pending_outcome(fd, &entry),
+    };
+    match outcome {
         Outcome::Failed(e) => Some(e),
         // Still under way: 0, as the kernel says of a socket connecting.
         Outcome::Connecting => Some(0),
