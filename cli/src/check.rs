@@ -15,6 +15,7 @@ use crate::report::Report;
 #[derive(clap::Args)]
 pub struct Args {
     /// The destination, HOST:PORT.
+    #[arg(value_parser = crate::options::destination)]
     destination: String,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
@@ -78,7 +79,7 @@ async fn negotiate(
     peer: std::net::SocketAddr,
     config: std::sync::Arc<Config>,
     kernel: bool,
-) -> Report {
+) -> io::Result<Report> {
     let connector = TcpcryptConnector::new(config);
     let started = Instant::now();
     let outcome = if kernel {
@@ -88,7 +89,7 @@ async fn negotiate(
         connector.connect(tcp).await
     };
     let took = started.elapsed();
-    match outcome {
+    Ok(match outcome {
         Ok(Connected::Stream(mut s)) => {
             let report = Report::of(&s, peer, took);
             // A clean close (FINp) so that the server sees no error.
@@ -96,12 +97,15 @@ async fn negotiate(
             report
         }
         Ok(Connected::Reconnect(reason)) => Report::new(peer, None, Some(&reason), took),
+        // This host cannot use the carriage asked for (its program is not
+        // attached to this cgroup): nothing is known of the destination.
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => return Err(e),
         Err(e) => {
             let mut report = Report::new(peer, None, None, took);
             report.reason = Some(format!("negotiation failed: {e}"));
             report
         }
-    }
+    })
 }
 
 /// Connects to the first address of `destination` that answers, its SYN
@@ -155,7 +159,13 @@ pub async fn check(args: Args) -> i32 {
             destination: args.destination.clone(),
             reachable: true,
             connect_ms: Some((connect_time.as_secs_f64() * 1e6).round() / 1e3),
-            report: Some(negotiate(tcp, peer, config, offered).await),
+            report: match negotiate(tcp, peer, config, offered).await {
+                Ok(report) => Some(report),
+                Err(e) => {
+                    eprintln!("tcpcrypt check: {e}");
+                    return 2;
+                }
+            },
             error: None,
         },
         Err(e) => Finding {

@@ -21,6 +21,11 @@ mod pathcheck;
 mod plot;
 mod proxy;
 mod report;
+/// The shim's include and exclude rules: one definition, so that `run`
+/// refuses what the shim would not understand.
+#[path = "../../preload/src/rule.rs"]
+#[allow(dead_code)] // matching is the shim's; only parsing is used here
+mod rule;
 mod run;
 mod shim;
 mod status;

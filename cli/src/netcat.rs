@@ -21,6 +21,7 @@ use crate::report::Report;
 pub struct ConnectArgs {
     /// The destination, HOST:PORT (a name, an IPv4 address, or an IPv6
     /// address in brackets).
+    #[arg(value_parser = crate::options::destination)]
     destination: String,
     #[command(flatten)]
     negotiation: Negotiation,

@@ -1,5 +1,6 @@
 //! Negotiation options shared by `connect`, `listen`, `proxy`, `check` and
-//! `bench`, turned into one library [`Config`].
+//! `bench`, turned into one library [`Config`]; and the destination
+//! argument of `connect` and `check`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,5 +70,52 @@ impl Negotiation {
             .server_hello_timeout(self.server_hello_timeout)
             .client_hello_wait(self.client_hello_wait)
             .carriage(self.carriage.into())
+    }
+}
+
+/// A destination argument, `HOST:PORT`: a name, an IPv4 address or an
+/// IPv6 one in brackets, and a port. Checked when the arguments are read,
+/// so that a missing port is a usage error (exit 2), not a failed
+/// connection.
+pub fn destination(value: &str) -> Result<String, String> {
+    let usage = "expected HOST:PORT (a name, an IPv4 address or an IPv6 one in brackets, and a port: example.net:80, [::1]:7777)";
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("no port: {usage}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("`{port}` is not a port: {usage}"));
+    }
+    let bare_ipv6 = host.contains(':') && !(host.starts_with('[') && host.ends_with(']'));
+    if host.is_empty() || bare_ipv6 {
+        return Err(format!("`{host}` is not a host: {usage}"));
+    }
+    Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::destination;
+
+    #[test]
+    fn destinations_need_a_host_and_a_port() {
+        for good in [
+            "example.net:80",
+            "127.0.0.1:7777",
+            "[::1]:7777",
+            "localhost:0",
+        ] {
+            assert_eq!(destination(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "127.0.0.1",
+            "example.net",
+            ":80",
+            "::1:7777",
+            "host:http",
+            "host:65536",
+            "",
+        ] {
+            assert!(destination(bad).is_err(), "{bad}");
+        }
     }
 }

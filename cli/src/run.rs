@@ -16,11 +16,11 @@ pub struct Args {
     off: bool,
     /// Leave these destinations or listening ports alone: ADDR, ADDR/PREFIX
     /// or :PORT. Repeatable.
-    #[arg(long, value_name = "RULE")]
+    #[arg(long, value_name = "RULE", value_parser = rules)]
     exclude: Vec<String>,
     /// Handle only these destinations or listening ports (same syntax;
     /// --exclude still applies). Repeatable.
-    #[arg(long, value_name = "RULE")]
+    #[arg(long, value_name = "RULE", value_parser = rules)]
     include: Vec<String>,
     /// How ENO travels (TCPCRYPT_CARRIAGE): auto (in the SYN where
     /// `tcpcrypt kernel enable` attached its program, else the in-band
@@ -38,6 +38,21 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     command: Vec<String>,
+}
+
+/// An `--include` or `--exclude` value (rules, comma-separated), checked
+/// as the shim reads it: a rule it would not understand is refused here,
+/// never ignored by a program already running.
+fn rules(value: &str) -> Result<String, String> {
+    match value
+        .split(',')
+        .find(|r| crate::rule::Rule::parse(r).is_none())
+    {
+        Some(bad) => Err(format!(
+            "`{bad}` is not a rule: ADDR, ADDR/PREFIX or :PORT (e.g. 10.0.0.0/8, 192.0.2.7, ::1, :22)"
+        )),
+        None => Ok(value.to_string()),
+    }
 }
 
 /// Finds `name` on PATH, as the shell would.
@@ -259,7 +274,12 @@ pub fn run(mut args: Args) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tcpcrypt: {program}: {e}");
-            return 126;
+            // As a shell says it: not found, or found and not startable.
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
         }
     };
     if let Err(e) = forward_signals(child.id()) {

@@ -105,13 +105,46 @@ fn run_passes_the_exit_status_and_the_environment() {
     assert_eq!(parts[1], "mandatory");
     assert_eq!(parts[2], ":22,10.0.0.0/8");
     assert_eq!(parts[3], "192.168.0.0/16");
-    // A missing command.
-    assert_eq!(
-        tcpcrypt(&["run", "--", "no-such-command-here"])
-            .status
-            .code(),
-        Some(127)
-    );
+    // A missing command, by name or by path: 127, as a shell says; one
+    // that cannot be started: 126.
+    for missing in ["no-such-command-here", "/nonexistent/command"] {
+        assert_eq!(tcpcrypt(&["run", "--", missing]).status.code(), Some(127));
+    }
+    let not_executable =
+        std::env::temp_dir().join(format!("tcpcrypt-noexec-{}", std::process::id()));
+    std::fs::write(&not_executable, "not a program\n").unwrap();
+    let out = tcpcrypt(&["run", "--", not_executable.to_str().unwrap()]);
+    std::fs::remove_file(&not_executable).unwrap();
+    assert_eq!(out.status.code(), Some(126));
+    // A rule the shim would not understand is a usage error, before
+    // anything runs.
+    for bad in ["10.0.0.0/33", "bogus", "10.0.0.5:22", ":22,nonsense"] {
+        for option in ["--exclude", "--include"] {
+            let out = tcpcrypt(&["run", option, bad, "--", "sh", "-c", "echo ran"]);
+            assert_eq!(out.status.code(), Some(2), "{option} {bad}");
+            assert!(out.stdout.is_empty(), "{option} {bad}: the program ran");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("is not a rule"),
+                "{option} {bad}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_destination_without_a_port_is_a_usage_error() {
+    for command in ["check", "connect"] {
+        for bad in ["127.0.0.1", "example.net", "::1:7777", "host:http"] {
+            let out = tcpcrypt(&[command, bad]);
+            assert_eq!(out.status.code(), Some(2), "{command} {bad}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("HOST:PORT"),
+                "{command} {bad}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
 
 #[test]

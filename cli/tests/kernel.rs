@@ -1171,6 +1171,52 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
             .any(|a| Path::new(a.as_str().unwrap()) == setup.cgroup),
         "{status}"
     );
+
+    // `check --carriage kernel` from a cgroup the program is not attached
+    // to (this process's): a fault of this host, said as one (exit 2),
+    // not a finding about the destination.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--carriage", "kernel"])
+        .arg(listener.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not attached"),
+        "{out:?}"
+    );
+    drop(listener);
+
+    // A cgroup removed while enabled: the kernel detached the program
+    // with it and only the pin is left; `status` says so and `disable`
+    // clears it, by the removed directory's name too. The test's own
+    // cgroup keeps its attachment throughout.
+    let gone = setup.cgroup.with_extension("removed");
+    std::fs::create_dir(&gone).unwrap();
+    let kernel = |args: &[&str]| Command::new(BIN).arg("kernel").args(args).output().unwrap();
+    let enabled = kernel(&["enable", "--cgroup", gone.to_str().unwrap()]);
+    assert!(enabled.status.success(), "{enabled:?}");
+    std::fs::remove_dir(&gone).unwrap();
+    let attached = || -> Vec<String> {
+        let status: Value = serde_json::from_slice(&kernel(&["status", "--json"]).stdout).unwrap();
+        status["attached"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let listed = attached();
+    assert!(listed.iter().any(|a| a.contains("removed")), "{listed:?}");
+    let disabled = kernel(&["disable", "--cgroup", gone.to_str().unwrap()]);
+    assert!(disabled.status.success(), "{disabled:?}");
+    let listed = attached();
+    assert!(!listed.iter().any(|a| a.contains("removed")), "{listed:?}");
+    assert!(
+        listed.iter().any(|a| Path::new(a) == setup.cgroup),
+        "{listed:?}"
+    );
     println!("kernel carriage scenarios took {:?}", started.elapsed());
 }
 

@@ -24,4 +24,5 @@ mod fork;
 mod log;
 mod options;
 mod registry;
+mod rule;
 pub mod wire;

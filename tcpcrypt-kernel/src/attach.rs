@@ -216,6 +216,7 @@ pub fn enable(cgroup: Option<&Path>) -> Result<(PathBuf, bool), Error> {
         Some(c) => c.to_path_buf(),
         None => default_cgroup()?,
     };
+    prune_removed();
     let mut program = pinned_program()?;
     let link = link_pin(&cgroup)?;
     if PinnedLink::from_pin(&link).is_ok() {
@@ -238,30 +239,41 @@ pub fn enable(cgroup: Option<&Path>) -> Result<(PathBuf, bool), Error> {
 
 /// Detaches the program from `cgroup`; when it is attached nowhere else,
 /// unpins it and its maps. `Ok(false)` when it was not attached there.
+/// The pins left by cgroups removed while enabled go too: a `cgroup` that
+/// no longer exists is disabled when such a pin was left.
 pub fn disable(cgroup: Option<&Path>) -> Result<(PathBuf, bool), Error> {
     require_root()?;
+    let pruned = prune_removed();
     let cgroup = match cgroup {
         Some(c) => c.to_path_buf(),
         None => match cgroup2_mounts().into_iter().next() {
             Some(c) => c,
-            None => return Ok((PathBuf::from("(no cgroup v2 hierarchy)"), false)),
+            None => {
+                unpin_if_unused();
+                return Ok((
+                    PathBuf::from("(no cgroup v2 hierarchy)"),
+                    !pruned.is_empty(),
+                ));
+            }
         },
     };
-    let link = link_pin(&cgroup)?;
+    let link = match link_pin(&cgroup) {
+        Ok(link) => link,
+        Err(Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && !pruned.is_empty() =>
+        {
+            unpin_if_unused();
+            return Ok((cgroup, true));
+        }
+        Err(e) => return Err(e),
+    };
     let was = link.exists();
     if was {
         let pinned = PinnedLink::from_pin(&link).map_err(Error::bpf)?;
         // Unpinned and dropped: the last reference, so the link goes.
         drop(pinned.unpin().map_err(|e| Error::io(&link, e))?);
     }
-    if attachments().is_empty() {
-        let dir = Path::new(PIN_DIR);
-        let pins = MAPS.iter().map(|(_, pin, _)| *pin);
-        for pin in std::iter::once("prog").chain(pins) {
-            let _ = std::fs::remove_file(dir.join(pin));
-        }
-        let _ = std::fs::remove_dir(dir);
-    }
+    unpin_if_unused();
     Ok((cgroup, was))
 }
 
@@ -282,18 +294,33 @@ fn attachments() -> Vec<u64> {
         .collect()
 }
 
+/// Where a cgroup with a pinned link is.
+#[derive(Debug, PartialEq, Eq)]
+enum Whereabouts {
+    At(PathBuf),
+    /// Searched for everywhere and not found: the cgroup was removed (the
+    /// kernel detached the program with it; only the pin is left).
+    Removed,
+    /// Not found within the search's bound.
+    Unknown,
+}
+
 /// Finds the directory with inode `ino` under the cgroup v2 mounts
 /// (breadth first, bounded).
-fn cgroup_path(ino: u64) -> Option<PathBuf> {
-    let mut queue: std::collections::VecDeque<PathBuf> = cgroup2_mounts().into();
+fn cgroup_path(ino: u64) -> Whereabouts {
+    let mounts = cgroup2_mounts();
+    if mounts.is_empty() {
+        return Whereabouts::Unknown;
+    }
+    let mut queue: std::collections::VecDeque<PathBuf> = mounts.into();
     let mut seen = 0;
     while let Some(dir) = queue.pop_front() {
         seen += 1;
         if seen > 20_000 {
-            return None;
+            return Whereabouts::Unknown;
         }
         if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == ino) {
-            return Some(dir);
+            return Whereabouts::At(dir);
         }
         if let Ok(entries) = std::fs::read_dir(&dir) {
             queue.extend(
@@ -304,7 +331,31 @@ fn cgroup_path(ino: u64) -> Option<PathBuf> {
             );
         }
     }
-    None
+    Whereabouts::Removed
+}
+
+/// Unpins the links of cgroups that were removed since they were enabled
+/// (nothing runs there any more); their inodes.
+fn prune_removed() -> Vec<u64> {
+    attachments()
+        .into_iter()
+        .filter(|&ino| cgroup_path(ino) == Whereabouts::Removed)
+        .filter(|ino| {
+            std::fs::remove_file(Path::new(PIN_DIR).join(format!("cgroup-{ino}"))).is_ok()
+        })
+        .collect()
+}
+
+/// Unpins the program and its maps when no cgroup has it any more.
+fn unpin_if_unused() {
+    if attachments().is_empty() {
+        let dir = Path::new(PIN_DIR);
+        let pins = MAPS.iter().map(|(_, pin, _)| *pin);
+        for pin in std::iter::once("prog").chain(pins) {
+            let _ = std::fs::remove_file(dir.join(pin));
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Where the program is attached, and its counters when readable.
@@ -314,8 +365,11 @@ pub fn status() -> Status {
     let attached = attachments()
         .into_iter()
         .map(|ino| match cgroup_path(ino) {
-            Some(p) => p.display().to_string(),
-            None => format!("cgroup inode {ino}"),
+            Whereabouts::At(p) => p.display().to_string(),
+            Whereabouts::Removed => format!(
+                "cgroup inode {ino}, removed (nothing runs there; `tcpcrypt kernel disable` clears it)"
+            ),
+            Whereabouts::Unknown => format!("cgroup inode {ino}"),
         })
         .collect();
     let counters = loaded
