@@ -1078,6 +1078,26 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         simultaneous + 2
     );
 
+    // 13b. A listener that ignores resumption requests (RFC 8548's
+    // "resumption requests will be ignored") gives the kernel no
+    // identifier to answer: a client that offers its ticket in the SYN
+    // gets a fresh exchange, on the same connection.
+    {
+        let _inside = setup.enter_cgroup();
+        let netns = format!("/run/netns/{}", setup.netns);
+        let seen = std::thread::spawn(move || {
+            enter_netns(&netns);
+            resumption_ignored(7013)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            seen,
+            [(true, false, 1), (true, false, 1)],
+            "(kernel carriage, resumed, connections accepted) of each"
+        );
+    }
+
     // 14. Resumption in the SYN (RFC 8548 3.5): a library client and
     // listener in the cgroup, one process. The second and third
     // connections name the previous session's identifier in their SYN,
@@ -1290,6 +1310,53 @@ fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
             clients.push(seen(&c));
         }
         (clients, server.await.unwrap())
+    })
+}
+
+/// Two connections from a client that resumes to a listener on `port`
+/// that does not (this thread in the test's namespace, the process in its
+/// cgroup): for each, whether the kernel carried it, whether it was
+/// resumed, and how many connections the listener accepted for it.
+fn resumption_ignored(port: u16) -> Vec<(bool, bool, usize)> {
+    use std::sync::Arc;
+    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let client = Arc::new(Config::default());
+        let server = Arc::new(Config::builder().resumption(false).build().unwrap());
+        let addr = format!("127.0.0.1:{port}");
+        let mut listener = TcpcryptListener::bind(addr.as_str(), &server)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let connecting = tokio::spawn({
+                let (addr, client) = (addr.clone(), client.clone());
+                async move {
+                    let mut c = TcpcryptStream::connect(addr.as_str(), &client)
+                        .await
+                        .unwrap();
+                    let mut b = [0u8; 2];
+                    c.read_exact(&mut b).await.unwrap();
+                    (
+                        c.carriage() == Some(Carriage::Kernel),
+                        c.session().unwrap().resumed,
+                    )
+                }
+            });
+            let mut accepted = 0;
+            let (mut s, _) = listener.accept().await.unwrap();
+            accepted += 1;
+            s.write_all(b"hi").await.unwrap();
+            let (kernel, resumed) = connecting.await.unwrap();
+            assert_eq!(s.session().unwrap().resumed, resumed);
+            seen.push((kernel, resumed, accepted));
+        }
+        seen
     })
 }
 

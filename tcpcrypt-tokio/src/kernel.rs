@@ -560,6 +560,11 @@ pub fn answer_in_synack(socket: &impl AsFd, config: &Config) -> io::Result<bool>
 /// cache (the cache's removal hook, set here once), and a little before
 /// the cache's own expiry.
 pub(crate) fn remember_resumption(config: &Config, listener: u64, peer: &ResumeHalf) {
+    // A listener that ignores resumption requests (`resumption(false)`)
+    // must not have the kernel answer one for it.
+    if !config.handshake.resumption.resume {
+        return;
+    }
     let cache = &config.server_cache;
     let Some((tep, own)) = cache.answer_for(config.handshake.backend, peer) else {
         return;
