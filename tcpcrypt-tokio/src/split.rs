@@ -369,22 +369,21 @@ impl ReadHalf {
             ReadInner::Encrypted(recv) => recv,
         };
         let result = loop {
-            let mut rekeyed = false;
             let result = op(recv, io, cx, &mut |ev| match ev {
-                RecvEvent::PeerRekeyed(g) => {
-                    rekeyed = true;
-                    match shared.sender() {
-                        Some(mut s) => {
-                            let flow = s.send.peer_rekeyed(g);
-                            shared.publish(&s.send);
-                            flow
-                        }
-                        None => Flow::Go,
+                RecvEvent::PeerRekeyed(g) => match shared.sender() {
+                    Some(mut s) => {
+                        let flow = s.send.peer_rekeyed(g);
+                        shared.publish(&s.send);
+                        flow
                     }
-                }
+                    None => Flow::Go,
+                },
             });
+            // Only answers of its own make the read half write (see
+            // `TcpcryptStream::poll_recv`): draining the write half's bytes
+            // would take the socket's wake-up from it.
             let waiting = shared.answers_waiting.load(Ordering::Acquire);
-            if !rekeyed && !recv.held() && !waiting {
+            if !recv.held() && !waiting {
                 break result;
             }
             let was_held = recv.held();

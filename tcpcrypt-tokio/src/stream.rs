@@ -383,14 +383,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
             ..
         } = &mut **e;
         let result = loop {
-            let mut rekeyed = false;
             let result = op(recv, &mut self.io, cx, &mut |ev| match ev {
-                RecvEvent::PeerRekeyed(g) => {
-                    rekeyed = true;
-                    send.peer_rekeyed(g)
-                }
+                RecvEvent::PeerRekeyed(g) => send.peer_rekeyed(g),
             });
-            if !rekeyed && !recv.held() && !send.answers_waiting() {
+            // Only answers of its own make the reader write: draining the
+            // writer's bytes would take the socket's wake-up from a writer
+            // waiting for it, and this reader, woken in its place, would
+            // not pass it on once nothing of its own is left to write.
+            if !recv.held() && !send.answers_waiting() {
                 break result;
             }
             let before = send.written();
