@@ -2,14 +2,17 @@
 //! `TcpcryptListener`, which runs handshakes concurrently so that a slow
 //! client never holds up the others.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::error::{Error, FallbackReason};
 use crate::kernel;
@@ -160,7 +163,9 @@ impl TcpcryptAcceptor {
 /// Handshakes run in their own tasks, at most
 /// [`max_pending_handshakes`](crate::ConfigBuilder::max_pending_handshakes)
 /// at once, each bounded by the handshake timeout: a client that never
-/// finishes its hello is dropped without delaying anyone.
+/// finishes its hello is dropped without delaying anyone. When every slot
+/// is taken, the oldest handshake that has had its slot for a second is
+/// ended, its connection closed, and the newcomer takes its slot.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -296,11 +301,64 @@ pub type Attempt = (SocketAddr, io::Result<TcpcryptStream<TcpStream>>);
 
 type Ready = mpsc::Sender<io::Result<Attempt>>;
 
+/// When every handshake slot is taken, a handshake that has had its slot
+/// this long gives it up to a newcomer, oldest first: clients that never
+/// finish their hello (slowloris) cannot keep the others waiting, and
+/// fall back to plain TCP, for longer than this.
+const SLOT_HELD_AT_LEAST: Duration = Duration::from_secs(1);
+
+/// A handshake under way, as the accept loop sees it.
+struct Handshaking {
+    started: Instant,
+    /// Ends the handshake (its connection is closed and its slot freed)
+    /// while it is still under way; closed once it has ended.
+    cancel: oneshot::Sender<()>,
+}
+
+/// A handshake slot: a free one, or, when all are taken, the slot of the
+/// oldest handshake still under way once it has had it for
+/// [`SLOT_HELD_AT_LEAST`]. `None` when the slots are closed.
+async fn take_slot(
+    slots: &Arc<Semaphore>,
+    handshaking: &mut VecDeque<Handshaking>,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => return Some(permit),
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        while handshaking.front().is_some_and(|h| h.cancel.is_closed()) {
+            handshaking.pop_front();
+        }
+        let Some(oldest) = handshaking.front() else {
+            // Every slot holds a connection the application has not taken
+            // yet: it sets the pace.
+            return slots.clone().acquire_owned().await.ok();
+        };
+        let due = oldest.started + SLOT_HELD_AT_LEAST;
+        if Instant::now() < due {
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => return permit.ok(),
+                _ = tokio::time::sleep_until(due) => continue,
+            }
+        }
+        let oldest = handshaking.pop_front().expect("looked at above");
+        if oldest.cancel.send(()).is_ok() {
+            tracing::debug!("every handshake slot is taken: the oldest handshake is ended");
+        }
+        // Its slot comes back as its task ends (or, if it had just
+        // finished, when the application takes its connection).
+        return slots.clone().acquire_owned().await.ok();
+    }
+}
+
 async fn accept_loop(listener: TcpListener, config: Arc<Config>, tx: Ready) {
     let acceptor = TcpcryptAcceptor::new(config.clone());
     let slots = Arc::new(Semaphore::new(config.max_pending_handshakes));
+    let mut handshaking = VecDeque::new();
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let Some(permit) = take_slot(&slots, &mut handshaking).await else {
             return;
         };
         let (tcp, peer) = match listener.accept().await {
@@ -324,13 +382,28 @@ async fn accept_loop(listener: TcpListener, config: Arc<Config>, tx: Ready) {
         };
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let (cancel, mut cancelled) = oneshot::channel();
         tokio::spawn(async move {
-            let result = acceptor.accept_tcp(tcp).await;
+            let result = tokio::select! {
+                result = acceptor.accept_tcp(tcp) => result,
+                // Its slot went to a newcomer (see `take_slot`).
+                _ = &mut cancelled => return,
+            };
+            drop(cancelled);
             // The slot is held until the application takes the connection:
             // an application that stops accepting stops the handshakes.
             let _ = tx.send(Ok((peer, result))).await;
             drop(permit);
         });
+        handshaking.push_back(Handshaking {
+            started: Instant::now(),
+            cancel,
+        });
+        // Ended handshakes leave from the front; a long one there keeps
+        // those behind it: they go when the queue has grown.
+        if handshaking.len() > 2 * config.max_pending_handshakes {
+            handshaking.retain(|h| !h.cancel.is_closed());
+        }
     }
 }
 

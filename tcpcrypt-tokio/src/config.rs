@@ -261,7 +261,8 @@ impl ConfigBuilder {
     }
 
     /// How many handshakes a [`TcpcryptListener`](crate::TcpcryptListener)
-    /// runs at once (default 1024).
+    /// runs at once (default 1024). When all are under way, the oldest
+    /// that has run for a second gives its place to a newcomer.
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_pending_handshakes = n.max(1);
         self

@@ -527,6 +527,46 @@ async fn slowloris_is_dropped_and_others_are_served() {
     }
 }
 
+/// Clients that never finish their hello, as many as the listener has
+/// handshake slots: a newcomer still gets an encrypted connection, the
+/// oldest of them giving up its slot once it has had it for a second,
+/// long before the handshake timeout (before: the newcomer's hello waited
+/// unanswered, and it fell back to plain TCP).
+#[tokio::test]
+async fn a_listener_full_of_slow_hellos_still_encrypts_a_newcomer() {
+    let cfg = config(|b| b.max_pending_handshakes(4));
+    let (addr, _, _task) = tcpcrypt_echo(cfg.clone()).await;
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&marker(HelloKind::A)[..4]).await.unwrap();
+        slow.push(c);
+    }
+    // Every slot is taken.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let s = timeout(LIMIT, TcpcryptStream::connect(addr, &cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.is_encrypted(),
+        "after {:?}: {:?}",
+        started.elapsed(),
+        s.fallback_reason()
+    );
+    assert_eq!(
+        echo_roundtrip(s, b"got in".to_vec()).await.unwrap(),
+        b"got in"
+    );
+    // The oldest slow client lost its slot: its connection was closed.
+    let mut buf = [0u8; 16];
+    match timeout(LIMIT, slow[0].read(&mut buf)).await.unwrap() {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("a slow client got {n} bytes"),
+    }
+}
+
 #[tokio::test]
 async fn a_server_that_never_answers_after_its_hello_times_out() {
     // A tcpcrypt server that sends its hello and then stalls.
