@@ -370,17 +370,11 @@ pub(super) fn pending_outcome(fd: c_int, entry: &Entry) -> Outcome {
 /// failed, `None` when it has an error or a hang-up (a failure, whose
 /// errno only the daemon knows, or a connection that ended since).
 pub(super) fn settled_by_socket(fd: c_int) -> Option<Outcome> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; no wait.
-    let ready = unsafe { libc::poll(&mut p, 1, 0) };
-    if ready < 0 || p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+    let revents = poll_now(fd, libc::POLLOUT)?;
+    if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
         return None;
     }
-    Some(if p.revents & libc::POLLOUT != 0 {
+    Some(if revents & libc::POLLOUT != 0 {
         Outcome::Connected
     } else {
         Outcome::Connecting
@@ -389,14 +383,20 @@ pub(super) fn settled_by_socket(fd: c_int) -> Option<Outcome> {
 
 /// Whether the kernel has an error or a hang-up pending on `fd`.
 fn has_error(fd: c_int) -> bool {
+    poll_now(fd, 0).is_some_and(|r| r & (libc::POLLERR | libc::POLLHUP) != 0)
+}
+
+/// The events of `fd` now (`events` and those always reported), without
+/// waiting; `None` when `poll` fails.
+fn poll_now(fd: c_int, events: libc::c_short) -> Option<libc::c_short> {
     let mut p = libc::pollfd {
         fd,
-        events: 0,
+        events,
         revents: 0,
     };
     // SAFETY: one valid pollfd; no wait.
     let ready = unsafe { libc::poll(&mut p, 1, 0) };
-    ready == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+    (ready >= 0).then_some(p.revents)
 }
 
 /// The application closed a socket whose connect is under way: unless
