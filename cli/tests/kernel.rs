@@ -1098,6 +1098,25 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         );
     }
 
+    // 13c. A process outside the cgroup while the carriage is enabled
+    // (its map pinned, the program attached elsewhere): its SYNs carry no
+    // ENO, and a resumed connection still sends its first bytes as 0-RTT
+    // data with the in-band hello.
+    {
+        let netns = format!("/run/netns/{}", setup.netns);
+        let seen = std::thread::spawn(move || {
+            enter_netns(&netns);
+            zero_rtt_outside(7016)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            seen,
+            [(false, false), (false, true), (false, true)],
+            "(kernel carriage, 0-RTT) of each connection"
+        );
+    }
+
     // 14. Resumption in the SYN (RFC 8548 3.5): a library client and
     // listener in the cgroup, one process. The second and third
     // connections name the previous session's identifier in their SYN,
@@ -1310,6 +1329,47 @@ fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
             clients.push(seen(&c));
         }
         (clients, server.await.unwrap())
+    })
+}
+
+/// Three connections with `connect_with_data` from a library client to a
+/// library listener on `port`, both with the default configuration: for
+/// each, whether the kernel carried it and whether the request went as
+/// 0-RTT data (the listener checks that each request arrived whole).
+fn zero_rtt_outside(port: u16) -> Vec<(bool, bool)> {
+    use std::sync::Arc;
+    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let config = Arc::new(Config::default());
+        let addr = format!("127.0.0.1:{port}");
+        let mut listener = TcpcryptListener::bind(addr.as_str(), &config)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut req = [0u8; 5];
+                s.read_exact(&mut req).await.unwrap();
+                s.write_all(&req).await.unwrap();
+                s.shutdown().await.unwrap();
+            }
+        });
+        let mut seen = Vec::new();
+        for req in [b"one\n\n", b"two\n\n", b"six\n\n"] {
+            let mut c = TcpcryptStream::connect_with_data(addr.as_str(), &config, req)
+                .await
+                .unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).await.unwrap();
+            assert_eq!(&back, req);
+            let info = c.session().expect("encrypted");
+            seen.push((c.carriage() == Some(Carriage::Kernel), info.zero_rtt));
+        }
+        seen
     })
 }
 

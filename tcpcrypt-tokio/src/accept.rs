@@ -18,7 +18,7 @@ use crate::error::{Error, FallbackReason};
 use crate::kernel;
 use crate::negotiate::{self, ServerEnd, ServerStart};
 use crate::path::PathProbe;
-use crate::stream::{AbortFn, Mode, TcpcryptStream, abort_tcp};
+use crate::stream::{AbortFn, Mode, TcpcryptStream, abort_tcp, push_tcp};
 use crate::{Config, Policy};
 
 /// Runs the accepting side's handshake over a transport the caller owns.
@@ -129,7 +129,7 @@ impl TcpcryptAcceptor {
             }
             kernel::Accepted::InBand => (ServerStart::InBand, false, None),
         };
-        let probe = PathProbe::of(&tcp);
+        let probe = peer.and_then(|peer| PathProbe::to(&tcp, peer));
         let mut stream = self.accept_with(tcp, Some(abort_tcp), start, probe).await?;
         stream.peer = peer;
         // A late marker, if this stream sends one (a client taken for
@@ -144,6 +144,9 @@ impl TcpcryptAcceptor {
             ack.arm(probe);
         }
         stream.kernel_carried = kernel_carried && stream.is_encrypted();
+        if stream.is_encrypted() {
+            stream.push_first_write = Some(push_tcp);
+        }
         // A's next connection may resume in its SYN: the kernel learns the
         // identifier it may answer to.
         if let (true, Some(listener), Some(info)) =

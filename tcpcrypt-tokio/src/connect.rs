@@ -137,7 +137,7 @@ impl TcpcryptConnector {
         let mut stream = match kernel::connected(&tcp, &self.config)? {
             Some(connected) => {
                 let peer = tcp.peer_addr()?;
-                self.connect_kernel(tcp, peer, connected).await?
+                self.connect_kernel(tcp, peer, connected, data).await?
             }
             None => self.connect_in_band(tcp, data).await?,
         };
@@ -157,7 +157,7 @@ impl TcpcryptConnector {
         match kernel::connected_offered(&tcp, &self.config, offer)? {
             Some(connected) => {
                 let peer = tcp.peer_addr()?;
-                self.connect_kernel(tcp, peer, connected).await
+                self.connect_kernel(tcp, peer, connected, &[]).await
             }
             None => self.connect_in_band(tcp, &[]).await,
         }
@@ -185,7 +185,7 @@ impl TcpcryptConnector {
         let mut retried = false;
         let mut late = 0;
         loop {
-            let probe = PathProbe::of(&tcp);
+            let probe = PathProbe::to(&tcp, peer);
             match self
                 .connect_with(tcp, Some(peer), Some(abort_tcp), None, probe, early)
                 .await?
@@ -229,12 +229,14 @@ impl TcpcryptConnector {
     /// in): the handshake goes on from Init1, or the connection is plain
     /// at once (`Carriage::Kernel` and a SYN-ACK without ENO), or the
     /// in-band hello is tried on it (`Carriage::Auto`: the server may be an
-    /// in-band-only host).
+    /// in-band-only host, or the program is not attached to this socket's
+    /// cgroup), with `early` as 0-RTT data when it resumes.
     async fn connect_kernel(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
         connected: kernel::Connected,
+        early: &[u8],
     ) -> io::Result<TcpcryptStream<TcpStream>> {
         match connected {
             kernel::Connected::Negotiated(hs) => {
@@ -283,7 +285,7 @@ impl TcpcryptConnector {
                 Ok(s)
             }
             kernel::Connected::PeerSentNone | kernel::Connected::NotCarried => {
-                self.connect_in_band(tcp, &[]).await
+                self.connect_in_band(tcp, early).await
             }
         }
     }
@@ -483,7 +485,7 @@ impl TcpcryptStream<TcpStream> {
             }
             match kernel::connect(addr, config).await {
                 Ok(Some((tcp, connected))) => {
-                    let mut stream = connector.connect_kernel(tcp, addr, connected).await?;
+                    let mut stream = connector.connect_kernel(tcp, addr, connected, data).await?;
                     send_rest(&mut stream, data).await?;
                     return Ok(stream);
                 }

@@ -102,11 +102,21 @@ mod imp {
         }
     }
 
-    /// The map, and when its pin was last found to be the same.
-    static SOCKETS: Mutex<Option<(Arc<Sockets>, Instant)>> = Mutex::new(None);
+    /// What was last found at the pin, and when.
+    enum Found {
+        /// The map, its pin last found to be the same then.
+        Map(Arc<Sockets>, Instant),
+        /// No pin: the kernel carriage is not enabled (why, in words).
+        Nothing(String, Instant),
+    }
 
-    /// How often the pin is looked at again: a `stat` per connection was a
-    /// tenth of the cost of a connection to a legacy server.
+    static SOCKETS: Mutex<Option<Found>> = Mutex::new(None);
+
+    /// How often the pin is looked at again, present or missing: a `stat`
+    /// per connection was a tenth of the cost of a connection to a legacy
+    /// server. An enable is noticed within it; until then this process
+    /// neither offers nor answers ENO, so its listeners (no answer
+    /// template) and its connections stay in band, consistently.
     const RECHECK: Duration = Duration::from_secs(1);
 
     /// The pinned per-socket map, taken once per connection.
@@ -117,19 +127,36 @@ mod imp {
     /// `RECHECK`); why not otherwise (not enabled, or no permission).
     pub fn open() -> Result<Kernel, String> {
         let mut held = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, checked)) = held.as_mut() {
-            if checked.elapsed() < RECHECK {
-                return Ok(Kernel(s.clone()));
+        match held.as_mut() {
+            Some(Found::Map(s, checked)) => {
+                if checked.elapsed() < RECHECK {
+                    return Ok(Kernel(s.clone()));
+                }
+                if s.is_current() {
+                    *checked = Instant::now();
+                    return Ok(Kernel(s.clone()));
+                }
             }
-            if s.is_current() {
-                *checked = Instant::now();
-                return Ok(Kernel(s.clone()));
+            Some(Found::Nothing(why, checked)) if checked.elapsed() < RECHECK => {
+                return Err(why.clone());
             }
+            _ => {}
         }
         *held = None;
-        let opened = Arc::new(Sockets::open().map_err(|e| e.to_string())?);
-        *held = Some((opened.clone(), Instant::now()));
-        Ok(Kernel(opened))
+        match Sockets::open() {
+            Ok(opened) => {
+                let opened = Arc::new(opened);
+                *held = Some(Found::Map(opened.clone(), Instant::now()));
+                Ok(Kernel(opened))
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if matches!(e, tcpcrypt_kernel::Error::NotEnabled) {
+                    *held = Some(Found::Nothing(why.clone(), Instant::now()));
+                }
+                Err(why)
+            }
+        }
     }
 
     impl Kernel {

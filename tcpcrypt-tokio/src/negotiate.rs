@@ -145,10 +145,12 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
             Err(e)
         };
     }
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Read into spare capacity: nothing to zero first.
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         let limit = if heard { deadline } else { first_deadline };
-        let n = match timeout_at(limit, io.read(&mut buf)).await {
+        buf.clear();
+        let n = match timeout_at(limit, io.read_buf(&mut buf)).await {
             Err(_) if !heard => {
                 // Silence counts from the hello's acknowledgement.
                 let wait = config.server_hello_timeout;
@@ -243,10 +245,11 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         return Ok(server_end(outcome, &[], false));
     }
     let mut out = Vec::new();
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         let limit = if heard { deadline } else { first_deadline };
-        let (n, silent) = match timeout_at(limit, io.read(&mut buf)).await {
+        buf.clear();
+        let (n, silent) = match timeout_at(limit, io.read_buf(&mut buf)).await {
             Err(_) if !heard => {
                 // A client's hello lost once comes back a retransmission
                 // timeout later.

@@ -48,6 +48,15 @@ impl PathProbe {
         })
     }
 
+    /// [`of`](Self::of) a connection whose peer's address is known: one
+    /// system call fewer on every connection.
+    pub fn to(tcp: &tokio::net::TcpStream, peer: SocketAddr) -> Option<Self> {
+        Some(PathProbe {
+            local: tcp.local_addr().ok()?,
+            peer,
+        })
+    }
+
     /// The kernel's figures now, if it gives them.
     pub fn read(&self) -> Option<PathInfo> {
         imp::read(self.local, self.peer)

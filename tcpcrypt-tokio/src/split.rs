@@ -21,7 +21,7 @@ use crate::late_ack::LateAck;
 use crate::path::PathProbe;
 use crate::proto::SessionInfo;
 use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
-use crate::stream::{Mode, TcpcryptStream, abort_tcp};
+use crate::stream::{Mode, TcpcryptStream, abort_tcp, push_tcp};
 
 /// The read half of a split [`TcpcryptStream`].
 pub struct ReadHalf {
@@ -45,6 +45,8 @@ pub struct WriteHalf {
     info: Option<Arc<SessionInfo>>,
     fallback: Option<FallbackReason>,
     shared: Arc<Shared>,
+    /// The first write is sent past Nagle's algorithm (`push_tcp`).
+    push_first_write: bool,
 }
 
 /// What the halves share.
@@ -142,6 +144,7 @@ impl std::fmt::Debug for WriteHalf {
 pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) {
     let (r, w) = stream.io.into_split();
     let abortable = stream.abort.is_some();
+    let push_first_write = stream.push_first_write.is_some();
     let (inner, send, info, fallback, ack) = match stream.mode {
         Mode::Plain { recv, reason, ack } => {
             (ReadInner::Plain(recv), None, None, Some(reason), ack)
@@ -182,6 +185,7 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
             info,
             fallback,
             shared,
+            push_first_write,
         },
     )
 }
@@ -462,11 +466,17 @@ impl AsyncWrite for WriteHalf {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_send(
+        let result = self.poll_send(
             cx,
             |s, io, cx| s.poll_write(io, cx, data),
             |io, cx| io.poll_write(cx, data),
-        )
+        );
+        if result.is_ready() && std::mem::take(&mut self.push_first_write) {
+            if let Some(io) = &self.io {
+                push_tcp(io.as_ref());
+            }
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -20,6 +20,9 @@ use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
 /// connection (RFC 8548 3.3: ABORT, i.e. RST). Set for TCP sockets.
 pub(crate) type AbortFn<IO> = fn(&IO);
 
+/// Makes the transport send at once what it holds. Set for TCP sockets.
+pub(crate) type PushFn<IO> = fn(&IO);
+
 /// A byte stream that is encrypted with tcpcrypt, or plain when the policy
 /// allowed a fallback. Reads return end of stream only after the peer's
 /// authenticated FINp frame; a TCP end of stream without it is an error
@@ -60,6 +63,9 @@ pub struct TcpcryptStream<IO = TcpStream> {
     pub(crate) kernel_carried: bool,
     /// Bytes of the application's first data delivered as 0-RTT data.
     pub(crate) early_delivered: usize,
+    /// Sends the application's first bytes past Nagle's algorithm (see
+    /// [`push_tcp`]); taken by the first write.
+    pub(crate) push_first_write: Option<PushFn<IO>>,
 }
 
 pub(crate) enum Mode {
@@ -139,6 +145,7 @@ impl<IO> TcpcryptStream<IO> {
             handshake: std::time::Duration::ZERO,
             kernel_carried: false,
             early_delivered: 0,
+            push_first_write: None,
         }
     }
 
@@ -164,6 +171,7 @@ impl<IO> TcpcryptStream<IO> {
             handshake: std::time::Duration::ZERO,
             kernel_carried: false,
             early_delivered: 0,
+            push_first_write: None,
         }
     }
 
@@ -343,6 +351,22 @@ pub(crate) fn abort_tcp(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+/// Sends what the socket holds now, past Nagle's algorithm, which holds a
+/// small segment while an earlier small one is unacknowledged. The
+/// accepting side's handshake ends with a message of its own, which the
+/// peer may have nothing to acknowledge with at once: its first
+/// application bytes (the answer to a 0-RTT request, a server's greeting)
+/// would wait a round trip for that acknowledgement, which plain TCP never
+/// pays. Switching `TCP_NODELAY` on sends them; switching it off again
+/// leaves the algorithm as the application has it (docs/PROTOCOL.md,
+/// section 4).
+pub(crate) fn push_tcp(stream: &TcpStream) {
+    if stream.nodelay().is_ok_and(|on| !on) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_nodelay(false);
+    }
+}
+
 impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
     /// Makes data ready to read; none ready afterwards means end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -503,7 +527,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
                 Poll::Ready(Ok(written))
             }
             Mode::Encrypted(e) => {
-                e.wake_reader_after(cx, |send, cx| send.poll_write(&mut this.io, cx, data))
+                let result =
+                    e.wake_reader_after(cx, |send, cx| send.poll_write(&mut this.io, cx, data));
+                if result.is_ready() {
+                    if let Some(push) = this.push_first_write.take() {
+                        push(&this.io);
+                    }
+                }
+                result
             }
         }
     }

@@ -996,3 +996,121 @@ async fn buffered_reading_of_a_split_half_and_of_a_plain_stream() {
     }
     assert_eq!(got, lines);
 }
+
+/// A client connection to `addr` that delays its acknowledgements, as a
+/// peer with nothing to send does: TCP_QUICKACK off (Linux then waits at
+/// least 40 ms before a pure acknowledgement).
+async fn delaying_acks(addr: std::net::SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    socket2::SockRef::from(&tcp)
+        .set_tcp_quickack(false)
+        .unwrap();
+    tcp
+}
+
+/// Nagle's algorithm holds a small segment while an earlier small one is
+/// unacknowledged. The accepting side's handshake ends with a message of
+/// its own, which a client with nothing to send acknowledges late: its
+/// first application bytes (the answer to a 0-RTT request, a greeting
+/// after a full handshake) must not wait for that acknowledgement, a round
+/// trip that plain TCP never pays. The control shows that the client does
+/// delay its acknowledgements: a plain server's second small write waits
+/// for one.
+#[tokio::test]
+async fn the_accepting_sides_first_bytes_do_not_wait_for_its_handshake_to_be_acknowledged() {
+    // Control: a plain server's two small writes, 10 ms apart.
+    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = plain.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"a").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                s.write_all(b"b").await.unwrap();
+                let _ = s.read(&mut [0u8; 1]).await;
+            });
+        }
+    });
+    let mut c = delaying_acks(plain_addr).await;
+    c.read_exact(&mut [0u8; 1]).await.unwrap();
+    let t = std::time::Instant::now();
+    c.read_exact(&mut [0u8; 1]).await.unwrap();
+    let held = t.elapsed();
+    assert!(
+        held >= Duration::from_millis(25),
+        "the client acknowledged at once ({held:?}): the test shows nothing"
+    );
+
+    // A server that greets each client on accept, and answers its request
+    // line; through the stream's own write half for every other
+    // connection.
+    let cfg = default_config();
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((s, _)) = listener.accept().await {
+            n += 1;
+            let greet = !s.session().is_some_and(|i| i.zero_rtt);
+            let halves = n % 2 == 0;
+            tokio::spawn(async move {
+                let mut req = [0u8; 5];
+                if halves {
+                    let (mut r, mut w) = s.into_split();
+                    if greet {
+                        w.write_all(b"hi!\n\n").await.unwrap();
+                    }
+                    r.read_exact(&mut req).await.unwrap();
+                    w.write_all(&req).await.unwrap();
+                    let _ = r.read(&mut req).await;
+                } else {
+                    let mut s = s;
+                    if greet {
+                        s.write_all(b"hi!\n\n").await.unwrap();
+                    }
+                    s.read_exact(&mut req).await.unwrap();
+                    s.write_all(&req).await.unwrap();
+                    let _ = s.read(&mut req).await;
+                }
+            });
+        }
+    });
+    let full = config(|b| b.resumption(false));
+    let resuming = default_config();
+    // The first connection leaves the ticket the 0-RTT ones resume with.
+    let mut warm = TcpcryptStream::connect(addr, &resuming).await.unwrap();
+    warm.read_exact(&mut [0u8; 5]).await.unwrap();
+    for i in 0..4 {
+        // A full handshake, then the greeting.
+        let tcp = delaying_acks(addr).await;
+        let mut s = TcpcryptConnector::new(full.clone())
+            .connect_tcp(tcp)
+            .await
+            .unwrap();
+        let t = std::time::Instant::now();
+        let mut greeting = [0u8; 5];
+        s.read_exact(&mut greeting).await.unwrap();
+        let waited = t.elapsed();
+        assert_eq!(&greeting, b"hi!\n\n");
+        assert!(
+            waited < Duration::from_millis(20),
+            "connection {i}: the greeting came {waited:?} after the handshake"
+        );
+        // A 0-RTT request, then its answer.
+        let tcp = delaying_acks(addr).await;
+        let t = std::time::Instant::now();
+        let mut s = TcpcryptConnector::new(resuming.clone())
+            .connect_tcp_with_data(tcp, b"ping\n")
+            .await
+            .unwrap();
+        assert!(s.session().unwrap().zero_rtt, "connection {i}: 0-RTT");
+        let mut answer = [0u8; 5];
+        s.read_exact(&mut answer).await.unwrap();
+        let waited = t.elapsed();
+        assert_eq!(&answer, b"ping\n");
+        assert!(
+            waited < Duration::from_millis(20),
+            "connection {i}: the answer came {waited:?} after the request"
+        );
+    }
+}
