@@ -1282,11 +1282,7 @@ fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
         };
         (info.session_id.to_string(), carriage.into(), info.resumed)
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on(async move {
         let config = Arc::new(Config::default());
         let addr = format!("127.0.0.1:{port}");
         let mut listener = TcpcryptListener::bind(addr.as_str(), &config)
@@ -1332,6 +1328,15 @@ fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
     })
 }
 
+/// Runs `f` on a runtime of this thread (in the namespace it entered).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// Three connections with `connect_with_data` from a library client to a
 /// library listener on `port`, both with the default configuration: for
 /// each, whether the kernel carried it and whether the request went as
@@ -1340,11 +1345,7 @@ fn zero_rtt_outside(port: u16) -> Vec<(bool, bool)> {
     use std::sync::Arc;
     use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on(async move {
         let config = Arc::new(Config::default());
         let addr = format!("127.0.0.1:{port}");
         let mut listener = TcpcryptListener::bind(addr.as_str(), &config)
@@ -1381,11 +1382,7 @@ fn resumption_ignored(port: u16) -> Vec<(bool, bool, usize)> {
     use std::sync::Arc;
     use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on(async move {
         let client = Arc::new(Config::default());
         let server = Arc::new(Config::builder().resumption(false).build().unwrap());
         let addr = format!("127.0.0.1:{port}");
