@@ -111,14 +111,36 @@ fn tcp_fast_open_sends_nothing_in_the_clear_under_the_mandatory_policy() {
     let (port, got) = recording_server();
     let script = format!(
         r#"
-import socket
+import ctypes, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+# sockaddr_in: the family in host order, the port in network order.
+addr = struct.pack("=H", socket.AF_INET) + struct.pack("!H", {port}) + socket.inet_aton("127.0.0.1") + bytes(8)
 def attempt(how):
     s = socket.socket()
     try:
+        secret = b"secret-" + how.encode()
         if how == "sendto":
-            s.sendto(b"secret-" + how.encode(), socket.MSG_FASTOPEN, ("127.0.0.1", {port}))
+            s.sendto(secret, socket.MSG_FASTOPEN, ("127.0.0.1", {port}))
         elif how == "sendmsg":
-            s.sendmsg([b"secret-" + how.encode()], [], socket.MSG_FASTOPEN, ("127.0.0.1", {port}))
+            s.sendmsg([secret], [], socket.MSG_FASTOPEN, ("127.0.0.1", {port}))
+        elif how == "sendmmsg":
+            iov = iovec(secret, len(secret))
+            m = mmsghdr(msghdr(addr, len(addr), ctypes.pointer(iov), 1, None, 0, 0), 0)
+            if libc.sendmmsg(s.fileno(), ctypes.byref(m), 1, socket.MSG_FASTOPEN) != 1:
+                raise OSError(ctypes.get_errno(), "sendmmsg")
+        elif how == "__connect":
+            if libc.__connect(s.fileno(), addr, len(addr)) != 0:
+                raise OSError(ctypes.get_errno(), "__connect")
+            s.sendall(secret)
         else:
             s.setsockopt(socket.IPPROTO_TCP, 30, 1)  # TCP_FASTOPEN_CONNECT
             s.connect(("127.0.0.1", {port}))
@@ -127,7 +149,7 @@ def attempt(how):
         print(how, "read", s.recv(10))
     except OSError as e:
         print(how, "error")
-for how in ("sendto", "sendmsg", "connect"):
+for how in ("sendto", "sendmsg", "sendmmsg", "__connect", "connect"):
     attempt(how)
 "#
     );
@@ -138,7 +160,16 @@ for how in ("sendto", "sendmsg", "connect"):
             ("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "300"),
         ],
     );
-    assert_eq!(lines, ["sendto error", "sendmsg error", "connect error"]);
+    assert_eq!(
+        lines,
+        [
+            "sendto error",
+            "sendmsg error",
+            "sendmmsg error",
+            "__connect error",
+            "connect error"
+        ]
+    );
     std::thread::sleep(Duration::from_millis(200));
     let got = got.lock().unwrap();
     assert!(

@@ -82,6 +82,7 @@ type SetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, soc
 type SendtoFn =
     unsafe extern "C" fn(c_int, *const c_void, usize, c_int, *const sockaddr, socklen_t) -> isize;
 type SendmsgFn = unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> isize;
+type SendmmsgFn = unsafe extern "C" fn(c_int, *mut libc::mmsghdr, libc::c_uint, c_int) -> c_int;
 
 struct Real {
     connect: ConnectFn,
@@ -94,6 +95,7 @@ struct Real {
     setsockopt: SetsockoptFn,
     sendto: SendtoFn,
     sendmsg: SendmsgFn,
+    sendmmsg: SendmmsgFn,
 }
 
 // The system calls themselves, for when `dlsym` finds no next definition.
@@ -161,6 +163,15 @@ unsafe extern "C" fn sys_sendmsg(fd: c_int, m: *const libc::msghdr, f: c_int) ->
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_sendmsg, fd, m, f) as isize }
 }
+unsafe extern "C" fn sys_sendmmsg(
+    fd: c_int,
+    m: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    f: c_int,
+) -> c_int {
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_sendmmsg, fd, m, n, f) as c_int }
+}
 
 /// The next definition of `name` after this library, or `fallback`.
 unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
@@ -222,6 +233,7 @@ fn real() -> &'static Real {
             setsockopt: next(c"setsockopt", sys_setsockopt as SetsockoptFn),
             sendto: next(c"sendto", sys_sendto as SendtoFn),
             sendmsg: next(c"sendmsg", sys_sendmsg as SendmsgFn),
+            sendmmsg: next(c"sendmmsg", sys_sendmmsg as SendmmsgFn),
         }
     })
 }
@@ -261,6 +273,17 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
             None => unsafe { (real().connect)(fd, addr, len) },
         },
     }
+}
+
+/// glibc's exported alias of `connect`, which a program may call by that
+/// name: the same hook.
+///
+/// # Safety
+/// As libc's `connect`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { connect(fd, addr, len) }
 }
 
 /// # Safety
@@ -418,6 +441,16 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     r
 }
 
+/// glibc's exported alias of `close`: the same hook.
+///
+/// # Safety
+/// As libc's `close`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __close(fd: c_int) -> c_int {
+    // SAFETY: the caller's argument, passed on unchanged.
+    unsafe { close(fd) }
+}
+
 /// # Safety
 /// As libc's `setsockopt`.
 #[unsafe(no_mangle)]
@@ -491,6 +524,20 @@ pub unsafe extern "C" fn getsockopt(
     0
 }
 
+/// A Fast Open send (`MSG_FASTOPEN` with an address: an implicit
+/// `connect`) to `dest`: `Some` with what the call returns when the shim
+/// connected the socket (`send` then sends the data on it, without the
+/// address) or refused; `None` when the real call is to go on unchanged.
+fn fast_open(fd: c_int, dest: SocketAddr, send: impl FnOnce() -> isize) -> Option<isize> {
+    match catch_unwind(AssertUnwindSafe(|| intercept_fastopen(fd, dest))) {
+        Ok(Some(0)) => Some(send()),
+        Ok(Some(_)) => Some(-1),
+        Ok(None) => None,
+        // Never the real call in the clear when the policy forbids it.
+        Err(_) => refuse_if_mandatory("the shim failed").map(|r| r as isize),
+    }
+}
+
 /// # Safety
 /// As libc's `sendto`.
 #[unsafe(no_mangle)]
@@ -506,15 +553,14 @@ pub unsafe extern "C" fn sendto(
         && let _guard = Guard::enter_always()
         // SAFETY: the caller passes `len` readable bytes at `addr`.
         && let Some(dest) = unsafe { read_addr(addr, len) }
-        && let Ok(Some(r)) = catch_unwind(AssertUnwindSafe(|| intercept_fastopen(fd, dest)))
+        && let Some(r) = fast_open(fd, dest, || {
+            // SAFETY: the caller's buffer, on the now connected socket.
+            unsafe {
+                (real().sendto)(fd, buf, n, flags & !libc::MSG_FASTOPEN, std::ptr::null(), 0)
+            }
+        })
     {
-        if r != 0 {
-            return -1;
-        }
-        // SAFETY: the caller's buffer, on the now connected socket.
-        return unsafe {
-            (real().sendto)(fd, buf, n, flags & !libc::MSG_FASTOPEN, std::ptr::null(), 0)
-        };
+        return r;
     }
     // SAFETY: the caller's arguments, passed on unchanged.
     unsafe { (real().sendto)(fd, buf, n, flags, addr, len) }
@@ -529,21 +575,54 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
         && let _guard = Guard::enter_always()
         // SAFETY: the caller passes a valid message header.
         && let Some(dest) = unsafe { read_addr((*msg).msg_name as *const sockaddr, (*msg).msg_namelen) }
-        && let Ok(Some(r)) = catch_unwind(AssertUnwindSafe(|| intercept_fastopen(fd, dest)))
+        && let Some(r) = fast_open(fd, dest, || {
+            // SAFETY: a copy of the caller's header without the address,
+            // on the now connected socket.
+            let mut m = unsafe { *msg };
+            m.msg_name = std::ptr::null_mut();
+            m.msg_namelen = 0;
+            // SAFETY: `m` is a valid header whose buffers are the caller's.
+            unsafe { (real().sendmsg)(fd, &m, flags & !libc::MSG_FASTOPEN) }
+        })
     {
-        if r != 0 {
-            return -1;
-        }
-        // SAFETY: a copy of the caller's header without the address, on
-        // the now connected socket.
-        let mut m = unsafe { *msg };
-        m.msg_name = std::ptr::null_mut();
-        m.msg_namelen = 0;
-        // SAFETY: `m` is a valid header whose buffers are the caller's.
-        return unsafe { (real().sendmsg)(fd, &m, flags & !libc::MSG_FASTOPEN) };
+        return r;
     }
     // SAFETY: the caller's arguments, passed on unchanged.
     unsafe { (real().sendmsg)(fd, msg, flags) }
+}
+
+/// # Safety
+/// As libc's `sendmmsg`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    if flags & libc::MSG_FASTOPEN != 0 && n > 0 && !msgs.is_null() {
+        // Fast Open: the first message connects the socket (through the
+        // `sendmsg` hook), the others go on it, as the kernel would send
+        // them one by one.
+        // SAFETY: the caller passes `n` valid headers at `msgs`.
+        let first = unsafe { &mut *msgs };
+        // SAFETY: a valid header of the caller's.
+        let sent = unsafe { sendmsg(fd, &first.msg_hdr, flags) };
+        if sent < 0 {
+            return -1;
+        }
+        first.msg_len = sent as libc::c_uint;
+        if n == 1 {
+            return 1;
+        }
+        // SAFETY: the caller's other `n - 1` headers.
+        let rest =
+            unsafe { (real().sendmmsg)(fd, msgs.add(1), n - 1, flags & !libc::MSG_FASTOPEN) };
+        // Messages sent before an error are reported, not the error.
+        return 1 + rest.max(0);
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { (real().sendmmsg)(fd, msgs, n, flags) }
 }
 
 /// See `tcpcrypt.h`.
