@@ -17,6 +17,10 @@ mod http_header;
 mod kernel;
 mod netcat;
 mod options;
+/// Log files named by the environment: one rule for the shim's and the
+/// daemon's.
+#[path = "../../preload/src/log_file.rs"]
+mod log_file;
 mod pathcheck;
 mod plot;
 mod proxy;

@@ -22,6 +22,7 @@ mod env;
 mod ffi;
 mod fork;
 mod log;
+mod log_file;
 mod options;
 mod registry;
 mod rule;

@@ -37,19 +37,7 @@ fn sink() -> Option<&'static Sink> {
         let out: Box<dyn Write + Send> = if dest == "stderr" {
             Box::new(std::io::stderr())
         } else {
-            use std::os::unix::fs::OpenOptionsExt;
-            // Not through a symbolic link: the path may sit in a shared
-            // directory.
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    // O_NONBLOCK: a FIFO without a reader must not hang
-                    // the program (nor its fork, which makes this first).
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-                    .open(&dest)
-                    .ok()?,
-            )
+            Box::new(crate::log_file::open(std::path::Path::new(&dest)).ok()?)
         };
         Some(Sink {
             max,

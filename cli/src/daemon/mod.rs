@@ -163,17 +163,15 @@ fn detach(dir: &Path, args: &Args) -> i32 {
             return 2;
         }
     };
-    // Its log: TCPCRYPT_DAEMON_LOG (a file, appended to, never through a
-    // symbolic link), at the level of RUST_LOG or -v; else nowhere.
+    // Its log: TCPCRYPT_DAEMON_LOG (see `log_file`), at the level of
+    // RUST_LOG or -v; else nowhere.
     let log = std::env::var_os("TCPCRYPT_DAEMON_LOG")
-        .and_then(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-                .open(path)
-                .ok()
+        .and_then(|path| match crate::log_file::open(Path::new(&path)) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("tcpcrypt daemon: TCPCRYPT_DAEMON_LOG: {e}; not logging");
+                None
+            }
         })
         .map_or_else(std::process::Stdio::null, std::process::Stdio::from);
     let spawned = std::process::Command::new(exe)
