@@ -106,6 +106,15 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resul
 /// question that carries no descriptor, and waits at most 5 s.
 pub fn ask(dir: &Path, req: &Request) -> io::Result<Reply> {
     let mut s = std::os::unix::net::UnixStream::connect(wire::socket_path(dir))?;
+    // The directory is the user's own; the daemon must be too, as the
+    // shim checks.
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)?;
+    if cred.uid() != wire::current_uid()? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the daemon's socket belongs to another user",
+        ));
+    }
     s.set_read_timeout(Some(REQUEST_DEADLINE))?;
     s.set_write_timeout(Some(REQUEST_DEADLINE))?;
     s.write_all(&req.encode())?;

@@ -228,8 +228,9 @@ struct Daemon {
     conns: Conns,
     /// One library configuration per policy and set of deadlines the
     /// programs asked for; each holds its verdict cache and resumption
-    /// tickets, shared by every process that asks for the same.
-    configs: Mutex<HashMap<Profile, Arc<Config>>>,
+    /// tickets, shared by every process that asks for the same. At most
+    /// `MAX_PROFILES`, with when each was last asked for.
+    configs: Mutex<HashMap<Profile, (Arc<Config>, std::time::Instant)>>,
     /// Destinations whose path breaks tcpcrypt (`check --path --remember`),
     /// for configurations made later; bounded like the caches.
     broken_paths: Mutex<HashMap<SocketAddr, std::time::Instant>>,
@@ -241,6 +242,12 @@ struct Daemon {
     zero_rtt: bool,
     shutdown: tokio::sync::Notify,
 }
+
+/// Most configurations kept: programs ask for a few (a policy, a
+/// carriage, deadlines from their environment); a client that asks for
+/// ever new deadlines evicts the least recently used instead of growing
+/// the daemon without end.
+const MAX_PROFILES: usize = 64;
 
 /// Most offers kept for sockets not handed over yet, and how long one is
 /// kept (a connect that never completes, a program that died).
@@ -255,7 +262,8 @@ fn inode(fd: &OwnedFd) -> Option<u64> {
 impl Daemon {
     fn config(&self, profile: Profile) -> io::Result<Arc<Config>> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = configs.get(&profile) {
+        if let Some((c, used)) = configs.get_mut(&profile) {
+            *used = std::time::Instant::now();
             return Ok(c.clone());
         }
         let d = profile.deadlines;
@@ -286,7 +294,15 @@ impl Daemon {
                 config.client_cache().mark_path_broken(*peer);
             }
         }
-        configs.insert(profile, config.clone());
+        if configs.len() >= MAX_PROFILES
+            && let Some(oldest) = configs
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(p, _)| *p)
+        {
+            configs.remove(&oldest);
+        }
+        configs.insert(profile, (config.clone(), std::time::Instant::now()));
         Ok(config)
     }
 
@@ -301,7 +317,7 @@ impl Daemon {
         broken.insert(peer, std::time::Instant::now());
         drop(broken);
         let configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        for config in configs.values() {
+        for (config, _) in configs.values() {
             config.client_cache().mark_path_broken(peer);
         }
     }
@@ -536,6 +552,39 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A client that asks for ever new deadlines keeps at most
+    /// `MAX_PROFILES` configurations in the daemon; one in use stays.
+    #[test]
+    fn configurations_are_bounded_and_the_one_in_use_is_kept() {
+        let daemon = Daemon {
+            uid: 0,
+            conns: Conns::default(),
+            configs: Mutex::default(),
+            broken_paths: Mutex::default(),
+            offers: Mutex::default(),
+            zero_rtt: false,
+            shutdown: tokio::sync::Notify::new(),
+        };
+        let profile = |ms: u32| Profile {
+            policy: WirePolicy::Opportunistic,
+            deadlines: wire::Deadlines {
+                handshake_ms: ms,
+                ..Default::default()
+            },
+            carriage: WireCarriage::Auto,
+        };
+        let kept = daemon.config(profile(1)).unwrap();
+        for ms in 2..1000 {
+            daemon.config(profile(ms)).unwrap();
+            // The first one, in use all along.
+            daemon.config(profile(1)).unwrap();
+        }
+        assert_eq!(daemon.configs.lock().unwrap().len(), MAX_PROFILES);
+        assert!(Arc::ptr_eq(&kept, &daemon.config(profile(1)).unwrap()));
+    }
+
     /// The shim looks for the kernel carriage where `tcpcrypt kernel
     /// enable` pins it.
     #[test]

@@ -85,6 +85,10 @@ pub(super) fn encode_addr(addr: SocketAddr, family: c_int) -> (sockaddr_storage,
 }
 
 /// Writes `addr` to a caller's buffer with `getpeername`'s truncation rule.
+///
+/// # Safety
+/// `len` must point to the buffer's size, and `out` to at least that many
+/// writable bytes, as for `getpeername`.
 pub(super) unsafe fn write_addr(
     addr: SocketAddr,
     family: c_int,

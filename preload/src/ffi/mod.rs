@@ -174,6 +174,9 @@ unsafe extern "C" fn sys_sendmmsg(
 }
 
 /// The next definition of `name` after this library, or `fallback`.
+///
+/// # Safety
+/// `F` must be the function pointer type of the symbol `name`.
 unsafe fn next<F: Copy>(name: &std::ffi::CStr, fallback: F) -> F {
     // SAFETY: `name` is a NUL-terminated string.
     let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
