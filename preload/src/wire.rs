@@ -626,7 +626,8 @@ pub fn current_uid() -> io::Result<u32> {
 
 /// The daemon's directory for the calling user, created (mode 0700) if
 /// missing: `TCPCRYPT_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/tcpcrypt`, else
-/// `/tmp/tcpcrypt-UID`. A directory that is a symbolic link, belongs to
+/// `$HOME/.tcpcrypt`, else `/tmp/tcpcrypt-UID` (see
+/// `choose_runtime_dir`). A directory that is a symbolic link, belongs to
 /// someone else or lets anyone else in is refused: whoever controls it
 /// could stand in for the daemon and receive the user's connections.
 pub fn runtime_dir() -> io::Result<PathBuf> {
@@ -646,9 +647,10 @@ pub fn existing_runtime_dir() -> io::Result<PathBuf> {
 
 /// The environment variables that say where the daemon lives and how it
 /// runs.
-const DAEMON_ENVIRONMENT: [&str; 7] = [
+const DAEMON_ENVIRONMENT: [&str; 8] = [
     "TCPCRYPT_RUNTIME_DIR",
     "XDG_RUNTIME_DIR",
+    "HOME",
     "TCPCRYPT_DAEMON",
     "TCPCRYPT_DAEMON_IDLE_EXIT",
     "TCPCRYPT_DAEMON_LOG",
@@ -693,17 +695,66 @@ pub fn daemon_environment() -> Vec<(&'static str, std::ffi::OsString)> {
 }
 
 fn runtime_dir_path() -> io::Result<PathBuf> {
-    let uid = current_uid()?;
-    let dir = match env_var("TCPCRYPT_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => match env_var("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-            Some(base) if private_to(Path::new(&base), uid, false).is_ok() => {
-                PathBuf::from(base).join("tcpcrypt")
-            }
-            _ => PathBuf::from(format!("/tmp/tcpcrypt-{uid}")),
-        },
+    Ok(choose_runtime_dir(
+        current_uid()?,
+        env_var("TCPCRYPT_RUNTIME_DIR"),
+        env_var("XDG_RUNTIME_DIR"),
+        env_var("HOME"),
+    ))
+}
+
+/// The first of: `TCPCRYPT_RUNTIME_DIR`; `$XDG_RUNTIME_DIR/tcpcrypt` when
+/// that directory is the user's; `$HOME/.tcpcrypt` when the home
+/// directory is usable ([`home_is_usable`]); `/tmp/tcpcrypt-UID`. Only the
+/// last is within other users' reach: one of them may make it first, and
+/// it is then refused (the shim goes plain, or fails under `mandatory`),
+/// which is why it comes last.
+fn choose_runtime_dir(
+    uid: u32,
+    runtime: Option<std::ffi::OsString>,
+    xdg: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
+    if let Some(d) = runtime.filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(base) = xdg.filter(|d| !d.is_empty())
+        && private_to(Path::new(&base), uid, false).is_ok()
+    {
+        return PathBuf::from(base).join("tcpcrypt");
+    }
+    if let Some(home) = home.map(PathBuf::from)
+        && home_is_usable(&home, uid)
+    {
+        return home.join(".tcpcrypt");
+    }
+    PathBuf::from(format!("/tmp/tcpcrypt-{uid}"))
+}
+
+/// Whether `home` may hold the daemon's directory: an absolute path to a
+/// directory of the user's that no one else may write to, on a local file
+/// system (a home shared over the network would be shared by the daemons
+/// of several machines), and short enough for a socket's path.
+fn home_is_usable(home: &Path, uid: u32) -> bool {
+    /// NFS, SMB, CIFS and SMB2 (statfs's `f_type`).
+    const NETWORK_FILE_SYSTEMS: [u64; 4] = [0x6969, 0x517b, 0xff53_4d42, 0xfe53_4d42];
+    /// A socket's path is at most 107 bytes.
+    const MAX_SOCKET_PATH: usize = 107;
+    if !home.is_absolute() {
+        return false;
+    }
+    let Ok(meta) = std::fs::metadata(home) else {
+        return false;
     };
-    Ok(dir)
+    let Ok(fs) = nix::sys::statfs::statfs(home) else {
+        return false;
+    };
+    let fs_type = fs.filesystem_type().0 as u64 & 0xffff_ffff;
+    meta.is_dir()
+        && meta.uid() == uid
+        && meta.mode() & 0o022 == 0
+        && !NETWORK_FILE_SYSTEMS.contains(&fs_type)
+        && socket_path(&home.join(".tcpcrypt")).as_os_str().len() <= MAX_SOCKET_PATH
 }
 
 /// Creates `dir` with mode 0700 if missing, and checks that it is private
@@ -772,6 +823,49 @@ pub fn lock_path(dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runtime_directory_is_out_of_other_users_reach_where_it_can_be() {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = current_uid().unwrap();
+        let home = std::env::temp_dir().join(format!("tcpcrypt-home-{}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let some = |p: &Path| Some(p.as_os_str().to_owned());
+        let tmp = PathBuf::from(format!("/tmp/tcpcrypt-{uid}"));
+        // Explicit, then XDG_RUNTIME_DIR (the user's), then the home.
+        assert_eq!(
+            choose_runtime_dir(uid, some(Path::new("/x")), some(&home), some(&home)),
+            Path::new("/x")
+        );
+        assert_eq!(
+            choose_runtime_dir(uid, None, some(&home), some(&home)),
+            home.join("tcpcrypt")
+        );
+        assert_eq!(
+            choose_runtime_dir(uid, None, None, some(&home)),
+            home.join(".tcpcrypt")
+        );
+        // A home others may write to, a relative one, one of another
+        // user's, none: /tmp.
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(choose_runtime_dir(uid, None, None, some(&home)), tmp);
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(
+            choose_runtime_dir(uid, None, None, some(Path::new("rel"))),
+            tmp
+        );
+        assert_eq!(choose_runtime_dir(uid, None, None, None), tmp);
+        assert_eq!(
+            choose_runtime_dir(uid + 1, None, None, some(&home)),
+            PathBuf::from(format!("/tmp/tcpcrypt-{}", uid + 1))
+        );
+        // Too long for a socket's path.
+        let deep = home.join("d".repeat(90));
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(choose_runtime_dir(uid, None, None, some(&deep)), tmp);
+        std::fs::remove_dir_all(&home).unwrap();
+    }
 
     fn handover() -> Handover {
         Handover {
