@@ -4,7 +4,10 @@
 //! socket to it and accepts the other end, which it hands to the daemon.
 //! Only the accepted connection whose peer is the application's socket is
 //! taken, so another local user who connects to that short-lived port gets
-//! nothing: the pairing needs no shared listener and nothing to guess.
+//! nothing: the pairing needs no shared listener and nothing to guess. The
+//! socket is bound early (a process out of descriptors fails before its
+//! connection starts) but listens only for the pairing itself, so that no
+//! one can fill its queue while the real connection's handshake runs.
 
 use super::*;
 
@@ -24,9 +27,9 @@ fn owned(fd: c_int) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// A listening socket on a loopback address of `family` (for an IPv6
+/// A socket bound to a loopback address of `family` (for an IPv6
 /// application socket: `::1`, else v4-mapped `127.0.0.1` if the socket
-/// accepts IPv4).
+/// accepts IPv4), not listening yet.
 fn listener(family: c_int, v6only: bool) -> Result<(OwnedFd, SocketAddr), c_int> {
     // SAFETY: plain system call.
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -47,10 +50,6 @@ fn listener(family: c_int, v6only: bool) -> Result<(OwnedFd, SocketAddr), c_int>
         let (st, n) = encode_addr(a, family);
         // SAFETY: `st` holds `n` bytes of address.
         if unsafe { libc::bind(fd, &st as *const sockaddr_storage as *const sockaddr, n) } == 0 {
-            // SAFETY: plain system call.
-            if unsafe { libc::listen(fd, STRANGERS as c_int) } != 0 {
-                return Err(errno());
-            }
             let at = local_addr(fd).ok_or(libc::EADDRNOTAVAIL)?;
             return Ok((l, at));
         }
@@ -74,14 +73,14 @@ fn poll_one(fd: c_int, events: libc::c_short, ms: c_int) -> bool {
     }
 }
 
-/// A listening socket made for pairing one application socket.
+/// A socket made for pairing one application socket.
 pub(super) struct Pairing {
     listener: OwnedFd,
     at: SocketAddr,
     family: c_int,
 }
 
-/// Makes the listening socket for pairing the application's socket `app`
+/// Makes the socket for pairing the application's socket `app`
 /// (a TCP socket of `family`). Made before anything else happens to the
 /// connection, so that a process out of descriptors fails here, where the
 /// connection can still go another way.
@@ -104,6 +103,10 @@ pub(super) fn pair(app: c_int, pairing: Pairing) -> Result<OwnedFd, c_int> {
         at,
         family,
     } = pairing;
+    // SAFETY: plain system call.
+    if unsafe { libc::listen(l.as_raw_fd(), STRANGERS as c_int) } != 0 {
+        return Err(errno());
+    }
     let (st, n) = encode_addr(at, family);
     // SAFETY: `st` holds `n` bytes of address.
     let r = unsafe { (real().connect)(app, &st as *const sockaddr_storage as *const sockaddr, n) };
@@ -231,6 +234,10 @@ mod tests {
         let app = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         let pairing = pairing_for(app.as_raw_fd(), AF_INET).unwrap();
         let port = pairing.at.port();
+        // Listening already, as during `pair` (which listens again: the
+        // same backlog).
+        // SAFETY: plain system call on the pairing's own socket.
+        assert_eq!(unsafe { libc::listen(pairing.listener.as_raw_fd(), 1) }, 0);
         // `nobody` connects, says so, and reports what it then receives.
         let stranger = format!(
             "import os,socket\nos.setgid(65534)\nos.setuid(65534)\ns=socket.create_connection(('127.0.0.1',{port}))\nprint('connected',flush=True)\ns.settimeout(10)\ntry:\n    d=s.recv(100)\n    print('received',len(d),flush=True)\nexcept Exception as e:\n    print('error',type(e).__name__,flush=True)"
@@ -261,5 +268,26 @@ mod tests {
             "{said}"
         );
         child.wait().unwrap();
+    }
+
+    /// Until the pairing itself, its socket does not listen: another local
+    /// user who finds its port (in /proc/net/tcp) while the real
+    /// connection's handshake runs cannot connect to it, let alone fill
+    /// its queue and hold the program's own connect to it.
+    #[test]
+    fn a_pairing_port_takes_no_connection_before_the_pairing() {
+        let app = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let pairing = pairing_for(app.as_raw_fd(), AF_INET).unwrap();
+        let stranger = std::net::TcpStream::connect(pairing.at);
+        assert_eq!(
+            stranger.map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+        let end = pair(app.as_raw_fd(), pairing).expect("paired");
+        let mut app = std::net::TcpStream::from(app);
+        app.write_all(b"x").unwrap();
+        let mut got = [0u8; 1];
+        std::net::TcpStream::from(end).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"x");
     }
 }
