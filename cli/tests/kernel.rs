@@ -1117,6 +1117,32 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         );
     }
 
+    // 13d. The program's table of listeners is shared by the machine:
+    // once full (here, of listeners in the cgroup), a new listener
+    // learns it. Under --carriage kernel binding it is an error, under
+    // Auto it negotiates in band; once the others close, it answers ENO
+    // again.
+    {
+        let _inside = setup.enter_cgroup();
+        let netns = format!("/run/netns/{}", setup.netns);
+        let (filled, kernel_full, auto_full, kernel_after) = std::thread::spawn(move || {
+            enter_netns(&netns);
+            full_listener_table()
+        })
+        .join()
+        .unwrap();
+        assert!(
+            filled > 1000,
+            "{filled} listeners before the table was full"
+        );
+        assert!(
+            kernel_full.contains("table of listeners is full"),
+            "{kernel_full}"
+        );
+        assert!(auto_full, "an Auto listener binds all the same");
+        assert!(kernel_after, "a kernel listener binds once there is room");
+    }
+
     // 14. Resumption in the SYN (RFC 8548 3.5): a library client and
     // listener in the cgroup, one process. The second and third
     // connections name the previous session's identifier in their SYN,
@@ -1335,6 +1361,70 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// Fills the program's table of listeners with listeners on 127.0.0.1
+/// that give it a template, until one finds it full (`Sockets::listening`);
+/// then binds library listeners while it is full and after the others
+/// closed. Returns how many were listening, the error of a
+/// `Carriage::Kernel` listener while full, whether an `Auto` one bound,
+/// and whether a `Carriage::Kernel` one bound afterwards.
+fn full_listener_table() -> (usize, String, bool, bool) {
+    use std::sync::Arc;
+    use tcpcrypt_kernel::Listening;
+    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener};
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        limit.1.max(16384),
+        limit.1.max(16384),
+    )
+    .unwrap();
+    let sockets = Sockets::open().unwrap();
+    let mut held = Vec::new();
+    // Bounded: the table holds 4096.
+    for _ in 0..6000 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        sockets.listen(&s, 0x01, &[0x23]).unwrap();
+        s.listen(1).unwrap();
+        let full = sockets.listening(&s) == Listening::TableFull;
+        held.push(s);
+        if full {
+            break;
+        }
+    }
+    let filled = held.len() - 1;
+    let result = block_on(async {
+        let kernel = Arc::new(
+            Config::builder()
+                .carriage(Carriage::Kernel)
+                .build()
+                .unwrap(),
+        );
+        let auto = Arc::new(Config::default());
+        let kernel_full = TcpcryptListener::bind("127.0.0.1:0", &kernel)
+            .await
+            .map(|_| "bound".to_string())
+            .unwrap_or_else(|e| e.to_string());
+        let auto_full = TcpcryptListener::bind("127.0.0.1:0", &auto).await.is_ok();
+        drop(held);
+        let kernel_after = TcpcryptListener::bind("127.0.0.1:0", &kernel).await.is_ok();
+        (kernel_full, auto_full, kernel_after)
+    });
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        limit.0,
+        limit.1,
+    )
+    .unwrap();
+    (filled, result.0, result.1, result.2)
 }
 
 /// Three connections with `connect_with_data` from a library client to a

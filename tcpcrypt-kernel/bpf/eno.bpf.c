@@ -438,9 +438,14 @@ static __attribute__((noinline)) void on_listen(struct bpf_sock_ops *skops)
 	__builtin_memcpy(t.bytes, st->tmpl, sizeof(t.bytes));
 	listen_key_of(skops, &k);
 	/* A listener bound to the same address and port (SO_REUSEPORT)
-	 * replaces the entry; it is removed by whichever owns it. */
-	if (bpf_map_update_elem(&tcpcrypt_listen, &k, &t, BPF_ANY))
+	 * replaces the entry; it is removed by whichever owns it. A full
+	 * table (the machine's other listeners, perhaps another user's) is
+	 * told to this one's owner, in its record. */
+	if (bpf_map_update_elem(&tcpcrypt_listen, &k, &t, BPF_ANY)) {
+		st->outcome = OUTCOME_NO_SPACE;
 		return;
+	}
+	st->outcome = OUTCOME_ENO;
 	/* Answer SYNs with options; notice when the listener closes. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 					 BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |

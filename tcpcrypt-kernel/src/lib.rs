@@ -33,7 +33,7 @@ mod socket;
 
 use std::path::{Path, PathBuf};
 
-pub use record::{MAX_SYN_OPTION, MAX_TEMPLATE, Outcome};
+pub use record::{Listening, MAX_SYN_OPTION, MAX_TEMPLATE, Outcome};
 pub use socket::{RESUME_NONCE, ResumeEntry, Resumptions, Sockets};
 
 /// Where the program, its maps and its links are pinned.

@@ -90,6 +90,29 @@ pub enum Outcome {
     Rejected,
 }
 
+/// Whether the program answers the SYNs of a listening socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listening {
+    /// Its template is in the program's table of listeners: its SYN-ACKs
+    /// answer ENO.
+    Answering,
+    /// The table is full (the machine's other listeners, perhaps another
+    /// user's): its SYN-ACKs carry no ENO.
+    TableFull,
+    /// The program has not seen it listen (it is not attached to the
+    /// socket's cgroup, or the socket gave no template).
+    NotSeen,
+}
+
+/// Reads a listening socket's record as the program left it.
+pub fn listening(r: &[u8; LEN]) -> Listening {
+    match (r[STATE], r[OUTCOME]) {
+        (STATE_LISTEN, OUTCOME_ENO) => Listening::Answering,
+        (STATE_LISTEN, OUTCOME_NO_SPACE) => Listening::TableFull,
+        _ => Listening::NotSeen,
+    }
+}
+
 /// Reads a record as the program left it.
 pub fn outcome(r: &[u8; LEN]) -> Outcome {
     let syn = || r[SYN..SYN + usize::from(r[SYN_LEN]).min(40)].to_vec();
@@ -133,6 +156,17 @@ mod tests {
                 listener: None,
             }
         );
+    }
+
+    #[test]
+    fn a_listener_reads_back_not_seen_until_the_program_takes_its_template() {
+        let mut r = listen(0x01, &[0x23], false);
+        assert_eq!(listening(&r), Listening::NotSeen);
+        r[OUTCOME] = OUTCOME_ENO;
+        assert_eq!(listening(&r), Listening::Answering);
+        r[OUTCOME] = OUTCOME_NO_SPACE;
+        assert_eq!(listening(&r), Listening::TableFull);
+        assert_eq!(listening(&offer(&[69, 2, 0, 0x23])), Listening::NotSeen);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use aya::maps::{Map, MapData, SkStorage};
 use nix::sys::socket::{getsockopt, sockopt::Ipv6V6Only};
 
-use crate::record::{self, LEN, MAX_SYN_OPTION, MAX_TEMPLATE, Outcome};
+use crate::record::{self, LEN, Listening, MAX_SYN_OPTION, MAX_TEMPLATE, Outcome};
 use crate::{Error, PIN_DIR};
 
 /// The pinned per-socket map, opened once.
@@ -88,6 +88,16 @@ impl Sockets {
         // An IPv4 socket has no such option: it answers for IPv4 only.
         let dual_stack = matches!(getsockopt(socket, Ipv6V6Only), Ok(false));
         self.put(socket, record::listen(global, teps, dual_stack))
+    }
+
+    /// Whether the program answers this listening socket's SYNs (after
+    /// [`listen`](Self::listen) and the socket's `listen`).
+    pub fn listening(&self, socket: &impl AsRawFd) -> Listening {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(socket, 0) {
+            Ok(r) => record::listening(&r),
+            Err(_) => Listening::NotSeen,
+        }
     }
 
     /// What the kernel negotiated for this socket; `Pending` when the

@@ -175,6 +175,12 @@ mod imp {
                 .map_err(|e| e.to_string())
         }
 
+        /// Whether a listening socket's template is in the program's
+        /// table: `false` only when the table is full.
+        pub fn has_room_for(&self, listener: &impl AsRawFd) -> bool {
+            self.0.listening(listener) != tcpcrypt_kernel::Listening::TableFull
+        }
+
         pub fn recorded(&self, socket: &impl AsRawFd) -> Recorded {
             match self.0.outcome(socket) {
                 Outcome::Negotiated {
@@ -213,6 +219,10 @@ mod imp {
         }
 
         pub fn listen(&self, _: BorrowedFd<'_>, _: u8, _: &[u8]) -> Result<(), String> {
+            match *self {}
+        }
+
+        pub fn has_room_for(&self, _: &impl AsRawFd) -> bool {
             match *self {}
         }
 
@@ -415,8 +425,22 @@ pub(crate) fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListene
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    answer(socket.as_fd(), config)?;
-    socket.listen(1024)
+    let answering = answer(socket.as_fd(), config)?;
+    let listener = socket.listen(1024)?;
+    // The program's table of listeners is shared by the whole machine: a
+    // full one leaves this listener's SYN-ACKs without ENO.
+    if answering
+        && let Ok(kernel) = imp::open()
+        && !kernel.has_room_for(&listener)
+    {
+        const FULL: &str = "the kernel carriage's table of listeners is full: \
+            this listener's SYN-ACKs carry no ENO";
+        if config.carriage == Carriage::Kernel {
+            return Err(unavailable(FULL.into()));
+        }
+        tracing::warn!(%addr, "{FULL}; clients negotiate in band");
+    }
+    Ok(listener)
 }
 
 /// What the kernel did for an accepted socket.
