@@ -673,10 +673,24 @@ fn postgresql_over_tcp_and_its_unix_socket_with_pgbench() {
         (server, port, sockets)
     };
     let psql = |shimmed: bool, host: &str, port: u16, sql: &str| {
-        let out = client(
-            shimmed,
-            &format!("psql -X -A -t -h {host} -p {port} -U postgres -d postgres -c \"{sql}\""),
-        );
+        let run = || {
+            client(
+                shimmed,
+                &format!("psql -X -A -t -h {host} -p {port} -U postgres -d postgres -c \"{sql}\""),
+            )
+        };
+        // The server listens before it takes logins: a loaded machine
+        // sees "the database system is starting up" (bounded: 10 s).
+        let mut out = run();
+        for _ in 0..100 {
+            if out.status.success()
+                || !String::from_utf8_lossy(&out.stderr).contains("is starting up")
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            out = run();
+        }
         assert!(
             out.status.success(),
             "{}",
