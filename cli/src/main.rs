@@ -15,12 +15,12 @@ mod demo;
 mod generate;
 mod http_header;
 mod kernel;
-mod netcat;
-mod options;
 /// Log files named by the environment: one rule for the shim's and the
 /// daemon's.
 #[path = "../../preload/src/log_file.rs"]
 mod log_file;
+mod netcat;
+mod options;
 mod pathcheck;
 mod plot;
 mod proxy;
