@@ -1143,6 +1143,57 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         assert!(kernel_after, "a kernel listener binds once there is room");
     }
 
+    // 13e. A path that strips ENO from the client's segments after its
+    // SYN: the server, its acknowledgement without ENO, disables ENO (RFC
+    // 8547 4.6) while the client believes it on and sends Init1. The
+    // server never hands Init1 over as data: it resets, and the client
+    // connects again in band, encrypted.
+    {
+        let iptables = |op: &str| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &setup.netns,
+                    "iptables",
+                    "-t",
+                    "mangle",
+                    op,
+                ])
+                .args([
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "7017",
+                    "--tcp-flags",
+                    "SYN",
+                    "NONE",
+                ])
+                .args(["-j", "TCPOPTSTRIP", "--strip-options", "69"])
+                .status()
+                .unwrap()
+        };
+        assert!(iptables("-A").success(), "TCPOPTSTRIP");
+        let _inside = setup.enter_cgroup();
+        let netns = format!("/run/netns/{}", setup.netns);
+        let seen = std::thread::spawn(move || {
+            enter_netns(&netns);
+            stripped_ack(7017)
+        })
+        .join()
+        .unwrap();
+        iptables("-D");
+        assert_eq!(
+            seen,
+            (
+                Some("in-band".to_string()),
+                vec!["refused".to_string(), "encrypted ping".to_string()]
+            ),
+            "(the client's carriage, what the server's application saw)"
+        );
+    }
+
     // 14. Resumption in the SYN (RFC 8548 3.5): a library client and
     // listener in the cgroup, one process. The second and third
     // connections name the previous session's identifier in their SYN,
@@ -1361,6 +1412,54 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// A library client and listener (default configuration) on `port`: the
+/// client's carriage, and for each connection the listener saw, "refused"
+/// or whether it was encrypted and what it read.
+fn stripped_ack(port: u16) -> (Option<String>, Vec<String>) {
+    use std::sync::Arc;
+    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    block_on(async move {
+        let config = Arc::new(Config::default());
+        let addr = format!("127.0.0.1:{port}");
+        let mut listener = TcpcryptListener::bind(addr.as_str(), &config)
+            .await
+            .unwrap();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < 2 {
+                match listener.accept_attempt().await.unwrap() {
+                    (_, Err(_)) => seen.push("refused".to_string()),
+                    (_, Ok(mut s)) => {
+                        let mut req = [0u8; 5];
+                        s.read_exact(&mut req).await.unwrap();
+                        s.write_all(&req).await.unwrap();
+                        s.shutdown().await.unwrap();
+                        let how = if s.is_encrypted() {
+                            "encrypted"
+                        } else {
+                            "plain"
+                        };
+                        seen.push(format!("{how} {}", String::from_utf8_lossy(&req).trim()));
+                    }
+                }
+            }
+            seen
+        });
+        let mut c = TcpcryptStream::connect_with_data(addr.as_str(), &config, b"ping\n")
+            .await
+            .unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"ping\n");
+        let carriage = c.carriage().map(|k| match k {
+            Carriage::Kernel => "kernel".to_string(),
+            _ => "in-band".to_string(),
+        });
+        (carriage, server.await.unwrap())
+    })
 }
 
 /// Fills the program's table of listeners with listeners on 127.0.0.1

@@ -18,6 +18,7 @@ use crate::error::{Error, FallbackReason};
 use crate::kernel;
 use crate::negotiate::{self, ServerEnd, ServerStart};
 use crate::path::PathProbe;
+use crate::proto::init::INIT1_MAGIC;
 use crate::stream::{AbortFn, Mode, TcpcryptStream, abort_tcp, push_tcp};
 use crate::{Config, Policy};
 
@@ -119,9 +120,14 @@ impl TcpcryptAcceptor {
     pub async fn accept_tcp(&self, tcp: TcpStream) -> io::Result<TcpcryptStream<TcpStream>> {
         let peer = tcp.peer_addr().ok();
         // ENO in the SYNs (the kernel carriage), or the in-band hello.
+        let mut ack_without_eno = false;
         let (start, kernel_carried, listener) = match kernel::accepted(&tcp, &self.config) {
             kernel::Accepted::Negotiated(syn, synack, listener) => {
                 (ServerStart::Kernel { syn, synack }, true, listener)
+            }
+            kernel::Accepted::AckWithoutEno => {
+                ack_without_eno = true;
+                (ServerStart::InBand, false, None)
             }
             kernel::Accepted::Unusable(why) => {
                 abort_tcp(&tcp);
@@ -131,6 +137,16 @@ impl TcpcryptAcceptor {
         };
         let probe = peer.and_then(|peer| PathProbe::to(&tcp, peer));
         let mut stream = self.accept_with(tcp, Some(abort_tcp), start, probe).await?;
+        if ack_without_eno && sent_init1(&stream) {
+            // A believes ENO is on: a path stripped its acknowledgement's
+            // option. Its Init1 is never handed over as data; the reset
+            // tells A to connect again (in band).
+            abort_tcp(&stream.io);
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client's acknowledgement lost its ENO option on the path and it sent Init1: reset",
+            ));
+        }
         stream.peer = peer;
         // A late marker, if this stream sends one (a client taken for
         // plain because it was silent), waits for its acknowledgement on
@@ -158,6 +174,17 @@ impl TcpcryptAcceptor {
         }
         Ok(stream)
     }
+}
+
+/// Whether a plain stream's first bytes (as far as they go) are Init1's
+/// magic number: a client that believes ENO was negotiated in the SYNs.
+fn sent_init1(stream: &TcpcryptStream<TcpStream>) -> bool {
+    let Mode::Plain { recv, .. } = &stream.mode else {
+        return false;
+    };
+    let first = recv.pending();
+    let n = first.len().min(INIT1_MAGIC.len());
+    n > 0 && first[..n] == INIT1_MAGIC[..n]
 }
 
 /// A TCP listener whose accepted streams are encrypted when the client

@@ -260,6 +260,17 @@ impl TcpcryptConnector {
                         let tcp = TcpStream::connect(peer).await?;
                         self.connect_in_band(tcp, &[]).await
                     }
+                    Connected::Reconnect(FallbackReason::ServerClosed)
+                        if self.config.carriage == crate::Carriage::Auto =>
+                    {
+                        // The server ended the connection before answering
+                        // Init1: a path that strips ENO after the SYNs
+                        // makes it disable ENO and reset. The in-band hello
+                        // gets past such a path.
+                        tracing::warn!(%peer, "the server reset a connection negotiated in the SYNs (a path stripping ENO from later segments?); connecting again in band");
+                        let tcp = TcpStream::connect(peer).await?;
+                        self.connect_in_band(tcp, early).await
+                    }
                     Connected::Reconnect(reason) => {
                         // ENO disabled by a rule the server cannot know:
                         // the server may be waiting for Init1, so this

@@ -454,6 +454,11 @@ pub(crate) enum Accepted {
     Unusable(&'static str),
     /// The in-band path decides.
     InBand,
+    /// Both SYNs carried ENO and A's first ACK did not: ENO is disabled
+    /// here (RFC 8547 4.6) and the in-band path decides. A that disabled
+    /// it itself sends a hello or plain data; A whose option a middlebox
+    /// stripped believes ENO is on and sends Init1, which is never data.
+    AckWithoutEno,
 }
 
 /// Whatever the configuration says: the listener may have answered ENO
@@ -470,6 +475,7 @@ pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
         Recorded::Negotiated(syn, synack, true, listener) => {
             Accepted::Negotiated(syn, synack, listener)
         }
+        Recorded::Negotiated(_, _, false, _) => Accepted::AckWithoutEno,
         Recorded::Unanswered => {
             Accepted::Unusable("the client negotiated ENO in its SYN and our answer is lost")
         }

@@ -108,6 +108,8 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     let mut first_deadline = deadline.min(Instant::now() + config.server_hello_timeout);
     // Over the kernel carriage the server is known to speak tcpcrypt: only
     // the handshake's deadline applies.
+    let kernel = matches!(start, ClientStart::Kernel(_));
+    let mut received = 0;
     let (mut hs, mut heard) = match start {
         ClientStart::InBand(ticket) => (
             ClientHandshake::with_early_data(
@@ -151,6 +153,16 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         let limit = if heard { deadline } else { first_deadline };
         buf.clear();
         let n = match timeout_at(limit, io.read_buf(&mut buf)).await {
+            // Both SYNs carried ENO and the server ended the connection
+            // before any answer to Init1: a path that strips ENO from
+            // later segments makes it disable ENO (RFC 8547 4.6) and
+            // reset. Weak evidence, as in band: the caller decides.
+            Ok(Ok(0)) if kernel && received == 0 => {
+                return Ok(ClientEnd::Reconnect(FallbackReason::ServerClosed));
+            }
+            Ok(Err(e)) if kernel && received == 0 && is_reset(&e) => {
+                return Ok(ClientEnd::Reconnect(FallbackReason::ServerClosed));
+            }
             Err(_) if !heard => {
                 // Silence counts from the hello's acknowledgement.
                 let wait = config.server_hello_timeout;
@@ -176,6 +188,7 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
             Ok(Err(e)) => return Err(e),
         };
         heard |= n > 0;
+        received += n;
         let used = hs.read(&buf[..n]).map_err(Error::from)?;
         hs.write_to(&mut out);
         send(io, &mut out).await?;
