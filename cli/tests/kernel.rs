@@ -1347,8 +1347,7 @@ type Seen = (String, String, bool);
 /// (session ID, carriage, resumed) as the clients saw them and as the
 /// server did.
 fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
-    use std::sync::Arc;
-    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
+    use tcpcrypt_tokio::{Carriage, TcpcryptStream};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn seen(stream: &TcpcryptStream<tokio::net::TcpStream>) -> Seen {
@@ -1360,11 +1359,7 @@ fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
         (info.session_id.to_string(), carriage.into(), info.resumed)
     }
     block_on(async move {
-        let config = Arc::new(Config::default());
-        let addr = format!("127.0.0.1:{port}");
-        let mut listener = TcpcryptListener::bind(addr.as_str(), &config)
-            .await
-            .unwrap();
+        let (config, addr, mut listener) = default_listener(port).await;
         let server = tokio::spawn(async move {
             let mut seen_here = Vec::new();
             while seen_here.len() < 4 {
@@ -1405,6 +1400,23 @@ fn resumption_in_the_syn(port: u16) -> (Vec<Seen>, Vec<Seen>) {
     })
 }
 
+/// A library listener with the default configuration on 127.0.0.1:`port`,
+/// the configuration and the address.
+async fn default_listener(
+    port: u16,
+) -> (
+    std::sync::Arc<tcpcrypt_tokio::Config>,
+    String,
+    tcpcrypt_tokio::TcpcryptListener,
+) {
+    let config = std::sync::Arc::new(tcpcrypt_tokio::Config::default());
+    let addr = format!("127.0.0.1:{port}");
+    let listener = tcpcrypt_tokio::TcpcryptListener::bind(addr.as_str(), &config)
+        .await
+        .unwrap();
+    (config, addr, listener)
+}
+
 /// Runs `f` on a runtime of this thread (in the namespace it entered).
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -1418,15 +1430,10 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// client's carriage, and for each connection the listener saw, "refused"
 /// or whether it was encrypted and what it read.
 fn stripped_ack(port: u16) -> (Option<String>, Vec<String>) {
-    use std::sync::Arc;
-    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
+    use tcpcrypt_tokio::{Carriage, TcpcryptStream};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     block_on(async move {
-        let config = Arc::new(Config::default());
-        let addr = format!("127.0.0.1:{port}");
-        let mut listener = TcpcryptListener::bind(addr.as_str(), &config)
-            .await
-            .unwrap();
+        let (config, addr, mut listener) = default_listener(port).await;
         let server = tokio::spawn(async move {
             let mut seen = Vec::new();
             while seen.len() < 2 {
@@ -1531,15 +1538,10 @@ fn full_listener_table() -> (usize, String, bool, bool) {
 /// each, whether the kernel carried it and whether the request went as
 /// 0-RTT data (the listener checks that each request arrived whole).
 fn zero_rtt_outside(port: u16) -> Vec<(bool, bool)> {
-    use std::sync::Arc;
-    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
+    use tcpcrypt_tokio::{Carriage, TcpcryptStream};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     block_on(async move {
-        let config = Arc::new(Config::default());
-        let addr = format!("127.0.0.1:{port}");
-        let mut listener = TcpcryptListener::bind(addr.as_str(), &config)
-            .await
-            .unwrap();
+        let (config, addr, mut listener) = default_listener(port).await;
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut req = [0u8; 5];
