@@ -1194,6 +1194,39 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         );
     }
 
+    // 13f. The in-band carriage (outside the cgroup) over a path that
+    // comes to drop every segment carrying a hello: to a destination that
+    // negotiated before, the first connection waits the handshake's
+    // deadline once (the hello never acknowledged: no second try on the
+    // same path) and goes plain; the next ones go plain at once.
+    {
+        let netns = format!("/run/netns/{}", setup.netns);
+        let setup_netns = setup.netns.clone();
+        let seen = std::thread::spawn(move || {
+            enter_netns(&netns);
+            hello_dropped(7018, &setup_netns)
+        })
+        .join()
+        .unwrap();
+        let [first, second, third] = &seen[..] else {
+            panic!("{seen:?}")
+        };
+        assert_eq!(first.0, "encrypted", "{seen:?}");
+        assert_eq!(
+            second.0, "the path dropped the tcpcrypt hello (never acknowledged)",
+            "{seen:?}"
+        );
+        assert!(
+            second.1 < Duration::from_millis(4500),
+            "one deadline: {seen:?}"
+        );
+        assert_eq!(
+            third.0, "the server is known not to speak tcpcrypt",
+            "{seen:?}"
+        );
+        assert!(third.1 < Duration::from_millis(500), "at once: {seen:?}");
+    }
+
     // 14. Resumption in the SYN (RFC 8548 3.5): a library client and
     // listener in the cgroup, one process. The second and third
     // connections name the previous session's identifier in their SYN,
@@ -1424,6 +1457,64 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// Three connections from an in-band library client (3 s handshake
+/// deadline) to an in-band library listener on `port` that waits for its
+/// clients to speak, the second and
+/// third while `iptables` in namespace `netns` drops every segment to the
+/// port that carries a hello: how each ended ("encrypted" or why it is
+/// plain) and how long it took to connect.
+fn hello_dropped(port: u16, netns: &str) -> Vec<(String, Duration)> {
+    use std::sync::Arc;
+    use tcpcrypt_tokio::{Carriage, Config, TcpcryptListener, TcpcryptStream};
+    use tokio::io::AsyncReadExt;
+    let rule = |op: &str| {
+        let port = port.to_string();
+        Command::new("ip")
+            .args([
+                "netns", "exec", netns, "iptables", op, "OUTPUT", "-p", "tcp",
+            ])
+            .args(["--dport", &port, "-m", "string", "--algo", "bm"])
+            .args(["--hex-string", "|e5454e4f01|", "-j", "DROP"])
+            .status()
+            .unwrap()
+    };
+    let seen = block_on(async move {
+        let in_band = |b: tcpcrypt_tokio::ConfigBuilder| {
+            Arc::new(b.carriage(Carriage::InBand).build().unwrap())
+        };
+        let server = in_band(Config::builder());
+        let client = in_band(Config::builder().handshake_timeout(Duration::from_secs(3)));
+        let addr = format!("127.0.0.1:{port}");
+        let mut listener = TcpcryptListener::bind(addr.as_str(), &server)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            // A server that waits for its client's request, as most do.
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move { s.read_to_end(&mut Vec::new()).await });
+            }
+        });
+        let mut seen = Vec::new();
+        for i in 0..3 {
+            if i == 1 {
+                assert!(rule("-A").success(), "iptables string match");
+            }
+            let t = Instant::now();
+            let s = TcpcryptStream::connect(addr.as_str(), &client)
+                .await
+                .unwrap();
+            let how = match s.fallback_reason() {
+                None => "encrypted".to_string(),
+                Some(r) => r.to_string(),
+            };
+            seen.push((how, t.elapsed()));
+        }
+        seen
+    });
+    rule("-D");
+    seen
 }
 
 /// A library client and listener (default configuration) on `port`: the

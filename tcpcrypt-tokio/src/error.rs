@@ -46,6 +46,11 @@ pub enum FallbackReason {
     /// Kernel carriage: the server's SYN-ACK carried no ENO option (RFC
     /// 8547: the peer does not speak ENO, or not for this service).
     NoEnoInSynAck,
+    /// The server's TCP never acknowledged the hello before the
+    /// handshake's deadline, while the connection was up: the path drops
+    /// it (a middlebox that eats what it does not know). The same path
+    /// would drop it again: the verdict is kept, as a conclusive one.
+    HelloDropped,
 }
 
 impl FallbackReason {
@@ -87,6 +92,9 @@ impl fmt::Display for FallbackReason {
             FallbackReason::ClientSilent => f.write_str("the client sent nothing"),
             FallbackReason::NoEnoInSynAck => {
                 f.write_str("the server's SYN-ACK carried no ENO option")
+            }
+            FallbackReason::HelloDropped => {
+                f.write_str("the path dropped the tcpcrypt hello (never acknowledged)")
             }
         }
     }

@@ -173,6 +173,14 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
                     continue;
                 }
                 hs.peer_silent().map_err(Error::from)?;
+                // Never acknowledged: the path, not the server, ate it.
+                if probe
+                    .as_ref()
+                    .and_then(PathProbe::read)
+                    .is_some_and(|i| i.unacked)
+                {
+                    return unconfirmed(ClientEnd::Reconnect(FallbackReason::HelloDropped));
+                }
                 0
             }
             Err(_) => return Err(Error::HandshakeTimeout.into()),
