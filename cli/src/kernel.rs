@@ -86,6 +86,11 @@ pub fn kernel(args: Args) -> i32 {
             };
             if json {
                 println!("{}", serde_json::to_string(&report).expect("serializable"));
+            } else if !report.loaded && !tcpcrypt_kernel::bpf_fs_mounted() {
+                println!(
+                    "kernel carriage: unknown: {}",
+                    tcpcrypt_kernel::Error::NoBpfFs
+                );
             } else if !report.loaded {
                 println!("kernel carriage: not enabled (tcpcrypt kernel enable)");
             } else {

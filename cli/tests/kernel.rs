@@ -1227,6 +1227,19 @@ fn the_kernel_carriage_negotiates_eno_in_the_syn() {
         assert!(third.1 < Duration::from_millis(500), "at once: {seen:?}");
     }
 
+    // 13g. `ip netns exec` mounts a /sys of its own, without the BPF file
+    // system: the pins cannot be seen from there, and status says so
+    // instead of "not enabled".
+    let status = Command::new("ip")
+        .args(["netns", "exec", &setup.netns, BIN, "kernel", "status"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains("no BPF file system") && said.contains("nsenter"),
+        "{said}"
+    );
+
     // 14. Resumption in the SYN (RFC 8548 3.5): a library client and
     // listener in the cgroup, one process. The second and third
     // connections name the previous session's identifier in their SYN,

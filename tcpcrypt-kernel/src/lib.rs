@@ -54,6 +54,13 @@ pub enum Error {
     /// `tcpcrypt kernel enable` has not run on this machine.
     #[error("the kernel carriage is not enabled on this machine (tcpcrypt kernel enable)")]
     NotEnabled,
+    /// No BPF file system is mounted at `/sys/fs/bpf` in this mount
+    /// namespace, so the pins cannot be seen (whether or not the carriage
+    /// is enabled).
+    #[error(
+        "no BPF file system at /sys/fs/bpf here, so the kernel carriage cannot be seen (`ip netns exec` mounts a /sys of its own: enter the namespace with `nsenter --net=/run/netns/NAME` instead)"
+    )]
+    NoBpfFs,
     /// The directory is not on a cgroup v2 file system.
     #[error("{0} is not a cgroup v2 directory")]
     NotCgroup2(PathBuf),
@@ -71,6 +78,22 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// Whether a BPF file system is mounted at `/sys/fs/bpf` (where the pins
+/// live) in this mount namespace.
+pub fn bpf_fs_mounted() -> bool {
+    nix::sys::statfs::statfs("/sys/fs/bpf")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// The error for a missing pin: not enabled, or not visible from here.
+fn missing_pin() -> Error {
+    if bpf_fs_mounted() {
+        Error::NotEnabled
+    } else {
+        Error::NoBpfFs
+    }
 }
 
 impl Error {

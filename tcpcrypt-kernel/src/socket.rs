@@ -33,7 +33,7 @@ impl Sockets {
         let pin = Path::new(PIN_DIR).join("sk");
         // Missing means not enabled; a permission error is reported as one.
         let pin_inode = match std::fs::symlink_metadata(&pin) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotEnabled),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(crate::missing_pin()),
             Err(e) => {
                 return Err(Error::Io {
                     path: pin,
@@ -164,7 +164,7 @@ impl Resumptions {
     pub fn open() -> Result<Self, Error> {
         let pin = Path::new(PIN_DIR).join("resume");
         match std::fs::symlink_metadata(&pin) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotEnabled),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(crate::missing_pin()),
             Err(e) => {
                 return Err(Error::Io {
                     path: pin,

@@ -151,7 +151,10 @@ mod imp {
             }
             Err(e) => {
                 let why = e.to_string();
-                if matches!(e, tcpcrypt_kernel::Error::NotEnabled) {
+                if matches!(
+                    e,
+                    tcpcrypt_kernel::Error::NotEnabled | tcpcrypt_kernel::Error::NoBpfFs
+                ) {
                     *held = Some(Found::Nothing(why.clone(), Instant::now()));
                 }
                 Err(why)
