@@ -88,42 +88,68 @@ pub fn status(args: Args) -> i32 {
         return 0;
     }
     println!(
-        "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {:<8} SESSION ID",
+        "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {:<17} SESSION ID",
         "PID", "PROGRAM", "PEER", "ROLE", "TEP", "AEAD", "CARRIAGE"
     );
     for r in &records {
-        let encrypted = r["encrypted"] == true;
-        let tep = r["tep"]
-            .as_u64()
-            .map(|t| format!("0x{t:02x}"))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {:<8} {}",
-            field(r, "pid"),
-            field(r, "program"),
-            field(r, "peer"),
-            if encrypted {
-                field(r, "role")
-            } else {
-                "-".into()
-            },
-            if encrypted { tep } else { "-".into() },
-            if encrypted {
-                field(r, "aead")
-            } else {
-                "plain".into()
-            },
-            if encrypted {
-                field(r, "carriage")
-            } else {
-                "-".into()
-            },
-            if encrypted {
-                field(r, "session_id")
-            } else {
-                "-".into()
-            }
-        );
+        println!("{}", row(r));
     }
     0
+}
+
+/// One connection's line of the table.
+fn row(r: &serde_json::Value) -> String {
+    let encrypted = r["encrypted"] == true;
+    // The negotiated suboption byte: a resumed session's has the v
+    // bit (0x80) set; the column names the TEP.
+    let tep = r["tep"]
+        .as_u64()
+        .map(|t| format!("0x{:02x}", t & 0x7f))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {:<17} {}",
+        field(r, "pid"),
+        field(r, "program"),
+        field(r, "peer"),
+        if encrypted {
+            field(r, "role")
+        } else {
+            "-".into()
+        },
+        if encrypted { tep } else { "-".into() },
+        if encrypted {
+            field(r, "aead")
+        } else {
+            "plain".into()
+        },
+        if encrypted && r["resumed"] == true {
+            format!("{} (resumed)", field(r, "carriage"))
+        } else if encrypted {
+            field(r, "carriage")
+        } else {
+            "-".into()
+        },
+        if encrypted {
+            field(r, "session_id")
+        } else {
+            "-".into()
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_session_shows_its_tep_and_that_it_resumed() {
+        let r = serde_json::json!({
+            "pid": 7, "program": "curl", "peer": "10.0.0.1:80", "role": "A",
+            "encrypted": true, "resumed": true, "carriage": "in-band",
+            "tep": 0xa3, "aead": "AES-128-GCM", "session_id": "a3ff",
+        });
+        let line = row(&r);
+        assert!(line.contains(" 0x23 "), "{line}");
+        assert!(line.contains("in-band (resumed)"), "{line}");
+    }
 }
