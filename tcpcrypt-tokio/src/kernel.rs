@@ -114,9 +114,10 @@ mod imp {
 
     /// How often the pin is looked at again, present or missing: a `stat`
     /// per connection was a tenth of the cost of a connection to a legacy
-    /// server. An enable is noticed within it; until then this process
-    /// neither offers nor answers ENO, so its listeners (no answer
-    /// template) and its connections stay in band, consistently.
+    /// server. An enable is noticed within it by `Carriage::Auto`; until
+    /// then this process neither offers nor answers ENO there, so its
+    /// listeners (no answer template) and its connections stay in band,
+    /// consistently. `Carriage::Kernel` looks again at once.
     const RECHECK: Duration = Duration::from_secs(1);
 
     /// The pinned per-socket map, taken once per connection.
@@ -125,7 +126,10 @@ mod imp {
     /// The map, when the kernel carriage is enabled on this machine, opened
     /// again when it was replaced (a disable and an enable: noticed within
     /// `RECHECK`); why not otherwise (not enabled, or no permission).
-    pub fn open() -> Result<Kernel, String> {
+    /// `needed`: the caller requires the carriage (`Carriage::Kernel`), and
+    /// a pin found missing is looked for again at once (an enable made a
+    /// moment ago, by this process perhaps, counts).
+    pub fn open(needed: bool) -> Result<Kernel, String> {
         let mut held = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
         match held.as_mut() {
             Some(Found::Map(s, checked)) => {
@@ -137,7 +141,7 @@ mod imp {
                     return Ok(Kernel(s.clone()));
                 }
             }
-            Some(Found::Nothing(why, checked)) if checked.elapsed() < RECHECK => {
+            Some(Found::Nothing(why, checked)) if !needed && checked.elapsed() < RECHECK => {
                 return Err(why.clone());
             }
             _ => {}
@@ -212,7 +216,7 @@ mod imp {
     /// Never made: there is no map to open.
     pub enum Kernel {}
 
-    pub fn open() -> Result<Kernel, String> {
+    pub fn open(_: bool) -> Result<Kernel, String> {
         Err("this build has no kernel carriage (feature `kernel`, Linux)".into())
     }
 
@@ -263,7 +267,7 @@ fn open_for(config: &Config) -> io::Result<Option<imp::Kernel>> {
     if !wants_kernel(config) {
         return Ok(None);
     }
-    match imp::open() {
+    match imp::open(config.carriage == Carriage::Kernel) {
         Ok(k) => Ok(Some(k)),
         Err(why) if config.carriage == Carriage::Kernel => Err(unavailable(why)),
         Err(_) => Ok(None),
@@ -401,7 +405,7 @@ pub(crate) fn answer(socket: BorrowedFd<'_>, config: &Config) -> io::Result<bool
     if !wants_kernel(config) || config.handshake.require_application_aware {
         return Ok(false);
     }
-    match imp::open() {
+    match imp::open(config.carriage == Carriage::Kernel) {
         Ok(kernel) => {
             let (global, teps) = ServerHandshake::kernel_template(&config.handshake);
             match kernel.listen(socket, global, &teps) {
@@ -433,7 +437,7 @@ pub(crate) fn listen(addr: SocketAddr, config: &Config) -> io::Result<TcpListene
     // The program's table of listeners is shared by the whole machine: a
     // full one leaves this listener's SYN-ACKs without ENO.
     if answering
-        && let Ok(kernel) = imp::open()
+        && let Ok(kernel) = imp::open(false)
         && !kernel.has_room_for(&listener)
     {
         const FULL: &str = "the kernel carriage's table of listeners is full: \
@@ -467,7 +471,7 @@ pub(crate) enum Accepted {
 /// Whatever the configuration says: the listener may have answered ENO
 /// (a listener bound for another configuration).
 pub(crate) fn accepted(tcp: &TcpStream, config: &Config) -> Accepted {
-    let Ok(kernel) = imp::open() else {
+    let Ok(kernel) = imp::open(false) else {
         return Accepted::InBand;
     };
     match kernel.recorded(tcp) {
