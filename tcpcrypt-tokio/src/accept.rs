@@ -15,11 +15,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, FallbackReason};
+use crate::first_write::{self, FirstWrite, Transport};
 use crate::kernel;
 use crate::negotiate::{self, ServerEnd, ServerStart};
 use crate::path::PathProbe;
 use crate::proto::init::INIT1_MAGIC;
-use crate::stream::{AbortFn, Mode, TcpcryptStream, abort_tcp, push_tcp};
+use crate::stream::{AbortFn, Mode, TcpcryptStream, abort_tcp};
 use crate::{Config, Policy};
 
 /// Runs the accepting side's handshake over a transport the caller owns.
@@ -51,18 +52,21 @@ impl TcpcryptAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.accept_with(io, None, ServerStart::InBand, None).await
+        self.accept_with(io, None, ServerStart::InBand, None, None)
+            .await
     }
 
     /// [`accept`](Self::accept), answering a protocol error with `abort`
     /// (RFC 8548 3.3), during the handshake as afterwards; `probe` reads
-    /// the path's figures of a TCP connection.
+    /// the path's figures of a TCP connection; `first` holds the
+    /// handshake's last message for the application's first bytes.
     async fn accept_with<IO>(
         &self,
         mut io: IO,
         abort: Option<AbortFn<IO>>,
         start: ServerStart,
         probe: Option<PathProbe>,
+        first: Option<Transport<IO>>,
     ) -> io::Result<TcpcryptStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -76,19 +80,21 @@ impl TcpcryptAcceptor {
             ));
         }
         let started = std::time::Instant::now();
-        let end = match negotiate::server(&mut io, config, start, probe).await {
-            Ok(end) => end,
-            Err(e) => {
-                if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
-                    abort(&io);
+        let end =
+            match negotiate::server(&mut io, config, start, probe, first.map(|t| t.hold)).await {
+                Ok(end) => end,
+                Err(e) => {
+                    if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
+                        abort(&io);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
+            };
         let mut stream = match end {
-            ServerEnd::Encrypted(session, leftover) => {
+            ServerEnd::Encrypted(session, leftover, held) => {
                 let mut s = TcpcryptStream::encrypted(io, *session, leftover);
                 s.config = Some(self.config.clone());
+                s.first_write = first.map(|t| FirstWrite::new(held, t.push));
                 s
             }
             ServerEnd::Plain(reason, _) if config.policy == Policy::Mandatory => {
@@ -136,7 +142,9 @@ impl TcpcryptAcceptor {
             kernel::Accepted::InBand => (ServerStart::InBand, false, None),
         };
         let probe = peer.and_then(|peer| PathProbe::to(&tcp, peer));
-        let mut stream = self.accept_with(tcp, Some(abort_tcp), start, probe).await?;
+        let mut stream = self
+            .accept_with(tcp, Some(abort_tcp), start, probe, Some(first_write::TCP))
+            .await?;
         if ack_without_eno && sent_init1(&stream) {
             // A believes ENO is on: a path stripped its acknowledgement's
             // option. Its Init1 is never handed over as data; the reset
@@ -160,9 +168,6 @@ impl TcpcryptAcceptor {
             ack.arm(probe);
         }
         stream.kernel_carried = kernel_carried && stream.is_encrypted();
-        if stream.is_encrypted() {
-            stream.push_first_write = Some(push_tcp);
-        }
         // A's next connection may resume in its SYN: the kernel learns the
         // identifier it may answer to.
         if let (true, Some(listener), Some(info)) =

@@ -58,6 +58,7 @@ mod config;
 mod connect;
 mod copy;
 mod error;
+mod first_write;
 mod kernel;
 mod key_refill;
 mod late_ack;

@@ -8,6 +8,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::Config;
 use crate::error::{Error, FallbackReason};
+use crate::first_write::HoldFn;
 use crate::path::{self, PathInfo, PathProbe};
 use crate::proto::{
     ClientHandshake, ClientOutcome, LegacyEvidence, OsRandom, ResumptionSecret, ServerHandshake,
@@ -33,7 +34,9 @@ pub(crate) enum ClientEnd {
 
 /// How the server's negotiation ended.
 pub(crate) enum ServerEnd {
-    Encrypted(Box<Session>, Vec<u8>),
+    /// Encrypted; bytes received after the handshake, and whether its last
+    /// message waits in the kernel for the application's first bytes.
+    Encrypted(Box<Session>, Vec<u8>, bool),
     /// Plain; every byte the client sent, to hand to the application.
     Plain(FallbackReason, Vec<u8>),
 }
@@ -229,12 +232,14 @@ fn client_end(outcome: ClientOutcome, rest: Vec<u8>, early: usize) -> ClientEnd 
 }
 
 /// Runs the accepting side's handshake on `io`; `probe` reads the path's
-/// figures when `io` is a TCP connection.
+/// figures when `io` is a TCP connection; `hold` queues the last message of
+/// an encrypted handshake without sending it (`first_write.rs`).
 pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     config: &Config,
     start: ServerStart,
     probe: Option<PathProbe>,
+    hold: Option<HoldFn<IO>>,
 ) -> io::Result<ServerEnd> {
     let accepted = Instant::now();
     let deadline = accepted + config.handshake_timeout;
@@ -263,7 +268,7 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
     // A resumption the kernel answered in the SYN-ACK: keyed already, and
     // A may wait for this side to speak first.
     if let Some(outcome) = hs.outcome() {
-        return Ok(server_end(outcome, &[], false));
+        return Ok(server_end(outcome, &[], false, false));
     }
     let mut out = Vec::new();
     let mut buf = Vec::with_capacity(READ_CHUNK);
@@ -299,17 +304,29 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         // Our hello goes out even when A's Init1 is then refused, so that A
         // sees a tcpcrypt peer abort rather than a legacy server.
         hs.write_to(&mut out);
+        let outcome = hs.outcome();
+        let held = match hold {
+            Some(hold)
+                if !out.is_empty() && matches!(outcome, Some(ServerOutcome::Encrypted(_))) =>
+            {
+                // A partial hold is pushed by the rest's send.
+                let queued = hold(io, &out).unwrap_or(0);
+                out.drain(..queued);
+                out.is_empty()
+            }
+            _ => false,
+        };
         send(io, &mut out).await?;
         let used = used.map_err(Error::from)?;
-        if let Some(outcome) = hs.outcome() {
-            return Ok(server_end(outcome, &buf[used..n], silent));
+        if let Some(outcome) = outcome {
+            return Ok(server_end(outcome, &buf[used..n], silent, held));
         }
     }
 }
 
-fn server_end(outcome: ServerOutcome, rest: &[u8], silent: bool) -> ServerEnd {
+fn server_end(outcome: ServerOutcome, rest: &[u8], silent: bool, held: bool) -> ServerEnd {
     match outcome {
-        ServerOutcome::Encrypted(s) => ServerEnd::Encrypted(s, rest.to_vec()),
+        ServerOutcome::Encrypted(s) => ServerEnd::Encrypted(s, rest.to_vec(), held),
         ServerOutcome::Declined(r) => ServerEnd::Plain(FallbackReason::Declined(r), rest.to_vec()),
         ServerOutcome::PlainClient { mut prefix } => {
             prefix.extend_from_slice(rest);

@@ -61,6 +61,13 @@ impl PathProbe {
     pub fn read(&self) -> Option<PathInfo> {
         imp::read(self.local, self.peer)
     }
+
+    /// How many segments with data the connection has sent, and how many
+    /// bytes it holds unsent: what the tests of `first_write.rs` look at.
+    #[cfg(all(test, target_os = "linux"))]
+    pub fn sent(&self) -> Option<(u32, u32)> {
+        imp::sent(self.local, self.peer)
+    }
 }
 
 /// Shortest and longest pause between two looks at a hello that is not yet
@@ -111,7 +118,7 @@ mod imp {
     use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
     use netlink_packet_sock_diag::SockDiagMessage;
     use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-    use netlink_packet_sock_diag::inet::nlas::Nla;
+    use netlink_packet_sock_diag::inet::nlas::{Nla, TcpInfo};
     use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
     use netlink_sys::protocols::NETLINK_SOCK_DIAG;
     use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
@@ -122,6 +129,23 @@ mod imp {
     const NO_COOKIE: [u8; 8] = [0xff; 8];
 
     pub(super) fn read(local: SocketAddr, peer: SocketAddr) -> Option<PathInfo> {
+        let (info, send_queue) = tcp_info(local, peer)?;
+        Some(PathInfo {
+            rtt: Duration::from_micros(info.rtt.into()),
+            rto: Duration::from_micros(info.rto.into()),
+            unacked: info.unacked > 0 || send_queue > 0,
+            since_last_ack: Duration::from_millis(info.last_ack_recv.into()),
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn sent(local: SocketAddr, peer: SocketAddr) -> Option<(u32, u32)> {
+        let (info, _) = tcp_info(local, peer)?;
+        Some((info.data_segs_out, info.notsent_bytes))
+    }
+
+    /// The connection's `tcp_info` and send queue.
+    fn tcp_info(local: SocketAddr, peer: SocketAddr) -> Option<(TcpInfo, u32)> {
         let family = match local.ip() {
             IpAddr::V4(_) => AF_INET,
             IpAddr::V6(_) => AF_INET6,
@@ -163,16 +187,11 @@ mod imp {
         else {
             return None;
         };
-        let info = response.nlas.iter().find_map(|nla| match nla {
+        let info = response.nlas.into_iter().find_map(|nla| match nla {
             Nla::TcpInfo(info) => Some(info),
             _ => None,
         })?;
-        Some(PathInfo {
-            rtt: Duration::from_micros(info.rtt.into()),
-            rto: Duration::from_micros(info.rto.into()),
-            unacked: info.unacked > 0 || response.header.send_queue > 0,
-            since_last_ack: Duration::from_millis(info.last_ack_recv.into()),
-        })
+        Some((info, response.header.send_queue))
     }
 }
 

@@ -17,11 +17,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
+use crate::first_write::SharedFirstWrite;
 use crate::late_ack::LateAck;
 use crate::path::PathProbe;
 use crate::proto::SessionInfo;
 use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
-use crate::stream::{Mode, TcpcryptStream, abort_tcp, push_tcp};
+use crate::stream::{Mode, TcpcryptStream, abort_tcp};
 
 /// The read half of a split [`TcpcryptStream`].
 pub struct ReadHalf {
@@ -45,8 +46,6 @@ pub struct WriteHalf {
     info: Option<Arc<SessionInfo>>,
     fallback: Option<FallbackReason>,
     shared: Arc<Shared>,
-    /// The first write is sent past Nagle's algorithm (`push_tcp`).
-    push_first_write: bool,
 }
 
 /// What the halves share.
@@ -65,6 +64,8 @@ struct Shared {
     /// published by whoever held the sending side last, so that the read
     /// half learns it without taking the lock on every read.
     answers_waiting: AtomicBool,
+    /// How the first application bytes leave (`first_write.rs`).
+    first_write: SharedFirstWrite,
 }
 
 /// The sending side, and the tasks waiting for the socket to take its
@@ -144,7 +145,7 @@ impl std::fmt::Debug for WriteHalf {
 pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) {
     let (r, w) = stream.io.into_split();
     let abortable = stream.abort.is_some();
-    let push_first_write = stream.push_first_write.is_some();
+    let first_write = SharedFirstWrite::new(stream.first_write);
     let (inner, send, info, fallback, ack) = match stream.mode {
         Mode::Plain { recv, reason, ack } => {
             (ReadInner::Plain(recv), None, None, Some(reason), ack)
@@ -171,6 +172,7 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
         aborted: AtomicBool::new(stream.aborted),
         answers_waiting: AtomicBool::new(false),
         plain_sent: AtomicBool::new(false),
+        first_write,
     });
     (
         ReadHalf {
@@ -185,7 +187,6 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
             info,
             fallback,
             shared,
-            push_first_write,
         },
     )
 }
@@ -397,6 +398,11 @@ impl ReadHalf {
                 _ => break result,
             }
         };
+        // The application waits for its peer, which may wait for the
+        // handshake's last message.
+        if result.is_pending() {
+            shared.first_write.release(io.as_ref());
+        }
         abort_on_error(shared, io, result)
     }
 
@@ -471,15 +477,18 @@ impl AsyncWrite for WriteHalf {
             |s, io, cx| s.poll_write(io, cx, data),
             |io, cx| io.poll_write(cx, data),
         );
-        if result.is_ready() && std::mem::take(&mut self.push_first_write) {
+        if result.is_ready() {
             if let Some(io) = &self.io {
-                push_tcp(io.as_ref());
+                self.shared.first_write.written(io.as_ref());
             }
         }
         result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(io) = &self.io {
+            self.shared.first_write.release(io.as_ref());
+        }
         self.poll_send(
             cx,
             |s, io, cx| s.poll_flush(io, cx),
@@ -488,6 +497,7 @@ impl AsyncWrite for WriteHalf {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.first_write.done();
         self.poll_send(
             cx,
             |s, io, cx| s.poll_shutdown(io, cx),

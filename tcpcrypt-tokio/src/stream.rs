@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
+use crate::first_write::FirstWrite;
 use crate::late_ack::LateAck;
 use crate::proto::{Session, SessionId, SessionInfo};
 use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
@@ -19,9 +20,6 @@ use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
 /// What to do with the transport when a protocol error aborts the
 /// connection (RFC 8548 3.3: ABORT, i.e. RST). Set for TCP sockets.
 pub(crate) type AbortFn<IO> = fn(&IO);
-
-/// Makes the transport send at once what it holds. Set for TCP sockets.
-pub(crate) type PushFn<IO> = fn(&IO);
 
 /// A byte stream that is encrypted with tcpcrypt, or plain when the policy
 /// allowed a fallback. Reads return end of stream only after the peer's
@@ -63,9 +61,9 @@ pub struct TcpcryptStream<IO = TcpStream> {
     pub(crate) kernel_carried: bool,
     /// Bytes of the application's first data delivered as 0-RTT data.
     pub(crate) early_delivered: usize,
-    /// Sends the application's first bytes past Nagle's algorithm (see
-    /// [`push_tcp`]); taken by the first write.
-    pub(crate) push_first_write: Option<PushFn<IO>>,
+    /// How the application's first bytes leave (`first_write.rs`); taken
+    /// by the first write.
+    pub(crate) first_write: Option<FirstWrite<IO>>,
 }
 
 pub(crate) enum Mode {
@@ -145,7 +143,7 @@ impl<IO> TcpcryptStream<IO> {
             handshake: std::time::Duration::ZERO,
             kernel_carried: false,
             early_delivered: 0,
-            push_first_write: None,
+            first_write: None,
         }
     }
 
@@ -171,7 +169,7 @@ impl<IO> TcpcryptStream<IO> {
             handshake: std::time::Duration::ZERO,
             kernel_carried: false,
             early_delivered: 0,
-            push_first_write: None,
+            first_write: None,
         }
     }
 
@@ -351,22 +349,6 @@ pub(crate) fn abort_tcp(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
-/// Sends what the socket holds now, past Nagle's algorithm, which holds a
-/// small segment while an earlier small one is unacknowledged. The
-/// accepting side's handshake ends with a message of its own, which the
-/// peer may have nothing to acknowledge with at once: its first
-/// application bytes (the answer to a 0-RTT request, a server's greeting)
-/// would wait a round trip for that acknowledgement, which plain TCP never
-/// pays. Switching `TCP_NODELAY` on sends them; switching it off again
-/// leaves the algorithm as the application has it (docs/PROTOCOL.md,
-/// section 4).
-pub(crate) fn push_tcp(stream: &TcpStream) {
-    if stream.nodelay().is_ok_and(|on| !on) {
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_nodelay(false);
-    }
-}
-
 impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
     /// Makes data ready to read; none ready afterwards means end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -440,6 +422,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
             }
             break result;
         };
+        // The application waits for its peer, which may wait for the
+        // handshake's last message.
+        if result.is_pending() {
+            if let Some(first) = &mut self.first_write {
+                first.release(&self.io);
+            }
+        }
         self.abort_on_error(result)
     }
 
@@ -530,8 +519,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
                 let result =
                     e.wake_reader_after(cx, |send, cx| send.poll_write(&mut this.io, cx, data));
                 if result.is_ready() {
-                    if let Some(push) = this.push_first_write.take() {
-                        push(&this.io);
+                    if let Some(first) = this.first_write.take() {
+                        first.written(&this.io);
                     }
                 }
                 result
@@ -545,6 +534,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
         match &mut this.mode {
             Mode::Plain { .. } => Pin::new(&mut this.io).poll_flush(cx),
             Mode::Encrypted(e) => {
+                if let Some(first) = &mut this.first_write {
+                    first.release(&this.io);
+                }
                 e.wake_reader_after(cx, |send, cx| send.poll_flush(&mut this.io, cx))
             }
         }
@@ -559,6 +551,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
                 Pin::new(&mut this.io).poll_shutdown(cx)
             }
             Mode::Encrypted(e) => {
+                // FINp is a write like any other: it takes a held message
+                // along, and the FIN is never held back.
+                this.first_write = None;
                 e.wake_reader_after(cx, |send, cx| send.poll_shutdown(&mut this.io, cx))
             }
         }
