@@ -94,7 +94,7 @@ impl TcpcryptAcceptor {
             ServerEnd::Encrypted(session, leftover, held) => {
                 let mut s = TcpcryptStream::encrypted(io, *session, leftover);
                 s.config = Some(self.config.clone());
-                s.first_write = first.map(|t| FirstWrite::new(held, t.push));
+                s.first_write = first.map(|t| FirstWrite::new(held, t));
                 s
             }
             ServerEnd::Plain(reason, _) if config.policy == Policy::Mandatory => {

@@ -271,6 +271,10 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         return Ok(server_end(outcome, &[], false, false));
     }
     let mut out = Vec::new();
+    // Only a handshake's only message is held: after an earlier one (our
+    // hello, when A's Init1 came in a later read), the first write would
+    // wait behind Nagle's algorithm for that one's acknowledgement.
+    let mut sent_before = false;
     let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         let limit = if heard { deadline } else { first_deadline };
@@ -307,7 +311,9 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
         let outcome = hs.outcome();
         let held = match hold {
             Some(hold)
-                if !out.is_empty() && matches!(outcome, Some(ServerOutcome::Encrypted(_))) =>
+                if !sent_before
+                    && !out.is_empty()
+                    && matches!(outcome, Some(ServerOutcome::Encrypted(_))) =>
             {
                 // A partial hold is pushed by the rest's send.
                 let queued = hold(io, &out).unwrap_or(0);
@@ -316,6 +322,7 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
             }
             _ => false,
         };
+        sent_before |= !out.is_empty();
         send(io, &mut out).await?;
         let used = used.map_err(Error::from)?;
         if let Some(outcome) = outcome {

@@ -281,6 +281,9 @@ fn poll_answer(
     let before = sender.send.written();
     let result = sender.send.poll_answer(&mut SharedWrite(io.as_ref()), cx);
     shared.publish(&sender.send);
+    if sender.send.written() > before {
+        shared.first_write.sent();
+    }
     match &result {
         Poll::Pending => sender.reader_waiting = Some(cx.waker().clone()),
         Poll::Ready(Ok(())) => recv.resume(),
@@ -477,7 +480,8 @@ impl AsyncWrite for WriteHalf {
             |s, io, cx| s.poll_write(io, cx, data),
             |io, cx| io.poll_write(cx, data),
         );
-        if result.is_ready() {
+        // An empty write sends nothing.
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             if let Some(io) = &self.io {
                 self.shared.first_write.written(io.as_ref());
             }

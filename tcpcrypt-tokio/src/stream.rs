@@ -401,6 +401,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TcpcryptStream<IO> {
             }
             let before = send.written();
             let answered = send.poll_answer(&mut self.io, cx);
+            if send.written() > before {
+                if let Some(first) = &mut self.first_write {
+                    first.sent();
+                }
+            }
             if answered.is_ready() || send.written() > before {
                 if let Some(w) = writer_waiting.take() {
                     w.wake();
@@ -518,7 +523,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
             Mode::Encrypted(e) => {
                 let result =
                     e.wake_reader_after(cx, |send, cx| send.poll_write(&mut this.io, cx, data));
-                if result.is_ready() {
+                // An empty write sends nothing.
+                if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
                     if let Some(first) = this.first_write.take() {
                         first.written(&this.io);
                     }
