@@ -208,20 +208,41 @@ async fn serve_client(mut client: TcpcryptStream<TcpStream>, args: &Args) -> io:
             .await?;
     }
     match &args.http_header {
-        None => tcpcrypt_tokio::copy_bidirectional(&mut client, &mut PlainSource::new(backend))
-            .await
-            .map(drop),
+        None => {
+            let mut backend = PlainSource::new(backend);
+            let result = tcpcrypt_tokio::copy_bidirectional(&mut client, &mut backend).await;
+            if result.is_err() {
+                reset(backend.get_ref());
+                reset(client.get_ref());
+            }
+            result.map(drop)
+        }
         Some(name) => {
             let value = session_id.map(|id| id.to_string());
-            crate::http_header::carry(
+            let (mut backend_r, mut backend_w) = backend.into_split();
+            let result = crate::http_header::carry(
                 client.into_split(),
-                backend.into_split(),
+                (&mut backend_r, &mut backend_w),
                 name,
                 value.as_deref(),
             )
-            .await
+            .await;
+            if result.is_err() {
+                reset(backend_r.as_ref());
+                // A write half that is dropped sends a FIN first.
+                backend_w.forget();
+            }
+            result
         }
     }
+}
+
+/// Makes closing `s` send a reset: after a failure on either side, the
+/// peer of a plain connection, which has no FINp to tell a complete stream
+/// from a cut one, must not see a clean end (as in the relay daemon), and
+/// the tcpcrypt peer learns at once.
+fn reset(s: &TcpStream) {
+    let _ = s.set_zero_linger();
 }
 
 /// Client mode: connect to the tcpcrypt server for a plain local client.
@@ -231,14 +252,18 @@ async fn carry_out(local: TcpStream, config: &Arc<Config>, args: &Args) -> io::R
         Err(e) => {
             // A reset tells the local client that this did not work, rather
             // than an empty answer.
-            let _ = local.set_zero_linger();
+            reset(&local);
             return Err(e);
         }
     };
     log(&report, args.json);
-    tcpcrypt_tokio::copy_bidirectional(&mut PlainSource::new(local), &mut remote)
-        .await
-        .map(drop)
+    let mut local = PlainSource::new(local);
+    let result = tcpcrypt_tokio::copy_bidirectional(&mut local, &mut remote).await;
+    if result.is_err() {
+        reset(local.get_ref());
+        reset(remote.get_ref());
+    }
+    result.map(drop)
 }
 
 fn log(report: &Report, json: bool) {

@@ -579,6 +579,73 @@ async fn proxy_client_mode_carries_plain_clients_to_a_tcpcrypt_server() {
     assert!(!sent.windows(6).any(|w| w == b"secret"));
 }
 
+/// A stream cut on its tcpcrypt side (TCP's FIN without FINp: what a
+/// killed peer leaves) reaches the proxy's plain side as a reset, never as
+/// a clean end: a plain peer has no FINp to tell a complete stream from a
+/// cut one. In client mode (the server cuts) and in server mode, with and
+/// without `--http-header` (the client cuts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_reaches_the_proxys_plain_side_as_a_reset() {
+    /// FIN without FINp after `n` bytes, the socket kept open.
+    async fn cut(mut s: TcpcryptStream, n: usize) {
+        s.write_all(&vec![7u8; n]).await.unwrap();
+        s.flush().await.unwrap();
+        s.get_mut().shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    // Client mode.
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &patient())
+        .await
+        .unwrap();
+    let server_addr = listener.local_addr();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        cut(s, 100_000).await;
+    });
+    let (listen, _proxy) = mandatory_client_proxy(server_addr);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen)?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map(|_| got.len())
+    })
+    .await
+    .unwrap();
+    assert!(
+        read.is_err(),
+        "the client saw a clean end after {read:?} bytes"
+    );
+
+    // Server mode: a plain backend that reads to the end.
+    for header in [None, Some("X-Tcpcrypt-Session")] {
+        let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend_addr = backend.local_addr().unwrap();
+        let read = std::thread::spawn(move || {
+            let (mut s, _) = backend.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).map(|_| got.len())
+        });
+        let listen = free_port();
+        let to = backend_addr.to_string();
+        let mut args = vec!["--mode", "server", "--to", &to];
+        if let Some(name) = header {
+            args.extend(["--http-header", name]);
+        }
+        let _proxy = proxy(&args, listen);
+        let request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+        let mut s = TcpcryptStream::connect(listen, &patient()).await.unwrap();
+        assert!(s.is_encrypted());
+        s.write_all(request).await.unwrap();
+        tokio::spawn(cut(s, 50_000));
+        let read = tokio::task::spawn_blocking(move || read.join().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            read.is_err(),
+            "{header:?}: the backend saw a clean end after {read:?} bytes"
+        );
+    }
+}
+
 #[test]
 fn bench_measures_tcpcrypt_against_plain_tcp_in_one_run() {
     let out = Command::new(BIN)
