@@ -1,6 +1,8 @@
 //! `tcpcrypt status`: lists the live connections of programs run with the
 //! shim, as the relay daemon that carries them reports them.
 
+use std::io::Write;
+
 use crate::daemon;
 use crate::wire::{self, Reply, Request};
 
@@ -79,22 +81,39 @@ pub fn status(args: Args) -> i32 {
         }
     };
     records.sort_by_key(|r| (field(r, "pid"), field(r, "peer")));
-    if args.json {
-        println!("{}", serde_json::Value::Array(records));
-        return 0;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match print(&mut out, records, args.json).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        // A reader that has seen enough (`tcpcrypt status | head`).
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("tcpcrypt status: {e}");
+            1
+        }
+    }
+}
+
+/// Writes the table, or the JSON array.
+fn print(
+    out: &mut impl std::io::Write,
+    records: Vec<serde_json::Value>,
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{}", serde_json::Value::Array(records));
     }
     if records.is_empty() {
-        println!("no live connections");
-        return 0;
+        return writeln!(out, "no live connections");
     }
-    println!(
+    writeln!(
+        out,
         "{:<8} {:<16} {:<22} {:<4} {:<5} {:<24} {:<17} SESSION ID",
         "PID", "PROGRAM", "PEER", "ROLE", "TEP", "AEAD", "CARRIAGE"
-    );
+    )?;
     for r in &records {
-        println!("{}", row(r));
+        writeln!(out, "{}", row(r))?;
     }
-    0
+    Ok(())
 }
 
 /// One connection's line of the table.

@@ -24,6 +24,32 @@ fn tcpcrypt(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// `tcpcrypt status | head`: a reader that has seen enough ends the
+/// listing quietly (exit 0), never with a panic.
+#[test]
+fn status_into_a_closed_pipe_ends_quietly() {
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-cli-pipe-{}", std::process::id()));
+    for json in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = Command::new(BIN);
+        cmd.arg("status");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .env("TCPCRYPT_RUNTIME_DIR", &dir)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn demo_runs_end_to_end() {
     let out = tcpcrypt(&["demo"]);
