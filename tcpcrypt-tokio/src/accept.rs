@@ -156,6 +156,7 @@ impl TcpcryptAcceptor {
             ));
         }
         stream.peer = peer;
+        stream.hold = Some(first_write::hold_tcp);
         // A late marker, if this stream sends one (a client taken for
         // plain because it was silent), waits for its acknowledgement on
         // this connection before the reset.

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs, lookup_host};
 
 use crate::error::{Error, FallbackReason};
+use crate::first_write;
 use crate::kernel;
 use crate::negotiate::{self, ClientEnd, ClientStart};
 use crate::path::PathProbe;
@@ -176,6 +177,7 @@ impl TcpcryptConnector {
         let plain = |tcp: TcpStream, reason| {
             let mut s = TcpcryptStream::plain(tcp, reason, Vec::new());
             s.peer = Some(peer);
+            s.hold = Some(first_write::hold_tcp);
             s
         };
         if config.policy == Policy::Opportunistic && config.client_cache.is_legacy(peer) {
@@ -192,6 +194,7 @@ impl TcpcryptConnector {
             {
                 Connected::Stream(mut s) => {
                     s.peer = Some(peer);
+                    s.hold = Some(first_write::hold_tcp);
                     return Ok(s);
                 }
                 Connected::Reconnect(FallbackReason::HelloLate) if late < LATE_HELLO_RETRIES => {
@@ -246,6 +249,7 @@ impl TcpcryptConnector {
                 {
                     Connected::Stream(mut s) => {
                         s.peer = Some(peer);
+                        s.hold = Some(first_write::hold_tcp);
                         s.kernel_carried = s.is_encrypted();
                         Ok(s)
                     }
@@ -284,6 +288,7 @@ impl TcpcryptConnector {
                             Vec::new(),
                         );
                         s.peer = Some(peer);
+                        s.hold = Some(first_write::hold_tcp);
                         Ok(s)
                     }
                 }
@@ -293,6 +298,7 @@ impl TcpcryptConnector {
                 self.check_fallback(Some(peer), &reason)?;
                 let mut s = TcpcryptStream::plain(tcp, reason, Vec::new());
                 s.peer = Some(peer);
+                s.hold = Some(first_write::hold_tcp);
                 Ok(s)
             }
             kernel::Connected::PeerSentNone | kernel::Connected::NotCarried => {

@@ -53,9 +53,10 @@ pub(crate) const TCP: Transport<TcpStream> = Transport {
 };
 
 /// Queues `data` on `tcp` with `MSG_MORE`: it leaves with the next send,
-/// when [`release_tcp`] sends it, or at the kernel's bound.
+/// when [`release_tcp`] sends it, with a FIN (`shutdown`), or at the
+/// kernel's bound.
 #[cfg(target_os = "linux")]
-fn hold_tcp(tcp: &TcpStream, data: &[u8]) -> io::Result<usize> {
+pub(crate) fn hold_tcp(tcp: &TcpStream, data: &[u8]) -> io::Result<usize> {
     let flags = libc::MSG_MORE | libc::MSG_NOSIGNAL;
     tcp.try_io(tokio::io::Interest::WRITABLE, || {
         socket2::SockRef::from(tcp).send_with_flags(data, flags)
@@ -64,8 +65,16 @@ fn hold_tcp(tcp: &TcpStream, data: &[u8]) -> io::Result<usize> {
 
 /// Elsewhere nothing is held: the first write is pushed.
 #[cfg(not(target_os = "linux"))]
-fn hold_tcp(_: &TcpStream, _: &[u8]) -> io::Result<usize> {
+pub(crate) fn hold_tcp(_: &TcpStream, _: &[u8]) -> io::Result<usize> {
     Ok(0)
+}
+
+/// [`hold_tcp`] on the write half of a split stream.
+pub(crate) fn hold_write_half(
+    half: &tokio::net::tcp::OwnedWriteHalf,
+    data: &[u8],
+) -> io::Result<usize> {
+    hold_tcp(half.as_ref(), data)
 }
 
 /// Sends bytes held with `MSG_MORE`: switching `TCP_NODELAY` on sends
@@ -409,6 +418,32 @@ mod tests {
             return;
         }
         panic!("every trial took too long");
+    }
+
+    /// FINp and the FIN leave in one segment, through the stream and
+    /// through a write half, as a plain close's FIN leaves alone.
+    #[tokio::test]
+    async fn finp_and_the_fin_leave_in_one_segment() {
+        let (client, server) = (config(), config());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        for split in [false, true] {
+            let mut t = Trial::new(&listener, &client, &server, b"", 4).await;
+            t.server.write_all(b"pong").await.unwrap();
+            let (mut c, answer) = t.client.await.unwrap();
+            assert_eq!(answer, b"pong");
+            let before = t.probe.segments_out().unwrap();
+            if split {
+                let (_r, mut w) = t.server.into_split();
+                w.shutdown().await.unwrap();
+            } else {
+                t.server.shutdown().await.unwrap();
+            }
+            let after = t.probe.segments_out().unwrap();
+            assert_eq!(after - before, 1, "split: {split}");
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        }
     }
 
     /// A handshake of two messages (B picks another TEP than the one of

@@ -66,7 +66,13 @@ impl PathProbe {
     /// bytes it holds unsent: what the tests of `first_write.rs` look at.
     #[cfg(all(test, target_os = "linux"))]
     pub fn sent(&self) -> Option<(u32, u32)> {
-        imp::sent(self.local, self.peer)
+        imp::sent(self.local, self.peer).map(|(data, unsent, _)| (data, unsent))
+    }
+
+    /// How many segments the connection has sent, with or without data.
+    #[cfg(all(test, target_os = "linux"))]
+    pub fn segments_out(&self) -> Option<u32> {
+        imp::sent(self.local, self.peer).map(|(_, _, all)| all)
     }
 }
 
@@ -139,9 +145,9 @@ mod imp {
     }
 
     #[cfg(test)]
-    pub(super) fn sent(local: SocketAddr, peer: SocketAddr) -> Option<(u32, u32)> {
+    pub(super) fn sent(local: SocketAddr, peer: SocketAddr) -> Option<(u32, u32, u32)> {
         let (info, _) = tcp_info(local, peer)?;
-        Some((info.data_segs_out, info.notsent_bytes))
+        Some((info.data_segs_out, info.notsent_bytes, info.segs_out))
     }
 
     /// The connection's `tcp_info` and send queue.

@@ -709,16 +709,26 @@ impl SendState {
     }
 
     /// Sends the FINp frame, then shuts the transport's write side (TCP
-    /// FIN): a half-close.
+    /// FIN): a half-close. `hold` queues bytes without sending them (TCP's
+    /// `MSG_MORE`): the FIN then leaves in the segment of the FINp frame,
+    /// as a plain close's FIN leaves alone, rather than in one more.
     pub(crate) fn poll_shutdown<IO: AsyncWrite + Unpin>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
+        hold: Option<crate::first_write::HoldFn<IO>>,
     ) -> Poll<io::Result<()>> {
         if !self.sealer.fin_sent() {
             // Every owed answer but one is sealed; FINp carries the last.
             ready!(self.poll_make_room(io, cx, 1))?;
             self.seal(&[], true)?;
+        }
+        if let Some(hold) = hold.filter(|_| self.pending() > 0) {
+            // What is not queued is sent below, and takes the rest along.
+            if let Ok(n) = hold(io, &self.buf[self.pos..]) {
+                self.pos += n;
+                self.written += n as u64;
+            }
         }
         ready!(self.poll_drain(io, cx))?;
         ready!(Pin::new(&mut *io).poll_shutdown(cx))?;

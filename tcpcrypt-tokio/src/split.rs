@@ -17,7 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
-use crate::first_write::SharedFirstWrite;
+use crate::first_write::{self, SharedFirstWrite};
 use crate::late_ack::LateAck;
 use crate::path::PathProbe;
 use crate::proto::SessionInfo;
@@ -504,7 +504,7 @@ impl AsyncWrite for WriteHalf {
         self.shared.first_write.done();
         self.poll_send(
             cx,
-            |s, io, cx| s.poll_shutdown(io, cx),
+            |s, io, cx| s.poll_shutdown(io, cx, Some(first_write::hold_write_half)),
             |io, cx| io.poll_shutdown(cx),
         )
     }

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::copy::VectoredBufRead;
 use crate::error::FallbackReason;
-use crate::first_write::FirstWrite;
+use crate::first_write::{FirstWrite, HoldFn};
 use crate::late_ack::LateAck;
 use crate::proto::{Session, SessionId, SessionInfo};
 use crate::record::{Flow, PlainRecv, RecvEvent, RecvState, SendState};
@@ -64,6 +64,9 @@ pub struct TcpcryptStream<IO = TcpStream> {
     /// How the application's first bytes leave (`first_write.rs`); taken
     /// by the first write.
     pub(crate) first_write: Option<FirstWrite<IO>>,
+    /// Queues bytes without sending them (set for TCP sockets): FINp and
+    /// the FIN leave in one segment.
+    pub(crate) hold: Option<HoldFn<IO>>,
 }
 
 pub(crate) enum Mode {
@@ -144,6 +147,7 @@ impl<IO> TcpcryptStream<IO> {
             kernel_carried: false,
             early_delivered: 0,
             first_write: None,
+            hold: None,
         }
     }
 
@@ -170,6 +174,7 @@ impl<IO> TcpcryptStream<IO> {
             kernel_carried: false,
             early_delivered: 0,
             first_write: None,
+            hold: None,
         }
     }
 
@@ -560,7 +565,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TcpcryptStream<IO> {
                 // FINp is a write like any other: it takes a held message
                 // along, and the FIN is never held back.
                 this.first_write = None;
-                e.wake_reader_after(cx, |send, cx| send.poll_shutdown(&mut this.io, cx))
+                e.wake_reader_after(cx, |send, cx| {
+                    send.poll_shutdown(&mut this.io, cx, this.hold)
+                })
             }
         }
     }
