@@ -208,15 +208,7 @@ async fn serve_client(mut client: TcpcryptStream<TcpStream>, args: &Args) -> io:
             .await?;
     }
     match &args.http_header {
-        None => {
-            let mut backend = PlainSource::new(backend);
-            let result = tcpcrypt_tokio::copy_bidirectional(&mut client, &mut backend).await;
-            if result.is_err() {
-                reset(backend.get_ref());
-                reset(client.get_ref());
-            }
-            result.map(drop)
-        }
+        None => carry(backend, &mut client).await,
         Some(name) => {
             let value = session_id.map(|id| id.to_string());
             let (mut backend_r, mut backend_w) = backend.into_split();
@@ -235,6 +227,18 @@ async fn serve_client(mut client: TcpcryptStream<TcpStream>, args: &Args) -> io:
             result
         }
     }
+}
+
+/// Carries both directions between a plain connection and a tcpcrypt
+/// one; an error on either side resets both.
+async fn carry(plain: TcpStream, tcpcrypt: &mut TcpcryptStream<TcpStream>) -> io::Result<()> {
+    let mut plain = PlainSource::new(plain);
+    let result = tcpcrypt_tokio::copy_bidirectional(&mut plain, tcpcrypt).await;
+    if result.is_err() {
+        reset(plain.get_ref());
+        reset(tcpcrypt.get_ref());
+    }
+    result.map(drop)
 }
 
 /// Makes closing `s` send a reset: after a failure on either side, the
@@ -257,13 +261,7 @@ async fn carry_out(local: TcpStream, config: &Arc<Config>, args: &Args) -> io::R
         }
     };
     log(&report, args.json);
-    let mut local = PlainSource::new(local);
-    let result = tcpcrypt_tokio::copy_bidirectional(&mut local, &mut remote).await;
-    if result.is_err() {
-        reset(local.get_ref());
-        reset(remote.get_ref());
-    }
-    result.map(drop)
+    carry(local, &mut remote).await
 }
 
 fn log(report: &Report, json: bool) {

@@ -177,7 +177,6 @@ impl TcpcryptConnector {
         let plain = |tcp: TcpStream, reason| {
             let mut s = TcpcryptStream::plain(tcp, reason, Vec::new());
             s.peer = Some(peer);
-            s.hold = Some(first_write::hold_tcp);
             s
         };
         if config.policy == Policy::Opportunistic && config.client_cache.is_legacy(peer) {
