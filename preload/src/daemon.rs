@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg, sockopt};
@@ -17,8 +18,85 @@ use crate::wire::{self, Reply, Request};
 /// is blocked meanwhile, so a daemon that hangs costs this, not forever.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long the shim waits for a daemon that has let a question go
+/// unanswered already: while it does not answer, each new connection
+/// costs this much, not `ANSWER_DEADLINE`.
+const SUSPECT_DEADLINE: Duration = Duration::from_millis(200);
+
+/// Whether a question to the daemon went unanswered in this process (and
+/// none has been answered since).
+static UNANSWERED: AtomicBool = AtomicBool::new(false);
+
+/// Notes that the daemon let a question go unanswered.
+fn unanswered() {
+    if !UNANSWERED.swap(true, Ordering::Relaxed) {
+        crate::log::log!(
+            Warn,
+            "the daemon does not answer: until it does, new connections go \
+             unencrypted, or under the mandatory policy are refused"
+        );
+    }
+}
+
+/// Whether an error is a deadline that passed.
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reaches this user's daemon (starting one if none answers) and checks
+/// that it can answer, before the caller has touched anything: a daemon
+/// that is stopped (`SIGSTOP`, a terminal's `^Z`) or hung is then, for
+/// this connection, as good as none (plain or refused, by the policy),
+/// instead of taking a hand-over it could carry out later, after the
+/// program gave up. A stopped daemon is seen in its process state, which
+/// costs no round trip; one that let a question go unanswered is asked
+/// again, with a short deadline, until it answers. The link returned has
+/// not been used: the caller may ask its question on it.
+pub fn ready() -> io::Result<Link> {
+    let suspect = UNANSWERED.load(Ordering::Relaxed);
+    let deadline = if suspect {
+        SUSPECT_DEADLINE
+    } else {
+        ANSWER_DEADLINE
+    };
+    wire::runtime_dir()?;
+    let link = match Link::existing_within(deadline) {
+        Err(e) if absent(&e) => {
+            start()?;
+            Link::existing_within(deadline)
+        }
+        other => other,
+    }?;
+    if link.daemon_stopped() {
+        unanswered();
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the daemon is stopped",
+        ));
+    }
+    if !suspect {
+        return Ok(link);
+    }
+    match link.ask(&Request::Ping, &[]) {
+        Ok(Reply::Ok) => {
+            UNANSWERED.store(false, Ordering::Relaxed);
+            crate::log::log!(Info, "the daemon answers again");
+            Link::existing()
+        }
+        Ok(other) => Err(io::Error::other(format!("the daemon answered {other:?}"))),
+        Err(e) => Err(e),
+    }
+}
+
 /// A connection to the daemon, for one request.
-pub(crate) struct Link(UnixStream);
+pub(crate) struct Link {
+    stream: UnixStream,
+    /// The daemon's process, from the socket's credentials.
+    daemon: i32,
+}
 
 impl Link {
     /// Reaches this user's daemon, starting one if none answers.
@@ -37,14 +115,22 @@ impl Link {
     /// Reaches this user's daemon if one runs: queries never start one,
     /// nor make its directory.
     pub fn existing() -> io::Result<Link> {
+        Link::existing_within(ANSWER_DEADLINE)
+    }
+
+    /// `existing`, waiting at most `deadline` for each step.
+    fn existing_within(deadline: Duration) -> io::Result<Link> {
         let dir = wire::existing_runtime_dir()?;
         // Bounded: a stopped daemon's full backlog would block a plain
         // connect for good.
         let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
-        socket.connect_timeout(
-            &socket2::SockAddr::unix(wire::socket_path(&dir))?,
-            ANSWER_DEADLINE,
-        )?;
+        socket
+            .connect_timeout(&socket2::SockAddr::unix(wire::socket_path(&dir))?, deadline)
+            .inspect_err(|e| {
+                if timed_out(e) {
+                    unanswered();
+                }
+            })?;
         socket.set_nonblocking(false)?;
         let s = UnixStream::from(std::os::fd::OwnedFd::from(socket));
         // The directory is the user's own (checked); the peer must be too.
@@ -55,22 +141,47 @@ impl Link {
                 "the daemon's socket belongs to another user",
             ));
         }
-        s.set_read_timeout(Some(ANSWER_DEADLINE))?;
-        s.set_write_timeout(Some(ANSWER_DEADLINE))?;
-        Ok(Link(s))
+        s.set_read_timeout(Some(deadline))?;
+        s.set_write_timeout(Some(deadline))?;
+        Ok(Link {
+            stream: s,
+            daemon: cred.pid(),
+        })
     }
 
     /// Sends `req` with `fds` attached and reads the reply. A signal that
     /// interrupts either (a forking server's SIGCHLD) is not a failure:
     /// the call is made again, as the kernel restarts the program's own.
-    pub fn ask(mut self, req: &Request, fds: &[RawFd]) -> io::Result<Reply> {
+    pub fn ask(self, req: &Request, fds: &[RawFd]) -> io::Result<Reply> {
+        self.exchange(req, fds).inspect_err(|e| {
+            if timed_out(e) {
+                unanswered();
+            }
+        })
+    }
+
+    /// Whether the daemon's process is stopped (a signal, a debugger): its
+    /// state in `/proc`. Unreadable (another mount's `hidepid`) counts as
+    /// running.
+    fn daemon_stopped(&self) -> bool {
+        let Ok(stat) = std::fs::read(format!("/proc/{}/stat", self.daemon)) else {
+            return false;
+        };
+        // "pid (comm) S ...": the state follows the last parenthesis.
+        let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+            return false;
+        };
+        matches!(stat.get(close + 2), Some(b'T' | b't'))
+    }
+
+    fn exchange(mut self, req: &Request, fds: &[RawFd]) -> io::Result<Reply> {
         let bytes = req.encode();
         let iov = [IoSlice::new(&bytes)];
         let rights = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
         let sent = loop {
             match sendmsg::<UnixAddr>(
-                self.0.as_raw_fd(),
+                self.stream.as_raw_fd(),
                 &iov,
                 cmsgs,
                 MsgFlags::MSG_NOSIGNAL,
@@ -91,7 +202,7 @@ impl Link {
             if let Some(body) = wire::unframe(&buf)? {
                 return Reply::decode(body);
             }
-            let n = match self.0.read(&mut chunk) {
+            let n = match self.stream.read(&mut chunk) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 n => n?,
             };

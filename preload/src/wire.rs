@@ -120,6 +120,9 @@ pub enum Request {
     Status { from: u32 },
     /// Stop now (tests, `tcpcrypt daemon --stop`).
     Shutdown,
+    /// Whether the daemon answers (`Reply::Ok`), asked before a
+    /// connection is handed over: a stopped or hung one is as good as none.
+    Ping,
     /// The path to `peer` breaks tcpcrypt while plain TCP gets through
     /// (`tcpcrypt check --path --remember`): connect to it without a hello
     /// for as long as a legacy verdict lasts.
@@ -454,6 +457,7 @@ impl Request {
                 w.u8(11);
                 p.put(&mut w);
             }
+            Request::Ping => w.u8(12),
         }
         framed(w)
     }
@@ -479,6 +483,7 @@ impl Request {
                 peer: r.addr()?,
             },
             11 => Request::Listen(Profile::get(&mut r)?),
+            12 => Request::Ping,
             _ => return Err(bad("unknown request")),
         };
         r.end()?;
@@ -808,7 +813,7 @@ pub fn network_namespace() -> String {
 /// The version of this format, in the daemon's socket name: a library of
 /// another version never talks to a daemon that would misread it (after
 /// an upgrade, it starts a daemon of its own version beside the old one).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The socket of the daemon in `dir` for the caller's network namespace.
 pub fn socket_path(dir: &Path) -> PathBuf {
@@ -922,6 +927,7 @@ mod tests {
             Request::Abandon { id: 8 },
             Request::Status { from: 3 },
             Request::Shutdown,
+            Request::Ping,
             Request::SkipHello {
                 peer: "[2001:db8::1]:443".parse().unwrap(),
             },

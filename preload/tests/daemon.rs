@@ -1202,3 +1202,254 @@ except OSError as e:
         "the configured daemon served it"
     );
 }
+
+/// Lets a stopped process go on when dropped, whatever the test did.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn stop(pid: i32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A stopped daemon (`SIGSTOP`, a terminal's `^Z`) is, for new
+/// connections, as good as none: under the opportunistic policy they go
+/// plain with every byte, at once; under the mandatory policy they are
+/// refused and nothing is sent. Once the daemon goes on, the same process encrypts again, and
+/// the connection it relayed before it stopped is intact.
+#[test]
+fn a_stopped_daemon_is_as_good_as_none_until_it_goes_on() {
+    let dir = OwnDir::new("stopped-daemon");
+    let (encrypted, from_encrypted) = sink(true);
+    let (plain, from_plain) = sink(false);
+    let script = format!(
+        r#"
+import socket, sys, time
+kept = socket.create_connection(("127.0.0.1", {enc}))
+kept.sendall(b"kept")
+# Stopped once its handshake is over (a session ID to read), not during it.
+for _ in range(400):
+    try:
+        kept.getsockopt(socket.IPPROTO_TCP, 0x54430001, 64)
+        break
+    except OSError:
+        time.sleep(0.05)
+print("connected", flush=True)
+sys.stdin.readline()
+took = []
+for i in range(3):
+    t = time.monotonic()
+    s = socket.create_connection(("127.0.0.1", {plain}))
+    took.append(time.monotonic() - t)
+    s.sendall(b"plain%d" % i)
+    s.close()
+print(" ".join("%.3f" % t for t in took), flush=True)
+sys.stdin.readline()
+for i in range(3):
+    s = socket.create_connection(("127.0.0.1", {enc}))
+    s.sendall(b"again")
+    s.close()
+kept.sendall(b" and more")
+kept.close()
+print("done", flush=True)
+"#,
+        enc = encrypted.port(),
+        plain = plain.port()
+    );
+    let mut py = Command::new("python3")
+        .args(["-c", &script])
+        .envs(dir.env())
+        // A loaded machine must not take the slow server for a legacy one.
+        .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "30000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_py = py.stdin.take().unwrap();
+    let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "connected");
+    let stopped = Stopped::stop(daemon_pid(&dir.0).expect("a daemon answers"));
+
+    // The mandatory policy, in a process of its own: refused, nothing sent.
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                r#"
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {plain})).sendall(b"secret")
+    print("sent")
+except PermissionError:
+    print("EPERM")
+"#,
+                plain = plain.port()
+            ),
+        ])
+        .envs(dir.env())
+        .env("TCPCRYPT_POLICY", "mandatory")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EPERM");
+
+    // The opportunistic policy: plain, every byte, one deadline per process.
+    writeln!(to_py).unwrap();
+    let took: Vec<f64> = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .split(' ')
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert!(
+        took.iter().all(|&t| t < 2.0),
+        "a stopped daemon is seen at once, with no deadline to wait: {took:?}"
+    );
+    let mut got: Vec<_> = (0..3)
+        .map(|_| from_plain.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (false, b"plain0".to_vec()),
+            (false, b"plain1".to_vec()),
+            (false, b"plain2".to_vec())
+        ],
+        "exactly the bytes, and nothing of the refused connection"
+    );
+
+    // Going on: the same process encrypts again (after a moment for the
+    // daemon to take the questions queued while it was stopped).
+    drop(stopped);
+    std::thread::sleep(Duration::from_secs(1));
+    writeln!(to_py).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    let _ = py.wait();
+    let got: Vec<_> = (0..4)
+        .map(|_| {
+            from_encrypted
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        got.contains(&(true, b"kept and more".to_vec())),
+        "the relayed connection is intact: {got:?}"
+    );
+    assert!(
+        got.contains(&(true, b"again".to_vec())),
+        "a new connection is encrypted again: {got:?}"
+    );
+    assert!(
+        got.iter()
+            .all(|(_, b)| b == b"again" || b == b"kept and more"),
+        "{got:?}"
+    );
+}
+
+/// A daemon that runs but does not answer (hung): the connection handed
+/// to it fails after the deadline with an error, never a silent loss; the
+/// process then asks with a short deadline before each hand-over, so that
+/// its next connections go plain at once (opportunistic) or are refused
+/// (mandatory), each with nothing of the refused one sent.
+#[test]
+fn a_daemon_that_does_not_answer_fails_one_connection_then_is_passed_by() {
+    let dir = OwnDir::new("hung-daemon");
+    // A real daemon makes the directory and names its socket; in its
+    // place then, a listener that takes connections and never answers.
+    let (plain, from_plain) = sink(false);
+    let first = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket; socket.create_connection(('127.0.0.1', {})).close()",
+                plain.port()
+            ),
+        ])
+        .envs(dir.env())
+        .status()
+        .unwrap();
+    assert!(first.success());
+    // Its first contact: the hello, then the plain connection.
+    let _ = from_plain.recv_timeout(Duration::from_secs(10)).unwrap();
+    while from_plain.recv_timeout(Duration::from_secs(1)).is_ok() {}
+    let path = daemon_socket(&dir.0);
+    let status = Command::new(tcpcrypt_bin())
+        .args(["daemon", "--stop"])
+        .env("TCPCRYPT_RUNTIME_DIR", &dir.0)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("the daemon is gone", Duration::from_secs(10), || {
+        daemons_of(&dir.0) == 0
+    });
+    let _ = std::fs::remove_file(&path);
+    let hung = std::os::unix::net::UnixListener::bind(&path).unwrap();
+
+    let script = format!(
+        r#"
+import socket, time
+for i in range(3):
+    t = time.monotonic()
+    try:
+        s = socket.create_connection(("127.0.0.1", {plain}))
+        s.sendall(b"plain%d" % i)
+        s.close()
+        print("sent %.3f" % (time.monotonic() - t), flush=True)
+    except OSError as e:
+        print("errno %d %.3f" % (e.errno, time.monotonic() - t), flush=True)
+"#,
+        plain = plain.port()
+    );
+    let run = |policy: &str| {
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .envs(dir.env())
+            .env("TCPCRYPT_POLICY", policy)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let (what, took) = l.rsplit_once(' ').unwrap();
+                (what.to_string(), took.parse::<f64>().unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    for (policy, later) in [("opportunistic", "sent"), ("mandatory", "errno 1")] {
+        let got = run(policy);
+        assert_eq!(got.len(), 3, "{policy}: {got:?}");
+        assert_eq!(got[0].0, "errno 103", "{policy}: the first fails: {got:?}");
+        assert!(got[0].1 < 15.0, "{policy}: after one deadline: {got:?}");
+        for (what, took) in &got[1..] {
+            assert_eq!(what, later, "{policy}: {got:?}");
+            assert!(*took < 2.0, "{policy}: no deadline again: {got:?}");
+        }
+    }
+    drop(hung);
+    let mut got: Vec<_> =
+        std::iter::from_fn(|| from_plain.recv_timeout(Duration::from_secs(2)).ok())
+            .take(10)
+            .collect();
+    got.sort();
+    // The two that failed reached the server, with no byte.
+    assert_eq!(
+        got,
+        [
+            (false, Vec::new()),
+            (false, Vec::new()),
+            (false, b"plain1".to_vec()),
+            (false, b"plain2".to_vec())
+        ],
+        "exactly the bytes of the connections that went plain"
+    );
+}

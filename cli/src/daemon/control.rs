@@ -31,6 +31,8 @@ pub async fn serve_one(mut stream: UnixStream, daemon: Arc<Daemon>) {
     let request = tokio::time::timeout(REQUEST_DEADLINE, read_request(&stream)).await;
     let (req, fds) = match request {
         Ok(Ok(r)) => r,
+        // A caller that only checked that the socket exists.
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof && e.get_ref().is_none() => return,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "bad request");
             return;
@@ -66,7 +68,17 @@ async fn read_request(stream: &UnixStream) -> io::Result<(Request, Vec<OwnedFd>)
         let n = match stream.try_io(Interest::READABLE, || {
             recv_with_fds(raw, &mut buf[filled..], &mut fds)
         }) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            // Nothing at all: a caller that only checked that the socket
+            // exists (told apart from a request cut short).
+            Ok(0) if filled == 0 && fds.is_empty() => {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the request ends early",
+                ));
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),

@@ -538,6 +538,7 @@ impl Daemon {
                 let (text, total) = self.conns.status(from);
                 Reply::Status { text, total }
             }
+            Request::Ping => Reply::Ok,
             Request::Shutdown => {
                 self.shutdown.notify_one();
                 Reply::Ok

@@ -117,7 +117,9 @@ pub(super) fn intercept_accept(
             Err(refuse_accepted_if_mandatory(c, why))
         }
     };
-    let link = match Link::open() {
+    // A daemon that does not answer (stopped, hung) is as good as none:
+    // asked before the connection is handed over, which cannot be undone.
+    let link = match crate::daemon::ready() {
         Ok(l) => l,
         Err(e) => return not_carried(c, &format!("no daemon: {e}")),
     };

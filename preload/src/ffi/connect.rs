@@ -41,11 +41,11 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     if local_addr(fd).is_some_and(|a| a.port() != 0) {
         return refuse_if_mandatory("the socket is bound to a port of its own");
     }
-    // The daemon first (started if need be): without one, nothing has been
-    // sent yet, and the connection can still go plain (or be refused)
-    // cleanly. The link itself is made again after the real handshake,
-    // which may take longer than the daemon waits for a request.
-    if let Err(e) = Link::open() {
+    // The daemon first (started if need be), and one that answers: without
+    // one, nothing has been sent yet, and the connection can still go
+    // plain (or be refused) cleanly. The link is made again after the real
+    // handshake, which may take longer than the daemon waits for a request.
+    if let Err(e) = crate::daemon::ready() {
         return refuse_if_mandatory(&format!("no daemon: {e}"));
     }
     // TCP_FASTOPEN_CONNECT would defer the loopback handshake to the
