@@ -182,6 +182,7 @@ impl TcpcryptConnector {
         if config.policy == Policy::Opportunistic && config.client_cache.is_legacy(peer) {
             return Ok(plain(tcp, FallbackReason::KnownLegacy));
         }
+        let started = std::time::Instant::now();
         let mut tcp = tcp;
         let mut retried = false;
         let mut late = 0;
@@ -207,12 +208,13 @@ impl TcpcryptConnector {
                 Connected::Reconnect(reason) => {
                     // A reset, a close or silence from a destination that
                     // negotiated tcpcrypt before is weak evidence (one
-                    // forged packet makes it): the hello is tried again,
-                    // once, on a new connection.
-                    if !retried
-                        && !reason.is_conclusive()
-                        && config.client_cache.was_encrypted(peer)
-                    {
+                    // forged packet makes it), and so are other bytes: a
+                    // tcpcrypt server that speaks first sends its greeting
+                    // in plain when our hello came after its wait. The
+                    // hello is tried again, once, on a new connection.
+                    let ambiguous =
+                        !reason.is_conclusive() || reason == FallbackReason::ServerSentOtherBytes;
+                    if !retried && ambiguous && config.client_cache.was_encrypted(peer) {
                         tracing::debug!(%peer, %reason, "trying the hello again");
                         retried = true;
                         tcp = TcpStream::connect(peer).await?;
@@ -221,7 +223,10 @@ impl TcpcryptConnector {
                     self.conclude_fallback(Some(peer), &reason)?;
                     tracing::debug!(%peer, %reason, "falling back to plain TCP");
                     let tcp = TcpStream::connect(peer).await?;
-                    return Ok(plain(tcp, reason));
+                    let mut s = plain(tcp, reason);
+                    // What it took to find the server plain, every try.
+                    s.handshake = started.elapsed();
+                    return Ok(s);
                 }
             }
         }
@@ -240,6 +245,7 @@ impl TcpcryptConnector {
         connected: kernel::Connected,
         early: &[u8],
     ) -> io::Result<TcpcryptStream<TcpStream>> {
+        let started = std::time::Instant::now();
         match connected {
             kernel::Connected::Negotiated(hs) => {
                 match self
@@ -288,6 +294,7 @@ impl TcpcryptConnector {
                         );
                         s.peer = Some(peer);
                         s.hold = Some(first_write::hold_tcp);
+                        s.handshake = started.elapsed();
                         Ok(s)
                     }
                 }

@@ -215,7 +215,30 @@ async fn weak_evidence_is_remembered_briefly_and_conclusive_evidence_fully() {
             .unwrap();
         assert!(!s.is_encrypted());
         assert!(cfg.client_cache().is_legacy(addr));
+        assert!(
+            s.handshake_duration() > Duration::ZERO,
+            "what finding it plain took"
+        );
     }
+    // A verdict remembered skips the negotiation: nothing to measure.
+    let known = tcpcrypt_tokio::TcpcryptStream::connect(banner, &cfg)
+        .await
+        .unwrap();
+    assert_eq!(known.fallback_reason(), Some(&FallbackReason::KnownLegacy));
+    assert_eq!(known.handshake_duration(), Duration::ZERO);
+    // A silent server: the wait for its hello, every bit of it.
+    let (silent, _, _c) = plain_server(Plain::Silent).await;
+    let wait = Duration::from_millis(300);
+    let patient = config(|b| b.server_hello_timeout(wait));
+    let s = tcpcrypt_tokio::TcpcryptStream::connect(silent, &patient)
+        .await
+        .unwrap();
+    assert_eq!(s.fallback_reason(), Some(&FallbackReason::ServerSilent));
+    assert!(
+        s.handshake_duration() >= wait,
+        "{:?}",
+        s.handshake_duration()
+    );
     // A twentieth of the TTL (200 ms) later, only the conclusive verdict
     // holds.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -463,4 +486,51 @@ async fn a_late_marker_never_sends_0rtt_data_again() {
     // And the server's application got none of it.
     let late = ended.recv().await.unwrap().unwrap_err();
     assert_late_hello(&late);
+}
+
+/// A tcpcrypt server that speaks first (a banner) and whose client's hello
+/// came after its wait sends the banner in plain: to the client, the same
+/// bytes a legacy server sends. From a destination that negotiated
+/// tcpcrypt before, that is no verdict: the hello is tried again on a new
+/// connection, which is encrypted, and nothing is remembered as legacy.
+#[tokio::test]
+async fn a_banner_after_a_late_hello_is_no_verdict_on_a_server_seen_encrypted() {
+    let cfg = config(|b| b.client_hello_wait(Duration::from_millis(100)));
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
+    let server = listener.local_addr();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 banner\r\n").await;
+                let mut rest = Vec::new();
+                let _ = timeout(LIMIT, s.read_to_end(&mut rest)).await;
+            });
+        }
+    });
+    // The second connection's hello comes late.
+    let (relay, seen) = late_hello_relay(server, 2..=2, Duration::from_millis(400)).await;
+    let client = default_config();
+    for n in 1..=2 {
+        let mut s = timeout(
+            LIMIT,
+            tcpcrypt_tokio::TcpcryptStream::connect(relay, &client),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            s.is_encrypted(),
+            "connection {n}: {:?}",
+            s.fallback_reason()
+        );
+        let mut banner = [0u8; 12];
+        timeout(LIMIT, s.read_exact(&mut banner))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&banner, b"220 banner\r\n");
+        s.shutdown().await.unwrap();
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(!client.client_cache().is_legacy(relay));
 }
