@@ -132,6 +132,11 @@ pub enum Error {
         "the first bytes went as 0-RTT data and the connection failed before the server confirmed them ({0}): they may have been delivered and were not sent again"
     )]
     EarlyDataUnconfirmed(FallbackReason),
+    /// An earlier protocol error aborted the connection (it was reset):
+    /// what a write, `flush` or `shutdown` returns after it, on the stream
+    /// or either half.
+    #[error("tcpcrypt: the connection was aborted after a protocol error")]
+    Aborted,
 }
 
 impl Error {
@@ -172,7 +177,7 @@ impl Error {
                 io::ErrorKind::ConnectionRefused
             }
             Error::HandshakeTimeout => io::ErrorKind::TimedOut,
-            Error::EarlyDataUnconfirmed(_) => io::ErrorKind::ConnectionAborted,
+            Error::EarlyDataUnconfirmed(_) | Error::Aborted => io::ErrorKind::ConnectionAborted,
         }
     }
 }

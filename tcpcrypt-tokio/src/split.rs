@@ -93,10 +93,7 @@ impl Shared {
 
     fn check_aborted(&self) -> io::Result<()> {
         if self.aborted.load(Ordering::Acquire) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the connection was aborted after a protocol error",
-            ));
+            return Err(crate::Error::Aborted.into());
         }
         Ok(())
     }

@@ -300,10 +300,7 @@ impl<IO> TcpcryptStream<IO> {
 
     fn check_aborted(&self) -> io::Result<()> {
         if self.aborted {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the connection was aborted after a protocol error",
-            ));
+            return Err(crate::Error::Aborted.into());
         }
         Ok(())
     }
@@ -319,6 +316,12 @@ impl TcpcryptStream<TcpStream> {
     /// waiting for the write half. A protocol error seen by the read half
     /// aborts the connection as the whole stream would: later writes fail
     /// and the socket is reset when both halves are dropped.
+    ///
+    /// To half-close, call `shutdown` on the write half: it sends FINp,
+    /// and the read half goes on reading. A write half dropped without it
+    /// ends the sending direction with a TCP FIN alone, which the peer
+    /// reads as a truncation (`UnexpectedEof`), not as the end of the
+    /// stream, as for a whole stream dropped without `shutdown`.
     pub fn into_split(self) -> (crate::split::ReadHalf, crate::split::WriteHalf) {
         crate::split::split(self)
     }

@@ -115,6 +115,13 @@ async fn a_whole_stream_resets_the_connection_after_tampering() {
     let (read, write, end) = tamper_with(false).await;
     assert_eq!(read.kind(), ErrorKind::InvalidData, "{read:?}");
     assert_eq!(write.kind(), ErrorKind::ConnectionAborted, "{write:?}");
+    assert!(
+        matches!(
+            tcpcrypt_tokio::Error::from_io(&write),
+            Some(tcpcrypt_tokio::Error::Aborted)
+        ),
+        "{write:?}"
+    );
     assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
 }
 
@@ -123,6 +130,13 @@ async fn a_split_read_half_resets_the_connection_after_tampering() {
     let (read, write, end) = tamper_with(true).await;
     assert_eq!(read.kind(), ErrorKind::InvalidData, "{read:?}");
     assert_eq!(write.kind(), ErrorKind::ConnectionAborted, "{write:?}");
+    assert!(
+        matches!(
+            tcpcrypt_tokio::Error::from_io(&write),
+            Some(tcpcrypt_tokio::Error::Aborted)
+        ),
+        "{write:?}"
+    );
     assert_eq!(
         end.map_err(|e| e.kind()),
         Err(ErrorKind::ConnectionReset),
