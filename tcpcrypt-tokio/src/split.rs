@@ -44,12 +44,15 @@ pub struct WriteHalf {
     /// `None` only while dropping.
     io: Option<OwnedWriteHalf>,
     info: Option<Arc<SessionInfo>>,
-    fallback: Option<FallbackReason>,
     shared: Arc<Shared>,
 }
 
 /// What the halves share.
 struct Shared {
+    /// Why the stream is plain, when it is.
+    fallback: Option<FallbackReason>,
+    /// The peer's address.
+    peer: Option<std::net::SocketAddr>,
     /// The sending side of an encrypted stream.
     send: Option<Mutex<Sender>>,
     /// Whether a protocol error is answered with a reset.
@@ -164,6 +167,8 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
         }
     };
     let shared = Arc::new(Shared {
+        fallback,
+        peer: stream.peer,
         send,
         abortable,
         aborted: AtomicBool::new(stream.aborted),
@@ -182,30 +187,42 @@ pub(crate) fn split(stream: TcpcryptStream<TcpStream>) -> (ReadHalf, WriteHalf) 
         WriteHalf {
             io: Some(w),
             info,
-            fallback,
             shared,
         },
     )
 }
 
-impl ReadHalf {
-    /// The session, when encrypted.
-    pub fn session(&self) -> Option<&SessionInfo> {
-        self.info.as_deref()
-    }
+/// What either half tells of the connection, as the whole stream does.
+macro_rules! connection_facts {
+    ($half:ty) => {
+        impl $half {
+            /// The session, when encrypted.
+            pub fn session(&self) -> Option<&SessionInfo> {
+                self.info.as_deref()
+            }
+
+            /// The session ID, when encrypted.
+            pub fn session_id(&self) -> Option<crate::SessionId> {
+                self.session().map(|s| s.session_id)
+            }
+
+            /// Why the stream is plain, when it is.
+            pub fn fallback_reason(&self) -> Option<&FallbackReason> {
+                self.shared.fallback.as_ref()
+            }
+
+            /// The address of the peer.
+            pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+                self.shared.peer
+            }
+        }
+    };
 }
 
+connection_facts!(ReadHalf);
+connection_facts!(WriteHalf);
+
 impl WriteHalf {
-    /// The session, when encrypted.
-    pub fn session(&self) -> Option<&SessionInfo> {
-        self.info.as_deref()
-    }
-
-    /// Why the stream is plain, when it is.
-    pub fn fallback_reason(&self) -> Option<&FallbackReason> {
-        self.fallback.as_ref()
-    }
-
     /// Starts a rekey; see [`TcpcryptStream::rekey`].
     pub fn rekey(&mut self) -> io::Result<()> {
         self.shared.check_aborted()?;

@@ -1114,3 +1114,29 @@ async fn the_accepting_sides_first_bytes_do_not_wait_for_its_handshake_to_be_ack
         );
     }
 }
+
+/// Each half of a split stream tells what the whole stream told: the
+/// session and its ID, or why it is plain, and the peer.
+#[tokio::test]
+async fn split_halves_tell_the_session_the_fallback_and_the_peer() {
+    let (server, _, _task) = tcpcrypt_echo(default_config()).await;
+    let s = TcpcryptStream::connect(server, &default_config())
+        .await
+        .unwrap();
+    let id = s.session_id().expect("encrypted");
+    let (r, w) = s.into_split();
+    assert_eq!((r.session_id(), w.session_id()), (Some(id), Some(id)));
+    assert_eq!((r.fallback_reason(), w.fallback_reason()), (None, None));
+    assert_eq!((r.peer_addr(), w.peer_addr()), (Some(server), Some(server)));
+
+    let (plain, _, _task) = plain_server(Plain::Banner).await;
+    let s = TcpcryptStream::connect(plain, &default_config())
+        .await
+        .unwrap();
+    let why = s.fallback_reason().cloned().expect("plain");
+    let (r, w) = s.into_split();
+    assert_eq!((r.session_id(), w.session_id()), (None, None));
+    assert_eq!(r.fallback_reason(), Some(&why));
+    assert_eq!(w.fallback_reason(), Some(&why));
+    assert_eq!((r.peer_addr(), w.peer_addr()), (Some(plain), Some(plain)));
+}
