@@ -195,6 +195,10 @@ impl TcpcryptConnector {
                 Connected::Stream(mut s) => {
                     s.peer = Some(peer);
                     s.hold = Some(first_write::hold_tcp);
+                    if retried || late > 0 {
+                        // Every try counts, as for a fallback.
+                        s.handshake = started.elapsed();
+                    }
                     return Ok(s);
                 }
                 Connected::Reconnect(FallbackReason::HelloLate) if late < LATE_HELLO_RETRIES => {
@@ -349,12 +353,15 @@ impl TcpcryptConnector {
                     abort(&io);
                 }
                 // A server that answered with other bytes is legacy all the
-                // same: later connections go plain at once.
+                // same: later connections go plain at once. Unless it was
+                // seen encrypted: a tcpcrypt server that speaks first sends
+                // its banner in plain when the hello came after its wait.
                 if let (Some(Error::EarlyDataUnconfirmed(reason)), Some(p)) =
                     (Error::from_io(&e), peer)
                 {
                     if *reason == FallbackReason::ServerSentOtherBytes
                         && config.policy == Policy::Opportunistic
+                        && !config.client_cache.was_encrypted(p)
                     {
                         config.client_cache.mark_legacy(p, true);
                     }

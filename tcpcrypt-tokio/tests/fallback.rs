@@ -304,7 +304,7 @@ async fn an_altered_hello_never_ends_in_success_with_data_lost() {
 /// at once. Returns its address and how many connections it has seen.
 async fn late_hello_relay(
     target: std::net::SocketAddr,
-    late: std::ops::RangeInclusive<usize>,
+    late: impl IntoIterator<Item = usize>,
     delay: Duration,
 ) -> (
     std::net::SocketAddr,
@@ -315,6 +315,7 @@ async fn late_hello_relay(
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
+    let late: Vec<usize> = late.into_iter().collect();
     tokio::spawn(async move {
         for _ in 0..16 {
             let Ok((mut client, _)) = listener.accept().await else {
@@ -507,8 +508,8 @@ async fn a_banner_after_a_late_hello_is_no_verdict_on_a_server_seen_encrypted() 
             });
         }
     });
-    // The second connection's hello comes late.
-    let (relay, seen) = late_hello_relay(server, 2..=2, Duration::from_millis(400)).await;
+    // The second connection's hello comes late, and the fourth's.
+    let (relay, seen) = late_hello_relay(server, [2, 4], Duration::from_millis(400)).await;
     let client = default_config();
     for n in 1..=2 {
         let mut s = timeout(
@@ -523,6 +524,10 @@ async fn a_banner_after_a_late_hello_is_no_verdict_on_a_server_seen_encrypted() 
             "connection {n}: {:?}",
             s.fallback_reason()
         );
+        if n == 2 {
+            // The late hello's wait counts in the negotiation's time.
+            assert!(s.handshake_duration() >= Duration::from_millis(400));
+        }
         let mut banner = [0u8; 12];
         timeout(LIMIT, s.read_exact(&mut banner))
             .await
@@ -532,5 +537,17 @@ async fn a_banner_after_a_late_hello_is_no_verdict_on_a_server_seen_encrypted() 
         s.shutdown().await.unwrap();
     }
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(!client.client_cache().is_legacy(relay));
+    // With 0-RTT data in the late hello: an error (the data may have been
+    // delivered, so it is not sent again), and still no verdict.
+    let err = connect_error(relay, &client, b"request\n").await;
+    assert!(
+        matches!(
+            err,
+            Error::EarlyDataUnconfirmed(FallbackReason::ServerSentOtherBytes)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
     assert!(!client.client_cache().is_legacy(relay));
 }
