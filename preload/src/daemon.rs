@@ -19,13 +19,20 @@ use crate::wire::{self, Reply, Request};
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long the shim waits for a daemon that has let a question go
-/// unanswered already: while it does not answer, each new connection
-/// costs this much, not `ANSWER_DEADLINE`.
-const SUSPECT_DEADLINE: Duration = Duration::from_millis(200);
+/// unanswered already (or is stopped at a tracer's breakpoint): while it
+/// does not answer, each new connection costs this much, not
+/// `ANSWER_DEADLINE`; long enough for a loaded daemon that does answer.
+const SUSPECT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Whether a question to the daemon went unanswered in this process (and
 /// none has been answered since).
 static UNANSWERED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a question to the daemon went unanswered and none has been
+/// answered since: a hand-over now would wait for nothing.
+pub fn is_unanswered() -> bool {
+    UNANSWERED.load(Ordering::Relaxed)
+}
 
 /// Notes that the daemon let a question go unanswered.
 fn unanswered() {
@@ -70,14 +77,21 @@ pub fn ready() -> io::Result<Link> {
         }
         other => other,
     }?;
-    if link.daemon_stopped() {
+    let state = link.daemon_state();
+    if state == Some(b'T') {
         unanswered();
+        crate::log::log!(
+            Warn,
+            "the daemon is stopped: this connection is not carried"
+        );
         return Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "the daemon is stopped",
         ));
     }
-    if !suspect {
+    // Stopped by a tracer (strace stops it at each system call, briefly):
+    // asked, with the short deadline.
+    if !suspect && state != Some(b't') {
         return Ok(link);
     }
     match link.ask(&Request::Ping, &[]) {
@@ -87,7 +101,13 @@ pub fn ready() -> io::Result<Link> {
             Link::existing()
         }
         Ok(other) => Err(io::Error::other(format!("the daemon answered {other:?}"))),
-        Err(e) => Err(e),
+        Err(e) => {
+            crate::log::log!(
+                Warn,
+                "the daemon does not answer: this connection is not carried"
+            );
+            Err(e)
+        }
     }
 }
 
@@ -160,18 +180,18 @@ impl Link {
         })
     }
 
-    /// Whether the daemon's process is stopped (a signal, a debugger): its
-    /// state in `/proc`. Unreadable (another mount's `hidepid`) counts as
-    /// running.
-    fn daemon_stopped(&self) -> bool {
-        let Ok(stat) = std::fs::read(format!("/proc/{}/stat", self.daemon)) else {
-            return false;
-        };
+    /// The daemon's process state in `/proc` (`T` stopped by a signal,
+    /// `t` by a tracer), when it can be read: not when `/proc` belongs to
+    /// another PID namespace than this process (its numbers would name
+    /// other processes) or hides other processes (`hidepid`).
+    fn daemon_state(&self) -> Option<u8> {
+        if !proc_is_ours() {
+            return None;
+        }
+        let stat = std::fs::read(format!("/proc/{}/stat", self.daemon)).ok()?;
         // "pid (comm) S ...": the state follows the last parenthesis.
-        let Some(close) = stat.iter().rposition(|&b| b == b')') else {
-            return false;
-        };
-        matches!(stat.get(close + 2), Some(b'T' | b't'))
+        let close = stat.iter().rposition(|&b| b == b')')?;
+        stat.get(close + 2).copied()
     }
 
     fn exchange(mut self, req: &Request, fds: &[RawFd]) -> io::Result<Reply> {
@@ -212,6 +232,18 @@ impl Link {
             buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// Whether `/proc` shows this process's PID namespace: `/proc/self`
+/// names this process. Asked once (a fork keeps the namespace).
+pub(crate) fn proc_is_ours() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id())
+    })
 }
 
 /// Whether an error means that no daemon listens.

@@ -21,6 +21,7 @@ pub(crate) fn before() {
     crate::env::settings();
     crate::log::init();
     crate::ffi::finish_lazy_values();
+    crate::daemon::proc_is_ours();
     let held: Box<dyn Any> = Box::new(crate::registry::hold_for_fork());
     HELD.with(|h| *h.borrow_mut() = Some(held));
 }

@@ -117,7 +117,15 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resul
 /// Asks the daemon of `dir` (the caller checked it is the user's own) one
 /// question that carries no descriptor, and waits at most 5 s.
 pub fn ask(dir: &Path, req: &Request) -> io::Result<Reply> {
-    let mut s = std::os::unix::net::UnixStream::connect(wire::socket_path(dir))?;
+    // Bounded: a stopped daemon's full backlog would block the connect
+    // for good.
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    socket.connect_timeout(
+        &socket2::SockAddr::unix(wire::socket_path(dir))?,
+        REQUEST_DEADLINE,
+    )?;
+    socket.set_nonblocking(false)?;
+    let mut s = std::os::unix::net::UnixStream::from(OwnedFd::from(socket));
     // The directory is the user's own; the daemon must be too, as the
     // shim checks.
     let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)?;

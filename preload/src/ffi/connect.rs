@@ -113,6 +113,12 @@ fn hand_over(
     settings: Vec<Setting>,
     report: c_int,
 ) -> Result<c_int, c_int> {
+    // A daemon that let a question go unanswered meanwhile (the offer for
+    // the SYN) would leave this one unanswered too: nothing of the
+    // application's socket has been touched yet.
+    if crate::daemon::is_unanswered() {
+        return Err(libc::ECONNABORTED);
+    }
     let local = local_addr(real.as_raw_fd()).ok_or(libc::EADDRNOTAVAIL)?;
     let id = socket_id(fd).ok_or(libc::EBADF)?;
     // Before the application's socket is touched: a daemon gone meanwhile
@@ -164,8 +170,11 @@ fn hand_over(
         Ok(Reply::Ok) => {}
         other => {
             crate::log::log!(Warn, "the daemon did not take a connection: {other:?}");
-            // The application's socket sees a reset, never a clean end.
+            // The application's socket sees a reset, never a clean end;
+            // and so does the server, now, although a hand-over left in
+            // the daemon's queue still holds the real socket.
             reset(end);
+            reset(OwnedFd::from(real));
             return Err(libc::ECONNABORTED);
         }
     }

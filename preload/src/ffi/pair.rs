@@ -209,6 +209,21 @@ pub(super) fn fill_until_held(fd: c_int) -> Result<u64, c_int> {
 
 /// Closes a socket with a reset: its peer sees an error, never a clean end.
 pub(super) fn reset(fd: OwnedFd) {
+    // Now, even while another reference keeps the socket open (a hand-over
+    // still queued for a daemon that does not answer): a connect to
+    // AF_UNSPEC disconnects a TCP socket, with a reset when it was up.
+    // SAFETY: `sockaddr` is plain data; all zeroes is AF_UNSPEC, and the
+    // length given is its size.
+    let unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor owned here, `unspec` a valid
+    // address of the length given; the result is not needed.
+    unsafe {
+        (real().connect)(
+            fd.as_raw_fd(),
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
     let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
     drop(fd);
 }
