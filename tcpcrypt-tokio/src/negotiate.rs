@@ -4,7 +4,7 @@
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Duration, Instant, error::Elapsed, timeout, timeout_at};
 
 use crate::Config;
 use crate::error::{Error, FallbackReason};
@@ -18,6 +18,27 @@ use crate::proto::{
 /// Enough for any handshake message, and for the first frames that may
 /// arrive with it (kept as leftover for the data phase).
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How long a read that its deadline ended is given once more. After the
+/// process was stopped (`SIGSTOP`, a debugger) or starved, the runtime can
+/// run the timers that expired meanwhile before it collects the socket
+/// events of the same moment (an `epoll_wait` that a stop interrupted
+/// returns none): an answer waiting in the socket would be taken for
+/// silence.
+const SECOND_LOOK: Duration = Duration::from_millis(2);
+
+/// Reads into `buf` before `limit`, or says it elapsed: with one more look
+/// at the socket after `limit` ([`SECOND_LOOK`]).
+async fn read_before<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    limit: Instant,
+    buf: &mut Vec<u8>,
+) -> Result<io::Result<usize>, Elapsed> {
+    match timeout_at(limit, io.read_buf(buf)).await {
+        Err(_) => timeout(SECOND_LOOK, io.read_buf(buf)).await,
+        read => read,
+    }
+}
 
 /// How the client's negotiation ended.
 pub(crate) enum ClientEnd {
@@ -155,7 +176,7 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let limit = if heard { deadline } else { first_deadline };
         buf.clear();
-        let n = match timeout_at(limit, io.read_buf(&mut buf)).await {
+        let n = match read_before(io, limit, &mut buf).await {
             // Both SYNs carried ENO and the server ended the connection
             // before any answer to Init1: a path that strips ENO from
             // later segments makes it disable ENO (RFC 8547 4.6) and
@@ -279,7 +300,7 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let limit = if heard { deadline } else { first_deadline };
         buf.clear();
-        let (n, silent) = match timeout_at(limit, io.read_buf(&mut buf)).await {
+        let (n, silent) = match read_before(io, limit, &mut buf).await {
             Err(_) if !heard => {
                 // A client's hello lost once comes back a retransmission
                 // timeout later.
@@ -344,5 +365,106 @@ fn server_end(outcome: ServerOutcome, rest: &[u8], silent: bool, held: bool) -> 
             };
             ServerEnd::Plain(reason, prefix)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{DuplexStream, ReadBuf};
+
+    use super::*;
+
+    /// A connection whose reader sees nothing until `until` (a stopped
+    /// process), and then, once, nothing still although the bytes are
+    /// there: the runtime ran its expired timers before it collected the
+    /// socket's events.
+    struct StoppedUntil {
+        inner: DuplexStream,
+        until: Instant,
+        looked: bool,
+    }
+
+    impl AsyncRead for StoppedUntil {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if Instant::now() < self.until {
+                return Poll::Pending;
+            }
+            if !self.looked {
+                self.looked = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for StoppedUntil {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// A client stopped while the server answered, and resumed after its
+    /// wait for that answer: the answer is read, not taken for silence.
+    #[tokio::test]
+    async fn an_answer_waiting_when_the_deadline_fires_is_read() {
+        let wait = Duration::from_millis(100);
+        let config = Arc::new(
+            Config::builder()
+                .server_hello_timeout(wait)
+                .build()
+                .unwrap(),
+        );
+        let (client_end, mut server_end) = tokio::io::duplex(64 * 1024);
+        let server_config = config.clone();
+        let server = tokio::spawn(async move {
+            server(
+                &mut server_end,
+                &server_config,
+                ServerStart::InBand,
+                None,
+                None,
+            )
+            .await
+            .map(|end| matches!(end, ServerEnd::Encrypted(..)))
+        });
+        let mut io = StoppedUntil {
+            inner: client_end,
+            until: Instant::now() + wait / 2,
+            looked: false,
+        };
+        let end = client(&mut io, &config, ClientStart::InBand(None), None, &[])
+            .await
+            .unwrap();
+        match end {
+            ClientEnd::Encrypted(..) => {}
+            ClientEnd::PlainHere(r, _) | ClientEnd::Reconnect(r) => {
+                panic!("taken for a plain server: {r}")
+            }
+        }
+        assert!(
+            server.await.unwrap().unwrap(),
+            "the server is encrypted too"
+        );
     }
 }
