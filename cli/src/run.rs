@@ -241,17 +241,15 @@ pub fn run(mut args: Args) -> i32 {
         Ok(existing) if !existing.is_empty() => format!("{existing} {}", lib.display()),
         _ => lib.display().to_string(),
     };
-    let policy = if args.mandatory {
-        "mandatory"
-    } else if args.off {
-        "off"
-    } else {
-        "opportunistic"
-    };
     let mut cmd = Command::new(program);
-    cmd.args(&args.command[1..])
-        .env("LD_PRELOAD", preload)
-        .env("TCPCRYPT_POLICY", policy);
+    cmd.args(&args.command[1..]).env("LD_PRELOAD", preload);
+    // A flag sets the policy; without one, a TCPCRYPT_POLICY of the
+    // environment stands (never turned from mandatory to opportunistic).
+    if args.mandatory {
+        cmd.env("TCPCRYPT_POLICY", "mandatory");
+    } else if args.off {
+        cmd.env("TCPCRYPT_POLICY", "off");
+    }
     if args.shell {
         cmd.env("TCPCRYPT_SHELL", "1");
     }

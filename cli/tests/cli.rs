@@ -103,8 +103,27 @@ fn run_passes_the_exit_status_and_the_environment() {
         parts[0].starts_with('/') && parts[0].ends_with("libtcpcrypt.so"),
         "absolute path: {line}"
     );
-    assert_eq!(parts[1], "opportunistic");
+    // No flag: the shim's default (opportunistic), or the environment's.
+    assert_eq!(parts[1], "");
     assert_eq!(parts[2], "");
+    for (flag, env, want) in [
+        (None, "mandatory", "mandatory"),
+        (Some("--off"), "mandatory", "off"),
+        (Some("--mandatory"), "off", "mandatory"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("run")
+            .args(flag)
+            .args(["--", "sh", "-c", "echo \"$TCPCRYPT_POLICY\""])
+            .env("TCPCRYPT_POLICY", env)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "{flag:?} with TCPCRYPT_POLICY={env}"
+        );
+    }
     // Appends to an existing LD_PRELOAD; options reach the environment.
     build_shim();
     let out = Command::new(BIN)

@@ -255,8 +255,20 @@ fn absent(e: &io::Error) -> bool {
 }
 
 /// Asks a question of the daemon if one runs (`Reply::Unknown` if none).
+/// A stopped daemon is not asked (an error, not `Unknown`: it may relay
+/// the socket), and one that let a question go unanswered is given the
+/// short deadline.
 pub(crate) fn query(req: &Request) -> io::Result<Reply> {
-    match Link::existing() {
+    let deadline = if is_unanswered() {
+        SUSPECT_DEADLINE
+    } else {
+        ANSWER_DEADLINE
+    };
+    match Link::existing_within(deadline) {
+        Ok(link) if link.daemon_state() == Some(b'T') => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the daemon is stopped",
+        )),
         Ok(link) => link.ask(req, &[]),
         Err(e) if absent(&e) => Ok(Reply::Unknown),
         Err(e) => Err(e),

@@ -912,6 +912,59 @@ except socket.timeout:
     let _ = py.wait();
 }
 
+/// A non-blocking listener under the mandatory policy with no daemon: the
+/// connection it cannot carry is reset and `accept` fails with
+/// `ECONNABORTED`, as with a blocking one; the program goes on.
+#[test]
+fn without_a_daemon_a_nonblocking_accept_under_mandatory_fails_cleanly() {
+    let dir = OwnDir::new("no-daemon-accept");
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                r#"
+import select, socket
+l = socket.socket()
+l.bind(("127.0.0.1", {port}))
+l.listen()
+l.setblocking(False)
+print("listening", flush=True)
+select.select([l], [], [], 20)
+try:
+    l.accept()
+    print("accepted", flush=True)
+except ConnectionAbortedError:
+    print("aborted", flush=True)
+print("alive", flush=True)
+"#
+            ),
+        ])
+        .envs(dir.env())
+        .env("TCPCRYPT_DAEMON", "/nonexistent/tcpcrypt")
+        .env("TCPCRYPT_POLICY", "mandatory")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = client.write_all(b"secret");
+    assert_eq!(lines.next().unwrap().unwrap(), "aborted");
+    assert_eq!(lines.next().unwrap().unwrap(), "alive");
+    assert!(server.wait().unwrap().success());
+    let mut got = Vec::new();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let end = client.read_to_end(&mut got);
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "reset, with nothing sent: {got:?}"
+    );
+}
+
 #[test]
 fn without_a_daemon_mandatory_refuses_and_opportunistic_goes_plain() {
     let dir = OwnDir::new("no-daemon");
@@ -1255,6 +1308,9 @@ took = []
 for i in range(3):
     t = time.monotonic()
     s = socket.create_connection(("127.0.0.1", {plain}))
+    # A loopback peer's addresses: answered without the daemon.
+    assert s.getpeername() == ("127.0.0.1", {plain})
+    s.getsockname()
     took.append(time.monotonic() - t)
     s.sendall(b"plain%d" % i)
     s.close()

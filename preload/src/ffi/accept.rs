@@ -13,6 +13,10 @@ use crate::wire::Handover;
 pub(super) fn refuse_accepted_if_mandatory(c: OwnedFd, why: &str) -> c_int {
     if !crate::env::settings().mandatory() {
         crate::log::log!(Debug, "accepted connection left unencrypted: {why}");
+        // Its queries (a loopback peer's) need not ask the daemon.
+        if let Some(id) = socket_id(c.as_raw_fd()) {
+            registry::mark_not_relayed(id);
+        }
         return std::os::fd::IntoRawFd::into_raw_fd(c);
     }
     crate::log::log!(
@@ -164,7 +168,11 @@ pub(super) fn intercept_accept(
     match link.ask(&req, &[end.as_raw_fd(), real.as_raw_fd()]) {
         Ok(Reply::Ok) => {}
         other => {
-            crate::log::log!(Warn, "the daemon did not take a connection: {other:?}");
+            let why = match other {
+                Ok(reply) => format!("{reply:?}"),
+                Err(e) => e.to_string(),
+            };
+            crate::log::log!(Warn, "the daemon did not take a connection: {why}");
             // The client sees an aborted connection, never a clean end.
             reset(real);
             return Ok(-1);

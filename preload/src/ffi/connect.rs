@@ -46,7 +46,13 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     // plain (or be refused) cleanly. The link is made again after the real
     // handshake, which may take longer than the daemon waits for a request.
     if let Err(e) = crate::daemon::ready() {
-        return refuse_if_mandatory(&format!("no daemon: {e}"));
+        let refused = refuse_if_mandatory(&format!("no daemon: {e}"));
+        // Left to the kernel: its queries (a loopback peer's) need not ask
+        // the daemon.
+        if let (None, Some(id)) = (refused, socket_id(fd)) {
+            registry::mark_not_relayed(id);
+        }
+        return refused;
     }
     // TCP_FASTOPEN_CONNECT would defer the loopback handshake to the
     // application's first write, after the pairing: off on this socket
@@ -169,7 +175,11 @@ fn hand_over(
     match link.ask(&req, &fds) {
         Ok(Reply::Ok) => {}
         other => {
-            crate::log::log!(Warn, "the daemon did not take a connection: {other:?}");
+            let why = match other {
+                Ok(reply) => format!("{reply:?}"),
+                Err(e) => e.to_string(),
+            };
+            crate::log::log!(Warn, "the daemon did not take a connection: {why}");
             // The application's socket sees a reset, never a clean end;
             // and so does the server, now, although a hand-over left in
             // the daemon's queue still holds the real socket.

@@ -337,7 +337,8 @@ pub unsafe extern "C" fn accept4(
     // SAFETY: the kernel wrote `l` bytes of address to `st`.
     let peer = unsafe { read_addr(&st as *const sockaddr_storage as *const sockaddr, l) };
     let untouched = |c: c_int| {
-        if !renumber {
+        // -1: refused (and reset) under the mandatory policy.
+        if c < 0 || !renumber {
             return c;
         }
         // SAFETY: `c` is the connection just accepted, handed out as it is.

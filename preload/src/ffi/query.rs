@@ -33,7 +33,7 @@ pub(super) fn relayed(fd: c_int) -> Option<Known> {
             return relayed_unrecorded(fd, id);
         }
     };
-    let k = ask(id)?;
+    let k = ask(id).ok().flatten()?;
     if k.is_final() {
         registry::update(fd, |e| e.known = Some(k.clone()));
     } else if k.has_final_names() {
@@ -63,23 +63,28 @@ fn relayed_unrecorded(fd: c_int, id: u64) -> Option<Known> {
         return None;
     }
     match ask(id) {
-        Some(k) => {
+        Ok(Some(k)) => {
             let mut entry = Entry::new(id, false);
             entry.known = k.is_final().then(|| k.clone());
             registry::insert(fd, entry);
             Some(k)
         }
-        None => {
+        Ok(None) => {
             registry::mark_not_relayed(id);
             None
         }
+        // No answer (the daemon is stopped): taken for not relayed this
+        // time, asked again next time.
+        Err(_) => None,
     }
 }
 
-fn ask(id: u64) -> Option<Known> {
-    match crate::daemon::query(&Request::Query { id }) {
-        Ok(Reply::Known { local, peer, state }) => Some(Known { local, peer, state }),
-        _ => None,
+/// What the daemon knows of socket `id`: `Ok(None)` when it relays no
+/// such socket.
+fn ask(id: u64) -> std::io::Result<Option<Known>> {
+    match crate::daemon::query(&Request::Query { id })? {
+        Reply::Known { local, peer, state } => Ok(Some(Known { local, peer, state })),
+        _ => Ok(None),
     }
 }
 
