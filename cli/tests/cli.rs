@@ -319,7 +319,8 @@ fn run_shell_starts_the_users_shell_preloaded() {
     let line = String::from_utf8_lossy(&out.stdout);
     let parts: Vec<&str> = line.trim().split('|').collect();
     assert!(parts[0].ends_with("libtcpcrypt.so"), "{line}");
-    assert_eq!(parts[1..], ["1", "opportunistic"]);
+    // No policy flag: the environment's (here none: the shim's default).
+    assert_eq!(parts[1..], ["1", ""]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("starting /bin/sh"));
 }
 
