@@ -39,6 +39,7 @@ pub fn records() -> Result<Vec<serde_json::Value>, String> {
         {
             Ok(Vec::new())
         }
+        Err(e) if daemon::stopped(&e).is_some() => Err(e.to_string()),
         Err(e) => Err(format!(
             "the daemon in {} does not answer: {e}",
             dir.display()

@@ -1419,6 +1419,55 @@ except PermissionError:
     );
 }
 
+/// `tcpcrypt status`, `tcpcrypt daemon` and `tcpcrypt daemon --stop` tell
+/// a stopped daemon at once, by name, instead of waiting for an answer
+/// that cannot come; `--stop` lets it go on to stop.
+#[test]
+fn the_commands_tell_a_stopped_daemon_at_once_and_stop_stops_it() {
+    let dir = OwnDir::new("stopped-commands");
+    let tcpcrypt = |args: &[&str]| {
+        let t = Instant::now();
+        let out = Command::new(tcpcrypt_bin())
+            .args(args)
+            .env("TCPCRYPT_RUNTIME_DIR", &dir.0)
+            .env("TCPCRYPT_DAEMON_IDLE_EXIT", "60s")
+            .output()
+            .unwrap();
+        (out, t.elapsed())
+    };
+    let (out, _) = tcpcrypt(&["daemon"]);
+    assert!(out.status.success(), "{out:?}");
+    let pid = daemon_pid(&dir.0).expect("the daemon answers");
+    let stopped = Stopped::stop(pid);
+    wait_until("the daemon is stopped", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.starts_with(" T")))
+    });
+    let says_stopped = |out: &std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains(&format!("(pid {pid}) is stopped"))
+                && err.contains(&format!("kill -CONT {pid}")),
+            "{err}"
+        );
+    };
+    for args in [&["status"][..], &["daemon"]] {
+        let (out, took) = tcpcrypt(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        says_stopped(&out);
+        assert!(took < Duration::from_secs(2), "{args:?} took {took:?}");
+    }
+    let (out, took) = tcpcrypt(&["daemon", "--stop"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(took < Duration::from_secs(2), "--stop took {took:?}");
+    wait_until("the daemon exits", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.starts_with(" Z")))
+    });
+    drop(stopped);
+}
+
 /// A daemon that runs but does not answer (hung): the connection handed
 /// to it fails after the deadline with an error, never a silent loss, and
 /// its real connection is reset at once, although the hand-over still

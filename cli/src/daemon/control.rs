@@ -135,6 +135,11 @@ pub fn ask(dir: &Path, req: &Request) -> io::Result<Reply> {
             "the daemon's socket belongs to another user",
         ));
     }
+    // A stopped daemon would take the question and leave it unanswered:
+    // say so at once instead of after the deadline.
+    if is_stopped(cred.pid()) {
+        return Err(io::Error::other(Stopped(cred.pid())));
+    }
     s.set_read_timeout(Some(REQUEST_DEADLINE))?;
     s.set_write_timeout(Some(REQUEST_DEADLINE))?;
     s.write_all(&req.encode())?;
@@ -150,4 +155,47 @@ pub fn ask(dir: &Path, req: &Request) -> io::Result<Reply> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The daemon is stopped by a signal (`SIGSTOP`, a terminal's `^Z`): it
+/// answers nothing until it is continued.
+#[derive(Debug)]
+pub struct Stopped(pub i32);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pid = self.0;
+        write!(
+            f,
+            "the daemon (pid {pid}) is stopped; `kill -CONT {pid}` lets it go on"
+        )
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Whether `pid` is stopped by a signal (state `T` in `/proc`; not `t`, a
+/// tracer's stop, which a debugger ends). `false` when `/proc` cannot
+/// tell: another PID namespace's, or a process hidden from us.
+fn is_stopped(pid: i32) -> bool {
+    let ours = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id());
+    if !ours || pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last parenthesis.
+    stat.iter()
+        .rposition(|&b| b == b')')
+        .and_then(|close| stat.get(close + 2))
+        == Some(&b'T')
+}
+
+/// The stopped daemon an error of [`ask`] names, if that is what it says.
+pub fn stopped(e: &io::Error) -> Option<i32> {
+    e.get_ref()?.downcast_ref::<Stopped>().map(|s| s.0)
 }

@@ -27,7 +27,7 @@ use tokio::net::UnixListener;
 use crate::wire::{self, ConnState, Handover, Profile, Reply, Request, WireCarriage, WirePolicy};
 use conns::{Conn, Conns};
 
-pub use control::ask;
+pub use control::{ask, stopped};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -75,7 +75,16 @@ pub fn daemon(args: Args) -> i32 {
         }
     };
     if args.stop {
-        return match control::ask(&dir, &Request::Shutdown) {
+        let mut asked = control::ask(&dir, &Request::Shutdown);
+        if let Some(pid) = asked.as_ref().err().and_then(control::stopped) {
+            // Asked to stop, a stopped daemon is let go on to do so.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            asked = control::ask(&dir, &Request::Shutdown);
+        }
+        return match asked {
             Ok(_) => 0,
             Err(e) => {
                 eprintln!(
@@ -153,8 +162,14 @@ fn raise_descriptor_limit() {
 /// streams on /dev/null) unless one answers already, and returns once one
 /// answers: the caller can hand it connections at once.
 fn detach(dir: &Path, args: &Args) -> i32 {
-    if control::ask(dir, &Request::Status { from: 0 }).is_ok() {
-        return 0;
+    match control::ask(dir, &Request::Status { from: 0 }) {
+        Ok(_) => return 0,
+        // It holds the lock: another would not start.
+        Err(e) if control::stopped(&e).is_some() => {
+            eprintln!("tcpcrypt daemon: {e}");
+            return 1;
+        }
+        Err(_) => {}
     }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
