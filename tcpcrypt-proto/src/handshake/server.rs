@@ -35,6 +35,13 @@ pub enum ServerOutcome {
     Declined(DisableReason),
 }
 
+/// Why a connection failed when what followed declined 0-RTT frames was
+/// no Init1: a connecting side that follows the protocol sends Init1
+/// there (docs/PROTOCOL.md 7.1, rule 9).
+const REPLAYED: &str = "no Init1 after the 0-RTT frames of a hello whose resumption was \
+     declined (its identifier unknown or spent): a recorded connection played again, \
+     or a peer that breaks the protocol";
+
 /// What to do once a pipelined Init1 we will not use has been skipped.
 enum AfterSkip {
     Declined(DisableReason),
@@ -50,6 +57,9 @@ enum State {
     /// Waiting for the Init1 for `tep`; our hello is sent.
     AwaitInit1 {
         tep: Tep,
+        /// After 0-RTT frames this side declined: other bytes than Init1
+        /// there are most likely a recorded connection played again.
+        after_early: bool,
     },
     SkipInit1(AfterSkip),
     /// Skipping 0-RTT frames this side did not accept, up to A's
@@ -209,7 +219,10 @@ impl ServerHandshake {
         if b_option.as_bytes() != synack_option {
             return Err(mismatch);
         }
-        hs.state = State::AwaitInit1 { tep };
+        hs.state = State::AwaitInit1 {
+            tep,
+            after_early: false,
+        };
         hs.a_option = Some(a_option);
         hs.b_option = Some(b_option);
         Ok(hs)
@@ -320,7 +333,10 @@ impl ServerHandshake {
                         }
                         AfterSkip::Resumed { secret, sn } => self.finish_resumed(secret, &sn),
                         AfterSkip::AwaitInit1(tep) => {
-                            self.state = State::AwaitInit1 { tep };
+                            self.state = State::AwaitInit1 {
+                                tep,
+                                after_early: false,
+                            };
                         }
                     }
                 }
@@ -329,9 +345,14 @@ impl ServerHandshake {
                         return Ok(());
                     }
                 }
-                State::AwaitInit1 { .. } => {
-                    let Some(init1) = self.acc.init_message(InitKind::Init1, input, pos)? else {
-                        return Ok(());
+                State::AwaitInit1 { after_early, .. } => {
+                    let init1 = match self.acc.init_message(InitKind::Init1, input, pos) {
+                        Ok(Some(init1)) => init1,
+                        Ok(None) => return Ok(()),
+                        Err(Error::BadMagic(_)) if *after_early => {
+                            return Err(Error::EarlyData(REPLAYED));
+                        }
+                        Err(e) => return Err(e),
                     };
                     self.received_after_hello += init1.len() as u64;
                     self.on_init1(init1)?;
@@ -406,7 +427,10 @@ impl ServerHandshake {
                 // Our hello goes out now, before Init1 is judged: if Init1
                 // is bad, A sees a tcpcrypt peer abort, not a legacy server.
                 self.send_hello(Some((tep, None)))?;
-                self.state = State::AwaitInit1 { tep };
+                self.state = State::AwaitInit1 {
+                    tep,
+                    after_early: false,
+                };
                 return Ok(());
             }
             Ok(ServerChoice::Fresh(tep)) => {
@@ -420,7 +444,12 @@ impl ServerHandshake {
             match after {
                 AfterSkip::Declined(r) => self.finish(ServerOutcome::Declined(r)),
                 AfterSkip::Resumed { secret, sn } => self.finish_resumed(secret, &sn),
-                AfterSkip::AwaitInit1(tep) => self.state = State::AwaitInit1 { tep },
+                AfterSkip::AwaitInit1(tep) => {
+                    self.state = State::AwaitInit1 {
+                        tep,
+                        after_early: false,
+                    }
+                }
             }
         }
         Ok(())
@@ -482,7 +511,12 @@ impl ServerHandshake {
             };
             match after {
                 AfterSkip::Declined(r) => self.finish(ServerOutcome::Declined(r)),
-                AfterSkip::AwaitInit1(tep) => self.state = State::AwaitInit1 { tep },
+                AfterSkip::AwaitInit1(tep) => {
+                    self.state = State::AwaitInit1 {
+                        tep,
+                        after_early: true,
+                    }
+                }
                 AfterSkip::Resumed { secret, sn } => self.finish_resumed(secret, &sn),
             }
             return Ok(true);
@@ -590,7 +624,7 @@ impl ServerHandshake {
     }
 
     fn on_init1(&mut self, bytes: Vec<u8>) -> Result<(), Error> {
-        let State::AwaitInit1 { tep } = std::mem::replace(&mut self.state, State::Done) else {
+        let State::AwaitInit1 { tep, .. } = std::mem::replace(&mut self.state, State::Done) else {
             unreachable!("on_init1 is called in AwaitInit1");
         };
         let init1 = Init1::decode(tep, &bytes)?;
