@@ -69,14 +69,7 @@ pub fn ready() -> io::Result<Link> {
     } else {
         ANSWER_DEADLINE
     };
-    wire::runtime_dir()?;
-    let link = match Link::existing_within(deadline) {
-        Err(e) if absent(&e) => {
-            start()?;
-            Link::existing_within(deadline)
-        }
-        other => other,
-    }?;
+    let link = Link::reach(deadline)?;
     let state = link.daemon_state();
     if state == Some(b'T') {
         unanswered();
@@ -121,14 +114,18 @@ pub(crate) struct Link {
 impl Link {
     /// Reaches this user's daemon, starting one if none answers.
     pub fn open() -> io::Result<Link> {
+        Link::reach(ANSWER_DEADLINE)
+    }
+
+    /// `open`, waiting at most `deadline` for each step.
+    fn reach(deadline: Duration) -> io::Result<Link> {
         wire::runtime_dir()?;
-        match Link::existing() {
-            Ok(link) => Ok(link),
+        match Link::existing_within(deadline) {
             Err(e) if absent(&e) => {
                 start()?;
-                Link::existing()
+                Link::existing_within(deadline)
             }
-            Err(e) => Err(e),
+            other => other,
         }
     }
 
