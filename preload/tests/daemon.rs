@@ -1011,6 +1011,102 @@ except PermissionError:
     });
 }
 
+/// A program that writes and closes at once, without reading, learns at
+/// `connect` (blocking or not) that its bytes cannot go, as it would from
+/// the kernel: the socket turns writable only once the connection can carry
+/// them. Under the mandatory policy a plain server is refused (`EPERM`) and
+/// receives none of the program's bytes; under the opportunistic policy a
+/// one-shot server, whose only connection took the hello, refuses the
+/// plain reconnect (`ECONNREFUSED`); a plain server that takes more
+/// connections gets exactly the program's bytes.
+#[test]
+fn a_program_that_writes_and_closes_learns_at_connect_when_its_bytes_cannot_go() {
+    let dir = OwnDir::new("write-and-close");
+    // A plain server that reads each connection to its end and keeps what
+    // it got; `one_shot`: it takes a single connection, then stops
+    // listening.
+    let server = |one_shot: bool| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { break };
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut all = Vec::new();
+                    let _ = c.read_to_end(&mut all);
+                    let _ = tx.send(all);
+                });
+                if one_shot {
+                    break;
+                }
+            }
+        });
+        (port, rx)
+    };
+    let client = |port: u16, policy: &str, blocking: bool| {
+        let script = format!(
+            r#"
+import errno, select, socket
+s = socket.socket()
+try:
+    if {blocking}:
+        s.connect(("127.0.0.1", {port}))
+    else:
+        s.setblocking(False)
+        assert s.connect_ex(("127.0.0.1", {port})) == errno.EINPROGRESS
+        select.select([], [s], [], 30)
+        e = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if e:
+            raise OSError(e, "")
+        s.setblocking(True)
+    s.sendall(b"the program's bytes")
+    s.close()
+    print("sent")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"#,
+            blocking = if blocking { "True" } else { "False" },
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .envs(dir.env())
+            .env("TCPCRYPT_POLICY", policy)
+            .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "300")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let carried = |rx: &std::sync::mpsc::Receiver<Vec<u8>>| -> Vec<Vec<u8>> {
+        std::thread::sleep(Duration::from_millis(300));
+        rx.try_iter().collect()
+    };
+    let payload = b"the program's bytes".to_vec();
+    for blocking in [true, false] {
+        let (port, rx) = server(false);
+        assert_eq!(client(port, "mandatory", blocking), "EPERM", "{blocking}");
+        let got = carried(&rx);
+        assert!(
+            got.iter()
+                .all(|b| !b.windows(payload.len()).any(|w| w == payload)),
+            "none of the program's bytes: {got:?}"
+        );
+        let (port, rx) = server(true);
+        assert_eq!(
+            client(port, "opportunistic", blocking),
+            "ECONNREFUSED",
+            "{blocking}"
+        );
+        assert!(carried(&rx).iter().all(|b| b.starts_with(b"\xe5ENO")));
+        let (port, rx) = server(false);
+        assert_eq!(client(port, "opportunistic", blocking), "sent");
+        wait_until("the plain bytes arrive", Duration::from_secs(5), || {
+            rx.try_iter().any(|b| b == payload)
+        });
+    }
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

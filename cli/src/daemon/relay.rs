@@ -129,11 +129,10 @@ pub async fn outbound(
     config: &Arc<Config>,
     conn: &Conn,
 ) -> io::Result<()> {
-    let connector = TcpcryptConnector::new(config.clone());
-    let negotiated = match start.offer {
-        Some(offer) => connector.connect_offered(tcp, offer).await,
+    let early = match start.offer {
+        Some(_) => Vec::new(),
         None => match first_bytes(start.zero_rtt, &app, &tcp, config).await {
-            Ok(early) => connector.connect_tcp_with_data(tcp, &early).await,
+            Ok(early) => early,
             Err(e) => {
                 // The application reset its connection: so does the relay.
                 reset_on_close(&tcp, true);
@@ -142,20 +141,51 @@ pub async fn outbound(
             }
         },
     };
-    match negotiated {
-        Ok(real) => {
-            let _ = real.get_ref().set_nodelay(true);
-            conn.negotiated(
-                real.session(),
-                real.carriage(),
-                real.get_ref().local_addr()?,
-            );
-            splice(app, real, conn).await
-        }
+    match negotiate(tcp, start.offer, &early, config, conn).await {
+        Ok(real) => splice(app, real, conn).await,
         Err(e) => {
             abort(app);
             Err(e)
         }
+    }
+}
+
+/// Negotiates on the real connection with the library's connect path
+/// and records the outcome.
+async fn negotiate(
+    tcp: TcpStream,
+    offer: Option<SynOffer>,
+    early: &[u8],
+    config: &Arc<Config>,
+    conn: &Conn,
+) -> io::Result<TcpcryptStream<TcpStream>> {
+    let connector = TcpcryptConnector::new(config.clone());
+    let real = match offer {
+        Some(offer) => connector.connect_offered(tcp, offer).await,
+        None => connector.connect_tcp_with_data(tcp, early).await,
+    }?;
+    let _ = real.get_ref().set_nodelay(true);
+    conn.negotiated(
+        real.session(),
+        real.carriage(),
+        real.get_ref().local_addr()?,
+    );
+    Ok(real)
+}
+
+/// The errno a program's `connect` reports for a connection whose
+/// negotiation failed: the system's own (a plain reconnect refused), or
+/// what the failure amounts to; `EPERM` when the policy refuses a plain
+/// connection, as when the shim refuses one without a daemon.
+fn failure_errno(e: &io::Error) -> i32 {
+    if let Some(errno) = e.raw_os_error() {
+        return errno;
+    }
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => libc::EPERM,
+        io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        io::ErrorKind::ConnectionAborted => libc::ECONNABORTED,
+        _ => libc::ECONNRESET,
     }
 }
 
@@ -174,13 +204,7 @@ async fn first_bytes(
     tcp: &TcpStream,
     config: &Config,
 ) -> io::Result<Vec<u8>> {
-    let resumable = zero_rtt
-        && config.handshake_config().early_data
-        && config.carriage() != tcpcrypt_tokio::Carriage::Kernel
-        && tcp
-            .peer_addr()
-            .is_ok_and(|p| config.client_cache().has_ticket(p));
-    if !resumable {
+    if !wants_first_bytes(zero_rtt, tcp, config) {
         return Ok(Vec::new());
     }
     let mut buf = vec![0u8; EARLY_READ];
@@ -208,11 +232,26 @@ async fn first_bytes(
     Ok(buf)
 }
 
-/// Finishes a non-blocking connect: waits for the real TCP handshake (or
-/// the application giving up), then either reports its error, by
-/// resetting the application's socket and recording the errno for
-/// `SO_ERROR`, or makes the socket writable (its own `TCP_NOTSENT_LOWAT`
-/// back, the filler discarded) and goes on as any outbound connection.
+/// Whether the program's first bytes may go as 0-RTT data: 0-RTT is on,
+/// the carriage is in band, and a resumption secret for the destination
+/// is at hand.
+fn wants_first_bytes(zero_rtt: bool, tcp: &TcpStream, config: &Config) -> bool {
+    zero_rtt
+        && config.handshake_config().early_data
+        && config.carriage() != tcpcrypt_tokio::Carriage::Kernel
+        && tcp
+            .peer_addr()
+            .is_ok_and(|p| config.client_cache().has_ticket(p))
+}
+
+/// Finishes a connect the shim handed over (blocking or not): waits for
+/// the real TCP handshake (or the application giving up), then for the
+/// negotiation, while the application's socket polls not writable; then
+/// either reports the failure, by resetting the application's socket and
+/// recording the errno for `SO_ERROR` (and a blocking `connect`), or makes
+/// the socket writable (its own `TCP_NOTSENT_LOWAT` back, the filler
+/// discarded) and relays. When the first bytes may go as 0-RTT data, the
+/// socket turns writable before the negotiation, so that they can.
 pub async fn connecting(
     mut app: TcpStream,
     real: TcpStream,
@@ -240,18 +279,55 @@ pub async fn connecting(
         conn.set_state(ConnState::Failed(errno));
         return Err(e);
     }
-    conn.set_state(ConnState::Negotiating);
+    if start.offer.is_none() && wants_first_bytes(start.zero_rtt, &real, config) {
+        // The first bytes may go as 0-RTT data with the hello: the
+        // application writes them now.
+        conn.set_state(ConnState::Negotiating);
+        release(&mut app, app_socket, &pending).await?;
+        return outbound(app, real, start, config, conn).await;
+    }
+    // Otherwise the socket turns writable only once the connection can
+    // carry the application's bytes, as a kernel socket does once
+    // connected: encrypted, or plain as the policy allows. A connection
+    // that cannot be made fails the connect with an errno (a one-shot
+    // server that took the hello refuses the plain reconnect; the policy
+    // refuses a plain server), where a program that wrote and closed at
+    // once would otherwise have exited content, its bytes lost.
+    let negotiated = tokio::select! {
+        r = negotiate(real, start.offer, &[], config, conn) => r,
+        _ = conn.cancel.notified() => {
+            abort(app);
+            return Ok(());
+        }
+    };
+    match negotiated {
+        Ok(real) => {
+            release(&mut app, app_socket, &pending).await?;
+            splice(app, real, conn).await
+        }
+        Err(e) => {
+            let errno = failure_errno(&e);
+            abort(app);
+            drop(app_socket);
+            conn.set_state(ConnState::Failed(errno));
+            Err(e)
+        }
+    }
+}
+
+/// Makes the application's socket writable: its own `TCP_NOTSENT_LOWAT`
+/// back, then the filler read and discarded.
+async fn release(app: &mut TcpStream, app_socket: OwnedFd, pending: &Pending) -> io::Result<()> {
     // Its own value first, so that the application never sees the option
     // changed once the socket is writable; what it writes from then on
     // follows the filler.
     sockopt::set_notsent_lowat(&app_socket, pending.lowat);
     drop(app_socket);
-    let discarded =
-        tokio::io::copy(&mut (&mut app).take(pending.filler), &mut tokio::io::sink()).await?;
+    let discarded = tokio::io::copy(&mut app.take(pending.filler), &mut tokio::io::sink()).await?;
     if discarded != pending.filler {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    outbound(app, real, start, config, conn).await
+    Ok(())
 }
 
 /// Waits for a connecting socket's TCP handshake: its error, if any.

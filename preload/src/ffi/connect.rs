@@ -85,10 +85,12 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             return Some(-1);
         }
     };
+    let started = std::time::Instant::now();
+    let timeout = sockopt_timeval(fd, libc::SO_SNDTIMEO);
     let report = if is_nonblocking(fd) {
         libc::EINPROGRESS
     } else {
-        match wait_connected(&real, sockopt_timeval(fd, libc::SO_SNDTIMEO)) {
+        match wait_writable(real.as_raw_fd(), timeout).and_then(|()| connect_outcome(&real)) {
             Ok(()) => 0,
             // Interrupted or timed out: as in the kernel, the connect goes
             // on and the application learns its outcome as a non-blocking
@@ -100,25 +102,65 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             }
         }
     };
-    let r = hand_over(fd, pairing, real, dest, options, report);
-    Some(r.unwrap_or_else(|e| {
+    if let Err(e) = hand_over(fd, pairing, real, dest, options) {
         set_errno(e);
-        -1
-    }))
+        return Some(-1);
+    }
+    if report != 0 {
+        set_errno(report);
+        return Some(-1);
+    }
+    // A blocking connect returns once the connection can carry the
+    // application's bytes, as the kernel's does: negotiated, or plain as
+    // the policy allows, or failed with its errno.
+    let left = timeout.map(|ms| {
+        let spent = started.elapsed().as_millis().min(c_int::MAX as u128) as c_int;
+        ms.saturating_sub(spent).max(1)
+    });
+    Some(match wait_negotiated(fd, left) {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    })
+}
+
+/// Waits in the calling thread for the daemon to settle the connection
+/// handed over from the blocking socket `fd`: `Ok` once it can carry the
+/// application's bytes, or the errno of its failure; `EINPROGRESS` or
+/// `EINTR` as [`wait_writable`] ends early (the connect then goes on as a
+/// non-blocking one).
+fn wait_negotiated(fd: c_int, timeout_ms: Option<c_int>) -> Result<(), c_int> {
+    wait_writable(fd, timeout_ms)?;
+    let entry = registry::recorded(fd).ok_or(libc::EBADF)?;
+    match settled_by_socket(fd) {
+        Some(Outcome::Connected) => {
+            registry::update(fd, |en| en.pending = false);
+            Ok(())
+        }
+        Some(Outcome::Connecting) => Err(libc::EINPROGRESS),
+        Some(Outcome::Failed(_)) | None => match pending_outcome(fd, &entry) {
+            Outcome::Connected => Ok(()),
+            Outcome::Failed(e) => Err(e),
+            Outcome::Connecting => Err(libc::EINPROGRESS),
+        },
+    }
 }
 
 /// Pairs the application's socket with the daemon and hands the real
-/// connection over: `Ok(0)` for a connection that is up, `Err(report)` for
-/// one still under way (the application's socket then polls not writable
-/// until the daemon has seen the handshake through).
+/// connection over, its connect under way or done. The application's
+/// socket polls not writable until the daemon has seen the connection
+/// through to the point where it can carry the application's bytes (the
+/// TCP handshake, and the negotiation unless the first bytes may go as
+/// 0-RTT data).
 fn hand_over(
     fd: c_int,
     pairing: Pairing,
     real: std::net::TcpStream,
     dest: SocketAddr,
     settings: Vec<Setting>,
-    report: c_int,
-) -> Result<c_int, c_int> {
+) -> Result<(), c_int> {
     // A daemon that let a question go unanswered meanwhile (the offer for
     // the SYN) would leave this one unanswered too: nothing of the
     // application's socket has been touched yet.
@@ -131,46 +173,39 @@ fn hand_over(
     // leaves it as it was.
     let link = Link::open().map_err(|_| libc::ECONNABORTED)?;
     let end = pair(fd, pairing)?;
-    let pending = report != 0;
-    let mut app_copy = None;
-    let mut wire_pending = None;
-    if pending {
-        let lowat = sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT).unwrap_or(0);
-        if !set_notsent_lowat(fd, 1) {
-            reset(end);
-            return Err(libc::EIO);
-        }
-        let filler = match fill_until_held(fd) {
-            Ok(n) => n,
-            Err(e) => {
-                set_notsent_lowat(fd, lowat);
-                reset(end);
-                return Err(e);
-            }
-        };
-        // The daemon's own reference to the application's socket, for
-        // putting the option back: the application may close its
-        // descriptor and reuse the number meanwhile.
-        // SAFETY: plain system call; the result is checked.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            reset(end);
-            return Err(errno());
-        }
-        // SAFETY: `dup` was just made and is owned by no one else.
-        app_copy = Some(unsafe { OwnedFd::from_raw_fd(dup) });
-        wire_pending = Some(Pending { filler, lowat });
+    let lowat = sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT).unwrap_or(0);
+    if !set_notsent_lowat(fd, 1) {
+        reset(end);
+        return Err(libc::EIO);
     }
+    let filler = match fill_until_held(fd) {
+        Ok(n) => n,
+        Err(e) => {
+            set_notsent_lowat(fd, lowat);
+            reset(end);
+            return Err(e);
+        }
+    };
+    // The daemon's own reference to the application's socket, for
+    // putting the option back: the application may close its
+    // descriptor and reuse the number meanwhile.
+    // SAFETY: plain system call; the result is checked.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        reset(end);
+        return Err(errno());
+    }
+    // SAFETY: `dup` was just made and is owned by no one else.
+    let app_copy = unsafe { OwnedFd::from_raw_fd(dup) };
     let req = Request::Connect(Handover {
         id,
         local,
         peer: dest,
         profile: crate::env::settings().wire(),
-        pending: wire_pending,
+        pending: Some(Pending { filler, lowat }),
         settings,
     });
-    let mut fds = vec![end.as_raw_fd(), real.as_raw_fd()];
-    fds.extend(app_copy.as_ref().map(|f| f.as_raw_fd()));
+    let fds = [end.as_raw_fd(), real.as_raw_fd(), app_copy.as_raw_fd()];
     // The shim's copies close after the daemon has its own.
     match link.ask(&req, &fds) {
         Ok(Reply::Ok) => {}
@@ -189,8 +224,8 @@ fn hand_over(
         }
     }
     crate::log::log!(Debug, "connection to {dest} handed to the daemon");
-    registry::insert(fd, Entry::new(id, pending));
-    if pending { Err(report) } else { Ok(0) }
+    registry::insert(fd, Entry::new(id, true));
+    Ok(())
 }
 
 /// `sendto`/`sendmsg` with `MSG_FASTOPEN` on a socket not yet connected:
@@ -269,14 +304,14 @@ fn offer_in_syn(sock: &std::net::TcpStream, peer: SocketAddr) -> Result<(), c_in
     Ok(())
 }
 
-/// Waits in the calling thread, as a blocking `connect` does, for the
-/// real handshake: `Ok` once connected, or its errno. `timeout_ms` is the
-/// application socket's `SO_SNDTIMEO`, which bounds a blocking connect
-/// (`EINPROGRESS` then, as from the kernel). A signal ends the wait with
-/// `EINTR` unless the kernel would have restarted the connect.
-fn wait_connected(sock: &std::net::TcpStream, timeout_ms: Option<c_int>) -> Result<(), c_int> {
+/// Waits in the calling thread, as a blocking `connect` does, for `fd` to
+/// poll writable (or failed). `timeout_ms` is the application socket's
+/// `SO_SNDTIMEO`, which bounds a blocking connect (`EINPROGRESS` then, as
+/// from the kernel). A signal ends the wait with `EINTR` unless the kernel
+/// would have restarted the connect.
+fn wait_writable(fd: c_int, timeout_ms: Option<c_int>) -> Result<(), c_int> {
     let mut p = libc::pollfd {
-        fd: sock.as_raw_fd(),
+        fd,
         events: libc::POLLOUT,
         revents: 0,
     };
@@ -296,6 +331,12 @@ fn wait_connected(sock: &std::net::TcpStream, timeout_ms: Option<c_int>) -> Resu
             _ => return Err(errno()),
         }
     }
+    Ok(())
+}
+
+/// How the real connect of `sock`, which polled writable, went: `Ok`, or
+/// its errno.
+fn connect_outcome(sock: &std::net::TcpStream) -> Result<(), c_int> {
     match sockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR) {
         Some(0) => Ok(()),
         Some(e) => Err(e),
