@@ -17,7 +17,16 @@ pub(crate) enum Level {
 
 struct Sink {
     max: Level,
-    out: Mutex<Box<dyn Write + Send>>,
+    out: Mutex<Out>,
+}
+
+/// Where lines go. A file is opened for each line, not kept open: the
+/// program owns its descriptor numbers, and one it closes (`closerange`)
+/// and reuses for a file or socket of its own must never receive the
+/// shim's lines.
+enum Out {
+    Stderr,
+    File(std::path::PathBuf),
 }
 
 fn sink() -> Option<&'static Sink> {
@@ -34,10 +43,14 @@ fn sink() -> Option<&'static Sink> {
             "debug" | "trace" => Level::Debug,
             _ => Level::Warn,
         };
-        let out: Box<dyn Write + Send> = if dest == "stderr" {
-            Box::new(std::io::stderr())
+        let out = if dest == "stderr" {
+            Out::Stderr
         } else {
-            Box::new(crate::log_file::open(std::path::Path::new(&dest)).ok()?)
+            // Absolute, so that a program that changes directory keeps
+            // its log; and usable now, or never tried again.
+            let path = std::path::absolute(&dest).ok()?;
+            crate::log_file::open(&path).ok()?;
+            Out::File(path)
         };
         Some(Sink {
             max,
@@ -65,8 +78,13 @@ pub(crate) fn write(level: Level, args: std::fmt::Arguments) {
         format!("{level:?}").to_ascii_lowercase()
     );
     // try_lock: a hook in a signal handler must not wait for its own thread.
-    if let Ok(mut out) = sink.out.try_lock() {
-        let _ = out.write_all(line.as_bytes());
+    if let Ok(out) = sink.out.try_lock() {
+        let _ = match &*out {
+            Out::Stderr => std::io::stderr().write_all(line.as_bytes()),
+            Out::File(path) => {
+                crate::log_file::open(path).and_then(|mut f| f.write_all(line.as_bytes()))
+            }
+        };
     }
 }
 

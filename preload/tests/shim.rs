@@ -813,6 +813,51 @@ print(data.decode())
     let _ = std::fs::remove_file(&log);
 }
 
+/// The shim's log keeps no descriptor in the program: a program that
+/// closes every descriptor and reuses the numbers for files of its own
+/// finds in them only what it wrote, and the log gets the lines.
+#[test]
+fn the_shims_log_never_writes_to_a_descriptor_the_program_reused() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let _ = c.read_to_end(&mut Vec::new());
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-log-reuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, own) = (dir.join("shim.log"), dir.join("own.txt"));
+    let script = format!(
+        r#"
+import os, socket
+os.closerange(3, 1024)
+f = open({own:?}, "w")
+socket.create_connection(("127.0.0.1", {port})).close()
+f.write("program data\n")
+f.close()
+"#,
+        own = own.to_str().unwrap(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .envs(shim_env())
+        .env("TCPCRYPT_LOG", "debug")
+        .env("TCPCRYPT_LOG_FILE", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&own).unwrap(),
+        "program data\n",
+        "the program's own file holds only what it wrote"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("handed to the daemon"), "{logged}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn timeouts_come_from_the_environment() {
     // A plain server that ignores anything but "PING" (so a tcpcrypt hello
