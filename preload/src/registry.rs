@@ -53,6 +53,9 @@ pub(crate) struct Entry {
     /// The process that recorded it: a forked child's close of an
     /// inherited copy must not abandon its parent's connect.
     pub owner: u32,
+    /// The process forked since: a child may hold a copy, so the
+    /// process's own close must not abandon the connect either.
+    pub forked: bool,
 }
 
 impl Entry {
@@ -64,6 +67,7 @@ impl Entry {
             known: None,
             names: None,
             owner: std::process::id(),
+            forked: false,
         }
     }
 }
@@ -90,9 +94,15 @@ fn table() -> &'static Mutex<Table> {
     TABLE.get_or_init(Mutex::default)
 }
 
-/// Holds the table's lock across a `fork` (`crate::fork`).
+/// Holds the table's lock across a `fork` (`crate::fork`). The child gets
+/// a copy of every descriptor: a connect under way is no longer this
+/// process's alone to abandon.
 pub(crate) fn hold_for_fork() -> MutexGuard<'static, impl Sized> {
-    table().lock().unwrap_or_else(|p| p.into_inner())
+    let mut t = table().lock().unwrap_or_else(|p| p.into_inner());
+    for entry in t.by_fd.values_mut().filter(|e| e.pending) {
+        entry.forked = true;
+    }
+    t
 }
 
 /// How long a hook waits for the table: a hook can run in a signal

@@ -1067,6 +1067,57 @@ print(d.recv(100).decode().strip() or "EOF", flush=True)
 }
 
 #[test]
+fn a_pending_connect_goes_on_in_a_child_after_the_parent_closes_it() {
+    // A non-blocking connect to a destination that does not answer yet;
+    // the process forks and the parent closes its copy at once: the
+    // child's copy keeps the connect going, as in the kernel.
+    let hole = Blackhole::new();
+    let (_py, mut lines) = shimmed_python_server_with(
+        &format!(
+            r#"
+import os, select, socket, sys
+s = socket.socket(); s.setblocking(False)
+s.connect_ex(("127.0.0.1", {hole}))
+if os.fork() != 0:
+    s.close()
+    os.wait()
+    sys.exit(0)
+print(0, flush=True)
+_, w, _ = select.select([], [s], [], 20)
+print("writable" if w else "timeout", flush=True)
+s.settimeout(20)
+print(s.recv(100).decode().strip() or "EOF", flush=True)
+"#,
+            hole = hole.port()
+        ),
+        &[],
+    );
+    hole.listener.set_nonblocking(true).unwrap();
+    let mut accepted = Vec::new();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let greeter = std::thread::spawn(move || {
+        for _ in 0..400 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            match hole.listener.accept() {
+                Ok((c, _)) => {
+                    let _ = (&c).write_all(b"banner\n");
+                    accepted.push(c);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    let mut next = || lines.next().expect("a line").unwrap();
+    assert_eq!(next(), "writable", "the connect completed for the child");
+    assert_eq!(next(), "banner", "and carries the destination's bytes");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    greeter.join().unwrap();
+}
+
+#[test]
 fn curl_connect_timeout_and_asyncio_work_under_the_shim() {
     // curl's own deadline holds for a destination that never answers: the
     // shim does not hold the thread in connect.

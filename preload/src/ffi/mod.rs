@@ -436,7 +436,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     // SAFETY: as above.
     let r = unsafe { (real().close)(fd) };
     if let Some(entry) =
-        pending.filter(|e| e.pending && !e.reported && e.owner == std::process::id())
+        pending.filter(|e| e.pending && !e.reported && !e.forked && e.owner == std::process::id())
     {
         let saved = errno();
         let _ = catch_unwind(|| abandon_if_last(entry.id));
