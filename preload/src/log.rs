@@ -20,13 +20,67 @@ struct Sink {
     out: Mutex<Out>,
 }
 
-/// Where lines go. A file is opened for each line, not kept open: the
-/// program owns its descriptor numbers, and one it closes (`closerange`)
-/// and reuses for a file or socket of its own must never receive the
-/// shim's lines.
+/// Where lines go.
 enum Out {
     Stderr,
-    File(std::path::PathBuf),
+    File(LogFile),
+}
+
+/// The log file, opened when the library loads (so that it outlives a
+/// `chroot` or a change of user). The program owns its descriptor
+/// numbers: it may close this one (`closerange`) and reuse the number for
+/// a file or socket of its own, which must never receive the shim's
+/// lines. So before each line the descriptor is checked to be the file
+/// opened (its device and inode); when it is not, the number is the
+/// program's (left alone, never closed) and the file is opened again.
+struct LogFile {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    identity: (u64, u64),
+}
+
+impl LogFile {
+    fn open(path: std::path::PathBuf) -> Option<LogFile> {
+        let mut log = LogFile {
+            path,
+            file: None,
+            identity: (0, 0),
+        };
+        log.reopen().then_some(log)
+    }
+
+    fn reopen(&mut self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(file) = crate::log_file::open(&self.path) else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        self.identity = (meta.dev(), meta.ino());
+        self.file = Some(file);
+        true
+    }
+
+    fn write(&mut self, line: &[u8]) {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| (m.dev(), m.ino()) == self.identity);
+        if !ours {
+            // Closed behind our back, its number maybe the program's now:
+            // dropping it would close the program's descriptor.
+            std::mem::forget(self.file.take());
+            if !self.reopen() {
+                return;
+            }
+        }
+        if let Some(mut f) = self.file.as_ref() {
+            let _ = f.write_all(line);
+        }
+    }
 }
 
 fn sink() -> Option<&'static Sink> {
@@ -47,10 +101,8 @@ fn sink() -> Option<&'static Sink> {
             Out::Stderr
         } else {
             // Absolute, so that a program that changes directory keeps
-            // its log; and usable now, or never tried again.
-            let path = std::path::absolute(&dest).ok()?;
-            crate::log_file::open(&path).ok()?;
-            Out::File(path)
+            // its log (should it have to open it again).
+            Out::File(LogFile::open(std::path::absolute(&dest).ok()?)?)
         };
         Some(Sink {
             max,
@@ -78,13 +130,13 @@ pub(crate) fn write(level: Level, args: std::fmt::Arguments) {
         format!("{level:?}").to_ascii_lowercase()
     );
     // try_lock: a hook in a signal handler must not wait for its own thread.
-    if let Ok(out) = sink.out.try_lock() {
-        let _ = match &*out {
-            Out::Stderr => std::io::stderr().write_all(line.as_bytes()),
-            Out::File(path) => {
-                crate::log_file::open(path).and_then(|mut f| f.write_all(line.as_bytes()))
+    if let Ok(mut out) = sink.out.try_lock() {
+        match &mut *out {
+            Out::Stderr => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
             }
-        };
+            Out::File(file) => file.write(line.as_bytes()),
+        }
     }
 }
 

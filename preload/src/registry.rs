@@ -40,8 +40,8 @@ pub(crate) struct Entry {
     /// The socket's identity: a descriptor number closed behind the
     /// hooks' back and reused for another socket does not match.
     pub id: u64,
-    /// A non-blocking connect of this process, still under way as far as
-    /// it knows.
+    /// A connect of this process the daemon settles (its TCP handshake and
+    /// negotiation), still under way as far as it knows.
     pub pending: bool,
     /// The failure of that connect has been reported to the application.
     pub reported: bool,
@@ -53,8 +53,8 @@ pub(crate) struct Entry {
     /// The process that recorded it: a forked child's close of an
     /// inherited copy must not abandon its parent's connect.
     pub owner: u32,
-    /// The process forked since: a child may hold a copy, so the
-    /// process's own close must not abandon the connect either.
+    /// The process forked since: a child may hold a copy, which the
+    /// process's own close must look for before it abandons the connect.
     pub forked: bool,
 }
 
@@ -75,6 +75,9 @@ impl Entry {
 /// At most this many identities of sockets known not to be relayed.
 const NOT_RELAYED_KEPT: usize = 4096;
 
+/// At most this many addresses remembered as this process's listeners.
+const OWN_LISTENERS_KEPT: usize = 1024;
+
 /// At most this many listeners remembered as answering in the SYN-ACK.
 const KERNEL_LISTENERS_KEPT: usize = 4096;
 
@@ -87,6 +90,10 @@ struct Table {
     /// a connection they accept may expect Init1 and must never reach the
     /// application as plain TCP.
     kernel_listeners: HashSet<u64>,
+    /// Addresses this process listens on: a blocking connect to one of
+    /// them must not wait for its negotiation, which needs this process
+    /// to accept first.
+    own_listeners: HashSet<std::net::SocketAddr>,
 }
 
 fn table() -> &'static Mutex<Table> {
@@ -181,6 +188,27 @@ pub(crate) fn mark_kernel_listener(id: u64) {
 
 pub(crate) fn is_kernel_listener(id: u64) -> bool {
     lock().is_some_and(|t| t.kernel_listeners.contains(&id))
+}
+
+/// This process listens on `addr` (past the bound, the set starts again).
+pub(crate) fn note_own_listener(addr: std::net::SocketAddr) {
+    if let Some(mut t) = lock() {
+        if t.own_listeners.len() >= OWN_LISTENERS_KEPT {
+            t.own_listeners.clear();
+        }
+        t.own_listeners.insert(addr);
+    }
+}
+
+/// Whether a connection to `dest` may reach a listener of this process:
+/// the same port, on the same address, a wildcard one, or over loopback.
+pub(crate) fn may_be_own_listener(dest: std::net::SocketAddr) -> bool {
+    lock().is_some_and(|t| {
+        t.own_listeners.iter().any(|l| {
+            l.port() == dest.port()
+                && (l.ip() == dest.ip() || l.ip().is_unspecified() || dest.ip().is_loopback())
+        })
+    })
 }
 
 #[cfg(test)]

@@ -57,10 +57,11 @@ pub struct Deadlines {
     pub client_hello_wait_ms: u32,
 }
 
-/// A non-blocking connect whose TCP handshake is still under way: the
-/// application's socket was filled with `filler` bytes and its
-/// `TCP_NOTSENT_LOWAT` set to 1 so that it polls not writable; the daemon
-/// puts `lowat` back and discards the filler once the handshake is done.
+/// A connect the application must not see done yet (its TCP handshake or
+/// its negotiation still under way): the application's socket was filled
+/// with `filler` bytes and its `TCP_NOTSENT_LOWAT` set to 1 so that it
+/// polls not writable; the daemon puts `lowat` back and discards the
+/// filler once the connection can carry the application's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub filler: u64,

@@ -1098,13 +1098,49 @@ except OSError as e:
             "ECONNREFUSED",
             "{blocking}"
         );
-        assert!(carried(&rx).iter().all(|b| b.starts_with(b"\xe5ENO")));
+        let got = carried(&rx);
+        assert!(
+            got.len() == 1 && got[0].starts_with(b"\xe5ENO"),
+            "the one connection took the hello, and only that: {got:?}"
+        );
         let (port, rx) = server(false);
         assert_eq!(client(port, "opportunistic", blocking), "sent");
         wait_until("the plain bytes arrive", Duration::from_secs(5), || {
             rx.try_iter().any(|b| b == payload)
         });
     }
+}
+
+/// A process that connects (blocking) to a listener of its own before it
+/// accepts, as test suites do, is not held up: its negotiation needs the
+/// accept, so that connect returns at the TCP handshake, and the pair is
+/// encrypted once accepted.
+#[test]
+fn a_process_that_connects_to_itself_before_accepting_is_not_held() {
+    let dir = OwnDir::new("self-connect");
+    let script = r#"
+import ctypes, socket, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+t = time.monotonic()
+c = socket.create_connection(l.getsockname())
+took = time.monotonic() - t
+a, _ = l.accept()
+c.sendall(b"ping"); print(a.recv(10).decode())
+a.sendall(b"pong"); print(c.recv(10).decode())
+print(ctypes.CDLL(None).tcpcrypt_is_encrypted(c.fileno()) == 1)
+print(took < 1.0)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .envs(dir.env())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ping\npong\nTrue\nTrue\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn is_root() -> bool {

@@ -1039,31 +1039,51 @@ print(d.recv(100).decode().strip() or "EOF", flush=True)
         ),
         &[],
     );
-    // Now let the destination answer: accept what waits (the held
-    // connections, then the shim's) and greet each.
-    hole.listener.set_nonblocking(true).unwrap();
-    let mut accepted = Vec::new();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = done.clone();
-    let greeter = std::thread::spawn(move || {
-        for _ in 0..400 {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            match hole.listener.accept() {
-                Ok((c, _)) => {
-                    let _ = (&c).write_all(b"banner\n");
-                    accepted.push(c);
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    });
+    let greeter = Greeter::open(hole);
     let mut next = || lines.next().expect("a line").unwrap();
     assert_eq!(next(), "writable", "the connect completed for the copy");
     assert_eq!(next(), "banner", "and carries the destination's bytes");
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    greeter.join().unwrap();
+    drop(greeter);
+}
+
+/// Lets a [`Blackhole`] answer: accepts what waits there (the held
+/// connections, then the shim's) and greets each, until dropped.
+struct Greeter(
+    Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Greeter {
+    fn open(hole: Blackhole) -> Greeter {
+        hole.listener.set_nonblocking(true).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            let mut accepted = Vec::new();
+            for _ in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match hole.listener.accept() {
+                    Ok((c, _)) => {
+                        let _ = (&c).write_all(b"banner\n");
+                        accepted.push(c);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        Greeter(done, Some(thread))
+    }
+}
+
+impl Drop for Greeter {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[test]
@@ -1092,29 +1112,56 @@ print(s.recv(100).decode().strip() or "EOF", flush=True)
         ),
         &[],
     );
-    hole.listener.set_nonblocking(true).unwrap();
-    let mut accepted = Vec::new();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = done.clone();
-    let greeter = std::thread::spawn(move || {
-        for _ in 0..400 {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            match hole.listener.accept() {
-                Ok((c, _)) => {
-                    let _ = (&c).write_all(b"banner\n");
-                    accepted.push(c);
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    });
+    let greeter = Greeter::open(hole);
     let mut next = || lines.next().expect("a line").unwrap();
     assert_eq!(next(), "writable", "the connect completed for the child");
     assert_eq!(next(), "banner", "and carries the destination's bytes");
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    greeter.join().unwrap();
+    drop(greeter);
+}
+
+#[test]
+fn a_pending_connect_closed_after_a_fork_and_exec_is_abandoned() {
+    // The same, but the child execs at once: the socket (close-on-exec)
+    // is gone from it, so the parent's close abandons the connect, which
+    // the daemon then no longer lists.
+    let hole = Blackhole::new();
+    let (_py, mut lines) = shimmed_python_server_with(
+        &format!(
+            r#"
+import os, socket, subprocess, time
+s = socket.socket(); s.setblocking(False)
+s.connect_ex(("127.0.0.1", {hole}))
+child = os.fork()
+if child == 0:
+    os.execvp("sleep", ["sleep", "3"])
+time.sleep(0.3)
+s.close()
+print(0, flush=True)
+print("closed", flush=True)
+time.sleep(20)
+"#,
+            hole = hole.port()
+        ),
+        &[],
+    );
+    assert_eq!(lines.next().unwrap().unwrap(), "closed");
+    let peer = format!("127.0.0.1:{}", hole.port());
+    let listed = || {
+        let out = Command::new(tcpcrypt_bin())
+            .args(["status", "--json"])
+            .envs(shim_env())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&peer)
+    };
+    let start = std::time::Instant::now();
+    while listed() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the connect to {peer} was not abandoned"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -179,7 +179,20 @@ async fn negotiate(
 /// connection, as when the shim refuses one without a daemon.
 fn failure_errno(e: &io::Error) -> i32 {
     if let Some(errno) = e.raw_os_error() {
-        return errno;
+        // Only what `connect` itself reports; anything else (the server
+        // reset the connection at once: ENOTCONN, EPIPE) is a reset.
+        return match errno {
+            libc::ECONNREFUSED
+            | libc::ETIMEDOUT
+            | libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::ENETDOWN
+            | libc::EADDRNOTAVAIL
+            | libc::EACCES
+            | libc::EPERM
+            | libc::ECONNRESET => errno,
+            _ => libc::ECONNRESET,
+        };
     }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => libc::EPERM,

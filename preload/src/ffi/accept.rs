@@ -232,3 +232,13 @@ pub(super) fn prepare_listen(fd: c_int) {
         other => crate::log::log!(Debug, "no ENO in the SYN-ACKs of {local}: {other:?}"),
     }
 }
+
+/// Remembers where a TCP socket of this process now listens (its port is
+/// known once `listen` has run).
+pub(super) fn note_listening(fd: c_int) {
+    if tcp_family(fd).is_some()
+        && let Some(local) = local_addr(fd)
+    {
+        registry::note_own_listener(canonical(local));
+    }
+}

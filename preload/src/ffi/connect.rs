@@ -102,22 +102,32 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             }
         }
     };
-    if let Err(e) = hand_over(fd, pairing, real, dest, options) {
-        set_errno(e);
-        return Some(-1);
-    }
+    // A blocking connect to a listener of this very process returns at
+    // the TCP handshake, as before the negotiation: the negotiation needs
+    // the process to accept, which it can only do once connect returns.
+    let held = report != 0 || !registry::may_be_own_listener(dest);
+    let id = match hand_over(fd, pairing, real, dest, options, held) {
+        Ok(id) => id,
+        Err(e) => {
+            set_errno(e);
+            return Some(-1);
+        }
+    };
     if report != 0 {
         set_errno(report);
         return Some(-1);
     }
+    if !held {
+        return Some(0);
+    }
     // A blocking connect returns once the connection can carry the
-    // application's bytes, as the kernel's does: negotiated, or plain as
-    // the policy allows, or failed with its errno.
+    // application's bytes: negotiated, or plain as the policy allows, or
+    // failed with its errno.
     let left = timeout.map(|ms| {
         let spent = started.elapsed().as_millis().min(c_int::MAX as u128) as c_int;
         ms.saturating_sub(spent).max(1)
     });
-    Some(match wait_negotiated(fd, left) {
+    Some(match wait_negotiated(fd, id, left) {
         Ok(()) => 0,
         Err(e) => {
             set_errno(e);
@@ -126,41 +136,68 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     })
 }
 
+/// How long a blocking connect waits for the daemon to settle a
+/// connection without a timeout of its own: beyond the daemon's own limits
+/// (the handshake's deadline), a daemon that took the connection and
+/// stopped answering.
+const SETTLE_LIMIT_MS: c_int = 180_000;
+
 /// Waits in the calling thread for the daemon to settle the connection
-/// handed over from the blocking socket `fd`: `Ok` once it can carry the
-/// application's bytes, or the errno of its failure; `EINPROGRESS` or
+/// `id` handed over from the blocking socket `fd`: `Ok` once it can carry
+/// the application's bytes, or the errno of its failure; `EINPROGRESS` or
 /// `EINTR` as [`wait_writable`] ends early (the connect then goes on as a
 /// non-blocking one).
-fn wait_negotiated(fd: c_int, timeout_ms: Option<c_int>) -> Result<(), c_int> {
-    wait_writable(fd, timeout_ms)?;
-    let entry = registry::recorded(fd).ok_or(libc::EBADF)?;
-    match settled_by_socket(fd) {
-        Some(Outcome::Connected) => {
-            registry::update(fd, |en| en.pending = false);
-            Ok(())
+fn wait_negotiated(fd: c_int, id: u64, timeout_ms: Option<c_int>) -> Result<(), c_int> {
+    let limit = timeout_ms.unwrap_or(SETTLE_LIMIT_MS);
+    let started = std::time::Instant::now();
+    loop {
+        let spent = started.elapsed().as_millis().min(c_int::MAX as u128) as c_int;
+        if spent >= limit {
+            if timeout_ms.is_some() {
+                return Err(libc::EINPROGRESS);
+            }
+            crate::log::log!(Warn, "the daemon did not settle a connection: reset");
+            let _ = crate::daemon::query(&Request::Abandon { id });
+            return Err(libc::ETIMEDOUT);
         }
-        Some(Outcome::Connecting) => Err(libc::EINPROGRESS),
-        Some(Outcome::Failed(_)) | None => match pending_outcome(fd, &entry) {
-            Outcome::Connected => Ok(()),
-            Outcome::Failed(e) => Err(e),
-            Outcome::Connecting => Err(libc::EINPROGRESS),
-        },
+        wait_writable(fd, Some(limit - spent))?;
+        // Another thread may have closed the number and reused it.
+        if socket_id(fd) != Some(id) {
+            return Err(libc::EBADF);
+        }
+        let entry = registry::recorded(fd).unwrap_or_else(|| Entry::new(id, true));
+        match settled_by_socket(fd) {
+            Some(Outcome::Connected) => {
+                registry::update(fd, |en| en.pending = false);
+                return Ok(());
+            }
+            // Woken, but neither writable nor failed any more: wait again.
+            Some(Outcome::Connecting) => continue,
+            Some(Outcome::Failed(_)) | None => match pending_outcome(fd, &entry) {
+                Outcome::Connected => return Ok(()),
+                Outcome::Failed(e) => return Err(e),
+                // Failed, but the daemon cannot tell how: a reset.
+                Outcome::Connecting => return Err(libc::ECONNRESET),
+            },
+        }
     }
 }
 
 /// Pairs the application's socket with the daemon and hands the real
-/// connection over, its connect under way or done. The application's
-/// socket polls not writable until the daemon has seen the connection
-/// through to the point where it can carry the application's bytes (the
-/// TCP handshake, and the negotiation unless the first bytes may go as
-/// 0-RTT data).
+/// connection over, its connect under way or done; returns the socket's
+/// identity. `held`: the application's socket polls not writable until
+/// the daemon has seen the connection through to the point where it can
+/// carry the application's bytes (the TCP handshake, and the negotiation
+/// unless the first bytes may go as 0-RTT data); otherwise (a blocking
+/// connect, done) it is writable at once.
 fn hand_over(
     fd: c_int,
     pairing: Pairing,
     real: std::net::TcpStream,
     dest: SocketAddr,
     settings: Vec<Setting>,
-) -> Result<(), c_int> {
+    held: bool,
+) -> Result<u64, c_int> {
     // A daemon that let a question go unanswered meanwhile (the offer for
     // the SYN) would leave this one unanswered too: nothing of the
     // application's socket has been touched yet.
@@ -173,39 +210,45 @@ fn hand_over(
     // leaves it as it was.
     let link = Link::open().map_err(|_| libc::ECONNABORTED)?;
     let end = pair(fd, pairing)?;
-    let lowat = sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT).unwrap_or(0);
-    if !set_notsent_lowat(fd, 1) {
-        reset(end);
-        return Err(libc::EIO);
-    }
-    let filler = match fill_until_held(fd) {
-        Ok(n) => n,
-        Err(e) => {
-            set_notsent_lowat(fd, lowat);
+    let mut app_copy = None;
+    let mut pending = None;
+    if held {
+        let lowat = sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT).unwrap_or(0);
+        if !set_notsent_lowat(fd, 1) {
             reset(end);
-            return Err(e);
+            return Err(libc::EIO);
         }
-    };
-    // The daemon's own reference to the application's socket, for
-    // putting the option back: the application may close its
-    // descriptor and reuse the number meanwhile.
-    // SAFETY: plain system call; the result is checked.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        reset(end);
-        return Err(errno());
+        let filler = match fill_until_held(fd) {
+            Ok(n) => n,
+            Err(e) => {
+                set_notsent_lowat(fd, lowat);
+                reset(end);
+                return Err(e);
+            }
+        };
+        // The daemon's own reference to the application's socket, for
+        // putting the option back: the application may close its
+        // descriptor and reuse the number meanwhile.
+        // SAFETY: plain system call; the result is checked.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            reset(end);
+            return Err(errno());
+        }
+        // SAFETY: `dup` was just made and is owned by no one else.
+        app_copy = Some(unsafe { OwnedFd::from_raw_fd(dup) });
+        pending = Some(Pending { filler, lowat });
     }
-    // SAFETY: `dup` was just made and is owned by no one else.
-    let app_copy = unsafe { OwnedFd::from_raw_fd(dup) };
     let req = Request::Connect(Handover {
         id,
         local,
         peer: dest,
         profile: crate::env::settings().wire(),
-        pending: Some(Pending { filler, lowat }),
+        pending,
         settings,
     });
-    let fds = [end.as_raw_fd(), real.as_raw_fd(), app_copy.as_raw_fd()];
+    let mut fds = vec![end.as_raw_fd(), real.as_raw_fd()];
+    fds.extend(app_copy.as_ref().map(|f| f.as_raw_fd()));
     // The shim's copies close after the daemon has its own.
     match link.ask(&req, &fds) {
         Ok(Reply::Ok) => {}
@@ -224,8 +267,8 @@ fn hand_over(
         }
     }
     crate::log::log!(Debug, "connection to {dest} handed to the daemon");
-    registry::insert(fd, Entry::new(id, true));
-    Ok(())
+    registry::insert(fd, Entry::new(id, held));
+    Ok(id)
 }
 
 /// `sendto`/`sendmsg` with `MSG_FASTOPEN` on a socket not yet connected:
@@ -370,6 +413,14 @@ fn connect_again(fd: c_int, entry: &Entry) -> c_int {
         libc::ECONNABORTED
     } else if !entry.pending {
         libc::EISCONN
+    } else if !is_nonblocking(fd) {
+        // A blocking connect made again after it was interrupted waits
+        // for the outcome, as the kernel's does.
+        let timeout = sockopt_timeval(fd, libc::SO_SNDTIMEO);
+        match wait_negotiated(fd, entry.id, timeout) {
+            Ok(()) => return 0,
+            Err(e) => e,
+        }
     } else {
         match pending_outcome(fd, entry) {
             Outcome::Connecting => libc::EALREADY,
@@ -381,7 +432,7 @@ fn connect_again(fd: c_int, entry: &Entry) -> c_int {
     -1
 }
 
-/// What became of a non-blocking connect of this process.
+/// What became of a connect of this process that the daemon settles.
 pub(super) enum Outcome {
     Connecting,
     Failed(c_int),
@@ -461,9 +512,10 @@ fn poll_now(fd: c_int, events: libc::c_short) -> Option<libc::c_short> {
 
 /// The application closed a socket whose connect is under way: unless
 /// another descriptor of this process still names it (a copy the hooks
-/// have not seen), the daemon abandons the connect.
-pub(super) fn abandon_if_last(id: u64) {
-    if descriptors_of(id) == 0 {
+/// have not seen), or, after a `fork` (`forked`), one of a descendant's,
+/// the daemon abandons the connect.
+pub(super) fn abandon_if_last(id: u64, forked: bool) {
+    if descriptors_of(id) == 0 && !(forked && held_by_descendants(id)) {
         let _ = crate::daemon::query(&Request::Abandon { id });
     }
 }

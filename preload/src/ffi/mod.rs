@@ -371,11 +371,18 @@ pub unsafe extern "C" fn accept4(
 /// As libc's `listen`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    if let Some(_guard) = Guard::enter() {
+    let guard = Guard::enter();
+    if guard.is_some() {
         let _ = catch_unwind(|| prepare_listen(fd));
     }
     // SAFETY: the caller's arguments, passed on unchanged.
-    unsafe { (real().listen)(fd, backlog) }
+    let r = unsafe { (real().listen)(fd, backlog) };
+    if r == 0 && guard.is_some() {
+        let saved = errno();
+        let _ = catch_unwind(|| note_listening(fd));
+        set_errno(saved);
+    }
+    r
 }
 
 /// # Safety
@@ -436,10 +443,10 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     // SAFETY: as above.
     let r = unsafe { (real().close)(fd) };
     if let Some(entry) =
-        pending.filter(|e| e.pending && !e.reported && !e.forked && e.owner == std::process::id())
+        pending.filter(|e| e.pending && !e.reported && e.owner == std::process::id())
     {
         let saved = errno();
-        let _ = catch_unwind(|| abandon_if_last(entry.id));
+        let _ = catch_unwind(|| abandon_if_last(entry.id, entry.forked));
         set_errno(saved);
     }
     r

@@ -38,6 +38,46 @@ pub(super) fn descriptors_of(id: u64) -> usize {
         .unwrap_or(0)
 }
 
+/// Whether a descendant of this process may hold a descriptor of socket
+/// `id` (a copy a child inherited at `fork`). `true` when `/proc` cannot
+/// tell: the connect then goes on, as it would for a holder.
+pub(super) fn held_by_descendants(id: u64) -> bool {
+    if !crate::daemon::proc_is_ours() {
+        return true;
+    }
+    let name = format!("socket:[{id}]");
+    let children_of = |pid: &str| -> Option<Vec<String>> {
+        let mut all = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let list = std::fs::read_to_string(task.path().join("children")).ok()?;
+            all.extend(list.split_whitespace().map(str::to_string));
+        }
+        Some(all)
+    };
+    let Some(mut queue) = children_of("self") else {
+        return true;
+    };
+    // Bounded: a process with more descendants than this is taken to
+    // hold it.
+    for _ in 0..256 {
+        let Some(pid) = queue.pop() else {
+            return false;
+        };
+        let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|dir| {
+            dir.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == name.as_str()))
+        });
+        if holds {
+            return true;
+        }
+        queue.extend(children_of(&pid).unwrap_or_default());
+    }
+    true
+}
+
 /// The family of a TCP socket, or `None` for anything else.
 pub(super) fn tcp_family(fd: c_int) -> Option<c_int> {
     let ty = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
