@@ -51,9 +51,18 @@ impl LogFile {
 
     fn reopen(&mut self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let Ok(file) = crate::log_file::open(&self.path) else {
+        let Ok(mut file) = crate::log_file::open(&self.path) else {
             return false;
         };
+        // Never on a standard stream's number: a program started with one
+        // closed (or daemonizing) opens its own there next.
+        if std::os::fd::AsRawFd::as_raw_fd(&file) <= 2 {
+            // A copy at 3 or above; the low number is free again.
+            match file.try_clone() {
+                Ok(high) => file = high,
+                Err(_) => return false,
+            }
+        }
         let Ok(meta) = file.metadata() else {
             return false;
         };

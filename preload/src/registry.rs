@@ -90,10 +90,10 @@ struct Table {
     /// a connection they accept may expect Init1 and must never reach the
     /// application as plain TCP.
     kernel_listeners: HashSet<u64>,
-    /// Addresses this process listens on: a blocking connect to one of
-    /// them must not wait for its negotiation, which needs this process
-    /// to accept first.
-    own_listeners: HashSet<std::net::SocketAddr>,
+    /// Listening sockets of this process (by identity) and their
+    /// addresses: a blocking connect to one of them must not wait for its
+    /// negotiation, which needs this process to accept first.
+    own_listeners: HashMap<u64, std::net::SocketAddr>,
 }
 
 fn table() -> &'static Mutex<Table> {
@@ -190,25 +190,29 @@ pub(crate) fn is_kernel_listener(id: u64) -> bool {
     lock().is_some_and(|t| t.kernel_listeners.contains(&id))
 }
 
-/// This process listens on `addr` (past the bound, the set starts again).
-pub(crate) fn note_own_listener(addr: std::net::SocketAddr) {
+/// This process listens on `addr` with the socket `id` (past the bound,
+/// the set starts again).
+pub(crate) fn note_own_listener(id: u64, addr: std::net::SocketAddr) {
     if let Some(mut t) = lock() {
         if t.own_listeners.len() >= OWN_LISTENERS_KEPT {
             t.own_listeners.clear();
         }
-        t.own_listeners.insert(addr);
+        t.own_listeners.insert(id, addr);
     }
 }
 
-/// Whether a connection to `dest` may reach a listener of this process:
-/// the same port, on the same address, a wildcard one, or over loopback.
-pub(crate) fn may_be_own_listener(dest: std::net::SocketAddr) -> bool {
-    lock().is_some_and(|t| {
-        t.own_listeners.iter().any(|l| {
-            l.port() == dest.port()
-                && (l.ip() == dest.ip() || l.ip().is_unspecified() || dest.ip().is_loopback())
+/// The listening sockets this process noted on `port`: identities and
+/// addresses (some may be closed since).
+pub(crate) fn own_listeners_on(port: u16) -> Vec<(u64, std::net::SocketAddr)> {
+    lock()
+        .map(|t| {
+            t.own_listeners
+                .iter()
+                .filter(|(_, a)| a.port() == port)
+                .map(|(id, a)| (*id, *a))
+                .collect()
         })
-    })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

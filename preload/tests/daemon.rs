@@ -1143,6 +1143,61 @@ print(took < 1.0)
     );
 }
 
+/// A blocking connect that waits for its negotiation is interrupted by a
+/// signal only as the kernel's would be (signal(7)): a handler installed
+/// with `SA_RESTART` leaves it waiting (here until the plain fallback from
+/// a server that never speaks), one without ends it with `EINTR` at once.
+#[test]
+fn a_signal_interrupts_a_waiting_connect_only_as_it_would_the_kernels() {
+    let dir = OwnDir::new("connect-signal");
+    // A plain server that never speaks: the negotiation waits for its
+    // hello until the fallback. One for each run: the daemon remembers a
+    // server that fell back and goes plain to it at once.
+    let silent_server = || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for c in l.incoming().flatten() {
+                kept.push(c);
+            }
+        });
+        port
+    };
+    let run = |interrupt: bool| {
+        let port = silent_server();
+        let script = format!(
+            r#"
+import ctypes, errno, signal, socket, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+signal.signal(signal.SIGALRM, lambda *a: None)
+# Every handler as the test asks (Python installs SIGINT's without SA_RESTART).
+for sig in (signal.SIGALRM, signal.SIGINT):
+    signal.siginterrupt(sig, {interrupt})
+s = socket.socket()
+addr = struct.pack("=H", socket.AF_INET) + struct.pack("!H", {port}) + socket.inet_aton("127.0.0.1") + bytes(8)
+signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+t = time.monotonic()
+r = libc.connect(s.fileno(), addr, len(addr))
+e = ctypes.get_errno() if r else 0
+took = time.monotonic() - t
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(errno.errorcode.get(e, e) if r else "connected", took > 0.5)
+"#,
+            interrupt = if interrupt { "True" } else { "False" }
+        );
+        output_text(
+            Command::new("python3")
+                .args(["-c", &script])
+                .envs(dir.env())
+                .output()
+                .unwrap(),
+        )
+    };
+    assert_eq!(run(false), "connected True\n", "SA_RESTART: restarted");
+    assert_eq!(run(true), "EINTR False\n", "no SA_RESTART: interrupted");
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -1152,11 +1207,17 @@ fn as_nobody(script: &str, arg: &Path) -> String {
     let wrapped = format!("import os, sys\nos.setgid(65534)\nos.setuid(65534)\n{script}");
     // The system's Python: one installed under root's home is not
     // readable by `nobody`.
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", &wrapped])
-        .arg(arg)
-        .output()
-        .unwrap();
+    output_text(
+        Command::new("/usr/bin/python3")
+            .args(["-c", &wrapped])
+            .arg(arg)
+            .output()
+            .unwrap(),
+    )
+}
+
+/// A program's standard output followed by its standard error.
+fn output_text(out: std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

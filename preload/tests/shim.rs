@@ -813,11 +813,8 @@ print(data.decode())
     let _ = std::fs::remove_file(&log);
 }
 
-/// The shim's log keeps no descriptor in the program: a program that
-/// closes every descriptor and reuses the numbers for files of its own
-/// finds in them only what it wrote, and the log gets the lines.
-#[test]
-fn the_shims_log_never_writes_to_a_descriptor_the_program_reused() {
+/// A plain server that reads each connection to its end: its port.
+fn draining_server() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -826,6 +823,15 @@ fn the_shims_log_never_writes_to_a_descriptor_the_program_reused() {
             let _ = c.read_to_end(&mut Vec::new());
         }
     });
+    port
+}
+
+/// The shim's log keeps no descriptor in the program: a program that
+/// closes every descriptor and reuses the numbers for files of its own
+/// finds in them only what it wrote, and the log gets the lines.
+#[test]
+fn the_shims_log_never_writes_to_a_descriptor_the_program_reused() {
+    let port = draining_server();
     let dir = std::env::temp_dir().join(format!("tcpcrypt-log-reuse-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (log, own) = (dir.join("shim.log"), dir.join("own.txt"));
@@ -852,6 +858,41 @@ f.close()
         std::fs::read_to_string(&own).unwrap(),
         "program data\n",
         "the program's own file holds only what it wrote"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("handed to the daemon"), "{logged}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shim's log never takes a standard stream's number: a program
+/// started with its standard output closed (`>&-`, as some daemons are)
+/// gets number 1 for the next file it opens, as without the shim.
+#[test]
+fn the_shims_log_leaves_a_closed_standard_streams_number_to_the_program() {
+    let port = draining_server();
+    let dir = std::env::temp_dir().join(format!("tcpcrypt-log-stdout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, own) = (dir.join("shim.log"), dir.join("own.txt"));
+    let script = format!(
+        r#"
+import os, socket
+socket.create_connection(("127.0.0.1", {port})).close()
+fd = os.open({own:?}, os.O_WRONLY | os.O_CREAT)
+os.write(2, b"opened at %d" % fd)
+"#,
+        own = own.to_str().unwrap(),
+    );
+    let out = Command::new("sh")
+        .args(["-c", "exec python3 -c \"$0\" >&-", &script])
+        .envs(shim_env())
+        .env("TCPCRYPT_LOG", "debug")
+        .env("TCPCRYPT_LOG_FILE", &log)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "opened at 1",
+        "{out:?}"
     );
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(logged.contains("handed to the daemon"), "{logged}");

@@ -237,8 +237,8 @@ pub(super) fn prepare_listen(fd: c_int) {
 /// known once `listen` has run).
 pub(super) fn note_listening(fd: c_int) {
     if tcp_family(fd).is_some()
-        && let Some(local) = local_addr(fd)
+        && let (Some(local), Some(id)) = (local_addr(fd), socket_id(fd))
     {
-        registry::note_own_listener(canonical(local));
+        registry::note_own_listener(id, canonical(local));
     }
 }

@@ -90,7 +90,8 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     let report = if is_nonblocking(fd) {
         libc::EINPROGRESS
     } else {
-        match wait_writable(real.as_raw_fd(), timeout).and_then(|()| connect_outcome(&real)) {
+        let waited = wait_writable(real.as_raw_fd(), timeout, timeout.is_some());
+        match waited.and_then(|()| connect_outcome(&real)) {
             Ok(()) => 0,
             // Interrupted or timed out: as in the kernel, the connect goes
             // on and the application learns its outcome as a non-blocking
@@ -105,7 +106,7 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     // A blocking connect to a listener of this very process returns at
     // the TCP handshake, as before the negotiation: the negotiation needs
     // the process to accept, which it can only do once connect returns.
-    let held = report != 0 || !registry::may_be_own_listener(dest);
+    let held = report != 0 || !may_reach_own_listener(dest);
     let id = match hand_over(fd, pairing, real, dest, options, held) {
         Ok(id) => id,
         Err(e) => {
@@ -136,6 +137,49 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     })
 }
 
+/// Whether a connection to `dest` may reach a listener this process still
+/// holds: one on the same port, bound to `dest`'s address, or to a
+/// wildcard one when `dest` is an address of this host.
+fn may_reach_own_listener(dest: SocketAddr) -> bool {
+    let mut local = None;
+    registry::own_listeners_on(dest.port())
+        .into_iter()
+        .any(|(id, listener)| {
+            let reaches = listener.ip() == dest.ip()
+                || (listener.ip().is_unspecified()
+                    && *local.get_or_insert_with(|| is_local_address(dest.ip())));
+            reaches && descriptors_of(id) > 0
+        })
+}
+
+/// Whether `ip` is an address of this host (in the process's network
+/// namespace): the kernel lets a socket bind only to those.
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    if ip.is_loopback() {
+        return true;
+    }
+    let family = if ip.is_ipv4() { AF_INET } else { AF_INET6 };
+    // SAFETY: plain system call; the result is checked.
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        // Cannot tell: taken as local, so that connect returns at the TCP
+        // handshake, as before the negotiation.
+        return true;
+    }
+    // SAFETY: `fd` was just made and is owned by no one else.
+    let probe = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (st, l) = encode_addr(SocketAddr::new(ip, 0), family);
+    // SAFETY: `st` holds `l` bytes of address.
+    let r = unsafe {
+        libc::bind(
+            probe.as_raw_fd(),
+            &st as *const sockaddr_storage as *const sockaddr,
+            l,
+        )
+    };
+    r == 0 || errno() != libc::EADDRNOTAVAIL
+}
+
 /// How long a blocking connect waits for the daemon to settle a
 /// connection without a timeout of its own: beyond the daemon's own limits
 /// (the handshake's deadline), a daemon that took the connection and
@@ -160,7 +204,7 @@ fn wait_negotiated(fd: c_int, id: u64, timeout_ms: Option<c_int>) -> Result<(), 
             let _ = crate::daemon::query(&Request::Abandon { id });
             return Err(libc::ETIMEDOUT);
         }
-        wait_writable(fd, Some(limit - spent))?;
+        wait_writable(fd, Some(limit - spent), timeout_ms.is_some())?;
         // Another thread may have closed the number and reused it.
         if socket_id(fd) != Some(id) {
             return Err(libc::EBADF);
@@ -348,33 +392,43 @@ fn offer_in_syn(sock: &std::net::TcpStream, peer: SocketAddr) -> Result<(), c_in
 }
 
 /// Waits in the calling thread, as a blocking `connect` does, for `fd` to
-/// poll writable (or failed). `timeout_ms` is the application socket's
-/// `SO_SNDTIMEO`, which bounds a blocking connect (`EINPROGRESS` then, as
-/// from the kernel). A signal ends the wait with `EINTR` unless the kernel
-/// would have restarted the connect.
-fn wait_writable(fd: c_int, timeout_ms: Option<c_int>) -> Result<(), c_int> {
+/// poll writable (or failed), at most `limit_ms` (`EINPROGRESS` then, as
+/// from the kernel). `own_timeout`: the limit is the application socket's
+/// `SO_SNDTIMEO`, not the shim's own. A signal ends the wait with `EINTR`
+/// unless the kernel would have restarted the connect.
+fn wait_writable(fd: c_int, limit_ms: Option<c_int>, own_timeout: bool) -> Result<(), c_int> {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLOUT,
         revents: 0,
     };
+    let started = std::time::Instant::now();
     loop {
+        let left = match limit_ms {
+            None => -1,
+            Some(ms) => {
+                let spent = started.elapsed().as_millis().min(c_int::MAX as u128) as c_int;
+                if spent >= ms {
+                    return Err(libc::EINPROGRESS);
+                }
+                ms - spent
+            }
+        };
         // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, timeout_ms.unwrap_or(-1)) };
+        let r = unsafe { libc::poll(&mut p, 1, left) };
         match r {
-            1 => break,
+            1 => return Ok(()),
             0 => return Err(libc::EINPROGRESS),
             _ if errno() == libc::EINTR => {
                 // signal(7): connect is restarted after a handler with
                 // SA_RESTART, unless the socket has a send timeout.
-                if timeout_ms.is_some() || !handlers_restart() {
+                if own_timeout || !handlers_restart() {
                     return Err(libc::EINTR);
                 }
             }
             _ => return Err(errno()),
         }
     }
-    Ok(())
 }
 
 /// How the real connect of `sock`, which polled writable, went: `Ok`, or
@@ -517,5 +571,41 @@ fn poll_now(fd: c_int, events: libc::c_short) -> Option<libc::c_short> {
 pub(super) fn abandon_if_last(id: u64, forked: bool) {
     if descriptors_of(id) == 0 && !(forked && held_by_descendants(id)) {
         let _ = crate::daemon::query(&Request::Abandon { id });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn only_an_address_of_this_host_is_local() {
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        assert!(is_local_address("::1".parse().unwrap()));
+        // TEST-NET-1 (RFC 5737): never an address of a host.
+        assert!(!is_local_address("192.0.2.1".parse().unwrap()));
+    }
+
+    /// A blocking connect is not held only when it may reach a listener
+    /// this process still has: a wildcard listener does not make a
+    /// connection to another host on its port one of them (a relay on
+    /// `*:25` connecting to a remote mail server), nor does a closed one.
+    #[test]
+    fn a_connect_may_reach_only_a_listener_this_process_still_has() {
+        let wildcard = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = wildcard.local_addr().unwrap().port();
+        note_listening(wildcard.as_raw_fd());
+        let local = SocketAddr::from(([127, 0, 0, 1], port));
+        let remote = SocketAddr::from(([192, 0, 2, 1], port));
+        assert!(may_reach_own_listener(local));
+        assert!(!may_reach_own_listener(remote));
+        assert!(!may_reach_own_listener(SocketAddr::from((
+            [127, 0, 0, 1],
+            port ^ 1
+        ))));
+        drop(wildcard);
+        assert!(!may_reach_own_listener(local), "closed since");
     }
 }

@@ -439,12 +439,21 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { (real().close)(fd) };
     };
-    let pending = catch_unwind(|| registry::remove(fd)).ok().flatten();
+    // A connect still under way (not merely unconfirmed: a program that
+    // learnt the outcome by writing never asked SO_ERROR).
+    let pending = catch_unwind(|| {
+        registry::remove(fd).filter(|e| {
+            e.pending
+                && !e.reported
+                && e.owner == std::process::id()
+                && matches!(settled_by_socket(fd), Some(Outcome::Connecting))
+        })
+    })
+    .ok()
+    .flatten();
     // SAFETY: as above.
     let r = unsafe { (real().close)(fd) };
-    if let Some(entry) =
-        pending.filter(|e| e.pending && !e.reported && e.owner == std::process::id())
-    {
+    if let Some(entry) = pending {
         let saved = errno();
         let _ = catch_unwind(|| abandon_if_last(entry.id, entry.forked));
         set_errno(saved);

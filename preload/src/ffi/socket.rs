@@ -66,10 +66,16 @@ pub(super) fn held_by_descendants(id: u64) -> bool {
         let Some(pid) = queue.pop() else {
             return false;
         };
-        let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|dir| {
-            dir.flatten()
-                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == name.as_str()))
-        });
+        let holds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(dir) => dir.flatten().any(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == name.as_str())
+            }),
+            // Gone meanwhile: it holds nothing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            // Not readable (it changed its user, or ran a set-user-ID
+            // program): it may hold it.
+            Err(_) => true,
+        };
         if holds {
             return true;
         }
