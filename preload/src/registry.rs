@@ -53,9 +53,6 @@ pub(crate) struct Entry {
     /// The process that recorded it: a forked child's close of an
     /// inherited copy must not abandon its parent's connect.
     pub owner: u32,
-    /// The process forked since: a child may hold a copy, which the
-    /// process's own close must look for before it abandons the connect.
-    pub forked: bool,
 }
 
 impl Entry {
@@ -67,7 +64,6 @@ impl Entry {
             known: None,
             names: None,
             owner: std::process::id(),
-            forked: false,
         }
     }
 }
@@ -101,15 +97,10 @@ fn table() -> &'static Mutex<Table> {
     TABLE.get_or_init(Mutex::default)
 }
 
-/// Holds the table's lock across a `fork` (`crate::fork`). The child gets
-/// a copy of every descriptor: a connect under way is no longer this
-/// process's alone to abandon.
+/// Holds the table's lock across a `fork` (`crate::fork`), so that the
+/// child's copy is consistent.
 pub(crate) fn hold_for_fork() -> MutexGuard<'static, impl Sized> {
-    let mut t = table().lock().unwrap_or_else(|p| p.into_inner());
-    for entry in t.by_fd.values_mut().filter(|e| e.pending) {
-        entry.forked = true;
-    }
-    t
+    table().lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How long a hook waits for the table: a hook can run in a signal

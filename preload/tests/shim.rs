@@ -1161,6 +1161,46 @@ print(s.recv(100).decode().strip() or "EOF", flush=True)
 }
 
 #[test]
+fn a_pending_connect_goes_on_in_a_spawned_program_after_the_parent_closes_it() {
+    // The same with `posix_spawn`, which runs no fork handlers: the
+    // spawned program inherits the socket and is its last holder.
+    let hole = Blackhole::new();
+    let child = r#"
+import select, socket, sys
+s = socket.socket(fileno=int(sys.argv[1]))
+_, w, _ = select.select([], [s], [], 20)
+print("writable" if w else "timeout", flush=True)
+s.settimeout(20)
+print(s.recv(100).decode().strip() or "EOF", flush=True)
+"#;
+    let (_py, mut lines) = shimmed_python_server_with(
+        &format!(
+            r#"
+import os, socket, sys
+s = socket.socket(); s.setblocking(False)
+s.connect_ex(("127.0.0.1", {hole}))
+s.set_inheritable(True)
+print(0, flush=True)
+pid = os.posix_spawn(sys.executable, [sys.executable, "-c", {child:?}, str(s.fileno())], os.environ)
+s.close()
+os.waitpid(pid, 0)
+"#,
+            hole = hole.port()
+        ),
+        &[],
+    );
+    let greeter = Greeter::open(hole);
+    let mut next = || lines.next().expect("a line").unwrap();
+    assert_eq!(
+        next(),
+        "writable",
+        "the connect completed for the spawned program"
+    );
+    assert_eq!(next(), "banner", "and carries the destination's bytes");
+    drop(greeter);
+}
+
+#[test]
 fn a_pending_connect_closed_after_a_fork_and_exec_is_abandoned() {
     // The same, but the child execs at once: the socket (close-on-exec)
     // is gone from it, so the parent's close abandons the connect, which

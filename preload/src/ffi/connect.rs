@@ -566,10 +566,11 @@ fn poll_now(fd: c_int, events: libc::c_short) -> Option<libc::c_short> {
 
 /// The application closed a socket whose connect is under way: unless
 /// another descriptor of this process still names it (a copy the hooks
-/// have not seen), or, after a `fork` (`forked`), one of a descendant's,
+/// have not seen), or one of a descendant's (a child made by `fork`,
+/// `vfork` or `posix_spawn`, which run no fork handlers, inherited it),
 /// the daemon abandons the connect.
-pub(super) fn abandon_if_last(id: u64, forked: bool) {
-    if descriptors_of(id) == 0 && !(forked && held_by_descendants(id)) {
+pub(super) fn abandon_if_last(id: u64) {
+    if descriptors_of(id) == 0 && !held_by_descendants(id) {
         let _ = crate::daemon::query(&Request::Abandon { id });
     }
 }

@@ -455,7 +455,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let r = unsafe { (real().close)(fd) };
     if let Some(entry) = pending {
         let saved = errno();
-        let _ = catch_unwind(|| abandon_if_last(entry.id, entry.forked));
+        let _ = catch_unwind(|| abandon_if_last(entry.id));
         set_errno(saved);
     }
     r
