@@ -53,6 +53,9 @@ pub(crate) struct Entry {
     /// The process that recorded it: a forked child's close of an
     /// inherited copy must not abandon its parent's connect.
     pub owner: u32,
+    /// While the connect holds the socket (its `TCP_NOTSENT_LOWAT` at 1):
+    /// the application's own value, which the daemon puts back.
+    pub lowat: Option<i32>,
 }
 
 impl Entry {
@@ -64,6 +67,7 @@ impl Entry {
             known: None,
             names: None,
             owner: std::process::id(),
+            lowat: None,
         }
     }
 }

@@ -980,6 +980,55 @@ impl Blackhole {
     }
 }
 
+/// A program that sets `TCP_NOTSENT_LOWAT` while its non-blocking connect
+/// is under way reads back its own value, and its socket still turns
+/// writable (or failed) only with the outcome: setting the option on the
+/// socket at once would have made it writable with the negotiation still
+/// running, `SO_ERROR` 0, and what the program then wrote lost when the
+/// mandatory policy refused the plain server. The value is the socket's
+/// once the connect has ended, either way.
+#[test]
+fn setting_notsent_lowat_during_a_connect_does_not_end_it_early() {
+    let (tcpcrypt, _seen) = tcpcrypt_http(b"hello".to_vec());
+    // A plain server that speaks first: refused under the mandatory
+    // policy as soon as its banner arrives.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"220 plain\r\n");
+            let _ = c.read_to_end(&mut Vec::new());
+        }
+    });
+    let lines = python_shimmed_with(
+        &format!(
+            r#"
+import errno, select, socket
+LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+def attempt(port):
+    s = socket.socket(); s.setblocking(False)
+    assert s.connect_ex(("127.0.0.1", port)) == errno.EINPROGRESS
+    # More than any filler: on the socket at once, it would poll writable.
+    s.setsockopt(socket.IPPROTO_TCP, LOWAT, 1 << 30)
+    seen = s.getsockopt(socket.IPPROTO_TCP, LOWAT)
+    select.select([], [s], [], 20)
+    e = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    print(seen, errno.errorcode.get(e, e), s.getsockopt(socket.IPPROTO_TCP, LOWAT))
+    s.close()
+attempt({tcpcrypt})
+attempt({plain})
+"#,
+            tcpcrypt = tcpcrypt.port()
+        ),
+        &[("TCPCRYPT_POLICY", "mandatory")],
+    );
+    assert_eq!(
+        lines,
+        ["1073741824 0 1073741824", "1073741824 EPERM 1073741824"]
+    );
+}
+
 #[test]
 fn nonblocking_connect_is_asynchronous_with_the_real_outcome_in_so_error() {
     let (server, seen) = tcpcrypt_http(b"hello".to_vec());

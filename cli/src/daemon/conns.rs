@@ -43,6 +43,10 @@ pub struct Conn {
     /// Options for the real socket, and that socket while the relay
     /// carries bytes on it (cleared, under the same lock, before it closes).
     options: Mutex<(Vec<Setting>, Option<RawFd>)>,
+    /// The application's `TCP_NOTSENT_LOWAT`, put back on its socket when
+    /// a held connect is released (the shim holds it at 1 until then);
+    /// `None` once released, or never held.
+    held_lowat: Mutex<Option<i32>>,
     /// Wakes a pending connect the application gave up on.
     pub cancel: tokio::sync::Notify,
     pub started: Instant,
@@ -72,6 +76,7 @@ impl Conn {
             aead_name: Mutex::new(""),
             reported: AtomicBool::new(false),
             options: Mutex::new((settings, None)),
+            held_lowat: Mutex::new(None),
             cancel: tokio::sync::Notify::new(),
             started: Instant::now(),
         }
@@ -129,6 +134,34 @@ impl Conn {
         }
         o.0.retain(|(l, n, _)| (*l, *n) != (setting.0, setting.1));
         o.0.push(setting);
+    }
+
+    /// The application's socket is held with its `TCP_NOTSENT_LOWAT` at 1;
+    /// `lowat` is the application's own.
+    pub fn hold_lowat(&self, lowat: i32) {
+        *lock(&self.held_lowat) = Some(lowat);
+    }
+
+    /// The application set its `TCP_NOTSENT_LOWAT` while held: kept for the
+    /// release (`true`), or `false` when released already (the shim then
+    /// sets it itself).
+    pub fn replace_held_lowat(&self, lowat: i32) -> bool {
+        match &mut *lock(&self.held_lowat) {
+            Some(v) => {
+                *v = lowat;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Releases the application's socket: `restore` puts its own
+    /// `TCP_NOTSENT_LOWAT` back (`at_connect` unless it set another since),
+    /// under the lock that [`Conn::replace_held_lowat`] takes, so that no
+    /// value set meanwhile is lost.
+    pub fn release_lowat(&self, at_connect: i32, restore: impl FnOnce(i32)) {
+        let mut held = lock(&self.held_lowat);
+        restore(held.take().unwrap_or(at_connect));
     }
 
     /// Applies the recorded options to `fd`, the real socket the relay is

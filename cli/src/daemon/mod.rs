@@ -441,6 +441,9 @@ fn start(
     let conn = Arc::new(Conn::new(
         h.id, pid, server, h.local, h.peer, state, h.settings,
     ));
+    if let Some(p) = &h.pending {
+        conn.hold_lowat(p.lowat);
+    }
     daemon.conns.insert(conn.clone());
     let start = relay::ClientStart {
         offer,
@@ -538,9 +541,21 @@ impl Daemon {
                 Reply::Error(self.conns.get(id).and_then(|c| c.take_error()))
             }
             Request::SetOption { id, setting } => {
-                if let Some(c) = self.conns.get(id) {
-                    c.set_option(setting);
+                let Some(c) = self.conns.get(id) else {
+                    return Reply::Ok;
+                };
+                if (setting.0, setting.1) == (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) {
+                    // The application's own socket, held until released.
+                    let value = setting
+                        .2
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()));
+                    return match value {
+                        Some(v) if c.replace_held_lowat(v) => Reply::Ok,
+                        _ => Reply::Unknown,
+                    };
                 }
+                c.set_option(setting);
                 Reply::Ok
             }
             Request::Abandon { id } => {

@@ -287,7 +287,10 @@ pub async fn connecting(
         let errno = e.raw_os_error().unwrap_or(libc::ETIMEDOUT);
         // The reset first, the errno after: a shim that learns the errno
         // finds the kernel's own error on its socket already, and clears it.
+        // The application's own option back in between: before the reset,
+        // it could poll writable for a moment.
         abort(app);
+        release_lowat(&app_socket, &pending, conn);
         drop(app_socket);
         conn.set_state(ConnState::Failed(errno));
         return Err(e);
@@ -296,7 +299,7 @@ pub async fn connecting(
         // The first bytes may go as 0-RTT data with the hello: the
         // application writes them now.
         conn.set_state(ConnState::Negotiating);
-        release(&mut app, app_socket, &pending).await?;
+        release(&mut app, app_socket, &pending, conn).await?;
         return outbound(app, real, start, config, conn).await;
     }
     // Otherwise the socket turns writable only once the connection can
@@ -315,12 +318,13 @@ pub async fn connecting(
     };
     match negotiated {
         Ok(real) => {
-            release(&mut app, app_socket, &pending).await?;
+            release(&mut app, app_socket, &pending, conn).await?;
             splice(app, real, conn).await
         }
         Err(e) => {
             let errno = failure_errno(&e);
             abort(app);
+            release_lowat(&app_socket, &pending, conn);
             drop(app_socket);
             conn.set_state(ConnState::Failed(errno));
             Err(e)
@@ -328,13 +332,27 @@ pub async fn connecting(
     }
 }
 
+/// Puts the application's own `TCP_NOTSENT_LOWAT` back on its socket (as
+/// it was at connect, or as it set it since), whatever the outcome.
+fn release_lowat(app_socket: &OwnedFd, pending: &Pending, conn: &Conn) {
+    conn.release_lowat(pending.lowat, |lowat| {
+        sockopt::set_notsent_lowat(app_socket, lowat)
+    });
+}
+
 /// Makes the application's socket writable: its own `TCP_NOTSENT_LOWAT`
-/// back, then the filler read and discarded.
-async fn release(app: &mut TcpStream, app_socket: OwnedFd, pending: &Pending) -> io::Result<()> {
+/// back (as it was at connect, or as it set it since), then the filler
+/// read and discarded.
+async fn release(
+    app: &mut TcpStream,
+    app_socket: OwnedFd,
+    pending: &Pending,
+    conn: &Conn,
+) -> io::Result<()> {
     // Its own value first, so that the application never sees the option
     // changed once the socket is writable; what it writes from then on
     // follows the filler.
-    sockopt::set_notsent_lowat(&app_socket, pending.lowat);
+    release_lowat(&app_socket, pending, conn);
     drop(app_socket);
     let discarded = tokio::io::copy(&mut app.take(pending.filler), &mut tokio::io::sink()).await?;
     if discarded != pending.filler {

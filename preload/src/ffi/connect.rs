@@ -311,7 +311,13 @@ fn hand_over(
         }
     }
     crate::log::log!(Debug, "connection to {dest} handed to the daemon");
-    registry::insert(fd, Entry::new(id, held));
+    registry::insert(
+        fd,
+        Entry {
+            lowat: pending.map(|p| p.lowat),
+            ..Entry::new(id, held)
+        },
+    );
     Ok(id)
 }
 

@@ -481,6 +481,17 @@ pub unsafe extern "C" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
+    if (level, name) == (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT)
+        && !val.is_null()
+        && len as usize >= size_of::<c_int>()
+        && let Some(_guard) = Guard::enter()
+    {
+        // SAFETY: the caller passes `len` bytes at `val`, an int's at least.
+        let lowat = unsafe { (val as *const c_int).read_unaligned() };
+        if catch_unwind(|| set_held_lowat(fd, lowat)).unwrap_or(false) {
+            return 0;
+        }
+    }
     // SAFETY: the caller's arguments, passed on unchanged.
     let r = unsafe { (real().setsockopt)(fd, level, name, val, len) };
     if r != 0 || val.is_null() || !MIRRORED.contains(&(level, name)) {
@@ -508,18 +519,27 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
+    let lowat = (level, name) == (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT);
     let ours = (level == libc::SOL_SOCKET && name == libc::SO_ERROR)
+        || lowat
         || (level == libc::IPPROTO_TCP && opt::ALL.contains(&name));
     let guard = if ours { Guard::enter() } else { None };
     if guard.is_none() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { (real().getsockopt)(fd, level, name, val, len) };
     }
-    if level == libc::SOL_SOCKET {
+    if level == libc::SOL_SOCKET || lowat {
         // SAFETY: checked for room before writing.
         let room =
             !val.is_null() && !len.is_null() && unsafe { *len } as usize >= size_of::<c_int>();
-        if room && let Ok(Some(e)) = catch_unwind(|| connect_error(fd)) {
+        let answer = || {
+            if lowat {
+                held_lowat(fd)
+            } else {
+                connect_error(fd)
+            }
+        };
+        if room && let Ok(Some(e)) = catch_unwind(answer) {
             // SAFETY: room for an int checked above.
             unsafe {
                 *(val as *mut c_int) = e;

@@ -115,6 +115,48 @@ pub(super) fn connect_error(fd: c_int) -> Option<c_int> {
     }
 }
 
+/// The entry of `fd` while its connect holds it (`TCP_NOTSENT_LOWAT` at 1,
+/// neither writable nor failed).
+fn held(fd: c_int) -> Option<Entry> {
+    let entry = registry::recorded(fd)?;
+    (entry.lowat.is_some()
+        && entry.pending
+        && !entry.reported
+        && socket_id(fd) == Some(entry.id)
+        && matches!(settled_by_socket(fd), Some(Outcome::Connecting)))
+    .then_some(entry)
+}
+
+/// The application sets `TCP_NOTSENT_LOWAT` on a socket its connect still
+/// holds: the daemon keeps the value for the release (`true`), as setting
+/// it now would make the socket writable before the connection can carry
+/// a byte. `false`: not held (any more); the kernel takes it.
+pub(super) fn set_held_lowat(fd: c_int, lowat: i32) -> bool {
+    let Some(entry) = held(fd) else {
+        return false;
+    };
+    let setting = (
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        lowat.to_ne_bytes().to_vec(),
+    );
+    let kept = matches!(
+        crate::daemon::query(&Request::SetOption {
+            id: entry.id,
+            setting
+        }),
+        Ok(Reply::Ok)
+    );
+    registry::update(fd, |en| en.lowat = kept.then_some(lowat));
+    kept
+}
+
+/// The application's own `TCP_NOTSENT_LOWAT` of a socket its connect
+/// still holds (the socket's is 1 until the release).
+pub(super) fn held_lowat(fd: c_int) -> Option<i32> {
+    held(fd)?.lowat
+}
+
 /// Sends an option the application set on a relayed socket to the daemon,
 /// for the real connection.
 pub(super) fn mirror_option(fd: c_int, setting: Setting) {
