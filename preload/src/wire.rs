@@ -814,7 +814,7 @@ pub fn network_namespace() -> String {
 /// The version of this format, in the daemon's socket name: a library of
 /// another version never talks to a daemon that would misread it (after
 /// an upgrade, it starts a daemon of its own version beside the old one).
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// The socket of the daemon in `dir` for the caller's network namespace.
 pub fn socket_path(dir: &Path) -> PathBuf {
