@@ -1074,6 +1074,9 @@ except OSError as e:
             .envs(dir.env())
             .env("TCPCRYPT_POLICY", policy)
             .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "300")
+            // The whole handshake for a silent server under the mandatory
+            // policy (docs/PROTOCOL.md, "A silent server").
+            .env("TCPCRYPT_HANDSHAKE_TIMEOUT_MS", "500")
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -1111,24 +1114,27 @@ except OSError as e:
     }
 }
 
-/// A process that connects (blocking) to a listener of its own before it
-/// accepts, as test suites do, is not held up: its negotiation needs the
-/// accept, so that connect returns at the TCP handshake, and the pair is
-/// encrypted once accepted.
+/// A process that connects to a listener of its own before it accepts, as
+/// test suites do, is not held up, whether its connect blocks or waits in
+/// `poll` with a timeout: its negotiation needs the accept, so that
+/// connect returns at the TCP handshake, the accept gets that very
+/// connection, and the pair is encrypted once accepted.
 #[test]
 fn a_process_that_connects_to_itself_before_accepting_is_not_held() {
     let dir = OwnDir::new("self-connect");
     let script = r#"
 import ctypes, socket, time
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
-t = time.monotonic()
-c = socket.create_connection(l.getsockname())
-took = time.monotonic() - t
-a, _ = l.accept()
-c.sendall(b"ping"); print(a.recv(10).decode())
-a.sendall(b"pong"); print(c.recv(10).decode())
-print(ctypes.CDLL(None).tcpcrypt_is_encrypted(c.fileno()) == 1)
-print(took < 1.0)
+# Blocking, then with a timeout (a non-blocking connect waited for in poll).
+for timeout in (None, 10):
+    t = time.monotonic()
+    c = socket.create_connection(l.getsockname(), timeout=timeout)
+    took = time.monotonic() - t
+    a, peer = l.accept()
+    c.sendall(b"ping"); print(a.recv(10).decode())
+    a.sendall(b"pong"); print(c.recv(10).decode())
+    print(ctypes.CDLL(None).tcpcrypt_is_encrypted(c.fileno()) == 1)
+    print(took < 1.0, peer == c.getsockname())
 "#;
     let out = Command::new("python3")
         .args(["-c", script])
@@ -1137,10 +1143,72 @@ print(took < 1.0)
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "ping\npong\nTrue\nTrue\n",
+        "ping\npong\nTrue\nTrue True\n".repeat(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A shimmed server answers a hello only once its program accepts the
+/// connection: a sequential server busy with one client leaves the next
+/// ones silent in its backlog, past the hello wait. A client whose daemon
+/// has seen the server encrypted waits for it, as plain TCP waits in the
+/// backlog, instead of taking it for a legacy server (a plain reconnect,
+/// and the server's accept handed the abandoned connection).
+#[test]
+fn clients_of_a_busy_sequential_server_wait_for_it_and_stay_encrypted() {
+    let dir = OwnDir::new("busy-server");
+    let server = r#"
+import ctypes, socket, time
+lib = ctypes.CDLL(None)
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(8)
+print(l.getsockname()[1], flush=True)
+for _ in range(3):
+    c, _ = l.accept()
+    name = c.recv(100)
+    time.sleep(1.2)
+    how = b"encrypted" if lib.tcpcrypt_is_encrypted(c.fileno()) == 1 else b"plain"
+    c.sendall(name + b" " + how)
+    c.close()
+"#;
+    let mut srv = Command::new("python3")
+        .args(["-c", server])
+        .envs(dir.env())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(srv.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    let clients: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let script = format!(
+                r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
+s.sendall(b"{name}")
+print(s.recv(100).decode())
+"#
+            );
+            let child = Command::new("python3")
+                .args(["-c", &script])
+                .envs(dir.env())
+                .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "400")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            child
+        })
+        .collect();
+    let answers: Vec<String> = clients
+        .into_iter()
+        .map(|c| output_text(c.wait_with_output().unwrap()))
+        .collect();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert_eq!(answers, ["a encrypted\n", "b encrypted\n", "c encrypted\n"]);
 }
 
 /// A blocking connect that waits for its negotiation is interrupted by a
@@ -1433,7 +1501,7 @@ except OSError as e:
         ])
         .envs(dir.env())
         .env("TCPCRYPT_POLICY", "mandatory")
-        .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "300")
+        .env("TCPCRYPT_HANDSHAKE_TIMEOUT_MS", "500")
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "error");

@@ -236,7 +236,10 @@ impl ConfigBuilder {
     /// How long a client waits for the server's first bytes before it
     /// decides the server is legacy (default 2 s). Over TCP it counts from
     /// the moment the server had the hello (its acknowledgement): a hello
-    /// lost on the way is waited for, within the handshake timeout.
+    /// lost on the way is waited for, within the handshake timeout. A
+    /// destination that negotiated tcpcrypt before, and any under
+    /// [`Policy::Mandatory`], get the whole handshake timeout instead: a
+    /// busy server is silent until its application accepts.
     pub fn server_hello_timeout(mut self, d: Duration) -> Self {
         self.server_hello_timeout = d;
         self

@@ -346,29 +346,32 @@ impl TcpcryptConnector {
             None => ClientStart::InBand(peer.and_then(|p| config.client_cache.take_ticket(p))),
         };
         let started = std::time::Instant::now();
-        let end = match negotiate::client(&mut io, config, start, probe, early).await {
-            Ok(end) => end,
-            Err(e) => {
-                if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
-                    abort(&io);
-                }
-                // A server that answered with other bytes is legacy all the
-                // same: later connections go plain at once. Unless it was
-                // seen encrypted: a tcpcrypt server that speaks first sends
-                // its banner in plain when the hello came after its wait.
-                if let (Some(Error::EarlyDataUnconfirmed(reason)), Some(p)) =
-                    (Error::from_io(&e), peer)
-                {
-                    if *reason == FallbackReason::ServerSentOtherBytes
-                        && config.policy == Policy::Opportunistic
-                        && !config.client_cache.was_encrypted(p)
-                    {
-                        config.client_cache.mark_legacy(p, true);
+        let end =
+            match negotiate::client(&mut io, config, start, probe, early, self.hello_wait(peer))
+                .await
+            {
+                Ok(end) => end,
+                Err(e) => {
+                    if let Some(abort) = abort.filter(|_| Error::aborts(&e)) {
+                        abort(&io);
                     }
+                    // A server that answered with other bytes is legacy all the
+                    // same: later connections go plain at once. Unless it was
+                    // seen encrypted: a tcpcrypt server that speaks first sends
+                    // its banner in plain when the hello came after its wait.
+                    if let (Some(Error::EarlyDataUnconfirmed(reason)), Some(p)) =
+                        (Error::from_io(&e), peer)
+                    {
+                        if *reason == FallbackReason::ServerSentOtherBytes
+                            && config.policy == Policy::Opportunistic
+                            && !config.client_cache.was_encrypted(p)
+                        {
+                            config.client_cache.mark_legacy(p, true);
+                        }
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
+            };
         match end {
             ClientEnd::Encrypted(mut session, leftover, early_delivered) => {
                 if let Some(p) = peer {
@@ -418,6 +421,24 @@ impl TcpcryptConnector {
                 .mark_legacy(p, reason.is_conclusive());
         }
         Ok(())
+    }
+
+    /// How long a silent server may take to answer the hello. A server
+    /// that answers only once its program accepts is silent while the
+    /// program is busy, as a legacy server is: a destination that
+    /// negotiated tcpcrypt before, or one the policy could not take plain
+    /// anyway, gets the handshake's whole time, so that a busy server is
+    /// neither downgraded nor refused; a legacy server that stays silent
+    /// fails as late (`docs/PROTOCOL.md`, "A silent server").
+    fn hello_wait(&self, peer: Option<SocketAddr>) -> std::time::Duration {
+        let config = &self.config;
+        if config.policy == Policy::Mandatory
+            || peer.is_some_and(|p| config.client_cache.was_encrypted(p))
+        {
+            config.handshake_timeout
+        } else {
+            config.server_hello_timeout
+        }
     }
 
     /// Applies the policy to a fallback: refuses it under `Mandatory`,

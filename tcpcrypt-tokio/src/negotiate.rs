@@ -120,16 +120,19 @@ fn wait_longer(
 /// figures when `io` is a TCP connection. `early` is the application's
 /// first bytes: a resumed in-band handshake sends what it can of them as
 /// 0-RTT data in its first flight, and [`ClientEnd::Encrypted`] says how
-/// much was delivered that way; the caller sends the rest.
+/// much was delivered that way; the caller sends the rest. `hello_wait`:
+/// how long a silent server may take to answer the hello before it is
+/// taken for a legacy one.
 pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     config: &Config,
     start: ClientStart,
     probe: Option<PathProbe>,
     early: &[u8],
+    hello_wait: Duration,
 ) -> io::Result<ClientEnd> {
     let deadline = Instant::now() + config.handshake_timeout;
-    let mut first_deadline = deadline.min(Instant::now() + config.server_hello_timeout);
+    let mut first_deadline = deadline.min(Instant::now() + hello_wait);
     // Over the kernel carriage the server is known to speak tcpcrypt: only
     // the handshake's deadline applies.
     let kernel = matches!(start, ClientStart::Kernel(_));
@@ -189,7 +192,7 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(_) if !heard => {
                 // Silence counts from the hello's acknowledgement.
-                let wait = config.server_hello_timeout;
+                let wait = hello_wait;
                 if let Some(later) = wait_longer(probe.as_ref(), deadline, |now, info| {
                     path::client_wait(now, info, wait)
                 }) {
@@ -453,9 +456,17 @@ mod tests {
             until: Instant::now() + wait / 2,
             looked: false,
         };
-        let end = client(&mut io, &config, ClientStart::InBand(None), None, &[])
-            .await
-            .unwrap();
+        let hello_wait = config.server_hello_timeout;
+        let end = client(
+            &mut io,
+            &config,
+            ClientStart::InBand(None),
+            None,
+            &[],
+            hello_wait,
+        )
+        .await
+        .unwrap();
         match end {
             ClientEnd::Encrypted(..) => {}
             ClientEnd::PlainHere(r, _) | ClientEnd::Reconnect(r) => {

@@ -551,3 +551,67 @@ async fn a_banner_after_a_late_hello_is_no_verdict_on_a_server_seen_encrypted() 
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
     assert!(!client.client_cache().is_legacy(relay));
 }
+
+/// A tcpcrypt server answers the hello only once its application accepts
+/// the connection (the relay daemon negotiates from the program's
+/// `accept`): a busy one is silent meanwhile, as a legacy server is. A
+/// destination seen encrypted before, or any under the mandatory policy,
+/// gets the handshake's whole time to answer: it is neither downgraded
+/// nor refused after the server hello timeout, where plain TCP would have
+/// waited in the backlog (docs/PROTOCOL.md, "A silent server").
+#[tokio::test]
+async fn a_tcpcrypt_server_busy_past_the_hello_wait_is_neither_downgraded_nor_refused() {
+    let busy = Duration::from_millis(1200);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tcpcrypt_tokio::TcpcryptAcceptor::new(default_config());
+    tokio::spawn(async move {
+        // One connection at a time; every one but the first waits `busy`
+        // for the application.
+        for n in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                break;
+            };
+            if n > 0 {
+                tokio::time::sleep(busy).await;
+            }
+            if let Ok(Ok(mut s)) = timeout(LIMIT, acceptor.accept_tcp(tcp)).await {
+                let verdict: &[u8] = if s.session().is_some() {
+                    b"encrypted"
+                } else {
+                    b"plain"
+                };
+                let _ = s.write_all(verdict).await;
+                let _ = s.shutdown().await;
+            }
+        }
+    });
+    let wait = Duration::from_millis(300);
+    let exchange = |cfg: std::sync::Arc<tcpcrypt_tokio::Config>| async move {
+        let mut s = timeout(LIMIT, tcpcrypt_tokio::TcpcryptStream::connect(addr, &cfg))
+            .await
+            .expect("bounded")
+            .expect("connected");
+        let mut verdict = Vec::new();
+        timeout(LIMIT, s.read_to_end(&mut verdict))
+            .await
+            .expect("bounded")
+            .unwrap();
+        (s.session().is_some(), verdict, s.handshake_duration())
+    };
+    let opportunistic = config(|b| b.server_hello_timeout(wait));
+    // First contact, the server idle: encrypted, and remembered so.
+    let (encrypted, verdict, _) = exchange(opportunistic.clone()).await;
+    assert!(encrypted && verdict == b"encrypted");
+    // The server busy past the wait: waited for.
+    let (encrypted, verdict, took) = exchange(opportunistic).await;
+    assert!(encrypted && verdict == b"encrypted", "{verdict:?}");
+    assert!(took >= busy - Duration::from_millis(100), "{took:?}");
+    // Under the mandatory policy, even at first contact.
+    let mandatory = config(|b| {
+        b.server_hello_timeout(wait)
+            .policy(tcpcrypt_tokio::Policy::Mandatory)
+    });
+    let (encrypted, verdict, _) = exchange(mandatory).await;
+    assert!(encrypted && verdict == b"encrypted", "{verdict:?}");
+}

@@ -103,10 +103,11 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             }
         }
     };
-    // A blocking connect to a listener of this very process returns at
-    // the TCP handshake, as before the negotiation: the negotiation needs
-    // the process to accept, which it can only do once connect returns.
-    let held = report != 0 || !may_reach_own_listener(dest);
+    // A connect to a listener of this very process is not held: the
+    // negotiation needs the process to accept, which it may do only once
+    // the connect is over (a blocking one, or a non-blocking one it waits
+    // for in `poll`, as `create_connection` with a timeout does).
+    let held = !may_reach_own_listener(dest);
     let id = match hand_over(fd, pairing, real, dest, options, held) {
         Ok(id) => id,
         Err(e) => {
