@@ -9,6 +9,16 @@
 use std::any::Any;
 use std::cell::RefCell;
 
+/// Whether this process has forked since the library loaded (its
+/// children may hold copies of its sockets).
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process has forked (through `fork`, which runs the fork
+/// handlers; `posix_spawn` and `vfork` do not).
+pub(crate) fn has_forked() -> bool {
+    FORKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 thread_local! {
     /// The lock the forking thread holds across `fork`.
     static HELD: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
@@ -22,6 +32,7 @@ pub(crate) fn before() {
     crate::log::init();
     crate::ffi::finish_lazy_values();
     crate::daemon::proc_is_ours();
+    FORKED.store(true, std::sync::atomic::Ordering::Relaxed);
     let held: Box<dyn Any> = Box::new(crate::registry::hold_for_fork());
     HELD.with(|h| *h.borrow_mut() = Some(held));
 }

@@ -24,6 +24,9 @@ struct Inner {
     /// When each legacy verdict was reached, and how long it holds.
     legacy: HashMap<SocketAddr, (Instant, Duration)>,
     encrypted: HashMap<SocketAddr, Instant>,
+    /// When each destination last stayed silent through a long wait for
+    /// its answer (`silent_lately`).
+    silent: HashMap<SocketAddr, Instant>,
     tickets: HashMap<SocketAddr, (ResumptionSecret, Instant)>,
 }
 
@@ -117,9 +120,37 @@ impl ClientCache {
             .insert(addr, (Instant::now(), self.verdict_ttl));
     }
 
+    /// Records that `addr` stayed silent through a long wait for its
+    /// answer (a destination seen encrypted, or any under the mandatory
+    /// policy, is waited for the whole handshake: a busy server is silent
+    /// until its application accepts).
+    pub(crate) fn mark_silent(&self, addr: SocketAddr) {
+        let mut inner = self.lock();
+        bound(
+            &mut inner.silent,
+            self.capacity,
+            self.verdict_ttl / 20,
+            |t| *t,
+        );
+        inner.silent.insert(addr, Instant::now());
+    }
+
+    /// Whether `addr` stayed silent through a long wait lately (a
+    /// twentieth of the verdict TTL, as for weak evidence): its next
+    /// connections wait only the server hello timeout, so that a server
+    /// that stopped speaking tcpcrypt without a word costs the long wait
+    /// once, not on every connection.
+    pub(crate) fn silent_lately(&self, addr: SocketAddr) -> bool {
+        self.lock()
+            .silent
+            .get(&addr)
+            .is_some_and(|t| t.elapsed() <= self.verdict_ttl / 20)
+    }
+
     pub(crate) fn mark_encrypted(&self, addr: SocketAddr) {
         let mut inner = self.lock();
         inner.legacy.remove(&addr);
+        inner.silent.remove(&addr);
         bound(&mut inner.encrypted, self.capacity, Duration::MAX, |t| *t);
         inner.encrypted.insert(addr, Instant::now());
     }

@@ -210,6 +210,11 @@ impl TcpcryptConnector {
                     continue;
                 }
                 Connected::Reconnect(reason) => {
+                    if reason == FallbackReason::ServerSilent {
+                        // The try again, and the next connections for a
+                        // while, wait only the server hello timeout.
+                        config.client_cache.mark_silent(peer);
+                    }
                     // A reset, a close or silence from a destination that
                     // negotiated tcpcrypt before is weak evidence (one
                     // forged packet makes it), and so are other bytes: a
@@ -428,13 +433,15 @@ impl TcpcryptConnector {
     /// program is busy, as a legacy server is: a destination that
     /// negotiated tcpcrypt before, or one the policy could not take plain
     /// anyway, gets the handshake's whole time, so that a busy server is
-    /// neither downgraded nor refused; a legacy server that stays silent
-    /// fails as late (`docs/PROTOCOL.md`, "A silent server").
+    /// neither downgraded nor refused; unless it stayed silent through
+    /// that lately (`docs/PROTOCOL.md`, "A silent server").
     fn hello_wait(&self, peer: Option<SocketAddr>) -> std::time::Duration {
         let config = &self.config;
-        if config.policy == Policy::Mandatory
-            || peer.is_some_and(|p| config.client_cache.was_encrypted(p))
-        {
+        let cache = &config.client_cache;
+        let patient = (config.policy == Policy::Mandatory
+            || peer.is_some_and(|p| cache.was_encrypted(p)))
+            && !peer.is_some_and(|p| cache.silent_lately(p));
+        if patient {
             config.handshake_timeout
         } else {
             config.server_hello_timeout

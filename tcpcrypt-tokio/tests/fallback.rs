@@ -615,3 +615,57 @@ async fn a_tcpcrypt_server_busy_past_the_hello_wait_is_neither_downgraded_nor_re
     let (encrypted, verdict, _) = exchange(mandatory).await;
     assert!(encrypted && verdict == b"encrypted", "{verdict:?}");
 }
+
+/// A destination seen encrypted that stops answering altogether (its
+/// tcpcrypt removed, a path that eats the answers) costs the long wait
+/// once: its next connections for a while wait only the server hello
+/// timeout, before and after the one try again.
+#[tokio::test]
+async fn a_server_silent_through_the_long_wait_costs_it_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let speaks = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let acceptor = tcpcrypt_tokio::TcpcryptAcceptor::new(default_config());
+    let speaking = speaks.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            if speaking.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(Ok(mut s)) = timeout(LIMIT, acceptor.accept_tcp(tcp)).await {
+                    let _ = s.shutdown().await;
+                }
+            } else {
+                // Silent: reads whatever comes, says nothing.
+                tokio::spawn(async move {
+                    let _ = timeout(LIMIT, tcp.read_to_end(&mut Vec::new())).await;
+                });
+            }
+        }
+    });
+    let long = Duration::from_millis(1500);
+    let cfg = config(|b| {
+        b.server_hello_timeout(Duration::from_millis(200))
+            .handshake_timeout(long)
+    });
+    let connect = || async {
+        timeout(LIMIT, tcpcrypt_tokio::TcpcryptStream::connect(addr, &cfg))
+            .await
+            .expect("bounded")
+            .expect("connected")
+    };
+    assert!(connect().await.session().is_some(), "seen encrypted");
+    speaks.store(false, std::sync::atomic::Ordering::Relaxed);
+    let first = connect().await;
+    assert_eq!(first.fallback_reason(), Some(&FallbackReason::ServerSilent));
+    assert!(
+        first.handshake_duration() >= long,
+        "{:?}",
+        first.handshake_duration()
+    );
+    let next = connect().await;
+    assert_eq!(next.fallback_reason(), Some(&FallbackReason::ServerSilent));
+    assert!(
+        next.handshake_duration() < long,
+        "the long wait again: {:?}",
+        next.handshake_duration()
+    );
+}

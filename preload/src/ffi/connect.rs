@@ -106,8 +106,11 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     // A connect to a listener of this very process is not held: the
     // negotiation needs the process to accept, which it may do only once
     // the connect is over (a blocking one, or a non-blocking one it waits
-    // for in `poll`, as `create_connection` with a timeout does).
-    let held = !may_reach_own_listener(dest);
+    // for in `poll`, as `create_connection` with a timeout does). Only
+    // once the real handshake is done (over loopback, at once unless the
+    // listener's queue is full): until then its outcome, an errno
+    // included, is the daemon's to report, as for any held connect.
+    let held = !(may_reach_own_listener(dest) && peer_addr(real.as_raw_fd()).is_some());
     let id = match hand_over(fd, pairing, real, dest, options, held) {
         Ok(id) => id,
         Err(e) => {
@@ -148,37 +151,40 @@ fn may_reach_own_listener(dest: SocketAddr) -> bool {
         .any(|(id, listener)| {
             let reaches = listener.ip() == dest.ip()
                 || (listener.ip().is_unspecified()
-                    && *local.get_or_insert_with(|| is_local_address(dest.ip())));
+                    && *local.get_or_insert_with(|| is_local_address(dest)));
             reaches && descriptors_of(id) > 0
         })
 }
 
-/// Whether `ip` is an address of this host (in the process's network
-/// namespace): the kernel lets a socket bind only to those.
-fn is_local_address(ip: std::net::IpAddr) -> bool {
-    if ip.is_loopback() {
+/// Whether `dest` is an address of this host (in the process's network
+/// namespace): the kernel routes to it locally, from itself. (A bind
+/// would not tell: `ip_nonlocal_bind` lets a socket bind to any address.)
+fn is_local_address(dest: SocketAddr) -> bool {
+    if dest.ip().is_loopback() {
         return true;
     }
-    let family = if ip.is_ipv4() { AF_INET } else { AF_INET6 };
+    let family = if dest.is_ipv4() { AF_INET } else { AF_INET6 };
     // SAFETY: plain system call; the result is checked.
     let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        // Cannot tell: taken as local, so that connect returns at the TCP
-        // handshake, as before the negotiation.
-        return true;
+        // Cannot tell: taken as remote, so that the connect is held, as
+        // any other.
+        return false;
     }
     // SAFETY: `fd` was just made and is owned by no one else.
     let probe = unsafe { OwnedFd::from_raw_fd(fd) };
-    let (st, l) = encode_addr(SocketAddr::new(ip, 0), family);
+    // A datagram socket's connect only looks the route up: nothing is
+    // sent. Its scope id kept, for a link-local address.
+    let (st, l) = encode_addr(dest, family);
     // SAFETY: `st` holds `l` bytes of address.
     let r = unsafe {
-        libc::bind(
+        (real().connect)(
             probe.as_raw_fd(),
             &st as *const sockaddr_storage as *const sockaddr,
             l,
         )
     };
-    r == 0 || errno() != libc::EADDRNOTAVAIL
+    r == 0 && local_addr(probe.as_raw_fd()).is_some_and(|a| canonical(a).ip() == dest.ip())
 }
 
 /// How long a blocking connect waits for the daemon to settle a
@@ -205,7 +211,12 @@ fn wait_negotiated(fd: c_int, id: u64, timeout_ms: Option<c_int>) -> Result<(), 
             let _ = crate::daemon::query(&Request::Abandon { id });
             return Err(libc::ETIMEDOUT);
         }
-        wait_writable(fd, Some(limit - spent), timeout_ms.is_some())?;
+        match wait_writable(fd, Some(limit - spent), timeout_ms.is_some()) {
+            Ok(()) => {}
+            // The limit reached: the loop's head says what that means.
+            Err(libc::EINPROGRESS) => continue,
+            Err(e) => return Err(e),
+        }
         // Another thread may have closed the number and reused it.
         if socket_id(fd) != Some(id) {
             return Err(libc::EBADF);
@@ -590,10 +601,13 @@ mod tests {
 
     #[test]
     fn only_an_address_of_this_host_is_local() {
-        assert!(is_local_address("127.0.0.1".parse().unwrap()));
-        assert!(is_local_address("::1".parse().unwrap()));
+        let local = |a: &str| is_local_address(a.parse().unwrap());
+        assert!(local("127.0.0.1:80"));
+        assert!(local("[::1]:80"));
         // TEST-NET-1 (RFC 5737): never an address of a host.
-        assert!(!is_local_address("192.0.2.1".parse().unwrap()));
+        assert!(!local("192.0.2.1:80"));
+        // A link-local peer, its scope the loopback interface's.
+        assert!(!local("[fe80::1%1]:80"));
     }
 
     /// A blocking connect is not held only when it may reach a listener

@@ -39,11 +39,12 @@ pub(super) fn descriptors_of(id: u64) -> usize {
 }
 
 /// Whether a descendant of this process may hold a descriptor of socket
-/// `id` (a copy a child inherited at `fork`). `true` when `/proc` cannot
-/// tell: the connect then goes on, as it would for a holder.
+/// `id` (a copy a child inherited at `fork` or `posix_spawn`). When
+/// `/proc` cannot tell, whether the process forked: the connect then goes
+/// on, as it would for a holder.
 pub(super) fn held_by_descendants(id: u64) -> bool {
     if !crate::daemon::proc_is_ours() {
-        return true;
+        return crate::fork::has_forked();
     }
     let name = format!("socket:[{id}]");
     let children_of = |pid: &str| -> Option<Vec<String>> {
@@ -58,7 +59,7 @@ pub(super) fn held_by_descendants(id: u64) -> bool {
         Some(all)
     };
     let Some(mut queue) = children_of("self") else {
-        return true;
+        return crate::fork::has_forked();
     };
     // Bounded: a process with more descendants than this is taken to
     // hold it.
