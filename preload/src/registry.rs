@@ -75,7 +75,7 @@ impl Entry {
 /// At most this many identities of sockets known not to be relayed.
 const NOT_RELAYED_KEPT: usize = 4096;
 
-/// At most this many addresses remembered as this process's listeners.
+/// At most this many listeners of this process remembered.
 const OWN_LISTENERS_KEPT: usize = 1024;
 
 /// At most this many listeners remembered as answering in the SYN-ACK.
@@ -91,7 +91,7 @@ struct Table {
     /// application as plain TCP.
     kernel_listeners: HashSet<u64>,
     /// Listening sockets of this process (by identity) and their
-    /// addresses: a blocking connect to one of them must not wait for its
+    /// addresses: a connect to one of them must not wait for its
     /// negotiation, which needs this process to accept first.
     own_listeners: HashMap<u64, std::net::SocketAddr>,
 }

@@ -826,42 +826,74 @@ fn draining_server() -> u16 {
     port
 }
 
+/// A scratch directory for the log tests: the shim's log and a file of
+/// the program's own; removed on drop.
+struct LogScratch {
+    dir: std::path::PathBuf,
+    log: std::path::PathBuf,
+    own: std::path::PathBuf,
+}
+
+impl LogScratch {
+    fn new(name: &str) -> LogScratch {
+        let dir = std::env::temp_dir().join(format!("tcpcrypt-log-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (log, own) = (dir.join("shim.log"), dir.join("own.txt"));
+        LogScratch { dir, log, own }
+    }
+
+    /// The program's own file, as a Python literal.
+    fn own(&self) -> String {
+        format!("{:?}", self.own.to_str().unwrap())
+    }
+
+    /// Runs `cmd` shimmed, logging at the debug level into the log.
+    fn run(&self, cmd: &mut Command) -> std::process::Output {
+        cmd.envs(shim_env())
+            .env("TCPCRYPT_LOG", "debug")
+            .env("TCPCRYPT_LOG_FILE", &self.log)
+            .output()
+            .unwrap()
+    }
+
+    fn logged(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LogScratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The shim's log keeps no descriptor in the program: a program that
 /// closes every descriptor and reuses the numbers for files of its own
 /// finds in them only what it wrote, and the log gets the lines.
 #[test]
 fn the_shims_log_never_writes_to_a_descriptor_the_program_reused() {
     let port = draining_server();
-    let dir = std::env::temp_dir().join(format!("tcpcrypt-log-reuse-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (log, own) = (dir.join("shim.log"), dir.join("own.txt"));
+    let scratch = LogScratch::new("reuse");
     let script = format!(
         r#"
 import os, socket
 os.closerange(3, 1024)
-f = open({own:?}, "w")
+f = open({own}, "w")
 socket.create_connection(("127.0.0.1", {port})).close()
 f.write("program data\n")
 f.close()
 "#,
-        own = own.to_str().unwrap(),
+        own = scratch.own(),
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .envs(shim_env())
-        .env("TCPCRYPT_LOG", "debug")
-        .env("TCPCRYPT_LOG_FILE", &log)
-        .output()
-        .unwrap();
+    let out = scratch.run(Command::new("python3").args(["-c", &script]));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
-        std::fs::read_to_string(&own).unwrap(),
+        std::fs::read_to_string(&scratch.own).unwrap(),
         "program data\n",
         "the program's own file holds only what it wrote"
     );
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = scratch.logged();
     assert!(logged.contains("handed to the daemon"), "{logged}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The shim's log never takes a standard stream's number: a program
@@ -870,33 +902,24 @@ f.close()
 #[test]
 fn the_shims_log_leaves_a_closed_standard_streams_number_to_the_program() {
     let port = draining_server();
-    let dir = std::env::temp_dir().join(format!("tcpcrypt-log-stdout-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (log, own) = (dir.join("shim.log"), dir.join("own.txt"));
+    let scratch = LogScratch::new("stdout");
     let script = format!(
         r#"
 import os, socket
 socket.create_connection(("127.0.0.1", {port})).close()
-fd = os.open({own:?}, os.O_WRONLY | os.O_CREAT)
+fd = os.open({own}, os.O_WRONLY | os.O_CREAT)
 os.write(2, b"opened at %d" % fd)
 "#,
-        own = own.to_str().unwrap(),
+        own = scratch.own(),
     );
-    let out = Command::new("sh")
-        .args(["-c", "exec python3 -c \"$0\" >&-", &script])
-        .envs(shim_env())
-        .env("TCPCRYPT_LOG", "debug")
-        .env("TCPCRYPT_LOG_FILE", &log)
-        .output()
-        .unwrap();
+    let out = scratch.run(Command::new("sh").args(["-c", "exec python3 -c \"$0\" >&-", &script]));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "opened at 1",
         "{out:?}"
     );
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = scratch.logged();
     assert!(logged.contains("handed to the daemon"), "{logged}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

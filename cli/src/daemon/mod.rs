@@ -546,10 +546,7 @@ impl Daemon {
                 };
                 if (setting.0, setting.1) == (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) {
                     // The application's own socket, held until released.
-                    let value = setting
-                        .2
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()));
+                    let value = setting.2.first_chunk().map(|b| i32::from_ne_bytes(*b));
                     return match value {
                         Some(v) if c.replace_held_lowat(v) => Reply::Ok,
                         _ => Reply::Unknown,

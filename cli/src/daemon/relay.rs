@@ -284,15 +284,13 @@ pub async fn connecting(
         }
     };
     if let Err(e) = connected {
-        let errno = e.raw_os_error().unwrap_or(libc::ETIMEDOUT);
-        // The reset first, the errno after: a shim that learns the errno
-        // finds the kernel's own error on its socket already, and clears it.
-        // The application's own option back in between: before the reset,
-        // it could poll writable for a moment.
-        abort(app);
-        release_lowat(&app_socket, &pending, conn);
-        drop(app_socket);
-        conn.set_state(ConnState::Failed(errno));
+        fail(
+            app,
+            app_socket,
+            &pending,
+            conn,
+            e.raw_os_error().unwrap_or(libc::ETIMEDOUT),
+        );
         return Err(e);
     }
     if start.offer.is_none() && wants_first_bytes(start.zero_rtt, &real, config) {
@@ -322,14 +320,22 @@ pub async fn connecting(
             splice(app, real, conn).await
         }
         Err(e) => {
-            let errno = failure_errno(&e);
-            abort(app);
-            release_lowat(&app_socket, &pending, conn);
-            drop(app_socket);
-            conn.set_state(ConnState::Failed(errno));
+            fail(app, app_socket, &pending, conn, failure_errno(&e));
             Err(e)
         }
     }
+}
+
+/// A held connect failed with `errno`: the application's socket is reset,
+/// then the errno recorded, so that a shim that learns the errno finds
+/// the kernel's own error on its socket already, and clears it. The
+/// application's own option goes back in between (before the reset, it
+/// could poll writable for a moment).
+fn fail(app: TcpStream, app_socket: OwnedFd, pending: &Pending, conn: &Conn, errno: i32) {
+    abort(app);
+    release_lowat(&app_socket, pending, conn);
+    drop(app_socket);
+    conn.set_state(ConnState::Failed(errno));
 }
 
 /// Puts the application's own `TCP_NOTSENT_LOWAT` back on its socket (as

@@ -129,7 +129,7 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     // application's bytes: negotiated, or plain as the policy allows, or
     // failed with its errno.
     let left = timeout.map(|ms| {
-        let spent = started.elapsed().as_millis().min(c_int::MAX as u128) as c_int;
+        let spent = millis_since(started);
         ms.saturating_sub(spent).max(1)
     });
     Some(match wait_negotiated(fd, id, left) {
@@ -187,6 +187,11 @@ fn is_local_address(dest: SocketAddr) -> bool {
     r == 0 && local_addr(probe.as_raw_fd()).is_some_and(|a| canonical(a).ip() == dest.ip())
 }
 
+/// Milliseconds since `t`, as `poll` takes them.
+fn millis_since(t: std::time::Instant) -> c_int {
+    t.elapsed().as_millis().min(c_int::MAX as u128) as c_int
+}
+
 /// How long a blocking connect waits for the daemon to settle a
 /// connection without a timeout of its own: beyond the daemon's own limits
 /// (the handshake's deadline), a daemon that took the connection and
@@ -202,7 +207,7 @@ fn wait_negotiated(fd: c_int, id: u64, timeout_ms: Option<c_int>) -> Result<(), 
     let limit = timeout_ms.unwrap_or(SETTLE_LIMIT_MS);
     let started = std::time::Instant::now();
     loop {
-        let spent = started.elapsed().as_millis().min(c_int::MAX as u128) as c_int;
+        let spent = millis_since(started);
         if spent >= limit {
             if timeout_ms.is_some() {
                 return Err(libc::EINPROGRESS);
@@ -221,7 +226,6 @@ fn wait_negotiated(fd: c_int, id: u64, timeout_ms: Option<c_int>) -> Result<(), 
         if socket_id(fd) != Some(id) {
             return Err(libc::EBADF);
         }
-        let entry = registry::recorded(fd).unwrap_or_else(|| Entry::new(id, true));
         match settled_by_socket(fd) {
             Some(Outcome::Connected) => {
                 registry::update(fd, |en| en.pending = false);
@@ -229,12 +233,15 @@ fn wait_negotiated(fd: c_int, id: u64, timeout_ms: Option<c_int>) -> Result<(), 
             }
             // Woken, but neither writable nor failed any more: wait again.
             Some(Outcome::Connecting) => continue,
-            Some(Outcome::Failed(_)) | None => match pending_outcome(fd, &entry) {
-                Outcome::Connected => return Ok(()),
-                Outcome::Failed(e) => return Err(e),
-                // Failed, but the daemon cannot tell how: a reset.
-                Outcome::Connecting => return Err(libc::ECONNRESET),
-            },
+            Some(Outcome::Failed(_)) | None => {
+                let entry = registry::recorded(fd).unwrap_or_else(|| Entry::new(id, true));
+                match pending_outcome(fd, &entry) {
+                    Outcome::Connected => return Ok(()),
+                    Outcome::Failed(e) => return Err(e),
+                    // Failed, but the daemon cannot tell how: a reset.
+                    Outcome::Connecting => return Err(libc::ECONNRESET),
+                }
+            }
         }
     }
 }
@@ -425,7 +432,7 @@ fn wait_writable(fd: c_int, limit_ms: Option<c_int>, own_timeout: bool) -> Resul
         let left = match limit_ms {
             None => -1,
             Some(ms) => {
-                let spent = started.elapsed().as_millis().min(c_int::MAX as u128) as c_int;
+                let spent = millis_since(started);
                 if spent >= ms {
                     return Err(libc::EINPROGRESS);
                 }

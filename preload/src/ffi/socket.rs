@@ -26,16 +26,18 @@ pub(super) fn socket_id(fd: c_int) -> Option<u64> {
 /// How many of this process's descriptors name the socket with identity
 /// `id` (`/proc/self/fd` shows each as `socket:[inode]`).
 pub(super) fn descriptors_of(id: u64) -> usize {
+    descriptors_in("self", id).unwrap_or(0)
+}
+
+/// How many descriptors of process `pid` (`self` for this one) name the
+/// socket with identity `id`; the error when its `/proc/PID/fd` cannot
+/// be read.
+fn descriptors_in(pid: &str, id: u64) -> std::io::Result<usize> {
     let name = format!("socket:[{id}]");
-    std::fs::read_dir("/proc/self/fd")
-        .map(|dir| {
-            dir.flatten()
-                .filter(|e| {
-                    std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == name.as_str())
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == name.as_str()))
+        .count())
 }
 
 /// Whether a descendant of this process may hold a descriptor of socket
@@ -46,7 +48,6 @@ pub(super) fn held_by_descendants(id: u64) -> bool {
     if !crate::daemon::proc_is_ours() {
         return crate::fork::has_forked();
     }
-    let name = format!("socket:[{id}]");
     let children_of = |pid: &str| -> Option<Vec<String>> {
         let mut all = Vec::new();
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -67,10 +68,8 @@ pub(super) fn held_by_descendants(id: u64) -> bool {
         let Some(pid) = queue.pop() else {
             return false;
         };
-        let holds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-            Ok(dir) => dir.flatten().any(|e| {
-                std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == name.as_str())
-            }),
+        let holds = match descriptors_in(&pid, id) {
+            Ok(n) => n > 0,
             // Gone meanwhile: it holds nothing.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             // Not readable (it changed its user, or ran a set-user-ID
