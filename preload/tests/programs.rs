@@ -348,6 +348,47 @@ fn socat_one_way_with_one_shot_servers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A program that writes to a plain one-shot `nc -l` and ends (`nc -N`)
+/// either delivers exactly its bytes or fails: never exit 0 with them
+/// lost. `nc -l` stays silent, so its only connection takes the hello;
+/// the plain reconnect is then refused once it has ended, rather than
+/// left in its queue with the program's bytes (docs/PROTOCOL.md, "A
+/// silent server").
+#[test]
+fn a_plain_one_shot_nc_listener_gets_the_bytes_or_the_writer_fails() {
+    let _serial = one_at_a_time();
+    require("nc");
+    let dir = scratch("nc-one-shot");
+    let payload = body(1 << 20);
+    std::fs::write(dir.join("in"), &payload).unwrap();
+    let port = free_port();
+    let mut server = Server::spawn(
+        Command::new("nc")
+            .args(["-l", "127.0.0.1", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("out")).unwrap()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client(
+        true,
+        &format!("nc -N 127.0.0.1 {port} < {}", dir.join("in").display()),
+    );
+    let _ = server.0.wait();
+    let got = std::fs::read(dir.join("out")).unwrap();
+    assert!(
+        !out.status.success() || got == payload,
+        "exit 0 with {} of {} bytes delivered",
+        got.len(),
+        payload.len()
+    );
+    assert!(
+        !out.status.success(),
+        "the hello took nc's only connection: {}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tcpcrypt-{name}-{}", std::process::id()));

@@ -232,6 +232,9 @@ impl TcpcryptConnector {
                     self.conclude_fallback(Some(peer), &reason)?;
                     tracing::debug!(%peer, %reason, "falling back to plain TCP");
                     let tcp = TcpStream::connect(peer).await?;
+                    if reason == FallbackReason::ServerSilent {
+                        negotiate::still_up(&tcp).await?;
+                    }
                     let mut s = plain(tcp, reason);
                     // What it took to find the server plain, every try.
                     s.handshake = started.elapsed();
@@ -399,7 +402,12 @@ impl TcpcryptConnector {
                 stream.handshake = started.elapsed();
                 Ok(Connected::Stream(stream))
             }
-            ClientEnd::Reconnect(reason) => Ok(Connected::Reconnect(reason)),
+            ClientEnd::Reconnect(reason) => {
+                if reason == FallbackReason::ServerSilent {
+                    negotiate::let_go_of_silent(&mut io).await;
+                }
+                Ok(Connected::Reconnect(reason))
+            }
         }
     }
 

@@ -255,6 +255,56 @@ fn client_end(outcome: ClientOutcome, rest: Vec<u8>, early: usize) -> ClientEnd 
     }
 }
 
+/// How long a silent server is given to end the connection it stayed
+/// silent on, once the connecting side has ended its half.
+const SILENT_SERVER_END_WAIT: Duration = Duration::from_millis(300);
+
+/// At most this much of what a silent server sends at the end is read
+/// (and discarded) while waiting for that end.
+const SILENT_SERVER_END_BYTES: usize = 64 * 1024;
+
+/// Lets go of a connection whose server stayed silent, before the plain
+/// reconnect: ends our half, then waits (bounded in time and bytes) for
+/// the server to end its own. A one-shot server (`nc -l`) that took the
+/// hello for its only connection then finishes and stops listening, so
+/// that the reconnect is refused and the application learns that its
+/// bytes cannot go; made at once, the reconnect would land in the
+/// listener's queue, never accepted, and the application's bytes with it
+/// (docs/PROTOCOL.md, "A silent server").
+pub(crate) async fn let_go_of_silent<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    let _ = timeout(SILENT_SERVER_END_WAIT, async {
+        while read < SILENT_SERVER_END_BYTES {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// How long the plain reconnect to a server that stayed silent must stay
+/// up before it is handed over.
+const SILENT_RECONNECT_GRACE: Duration = Duration::from_millis(100);
+
+/// The plain reconnect to a server that stayed silent, before it is
+/// handed over: an error when it is reset within a short grace. A one-shot
+/// server whose only connection took the hello ends (and stops listening)
+/// after [`let_go_of_silent`]; a reconnect that still made it into its
+/// listener's queue is reset when it ends, never accepted: the
+/// application must learn that, not write its bytes into it.
+pub(crate) async fn still_up(tcp: &tokio::net::TcpStream) -> io::Result<()> {
+    match timeout(SILENT_RECONNECT_GRACE, tcp.peek(&mut [0u8; 1])).await {
+        Ok(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Runs the accepting side's handshake on `io`; `probe` reads the path's
 /// figures when `io` is a TCP connection; `hold` queues the last message of
 /// an encrypted handshake without sending it (`first_write.rs`).

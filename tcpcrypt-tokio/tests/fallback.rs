@@ -669,3 +669,36 @@ async fn a_server_silent_through_the_long_wait_costs_it_once() {
         next.handshake_duration()
     );
 }
+
+/// A one-shot server that stays silent (`nc -l`): its only connection
+/// takes the hello. The connecting side ends that connection before the
+/// plain reconnect, so that the server finishes and stops listening: the
+/// reconnect is refused and the application learns that its bytes cannot
+/// go, where a reconnect made at once would land in the listener's queue,
+/// never accepted, the bytes written to it lost.
+#[tokio::test]
+async fn a_silent_one_shot_server_refuses_the_reconnect_instead_of_queueing_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut only, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut only, &mut got);
+        // Its connection ended, it ends: no more listening.
+        drop(listener);
+        got
+    });
+    let cfg = config(|b| b.server_hello_timeout(Duration::from_millis(300)));
+    let outcome = timeout(LIMIT, tcpcrypt_tokio::TcpcryptStream::connect(addr, &cfg))
+        .await
+        .expect("bounded");
+    assert_eq!(
+        outcome.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionRefused)
+    );
+    let got = server.join().unwrap();
+    assert!(
+        got.starts_with(b"\xE5ENO"),
+        "the hello, and only that: {got:?}"
+    );
+}
