@@ -582,10 +582,15 @@ print("done")
     };
     let env = zero_rtt_daemon();
     assert_eq!(python_shimmed_with(&script(false), &env), ["done"]);
-    assert_eq!(python_shimmed_with(&script(true), &env), ["done"]);
+    // The reset may come while the daemon still drains the connect's
+    // filler, or once it waits for the first bytes: a few tries meet both.
+    const RESETS: usize = 4;
+    for _ in 0..RESETS {
+        assert_eq!(python_shimmed_with(&script(true), &env), ["done"]);
+    }
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut seen = Vec::new();
-    while seen.len() < 2 && Instant::now() < deadline {
+    while seen.len() < 1 + RESETS && Instant::now() < deadline {
         if let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
             seen.push(v);
         }

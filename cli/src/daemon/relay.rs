@@ -297,7 +297,13 @@ pub async fn connecting(
         // The first bytes may go as 0-RTT data with the hello: the
         // application writes them now.
         conn.set_state(ConnState::Negotiating);
-        release(&mut app, app_socket, &pending, conn).await?;
+        if let Err(e) = release(&mut app, app_socket, &pending, conn).await {
+            // The application reset its socket (it may as soon as its
+            // connect returns): so does the relay, or the server would
+            // take the closed connection for a plain client's clean end.
+            abort(real);
+            return Err(e);
+        }
         return outbound(app, real, start, config, conn).await;
     }
     // Otherwise the socket turns writable only once the connection can
@@ -316,7 +322,11 @@ pub async fn connecting(
     };
     match negotiated {
         Ok(real) => {
-            release(&mut app, app_socket, &pending, conn).await?;
+            if let Err(e) = release(&mut app, app_socket, &pending, conn).await {
+                // As above: the server must see a reset, not a clean end.
+                reset_on_close(real.get_ref(), true);
+                return Err(e);
+            }
             splice(app, real, conn).await
         }
         Err(e) => {
