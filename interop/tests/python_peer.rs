@@ -42,9 +42,20 @@ fn python_server(args: &[&str]) -> (Running, BufReader<ChildStderr>, u16) {
     (server, err, port as u16)
 }
 
+/// One TEP and one AEAD; as a server's, a long wait for the hello, so that
+/// a loaded machine's slow Python client is not taken for a plain one.
 fn config(tep: Tep, aead: AeadAlgorithm) -> Arc<Config> {
-    Arc::new(Config::builder().teps([tep]).aeads([aead]).build().unwrap())
+    Arc::new(
+        Config::builder()
+            .teps([tep])
+            .aeads([aead])
+            .client_hello_wait(HELLO_WAIT)
+            .build()
+            .unwrap(),
+    )
 }
+
+const HELLO_WAIT: Duration = Duration::from_secs(10);
 
 /// Data with a recognisable pattern.
 fn data(len: usize, seed: u8) -> Vec<u8> {
@@ -258,7 +269,13 @@ async fn the_library_resumes_with_0rtt_data_against_the_python_server() {
 #[tokio::test]
 async fn the_python_client_resumes_with_0rtt_data_against_the_library() {
     for early in [true, false] {
-        let cfg = Arc::new(Config::builder().early_data(early).build().unwrap());
+        let cfg = Arc::new(
+            Config::builder()
+                .early_data(early)
+                .client_hello_wait(HELLO_WAIT)
+                .build()
+                .unwrap(),
+        );
         let mut listener = TcpcryptListener::bind("127.0.0.1:0", &cfg).await.unwrap();
         let port = listener.local_addr().port();
         let server = tokio::spawn(async move {

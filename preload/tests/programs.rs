@@ -32,9 +32,25 @@ impl Drop for Server {
     }
 }
 
+/// Waits until a socket listens on `port`, as the kernel's tables show
+/// it: no probe connection, which a one-shot server would take for its
+/// only client.
 fn wait_listening(port: u16) {
+    let port = format!(":{port:04X}");
+    let listens = || {
+        ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+            std::fs::read_to_string(table)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[1].ends_with(&port) && f[3] == "0A"
+                })
+        })
+    };
     let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !listens() {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "nothing listens on {port}"
@@ -43,9 +59,17 @@ fn wait_listening(port: u16) {
     }
 }
 
+/// Waits at most 20 s for a server to end (one whose client failed
+/// may never see a connection; dropping it kills it).
+fn wait_ended(server: &mut Server) {
+    let start = Instant::now();
+    while server.0.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// Starts `cmd` (shimmed or not) as a server on `port`, and waits until it
-/// listens. The wait's own probe connection is a plain client that says
-/// nothing; servers here take that in their stride.
+/// listens.
 fn serve(mut cmd: Command, shimmed: bool, port: u16) -> Server {
     if shimmed {
         cmd.envs(shim_env())
@@ -207,7 +231,7 @@ fn openbsd_netcat() {
     let listen = |shimmed: bool| {
         let port = free_port();
         let mut cmd = Command::new("nc");
-        // -k: the listener's own readiness probe is a connection too.
+        // -k: one listener for all the clients below.
         cmd.args(["-k", "-l", "127.0.0.1", &port.to_string()])
             .stdout(Stdio::piped());
         (serve(cmd, shimmed, port), port)
@@ -257,7 +281,7 @@ fn socat_one_way_with_one_shot_servers() {
     let payload: Vec<u8> = body(300_000);
     std::fs::write(dir.join("in"), &payload).unwrap();
     let out_file = dir.join("out");
-    let one_shot = |shimmed: bool, from: String, to: String| {
+    let one_shot = |shimmed: bool, port: u16, from: String, to: String| {
         let mut cmd = Command::new("socat");
         cmd.args(["-u", &from, &to]);
         if shimmed {
@@ -265,13 +289,14 @@ fn socat_one_way_with_one_shot_servers() {
                 .env("TCPCRYPT_CLIENT_HELLO_WAIT_MS", "10000");
         }
         let server = Server::spawn(&mut cmd);
-        std::thread::sleep(Duration::from_millis(300));
+        wait_listening(port);
         server
     };
     for (server_shimmed, client_shimmed) in [(true, true), (true, false)] {
         let port = free_port();
         let mut server = one_shot(
             server_shimmed,
+            port,
             format!("OPEN:{}", dir.join("in").display()),
             format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"),
         );
@@ -283,7 +308,7 @@ fn socat_one_way_with_one_shot_servers() {
             ),
         );
         assert!(out.status.success());
-        let _ = server.0.wait();
+        wait_ended(&mut server);
         assert!(
             std::fs::read(&out_file).unwrap() == payload,
             "a server that sends a file and exits; client shimmed {client_shimmed}"
@@ -301,6 +326,7 @@ fn socat_one_way_with_one_shot_servers() {
         let _ = std::fs::remove_file(&out_file);
         let _server = one_shot(
             server_shimmed,
+            port,
             listen,
             format!("OPEN:{},creat,append", out_file.display()),
         );
@@ -368,12 +394,12 @@ fn a_plain_one_shot_nc_listener_gets_the_bytes_or_the_writer_fails() {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("out")).unwrap()),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(port);
     let out = client(
         true,
         &format!("nc -N 127.0.0.1 {port} < {}", dir.join("in").display()),
     );
-    let _ = server.0.wait();
+    wait_ended(&mut server);
     let got = std::fs::read(dir.join("out")).unwrap();
     assert!(
         !out.status.success() || got == payload,

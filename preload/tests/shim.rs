@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tcpcrypt_tokio::{Config, TcpcryptListener};
+use tcpcrypt_tokio::TcpcryptListener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
@@ -750,7 +750,7 @@ fn half_close_socket_options_and_logging() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut l = TcpcryptListener::bind("127.0.0.1:0", &Arc::new(Config::default()))
+            let mut l = TcpcryptListener::bind("127.0.0.1:0", &Arc::new(patient_server()))
                 .await
                 .unwrap();
             tx.send(l.local_addr()).unwrap();
@@ -1284,10 +1284,14 @@ fn a_pending_connect_closed_after_a_fork_and_exec_is_abandoned() {
 import os, socket, subprocess, time
 s = socket.socket(); s.setblocking(False)
 s.connect_ex(("127.0.0.1", {hole}))
+# Both ends close on exec: the read below ends once the child has exec'd.
+r, w = os.pipe()
 child = os.fork()
 if child == 0:
+    os.close(r)
     os.execvp("sleep", ["sleep", "3"])
-time.sleep(0.3)
+os.close(w)
+assert os.read(r, 1) == b""
 s.close()
 print(0, flush=True)
 print("closed", flush=True)
@@ -1422,18 +1426,21 @@ def exchange():
     r = b""
     while len(r) < 2: r += s.recv(10)
 exchange()
-t = time.monotonic()
-for _ in range(20): exchange()
-print((time.monotonic() - t) / 20 * 1000)
+took = []
+for _ in range(21):
+    t = time.monotonic(); exchange(); took.append(time.monotonic() - t)
+print(sorted(took)[10] * 1000)
 print(ctypes.CDLL(None).tcpcrypt_is_encrypted(s.fileno()))
 "#,
         port = server.1
     ));
+    // The median: a stall would be on every exchange (40 ms or more), a
+    // busy machine delays only some.
     let per_exchange_ms: f64 = lines[0].parse().unwrap();
     assert_eq!(lines[1], "1", "encrypted end to end");
     assert!(
-        per_exchange_ms < 20.0,
-        "{per_exchange_ms} ms per exchange: delayed-ACK stalls"
+        per_exchange_ms < 30.0,
+        "{per_exchange_ms} ms for the median exchange: delayed-ACK stalls"
     );
 }
 
@@ -1493,6 +1500,9 @@ fn two_hundred_parallel_curl_transfers() {
     let out = Command::new("curl")
         .args(&args)
         .envs(shim_env())
+        // 200 first contacts at once: a loaded machine may answer some
+        // hellos late, which must not be taken for a plain server.
+        .env("TCPCRYPT_SERVER_HELLO_TIMEOUT_MS", "10000")
         .output()
         .unwrap();
     assert!(

@@ -1031,11 +1031,19 @@ async fn the_accepting_sides_first_bytes_do_not_wait_for_its_handshake_to_be_ack
             });
         }
     });
-    let mut c = delaying_acks(plain_addr).await;
-    c.read_exact(&mut [0u8; 1]).await.unwrap();
-    let t = std::time::Instant::now();
-    c.read_exact(&mut [0u8; 1]).await.unwrap();
-    let held = t.elapsed();
+    // The longest of up to three: a test that reads the first byte late
+    // starts its clock late.
+    let mut held = Duration::ZERO;
+    for _ in 0..3 {
+        let mut c = delaying_acks(plain_addr).await;
+        c.read_exact(&mut [0u8; 1]).await.unwrap();
+        let t = std::time::Instant::now();
+        c.read_exact(&mut [0u8; 1]).await.unwrap();
+        held = held.max(t.elapsed());
+        if held >= Duration::from_millis(25) {
+            break;
+        }
+    }
     assert!(
         held >= Duration::from_millis(25),
         "the client acknowledged at once ({held:?}): the test shows nothing"
@@ -1080,6 +1088,10 @@ async fn the_accepting_sides_first_bytes_do_not_wait_for_its_handshake_to_be_ack
     // The first connection leaves the ticket the 0-RTT ones resume with.
     let mut warm = TcpcryptStream::connect(addr, &resuming).await.unwrap();
     warm.read_exact(&mut [0u8; 5]).await.unwrap();
+    // The waits of each kind of connection, judged by their lower median:
+    // a stall is on every connection of a kind (40 ms or more), a busy
+    // machine delays only some.
+    let (mut greetings, mut answers) = (Vec::new(), Vec::new());
     for i in 0..4 {
         // A full handshake, then the greeting.
         let tcp = delaying_acks(addr).await;
@@ -1090,12 +1102,8 @@ async fn the_accepting_sides_first_bytes_do_not_wait_for_its_handshake_to_be_ack
         let t = std::time::Instant::now();
         let mut greeting = [0u8; 5];
         s.read_exact(&mut greeting).await.unwrap();
-        let waited = t.elapsed();
+        greetings.push(t.elapsed());
         assert_eq!(&greeting, b"hi!\n\n");
-        assert!(
-            waited < Duration::from_millis(20),
-            "connection {i}: the greeting came {waited:?} after the handshake"
-        );
         // A 0-RTT request, then its answer.
         let tcp = delaying_acks(addr).await;
         let t = std::time::Instant::now();
@@ -1106,13 +1114,19 @@ async fn the_accepting_sides_first_bytes_do_not_wait_for_its_handshake_to_be_ack
         assert!(s.session().unwrap().zero_rtt, "connection {i}: 0-RTT");
         let mut answer = [0u8; 5];
         s.read_exact(&mut answer).await.unwrap();
-        let waited = t.elapsed();
+        answers.push(t.elapsed());
         assert_eq!(&answer, b"ping\n");
-        assert!(
-            waited < Duration::from_millis(20),
-            "connection {i}: the answer came {waited:?} after the request"
-        );
     }
+    greetings.sort();
+    answers.sort();
+    assert!(
+        greetings[1] < Duration::from_millis(30),
+        "greetings came {greetings:?} after their handshakes"
+    );
+    assert!(
+        answers[1] < Duration::from_millis(30),
+        "answers came {answers:?} after their 0-RTT requests"
+    );
 }
 
 /// Each half of a split stream tells what the whole stream told: the
