@@ -172,7 +172,19 @@ impl TcpcryptConnector {
         tcp: TcpStream,
         early: &[u8],
     ) -> io::Result<TcpcryptStream<TcpStream>> {
-        let peer = tcp.peer_addr()?;
+        let peer = match tcp.peer_addr() {
+            Ok(peer) => peer,
+            // Ended before anything was said (a server that sent and
+            // reset at once): nothing to negotiate. Its bytes, then its
+            // reset, are the application's, as on a plain connection, if
+            // the policy allows one.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                let reason = FallbackReason::ServerClosed;
+                self.check_fallback(None, &reason)?;
+                return Ok(TcpcryptStream::plain(tcp, reason, Vec::new()));
+            }
+            Err(e) => return Err(e),
+        };
         let config = &self.config;
         let plain = |tcp: TcpStream, reason| {
             let mut s = TcpcryptStream::plain(tcp, reason, Vec::new());
@@ -232,7 +244,10 @@ impl TcpcryptConnector {
                     self.conclude_fallback(Some(peer), &reason)?;
                     tracing::debug!(%peer, %reason, "falling back to plain TCP");
                     let tcp = TcpStream::connect(peer).await?;
-                    if reason == FallbackReason::ServerSilent {
+                    // Not after the server's own end: a server that ends
+                    // every connection at once ends this one too, and the
+                    // application learns it as without us.
+                    if reason.is_legacy_evidence() && reason != FallbackReason::ServerClosed {
                         negotiate::still_up(&tcp).await?;
                     }
                     let mut s = plain(tcp, reason);
@@ -403,8 +418,8 @@ impl TcpcryptConnector {
                 Ok(Connected::Stream(stream))
             }
             ClientEnd::Reconnect(reason) => {
-                if reason == FallbackReason::ServerSilent {
-                    negotiate::let_go_of_silent(&mut io).await;
+                if reason.is_legacy_evidence() {
+                    negotiate::let_go_of_legacy(&mut io).await;
                 }
                 Ok(Connected::Reconnect(reason))
             }

@@ -67,6 +67,18 @@ impl FallbackReason {
                 | FallbackReason::HelloLate
         )
     }
+
+    /// Whether the server answered the in-band hello as a legacy server
+    /// does (silence, other bytes, its end) on a connection that the
+    /// fallback replaces with a new one.
+    pub(crate) fn is_legacy_evidence(&self) -> bool {
+        matches!(
+            self,
+            FallbackReason::ServerSilent
+                | FallbackReason::ServerSentOtherBytes
+                | FallbackReason::ServerClosed
+        )
+    }
 }
 
 impl fmt::Display for FallbackReason {

@@ -255,30 +255,33 @@ fn client_end(outcome: ClientOutcome, rest: Vec<u8>, early: usize) -> ClientEnd 
     }
 }
 
-/// How long a silent server is given to end the connection it stayed
-/// silent on, once the connecting side has ended its half.
-const SILENT_SERVER_END_WAIT: Duration = Duration::from_millis(300);
+/// How long a legacy server is given to end the connection the hello
+/// went on, once the connecting side has ended its half: a one-shot
+/// server that finishes its only connection (echoing the hello, answering
+/// it with an error, or reading it to its end) and then exits.
+const LEGACY_SERVER_END_WAIT: Duration = Duration::from_secs(2);
 
-/// At most this much of what a silent server sends at the end is read
+/// At most this much of what a legacy server sends at the end is read
 /// (and discarded) while waiting for that end.
-const SILENT_SERVER_END_BYTES: usize = 64 * 1024;
+const LEGACY_SERVER_END_BYTES: usize = 64 * 1024;
 
-/// Lets go of a connection whose server stayed silent, before the plain
-/// reconnect: ends our half, then waits (bounded in time and bytes) for
-/// the server to end its own. A one-shot server (`nc -l`) that took the
-/// hello for its only connection then finishes and stops listening, so
-/// that the reconnect is refused and the application learns that its
-/// bytes cannot go; made at once, the reconnect would land in the
-/// listener's queue, never accepted, and the application's bytes with it
-/// (docs/PROTOCOL.md, "A silent server").
-pub(crate) async fn let_go_of_silent<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
+/// Lets go of the connection a legacy server answered the hello on
+/// (silence, other bytes or its end), before the plain reconnect: ends
+/// our half, then waits (bounded in time and bytes) for the server to end
+/// its own. A one-shot server (`nc -l`, the echo server of Python's
+/// documentation) that took the hello for its only connection then
+/// finishes and stops listening, so that the reconnect is refused and the
+/// application learns that its bytes cannot go; made at once, the
+/// reconnect would land in the listener's queue, never accepted, and the
+/// application's bytes with it (docs/PROTOCOL.md, "A silent server").
+pub(crate) async fn let_go_of_legacy<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     if io.shutdown().await.is_err() {
         return;
     }
     let mut buf = [0u8; 4096];
     let mut read = 0;
-    let _ = timeout(SILENT_SERVER_END_WAIT, async {
-        while read < SILENT_SERVER_END_BYTES {
+    let _ = timeout(LEGACY_SERVER_END_WAIT, async {
+        while read < LEGACY_SERVER_END_BYTES {
             match io.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => read += n,
@@ -288,18 +291,20 @@ pub(crate) async fn let_go_of_silent<IO: AsyncRead + AsyncWrite + Unpin>(io: &mu
     .await;
 }
 
-/// How long the plain reconnect to a server that stayed silent must stay
-/// up before it is handed over.
-const SILENT_RECONNECT_GRACE: Duration = Duration::from_millis(100);
+/// How long the plain reconnect to a legacy server must stay up before
+/// it is handed over.
+const LEGACY_RECONNECT_GRACE: Duration = Duration::from_millis(100);
 
-/// The plain reconnect to a server that stayed silent, before it is
-/// handed over: an error when it is reset within a short grace. A one-shot
-/// server whose only connection took the hello ends (and stops listening)
-/// after [`let_go_of_silent`]; a reconnect that still made it into its
-/// listener's queue is reset when it ends, never accepted: the
-/// application must learn that, not write its bytes into it.
+/// The plain reconnect to a legacy server, before it is handed over: an
+/// error when it is reset within a short grace, bytes first excepted. A
+/// one-shot server whose only connection took the hello ends (and stops
+/// listening) after [`let_go_of_legacy`]; a reconnect that still made it
+/// into its listener's queue is reset when it ends, never accepted: the
+/// application must learn that, not write its bytes into it. A server
+/// that sends and then resets sends before its reset: the peek finds its
+/// bytes, and the application reads them, then the reset, as without us.
 pub(crate) async fn still_up(tcp: &tokio::net::TcpStream) -> io::Result<()> {
-    match timeout(SILENT_RECONNECT_GRACE, tcp.peek(&mut [0u8; 1])).await {
+    match timeout(LEGACY_RECONNECT_GRACE, tcp.peek(&mut [0u8; 1])).await {
         Ok(Err(e)) => Err(e),
         _ => Ok(()),
     }

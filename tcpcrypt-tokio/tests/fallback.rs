@@ -708,3 +708,48 @@ async fn a_silent_one_shot_server_refuses_the_reconnect_instead_of_queueing_it()
         "the hello, and only that: {got:?}"
     );
 }
+
+/// The echo server of Python's documentation serves one connection: it
+/// echoes the hello, which tells the connecting side it is legacy, and
+/// ends once that connection has (here a while after, listener and all).
+/// The plain reconnect must wait for that end and be refused, not land in
+/// the listener's queue, never accepted, with the application's bytes.
+#[tokio::test]
+async fn a_one_shot_echo_server_refuses_the_reconnect_instead_of_queueing_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut only, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = only.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if only.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        drop(listener);
+        got
+    });
+    let outcome = timeout(
+        LIMIT,
+        tcpcrypt_tokio::TcpcryptStream::connect(addr, &config(|b| b)),
+    )
+    .await
+    .expect("bounded");
+    let outcome = outcome.map(|_| ()).map_err(|e| e.kind());
+    assert!(
+        matches!(
+            outcome,
+            Err(ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset)
+        ),
+        "{outcome:?}"
+    );
+    let got = server.join().unwrap();
+    assert!(
+        got.starts_with(b"\xE5ENO"),
+        "the hello, and only that: {got:?}"
+    );
+}
