@@ -604,6 +604,58 @@ print("done")
     );
 }
 
+/// A plain server that sends and then resets at once (an HTTP server
+/// that answers 503 and aborts): the program's connect succeeds, and it
+/// reads the bytes, then the reset, as without the shim; not a connect
+/// that fails with the bytes dropped.
+#[test]
+fn a_server_that_sends_then_resets_is_read_before_its_reset() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"503 service unavailable\n");
+            let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+        }
+    });
+    let script = format!(
+        r#"
+import socket
+got = b""
+try:
+    s = socket.create_connection(("127.0.0.1", {port}))
+    while True:
+        d = s.recv(100)
+        if not d:
+            break
+        got += d
+    print(len(got), "end")
+except OSError as e:
+    print(len(got), type(e).__name__)
+"#
+    );
+    let plain = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let without = String::from_utf8_lossy(&plain.stdout).trim().to_string();
+    assert_eq!(
+        without, "24 ConnectionResetError",
+        "the kernel's own behaviour"
+    );
+    // The first contact takes the server for legacy; the next ones go
+    // plain at once, and their connect is the kernel's.
+    let _ = python_shimmed_with(&script, &[]);
+    for i in 0..5 {
+        assert_eq!(
+            python_shimmed_with(&script, &[]),
+            [without.as_str()],
+            "run {i}"
+        );
+    }
+}
+
 #[test]
 fn a_legacy_verdict_serves_every_process() {
     // A plain server that waits for its client to speak: the first process

@@ -168,7 +168,8 @@ async fn negotiate(
     conn.negotiated(
         real.session(),
         real.carriage(),
-        real.get_ref().local_addr()?,
+        // None when the server already reset it (it sent and reset).
+        real.get_ref().local_addr().unwrap_or(conn.local()),
     );
     Ok(real)
 }
@@ -293,6 +294,9 @@ pub async fn connecting(
         );
         return Err(e);
     }
+    if sent_then_reset(&real) {
+        return deliver_then_reset(app, real, pending, app_socket, config, conn).await;
+    }
     if start.offer.is_none() && wants_first_bytes(start.zero_rtt, &real, config) {
         // The first bytes may go as 0-RTT data with the hello: the
         // application writes them now.
@@ -336,6 +340,44 @@ pub async fn connecting(
     }
 }
 
+/// Whether the server sent and then reset the connection before anything
+/// was negotiated (an HTTP server that answers 503 and aborts): bytes
+/// wait, and the socket has no peer any more.
+fn sent_then_reset(real: &TcpStream) -> bool {
+    sockopt::queued_bytes(real) > 0
+        && real
+            .peer_addr()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// A connection the server sent on and reset at once: nothing to
+/// negotiate, and under the opportunistic policy a plain connection, as
+/// the kernel's was: the application's connect succeeds, it reads the
+/// server's bytes, then the reset. The mandatory policy refuses a plain
+/// server, as always.
+async fn deliver_then_reset(
+    mut app: TcpStream,
+    mut real: TcpStream,
+    pending: Pending,
+    app_socket: OwnedFd,
+    config: &Config,
+    conn: &Conn,
+) -> io::Result<()> {
+    if config.policy() == tcpcrypt_tokio::Policy::Mandatory {
+        fail(app, app_socket, &pending, conn, libc::EPERM);
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    let mut bytes = Vec::new();
+    // Its bytes, then its reset (or whatever ended it): the error itself
+    // is passed on as the application's reset below.
+    let _ = real.read_to_end(&mut bytes).await;
+    conn.negotiated(None, None, real.local_addr().unwrap_or(conn.local()));
+    release(&mut app, app_socket, &pending, conn).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut app, &bytes).await?;
+    abort(app);
+    Ok(())
+}
+
 /// A held connect failed with `errno`: the application's socket is reset,
 /// then the errno recorded, so that a shim that learns the errno finds
 /// the kernel's own error on its socket already, and clears it. The
@@ -377,9 +419,16 @@ async fn release(
     Ok(())
 }
 
-/// Waits for a connecting socket's TCP handshake: its error, if any.
+/// Waits for a connecting socket's TCP handshake: its error, if any. A
+/// server that sent and then reset at once connected, as the kernel told a
+/// program that asked in time: its bytes are read, then the reset, which
+/// `SO_ERROR` would have taken (the kernel reports it once) and left the
+/// bytes behind a clean end.
 async fn established(s: &TcpStream) -> io::Result<()> {
     s.writable().await?;
+    if sockopt::queued_bytes(s) > 0 {
+        return Ok(());
+    }
     if let Some(e) = s.take_error()? {
         return Err(e);
     }

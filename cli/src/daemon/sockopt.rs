@@ -1,7 +1,8 @@
-//! The two raw socket calls the daemon makes on descriptors it was handed:
-//! applying an application's option to the real socket, and giving the
-//! application's socket its `TCP_NOTSENT_LOWAT` back. Neither has a safe
-//! wrapper that takes an arbitrary `(level, name, value)`.
+//! The raw socket calls the daemon makes on descriptors it was handed:
+//! applying an application's option to the real socket, giving the
+//! application's socket its `TCP_NOTSENT_LOWAT` back (neither has a safe
+//! wrapper that takes an arbitrary `(level, name, value)`), and counting
+//! the bytes a socket has queued without taking its pending error.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -34,4 +35,16 @@ pub fn set_notsent_lowat(socket: &impl AsRawFd, bytes: i32) {
             bytes.to_ne_bytes().to_vec(),
         ),
     );
+}
+
+/// How many bytes wait to be read on a socket (`FIONREAD`), without
+/// reading them or taking the socket's pending error (as `SO_ERROR` or a
+/// peek that finds nothing would).
+pub fn queued_bytes(socket: &impl AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one `c_int` through the pointer, which
+    // points to `n`, alive for the call; a descriptor that is not a
+    // socket is an error.
+    let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r == 0 { n.max(0) as usize } else { 0 }
 }

@@ -457,8 +457,17 @@ fn wait_writable(fd: c_int, limit_ms: Option<c_int>, own_timeout: bool) -> Resul
 }
 
 /// How the real connect of `sock`, which polled writable, went: `Ok`, or
-/// its errno.
+/// its errno. Bytes waiting mean it connected, even if the server reset it
+/// since (an HTTP server that answers 503 and aborts): the kernel told a
+/// program that asked in time that its connect succeeded, and it then
+/// reads the bytes, then the reset; `SO_ERROR` would take the reset
+/// (reported once) and leave the bytes behind a clean end.
 fn connect_outcome(sock: &std::net::TcpStream) -> Result<(), c_int> {
+    let mut queued: c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, to `queued`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut queued) } == 0 && queued > 0 {
+        return Ok(());
+    }
     match sockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR) {
         Some(0) => Ok(()),
         Some(e) => Err(e),
