@@ -463,9 +463,7 @@ fn wait_writable(fd: c_int, limit_ms: Option<c_int>, own_timeout: bool) -> Resul
 /// reads the bytes, then the reset; `SO_ERROR` would take the reset
 /// (reported once) and leave the bytes behind a clean end.
 fn connect_outcome(sock: &std::net::TcpStream) -> Result<(), c_int> {
-    let mut queued: c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, to `queued`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut queued) } == 0 && queued > 0 {
+    if super::pair::unread_bytes(sock.as_raw_fd()) > 0 {
         return Ok(());
     }
     match sockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR) {

@@ -170,6 +170,17 @@ fn unsent_bytes(fd: c_int) -> c_int {
     n
 }
 
+/// Bytes received on a socket and not read yet (`FIONREAD`), without
+/// taking its pending error.
+pub(super) fn unread_bytes(fd: c_int) -> c_int {
+    let mut n: c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
+        return 0;
+    }
+    n
+}
+
 /// Zero bytes to fill a send queue with.
 static FILLER: [u8; 64 * 1024] = [0; 64 * 1024];
 
