@@ -243,6 +243,23 @@ print(addr[0], addr[3] == socket.if_nametoindex("lo"), c.getpeername()[3] == add
     assert_eq!(text, "fe80::1 True True 33\n", "scope kept, and encrypted");
 }
 
+/// Python for the descriptor tests: `leave_free(n)` opens descriptors
+/// until none is left, closes `n` of them and returns the others.
+const LEAVE_FREE: &str = r#"
+import os, errno
+def leave_free(free):
+    held = []
+    while True:
+        try:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as e:
+            assert e.errno == errno.EMFILE, e
+            break
+    for fd in held[len(held) - free:]:
+        os.close(fd)
+    return held[:len(held) - free]
+"#;
+
 /// A process out of descriptors: `accept` fails with `EMFILE` and leaves
 /// the connection queued, so that it is accepted once descriptors are
 /// free again (what servers that back off and retry rely on). The shim
@@ -271,16 +288,7 @@ for blocking in (True, False):
         p = subprocess.Popen([sys.executable, "-c", client, str(l.getsockname()[1])],
                              env=env, stdout=subprocess.PIPE)
         assert p.stdout.readline() == b"connected\n"
-        held = []
-        while True:
-            try:
-                held.append(os.open("/dev/null", os.O_RDONLY))
-            except OSError as e:
-                assert e.errno == errno.EMFILE, e
-                break
-        for fd in held[len(held) - free:]:
-            os.close(fd)
-        del held[len(held) - free:]
+        held = leave_free(free)
         try:
             c, _ = l.accept()
             first = "accepted"
@@ -303,7 +311,7 @@ for blocking in (True, False):
         p.wait()
     l.close()
 "#;
-    let (shimmed, plain) = both_ways(script, &[]);
+    let (shimmed, plain) = both_ways(&[LEAVE_FREE, script].concat(), &[]);
     for out in [&shimmed, &plain] {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 14, "{out}");
@@ -321,4 +329,75 @@ for blocking in (True, False):
     // The shim's extra descriptors are few: with six free, it accepts.
     assert!(shimmed.contains("True 6 accepted"), "{shimmed}");
     assert!(shimmed.contains("False 6 accepted"), "{shimmed}");
+}
+
+/// A process out of descriptors: `connect` needs none beyond the
+/// socket's own, so it connects as without the shim (`connect(2)` never
+/// says `EMFILE`). The shim's hand-over needs a few more: short of them,
+/// the connection goes plain under the opportunistic policy, never fails;
+/// with enough free, it is encrypted. Blocking and non-blocking sockets,
+/// with 0 to 6 descriptors free.
+#[test]
+fn connect_out_of_descriptors_still_connects() {
+    let script = r#"
+import socket, os, sys, subprocess, errno, resource, select
+server = """
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(8)
+print(l.getsockname()[1], flush=True)
+while True:
+    c, _ = l.accept()
+    c.sendall(c.recv(5).upper()); c.close()
+"""
+p = subprocess.Popen([sys.executable, "-c", server], stdout=subprocess.PIPE)
+port = int(p.stdout.readline())
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+for blocking in (True, False):
+    for free in range(7):
+        s = socket.socket()
+        s.setblocking(blocking)
+        held = leave_free(free)
+        try:
+            r = s.connect_ex(("127.0.0.1", port))
+            if r == errno.EINPROGRESS:
+                select.select([], [s], [], 20)
+                r = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            outcome = "connected" if r == 0 else errno.errorcode[r]
+        except OSError as e:
+            outcome = errno.errorcode[e.errno]
+        for fd in held:
+            os.close(fd)
+        got, carried = "-", "-"
+        if outcome == "connected":
+            s.setblocking(True)
+            s.settimeout(20)
+            s.sendall(b"hello")
+            got = s.recv(5).decode()
+            try:
+                carried = "encrypted" if len(s.getsockopt(socket.IPPROTO_TCP, 0x54430001, 33)) == 33 else "?"
+            except OSError:
+                carried = "plain"
+        s.close()
+        print(blocking, free, outcome, got, carried, flush=True)
+p.kill()
+"#;
+    let (shimmed, plain) = both_ways(&[LEAVE_FREE, script].concat(), &[]);
+    for out in [&shimmed, &plain] {
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 14, "{out}");
+        for line in &lines {
+            // Every connect succeeded and carried the bytes both ways.
+            assert!(line.contains(" connected HELLO "), "{out}");
+        }
+    }
+    // The shim's extra descriptors are few: with six free, it encrypts.
+    assert!(
+        shimmed.contains("True 6 connected HELLO encrypted"),
+        "{shimmed}"
+    );
+    assert!(
+        shimmed.contains("False 6 connected HELLO encrypted"),
+        "{shimmed}"
+    );
 }

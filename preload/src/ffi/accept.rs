@@ -29,42 +29,12 @@ pub(super) fn refuse_accepted_if_mandatory(c: OwnedFd, why: &str) -> c_int {
 
 /// How many descriptors an accepted connection takes with its hand-over:
 /// its own, the link to the daemon, the application's socket, and the
-/// pairing's listener and accepted end.
-const HANDOVER_FDS: usize = 5;
-
-/// Descriptors kept free for the hand-over of the connection an `accept`
-/// is about to take. Taken before the real `accept`: a process short of
-/// descriptors gets `EMFILE` (or `ENFILE`) with the connection still
-/// queued, as the kernel leaves it when no descriptor is free, never a
-/// connection accepted and then lost for want of one.
-pub(super) struct Reserved {
-    /// Closed when dropped: that is their whole use.
-    held: [Option<OwnedFd>; HANDOVER_FDS],
-}
-
-impl Reserved {
-    /// Frees the one the connection itself takes, just before `accept`.
-    pub(super) fn free_one(&mut self) {
-        self.held[0] = None;
-    }
-}
-
-/// Takes [`HANDOVER_FDS`] descriptors (copies of `listener`), or the
-/// error a process out of them gets.
-pub(super) fn reserve_for_handover(listener: c_int) -> Result<Reserved, c_int> {
-    let mut held = [const { None }; HANDOVER_FDS];
-    for slot in &mut held {
-        // SAFETY: plain system call on the caller's descriptor; the copy
-        // is owned here.
-        let d = unsafe { libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 0) };
-        if d < 0 {
-            return Err(errno());
-        }
-        // SAFETY: `d` was just made and is owned by no one else.
-        *slot = Some(unsafe { OwnedFd::from_raw_fd(d) });
-    }
-    Ok(Reserved { held })
-}
+/// pairing's listener and accepted end. Taken before the real `accept`
+/// ([`reserve`]): a process short of descriptors gets `EMFILE` (or
+/// `ENFILE`) with the connection still queued, as the kernel leaves it
+/// when no descriptor is free, never a connection accepted and then lost
+/// for want of one.
+pub(super) const ACCEPT_HANDOVER_FDS: usize = 5;
 
 /// `fd`, moved to the lowest free descriptor number if that is lower (its
 /// own counted as free): the number the kernel's `accept` gives, once the

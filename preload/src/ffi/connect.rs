@@ -19,6 +19,15 @@ pub(super) fn refuse_if_mandatory(why: &str) -> Option<c_int> {
     Some(-1)
 }
 
+/// How many descriptors a connect's hand-over takes beside the
+/// application's socket and the pairing's listener: the real connection,
+/// the link to the daemon and the pairing's accepted end (the daemon's
+/// copy of the application's socket is made once the listener is closed).
+/// Taken before anything is sent ([`reserve`]): `connect` itself needs no
+/// descriptor, so a process short of them gets its connection as without
+/// the shim (plain), never `EMFILE`.
+const CONNECT_HANDOVER_FDS: usize = 3;
+
 /// `connect` on a TCP socket the shim handles. `None`: not ours, call the
 /// real `connect`.
 pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
@@ -74,6 +83,13 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
         Ok(p) => p,
         Err(e) => return refuse_if_mandatory(&format!("no loopback pairing: errno {e}")),
     };
+    let mut spare = match reserve(fd, CONNECT_HANDOVER_FDS) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse_if_mandatory(&format!("no descriptors for the hand-over: errno {e}"));
+        }
+    };
+    spare.free_one();
     let options = changed_options(fd, family);
     let real = match start_real_connect(dest, &options) {
         Ok(t) => t,
@@ -90,6 +106,9 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     let report = if is_nonblocking(fd) {
         libc::EINPROGRESS
     } else {
+        // Not held across the wait, which may be long while other
+        // threads need descriptors.
+        spare.free_all();
         let waited = wait_writable(real.as_raw_fd(), timeout, timeout.is_some());
         match waited.and_then(|()| connect_outcome(&real)) {
             Ok(()) => 0,
@@ -111,6 +130,7 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
     // listener's queue is full): until then its outcome, an errno
     // included, is the daemon's to report, as for any held connect.
     let held = !(may_reach_own_listener(dest) && peer_addr(real.as_raw_fd()).is_some());
+    spare.free_all();
     let id = match hand_over(fd, pairing, real, dest, options, held) {
         Ok(id) => id,
         Err(e) => {

@@ -28,6 +28,7 @@ mod addr;
 mod connect;
 mod pair;
 mod query;
+mod reserve;
 mod socket;
 
 use accept::*;
@@ -35,6 +36,7 @@ use addr::*;
 use connect::*;
 use pair::*;
 use query::*;
+use reserve::*;
 use socket::*;
 
 pub(crate) use socket::finish_lazy_values;
@@ -304,7 +306,7 @@ pub unsafe extern "C" fn accept4(
     // held across a non-blocking accept (it returns at once), only checked
     // before a blocking one (which may wait long while other threads need
     // descriptors).
-    let reserved = match tcp_family(fd).map(|_| reserve_for_handover(fd)) {
+    let reserved = match tcp_family(fd).map(|_| reserve(fd, ACCEPT_HANDOVER_FDS)) {
         Some(Err(e @ (libc::EMFILE | libc::ENFILE))) => {
             set_errno(e);
             return -1;
