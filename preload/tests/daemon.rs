@@ -604,6 +604,65 @@ print("done")
     );
 }
 
+/// Both ends shimmed, a program that writes and then closes abortively
+/// (`SO_LINGER` 0): the server reads every byte, then the reset, as
+/// without the shim; the relays must not carry the reset ahead of the
+/// bytes, nor the close discard them while they wait behind the connect's
+/// filler.
+#[test]
+fn bytes_written_before_an_abortive_close_reach_the_server_before_the_reset() {
+    const SIZES: [usize; 10] = [
+        1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 20_000, 100_000,
+    ];
+    let (server, mut lines) = shimmed_python_server_with(
+        &format!(
+            r#"
+import socket, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(8)
+print(l.getsockname()[1], flush=True)
+for _ in range({count}):
+    c, _ = l.accept()
+    time.sleep(0.2)
+    n, end = 0, "end"
+    try:
+        while True:
+            b = c.recv(65536)
+            if not b: break
+            n += len(b)
+    except OSError as e:
+        end = e.__class__.__name__
+    print(n, end, len(c.getsockopt(socket.IPPROTO_TCP, 0x54430001, 33)), flush=True)
+    c.close()
+"#,
+            count = SIZES.len()
+        ),
+        &[],
+    );
+    let script = format!(
+        r#"
+import socket, struct
+for n in {SIZES:?}:
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"x" * n)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+print("done")
+"#,
+        port = server.1
+    );
+    assert_eq!(python_shimmed(&script), ["done"]);
+    let seen: Vec<String> = lines
+        .by_ref()
+        .take(SIZES.len())
+        .map(Result::unwrap)
+        .collect();
+    let expected: Vec<String> = SIZES
+        .iter()
+        .map(|n| format!("{n} ConnectionResetError 33"))
+        .collect();
+    assert_eq!(seen, expected, "every byte, then the reset, encrypted");
+}
+
 /// A plain server that sends and then resets at once (an HTTP server
 /// that answers 503 and aborts): the program's connect succeeds, and it
 /// reads the bytes, then the reset, as without the shim; not a connect

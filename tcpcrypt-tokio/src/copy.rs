@@ -182,7 +182,14 @@ impl Transfer {
                     ready!(Pin::new(&mut *to).poll_flush(cx))?;
                     return Poll::Pending;
                 }
-                Poll::Ready(r) => r?,
+                Poll::Ready(Ok(lent)) => lent,
+                Poll::Ready(Err(e)) => {
+                    // A source that failed (a reset) gave its bytes before
+                    // the failure: they are handed on as far as the
+                    // destination takes them now, then the error.
+                    let _ = Pin::new(&mut *to).poll_flush(cx);
+                    return Poll::Ready(Err(e));
+                }
             };
             if lent == 0 {
                 ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
@@ -303,6 +310,38 @@ mod tests {
         a.read_to_end(&mut response).await.unwrap();
         assert_eq!(response, b"response");
         assert_eq!(copier.await.unwrap().unwrap(), (7, 8));
+    }
+
+    /// A source that gives some bytes, then fails (a reset).
+    struct ThenReset(Option<&'static [u8]>);
+
+    impl AsyncRead for ThenReset {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.take() {
+                Some(bytes) => {
+                    buf.put_slice(bytes);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_before_a_source_error_are_flushed_before_the_error() {
+        let (c, mut d) = tokio::io::duplex(4096);
+        let mut to = tokio::io::BufWriter::new(c);
+        let mut from = PlainSource::new(ThenReset(Some(b"the last words")));
+        let err = copy(&mut from, &mut to).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        drop(to);
+        let mut got = Vec::new();
+        d.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"the last words");
     }
 
     #[tokio::test]

@@ -102,10 +102,32 @@ async fn splice(
             Ok(())
         }
         Err(e) => {
+            // A reset of one end reaches the other after the bytes that
+            // came before it, as without the relay: what each socket still
+            // holds unsent leaves before its reset discards it.
+            let app = app.into_inner();
+            tokio::join!(sent_or_given_up(real.get_ref()), sent_or_given_up(&app));
             drop(real);
-            abort(app.into_inner());
+            abort(app);
             Err(e)
         }
+    }
+}
+
+/// How long a connection being reset may take to send what it holds: the
+/// bytes before an abortive close are sent as the kernel sends them, but a
+/// peer that does not read cannot hold the connection.
+const RESET_SEND_LIMIT: Duration = Duration::from_secs(1);
+
+/// Waits until `s` has sent everything it holds, for at most
+/// [`RESET_SEND_LIMIT`]. Polled (no event says "all sent"), at most a few
+/// dozen times: only a connection being reset waits here.
+async fn sent_or_given_up(s: &TcpStream) {
+    let deadline = tokio::time::Instant::now() + RESET_SEND_LIMIT;
+    let mut pause = Duration::from_millis(1);
+    while sockopt::unsent_bytes(s) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -409,7 +431,8 @@ async fn release(
 ) -> io::Result<()> {
     // Its own value first, so that the application never sees the option
     // changed once the socket is writable; what it writes from then on
-    // follows the filler.
+    // follows the filler (an abortive close waits for it to leave: the
+    // shim's `close`).
     release_lowat(&app_socket, pending, conn);
     drop(app_socket);
     let discarded = tokio::io::copy(&mut app.take(pending.filler), &mut tokio::io::sink()).await?;

@@ -2,7 +2,8 @@
 //! applying an application's option to the real socket, giving the
 //! application's socket its `TCP_NOTSENT_LOWAT` back (neither has a safe
 //! wrapper that takes an arbitrary `(level, name, value)`), and counting
-//! the bytes a socket has queued without taking its pending error.
+//! the bytes a socket has queued, to read without taking its pending
+//! error, or to send.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -46,5 +47,16 @@ pub fn queued_bytes(socket: &impl AsRawFd) -> usize {
     // points to `n`, alive for the call; a descriptor that is not a
     // socket is an error.
     let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r == 0 { n.max(0) as usize } else { 0 }
+}
+
+/// How many bytes a socket holds that it has not sent yet
+/// (`SIOCOUTQNSD`): neither in flight nor acknowledged.
+pub fn unsent_bytes(socket: &impl AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQNSD writes one `c_int` through the pointer, which
+    // points to `n`, alive for the call; a descriptor that is not a
+    // socket is an error.
+    let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCOUTQNSD, &mut n) };
     if r == 0 { n.max(0) as usize } else { 0 }
 }

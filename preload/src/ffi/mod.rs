@@ -441,6 +441,11 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { (real().close)(fd) };
     };
+    let _ = catch_unwind(|| {
+        if registry::recorded(fd).is_some_and(|e| socket_id(fd) == Some(e.id)) {
+            send_before_abortive_close(fd);
+        }
+    });
     // A connect still under way (not merely unconfirmed: a program that
     // learnt the outcome by writing never asked SO_ERROR).
     let pending = catch_unwind(|| {

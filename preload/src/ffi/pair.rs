@@ -160,6 +160,28 @@ pub(super) fn set_notsent_lowat(fd: c_int, bytes: c_int) -> bool {
     sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) == Some(bytes)
 }
 
+/// How long an abortive close of a relayed socket waits for the daemon to
+/// take what the socket has not sent.
+const ABORT_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Before an abortive close (`SO_LINGER` 0) of a relayed socket: lets the
+/// daemon take the bytes the socket has not sent, which the reset would
+/// discard. Over a kernel connection they would have left as written (the
+/// peer's window permitting); here they may wait behind the connect's
+/// filler or the daemon's next read. Polled, at most a few dozen times:
+/// only such a close with bytes left waits.
+pub(super) fn send_before_abortive_close(fd: c_int) {
+    if !closes_abortively(fd) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + ABORT_SEND_LIMIT;
+    let mut pause = std::time::Duration::from_millis(1);
+    while unsent_bytes(fd) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Bytes written to a socket and not sent yet.
 fn unsent_bytes(fd: c_int) -> c_int {
     let mut n: c_int = 0;

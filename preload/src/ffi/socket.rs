@@ -97,23 +97,29 @@ pub(super) fn tcp_family(fd: c_int) -> Option<c_int> {
         .then_some(family)
 }
 
+/// A socket option holding a plain C struct `T` (`None`: the call failed).
+fn sockopt_struct<T: Copy>(fd: c_int, level: c_int, name: c_int) -> Option<T> {
+    // SAFETY: the callers' `T` (`timeval`, `linger`) are plain data; all
+    // zeroes is a valid value.
+    let mut v: T = unsafe { zeroed() };
+    let mut l = size_of::<T>() as socklen_t;
+    // SAFETY: `v` and `l` are ours and describe a `T`.
+    let r =
+        unsafe { (real().getsockopt)(fd, level, name, &mut v as *mut T as *mut c_void, &mut l) };
+    (r == 0).then_some(v)
+}
+
 /// A socket option holding a `timeval`, in milliseconds (`None`: none set).
 pub(super) fn sockopt_timeval(fd: c_int, name: c_int) -> Option<c_int> {
-    // SAFETY: `timeval` is plain data; all zeroes is a valid value.
-    let mut tv: libc::timeval = unsafe { zeroed() };
-    let mut l = size_of::<libc::timeval>() as socklen_t;
-    // SAFETY: `tv` and `l` are ours and describe a `timeval`.
-    let r = unsafe {
-        (real().getsockopt)(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            &mut tv as *mut libc::timeval as *mut c_void,
-            &mut l,
-        )
-    };
+    let tv: libc::timeval = sockopt_struct(fd, libc::SOL_SOCKET, name)?;
     let ms = tv.tv_sec * 1000 + tv.tv_usec / 1000;
-    (r == 0 && ms > 0).then(|| ms.min(i64::from(c_int::MAX)) as c_int)
+    (ms > 0).then(|| ms.min(i64::from(c_int::MAX)) as c_int)
+}
+
+/// Whether closing the socket resets it (`SO_LINGER` on, with 0 seconds).
+pub(super) fn closes_abortively(fd: c_int) -> bool {
+    sockopt_struct::<libc::linger>(fd, libc::SOL_SOCKET, libc::SO_LINGER)
+        .is_some_and(|l| l.l_onoff != 0 && l.l_linger == 0)
 }
 
 pub(super) fn is_nonblocking(fd: c_int) -> bool {
