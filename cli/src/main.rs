@@ -58,6 +58,7 @@ enum Command {
     /// Run a program with its TCP connections encrypted when the peer
     /// speaks tcpcrypt (libtcpcrypt.so preloaded).
     #[command(
+        override_usage = "tcpcrypt run [OPTIONS] [--] <COMMAND>...\n       tcpcrypt run [OPTIONS] --shell",
         after_help = "Examples:\n  tcpcrypt run -- curl http://example.net/\n  tcpcrypt run --mandatory -- python3 client.py\n  tcpcrypt run --exclude 10.0.0.0/8 --exclude :22 -- ./server\n  tcpcrypt run --shell"
     )]
     Run(run::Args),
@@ -98,7 +99,7 @@ enum Command {
     /// The per-user relay daemon that carries the connections of shimmed
     /// programs (started on demand by libtcpcrypt.so).
     #[command(
-        after_help = "Examples:\n  tcpcrypt daemon                 (start in the background unless running)\n  tcpcrypt daemon --foreground    (for systemd: packaging/tcpcrypt-daemon.service)\n  tcpcrypt daemon --stop"
+        after_help = "Examples:\n  tcpcrypt daemon                 (start in the background unless running)\n  tcpcrypt daemon --foreground    (for systemd: packaging/systemd/tcpcrypt-daemon.service)\n  tcpcrypt daemon --stop"
     )]
     Daemon(daemon::Args),
     /// The kernel carriage: ENO in the SYN by a BPF program, for the

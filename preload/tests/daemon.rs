@@ -1832,6 +1832,12 @@ fn the_commands_tell_a_stopped_daemon_at_once_and_stop_stops_it() {
     let (out, _) = tcpcrypt(&["daemon"]);
     assert!(out.status.success(), "{out:?}");
     let pid = daemon_pid(&dir.0).expect("the daemon answers");
+    // A second start says that one runs already, whose settings stay.
+    let (again, _) = tcpcrypt(&["daemon", "--zero-rtt"]);
+    assert!(again.status.success(), "{again:?}");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(daemon_pid(&dir.0), Some(pid), "the same daemon");
     let stopped = Stopped::stop(pid);
     wait_until("the daemon is stopped", Duration::from_secs(5), || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -676,6 +676,14 @@ for _ in range(500):
     if not status(): break
     time.sleep(0.01)
 print(len(status()))
+# A second connection resumes the session: the same TEP, said resumed.
+s = socket.create_connection(("127.0.0.1", {port}))
+for _ in range(500):
+    mine = [c for c in status() if c["encrypted"]]
+    if mine: break
+    time.sleep(0.01)
+print(json.dumps(mine[0]))
+s.close()
 "#,
                 port = server.port()
             ),
@@ -702,6 +710,19 @@ print(len(status()))
         "{record}"
     );
     assert_eq!(lines[1], "0", "the entry goes when the connection closes");
+    let resumed: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    // The TEP's identifier (TCPCRYPT_ECDHE_Curve25519) either way, not
+    // the suboption byte with its v bit.
+    assert_eq!(
+        (&record["tep"], &record["resumed"]),
+        (&serde_json::json!(0x23), &serde_json::json!(false)),
+        "{record}"
+    );
+    assert_eq!(
+        (&resumed["tep"], &resumed["resumed"]),
+        (&serde_json::json!(0x23), &serde_json::json!(true)),
+        "{resumed}"
+    );
 }
 
 #[test]

@@ -185,7 +185,9 @@ impl Conn {
         let (encrypted, tep, aead, sid) = match &state {
             ConnState::Encrypted(f) => (
                 true,
-                serde_json::json!(f.tep),
+                // The TEP's identifier: the suboption byte's v bit
+                // (0x80) is the `resumed` field.
+                serde_json::json!(f.tep & 0x7f),
                 serde_json::json!(*lock(&self.aead_name)),
                 serde_json::json!(hex(&f.session_id)),
             ),

@@ -163,7 +163,14 @@ fn raise_descriptor_limit() {
 /// answers: the caller can hand it connections at once.
 fn detach(dir: &Path, args: &Args) -> i32 {
     match control::ask(dir, &Request::Status { from: 0 }) {
-        Ok(_) => return 0,
+        Ok(_) => {
+            // Its settings stay as they are: this command's are not taken.
+            eprintln!(
+                "tcpcrypt daemon: already running for this user ({}); `tcpcrypt daemon --stop` first to start one with other settings",
+                dir.display()
+            );
+            return 0;
+        }
         // It holds the lock: another would not start.
         Err(e) if control::stopped(&e).is_some() => {
             eprintln!("tcpcrypt daemon: {e}");
