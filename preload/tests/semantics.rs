@@ -243,6 +243,30 @@ print(addr[0], addr[3] == socket.if_nametoindex("lo"), c.getpeername()[3] == add
     assert_eq!(text, "fe80::1 True True 33\n", "scope kept, and encrypted");
 }
 
+/// An accepted socket inherits the listening socket's buffer sizes when
+/// the program set them (a server tuning its connections' windows); the
+/// socket the shim makes for it must too.
+#[test]
+fn accepted_sockets_inherit_the_listeners_buffer_sizes() {
+    let script = r#"
+import os, socket, subprocess, sys
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 150000)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 180000)
+l.bind(("127.0.0.1", 0)); l.listen()
+env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+p = subprocess.Popen([sys.executable, "-c", "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1]))).recv(1)",
+                      str(l.getsockname()[1])], env=env)
+c, _ = l.accept()
+sizes = lambda s: [s.getsockopt(socket.SOL_SOCKET, o) for o in (socket.SO_RCVBUF, socket.SO_SNDBUF)]
+print(sizes(l) == sizes(c), sizes(c))
+c.sendall(b"x"); p.wait()
+"#;
+    let (shimmed, plain) = both_ways(script, &[]);
+    assert!(plain.starts_with("True "), "{plain}");
+    assert_eq!(shimmed, plain);
+}
+
 /// Python for the descriptor tests: `leave_free(n)` opens descriptors
 /// until none is left, closes `n` of them and returns the others.
 const LEAVE_FREE: &str = r#"

@@ -36,6 +36,22 @@ pub(super) fn refuse_accepted_if_mandatory(c: OwnedFd, why: &str) -> c_int {
 /// for want of one.
 pub(super) const ACCEPT_HANDOVER_FDS: usize = 5;
 
+/// The listening socket's buffer sizes (`SO_RCVBUF`, `SO_SNDBUF`) that
+/// the application set, as settings for `fresh`, a new socket: an accepted
+/// socket inherits them. A size the listener holds that differs from the
+/// new socket's default was set; `setsockopt` doubles what it is given, so
+/// the setting is half the size read back.
+fn set_buffer_sizes(listener: c_int, fresh: c_int) -> Vec<Setting> {
+    [libc::SO_RCVBUF, libc::SO_SNDBUF]
+        .into_iter()
+        .filter_map(|name| {
+            let set = sockopt_int(listener, libc::SOL_SOCKET, name)?;
+            (sockopt_int(fresh, libc::SOL_SOCKET, name)? != set)
+                .then(|| (libc::SOL_SOCKET, name, (set / 2).to_ne_bytes().to_vec()))
+        })
+        .collect()
+}
+
 /// `fd`, moved to the lowest free descriptor number if that is lower (its
 /// own counted as free): the number the kernel's `accept` gives, once the
 /// descriptors the hand-over used are closed. `cloexec`: the flag the
@@ -109,6 +125,7 @@ pub(super) fn intercept_accept(
     for setting in changed_options(listener, family)
         .into_iter()
         .chain(read_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY))
+        .chain(set_buffer_sizes(listener, app.as_raw_fd()))
     {
         apply_option(app.as_raw_fd(), &setting);
     }
