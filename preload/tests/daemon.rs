@@ -663,6 +663,34 @@ print("done")
     assert_eq!(seen, expected, "every byte, then the reset, encrypted");
 }
 
+/// An abortive close of a socket whose connect is still held (the server
+/// has not answered the hello yet) returns at once, as the kernel's does:
+/// nothing of the program's waits to be sent (happy-eyeballs clients
+/// close their losing attempts so).
+#[test]
+fn an_abortive_close_during_a_held_connect_returns_at_once() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    // Silent: the negotiation waits for its hello.
+    let _server = std::thread::spawn(move || {
+        let held: Vec<_> = l.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(held);
+    });
+    let lines = python_shimmed(&format!(
+        r#"
+import errno, socket, struct, time
+s = socket.socket(); s.setblocking(False)
+assert s.connect_ex(("127.0.0.1", {port})) == errno.EINPROGRESS
+time.sleep(0.3)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+t = time.monotonic(); s.close()
+print(time.monotonic() - t < 0.5)
+"#
+    ));
+    assert_eq!(lines, ["True"], "close waited");
+}
+
 /// A plain server that sends and then resets at once (an HTTP server
 /// that answers 503 and aborts): the program's connect succeeds, and it
 /// reads the bytes, then the reset, as without the shim; not a connect

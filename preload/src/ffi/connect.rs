@@ -89,6 +89,9 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
             return refuse_if_mandatory(&format!("no descriptors for the hand-over: errno {e}"));
         }
     };
+    // For the real connection, and the link that asks the daemon for its
+    // SYN's offer (the kernel carriage; closed before the next is taken).
+    spare.free_one();
     spare.free_one();
     let options = changed_options(fd, family);
     let real = match start_real_connect(dest, &options) {

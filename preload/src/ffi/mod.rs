@@ -441,8 +441,12 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { (real().close)(fd) };
     };
+    // Not a connect still held: nothing of the program's is queued behind
+    // its filler yet, which leaves only once the connect is over.
     let _ = catch_unwind(|| {
-        if registry::recorded(fd).is_some_and(|e| socket_id(fd) == Some(e.id)) {
+        if registry::recorded(fd).is_some_and(|e| socket_id(fd) == Some(e.id))
+            && !matches!(settled_by_socket(fd), Some(Outcome::Connecting))
+        {
             send_before_abortive_close(fd);
         }
     });
