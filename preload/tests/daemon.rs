@@ -664,31 +664,77 @@ print("done")
 }
 
 /// An abortive close of a socket whose connect is still held (the server
-/// has not answered the hello yet) returns at once, as the kernel's does:
+/// has not answered the hello yet), or has failed (the mandatory policy
+/// refused a plain server), returns at once, as the kernel's does:
 /// nothing of the program's waits to be sent (happy-eyeballs clients
-/// close their losing attempts so).
+/// close their losing attempts so; Netty sets `SO_LINGER` 0 on every
+/// socket it makes).
 #[test]
-fn an_abortive_close_during_a_held_connect_returns_at_once() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    // Silent: the negotiation waits for its hello.
-    let _server = std::thread::spawn(move || {
-        let held: Vec<_> = l.incoming().take(1).collect();
+fn an_abortive_close_during_a_held_or_failed_connect_returns_at_once() {
+    // Silent: the negotiation waits for its hello. Speaking first: plain,
+    // which the mandatory policy refuses.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let speaking = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ports = [&silent, &speaking].map(|l| l.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(1).collect();
         std::thread::sleep(Duration::from_secs(10));
         drop(held);
     });
+    std::thread::spawn(move || {
+        let mut c = speaking.incoming().next().unwrap().unwrap();
+        let _ = c.write_all(b"220 plain\r\n");
+        let _ = c.read_to_end(&mut Vec::new());
+    });
+    let lines = python_shimmed_with(
+        &format!(
+            r#"
+import errno, select, socket, struct, time
+for port, settle in (({silent}, False), ({speaking}, True)):
+    s = socket.socket(); s.setblocking(False)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert s.connect_ex(("127.0.0.1", port)) == errno.EINPROGRESS
+    if settle:
+        select.select([], [s], [], 20)
+        print(errno.errorcode[s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)])
+    else:
+        time.sleep(0.3)
+    t = time.monotonic(); s.close()
+    print(time.monotonic() - t < 0.5)
+"#,
+            silent = ports[0],
+            speaking = ports[1]
+        ),
+        &[("TCPCRYPT_POLICY", "mandatory")],
+    );
+    assert_eq!(lines, ["True", "EPERM", "True"], "close waited");
+    // A connected socket whose peer does not read (a server resetting a
+    // stalled client): the daemon takes nothing more, and the close does
+    // not wait for it.
+    let stalled = tcpcrypt_server("127.0.0.1:0", |s| async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(s);
+    });
     let lines = python_shimmed(&format!(
         r#"
-import errno, socket, struct, time
-s = socket.socket(); s.setblocking(False)
-assert s.connect_ex(("127.0.0.1", {port})) == errno.EINPROGRESS
-time.sleep(0.3)
+import socket, struct, time
+s = socket.create_connection(("127.0.0.1", {port}))
+s.setblocking(False)
+try:
+    while True: s.send(b"x" * 65536)
+except BlockingIOError:
+    pass
 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 t = time.monotonic(); s.close()
 print(time.monotonic() - t < 0.5)
-"#
+"#,
+        port = stalled.port()
     ));
-    assert_eq!(lines, ["True"], "close waited");
+    assert_eq!(
+        lines,
+        ["True"],
+        "close waited for a peer that does not read"
+    );
 }
 
 /// A plain server that sends and then resets at once (an HTTP server

@@ -116,18 +116,29 @@ async fn splice(
 
 /// How long a connection being reset may take to send what it holds: the
 /// bytes before an abortive close are sent as the kernel sends them, but a
-/// peer that does not read cannot hold the connection.
+/// peer that does not read cannot hold the connection: at most
+/// [`RESET_SEND_LIMIT`], and no longer once [`RESET_SEND_STALL`] has passed
+/// without the peer taking any.
 const RESET_SEND_LIMIT: Duration = Duration::from_secs(1);
+const RESET_SEND_STALL: Duration = Duration::from_millis(100);
 
-/// Waits until `s` has sent everything it holds, for at most
-/// [`RESET_SEND_LIMIT`]. Polled (no event says "all sent"), at most a few
-/// dozen times: only a connection being reset waits here.
+/// Waits until `s` has sent everything it holds, within the limits above;
+/// a socket reset already (its count of unsent bytes stays) or closed is
+/// not waited for. Polled (no event says "all sent"), at most a few dozen
+/// times: only a connection being reset waits here.
 async fn sent_or_given_up(s: &TcpStream) {
-    let deadline = tokio::time::Instant::now() + RESET_SEND_LIMIT;
+    let start = tokio::time::Instant::now();
+    let mut progress = (sockopt::unsent_bytes(s), start);
     let mut pause = Duration::from_millis(1);
-    while sockopt::unsent_bytes(s) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+    while progress.0 > 0 && sockopt::is_connected(s) && start.elapsed() < RESET_SEND_LIMIT {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+        let unsent = sockopt::unsent_bytes(s);
+        if unsent < progress.0 {
+            progress = (unsent, tokio::time::Instant::now());
+        } else if progress.1.elapsed() >= RESET_SEND_STALL {
+            return;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! application's socket its `TCP_NOTSENT_LOWAT` back (neither has a safe
 //! wrapper that takes an arbitrary `(level, name, value)`), and counting
 //! the bytes a socket has queued, to read without taking its pending
-//! error, or to send.
+//! error, or to send, and telling whether it is still connected.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -59,4 +59,26 @@ pub fn unsent_bytes(socket: &impl AsRawFd) -> usize {
     // socket is an error.
     let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCOUTQNSD, &mut n) };
     if r == 0 { n.max(0) as usize } else { 0 }
+}
+
+/// Whether a TCP socket is connected: established, or with only the
+/// peer's end received (the state `TCP_INFO` reports), not reset or
+/// closed.
+pub fn is_connected(socket: &impl AsRawFd) -> bool {
+    // The state is the first byte of `struct tcp_info`.
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` has room for `len` bytes, which is all the kernel
+    // writes; a descriptor that is not a TCP socket is an error.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    // TCP_ESTABLISHED and TCP_CLOSE_WAIT (`include/net/tcp_states.h`).
+    r == 0 && matches!(info[0], 1 | 8)
 }

@@ -83,7 +83,7 @@ pub(super) fn intercept_connect(fd: c_int, dest: SocketAddr) -> Option<c_int> {
         Ok(p) => p,
         Err(e) => return refuse_if_mandatory(&format!("no loopback pairing: errno {e}")),
     };
-    let mut spare = match reserve(fd, CONNECT_HANDOVER_FDS) {
+    let mut spare = match reserve(CONNECT_HANDOVER_FDS) {
         Ok(r) => r,
         Err(e) => {
             return refuse_if_mandatory(&format!("no descriptors for the hand-over: errno {e}"));

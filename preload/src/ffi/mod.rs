@@ -306,7 +306,7 @@ pub unsafe extern "C" fn accept4(
     // held across a non-blocking accept (it returns at once), only checked
     // before a blocking one (which may wait long while other threads need
     // descriptors).
-    let reserved = match tcp_family(fd).map(|_| reserve(fd, ACCEPT_HANDOVER_FDS)) {
+    let reserved = match tcp_family(fd).map(|_| reserve(ACCEPT_HANDOVER_FDS)) {
         Some(Err(e @ (libc::EMFILE | libc::ENFILE))) => {
             set_errno(e);
             return -1;
@@ -441,27 +441,20 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { (real().close)(fd) };
     };
-    // Not a connect still held: nothing of the program's is queued behind
-    // its filler yet, which leaves only once the connect is over.
-    let _ = catch_unwind(|| {
-        if registry::recorded(fd).is_some_and(|e| socket_id(fd) == Some(e.id))
-            && !matches!(settled_by_socket(fd), Some(Outcome::Connecting))
-        {
-            send_before_abortive_close(fd);
-        }
-    });
+    let entry = catch_unwind(|| registry::remove(fd)).ok().flatten();
+    let mine = entry
+        .as_ref()
+        .filter(|e| e.owner == std::process::id() && socket_id(fd) == Some(e.id));
+    // An abortive close lets the daemon take what is queued first.
+    let held = || matches!(settled_by_socket(fd), Some(Outcome::Connecting));
+    if mine.is_some() {
+        let _ = catch_unwind(|| send_before_abortive_close(fd, held));
+    }
     // A connect still under way (not merely unconfirmed: a program that
     // learnt the outcome by writing never asked SO_ERROR).
-    let pending = catch_unwind(|| {
-        registry::remove(fd).filter(|e| {
-            e.pending
-                && !e.reported
-                && e.owner == std::process::id()
-                && matches!(settled_by_socket(fd), Some(Outcome::Connecting))
-        })
-    })
-    .ok()
-    .flatten();
+    let pending = mine
+        .filter(|e| e.pending && !e.reported && catch_unwind(held).unwrap_or(false))
+        .cloned();
     // SAFETY: as above.
     let r = unsafe { (real().close)(fd) };
     if let Some(entry) = pending {

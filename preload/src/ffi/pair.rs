@@ -161,24 +161,41 @@ pub(super) fn set_notsent_lowat(fd: c_int, bytes: c_int) -> bool {
 }
 
 /// How long an abortive close of a relayed socket waits for the daemon to
-/// take what the socket has not sent.
+/// take what the socket has not sent: at most [`ABORT_SEND_LIMIT`], and
+/// no longer once [`ABORT_SEND_STALL`] has passed without the daemon
+/// taking any (it does not read while the peer does not).
 const ABORT_SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+const ABORT_SEND_STALL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Before an abortive close (`SO_LINGER` 0) of a relayed socket: lets the
 /// daemon take the bytes the socket has not sent, which the reset would
 /// discard. Over a kernel connection they would have left as written (the
 /// peer's window permitting); here they may wait behind the connect's
-/// filler or the daemon's next read. Polled, at most a few dozen times:
-/// only such a close with bytes left waits.
-pub(super) fn send_before_abortive_close(fd: c_int) {
-    if !closes_abortively(fd) {
+/// filler or the daemon's next read. A socket already reset (its count of
+/// unsent bytes stays) or no longer connected is not waited for. Polled,
+/// at most a few dozen times: only such a close with bytes left waits.
+/// `held`: whether the socket's connect is still held (nothing of the
+/// program's is queued behind its filler yet, which leaves only once the
+/// connect is over), asked last, as the dearest.
+pub(super) fn send_before_abortive_close(fd: c_int, held: impl FnOnce() -> bool) {
+    if unsent_bytes(fd) == 0 || !closes_abortively(fd) || held() {
         return;
     }
-    let deadline = std::time::Instant::now() + ABORT_SEND_LIMIT;
+    let start = std::time::Instant::now();
+    let mut progress = (unsent_bytes(fd), start);
     let mut pause = std::time::Duration::from_millis(1);
-    while unsent_bytes(fd) > 0 && std::time::Instant::now() < deadline {
+    while is_connected(fd) && start.elapsed() < ABORT_SEND_LIMIT {
+        let unsent = unsent_bytes(fd);
+        if unsent == 0 {
+            return;
+        }
+        if unsent < progress.0 {
+            progress = (unsent, std::time::Instant::now());
+        } else if progress.1.elapsed() >= ABORT_SEND_STALL {
+            return;
+        }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        pause = (pause * 2).min(std::time::Duration::from_millis(10));
     }
 }
 

@@ -1,11 +1,14 @@
 //! Descriptors kept free for a hand-over, taken before anything the
 //! application could see has happened: a process short of them is
-//! answered as the kernel answers it (`docs/SHIM.md`, "Descriptors").
+//! answered as the kernel answers it (`docs/SHIM.md`, "connect" and
+//! "accept").
 
 use super::*;
 
-/// Copies of one of the caller's descriptors, held only to keep their
-/// numbers free: each is closed just before the hand-over needs one.
+/// Descriptors held only to keep their numbers free: each is closed just
+/// before the hand-over needs one. They name an `eventfd` of their own,
+/// never a socket of the program's: a child that a `fork` in another
+/// thread gives copies of them keeps nothing of the program's alive.
 pub(super) struct Reserved {
     /// Closed when dropped or freed: that is their whole use.
     held: Vec<OwnedFd>,
@@ -23,14 +26,18 @@ impl Reserved {
     }
 }
 
-/// Takes `count` descriptors (copies of `like`), or the error a process
-/// out of them gets.
-pub(super) fn reserve(like: c_int, count: usize) -> Result<Reserved, c_int> {
-    let mut held = Vec::with_capacity(count);
+/// Takes `count` descriptors, or the error a process out of them gets.
+pub(super) fn reserve(count: usize) -> Result<Reserved, c_int> {
+    let mut held: Vec<OwnedFd> = Vec::with_capacity(count);
     for _ in 0..count {
-        // SAFETY: plain system call on the caller's descriptor; the copy
-        // is owned here.
-        let d = unsafe { libc::fcntl(like, libc::F_DUPFD_CLOEXEC, 0) };
+        // SAFETY: plain system calls; the new descriptor is checked, and
+        // `first` is one made here and still held.
+        let d = unsafe {
+            match held.first() {
+                Some(first) => libc::fcntl(first.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0),
+                None => libc::eventfd(0, libc::EFD_CLOEXEC),
+            }
+        };
         if d < 0 {
             return Err(errno());
         }
