@@ -40,7 +40,9 @@ pub(super) const ACCEPT_HANDOVER_FDS: usize = 5;
 /// the application set, as settings for `fresh`, a new socket: an accepted
 /// socket inherits them. A size the listener holds that differs from the
 /// new socket's default was set; `setsockopt` doubles what it is given, so
-/// the setting is half the size read back.
+/// the setting is half the size read back. (A size set to the default
+/// itself is not told apart: the socket then keeps tuning its own, where
+/// the kernel's would have kept the listener's fixed.)
 fn set_buffer_sizes(listener: c_int, fresh: c_int) -> Vec<Setting> {
     [libc::SO_RCVBUF, libc::SO_SNDBUF]
         .into_iter()
