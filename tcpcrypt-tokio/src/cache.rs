@@ -147,6 +147,17 @@ impl ClientCache {
             .is_some_and(|t| t.elapsed() <= self.verdict_ttl / 20)
     }
 
+    /// Records that `addr`, which negotiated tcpcrypt before, stayed
+    /// silent again lately (two hellos unanswered, one through the long
+    /// wait): it is taken for a server that stopped speaking tcpcrypt. It
+    /// is no longer remembered as one, and the weak legacy verdict holds
+    /// (a twentieth of the verdict TTL), so that its next connections do
+    /// not each pay the long wait and the try again.
+    pub(crate) fn mark_stopped_speaking(&self, addr: SocketAddr) {
+        self.lock().encrypted.remove(&addr);
+        self.mark_legacy(addr, false);
+    }
+
     pub(crate) fn mark_encrypted(&self, addr: SocketAddr) {
         let mut inner = self.lock();
         inner.legacy.remove(&addr);

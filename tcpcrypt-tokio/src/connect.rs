@@ -222,6 +222,10 @@ impl TcpcryptConnector {
                     continue;
                 }
                 Connected::Reconnect(reason) => {
+                    // Silent before (through the long wait, or on the
+                    // try again) and silent now.
+                    let silent_again = reason == FallbackReason::ServerSilent
+                        && config.client_cache.silent_lately(peer);
                     if reason == FallbackReason::ServerSilent {
                         // The try again, and the next connections for a
                         // while, wait only the server hello timeout.
@@ -235,13 +239,22 @@ impl TcpcryptConnector {
                     // hello is tried again, once, on a new connection.
                     let ambiguous =
                         !reason.is_conclusive() || reason == FallbackReason::ServerSentOtherBytes;
-                    if !retried && ambiguous && config.client_cache.was_encrypted(peer) {
+                    if !retried
+                        && !silent_again
+                        && ambiguous
+                        && config.client_cache.was_encrypted(peer)
+                    {
                         tracing::debug!(%peer, %reason, "trying the hello again");
                         retried = true;
                         tcp = TcpStream::connect(peer).await?;
                         continue;
                     }
                     self.conclude_fallback(Some(peer), &reason)?;
+                    if silent_again {
+                        // Reported above as a possible downgrade; from
+                        // now on it costs what any silent server costs.
+                        config.client_cache.mark_stopped_speaking(peer);
+                    }
                     tracing::debug!(%peer, %reason, "falling back to plain TCP");
                     let tcp = TcpStream::connect(peer).await?;
                     // Not after the server's own end: a server that ends
