@@ -27,6 +27,9 @@ struct Inner {
     /// When each destination last stayed silent through a long wait for
     /// its answer (`silent_lately`).
     silent: HashMap<SocketAddr, Instant>,
+    /// Destinations seen encrypted that later stayed silent to two hellos
+    /// in a row (`mark_stopped_speaking`), until encrypted again.
+    stopped: HashMap<SocketAddr, Instant>,
     tickets: HashMap<SocketAddr, (ResumptionSecret, Instant)>,
 }
 
@@ -83,13 +86,20 @@ impl ClientCache {
     /// the negotiation in band) holds for the whole verdict TTL. Weak
     /// evidence (a reset, a close, silence: a single forged packet can
     /// produce any of them) holds for a twentieth of it, and for a
-    /// destination that negotiated tcpcrypt before, not at all.
+    /// destination that negotiated tcpcrypt before, not at all, unless it
+    /// stopped speaking tcpcrypt since (`mark_stopped_speaking`).
     pub(crate) fn mark_legacy(&self, addr: SocketAddr, conclusive: bool) {
         let mut inner = self.lock();
+        let weak_counts = !inner.encrypted.contains_key(&addr) || inner.stopped.contains_key(&addr);
+        if !conclusive && !weak_counts {
+            return;
+        }
+        self.insert_legacy(&mut inner, addr, conclusive);
+    }
+
+    fn insert_legacy(&self, inner: &mut Inner, addr: SocketAddr, conclusive: bool) {
         let ttl = if conclusive {
             self.verdict_ttl
-        } else if inner.encrypted.contains_key(&addr) {
-            return;
         } else {
             self.verdict_ttl / 20
         };
@@ -148,20 +158,32 @@ impl ClientCache {
     }
 
     /// Records that `addr`, which negotiated tcpcrypt before, stayed
-    /// silent again lately (two hellos unanswered, one through the long
-    /// wait): it is taken for a server that stopped speaking tcpcrypt. It
-    /// is no longer remembered as one, and the weak legacy verdict holds
-    /// (a twentieth of the verdict TTL), so that its next connections do
-    /// not each pay the long wait and the try again.
+    /// silent to two hellos of one connection in a row (one through the
+    /// long wait): it is taken for a server that stopped speaking
+    /// tcpcrypt. It is still remembered as encrypted (its fallbacks are
+    /// reported as possible downgrades, and refused with
+    /// `refuse_downgrade`), but its connections no longer wait long nor
+    /// try again, and weak evidence counts for it as for any destination,
+    /// from this silence on: its next connections do not each pay the
+    /// long wait and the try again.
     pub(crate) fn mark_stopped_speaking(&self, addr: SocketAddr) {
-        self.lock().encrypted.remove(&addr);
-        self.mark_legacy(addr, false);
+        let mut inner = self.lock();
+        bound(&mut inner.stopped, self.capacity, Duration::MAX, |t| *t);
+        inner.stopped.insert(addr, Instant::now());
+        self.insert_legacy(&mut inner, addr, false);
+    }
+
+    /// Whether `addr` stopped speaking tcpcrypt (`mark_stopped_speaking`)
+    /// and has not been encrypted since.
+    pub(crate) fn stopped_speaking(&self, addr: SocketAddr) -> bool {
+        self.lock().stopped.contains_key(&addr)
     }
 
     pub(crate) fn mark_encrypted(&self, addr: SocketAddr) {
         let mut inner = self.lock();
         inner.legacy.remove(&addr);
         inner.silent.remove(&addr);
+        inner.stopped.remove(&addr);
         bound(&mut inner.encrypted, self.capacity, Duration::MAX, |t| *t);
         inner.encrypted.insert(addr, Instant::now());
     }
@@ -200,6 +222,8 @@ impl ClientCache {
         let mut inner = self.lock();
         inner.legacy.remove(&addr);
         inner.encrypted.remove(&addr);
+        inner.silent.remove(&addr);
+        inner.stopped.remove(&addr);
         inner.tickets.remove(&addr);
     }
 

@@ -197,6 +197,8 @@ impl TcpcryptConnector {
         let started = std::time::Instant::now();
         let mut tcp = tcp;
         let mut retried = false;
+        // This connection's own hello went unanswered before.
+        let mut was_silent = false;
         let mut late = 0;
         loop {
             let probe = PathProbe::to(&tcp, peer);
@@ -222,11 +224,16 @@ impl TcpcryptConnector {
                     continue;
                 }
                 Connected::Reconnect(reason) => {
-                    // Silent before (through the long wait, or on the
-                    // try again) and silent now.
-                    let silent_again = reason == FallbackReason::ServerSilent
-                        && config.client_cache.silent_lately(peer);
-                    if reason == FallbackReason::ServerSilent {
+                    // Two hellos of this connection in a row unanswered
+                    // (the first through the long wait): the destination
+                    // stopped speaking tcpcrypt, or a path eats its
+                    // answers. Not another connection's silence: those
+                    // that waited out one busy spell together would each
+                    // take it for a second.
+                    let silent = reason == FallbackReason::ServerSilent;
+                    let silent_again = silent && was_silent;
+                    was_silent |= silent;
+                    if silent {
                         // The try again, and the next connections for a
                         // while, wait only the server hello timeout.
                         config.client_cache.mark_silent(peer);
@@ -240,9 +247,9 @@ impl TcpcryptConnector {
                     let ambiguous =
                         !reason.is_conclusive() || reason == FallbackReason::ServerSentOtherBytes;
                     if !retried
-                        && !silent_again
                         && ambiguous
                         && config.client_cache.was_encrypted(peer)
+                        && !config.client_cache.stopped_speaking(peer)
                     {
                         tracing::debug!(%peer, %reason, "trying the hello again");
                         retried = true;
@@ -251,8 +258,9 @@ impl TcpcryptConnector {
                     }
                     self.conclude_fallback(Some(peer), &reason)?;
                     if silent_again {
-                        // Reported above as a possible downgrade; from
-                        // now on it costs what any silent server costs.
+                        // Reported above as a possible downgrade, as its
+                        // next fallbacks are; from now on each costs what
+                        // any silent server's costs.
                         config.client_cache.mark_stopped_speaking(peer);
                     }
                     tracing::debug!(%peer, %reason, "falling back to plain TCP");
@@ -476,7 +484,7 @@ impl TcpcryptConnector {
         let cache = &config.client_cache;
         let patient = (config.policy == Policy::Mandatory
             || peer.is_some_and(|p| cache.was_encrypted(p)))
-            && !peer.is_some_and(|p| cache.silent_lately(p));
+            && !peer.is_some_and(|p| cache.silent_lately(p) || cache.stopped_speaking(p));
         if patient {
             config.handshake_timeout
         } else {

@@ -645,9 +645,12 @@ async fn a_server_silent_through_the_long_wait_costs_it_once() {
         }
     });
     let long = Duration::from_millis(1500);
+    // Weak verdicts, and the memory of silence, last half a second.
+    let weak = Duration::from_millis(500);
     let cfg = config(|b| {
         b.server_hello_timeout(Duration::from_millis(200))
             .handshake_timeout(long)
+            .legacy_verdict_ttl(weak * 20)
     });
     let connect = || async {
         timeout(LIMIT, tcpcrypt_tokio::TcpcryptStream::connect(addr, &cfg))
@@ -666,20 +669,32 @@ async fn a_server_silent_through_the_long_wait_costs_it_once() {
     );
     // Two hellos unanswered, one through the long wait: taken for a
     // server that stopped speaking tcpcrypt (reported as a possible
-    // downgrade), its next connections go plain at once for a while, as
-    // after any silent server, instead of each waiting and trying again.
+    // downgrade, as every later fallback is): its next connections go
+    // plain at once while the weak verdict holds, as after any silent
+    // server, and none waits long or tries again, even once the memory
+    // of its silence is gone.
     let next = connect().await;
-    assert_eq!(next.fallback_reason(), Some(&FallbackReason::KnownLegacy));
     assert!(
-        next.handshake_duration() < Duration::from_millis(200),
-        "a wait again: {:?}",
+        matches!(
+            next.fallback_reason(),
+            Some(FallbackReason::KnownLegacy | FallbackReason::ServerSilent)
+        ) && next.handshake_duration() < long,
+        "{:?} {:?}",
+        next.fallback_reason(),
         next.handshake_duration()
     );
+    tokio::time::sleep(weak + Duration::from_millis(100)).await;
+    let later = connect().await;
+    assert_eq!(later.fallback_reason(), Some(&FallbackReason::ServerSilent));
+    assert!(
+        later.handshake_duration() < long,
+        "the long wait again: {:?}",
+        later.handshake_duration()
+    );
     // Once the server speaks tcpcrypt again, and the weak verdict is
-    // gone (`flush`, as after its twentieth of the verdict lifetime), it
-    // is encrypted again.
+    // gone, it is encrypted again.
     speaks.store(true, std::sync::atomic::Ordering::Relaxed);
-    cfg.client_cache().flush(addr);
+    tokio::time::sleep(weak + Duration::from_millis(100)).await;
     let again = connect().await;
     assert!(
         again.session().is_some(),

@@ -117,8 +117,8 @@ async fn splice(
 /// How long a connection being reset may take to send what it holds: the
 /// bytes before an abortive close are sent as the kernel sends them, but a
 /// peer that does not read cannot hold the connection: at most
-/// [`RESET_SEND_LIMIT`], and no longer once [`RESET_SEND_STALL`] has passed
-/// without the peer taking any.
+/// [`RESET_SEND_LIMIT`], and no longer once [`RESET_SEND_STALL`] (or two
+/// round trips, on a longer path) has passed without the peer taking any.
 const RESET_SEND_LIMIT: Duration = Duration::from_secs(1);
 const RESET_SEND_STALL: Duration = Duration::from_millis(100);
 
@@ -130,13 +130,17 @@ async fn sent_or_given_up(s: &TcpStream) {
     let start = tokio::time::Instant::now();
     let mut progress = (sockopt::unsent_bytes(s), start);
     let mut pause = Duration::from_millis(1);
-    while progress.0 > 0 && sockopt::is_connected(s) && start.elapsed() < RESET_SEND_LIMIT {
+    while progress.0 > 0 && start.elapsed() < RESET_SEND_LIMIT {
+        let (sending, rtt) = sockopt::sending_state(s);
+        if !sending {
+            return;
+        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
         let unsent = sockopt::unsent_bytes(s);
         if unsent < progress.0 {
             progress = (unsent, tokio::time::Instant::now());
-        } else if progress.1.elapsed() >= RESET_SEND_STALL {
+        } else if progress.1.elapsed() >= RESET_SEND_STALL.max(2 * rtt) {
             return;
         }
     }

@@ -3,7 +3,7 @@
 //! application's socket its `TCP_NOTSENT_LOWAT` back (neither has a safe
 //! wrapper that takes an arbitrary `(level, name, value)`), and counting
 //! the bytes a socket has queued, to read without taking its pending
-//! error, or to send, and telling whether it is still connected.
+//! error, or to send, and telling whether it may still send them.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -61,13 +61,13 @@ pub fn unsent_bytes(socket: &impl AsRawFd) -> usize {
     if r == 0 { n.max(0) as usize } else { 0 }
 }
 
-/// Whether a TCP socket is connected: established, or with only the
-/// peer's end received (the state `TCP_INFO` reports), not reset or
-/// closed.
-pub fn is_connected(socket: &impl AsRawFd) -> bool {
-    // The state is the first byte of `struct tcp_info`.
-    let mut info = [0u8; 8];
-    let mut len = info.len() as libc::socklen_t;
+/// What `TCP_INFO` says of a TCP socket: whether it may still send what
+/// it holds (established, or closing with data still allowed out; not
+/// reset nor closed), and its smoothed round-trip time.
+pub fn sending_state(socket: &impl AsRawFd) -> (bool, std::time::Duration) {
+    // SAFETY: `tcp_info` is plain data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` has room for `len` bytes, which is all the kernel
     // writes; a descriptor that is not a TCP socket is an error.
     let r = unsafe {
@@ -75,10 +75,15 @@ pub fn is_connected(socket: &impl AsRawFd) -> bool {
             socket.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
+            (&mut info as *mut libc::tcp_info).cast(),
             &mut len,
         )
     };
-    // TCP_ESTABLISHED and TCP_CLOSE_WAIT (`include/net/tcp_states.h`).
-    r == 0 && matches!(info[0], 1 | 8)
+    // ESTABLISHED, FIN_WAIT1, CLOSE_WAIT, LAST_ACK and CLOSING
+    // (`include/net/tcp_states.h`).
+    let sending = r == 0 && matches!(info.tcpi_state, 1 | 4 | 8 | 9 | 11);
+    (
+        sending,
+        std::time::Duration::from_micros(info.tcpi_rtt.into()),
+    )
 }

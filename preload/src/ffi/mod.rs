@@ -441,20 +441,24 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { (real().close)(fd) };
     };
-    let entry = catch_unwind(|| registry::remove(fd)).ok().flatten();
-    let mine = entry
-        .as_ref()
-        .filter(|e| e.owner == std::process::id() && socket_id(fd) == Some(e.id));
-    // An abortive close lets the daemon take what is queued first.
+    let entry = catch_unwind(|| registry::remove(fd))
+        .ok()
+        .flatten()
+        .filter(|e| socket_id(fd) == Some(e.id));
+    // An abortive close lets the daemon take what is queued first (a
+    // forked child's too: its close may be the last).
     let held = || matches!(settled_by_socket(fd), Some(Outcome::Connecting));
-    if mine.is_some() {
+    if entry.is_some() {
         let _ = catch_unwind(|| send_before_abortive_close(fd, held));
     }
-    // A connect still under way (not merely unconfirmed: a program that
-    // learnt the outcome by writing never asked SO_ERROR).
-    let pending = mine
-        .filter(|e| e.pending && !e.reported && catch_unwind(held).unwrap_or(false))
-        .cloned();
+    // A connect of this process still under way (not merely unconfirmed:
+    // a program that learnt the outcome by writing never asked SO_ERROR).
+    let pending = entry.filter(|e| {
+        e.pending
+            && !e.reported
+            && e.owner == std::process::id()
+            && catch_unwind(held).unwrap_or(false)
+    });
     // SAFETY: as above.
     let r = unsafe { (real().close)(fd) };
     if let Some(entry) = pending {

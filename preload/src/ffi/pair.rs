@@ -172,7 +172,7 @@ const ABORT_SEND_STALL: std::time::Duration = std::time::Duration::from_millis(5
 /// discard. Over a kernel connection they would have left as written (the
 /// peer's window permitting); here they may wait behind the connect's
 /// filler or the daemon's next read. A socket already reset (its count of
-/// unsent bytes stays) or no longer connected is not waited for. Polled,
+/// unsent bytes stays) or closed is not waited for. Polled,
 /// at most a few dozen times: only such a close with bytes left waits.
 /// `held`: whether the socket's connect is still held (nothing of the
 /// program's is queued behind its filler yet, which leaves only once the
@@ -184,7 +184,7 @@ pub(super) fn send_before_abortive_close(fd: c_int, held: impl FnOnce() -> bool)
     let start = std::time::Instant::now();
     let mut progress = (unsent_bytes(fd), start);
     let mut pause = std::time::Duration::from_millis(1);
-    while is_connected(fd) && start.elapsed() < ABORT_SEND_LIMIT {
+    while may_still_send(fd) && start.elapsed() < ABORT_SEND_LIMIT {
         let unsent = unsent_bytes(fd);
         if unsent == 0 {
             return;

@@ -116,17 +116,18 @@ pub(super) fn sockopt_timeval(fd: c_int, name: c_int) -> Option<c_int> {
     (ms > 0).then(|| ms.min(i64::from(c_int::MAX)) as c_int)
 }
 
-/// Whether a TCP socket is connected: established, or with only the
-/// peer's end received (`TCP_INFO`'s state), not reset or closed.
-pub(super) fn is_connected(fd: c_int) -> bool {
+/// Whether a TCP socket may still send what it holds: established, or
+/// closing with data still allowed out (`TCP_INFO`'s state); not reset,
+/// closed, nor connecting.
+pub(super) fn may_still_send(fd: c_int) -> bool {
     // The state is the first byte of `struct tcp_info`.
     sockopt_struct::<[u8; 8]>(fd, libc::IPPROTO_TCP, libc::TCP_INFO)
-        .is_some_and(|info| matches!(c_int::from(info[0]), TCP_ESTABLISHED | TCP_CLOSE_WAIT))
+        .is_some_and(|info| SENDING_STATES.contains(&info[0]))
 }
 
-/// `TCP_INFO` states (`include/net/tcp_states.h`).
-const TCP_ESTABLISHED: c_int = 1;
-const TCP_CLOSE_WAIT: c_int = 8;
+/// ESTABLISHED, FIN_WAIT1, CLOSE_WAIT, LAST_ACK and CLOSING
+/// (`include/net/tcp_states.h`): the states whose queued bytes still go.
+const SENDING_STATES: [u8; 5] = [1, 4, 8, 9, 11];
 
 /// Whether closing the socket resets it (`SO_LINGER` on, with 0 seconds).
 pub(super) fn closes_abortively(fd: c_int) -> bool {
