@@ -133,6 +133,8 @@ fn held(fd: c_int) -> Option<Entry> {
 /// a byte. `false`: not held (any more); the kernel takes it.
 pub(super) fn set_held_lowat(fd: c_int, lowat: i32) -> bool {
     let Some(entry) = held(fd) else {
+        // The kernel's value from now on, not one kept for a release.
+        registry::update(fd, |en| en.lowat = None);
         return false;
     };
     let setting = (
@@ -152,9 +154,20 @@ pub(super) fn set_held_lowat(fd: c_int, lowat: i32) -> bool {
 }
 
 /// The application's own `TCP_NOTSENT_LOWAT` of a socket its connect
-/// still holds (the socket's is 1 until the release).
+/// still holds (the socket's is 1 until the release), or has just ended:
+/// a failed connect's socket is reset before the daemon puts the value
+/// back (so that it never polls writable in between), and until then
+/// still has the connect's 1.
 pub(super) fn held_lowat(fd: c_int) -> Option<i32> {
-    held(fd)?.lowat
+    if let Some(entry) = held(fd) {
+        return entry.lowat;
+    }
+    let entry = registry::recorded(fd)?;
+    let kept = entry.lowat?;
+    (entry.pending
+        && socket_id(fd) == Some(entry.id)
+        && sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) == Some(1))
+    .then_some(kept)
 }
 
 /// Sends an option the application set on a relayed socket to the daemon,
