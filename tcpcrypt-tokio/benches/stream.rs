@@ -904,6 +904,32 @@ fn main() {
             "full_vs_tls_lowest": full_lo, "full_vs_tls_highest": full_hi,
             "resumed_vs_plain_lowest": resumed_lo, "resumed_vs_plain_highest": resumed_hi,
         }));
+        // Both ends on one thread: no thread wakes another. Across the
+        // runtime's threads, each message that the other end's task must
+        // answer costs a wakeup of a parked thread, tens of microseconds
+        // on these virtual machines; plain connect+accept has none (the
+        // kernel completes the connect), a handshake has at least two.
+        let one_thread = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async { handshake_rounds(&kinds, &crate::tls(), n).await.0 })
+        })
+        .await
+        .unwrap();
+        let [tcp1, tls1, _, full1, resumed1] = one_thread[..] else {
+            unreachable!("one rate per kind")
+        };
+        say(format!(
+            "  one-thread runtime    full {full1:>8.1} /s   tls {tls1:>8.1} /s   vs TLS {:>5.2}x   resumed {resumed1:>8.1} /s   plain {tcp1:>8.1} /s   vs plain {:>5.2}x   (both ends on one thread)",
+            full1 / tls1,
+            resumed1 / tcp1
+        ));
+        record("handshakes on one thread", serde_json::json!({
+            "full_per_s": full1, "tls_per_s": tls1, "full_vs_tls": full1 / tls1,
+            "resumed_per_s": resumed1, "plain_per_s": tcp1, "resumed_vs_plain": resumed1 / tcp1,
+        }));
         // Many clients at once: CPU-bound, so CPU per handshake decides.
         let (c, cl) = (sizes.capacity, sizes.clients);
         let (tls_cpu, tls_wall, tls_sys) = capacity("tls", &tls, c, cl).await;
