@@ -100,10 +100,55 @@ pub struct ResumptionCache {
 /// with it. Called without the cache's lock held.
 pub type RemovalHook = Arc<dyn Fn(&ResumeHalf) + Send + Sync>;
 
+/// The entries, and their insertion order for eviction and expiry. Every
+/// operation is O(1) amortized, under the lock every handshake of the
+/// process takes: a take leaves its key's place in `order` behind (stale:
+/// its number no longer matches the entry's), skipped when it reaches the
+/// front, and `order` is compacted once it holds twice as many places as
+/// there are entries.
 #[derive(Default)]
 struct CacheInner {
-    entries: HashMap<ResumeHalf, (ResumptionSecret, Duration)>,
-    order: VecDeque<ResumeHalf>,
+    /// Secret, time of insertion, and the number of its place in `order`.
+    entries: HashMap<ResumeHalf, (ResumptionSecret, Duration, u64)>,
+    order: VecDeque<(ResumeHalf, u64)>,
+    next: u64,
+}
+
+impl CacheInner {
+    fn is_live(&self, (key, n): &(ResumeHalf, u64)) -> bool {
+        self.entries.get(key).is_some_and(|e| e.2 == *n)
+    }
+
+    /// Removes the oldest entry that `expired` says has expired, or, with
+    /// `always`, the oldest entry; stale places on the way go. Returns the
+    /// key removed.
+    fn pop_oldest(
+        &mut self,
+        always: bool,
+        expired: impl Fn(Duration) -> bool,
+    ) -> Option<ResumeHalf> {
+        while let Some(front) = self.order.front().copied() {
+            if !self.is_live(&front) {
+                self.order.pop_front();
+                continue;
+            }
+            let at = self.entries[&front.0].1;
+            if !always && !expired(at) {
+                return None;
+            }
+            self.order.pop_front();
+            self.entries.remove(&front.0);
+            return Some(front.0);
+        }
+        None
+    }
+
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.entries.len() + 16 {
+            let order = std::mem::take(&mut self.order);
+            self.order = order.into_iter().filter(|p| self.is_live(p)).collect();
+        }
+    }
 }
 
 impl fmt::Debug for ResumptionCache {
@@ -155,7 +200,7 @@ impl ResumptionCache {
         half: &ResumeHalf,
     ) -> Option<(Tep, ResumeHalf)> {
         let inner = self.lock();
-        let (secret, _) = inner.entries.get(half)?;
+        let (secret, _, _) = inner.entries.get(half)?;
         Some((secret.tep, secret.own_half(backend)))
     }
 
@@ -184,34 +229,30 @@ impl ResumptionCache {
             return None;
         }
         let now = self.now();
+        let expired = |at: Duration| {
+            self.expiry
+                .as_ref()
+                .is_some_and(|(max_age, _)| now.saturating_sub(at) > *max_age)
+        };
         let mut gone = Vec::new();
         {
             let mut inner = self.lock();
-            if inner.entries.len() >= self.capacity {
-                if let Some((max_age, _)) = &self.expiry {
-                    inner.entries.retain(|k, (_, at)| {
-                        let keep = now.saturating_sub(*at) <= *max_age;
-                        if !keep {
-                            gone.push(*k);
-                        }
-                        keep
-                    });
-                    let CacheInner { entries, order } = &mut *inner;
-                    order.retain(|k| entries.contains_key(k));
-                }
+            // Insertion order is expiry order: the expired are in front.
+            while let Some(old) = inner.pop_oldest(false, expired) {
+                gone.push(old);
             }
-            if inner.entries.insert(key, (secret, now)).is_none() {
-                inner.order.push_back(key);
-            }
+            let n = inner.next;
+            inner.next += 1;
+            // A key inserted again takes a new place; its old one is stale.
+            inner.entries.insert(key, (secret, now, n));
+            inner.order.push_back((key, n));
             while inner.entries.len() > self.capacity {
-                match inner.order.pop_front() {
-                    Some(old) => {
-                        inner.entries.remove(&old);
-                        gone.push(old);
-                    }
+                match inner.pop_oldest(true, expired) {
+                    Some(old) => gone.push(old),
                     None => break,
                 }
             }
+            inner.compact();
         }
         self.removed(&gone);
         Some(key)
@@ -223,7 +264,7 @@ impl ResumptionCache {
     pub fn take_for(&self, half: &ResumeHalf, tep: Tep) -> Option<ResumptionSecret> {
         {
             let inner = self.lock();
-            if inner.entries.get(half).is_none_or(|(s, _)| s.tep != tep) {
+            if inner.entries.get(half).is_none_or(|(s, _, _)| s.tep != tep) {
                 return None;
             }
         }
@@ -235,9 +276,9 @@ impl ResumptionCache {
         let now = self.now();
         let (found, inserted) = {
             let mut inner = self.lock();
-            let entry = inner.entries.remove(half)?;
-            inner.order.retain(|k| k != half);
-            entry
+            let (found, inserted, _) = inner.entries.remove(half)?;
+            inner.compact();
+            (found, inserted)
         };
         self.removed(std::slice::from_ref(half));
         match &self.expiry {
@@ -322,5 +363,64 @@ mod tests {
         let k = cache.insert(backend, secret(7)).unwrap();
         assert!(cache.take_for(&k, Tep::EcdheP256).is_none());
         assert!(cache.take_for(&k, Tep::EcdheCurve25519).is_some());
+    }
+
+    #[test]
+    fn takes_and_inserts_without_end_keep_the_order_bounded_and_evict_oldest_first() {
+        let backend = crypto::default_backend();
+        let cache = ResumptionCache::new(64);
+        let secret_n = |n: u32| {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&n.to_le_bytes());
+            ResumptionSecret {
+                secret: SessionSecret::dangerous_from_bytes(bytes),
+                ..secret(9)
+            }
+        };
+        // Every handshake takes one secret and inserts the next: the
+        // places taken ones leave behind must not pile up.
+        let mut keys: VecDeque<ResumeHalf> = (0..64)
+            .map(|n| cache.insert(backend, secret_n(n)).unwrap())
+            .collect();
+        for n in 64..20_000 {
+            assert!(cache.take(&keys.pop_front().unwrap()).is_some());
+            keys.push_back(cache.insert(backend, secret_n(n)).unwrap());
+        }
+        assert_eq!(cache.len(), 64);
+        assert!(cache.lock().order.len() <= 2 * 64 + 16);
+        // Full: a newcomer evicts the oldest still there.
+        let newest = cache.insert(backend, secret_n(20_000)).unwrap();
+        assert!(cache.take(&keys[0]).is_none(), "oldest evicted");
+        assert!(cache.take(&keys[1]).is_some());
+        assert!(cache.take(&newest).is_some());
+        // A key inserted again is as new as its last insertion.
+        // (keys[i] is the key of secret_n(20_000 - 64 + i).)
+        let again = cache.insert(backend, secret_n(20_000 - 64 + 2)).unwrap();
+        assert_eq!(again, keys[2], "the same secret, the same key");
+        for n in 0..62 {
+            cache.insert(backend, secret_n(30_000 + n)).unwrap();
+        }
+        assert!(cache.take(&keys[3]).is_none(), "evicted before");
+        assert!(cache.take(&again).is_some(), "kept: inserted again later");
+    }
+
+    #[test]
+    fn an_insert_expires_what_is_too_old_even_when_not_full() {
+        let backend = crypto::default_backend();
+        let now = Arc::new(AtomicU64::new(0));
+        let clock_now = now.clone();
+        let clock: Clock = Arc::new(move || Duration::from_secs(clock_now.load(Ordering::Relaxed)));
+        let cache = ResumptionCache::with_expiry(100, Duration::from_secs(60), clock);
+        let removed = Arc::new(Mutex::new(Vec::new()));
+        let seen = removed.clone();
+        cache.on_removal(Arc::new(move |h| seen.lock().unwrap().push(*h)));
+        let old = cache.insert(backend, secret(1)).unwrap();
+        now.store(50, Ordering::Relaxed);
+        let young = cache.insert(backend, secret(2)).unwrap();
+        now.store(100, Ordering::Relaxed);
+        cache.insert(backend, secret(3)).unwrap();
+        assert_eq!(cache.len(), 2, "the first one expired");
+        assert_eq!(*removed.lock().unwrap(), vec![old], "and its removal told");
+        assert!(cache.take(&young).is_some());
     }
 }
