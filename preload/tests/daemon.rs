@@ -893,6 +893,53 @@ fn daemons_of(dir: &Path) -> usize {
         .count()
 }
 
+/// A program that writes, closes and exits, while its peer takes the bytes
+/// and the FIN and then keeps its end open without a word, leaves its
+/// socket to the kernel, which ends it on its own: so does the daemon
+/// with the relay, which it used to hold (two descriptors and a task) for
+/// as long as it ran. Here the daemon, idle once it has let go, exits.
+#[test]
+fn a_closed_programs_connection_to_a_silent_peer_is_let_go() {
+    let dir = OwnDir::new("orphan");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = tcpcrypt_server("127.0.0.1:0", move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut all = Vec::new();
+            let r = s.read_to_end(&mut all).await;
+            let _ = tx.send((s.session().is_some() && r.is_ok(), all));
+            // Silent and open, for longer than the test.
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
+    });
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket\ns = socket.create_connection(('127.0.0.1', {port}))\ns.sendall(b'last words')\ns.close()",
+                port = server.port()
+            ),
+        ])
+        .envs(dir.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (encrypted, got) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(encrypted, "read to its clean end over tcpcrypt");
+    assert_eq!(got, b"last words");
+    assert_eq!(daemons_of(&dir.0), 1);
+    // The daemon looks every 5 s, then stays 1 s idle.
+    wait_until(
+        "the daemon lets go of the connection",
+        Duration::from_secs(30),
+        || daemons_of(&dir.0) == 0,
+    );
+}
+
 /// `TCPCRYPT_DAEMON` names the daemon's program: the shim starts that one.
 /// And the daemon's directory holds only its socket and its lock: nothing
 /// of a session (no secret, no ticket) is ever written to disk.

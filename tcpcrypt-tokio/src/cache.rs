@@ -112,6 +112,16 @@ impl ClientCache {
         inner.legacy.insert(addr, (Instant::now(), ttl));
     }
 
+    /// Records that `addr` sent bytes and reset the connection before any
+    /// hello was sent (an HTTP server that answers 503 and aborts), for a
+    /// relay that took the connection plain at once: weak evidence, as a
+    /// close is ([`mark_legacy`](Self::mark_legacy)'s rules), so that the
+    /// next connections go plain at once for a while instead of racing
+    /// the server's reset with a hello.
+    pub fn mark_sent_and_reset(&self, addr: SocketAddr) {
+        self.mark_legacy(addr, false);
+    }
+
     /// Records that the path to `addr` breaks tcpcrypt connections (a
     /// middlebox resets, drops or alters them) while plain TCP gets
     /// through, as a path self-test (`tcpcrypt check --path`) found: the

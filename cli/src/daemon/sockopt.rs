@@ -3,8 +3,10 @@
 //! application's socket its `TCP_NOTSENT_LOWAT` back (neither has a safe
 //! wrapper that takes an arbitrary `(level, name, value)`), and counting
 //! the bytes a socket has queued, to read without taking its pending
-//! error, or to send, and telling whether it may still send them.
+//! error, or to send, telling whether it may still send them, and whether
+//! a program still holds its socket.
 
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use crate::wire::Setting;
@@ -61,10 +63,8 @@ pub fn unsent_bytes(socket: &impl AsRawFd) -> usize {
     if r == 0 { n.max(0) as usize } else { 0 }
 }
 
-/// What `TCP_INFO` says of a TCP socket: whether it may still send what
-/// it holds (established, or closing with data still allowed out; not
-/// reset nor closed), and its smoothed round-trip time.
-pub fn sending_state(socket: &impl AsRawFd) -> (bool, std::time::Duration) {
+/// `TCP_INFO` of a TCP socket; `None` for a descriptor that is not one.
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
     // SAFETY: `tcp_info` is plain data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -72,18 +72,116 @@ pub fn sending_state(socket: &impl AsRawFd) -> (bool, std::time::Duration) {
     // writes; a descriptor that is not a TCP socket is an error.
     let r = unsafe {
         libc::getsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
             &mut len,
         )
     };
-    // ESTABLISHED, FIN_WAIT1, CLOSE_WAIT, LAST_ACK and CLOSING
-    // (`include/net/tcp_states.h`).
-    let sending = r == 0 && matches!(info.tcpi_state, 1 | 4 | 8 | 9 | 11);
-    (
-        sending,
-        std::time::Duration::from_micros(info.tcpi_rtt.into()),
-    )
+    (r == 0).then_some(info)
+}
+
+/// The TCP state of a socket (`include/net/tcp_states.h`).
+pub fn tcp_state(fd: RawFd) -> Option<u8> {
+    tcp_info(fd).map(|i| i.tcpi_state)
+}
+
+/// The state of a socket whose peer has ended its half and which has not
+/// ended its own.
+pub const CLOSE_WAIT: u8 = 8;
+
+/// Whether a socket has ended its half (sent its FIN: FIN_WAIT1,
+/// FIN_WAIT2, TIME_WAIT, LAST_ACK, CLOSING) or is closed.
+pub fn has_sent_fin(fd: RawFd) -> bool {
+    tcp_state(fd).is_none_or(|s| matches!(s, 4 | 5 | 6 | 7 | 9 | 11))
+}
+
+/// How many bytes the peer of a socket has acknowledged, in all.
+pub fn bytes_acked(fd: RawFd) -> u64 {
+    tcp_info(fd).map_or(0, |i| i.tcpi_bytes_acked)
+}
+
+/// What `TCP_INFO` says of a TCP socket: whether it may still send what
+/// it holds (established, or closing with data still allowed out; not
+/// reset nor closed), and its smoothed round-trip time.
+pub fn sending_state(socket: &impl AsRawFd) -> (bool, std::time::Duration) {
+    match tcp_info(socket.as_raw_fd()) {
+        // ESTABLISHED, FIN_WAIT1, CLOSE_WAIT, LAST_ACK and CLOSING.
+        Some(info) => (
+            matches!(info.tcpi_state, 1 | 4 | 8 | 9 | 11),
+            std::time::Duration::from_micros(info.tcpi_rtt.into()),
+        ),
+        None => (false, std::time::Duration::ZERO),
+    }
+}
+
+/// Whether some process still holds the TCP socket bound to `local` and
+/// connected to `remote` (in this network namespace): the kernel's table
+/// (`/proc/net/tcp`, `tcp6`) lists a socket no descriptor refers to any
+/// more (closed, left to the kernel to finish) with inode 0, and forgets it
+/// once finished. Read only for a connection whose program has ended its
+/// half, every few seconds: the table is as long as the machine's count of
+/// sockets. A table that cannot be read says "held".
+pub fn socket_held(local: SocketAddr, remote: SocketAddr) -> bool {
+    let table = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return true;
+    };
+    let (local, remote) = (proc_addr(local), proc_addr(remote));
+    text.lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 9 && f[1] == local && f[2] == remote)
+        .is_some_and(|f| f[9] != "0")
+}
+
+/// An address as `/proc/net/tcp` writes it: the address's bytes in 32-bit
+/// words, each printed as the machine reads it, then the port, in hex.
+fn proc_addr(addr: SocketAddr) -> String {
+    let octets = match addr.ip() {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let words: String = octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    format!("{words}:{:04X}", addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn a_socket_is_held_until_its_last_descriptor_is_closed() {
+        for ip in ["127.0.0.1", "::1"] {
+            let Ok(listener) = TcpListener::bind((ip, 0)) else {
+                continue; // no IPv6 here
+            };
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+            assert!(socket_held(local, remote), "{ip}: open");
+            assert!(socket_held(remote, local), "{ip}: the other end, open");
+            let copy = client.try_clone().unwrap();
+            drop(client);
+            assert!(socket_held(local, remote), "{ip}: a copy still holds it");
+            drop(copy);
+            assert!(
+                !socket_held(local, remote),
+                "{ip}: closed, left to the kernel"
+            );
+            assert_eq!(tcp_state(server.as_raw_fd()), Some(CLOSE_WAIT));
+            assert!(!has_sent_fin(server.as_raw_fd()));
+            server.shutdown(std::net::Shutdown::Write).unwrap();
+            assert!(has_sent_fin(server.as_raw_fd()));
+        }
+    }
 }
