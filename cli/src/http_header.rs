@@ -7,8 +7,11 @@
 //! requests' framing (Content-Length, chunked), and for upgrades (WebSocket,
 //! CONNECT) the backend's answer: the proxy stops rewriting only once the
 //! backend has switched protocols. Requests whose framing is ambiguous
-//! (Content-Length and Transfer-Encoding together, conflicting lengths) are
-//! refused with 400, as request smuggling defences do.
+//! (Content-Length and Transfer-Encoding together, conflicting lengths, a
+//! length or chunk size that is not plain digits) are refused, as request
+//! smuggling defences do: the connection is closed. The header's name is
+//! removed from chunked trailers too, where a backend that merges
+//! trailers into the head would find it.
 
 use std::io;
 
@@ -17,8 +20,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Longest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in one head.
-const MAX_HEADERS: usize = 128;
 /// Longest chunk-size or trailer line.
 const MAX_LINE: usize = 8 * 1024;
 
@@ -95,6 +96,33 @@ async fn read_head<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> io::Result<Opt
     }
 }
 
+/// A number written only in digits of `radix` (no sign, no space, as
+/// RFC 9112 writes lengths and chunk sizes), `None` otherwise or when too
+/// large.
+fn digits(text: &str, radix: u32) -> Option<u64> {
+    let all = !text.is_empty() && text.chars().all(|c| c.is_digit(radix));
+    all.then(|| u64::from_str_radix(text, radix).ok()).flatten()
+}
+
+/// Room for every field of `head`: at most one per line.
+fn fields_for<'b>(head: &[u8]) -> Vec<httparse::Header<'b>> {
+    vec![httparse::EMPTY_HEADER; head.iter().filter(|&&b| b == b'\n').count()]
+}
+
+/// Whether a trailer line names the field `name`; an error for a line
+/// that is no field (an obs-fold continuation, space before the colon).
+fn trailer_names(line: &[u8], name: &str) -> io::Result<bool> {
+    let field = line.split(|&b| b == b':').next().unwrap_or_default();
+    if line.first().is_some_and(|b| b.is_ascii_whitespace())
+        || !line.contains(&b':')
+        || field.is_empty()
+        || field.iter().any(|b| b.is_ascii_whitespace())
+    {
+        return Err(bad("malformed trailer field"));
+    }
+    Ok(field.eq_ignore_ascii_case(name.as_bytes()))
+}
+
 /// The body framing named by a head's fields.
 fn framing(headers: &[httparse::Header<'_>]) -> io::Result<Body> {
     let mut length: Option<u64> = None;
@@ -103,7 +131,7 @@ fn framing(headers: &[httparse::Header<'_>]) -> io::Result<Body> {
         if h.name.eq_ignore_ascii_case("content-length") {
             let text = std::str::from_utf8(h.value).map_err(|_| bad("bad Content-Length"))?;
             for part in text.split(',') {
-                let n: u64 = part.trim().parse().map_err(|_| bad("bad Content-Length"))?;
+                let n = digits(part.trim(), 10).ok_or_else(|| bad("bad Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(bad("conflicting Content-Length"));
                 }
@@ -124,8 +152,14 @@ fn framing(headers: &[httparse::Header<'_>]) -> io::Result<Body> {
     }
 }
 
-/// Copies a body delimited as `body` from `r` to `w`.
-async fn forward_body<R, W>(r: &mut BufReader<R>, w: &mut W, body: Body) -> io::Result<()>
+/// Copies a body delimited as `body` from `r` to `w`, without the trailer
+/// field `strip` when there is one.
+async fn forward_body<R, W>(
+    r: &mut BufReader<R>,
+    w: &mut W,
+    body: Body,
+    strip: Option<&str>,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -139,10 +173,11 @@ where
             if read_line(r, &mut line, MAX_LINE).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
+            // chunk-size [ BWS ";" chunk-ext ] CRLF
             let size = std::str::from_utf8(&line)
                 .ok()
-                .and_then(|l| l.split(';').next())
-                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                .and_then(|l| l.trim_end_matches(['\r', '\n']).split(';').next())
+                .and_then(|s| digits(s.trim_end_matches([' ', '\t']), 16))
                 .ok_or_else(|| bad("bad chunk size"))?;
             w.write_all(&line).await?;
             if size == 0 {
@@ -152,8 +187,15 @@ where
                     if read_line(r, &mut line, MAX_LINE).await? == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
+                    let end = line == b"\r\n" || line == b"\n";
+                    if !end
+                        && let Some(name) = strip
+                        && trailer_names(&line, name)?
+                    {
+                        continue;
+                    }
                     w.write_all(&line).await?;
-                    if line == b"\r\n" || line == b"\n" {
+                    if end {
                         return Ok(());
                     }
                 }
@@ -222,7 +264,7 @@ where
         let Some(head) = read_head(&mut client).await? else {
             return backend.shutdown().await;
         };
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut fields = fields_for(&head);
         let mut req = httparse::Request::new(&mut fields);
         match req.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {}
@@ -259,7 +301,7 @@ where
             None
         };
         backend.write_all(&rewritten).await?;
-        forward_body(&mut client, &mut backend, body).await?;
+        forward_body(&mut client, &mut backend, body, Some(name)).await?;
         backend.flush().await?;
         if let Some(agreed) = agreed {
             if agreed.await.unwrap_or(false) {
@@ -287,7 +329,7 @@ where
         let Some(head) = read_head(&mut backend).await? else {
             return client.shutdown().await;
         };
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut fields = fields_for(&head);
         let mut resp = httparse::Response::new(&mut fields);
         match resp.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {}
@@ -326,7 +368,7 @@ where
             }
         };
         let until_eof = body == Body::UntilEof;
-        forward_body(&mut backend, &mut client, body).await?;
+        forward_body(&mut backend, &mut client, body, None).await?;
         client.flush().await?;
         if until_eof {
             return client.shutdown().await;
@@ -453,12 +495,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_forged_header_in_a_chunked_trailer_goes_too() {
+        let reqs = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTrailer: Tcpcrypt-Session-Id\r\n\r\n\
+            5\r\nhello\r\n0\r\nX-Sum: 1\r\ntcpcrypt-session-id: forged\r\n\r\n";
+        let (to_backend, _, result) = run(reqs, b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        result.unwrap();
+        let text = String::from_utf8_lossy(&to_backend);
+        assert!(!text.contains("forged"), "{text}");
+        assert!(text.ends_with("0\r\nX-Sum: 1\r\n\r\n"), "{text}");
+        // A trailer line that is no field is refused, not passed on.
+        for trailer in [
+            &b" folded: forged\r\n"[..],
+            b"Tcpcrypt-Session-Id : forged\r\n",
+        ] {
+            let mut reqs = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+            reqs.extend_from_slice(trailer);
+            reqs.extend_from_slice(b"\r\n");
+            let (to_backend, _, result) = run(&reqs, b"").await;
+            assert!(result.is_err());
+            assert!(!String::from_utf8_lossy(&to_backend).contains("forged"));
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_with_hundreds_of_fields_pass() {
+        let cookies: String = (0..300)
+            .map(|i| format!("Set-Cookie: c{i}=v\r\n"))
+            .collect();
+        let resp = format!("HTTP/1.1 200 OK\r\n{cookies}Content-Length: 2\r\n\r\nok");
+        let fields: String = (0..300).map(|i| format!("X-F{i}: v\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\n{fields}\r\n");
+        let (to_backend, to_client, result) = run(req.as_bytes(), resp.as_bytes()).await;
+        result.unwrap();
+        assert_eq!(to_client, resp.as_bytes(), "the response passes unchanged");
+        assert!(
+            String::from_utf8_lossy(&to_backend).contains("X-F299: v\r\nTcpcrypt-Session-Id: abc")
+        );
+    }
+
+    #[tokio::test]
+    async fn whitespace_before_a_chunk_extension_is_allowed() {
+        // BWS (RFC 9112 7.1.1); a sign or a leading space is refused
+        // (`ambiguous_or_malformed_requests_are_refused`).
+        let ok = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1 ;x=y\r\na\r\n0\r\n\r\n";
+        let (_, _, result) = run(ok, b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        result.unwrap();
+    }
+
+    #[tokio::test]
     async fn ambiguous_or_malformed_requests_are_refused() {
         for bad_request in [
             &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            // Lengths and chunk sizes are digits only.
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+1\r\na\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 1\r\na\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: h\r\n", // cut short
         ] {

@@ -156,16 +156,33 @@ async fn serve(listener: TcpListener, config: &Arc<Config>, args: Arc<Args>) -> 
                 tokio::spawn(async move {
                     let peer = client.peer_addr();
                     if let Err(e) = serve_client(client, &args).await {
-                        tracing::info!(?peer, error = %e, "connection ended with an error");
+                        log_ended(&format!("{peer:?}"), &e);
                     }
                 });
             }
-            Ok((peer, Err(e))) => tracing::info!(%peer, error = %e, "client turned away"),
+            Ok((peer, Err(e))) => tracing::warn!(%peer, error = %e, "client turned away"),
             Err(e) => {
                 eprintln!("tcpcrypt: accept: {e}");
                 return 1;
             }
         }
+    }
+}
+
+/// Logs a connection that ended with an error: a warning (shown by
+/// default) when the proxy could not do its work (the other side
+/// unreachable, the policy refusing a fallback, a protocol error), for
+/// information only when one side just went away mid-stream, as clients
+/// do.
+fn log_ended(peer: &str, e: &io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionReset | BrokenPipe | UnexpectedEof | ConnectionAborted
+    ) {
+        tracing::info!(peer, error = %e, "connection ended with an error");
+    } else {
+        tracing::warn!(peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -186,7 +203,7 @@ async fn carry_all(listener: TcpListener, config: &Arc<Config>, args: Arc<Args>)
         let config = config.clone();
         tokio::spawn(async move {
             if let Err(e) = carry_out(tcp, &config, &args).await {
-                tracing::info!(%peer, error = %e, "connection ended with an error");
+                log_ended(&peer.to_string(), &e);
             }
         });
     }

@@ -8,6 +8,10 @@
 //! extensions, so a caller can tie a response to the session it came over;
 //! responses on a reused connection carry the same session.
 //!
+//! The `Client` needs hyper-util's features `client-legacy`, `tokio` and
+//! at least one protocol (`http1`, `http2`): without a protocol its
+//! `Client` does not exist.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use http_body_util::Empty;
