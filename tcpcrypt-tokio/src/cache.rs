@@ -115,9 +115,10 @@ impl ClientCache {
     /// Records that `addr` sent bytes and reset the connection before any
     /// hello was sent (an HTTP server that answers 503 and aborts), for a
     /// relay that took the connection plain at once: weak evidence, as a
-    /// close is ([`mark_legacy`](Self::mark_legacy)'s rules), so that the
-    /// next connections go plain at once for a while instead of racing
-    /// the server's reset with a hello.
+    /// close is (a twentieth of the verdict TTL, and nothing for a
+    /// destination that negotiated tcpcrypt before), so that the next
+    /// connections go plain at once for a while instead of racing the
+    /// server's reset with a hello.
     pub fn mark_sent_and_reset(&self, addr: SocketAddr) {
         self.mark_legacy(addr, false);
     }
