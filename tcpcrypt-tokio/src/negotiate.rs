@@ -71,10 +71,30 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>) -> io::Result<()> {
+/// Sends a handshake message within the handshake's `deadline`: a peer
+/// that takes none of it (a full window it never opens, over a transport
+/// whose buffer is smaller than the message) cannot hold the handshake
+/// past its time.
+async fn send<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &mut Vec<u8>,
+    deadline: Instant,
+) -> io::Result<()> {
     if !out.is_empty() {
-        io.write_all(out).await?;
-        io.flush().await?;
+        let sent = timeout_at(deadline, async {
+            io.write_all(out).await?;
+            io.flush().await
+        })
+        .await;
+        match sent {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer took no handshake message within the handshake's time",
+                ));
+            }
+        }
         out.clear();
     }
     Ok(())
@@ -166,7 +186,7 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut out = Vec::new();
     hs.write_to(&mut out);
-    if let Err(e) = send(io, &mut out).await {
+    if let Err(e) = send(io, &mut out, deadline).await {
         // A server that resets at once is legacy, not an error.
         return if is_reset(&e) {
             unconfirmed(ClientEnd::Reconnect(FallbackReason::ServerClosed))
@@ -226,7 +246,7 @@ pub(crate) async fn client<IO: AsyncRead + AsyncWrite + Unpin>(
         received += n;
         let used = hs.read(&buf[..n]).map_err(Error::from)?;
         hs.write_to(&mut out);
-        send(io, &mut out).await?;
+        send(io, &mut out, deadline).await?;
         if let Some(outcome) = hs.outcome() {
             let early = hs.early_data_len();
             return unconfirmed(client_end(outcome, buf[used..n].to_vec(), early));
@@ -402,7 +422,7 @@ pub(crate) async fn server<IO: AsyncRead + AsyncWrite + Unpin>(
             _ => false,
         };
         sent_before |= !out.is_empty();
-        send(io, &mut out).await?;
+        send(io, &mut out, deadline).await?;
         let used = used.map_err(Error::from)?;
         if let Some(outcome) = outcome {
             return Ok(server_end(outcome, &buf[used..n], silent, held));
@@ -532,5 +552,64 @@ mod tests {
             server.await.unwrap().unwrap(),
             "the server is encrypted too"
         );
+    }
+
+    /// A transport whose other end never reads, with room for less than a
+    /// hello: the handshake ends at its deadline, as when it waits to
+    /// read.
+    #[tokio::test]
+    async fn a_peer_that_takes_nothing_cannot_hold_the_handshake() {
+        let config = Arc::new(
+            Config::builder()
+                .handshake_timeout(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        );
+        for client_side in [true, false] {
+            let (mut ours, theirs) = tokio::io::duplex(8);
+            let started = Instant::now();
+            let ended = if client_side {
+                // Open, and never read.
+                let _theirs = theirs;
+                let run = client(
+                    &mut ours,
+                    &config,
+                    ClientStart::InBand(None),
+                    None,
+                    &[],
+                    config.server_hello_timeout,
+                );
+                timeout(Duration::from_secs(5), run).await.map(|r| r.err())
+            } else {
+                // A client's hello arrives; the answer finds no room.
+                let (mut client_end, mut ours) = (theirs, ours);
+                let mut hello = Vec::new();
+                ClientHandshake::with_early_data(
+                    config.handshake.clone(),
+                    None,
+                    &[],
+                    Box::new(OsRandom),
+                )
+                .unwrap()
+                .write_to(&mut hello);
+                let writer = tokio::spawn(async move {
+                    client_end.write_all(&hello).await.unwrap();
+                    // Holds its end open, and reads nothing.
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    drop(client_end);
+                });
+                let run = server(&mut ours, &config, ServerStart::InBand, None, None);
+                let ended = timeout(Duration::from_secs(5), run).await.map(|r| r.err());
+                writer.abort();
+                ended
+            };
+            let error = ended.expect("ended at its deadline").expect("an error");
+            assert_eq!(
+                error.kind(),
+                io::ErrorKind::TimedOut,
+                "{client_side}: {error}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
     }
 }
