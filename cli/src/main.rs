@@ -15,6 +15,7 @@ mod demo;
 mod generate;
 mod http_header;
 mod kernel;
+mod local_end;
 /// Log files named by the environment: one rule for the shim's and the
 /// daemon's.
 #[path = "../../preload/src/log_file.rs"]
@@ -32,6 +33,7 @@ mod report;
 mod rule;
 mod run;
 mod shim;
+mod sockopt;
 mod status;
 /// The shim's protocol with the daemon: one definition, compiled into
 /// both (see the file's own documentation).

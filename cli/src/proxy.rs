@@ -13,6 +13,7 @@ use tcpcrypt_tokio::{Config, PlainSource, SessionId, TcpcryptListener, TcpcryptS
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::local_end::LocalEnd;
 use crate::options::Negotiation;
 use crate::report::Report;
 
@@ -247,10 +248,15 @@ async fn serve_client(mut client: TcpcryptStream<TcpStream>, args: &Args) -> io:
 }
 
 /// Carries both directions between a plain connection and a tcpcrypt
-/// one; an error on either side resets both.
+/// one; an error on either side resets both. A plain side on this machine
+/// (a local backend or client) that closes its socket ends the relay as
+/// the kernel would end its socket (`LocalEnd`).
 async fn carry(plain: TcpStream, tcpcrypt: &mut TcpcryptStream<TcpStream>) -> io::Result<()> {
+    let local = LocalEnd::of(&plain, tcpcrypt.get_ref());
     let mut plain = PlainSource::new(plain);
-    let result = tcpcrypt_tokio::copy_bidirectional(&mut plain, tcpcrypt).await;
+    let result = local
+        .relay(tcpcrypt_tokio::copy_bidirectional(&mut plain, tcpcrypt))
+        .await;
     if result.is_err() {
         reset(plain.get_ref());
         reset(tcpcrypt.get_ref());

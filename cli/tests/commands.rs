@@ -579,6 +579,66 @@ async fn proxy_client_mode_carries_plain_clients_to_a_tcpcrypt_server() {
     assert!(!sent.windows(6).any(|w| w == b"secret"));
 }
 
+/// Sockets a process holds.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A local client that writes and closes, while the tcpcrypt server reads
+/// to the end and then keeps its side open without a word: the client's
+/// closed socket is the kernel's to end, and so is the proxy's relay,
+/// which used to hold both connections for as long as the proxy ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_lets_go_of_a_connection_its_local_client_closed() {
+    let mut listener = TcpcryptListener::bind("127.0.0.1:0", &patient())
+        .await
+        .unwrap();
+    let server_addr = listener.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let clean = s.read_to_end(&mut got).await.is_ok();
+        let _ = tx.send((clean, got));
+        // Silent and open, for longer than the test.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        drop(s);
+    });
+    let (listen, proxy) = mandatory_client_proxy(server_addr);
+    let pid = proxy.0.id();
+    let idle = sockets_of(pid);
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.write_all(b"last words").unwrap();
+    })
+    .await
+    .unwrap();
+    let (clean, got) = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(clean && got == b"last words");
+    assert_eq!(sockets_of(pid), idle + 2, "relaying");
+    // The proxy looks every 5 s.
+    let start = std::time::Instant::now();
+    while sockets_of(pid) > idle {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the proxy still holds the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A stream cut on its tcpcrypt side (TCP's FIN without FINp: what a
 /// killed peer leaves) reaches the proxy's plain side as a reset, never as
 /// a clean end: a plain peer has no FINp to tell a complete stream from a

@@ -130,7 +130,7 @@ impl Conn {
     pub fn set_option(&self, setting: Setting) {
         let mut o = lock(&self.options);
         if let Some(fd) = o.1 {
-            super::sockopt::apply(fd, &setting);
+            crate::sockopt::apply(fd, &setting);
         }
         o.0.retain(|(l, n, _)| (*l, *n) != (setting.0, setting.1));
         o.0.push(setting);
@@ -170,7 +170,7 @@ impl Conn {
     pub fn attach(&self, fd: RawFd) {
         let mut o = lock(&self.options);
         for s in &o.0 {
-            super::sockopt::apply(fd, s);
+            crate::sockopt::apply(fd, s);
         }
         o.1 = Some(fd);
     }

@@ -10,7 +10,6 @@
 mod conns;
 mod control;
 mod relay;
-mod sockopt;
 
 use std::collections::HashMap;
 use std::io;

@@ -14,7 +14,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::conns::Conn;
-use super::sockopt;
+use crate::local_end::LocalEnd;
+use crate::sockopt;
 use crate::wire::{ConnState, Pending};
 
 /// Send buffer of the daemon's end of the loopback connection (the kernel
@@ -90,43 +91,13 @@ async fn splice(
     mut real: TcpcryptStream<TcpStream>,
     conn: &Conn,
 ) -> io::Result<()> {
-    let program = ProgramEnd::of(&app, real.get_ref());
+    let program = LocalEnd::of(&app, real.get_ref());
     let mut app = PlainSource::new(app);
     reset_on_close(real.get_ref(), true);
     conn.attach(real.get_ref().as_raw_fd());
-    let result = {
-        let copy = tcpcrypt_tokio::copy_bidirectional(&mut app, &mut real);
-        tokio::pin!(copy);
-        tokio::select! {
-            result = &mut copy => result,
-            sent_all = program.closed() => {
-                if sent_all {
-                    // Its FIN is out: the kernel ends the real socket as
-                    // it ends any socket closed with its bytes sent.
-                    Ok((0, 0))
-                } else {
-                    // Bytes still to send: on, as the kernel goes on with
-                    // a closed socket's, while the peer takes them.
-                    let mut acked = sockopt::bytes_acked(program.real);
-                    loop {
-                        match tokio::time::timeout(ORPHAN_SEND_STALL, &mut copy).await {
-                            Ok(result) => break result,
-                            Err(_) if sockopt::bytes_acked(program.real) > acked => {
-                                acked = sockopt::bytes_acked(program.real);
-                            }
-                            Err(_) => {
-                                break Err(io::Error::new(
-                                    io::ErrorKind::TimedOut,
-                                    "the program closed its socket and the peer stopped \
-                                     taking what it still had to send",
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
+    let result = program
+        .relay(tcpcrypt_tokio::copy_bidirectional(&mut app, &mut real))
+        .await;
     conn.detach();
     match result {
         Ok(_) => {
@@ -143,64 +114,6 @@ async fn splice(
             drop(real);
             abort(app);
             Err(e)
-        }
-    }
-}
-
-/// How often the daemon looks whether the program of a relayed connection
-/// whose half it has ended still holds its socket.
-const ORPHAN_CHECK: Duration = Duration::from_secs(5);
-
-/// How long a connection whose program has closed its socket may go
-/// without the peer taking any of what the program wrote before it is
-/// reset (the kernel gives up on a closed socket whose peer takes nothing
-/// after about as long).
-const ORPHAN_SEND_STALL: Duration = Duration::from_secs(60);
-
-/// The program's end of a relayed connection, as the daemon watches it.
-///
-/// A program that closes its socket leaves it to the kernel, which ends it
-/// on its own (`tcp_fin_timeout` for a peer that stays silent after the
-/// FIN, a bounded number of probes for one that takes nothing): no one
-/// holds a closed socket forever. The daemon holds the real socket for
-/// the program; without this watch, a peer that acknowledged the FIN and
-/// went silent, or stopped reading, kept the relay, its two descriptors
-/// and its buffers for as long as the daemon ran.
-struct ProgramEnd {
-    /// The daemon's end of the loopback connection.
-    app: std::os::fd::RawFd,
-    /// The real socket.
-    real: std::os::fd::RawFd,
-    /// The program's socket's address and its peer's (the daemon's end).
-    addrs: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
-}
-
-impl ProgramEnd {
-    fn of(app: &TcpStream, real: &TcpStream) -> Self {
-        ProgramEnd {
-            app: app.as_raw_fd(),
-            real: real.as_raw_fd(),
-            addrs: app.peer_addr().ok().zip(app.local_addr().ok()),
-        }
-    }
-
-    /// Returns once the program has ended its half of the connection and
-    /// no process holds its socket any more: `true` when the real socket
-    /// has sent its FIN (everything the program wrote is in the kernel),
-    /// `false` when the daemon still has bytes to send for it. Never
-    /// returns for a program that keeps its socket (plain TCP keeps such
-    /// a connection as long).
-    async fn closed(&self) -> bool {
-        let Some((program, daemon)) = self.addrs else {
-            return std::future::pending::<bool>().await;
-        };
-        loop {
-            tokio::time::sleep(ORPHAN_CHECK).await;
-            if sockopt::tcp_state(self.app) == Some(sockopt::CLOSE_WAIT)
-                && !sockopt::socket_held(program, daemon)
-            {
-                return sockopt::has_sent_fin(self.real);
-            }
         }
     }
 }

@@ -1,10 +1,10 @@
-//! The raw socket calls the daemon makes on descriptors it was handed:
-//! applying an application's option to the real socket, giving the
-//! application's socket its `TCP_NOTSENT_LOWAT` back (neither has a safe
-//! wrapper that takes an arbitrary `(level, name, value)`), and counting
-//! the bytes a socket has queued, to read without taking its pending
-//! error, or to send, telling whether it may still send them, and whether
-//! a program still holds its socket.
+//! The raw socket calls of the relays (the daemon, on descriptors it was
+//! handed, and `tcpcrypt proxy`): applying an application's option to the
+//! real socket, giving the application's socket its `TCP_NOTSENT_LOWAT`
+//! back (neither has a safe wrapper that takes an arbitrary `(level, name,
+//! value)`), counting the bytes a socket has queued, to read without
+//! taking its pending error, or to send, reading its TCP state, and
+//! telling whether a program still holds a local socket.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};

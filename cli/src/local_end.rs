@@ -1,0 +1,117 @@
+//! The local end of a relayed connection: a program on this machine (the
+//! shimmed program behind the daemon, the plain backend or client of
+//! `tcpcrypt proxy`) that talks to us over loopback while we carry its
+//! bytes on another connection.
+//!
+//! A program that closes its socket leaves it to the kernel, which ends it
+//! on its own: `tcp_fin_timeout` for a peer that stays silent after the
+//! FIN, a bounded number of probes for one that takes nothing. No one
+//! holds a closed socket forever. A relay holds the other connection for
+//! the program, so without this watch a peer that acknowledged the FIN and
+//! went silent, or stopped reading, kept the relay, its descriptors and
+//! its buffers for as long as the relay ran.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::sockopt;
+
+/// How often a relay looks whether the program of a connection whose half
+/// it has ended still holds its socket.
+const CHECK: Duration = Duration::from_secs(5);
+
+/// How long a connection whose program has closed its socket may go
+/// without the peer taking any of what the program wrote before it is
+/// reset (the kernel gives up on a closed socket whose peer takes nothing
+/// after about as long).
+const SEND_STALL: Duration = Duration::from_secs(60);
+
+/// The local program's end of a relayed connection, as the relay watches
+/// it.
+pub struct LocalEnd {
+    /// Our end of the loopback connection to the program.
+    ours: RawFd,
+    /// The connection we carry its bytes on.
+    other: RawFd,
+    /// The program's socket's address and its peer's (our end): only for
+    /// a loopback connection, whose both ends the kernel's socket table of
+    /// this network namespace lists.
+    addrs: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl LocalEnd {
+    /// `ours`, connected to the program over loopback, and `other`, the
+    /// connection its bytes go on. A connection that is not over loopback
+    /// is never taken for closed.
+    pub fn of(ours: &TcpStream, other: &TcpStream) -> Self {
+        let addrs = ours
+            .peer_addr()
+            .ok()
+            .zip(ours.local_addr().ok())
+            .filter(|(program, _)| program.ip().to_canonical().is_loopback());
+        LocalEnd {
+            ours: ours.as_raw_fd(),
+            other: other.as_raw_fd(),
+            addrs,
+        }
+    }
+
+    /// Runs `copy` (both directions of the relay) to its end, or until the
+    /// program has closed its socket: then `Ok((0, 0))` at once when the
+    /// other connection has sent its FIN (everything the program wrote is
+    /// in the kernel, which ends that connection as any closed socket);
+    /// otherwise the copy goes on while the peer takes the program's
+    /// bytes, and fails after [`SEND_STALL`] without progress.
+    pub async fn relay<F>(&self, copy: F) -> io::Result<(u64, u64)>
+    where
+        F: std::future::Future<Output = io::Result<(u64, u64)>>,
+    {
+        tokio::pin!(copy);
+        let sent_all = tokio::select! {
+            result = &mut copy => return result,
+            sent_all = self.closed() => sent_all,
+        };
+        if sent_all {
+            return Ok((0, 0));
+        }
+        let mut acked = sockopt::bytes_acked(self.other);
+        loop {
+            match tokio::time::timeout(SEND_STALL, &mut copy).await {
+                Ok(result) => return result,
+                Err(_) if sockopt::bytes_acked(self.other) > acked => {
+                    acked = sockopt::bytes_acked(self.other);
+                }
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the program closed its socket and the peer stopped taking \
+                         what it still had to send",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Returns once the program has ended its half of the connection and
+    /// no process holds its socket any more: `true` when the other
+    /// connection has sent its FIN, `false` when bytes remain to send.
+    /// Never returns for a program that keeps its socket (plain TCP keeps
+    /// such a connection as long).
+    async fn closed(&self) -> bool {
+        let Some((program, ours)) = self.addrs else {
+            return std::future::pending::<bool>().await;
+        };
+        loop {
+            tokio::time::sleep(CHECK).await;
+            if sockopt::tcp_state(self.ours) == Some(sockopt::CLOSE_WAIT)
+                && !sockopt::socket_held(program, ours)
+            {
+                return sockopt::has_sent_fin(self.other);
+            }
+        }
+    }
+}
