@@ -3,7 +3,7 @@
 //! tcpcrypt (so a later fallback is reported as a possible downgrade), and
 //! resumption secrets (RFC 8548 3.5), each single use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,34 +21,99 @@ pub struct ClientCache {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// When each legacy verdict was reached, and how long it holds.
-    legacy: HashMap<SocketAddr, (Instant, Duration)>,
-    encrypted: HashMap<SocketAddr, Instant>,
-    /// When each destination last stayed silent through a long wait for
-    /// its answer (`silent_lately`).
-    silent: HashMap<SocketAddr, Instant>,
+    /// Legacy verdicts, with how long each holds.
+    legacy: Bounded<Duration>,
+    encrypted: Bounded<()>,
+    /// Destinations that lately stayed silent through a long wait for
+    /// their answer (`silent_lately`).
+    silent: Bounded<()>,
     /// Destinations seen encrypted that later stayed silent to two hellos
     /// in a row (`mark_stopped_speaking`), until encrypted again.
-    stopped: HashMap<SocketAddr, Instant>,
-    tickets: HashMap<SocketAddr, (ResumptionSecret, Instant)>,
+    stopped: Bounded<()>,
+    tickets: Bounded<ResumptionSecret>,
 }
 
-/// Drops expired entries, then the oldest while over capacity.
-fn bound<V>(
-    map: &mut HashMap<SocketAddr, V>,
-    capacity: usize,
-    ttl: Duration,
-    at: impl Fn(&V) -> Instant,
-) {
-    if map.len() < capacity {
-        return;
+/// Destinations and what is remembered of each, with when it was: at most
+/// `capacity` (the oldest goes first), and none older than a given age,
+/// both kept in O(1) amortized per operation. A client that meets
+/// thousands of destinations (a crawler, the daemon serving a browser)
+/// pays no scan of the map per connection under the cache's lock.
+///
+/// `order` holds each entry's place in insertion order; an entry removed
+/// or inserted again leaves its old place behind (its number no longer
+/// matches), skipped when it reaches the front and dropped when `order`
+/// is compacted, once it holds twice as many places as there are entries.
+#[derive(Debug)]
+struct Bounded<V> {
+    entries: HashMap<SocketAddr, (V, Instant, u64)>,
+    order: VecDeque<(SocketAddr, u64)>,
+    next: u64,
+}
+
+impl<V> Default for Bounded<V> {
+    fn default() -> Self {
+        Bounded {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            next: 0,
+        }
     }
-    map.retain(|_, v| at(v).elapsed() <= ttl);
-    while map.len() >= capacity.max(1) {
-        let Some(oldest) = map.iter().min_by_key(|(_, v)| at(v)).map(|(k, _)| *k) else {
-            break;
-        };
-        map.remove(&oldest);
+}
+
+impl<V> Bounded<V> {
+    fn get(&self, addr: &SocketAddr) -> Option<(&V, Instant)> {
+        self.entries.get(addr).map(|(v, at, _)| (v, *at))
+    }
+
+    fn contains_key(&self, addr: &SocketAddr) -> bool {
+        self.entries.contains_key(addr)
+    }
+
+    fn remove(&mut self, addr: &SocketAddr) -> Option<(V, Instant)> {
+        let (v, at, _) = self.entries.remove(addr)?;
+        self.compact();
+        Some((v, at))
+    }
+
+    /// Inserts (or replaces) `addr`'s entry, dated now, after dropping
+    /// the entries older than `max_age`, then the oldest while more than
+    /// `capacity` are left.
+    fn insert(&mut self, addr: SocketAddr, value: V, capacity: usize, max_age: Duration) {
+        let now = Instant::now();
+        // Insertion order is age order: the too old are in front.
+        while let Some(&(key, n)) = self.order.front() {
+            match self.entries.get(&key) {
+                Some(&(_, at, m)) if m == n => {
+                    if now.saturating_duration_since(at) <= max_age {
+                        break;
+                    }
+                    self.entries.remove(&key);
+                }
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+        let n = self.next;
+        self.next += 1;
+        self.entries.insert(addr, (value, now, n));
+        self.order.push_back((addr, n));
+        while self.entries.len() > capacity.max(1) {
+            let Some((key, n)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&key).is_some_and(|e| e.2 == n) {
+                self.entries.remove(&key);
+            }
+        }
+        self.compact();
+    }
+
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.entries.len() + 16 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(key, n)| entries.get(key).is_some_and(|e| e.2 == *n));
+        }
     }
 }
 
@@ -63,8 +128,8 @@ impl ClientCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Every mutation is a single map call: a poisoned lock holds
-        // consistent maps.
+        // No mutation panics half done: a poisoned lock holds consistent
+        // maps.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -73,7 +138,7 @@ impl ClientCache {
         self.lock()
             .legacy
             .get(&addr)
-            .is_some_and(|(at, ttl)| at.elapsed() <= *ttl)
+            .is_some_and(|(ttl, at)| at.elapsed() <= *ttl)
     }
 
     /// Whether `addr` negotiated tcpcrypt before.
@@ -103,13 +168,9 @@ impl ClientCache {
         } else {
             self.verdict_ttl / 20
         };
-        bound(
-            &mut inner.legacy,
-            self.capacity,
-            self.verdict_ttl,
-            |(t, _)| *t,
-        );
-        inner.legacy.insert(addr, (Instant::now(), ttl));
+        inner
+            .legacy
+            .insert(addr, ttl, self.capacity, self.verdict_ttl);
     }
 
     /// Records that `addr` sent bytes and reset the connection before any
@@ -129,16 +190,8 @@ impl ClientCache {
     /// next connections skip the hello, as for a conclusive legacy verdict,
     /// for the whole verdict TTL. A local decision, never remote evidence.
     pub fn mark_path_broken(&self, addr: SocketAddr) {
-        let mut inner = self.lock();
-        bound(
-            &mut inner.legacy,
-            self.capacity,
-            self.verdict_ttl,
-            |(t, _)| *t,
-        );
-        inner
-            .legacy
-            .insert(addr, (Instant::now(), self.verdict_ttl));
+        let (capacity, ttl) = (self.capacity, self.verdict_ttl);
+        self.lock().legacy.insert(addr, ttl, capacity, ttl);
     }
 
     /// Records that `addr` stayed silent through a long wait for its
@@ -146,14 +199,8 @@ impl ClientCache {
     /// policy, is waited for the whole handshake: a busy server is silent
     /// until its application accepts).
     pub(crate) fn mark_silent(&self, addr: SocketAddr) {
-        let mut inner = self.lock();
-        bound(
-            &mut inner.silent,
-            self.capacity,
-            self.verdict_ttl / 20,
-            |t| *t,
-        );
-        inner.silent.insert(addr, Instant::now());
+        let (capacity, ttl) = (self.capacity, self.verdict_ttl / 20);
+        self.lock().silent.insert(addr, (), capacity, ttl);
     }
 
     /// Whether `addr` stayed silent through a long wait lately (a
@@ -165,7 +212,7 @@ impl ClientCache {
         self.lock()
             .silent
             .get(&addr)
-            .is_some_and(|t| t.elapsed() <= self.verdict_ttl / 20)
+            .is_some_and(|(_, t)| t.elapsed() <= self.verdict_ttl / 20)
     }
 
     /// Records that `addr`, which negotiated tcpcrypt before, stayed
@@ -179,8 +226,7 @@ impl ClientCache {
     /// long wait and the try again.
     pub(crate) fn mark_stopped_speaking(&self, addr: SocketAddr) {
         let mut inner = self.lock();
-        bound(&mut inner.stopped, self.capacity, Duration::MAX, |t| *t);
-        inner.stopped.insert(addr, Instant::now());
+        inner.stopped.insert(addr, (), self.capacity, Duration::MAX);
         self.insert_legacy(&mut inner, addr, false);
     }
 
@@ -195,8 +241,9 @@ impl ClientCache {
         inner.legacy.remove(&addr);
         inner.silent.remove(&addr);
         inner.stopped.remove(&addr);
-        bound(&mut inner.encrypted, self.capacity, Duration::MAX, |t| *t);
-        inner.encrypted.insert(addr, Instant::now());
+        inner
+            .encrypted
+            .insert(addr, (), self.capacity, Duration::MAX);
     }
 
     /// Takes the resumption secret for `addr`: offered once, whatever the
@@ -207,14 +254,8 @@ impl ClientCache {
     }
 
     pub(crate) fn store_ticket(&self, addr: SocketAddr, ticket: ResumptionSecret) {
-        let mut inner = self.lock();
-        bound(
-            &mut inner.tickets,
-            self.capacity,
-            self.ticket_ttl,
-            |(_, t)| *t,
-        );
-        inner.tickets.insert(addr, (ticket, Instant::now()));
+        let (capacity, ttl) = (self.capacity, self.ticket_ttl);
+        self.lock().tickets.insert(addr, ticket, capacity, ttl);
     }
 
     /// Drops the resumption secret cached for `addr`.
@@ -242,5 +283,62 @@ impl ClientCache {
     pub fn clear(&self) {
         let mut inner = self.lock();
         *inner = Inner::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    #[test]
+    fn the_oldest_goes_first_and_a_destination_seen_again_evicts_nothing() {
+        let cache = ClientCache::new(3, Duration::from_secs(600), Duration::from_secs(600));
+        for port in 1..=3 {
+            cache.mark_encrypted(addr(port));
+        }
+        // Seen again, at capacity: nothing else is forgotten for it.
+        cache.mark_encrypted(addr(2));
+        assert!((1..=3).all(|p| cache.was_encrypted(addr(p))));
+        // A newcomer takes the place of the one seen longest ago.
+        cache.mark_encrypted(addr(4));
+        assert!(!cache.was_encrypted(addr(1)));
+        cache.mark_encrypted(addr(5));
+        assert!(!cache.was_encrypted(addr(3)), "2 was seen again since");
+        assert!([2, 4, 5].iter().all(|&p| cache.was_encrypted(addr(p))));
+    }
+
+    #[test]
+    fn thousands_of_destinations_keep_the_maps_bounded() {
+        let cache = ClientCache::new(64, Duration::from_secs(600), Duration::from_secs(600));
+        for port in 0..20_000u16 {
+            cache.mark_encrypted(addr(port));
+            cache.mark_legacy(addr(port.wrapping_add(30_000)), true);
+            // Encrypted again: its legacy verdict goes, leaving its place.
+            cache.mark_encrypted(addr(port.wrapping_add(30_000)));
+        }
+        let inner = cache.lock();
+        assert_eq!(inner.encrypted.entries.len(), 64);
+        assert!(inner.encrypted.order.len() <= 2 * 64 + 16);
+        assert!(inner.legacy.entries.is_empty());
+        assert!(
+            inner.legacy.order.len() <= 16,
+            "places of removed entries go"
+        );
+    }
+
+    #[test]
+    fn entries_older_than_their_age_go_as_newer_ones_come() {
+        let mut map = Bounded::default();
+        map.insert(addr(1), (), 100, Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(80));
+        map.insert(addr(2), (), 100, Duration::from_millis(50));
+        assert!(!map.contains_key(&addr(1)), "too old");
+        assert!(map.contains_key(&addr(2)));
+        assert!(map.remove(&addr(2)).is_some());
+        assert!(map.get(&addr(2)).is_none());
     }
 }
