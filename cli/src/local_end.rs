@@ -20,9 +20,11 @@ use tokio::net::TcpStream;
 
 use crate::sockopt;
 
-/// How often a relay looks whether the program of a connection whose half
-/// it has ended still holds its socket.
+/// How often a relay looks whether the program of a connection that may
+/// be over still holds its socket, at first: the pause doubles, up to
+/// [`CHECK_MAX`], while the program keeps it.
 const CHECK: Duration = Duration::from_secs(5);
+const CHECK_MAX: Duration = Duration::from_secs(60);
 
 /// How long a connection whose program has closed its socket may go
 /// without the peer taking any of what the program wrote before it is
@@ -65,7 +67,8 @@ impl LocalEnd {
     /// other connection has sent its FIN (everything the program wrote is
     /// in the kernel, which ends that connection as any closed socket);
     /// otherwise the copy goes on while the peer takes the program's
-    /// bytes, and fails after [`SEND_STALL`] without progress.
+    /// bytes, ends as above once they and the FIN are all out, and fails
+    /// after [`SEND_STALL`] without progress.
     pub async fn relay<F>(&self, copy: F) -> io::Result<(u64, u64)>
     where
         F: std::future::Future<Output = io::Result<(u64, u64)>>,
@@ -82,6 +85,11 @@ impl LocalEnd {
         loop {
             match tokio::time::timeout(SEND_STALL, &mut copy).await {
                 Ok(result) => return result,
+                // All out, the FIN too, and the peer silent: its end is
+                // the kernel's, as a closed socket's is.
+                Err(_) if sockopt::has_sent_fin(self.other) && self.other_unsent() == 0 => {
+                    return Ok((0, 0));
+                }
                 Err(_) if sockopt::bytes_acked(self.other) > acked => {
                     acked = sockopt::bytes_acked(self.other);
                 }
@@ -96,22 +104,52 @@ impl LocalEnd {
         }
     }
 
-    /// Returns once the program has ended its half of the connection and
-    /// no process holds its socket any more: `true` when the other
-    /// connection has sent its FIN, `false` when bytes remain to send.
-    /// Never returns for a program that keeps its socket (plain TCP keeps
-    /// such a connection as long).
+    fn other_unsent(&self) -> usize {
+        sockopt::unsent_bytes(&Fd(self.other))
+    }
+
+    /// Returns once the program no longer holds its socket: `true` when
+    /// the other connection has sent its FIN, `false` when bytes remain to
+    /// send. Asked (a read of the kernel's socket table) only of a
+    /// connection that may be over: our end is no longer established (the
+    /// program or the peer has ended its half), or the other connection
+    /// has bytes to send and its peer took none since the last look (our
+    /// end then stops reading, and the program's FIN waits behind its
+    /// bytes). Never returns for a program that keeps its socket (plain
+    /// TCP keeps such a connection as long).
     async fn closed(&self) -> bool {
         let Some((program, ours)) = self.addrs else {
             return std::future::pending::<bool>().await;
         };
+        let mut pause = CHECK;
+        let mut acked = sockopt::bytes_acked(self.other);
         loop {
-            tokio::time::sleep(CHECK).await;
-            if sockopt::tcp_state(self.ours) == Some(sockopt::CLOSE_WAIT)
-                && !sockopt::socket_held(program, ours)
-            {
+            tokio::time::sleep(pause).await;
+            let progress = sockopt::bytes_acked(self.other);
+            let stuck = self.other_unsent() > 0 && progress == acked;
+            acked = progress;
+            let ending = sockopt::tcp_state(self.ours) != Some(sockopt::ESTABLISHED);
+            if !(ending || stuck) {
+                pause = CHECK;
+                continue;
+            }
+            let held = tokio::task::spawn_blocking(move || sockopt::socket_held(program, ours))
+                .await
+                .unwrap_or(true);
+            if !held {
                 return sockopt::has_sent_fin(self.other);
             }
+            pause = (pause * 2).min(CHECK_MAX);
         }
+    }
+}
+
+/// A descriptor for the socket calls that take one by reference; the
+/// socket it names outlives the relay that asks.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
     }
 }

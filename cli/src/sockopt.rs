@@ -87,9 +87,8 @@ pub fn tcp_state(fd: RawFd) -> Option<u8> {
     tcp_info(fd).map(|i| i.tcpi_state)
 }
 
-/// The state of a socket whose peer has ended its half and which has not
-/// ended its own.
-pub const CLOSE_WAIT: u8 = 8;
+/// The state of a connected socket that neither end has ended its half of.
+pub const ESTABLISHED: u8 = 1;
 
 /// Whether a socket has ended its half (sent its FIN: FIN_WAIT1,
 /// FIN_WAIT2, TIME_WAIT, LAST_ACK, CLOSING) or is closed.
@@ -117,12 +116,15 @@ pub fn sending_state(socket: &impl AsRawFd) -> (bool, std::time::Duration) {
 }
 
 /// Whether some process still holds the TCP socket bound to `local` and
-/// connected to `remote` (in this network namespace): the kernel's table
-/// (`/proc/net/tcp`, `tcp6`) lists a socket no descriptor refers to any
-/// more (closed, left to the kernel to finish) with inode 0, and forgets it
-/// once finished. Read only for a connection whose program has ended its
-/// half, every few seconds: the table is as long as the machine's count of
-/// sockets. A table that cannot be read says "held".
+/// connected to `remote`, the other end of a loopback connection whose
+/// end `remote` to `local` is ours: the kernel's table of this network
+/// namespace (`/proc/net/tcp`, `tcp6`) lists a socket no descriptor refers
+/// to any more (closed, left to the kernel to finish) with inode 0, and
+/// forgets it once finished. "Held" unless the same read lists our own
+/// end (a connection made in another network namespace is not in this
+/// table, and a read of a table that changes under it can skip a line),
+/// and whenever the table cannot be read. Costs a read of the whole table,
+/// as long as the machine's count of sockets: a blocking call.
 pub fn socket_held(local: SocketAddr, remote: SocketAddr) -> bool {
     let table = if local.is_ipv4() {
         "/proc/net/tcp"
@@ -133,11 +135,19 @@ pub fn socket_held(local: SocketAddr, remote: SocketAddr) -> bool {
         return true;
     };
     let (local, remote) = (proc_addr(local), proc_addr(remote));
-    text.lines()
-        .skip(1)
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 9 && f[1] == local && f[2] == remote)
-        .is_some_and(|f| f[9] != "0")
+    let (mut theirs, mut ours) = (None, false);
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() <= 9 {
+            continue;
+        }
+        if f[1] == local && f[2] == remote {
+            theirs = Some(f[9] != "0");
+        } else if f[1] == remote && f[2] == local {
+            ours = true;
+        }
+    }
+    !ours || theirs.unwrap_or(false)
 }
 
 /// An address as `/proc/net/tcp` writes it: the address's bytes in 32-bit
@@ -178,10 +188,17 @@ mod tests {
                 !socket_held(local, remote),
                 "{ip}: closed, left to the kernel"
             );
-            assert_eq!(tcp_state(server.as_raw_fd()), Some(CLOSE_WAIT));
+            assert_eq!(tcp_state(server.as_raw_fd()), Some(8), "CLOSE_WAIT");
             assert!(!has_sent_fin(server.as_raw_fd()));
             server.shutdown(std::net::Shutdown::Write).unwrap();
             assert!(has_sent_fin(server.as_raw_fd()));
+            // Neither end in this table (another network namespace's):
+            // held, for all we know.
+            let (a, b) = (
+                SocketAddr::new(local.ip(), 1),
+                SocketAddr::new(local.ip(), 2),
+            );
+            assert!(socket_held(a, b));
         }
     }
 }

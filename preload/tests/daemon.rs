@@ -940,6 +940,69 @@ fn a_closed_programs_connection_to_a_silent_peer_is_let_go() {
     );
 }
 
+/// A client that sends its request, ends its half and never reads, facing
+/// a server program that writes more than the buffers hold, then closes
+/// and exits: the kernel gives up on such a closed socket after its
+/// probes go unanswered for about a minute, and so does the daemon with
+/// the relay it held for the program (its end saw the client's FIN, not
+/// the program's, which waits behind the program's bytes).
+#[test]
+fn a_closed_programs_connection_to_a_peer_that_stopped_reading_is_reset() {
+    let dir = OwnDir::new("orphan-unread");
+    let dir_text = dir.0.to_string_lossy().to_string();
+    let (server, mut lines) = shimmed_python_server_with(
+        r#"
+import socket
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(1)
+print(l.getsockname()[1], flush=True)
+c, _ = l.accept()
+while c.recv(65536):
+    pass
+c.settimeout(2)
+try:
+    c.sendall(b"x" * (64 << 20))
+    print("all sent", flush=True)
+except OSError as e:
+    print("stopped:", e, flush=True)
+c.close()
+"#,
+        &[
+            ("TCPCRYPT_RUNTIME_DIR", &dir_text),
+            ("TCPCRYPT_DAEMON_IDLE_EXIT", "1s"),
+        ],
+    );
+    let port = server.1;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        let connector = tcpcrypt_tokio::TcpcryptConnector::new(Arc::new(Config::default()));
+        let mut s = connector.connect_tcp(tcp).await.unwrap();
+        assert!(s.session().is_some(), "encrypted");
+        s.write_all(b"a request").await.unwrap();
+        s.shutdown().await.unwrap();
+        s
+    });
+    // The program wrote what the buffers hold, then closed and exited.
+    assert_eq!(lines.next().unwrap().unwrap(), "stopped: timed out");
+    drop(server);
+    wait_until(
+        "the daemon gives up on the closed program's connection",
+        Duration::from_secs(150),
+        || daemons_of(&dir.0) == 0,
+    );
+    drop(client);
+}
+
 /// `TCPCRYPT_DAEMON` names the daemon's program: the shim starts that one.
 /// And the daemon's directory holds only its socket and its lock: nothing
 /// of a session (no secret, no ticket) is ever written to disk.
