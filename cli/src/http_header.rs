@@ -109,18 +109,42 @@ fn fields_for<'b>(head: &[u8]) -> Vec<httparse::Header<'b>> {
     vec![httparse::EMPTY_HEADER; head.iter().filter(|&&b| b == b'\n').count()]
 }
 
+/// Whether a field name is `name`, or what a gateway that maps `-` to `_`
+/// (CGI, WSGI) would take for it.
+fn same_field(field: &[u8], name: &str) -> bool {
+    let norm = |b: &u8| match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    };
+    field.len() == name.len() && field.iter().map(norm).eq(name.as_bytes().iter().map(norm))
+}
+
+/// A token character (RFC 9110 5.6.2), as field names are made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Whether a trailer line names the field `name`; an error for a line
-/// that is no field (an obs-fold continuation, space before the colon).
+/// that is no field (an obs-fold continuation, a name that is not a
+/// token, space before the colon).
 fn trailer_names(line: &[u8], name: &str) -> io::Result<bool> {
     let field = line.split(|&b| b == b':').next().unwrap_or_default();
-    if line.first().is_some_and(|b| b.is_ascii_whitespace())
-        || !line.contains(&b':')
-        || field.is_empty()
-        || field.iter().any(|b| b.is_ascii_whitespace())
-    {
+    if !line.contains(&b':') || field.is_empty() || !field.iter().all(|&b| is_tchar(b)) {
         return Err(bad("malformed trailer field"));
     }
-    Ok(field.eq_ignore_ascii_case(name.as_bytes()))
+    Ok(same_field(field, name))
+}
+
+/// The size of a chunk-size line: `chunk-size [ BWS ";" chunk-ext ]`,
+/// ended by CRLF or LF.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line).ok()?;
+    match line.split_once(';') {
+        Some((size, _ext)) => digits(size.trim_end_matches([' ', '\t']), 16),
+        None => digits(line, 16),
+    }
 }
 
 /// The body framing named by a head's fields.
@@ -173,12 +197,7 @@ where
             if read_line(r, &mut line, MAX_LINE).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            // chunk-size [ BWS ";" chunk-ext ] CRLF
-            let size = std::str::from_utf8(&line)
-                .ok()
-                .and_then(|l| l.trim_end_matches(['\r', '\n']).split(';').next())
-                .and_then(|s| digits(s.trim_end_matches([' ', '\t']), 16))
-                .ok_or_else(|| bad("bad chunk size"))?;
+            let size = chunk_size(&line).ok_or_else(|| bad("bad chunk size"))?;
             w.write_all(&line).await?;
             if size == 0 {
                 // Trailer fields, up to an empty line.
@@ -232,7 +251,7 @@ fn rewrite(req: &httparse::Request<'_, '_>, name: &str, value: Option<&str>) -> 
     out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
     out.extend_from_slice(format!(" HTTP/1.{}\r\n", req.version.unwrap_or(1)).as_bytes());
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case(name) {
+        if same_field(h.name.as_bytes(), name) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -431,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_pipelined_request_gets_the_header_and_forgeries_go() {
-        let reqs = b"GET /1 HTTP/1.1\r\nHost: h\r\nTCPCRYPT-SESSION-ID: forged\r\n\r\n\
+        let reqs = b"GET /1 HTTP/1.1\r\nHost: h\r\nTCPCRYPT-SESSION-ID: forged\r\ntcpcrypt_session_id: forged\r\n\r\n\
             POST /2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
             5\r\nhello\r\n3;ext=1\r\nGET\r\n0\r\nTrailer: t\r\n\r\n\
             \r\nGET /3 HTTP/1.0\r\n\r\n";
@@ -497,7 +516,7 @@ mod tests {
     #[tokio::test]
     async fn a_forged_header_in_a_chunked_trailer_goes_too() {
         let reqs = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTrailer: Tcpcrypt-Session-Id\r\n\r\n\
-            5\r\nhello\r\n0\r\nX-Sum: 1\r\ntcpcrypt-session-id: forged\r\n\r\n";
+            5\r\nhello\r\n0\r\nX-Sum: 1\r\ntcpcrypt-session-id: forged\r\nTcpcrypt_Session_Id: forged\r\n\r\n";
         let (to_backend, _, result) = run(reqs, b"HTTP/1.1 204 No Content\r\n\r\n").await;
         result.unwrap();
         let text = String::from_utf8_lossy(&to_backend);
@@ -507,6 +526,7 @@ mod tests {
         for trailer in [
             &b" folded: forged\r\n"[..],
             b"Tcpcrypt-Session-Id : forged\r\n",
+            b"Tcpcrypt-Session-Id\x0b: forged\r\n",
         ] {
             let mut reqs = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
             reqs.extend_from_slice(trailer);
@@ -554,6 +574,8 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 0x1\r\n\r\na",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+1\r\na\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 1\r\na\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1 \r\na\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\r\na\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: h\r\n", // cut short
         ] {
