@@ -26,6 +26,9 @@ use crate::sockopt;
 const CHECK: Duration = Duration::from_secs(5);
 const CHECK_MAX: Duration = Duration::from_secs(60);
 
+/// The second look that confirms a socket is no longer held.
+const RECHECK: Duration = Duration::from_millis(200);
+
 /// How long a connection whose program has closed its socket may go
 /// without the peer taking any of what the program wrote before it is
 /// reset (the kernel gives up on a closed socket whose peer takes nothing
@@ -90,7 +93,9 @@ impl LocalEnd {
                 Err(_) if sockopt::has_sent_fin(self.other) && self.other_unsent() == 0 => {
                     return Ok((0, 0));
                 }
-                Err(_) if sockopt::bytes_acked(self.other) > acked => {
+                // Progress, or nothing of ours waiting for the peer (the
+                // program's last bytes and FIN are on their way to us).
+                Err(_) if sockopt::bytes_acked(self.other) > acked || self.other_unsent() == 0 => {
                     acked = sockopt::bytes_acked(self.other);
                 }
                 Err(_) => {
@@ -133,10 +138,17 @@ impl LocalEnd {
                 pause = CHECK;
                 continue;
             }
-            let held = tokio::task::spawn_blocking(move || sockopt::socket_held(program, ours))
-                .await
-                .unwrap_or(true);
-            if !held {
+            let held = || async move {
+                tokio::task::spawn_blocking(move || sockopt::socket_held(program, ours))
+                    .await
+                    .unwrap_or(true)
+            };
+            // Twice: a read of a table that changes under it can miss a
+            // line.
+            if !held().await && {
+                tokio::time::sleep(RECHECK).await;
+                !held().await
+            } {
                 return sockopt::has_sent_fin(self.other);
             }
             pause = (pause * 2).min(CHECK_MAX);

@@ -117,51 +117,77 @@ pub fn sending_state(socket: &impl AsRawFd) -> (bool, std::time::Duration) {
 
 /// Whether some process still holds the TCP socket bound to `local` and
 /// connected to `remote`, the other end of a loopback connection whose
-/// end `remote` to `local` is ours: the kernel's table of this network
-/// namespace (`/proc/net/tcp`, `tcp6`) lists a socket no descriptor refers
-/// to any more (closed, left to the kernel to finish) with inode 0, and
-/// forgets it once finished. "Held" unless the same read lists our own
-/// end (a connection made in another network namespace is not in this
-/// table, and a read of a table that changes under it can skip a line),
-/// and whenever the table cannot be read. Costs a read of the whole table,
-/// as long as the machine's count of sockets: a blocking call.
+/// end `remote` to `local` is ours: the kernel's tables of this network
+/// namespace (`/proc/net/tcp` and `tcp6`, read both, since the two ends of
+/// a loopback connection may be of either family) list a socket no
+/// descriptor refers to any more (closed, left to the kernel to finish)
+/// with inode 0, and forget it once finished. Held:
+///
+/// * unless a read lists our own end too (a connection made in another
+///   network namespace is in none of these tables);
+/// * when its state is one a closed socket never has (`ESTABLISHED`,
+///   `CLOSE_WAIT`): a connection not yet accepted from its listener's
+///   queue has no descriptor either;
+/// * whenever the tables cannot be read.
+///
+/// A read of a table that changes under it can skip a line: callers ask
+/// twice before they act. Costs a read of both tables, as long as the
+/// machine's count of sockets: a blocking call.
 pub fn socket_held(local: SocketAddr, remote: SocketAddr) -> bool {
-    let table = if local.is_ipv4() {
-        "/proc/net/tcp"
-    } else {
-        "/proc/net/tcp6"
-    };
-    let Ok(text) = std::fs::read_to_string(table) else {
-        return true;
-    };
-    let (local, remote) = (proc_addr(local), proc_addr(remote));
-    let (mut theirs, mut ours) = (None, false);
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() <= 9 {
+    let (local, remote) = (canonical(local), canonical(remote));
+    let (mut theirs, mut ours, mut read) = (None, false, false);
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
             continue;
-        }
-        if f[1] == local && f[2] == remote {
-            theirs = Some(f[9] != "0");
-        } else if f[1] == remote && f[2] == local {
-            ours = true;
+        };
+        read = true;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() <= 9 {
+                continue;
+            }
+            let (Some(l), Some(r)) = (proc_addr(f[1]), proc_addr(f[2])) else {
+                continue;
+            };
+            if (l, r) == (local, remote) {
+                let unclosed_state = matches!(f[3], "01" | "08");
+                theirs = Some(f[9] != "0" || unclosed_state);
+            } else if (l, r) == (remote, local) {
+                ours = true;
+            }
         }
     }
-    !ours || theirs.unwrap_or(false)
+    !read || !ours || theirs.unwrap_or(false)
 }
 
-/// An address as `/proc/net/tcp` writes it: the address's bytes in 32-bit
-/// words, each printed as the machine reads it, then the port, in hex.
-fn proc_addr(addr: SocketAddr) -> String {
-    let octets = match addr.ip() {
-        IpAddr::V4(ip) => ip.octets().to_vec(),
-        IpAddr::V6(ip) => ip.octets().to_vec(),
+/// An address with an IPv4-mapped IPv6 address as the IPv4 one.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// An address as `/proc/net/tcp` or `tcp6` writes it (the address's bytes
+/// in 32-bit words, each printed as the machine reads it, then the port, in
+/// hex), canonical.
+fn proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| {
+        u32::from_str_radix(ip.get(8 * i..8 * i + 8)?, 16)
+            .ok()
+            .map(u32::to_ne_bytes)
     };
-    let words: String = octets
-        .chunks(4)
-        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
-        .collect();
-    format!("{words}:{:04X}", addr.port())
+    let ip = match ip.len() {
+        8 => IpAddr::from(word(0)?),
+        32 => {
+            let mut octets = [0u8; 16];
+            for i in 0..4 {
+                octets[4 * i..4 * i + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::from(octets)
+        }
+        _ => return None,
+    };
+    Some(canonical(SocketAddr::new(ip, port)))
 }
 
 #[cfg(test)]
@@ -200,5 +226,35 @@ mod tests {
             );
             assert!(socket_held(a, b));
         }
+    }
+
+    #[test]
+    fn the_two_ends_may_be_of_either_family() {
+        // A dual-stack listener: its accepted socket is IPv6 (mapped), the
+        // client's IPv4; each is in its own table.
+        let Ok(listener) = TcpListener::bind("[::]:0") else {
+            return; // no IPv6 here
+        };
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        assert!(server.peer_addr().unwrap().is_ipv6(), "mapped");
+        assert!(socket_held(local, remote));
+        drop(client);
+        assert!(!socket_held(local, remote), "closed, left to the kernel");
+        drop(server);
+    }
+
+    #[test]
+    fn a_connection_waiting_to_be_accepted_is_held() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // Its other end has no descriptor yet (inode 0), and is not closed.
+        assert!(socket_held(
+            client.peer_addr().unwrap(),
+            client.local_addr().unwrap()
+        ));
+        drop(listener);
     }
 }
