@@ -135,11 +135,19 @@ fn trailer_names(line: &[u8], name: &str) -> io::Result<bool> {
     Ok(same_field(field, name))
 }
 
-/// The size of a chunk-size line: `chunk-size [ BWS ";" chunk-ext ]`,
-/// ended by CRLF or LF.
-fn chunk_size(line: &[u8]) -> Option<u64> {
+/// A line without its ending (CRLF, or a bare LF), `None` when it has none
+/// or holds a control byte other than HTAB (a bare CR among them: a
+/// backend that ends lines there would frame the body otherwise).
+fn line_text(line: &[u8]) -> Option<&[u8]> {
     let line = line.strip_suffix(b"\n")?;
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let ctl = |b: &u8| (b.is_ascii_control() && *b != b'\t') || *b == 0x7f;
+    (!line.iter().any(ctl)).then_some(line)
+}
+
+/// The size of a chunk-size line's text: `chunk-size [ BWS ";"
+/// chunk-ext ]`.
+fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = std::str::from_utf8(line).ok()?;
     match line.split_once(';') {
         Some((size, _ext)) => digits(size.trim_end_matches([' ', '\t']), 16),
@@ -192,13 +200,17 @@ where
         Body::None => Ok(()),
         Body::Length(n) => copy_exactly(r, w, n).await,
         Body::UntilEof => tokio::io::copy_buf(r, w).await.map(drop),
+        // A request's framing goes on in CRLF lines of its own (what a
+        // backend reads is what this proxy parsed); a response's is passed
+        // as it came.
         Body::Chunked => loop {
             let mut line = Vec::new();
             if read_line(r, &mut line, MAX_LINE).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            let size = chunk_size(&line).ok_or_else(|| bad("bad chunk size"))?;
-            w.write_all(&line).await?;
+            let text = line_text(&line).ok_or_else(|| bad("bad chunk line"))?;
+            let size = chunk_size(text).ok_or_else(|| bad("bad chunk size"))?;
+            write_line(w, &line, text, strip.is_some()).await?;
             if size == 0 {
                 // Trailer fields, up to an empty line.
                 loop {
@@ -206,15 +218,15 @@ where
                     if read_line(r, &mut line, MAX_LINE).await? == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                    let end = line == b"\r\n" || line == b"\n";
-                    if !end
+                    let text = line_text(&line).ok_or_else(|| bad("bad trailer line"))?;
+                    if !text.is_empty()
                         && let Some(name) = strip
-                        && trailer_names(&line, name)?
+                        && trailer_names(text, name)?
                     {
                         continue;
                     }
-                    w.write_all(&line).await?;
-                    if end {
+                    write_line(w, &line, text, strip.is_some()).await?;
+                    if text.is_empty() {
                         return Ok(());
                     }
                 }
@@ -225,8 +237,23 @@ where
             if line != b"\r\n" && line != b"\n" {
                 return Err(bad("chunk not followed by CRLF"));
             }
-            w.write_all(&line).await?;
+            write_line(w, &line, b"", strip.is_some()).await?;
         },
+    }
+}
+
+/// Writes a framing line: as it came, or as `text` and CRLF.
+async fn write_line<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    line: &[u8],
+    text: &[u8],
+    rebuilt: bool,
+) -> io::Result<()> {
+    if rebuilt {
+        w.write_all(text).await?;
+        w.write_all(b"\r\n").await
+    } else {
+        w.write_all(line).await
     }
 }
 
@@ -560,12 +587,23 @@ mod tests {
         let ok = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1 ;x=y\r\na\r\n0\r\n\r\n";
         let (_, _, result) = run(ok, b"HTTP/1.1 204 No Content\r\n\r\n").await;
         result.unwrap();
+        // Bare LF line ends are taken, and go on to the backend as CRLF.
+        let lf = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1 ;x=y\na\n0\nX-Sum: 1\n\n";
+        let (to_backend, _, result) = run(lf, b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        result.unwrap();
+        let text = String::from_utf8_lossy(&to_backend);
+        assert!(
+            text.ends_with("\r\n\r\n1 ;x=y\r\na\r\n0\r\nX-Sum: 1\r\n\r\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn ambiguous_or_malformed_requests_are_refused() {
         for bad_request in [
             &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;x\r\r\na\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;x\0y\r\na\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
