@@ -110,7 +110,7 @@ impl LocalEnd {
     }
 
     fn other_unsent(&self) -> usize {
-        sockopt::unsent_bytes(&Fd(self.other))
+        sockopt::unsent_bytes(self.other)
     }
 
     /// Returns once the program no longer holds its socket: `true` when
@@ -153,15 +153,5 @@ impl LocalEnd {
             }
             pause = (pause * 2).min(CHECK_MAX);
         }
-    }
-}
-
-/// A descriptor for the socket calls that take one by reference; the
-/// socket it names outlives the relay that asks.
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
     }
 }

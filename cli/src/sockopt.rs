@@ -54,12 +54,12 @@ pub fn queued_bytes(socket: &impl AsRawFd) -> usize {
 
 /// How many bytes a socket holds that it has not sent yet
 /// (`SIOCOUTQNSD`): neither in flight nor acknowledged.
-pub fn unsent_bytes(socket: &impl AsRawFd) -> usize {
+pub fn unsent_bytes(fd: RawFd) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQNSD writes one `c_int` through the pointer, which
     // points to `n`, alive for the call; a descriptor that is not a
     // socket is an error.
-    let r = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCOUTQNSD, &mut n) };
+    let r = unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD, &mut n) };
     if r == 0 { n.max(0) as usize } else { 0 }
 }
 

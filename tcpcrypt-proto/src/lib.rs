@@ -41,6 +41,7 @@ pub mod tep;
 pub use aead::AeadAlgorithm;
 pub use error::{Error, ErrorClass};
 pub use tep::Tep;
+pub mod bounded;
 pub mod config;
 pub mod eno;
 pub mod frame;

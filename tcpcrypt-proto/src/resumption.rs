@@ -6,12 +6,12 @@
 //! for the next time. Secrets live only in memory and are zeroized on
 //! drop.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::aead::AeadAlgorithm;
+use super::bounded::BoundedMap;
 use super::crypto::CryptoBackend;
 use super::schedule::{RESUME_HALF_LEN, SessionSecret};
 use super::session::Role;
@@ -100,56 +100,9 @@ pub struct ResumptionCache {
 /// with it. Called without the cache's lock held.
 pub type RemovalHook = Arc<dyn Fn(&ResumeHalf) + Send + Sync>;
 
-/// The entries, and their insertion order for eviction and expiry. Every
-/// operation is O(1) amortized, under the lock every handshake of the
-/// process takes: a take leaves its key's place in `order` behind (stale:
-/// its number no longer matches the entry's), skipped when it reaches the
-/// front, and `order` is compacted once it holds twice as many places as
-/// there are entries.
-#[derive(Default)]
-struct CacheInner {
-    /// Secret, time of insertion, and the number of its place in `order`.
-    entries: HashMap<ResumeHalf, (ResumptionSecret, Duration, u64)>,
-    order: VecDeque<(ResumeHalf, u64)>,
-    next: u64,
-}
-
-impl CacheInner {
-    fn is_live(&self, (key, n): &(ResumeHalf, u64)) -> bool {
-        self.entries.get(key).is_some_and(|e| e.2 == *n)
-    }
-
-    /// Removes the oldest entry that `expired` says has expired, or, with
-    /// `always`, the oldest entry; stale places on the way go. Returns the
-    /// key removed.
-    fn pop_oldest(
-        &mut self,
-        always: bool,
-        expired: impl Fn(Duration) -> bool,
-    ) -> Option<ResumeHalf> {
-        while let Some(front) = self.order.front().copied() {
-            if !self.is_live(&front) {
-                self.order.pop_front();
-                continue;
-            }
-            let at = self.entries[&front.0].1;
-            if !always && !expired(at) {
-                return None;
-            }
-            self.order.pop_front();
-            self.entries.remove(&front.0);
-            return Some(front.0);
-        }
-        None
-    }
-
-    fn compact(&mut self) {
-        if self.order.len() > 2 * self.entries.len() + 16 {
-            let order = std::mem::take(&mut self.order);
-            self.order = order.into_iter().filter(|p| self.is_live(p)).collect();
-        }
-    }
-}
+/// The secrets under the halves their peers will send, each with its time
+/// of insertion.
+type CacheInner = BoundedMap<ResumeHalf, ResumptionSecret, Duration>;
 
 impl fmt::Debug for ResumptionCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -200,7 +153,7 @@ impl ResumptionCache {
         half: &ResumeHalf,
     ) -> Option<(Tep, ResumeHalf)> {
         let inner = self.lock();
-        let (secret, _, _) = inner.entries.get(half)?;
+        let (secret, _) = inner.get(half)?;
         Some((secret.tep, secret.own_half(backend)))
     }
 
@@ -235,25 +188,8 @@ impl ResumptionCache {
                 .is_some_and(|(max_age, _)| now.saturating_sub(at) > *max_age)
         };
         let mut gone = Vec::new();
-        {
-            let mut inner = self.lock();
-            // Insertion order is expiry order: the expired are in front.
-            while let Some(old) = inner.pop_oldest(false, expired) {
-                gone.push(old);
-            }
-            let n = inner.next;
-            inner.next += 1;
-            // A key inserted again takes a new place; its old one is stale.
-            inner.entries.insert(key, (secret, now, n));
-            inner.order.push_back((key, n));
-            while inner.entries.len() > self.capacity {
-                match inner.pop_oldest(true, expired) {
-                    Some(old) => gone.push(old),
-                    None => break,
-                }
-            }
-            inner.compact();
-        }
+        self.lock()
+            .insert(key, secret, now, self.capacity, expired, |k| gone.push(k));
         self.removed(&gone);
         Some(key)
     }
@@ -264,7 +200,7 @@ impl ResumptionCache {
     pub fn take_for(&self, half: &ResumeHalf, tep: Tep) -> Option<ResumptionSecret> {
         {
             let inner = self.lock();
-            if inner.entries.get(half).is_none_or(|(s, _, _)| s.tep != tep) {
+            if inner.get(half).is_none_or(|(s, _)| s.tep != tep) {
                 return None;
             }
         }
@@ -274,12 +210,7 @@ impl ResumptionCache {
     /// Removes and returns the secret a peer named, if any: single use.
     pub fn take(&self, half: &ResumeHalf) -> Option<ResumptionSecret> {
         let now = self.now();
-        let (found, inserted) = {
-            let mut inner = self.lock();
-            let (found, inserted, _) = inner.entries.remove(half)?;
-            inner.compact();
-            (found, inserted)
-        };
+        let (found, inserted) = self.lock().remove(half)?;
         self.removed(std::slice::from_ref(half));
         match &self.expiry {
             Some((max_age, _)) if now.saturating_sub(inserted) > *max_age => None,
@@ -295,17 +226,13 @@ impl ResumptionCache {
 
     /// Flushes everything.
     pub fn clear(&self) {
-        let gone: Vec<ResumeHalf> = {
-            let mut inner = self.lock();
-            inner.order.clear();
-            inner.entries.drain().map(|(k, _)| k).collect()
-        };
+        let gone = self.lock().clear();
         self.removed(&gone);
     }
 
     /// Number of cached secrets.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len()
     }
 
     /// Whether the cache is empty.
@@ -379,7 +306,7 @@ mod tests {
         };
         // Every handshake takes one secret and inserts the next: the
         // places taken ones leave behind must not pile up.
-        let mut keys: VecDeque<ResumeHalf> = (0..64)
+        let mut keys: std::collections::VecDeque<ResumeHalf> = (0..64)
             .map(|n| cache.insert(backend, secret_n(n)).unwrap())
             .collect();
         for n in 64..20_000 {
@@ -387,7 +314,6 @@ mod tests {
             keys.push_back(cache.insert(backend, secret_n(n)).unwrap());
         }
         assert_eq!(cache.len(), 64);
-        assert!(cache.lock().order.len() <= 2 * 64 + 16);
         // Full: a newcomer evicts the oldest still there.
         let newest = cache.insert(backend, secret_n(20_000)).unwrap();
         assert!(cache.take(&keys[0]).is_none(), "oldest evicted");

@@ -3,12 +3,12 @@
 //! tcpcrypt (so a later fallback is reported as a possible downgrade), and
 //! resumption secrets (RFC 8548 3.5), each single use.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::proto::ResumptionSecret;
+use crate::proto::bounded::BoundedMap;
 
 /// Per-destination client state, bounded in size and age.
 #[derive(Debug)]
@@ -35,44 +35,29 @@ struct Inner {
 
 /// Destinations and what is remembered of each, with when it was: at most
 /// `capacity` (the oldest goes first), and none older than a given age,
-/// both kept in O(1) amortized per operation. A client that meets
-/// thousands of destinations (a crawler, the daemon serving a browser)
-/// pays no scan of the map per connection under the cache's lock.
-///
-/// `order` holds each entry's place in insertion order; an entry removed
-/// or inserted again leaves its old place behind (its number no longer
-/// matches), skipped when it reaches the front and dropped when `order`
-/// is compacted, once it holds twice as many places as there are entries.
+/// in O(1) amortized per operation (the core's `BoundedMap`). A client
+/// that meets thousands of destinations (a crawler, the daemon serving a
+/// browser) pays no scan of the map per connection under the cache's lock.
 #[derive(Debug)]
-struct Bounded<V> {
-    entries: HashMap<SocketAddr, (V, Instant, u64)>,
-    order: VecDeque<(SocketAddr, u64)>,
-    next: u64,
-}
+struct Bounded<V>(BoundedMap<SocketAddr, V, Instant>);
 
 impl<V> Default for Bounded<V> {
     fn default() -> Self {
-        Bounded {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            next: 0,
-        }
+        Bounded(BoundedMap::default())
     }
 }
 
 impl<V> Bounded<V> {
     fn get(&self, addr: &SocketAddr) -> Option<(&V, Instant)> {
-        self.entries.get(addr).map(|(v, at, _)| (v, *at))
+        self.0.get(addr)
     }
 
     fn contains_key(&self, addr: &SocketAddr) -> bool {
-        self.entries.contains_key(addr)
+        self.0.contains_key(addr)
     }
 
     fn remove(&mut self, addr: &SocketAddr) -> Option<(V, Instant)> {
-        let (v, at, _) = self.entries.remove(addr)?;
-        self.compact();
-        Some((v, at))
+        self.0.remove(addr)
     }
 
     /// Inserts (or replaces) `addr`'s entry, dated now, after dropping
@@ -80,40 +65,8 @@ impl<V> Bounded<V> {
     /// `capacity` are left.
     fn insert(&mut self, addr: SocketAddr, value: V, capacity: usize, max_age: Duration) {
         let now = Instant::now();
-        // Insertion order is age order: the too old are in front.
-        while let Some(&(key, n)) = self.order.front() {
-            match self.entries.get(&key) {
-                Some(&(_, at, m)) if m == n => {
-                    if now.saturating_duration_since(at) <= max_age {
-                        break;
-                    }
-                    self.entries.remove(&key);
-                }
-                _ => {}
-            }
-            self.order.pop_front();
-        }
-        let n = self.next;
-        self.next += 1;
-        self.entries.insert(addr, (value, now, n));
-        self.order.push_back((addr, n));
-        while self.entries.len() > capacity.max(1) {
-            let Some((key, n)) = self.order.pop_front() else {
-                break;
-            };
-            if self.entries.get(&key).is_some_and(|e| e.2 == n) {
-                self.entries.remove(&key);
-            }
-        }
-        self.compact();
-    }
-
-    fn compact(&mut self) {
-        if self.order.len() > 2 * self.entries.len() + 16 {
-            let entries = &self.entries;
-            self.order
-                .retain(|(key, n)| entries.get(key).is_some_and(|e| e.2 == *n));
-        }
+        let expired = |at: Instant| now.saturating_duration_since(at) > max_age;
+        self.0.insert(addr, value, now, capacity, expired, drop);
     }
 }
 
@@ -321,18 +274,18 @@ mod tests {
             cache.mark_encrypted(addr(port.wrapping_add(30_000)));
         }
         let inner = cache.lock();
-        assert_eq!(inner.encrypted.entries.len(), 64);
-        assert!(inner.encrypted.order.len() <= 2 * 64 + 16);
-        assert!(inner.legacy.entries.is_empty());
+        assert_eq!(inner.encrypted.0.len(), 64);
+        assert!(inner.encrypted.0.places() <= 2 * 64 + 16);
+        assert!(inner.legacy.0.is_empty());
         assert!(
-            inner.legacy.order.len() <= 16,
+            inner.legacy.0.places() <= 16,
             "places of removed entries go"
         );
     }
 
     #[test]
     fn entries_older_than_their_age_go_as_newer_ones_come() {
-        let mut map = Bounded::default();
+        let mut map = Bounded::<()>::default();
         map.insert(addr(1), (), 100, Duration::from_millis(50));
         std::thread::sleep(Duration::from_millis(80));
         map.insert(addr(2), (), 100, Duration::from_millis(50));

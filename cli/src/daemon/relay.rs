@@ -132,7 +132,7 @@ const RESET_SEND_STALL: Duration = Duration::from_millis(100);
 /// times: only a connection being reset waits here.
 async fn sent_or_given_up(s: &TcpStream) {
     let start = tokio::time::Instant::now();
-    let mut progress = (sockopt::unsent_bytes(s), start);
+    let mut progress = (sockopt::unsent_bytes(s.as_raw_fd()), start);
     let mut pause = Duration::from_millis(1);
     while progress.0 > 0 && start.elapsed() < RESET_SEND_LIMIT {
         let (sending, rtt) = sockopt::sending_state(s);
@@ -141,7 +141,7 @@ async fn sent_or_given_up(s: &TcpStream) {
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
-        let unsent = sockopt::unsent_bytes(s);
+        let unsent = sockopt::unsent_bytes(s.as_raw_fd());
         if unsent < progress.0 {
             progress = (unsent, tokio::time::Instant::now());
         } else if progress.1.elapsed() >= RESET_SEND_STALL.max(2 * rtt) {
